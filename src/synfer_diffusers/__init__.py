@@ -1,0 +1,21 @@
+"""synfer_diffusers: SynFER (ICCV 2025) as a Hugging Face-style package."""
+
+from .facs import AU_DESCRIPTIONS, EMFACS_PROTOTYPES, EXPRESSIONS, AUSpace, describe_au, expression_prototype
+from .models.unet_au import AUAttnProcessor2_0, AUConditionedUNet2DConditionModel
+from .pipelines.synfer.pipeline_output import SynFERPipelineOutput
+from .pipelines.synfer.pipeline_synfer import SynFERPipeline
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AU_DESCRIPTIONS",
+    "EMFACS_PROTOTYPES",
+    "EXPRESSIONS",
+    "AUAttnProcessor2_0",
+    "AUConditionedUNet2DConditionModel",
+    "AUSpace",
+    "SynFERPipeline",
+    "SynFERPipelineOutput",
+    "describe_au",
+    "expression_prototype",
+]

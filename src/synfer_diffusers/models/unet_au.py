@@ -26,10 +26,15 @@ from diffusers.models.attention_processor import (
     AttnProcessor2_0,
     FusedAttnProcessor2_0,
 )
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
 from torch import nn
 
 from ..facs import AUSpace
+
+__all__ = ["AUAttnProcessor2_0", "AUConditionedUNet2DConditionModel", "AUConditioning", "AUEncoder", "ModelMixin"]
+# `ModelMixin` is exported because diffusers' pipeline loader looks the base class up in this module
+# (model_index.json stores "synfer_diffusers.models.unet_au").
 
 AU_PARAMETER_MARKERS = ("au_encoder.", "au_null_tokens", ".to_k_au.", ".to_v_au.")
 """Substrings that identify the adapter's parameters in a state dict."""

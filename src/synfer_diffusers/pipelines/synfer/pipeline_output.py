@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class SynFERPipelineOutput(BaseOutput):
+    """
+    Output of [`SynFERPipeline`], one entry per generated image.
+
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
+            Generated images (or latents for `output_type="latent"`).
+        expressions (`list[str | None]`): the target expression of each image; `None` when only AUs (or
+            nothing) were requested, i.e. the image has no target label.
+        action_units (`list[dict[str, float] | None]`): the AU condition each image was generated with
+            (`None` for the null AU condition or a UNet without an AU adapter).
+        prompts (`list[str]`): the prompts actually encoded, after enrichment.
+        seeds (`list[int]`): per-image seeds; `generator=[torch.Generator().manual_seed(seeds[i])]` with the
+            same per-image inputs reproduces image `i` alone.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    expressions: list[str | None]
+    action_units: list[dict[str, float] | None]
+    prompts: list[str]
+    seeds: list[int]

@@ -1,0 +1,460 @@
+"""SynFERPipeline: text + action-unit controlled facial-expression synthesis (SynFER stage 2, sampling)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
+
+from ...facs import EXPRESSIONS, AUSpace, expression_prototype
+from ...hub_utils import push_folder_to_hub, write_model_card
+from ...models.unet_au import AUConditionedUNet2DConditionModel
+from ...prompts import enrich_prompt
+from .pipeline_output import SynFERPipelineOutput
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from synfer_diffusers import SynFERPipeline
+
+        >>> pipe = SynFERPipeline.from_pretrained("path/or/repo-id")
+        >>> out = pipe(
+        ...     prompt="a photo of an elderly man with glasses",
+        ...     expression="happy",
+        ...     action_units={"AU6": 2.5, "AU12": 4.0},
+        ...     num_images_per_prompt=4,
+        ...     generator=torch.Generator().manual_seed(0),
+        ... )
+        >>> out.images[0].save("happy.png"); out.expressions, out.action_units, out.prompts
+        ```
+"""
+
+AUInput = Mapping[str, float] | Sequence[Mapping[str, float]] | torch.Tensor | np.ndarray
+
+
+class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+    r"""
+    Facial-expression generation controlled by text and facial action units (SynFER, arXiv 2410.09865).
+
+    Classifier-free guidance contrasts the conditional branch (enriched prompt + AU tokens) with the
+    unconditional one (negative prompt, default `""`, + the UNet's learned null AU condition).
+
+    Args:
+        vae ([`AutoencoderKL`]): image <-> latent autoencoder.
+        text_encoder ([`~transformers.CLIPTextModel`]): frozen text encoder.
+        tokenizer ([`~transformers.CLIPTokenizer`]): its tokenizer.
+        unet ([`AUConditionedUNet2DConditionModel`] or [`~diffusers.UNet2DConditionModel`]): denoiser; a plain
+            UNet gives a text-only model (no AU control).
+        scheduler ([`DDIMScheduler`] or [`DPMSolverMultistepScheduler`]): for latents, DDIM's `clip_sample`
+            must be off.
+
+    The pipeline puts its models in eval mode (as `from_pretrained` does); a training loop that builds one for
+    validation calls `unet.train()` again afterwards.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "au_embeds"]
+    model_card_template = "synfer_pipeline.md"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer | PreTrainedTokenizerBase,
+        unet: AUConditionedUNet2DConditionModel | UNet2DConditionModel,
+        scheduler: DDIMScheduler | DPMSolverMultistepScheduler,
+    ):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        for module in (vae, text_encoder, unet):
+            if module is not None:
+                module.eval()  # as `from_pretrained` leaves them, so built and reloaded pipelines match exactly
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @property
+    def au_space(self) -> AUSpace | None:
+        """The UNet's AU space, or `None` for a UNet without an AU adapter."""
+        return self.unet.au_space if isinstance(self.unet, AUConditionedUNet2DConditionModel) else None
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, au_space: AUSpace | None = None, **kwargs: Any
+    ) -> SynFERPipeline:
+        """[`DiffusionPipeline.from_pretrained`] (folder or Hub repo id), plus `au_space`: if given, the
+        checkpoint's AU space must equal it, else a `ValueError` is raised."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if au_space is not None and pipe.au_space != au_space:
+            found = pipe.au_space.names if pipe.au_space else None
+            raise ValueError(
+                f"`au_space`: the checkpoint's AU space {found} differs from the requested {list(au_space.names)}."
+            )
+        return pipe
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        model_card: Mapping[str, Any] | None = None,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """[`DiffusionPipeline.save_pretrained`] (safetensors) plus a `README.md` model card rendered from
+        `model_cards/synfer_pipeline.md`; `model_card` fills its fields (`base_model`, `datasets`, `license`,
+        `training`, ...). With `push_to_hub`, the folder is then uploaded to `repo_id` (default: its name)."""
+        super().save_pretrained(save_directory, **kwargs)
+        write_model_card(save_directory, self.model_card_template, self._model_card_fields(model_card))
+        if push_to_hub:
+            push_folder_to_hub(save_directory, repo_id or os.path.basename(os.path.abspath(save_directory)))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str = "Upload SynFERPipeline",
+        private: bool | None = None,
+        token: str | None = None,
+        model_card: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Saves the pipeline with its model card and uploads it to `repo_id` in one commit; returns the URL."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, model_card=model_card)
+            return push_folder_to_hub(folder, repo_id, commit_message=commit_message, private=private, token=token)
+
+    def _model_card_fields(self, model_card: Mapping[str, Any] | None) -> dict[str, Any]:
+        space = self.au_space
+        fields: dict[str, Any] = {
+            "au_space": space.describe() if space else {},
+            "au_kind": space.kind if space else None,
+            "num_au_tokens": self.unet.config.get("num_au_tokens"),
+            "expressions": list(EXPRESSIONS),
+            "resolution": self.unet.config.sample_size * self.vae_scale_factor,
+            "cross_attention_dim": self.unet.config.cross_attention_dim,
+            "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
+        }
+        fields.update(model_card or {})
+        return fields
+
+    def encode_prompt(
+        self, prompts: list[str], device: torch.device
+    ) -> torch.Tensor:  # (B, L, D) last hidden state of the text encoder
+        """Tokenises (padded to the tokenizer's maximum length) and encodes prompts."""
+        tokens = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        return self.text_encoder(tokens.input_ids.to(device))[0]
+
+    def check_inputs(
+        self,
+        height: int,
+        width: int,
+        num_images_per_prompt: int,
+        au_scale: float,
+        guidance_scale: float,
+        action_units: AUInput | None,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> None:
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(
+                f"`height` and `width` must be divisible by {self.vae_scale_factor} (the VAE scale), got {height}x{width}."
+            )
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}.")
+        if not isinstance(au_scale, (int, float)) or not math.isfinite(au_scale):
+            raise ValueError(f"`au_scale` must be a finite number, got {au_scale!r}.")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
+        if action_units is not None and self.au_space is None:
+            raise ValueError(
+                "`action_units` were given but the UNet has no AU adapter; use AUConditionedUNet2DConditionModel."
+            )
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, got {sorted(unknown)}."
+            )
+
+    def resolve_batch(
+        self,
+        prompt: str | list[str] | None,
+        expression: str | list[str | None] | None,
+        action_units: AUInput | None,
+        negative_prompt: str | list[str] | None,
+    ) -> tuple[int, list[str | None], list[str | None], torch.Tensor | None, list[str]]:
+        """Checks that list inputs agree in length and broadcasts single values; returns `(batch_size,
+        prompts, expressions, au_values (batch, num_aus) or None, negative_prompts)`."""
+        au_values = self.au_space.to_tensor(action_units) if action_units is not None else None
+        sizes = {
+            "prompt": len(prompt) if isinstance(prompt, list) else None,
+            "expression": len(expression) if isinstance(expression, list) else None,
+            "action_units": au_values.shape[0] if au_values is not None and _is_batched(action_units) else None,
+            "negative_prompt": len(negative_prompt) if isinstance(negative_prompt, list) else None,
+        }
+        given = {k: v for k, v in sizes.items() if v is not None}
+        if len(set(given.values())) > 1:
+            raise ValueError(f"Batch sizes of the inputs do not match: {given}.")
+        batch_size = next(iter(given.values()), 1)
+        if batch_size < 1:
+            raise ValueError(f"Inputs must not be empty lists, got {given}.")
+        prompts = prompt if isinstance(prompt, list) else [prompt] * batch_size
+        expressions = expression if isinstance(expression, list) else [expression] * batch_size
+        for i, name in enumerate(expressions):
+            if name is not None:
+                EXPRESSIONS.label_id(name, field=f"expression[{i}]" if isinstance(expression, list) else "expression")
+        for i, text in enumerate(prompts):
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"`prompt[{i}]` must be a string or None, got {type(text).__name__}.")
+        if all(p is None for p in prompts) and all(e is None for e in expressions) and au_values is None:
+            raise ValueError("Give at least one of `prompt`, `expression` or `action_units`.")
+        if au_values is not None and au_values.shape[0] == 1:
+            au_values = au_values.expand(batch_size, -1)
+        negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * batch_size
+        return batch_size, prompts, expressions, au_values, [n or "" for n in negatives]
+
+    def prepare_generators(
+        self, generator: torch.Generator | list[torch.Generator] | None, num_images: int
+    ) -> tuple[list[torch.Generator], list[int]]:
+        """One CPU generator per image. A list is used as given (one per image); a single generator draws
+        one seed per image; `None` draws seeds from torch's global RNG."""
+        if isinstance(generator, list):
+            if len(generator) != num_images:
+                raise ValueError(f"`generator` list has {len(generator)} entries for {num_images} images.")
+            return generator, [g.initial_seed() for g in generator]
+        seeds = torch.randint(0, 2**31 - 1, (num_images,), generator=generator).tolist()
+        return [torch.Generator("cpu").manual_seed(s) for s in seeds], seeds
+
+    def sample_prototype_action_units(
+        self, expression: str, generator: torch.Generator, intensity: float, jitter: float
+    ) -> torch.Tensor:  # (num_aus,)
+        """EMFACS prototype of `expression` with Gaussian intensity jitter (std `jitter`) on its active AUs,
+        clipped to the space's range. Occurrence spaces get no jitter."""
+        space = self.au_space
+        prototype = torch.tensor(list(expression_prototype(expression, space, intensity).values()))
+        if space.kind == "occurrence" or jitter == 0:
+            return prototype
+        noise = torch.randn(prototype.shape, generator=generator) * jitter
+        return torch.where(prototype > 0, (prototype + noise).clamp(0.5, space.max_value), prototype)
+
+    def plan_conditions(
+        self,
+        prompts: list[str | None],
+        expressions: list[str | None],
+        au_values: torch.Tensor | None,
+        num_images_per_prompt: int,
+        generators: list[torch.Generator],
+        prototype_intensity: float,
+        au_jitter: float,
+        enrich: bool,
+    ) -> tuple[list[str], list[str | None], torch.Tensor | None, list[bool]]:
+        """Per image: prompt used, target expression, AU vector (`(num_images, num_aus)`) and whether it
+        has an AU condition (False -> null AU condition)."""
+        space = self.au_space
+        used_prompts, image_expressions, rows, has_au = [], [], [], []
+        for i, g in enumerate(generators):
+            p = i // num_images_per_prompt
+            expression = expressions[p]
+            if space is None:
+                row = None
+            elif au_values is not None:
+                row = au_values[p]
+            elif expression is not None:
+                row = self.sample_prototype_action_units(expression, g, prototype_intensity, au_jitter)
+            else:
+                row = None
+            au_dict = space.to_dicts(row)[0] if row is not None else None
+            used_prompts.append(enrich_prompt(prompts[p], expression, au_dict) if enrich else prompts[p] or "")
+            image_expressions.append(expression)
+            rows.append(row if row is not None else torch.zeros(space.num_aus) if space else None)
+            has_au.append(row is not None)
+        au_matrix = torch.stack(rows).float() if space is not None else None
+        return used_prompts, image_expressions, au_matrix, has_au
+
+    def prepare_extra_step_kwargs(self, generator: torch.Generator | None, eta: float) -> dict[str, Any]:
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs: dict[str, Any] = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        expression: str | list[str | None] | None = None,
+        action_units: AUInput | None = None,
+        au_scale: float = 1.0,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        enrich_prompt: bool = True,
+        prototype_intensity: float = 3.0,
+        au_jitter: float = 0.5,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> SynFERPipelineOutput | tuple:
+        r"""
+        Generates facial-expression images.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*): coarse description(s) of the person, e.g. "a photo of an
+                elderly man with glasses". With `enrich_prompt`, expanded with the expression and AU words
+                (`synfer_diffusers.prompts.enrich_prompt`).
+            expression (`str` or `list[str | None]`, *optional*): target expression(s) from `EXPRESSIONS`. With
+                no `action_units`, each image's AUs are the EMFACS prototype (`prototype_intensity`) with seeded
+                Gaussian jitter (`au_jitter`) on its active AUs.
+            action_units (`dict`, `list[dict]` or tensor `(batch, num_aus)`, *optional*): AU condition(s) in the
+                UNet's AU space, by name. With AUs only (no expression), `expressions` in the output is `None`:
+                the image has no target label.
+            au_scale (`float`, defaults to 1.0): weight of the AU cross-attention branch; 0 disables it.
+            height, width (`int`, *optional*): image size, divisible by the VAE scale; default from the UNet.
+            num_inference_steps (`int`, defaults to 50), guidance_scale (`float`, defaults to 7.5): sampling
+                steps and classifier-free guidance (`<= 1` disables it).
+            negative_prompt (`str` or `list[str]`, *optional*): the unconditional prompt (default `""`).
+            num_images_per_prompt (`int`, defaults to 1): images per batch entry.
+            eta (`float`, defaults to 0.0): DDIM eta.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): see `SynFERPipelineOutput.seeds`;
+                a list gives one generator per image (latents and AU jitter of image `i` come from entry `i`).
+            latents (`torch.Tensor`, *optional*): initial noise `(num_images, C, H/f, W/f)`.
+            enrich_prompt (`bool`, defaults to True): expand prompts with expression and AU words.
+            output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
+            return_dict (`bool`, defaults to True): else return `(images, expressions, action_units, prompts, seeds)`.
+            callback_on_step_end (`Callable`, *optional*): `fn(pipe, step, timestep, callback_kwargs) -> dict`,
+                called after each step with the tensors named in `callback_on_step_end_tensor_inputs`; returned
+                tensors replace them.
+
+        Returns:
+            [`SynFERPipelineOutput`] or `tuple`.
+        """
+        callback_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}.")
+        self.check_inputs(
+            height, width, num_images_per_prompt, au_scale, guidance_scale, action_units, callback_inputs
+        )
+        batch_size, prompts, expressions, au_values, negatives = self.resolve_batch(
+            prompt, expression, action_units, negative_prompt
+        )
+        num_images = batch_size * num_images_per_prompt
+        generators, seeds = self.prepare_generators(generator, num_images)
+        used_prompts, image_expressions, au_matrix, has_au = self.plan_conditions(
+            prompts, expressions, au_values, num_images_per_prompt, generators, prototype_intensity, au_jitter,
+            enrich_prompt,
+        )  # fmt: skip
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+
+        prompt_embeds = self.encode_prompt(used_prompts, device)  # (N, L, D)
+        negative_prompt_embeds = None
+        if do_cfg:
+            negative_prompt_embeds = self.encode_prompt(
+                [n for n in negatives for _ in range(num_images_per_prompt)], device
+            )
+        au_embeds = self.encode_au_condition(au_matrix, has_au, device)  # (N, T, D) or None
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latent_shape = (num_images, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(latent_shape, generator=generators, device=device, dtype=prompt_embeds.dtype)
+        elif tuple(latents.shape) != latent_shape:
+            raise ValueError(f"`latents` must have shape {latent_shape}, got {tuple(latents.shape)}.")
+        latents = latents.to(device=device, dtype=prompt_embeds.dtype) * self.scheduler.init_noise_sigma
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generators[0], eta)
+
+        timesteps = self.scheduler.timesteps
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                noise_pred = self.predict_noise(
+                    latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, guidance_scale
+                )
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    local_tensors = {
+                        "latents": latents, "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds, "au_embeds": au_embeds,
+                    }  # fmt: skip
+                    outputs = callback_on_step_end(self, i, t, {k: local_tensors[k] for k in callback_inputs})
+                    latents = outputs.pop("latents", latents)
+                    prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                    au_embeds = outputs.pop("au_embeds", au_embeds)
+                progress_bar.update()
+
+        images = latents if output_type == "latent" else self.decode_latents(latents, output_type)
+        self.maybe_free_model_hooks()
+        au_dicts = [d if keep else None for d, keep in zip(self.au_space.to_dicts(au_matrix), has_au)] if au_matrix is not None else [None] * num_images
+        if not return_dict:
+            return images, image_expressions, au_dicts, used_prompts, seeds
+        return SynFERPipelineOutput(
+            images=images, expressions=image_expressions, action_units=au_dicts, prompts=used_prompts, seeds=seeds
+        )
+
+    def encode_au_condition(
+        self, au_matrix: torch.Tensor | None, has_au: list[bool], device: torch.device
+    ) -> torch.Tensor | None:  # (N, T, D)
+        """AU tokens per image; rows without an AU condition get the null AU tokens."""
+        if au_matrix is None:
+            return None
+        drop = torch.tensor([not keep for keep in has_au], device=device)
+        return self.unet.encode_action_units(au_matrix.to(device), drop_mask=drop)
+
+    def predict_noise(
+        self,
+        latents: torch.Tensor,  # (N, C, h, w)
+        t: torch.Tensor,
+        prompt_embeds: torch.Tensor,  # (N, L, D)
+        negative_prompt_embeds: torch.Tensor | None,  # (N, L, D) when CFG
+        au_embeds: torch.Tensor | None,  # (N, T, D)
+        au_scale: float,
+        guidance_scale: float,
+    ) -> torch.Tensor:  # (N, C, h, w)
+        """One UNet call, with classifier-free guidance over (negative prompt + null AU, prompt + AU)."""
+        do_cfg = negative_prompt_embeds is not None
+        model_input = torch.cat([latents, latents]) if do_cfg else latents
+        model_input = self.scheduler.scale_model_input(model_input, t)
+        text = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
+        au_kwargs = {}
+        if au_embeds is not None:
+            null = self.unet.encode_action_units(None, batch_size=au_embeds.shape[0]).to(au_embeds)
+            au_kwargs = {"au_embeds": torch.cat([null, au_embeds]) if do_cfg else au_embeds, "au_scale": au_scale}
+        noise_pred = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False, **au_kwargs)[0]
+        if not do_cfg:
+            return noise_pred
+        uncond, cond = noise_pred.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    def decode_latents(self, latents: torch.Tensor, output_type: str) -> Any:
+        image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]  # (N, 3, H, W)
+        return self.image_processor.postprocess(image, output_type=output_type)
+
+
+def _is_batched(action_units: AUInput) -> bool:
+    if isinstance(action_units, (torch.Tensor, np.ndarray)):
+        return action_units.ndim == 2
+    return not isinstance(action_units, Mapping)
+
+
+SynFERPipeline.__call__.__doc__ = (SynFERPipeline.__call__.__doc__ or "") + EXAMPLE_DOC_STRING

@@ -281,6 +281,24 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         au_matrix = torch.stack(rows).float() if space is not None else None
         return used_prompts, image_expressions, au_matrix, has_au
 
+    def prepare_latents(
+        self,
+        num_images: int,
+        height: int,
+        width: int,
+        generators: list[torch.Generator],
+        latents: torch.Tensor | None,
+        device: torch.device,
+    ) -> torch.Tensor:  # (N, C, H / f, W / f), unit variance
+        """Initial noise, drawn first from each image's generator so that it depends on the seed alone (not on
+        whether AU jitter is drawn afterwards)."""
+        shape = (num_images, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            return randn_tensor(shape, generator=generators, device=device, dtype=torch.float32)
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        return latents
+
     def prepare_extra_step_kwargs(self, generator: torch.Generator | None, eta: float) -> dict[str, Any]:
         params = set(inspect.signature(self.scheduler.step).parameters)
         kwargs: dict[str, Any] = {}
@@ -360,11 +378,12 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         )
         num_images = batch_size * num_images_per_prompt
         generators, seeds = self.prepare_generators(generator, num_images)
+        device = self._execution_device
+        latents = self.prepare_latents(num_images, height, width, generators, latents, device)
         used_prompts, image_expressions, au_matrix, has_au = self.plan_conditions(
             prompts, expressions, au_values, num_images_per_prompt, generators, prototype_intensity, au_jitter,
             enrich_prompt,
         )  # fmt: skip
-        device = self._execution_device
         do_cfg = guidance_scale > 1.0
 
         prompt_embeds = self.encode_prompt(used_prompts, device)  # (N, L, D)
@@ -376,11 +395,6 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         au_embeds = self.encode_au_condition(au_matrix, has_au, device)  # (N, T, D) or None
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latent_shape = (num_images, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is None:
-            latents = randn_tensor(latent_shape, generator=generators, device=device, dtype=prompt_embeds.dtype)
-        elif tuple(latents.shape) != latent_shape:
-            raise ValueError(f"`latents` must have shape {latent_shape}, got {tuple(latents.shape)}.")
         latents = latents.to(device=device, dtype=prompt_embeds.dtype) * self.scheduler.init_noise_sigma
         extra_step_kwargs = self.prepare_extra_step_kwargs(generators[0], eta)
 

@@ -67,7 +67,9 @@ def _count_words(corpus: Iterable[str]) -> Counter[str]:
     return counts
 
 
-def learn_bpe_merges(word_counts: dict[str, int], max_new_tokens: int, min_frequency: int = 2) -> list[tuple[str, str]]:
+def learn_bpe_merges(
+    word_counts: dict[str, int], max_new_tokens: int, min_frequency: int = 2
+) -> list[tuple[str, str]]:
     """Learns BPE merges on `{byte-level word: count}` until `max_new_tokens` new tokens exist or no pair occurs
     `min_frequency` times. Deterministic: ties go to the lexicographically smallest pair."""
     words = [list(word[:-1]) + [word[-1] + END_OF_WORD] for word in sorted(word_counts) if word]

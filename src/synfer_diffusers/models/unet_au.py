@@ -258,6 +258,7 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
             raise ValueError(f"`num_au_tokens` must be >= 1, got {num_au_tokens}.")
         space = AUSpace.from_config(au_space) if au_space is not None else AUSpace.disfa12()
         self.register_to_config(au_space=space.to_config())
+        self._au_space = space
         self.au_encoder = AUEncoder(
             space.num_aus, num_au_tokens, cross_attention_dim, au_encoder_hidden_dim or cross_attention_dim
         )
@@ -269,7 +270,7 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
 
     @property
     def au_space(self) -> AUSpace:
-        return AUSpace.from_config(self.config.au_space)
+        return self._au_space
 
     def _cross_attention_layers(self) -> list[Attention]:
         return [m for m in self.modules() if isinstance(m, Attention) and m.is_cross_attention]

@@ -147,14 +147,16 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         fields.update(model_card or {})
         return fields
 
-    def encode_prompt(
-        self, prompts: list[str], device: torch.device
-    ) -> torch.Tensor:  # (B, L, D) last hidden state of the text encoder
-        """Tokenises (padded to the tokenizer's maximum length) and encodes prompts."""
+    def encode_prompt(self, prompts: list[str], device: torch.device) -> torch.Tensor:  # (B, L, D)
+        """Tokenises (padded to the tokenizer's maximum length) and encodes prompts; each distinct prompt is
+        encoded once."""
+        unique = list(dict.fromkeys(prompts))
         tokens = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            unique, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         )
-        return self.text_encoder(tokens.input_ids.to(device))[0]
+        embeds = self.text_encoder(tokens.input_ids.to(device))[0]  # (U, L, D)
+        index = torch.tensor([unique.index(p) for p in prompts], device=embeds.device)
+        return embeds.index_select(0, index)
 
     def check_inputs(
         self,

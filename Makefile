@@ -1,0 +1,39 @@
+# make generate   the main job: a small synthetic facial-expression dataset in outputs/demo (CPU, offline)
+# make test       the test suite, offline
+# make install    .venv with the CPU torch of constraints.txt and this package (editable, [dev] extras)
+# make bench      the benchmark scripts in benchmarks/
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+OUTPUT_DIR ?= outputs/demo
+GENERATE_ARGS ?=
+PYTEST_ARGS ?=
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+
+.PHONY: install generate test bench clean
+
+install: $(VENV)/.installed
+
+# torch first: a bare `torch` requirement with no torch installed would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml setup.cfg constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install -c constraints.txt -e ".[dev]"
+	touch $@
+
+generate: install
+	$(OFFLINE) $(BIN)/synfer generate --output-dir $(OUTPUT_DIR) $(GENERATE_ARGS)
+
+test: install
+	$(OFFLINE) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	@set -e; found=0; for script in benchmarks/*.py; do \
+		[ -e "$$script" ] || continue; found=1; \
+		echo "== $$script"; $(OFFLINE) $(BIN)/python "$$script"; \
+	done; [ "$$found" = 1 ] || echo "no benchmark scripts in benchmarks/"
+
+clean:
+	rm -rf build dist src/*.egg-info .pytest_cache $(OUTPUT_DIR)

@@ -1,0 +1,37 @@
+"""Shared test setup: offline Hugging Face libraries, 2 CPU threads, tiny components built in code."""
+
+import os
+
+# Read by huggingface_hub / datasets at import time: set before anything imports them.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def pytest_configure(config):
+    # Also declared in setup.cfg; registered here so the marker exists whatever the rootdir.
+    config.addinivalue_line("markers", 'slow: takes more than a few seconds on a 2-core CPU (-m "not slow")')
+
+
+@pytest.fixture
+def tiny_components():
+    """Fresh tiny SynFER components (seed 0) for each test: `vae`, `text_encoder`, `tokenizer`, `unet`,
+    `scheduler`."""
+    from synfer_diffusers.tiny import make_tiny_components
+
+    return make_tiny_components(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    """A folder holding the tiny CLIP tokenizer (`vocab.json`, `merges.txt`, transformers files)."""
+    from synfer_diffusers.tokenization import tiny_clip_tokenizer
+
+    directory = tmp_path_factory.mktemp("tiny_tokenizer")
+    tiny_clip_tokenizer(save_directory=directory)
+    return directory

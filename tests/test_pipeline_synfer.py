@@ -152,7 +152,9 @@ def test_au_scale_zero_equals_plain_unet_pipeline(pipe, tiny_components):
 def test_dpm_solver_scheduler(pipe):
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     out = _run(pipe, expression="happy", num_inference_steps=4)
-    assert np.isfinite(out.images).all() and np.array_equal(out.images, _run(pipe, expression="happy", num_inference_steps=4).images)
+    assert np.isfinite(out.images).all() and np.array_equal(
+        out.images, _run(pipe, expression="happy", num_inference_steps=4).images
+    )
 
 
 def test_load_lora_weights(pipe, tmp_path):

@@ -80,7 +80,9 @@ def test_save_load_round_trip_keeps_au_space(tmp_path, base_and_adapter):
     assert loaded.au_space == space and loaded.config.num_au_tokens == 3
     sample, t, text, _ = _inputs(small)
     aus = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    assert torch.equal(loaded(sample, t, text, action_units=aus).sample, small(sample, t, text, action_units=aus).sample)
+    assert torch.equal(
+        loaded(sample, t, text, action_units=aus).sample, small(sample, t, text, action_units=aus).sample
+    )
 
 
 @torch.no_grad()
@@ -122,7 +124,11 @@ def test_bad_configs():
 @torch.no_grad()
 def test_sd15_size_builds_and_runs_one_forward():
     unet = AUConditionedUNet2DConditionModel(cross_attention_dim=768, num_au_tokens=4).to(torch.bfloat16).eval()
-    assert 859e6 < sum(p.numel() for p in unet.parameters()) - sum(p.numel() for p in unet.trainable_au_parameters()) < 860e6
+    assert (
+        859e6
+        < sum(p.numel() for p in unet.parameters()) - sum(p.numel() for p in unet.trainable_au_parameters())
+        < 860e6
+    )
     sample = torch.randn(1, 4, 64, 64, dtype=torch.bfloat16)
     text = torch.randn(1, 77, 768, dtype=torch.bfloat16)
     aus = AUSpace.disfa12().to_tensor({"AU6": 2.5, "AU12": 4.0})

@@ -259,3 +259,43 @@ def expression_prototype(name: str, space: AUSpace | None = None, intensity: flo
     value = (3.0 if space.kind == "intensity" else 1.0) if intensity is None else intensity
     active = [au for au in EMFACS_PROTOTYPES[name] if au in space.names]
     return {au: (space.validate_value(value, au, "intensity") if au in active else 0.0) for au in space.names}
+
+
+def map_classifier_labels(
+    id2label: Mapping[int, str], label_mapping: Mapping[str, str | None] | None = None, field: str = "label_mapping"
+) -> list[int | None]:
+    """For each output of a classifier (in `id2label` order), the index of its class in [`EXPRESSIONS`], or
+    `None` for an output mapped away (e.g. AffectNet-8's "contempt": `{"contempt": None}`).
+
+    Names are matched case-insensitively; `label_mapping` renames the classifier's labels first (e.g.
+    `{"happiness": "happy", "angry": "anger"}`). Every other output must map onto an expression and every
+    expression must be exactly one output, else a `ValueError` naming `field` says what is wrong.
+
+    Example:
+
+    ```py
+    >>> map_classifier_labels({0: "Anger", 1: "Neutral", 2: "happiness", 3: "sad", 4: "surprise", 5: "fear",
+    ...                        6: "disgust"}, {"happiness": "happy"})
+    [6, 0, 1, 2, 3, 4, 5]
+    ```
+    """
+    renames = {k.lower(): (v.lower() if v is not None else None) for k, v in (label_mapping or {}).items()}
+    raw = [str(id2label[i]).lower() for i in sorted(id2label, key=int)]
+    names = [renames.get(n, n) for n in raw]
+    unknown = sorted({n for n in names if n is not None and n not in EXPRESSIONS})
+    if unknown:
+        raise ValueError(
+            f"`{field}`: classifier labels {unknown} do not map onto {list(EXPRESSIONS)}; map them (or to None)."
+        )
+    kept = [n for n in names if n is not None]
+    missing = [e for e in EXPRESSIONS if e not in kept]
+    if missing or len(kept) != len(set(kept)):
+        raise ValueError(f"`{field}`: every expression must be exactly one classifier output; missing {missing}.")
+    return [EXPRESSIONS.index(n) if n is not None else None for n in names]
+
+
+def classifier_logits_to_expressions(logits: torch.Tensor, index_map: Sequence[int | None]) -> torch.Tensor:
+    """Reorders classifier logits `(B, num_outputs)` into [`EXPRESSIONS`] order `(B, 7)`, dropping outputs
+    mapped to `None` (see [`map_classifier_labels`])."""
+    source = [index_map.index(target) for target in range(len(EXPRESSIONS))]
+    return logits[:, source]

@@ -181,7 +181,12 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
             "DownBlock2D",
         ),
         mid_block_type: str | None = "UNetMidBlock2DCrossAttn",
-        up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        up_block_types: tuple[str, ...] = (
+            "UpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+        ),
         only_cross_attention: bool | tuple[bool] = False,
         block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
         layers_per_block: int | tuple[int] = 2,
@@ -298,7 +303,9 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
         missing, unexpected = model.load_state_dict(base_state, strict=False)
         not_adapter = [k for k in missing if not is_au_parameter(k)]
         if not_adapter or unexpected:
-            raise ValueError(f"`unet` does not match its config: missing {not_adapter[:5]}, unexpected {unexpected[:5]}.")
+            raise ValueError(
+                f"`unet` does not match its config: missing {not_adapter[:5]}, unexpected {unexpected[:5]}."
+            )
         with torch.no_grad():
             for attn in model._cross_attention_layers():
                 attn.to_k_au.weight.copy_(attn.to_k.weight)

@@ -10,15 +10,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
-from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
+from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.image_processing_utils import BaseImageProcessor
 
-from ...facs import EXPRESSIONS, AUSpace, expression_prototype
+from ...facs import EXPRESSIONS, AUSpace, classifier_logits_to_expressions, expression_prototype, map_classifier_labels
 from ...hub_utils import push_folder_to_hub, write_model_card
 from ...models.unet_au import AUConditionedUNet2DConditionModel
 from ...prompts import enrich_prompt
@@ -43,6 +46,8 @@ EXAMPLE_DOC_STRING = """
 """
 
 AUInput = Mapping[str, float] | Sequence[Mapping[str, float]] | torch.Tensor | np.ndarray
+ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
+SG_NORMALIZATIONS = ("global", "per_token")
 
 
 class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
@@ -60,12 +65,19 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             UNet gives a text-only model (no AU control).
         scheduler ([`DDIMScheduler`] or [`DPMSolverMultistepScheduler`]): for latents, DDIM's `clip_sample`
             must be off.
+        guidance_classifier ([`~transformers.PreTrainedModel`], *optional*): an image classifier
+            (`AutoModelForImageClassification`) whose `id2label` maps onto `EXPRESSIONS`, used for semantic
+            guidance. Keep it different from any classifier used to measure results.
+        guidance_image_processor ([`~transformers.image_processing_utils.BaseImageProcessor`], *optional*): its
+            image processor; only `size`, `image_mean` and `image_std` are read, and applied in torch,
+            differentiably.
 
     The pipeline puts its models in eval mode (as `from_pretrained` does); a training loop that builds one for
     validation calls `unet.train()` again afterwards.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["guidance_classifier", "guidance_image_processor"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "au_embeds"]
     model_card_template = "synfer_pipeline.md"
 
@@ -76,10 +88,15 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         tokenizer: CLIPTokenizer | PreTrainedTokenizerBase,
         unet: AUConditionedUNet2DConditionModel | UNet2DConditionModel,
         scheduler: DDIMScheduler | DPMSolverMultistepScheduler,
+        guidance_classifier: PreTrainedModel | None = None,
+        guidance_image_processor: BaseImageProcessor | None = None,
     ):
         super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        for module in (vae, text_encoder, unet):
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            guidance_classifier=guidance_classifier, guidance_image_processor=guidance_image_processor,
+        )  # fmt: skip
+        for module in (vae, text_encoder, unet, guidance_classifier):
             if module is not None:
                 module.eval()  # as `from_pretrained` leaves them, so built and reloaded pipelines match exactly
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if vae is not None else 8
@@ -152,7 +169,11 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         encoded once."""
         unique = list(dict.fromkeys(prompts))
         tokens = self.tokenizer(
-            unique, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            unique,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         )
         embeds = self.text_encoder(tokens.input_ids.to(device))[0]  # (U, L, D)
         index = torch.tensor([unique.index(p) for p in prompts], device=embeds.device)
@@ -294,7 +315,12 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     ) -> torch.Tensor:  # (N, C, H / f, W / f), unit variance
         """Initial noise, drawn first from each image's generator so that it depends on the seed alone (not on
         whether AU jitter is drawn afterwards)."""
-        shape = (num_images, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = (
+            num_images,
+            self.unet.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         if latents is None:
             return randn_tensor(shape, generator=generators, device=device, dtype=torch.float32)
         if tuple(latents.shape) != shape:
@@ -326,6 +352,12 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        layout_image: ImageInput | list[ImageInput] | None = None,
+        layout_strength: float = 1.0,
+        semantic_guidance_scale: float = 0.0,
+        semantic_guidance_window: tuple[float, float] = (0.6, 1.0),
+        semantic_guidance_normalization: str = "global",
+        guidance_label_mapping: Mapping[str, str | None] | None = None,
         enrich_prompt: bool = True,
         prototype_intensity: float = 3.0,
         au_jitter: float = 0.5,
@@ -357,6 +389,24 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): see `SynFERPipelineOutput.seeds`;
                 a list gives one generator per image (latents and AU jitter of image `i` come from entry `i`).
             latents (`torch.Tensor`, *optional*): initial noise `(num_images, C, H/f, W/f)`.
+            layout_image (image or list of images, *optional*): layout initialisation (SynFER): each image (PIL,
+                array or tensor, exactly `height` x `width`; one for all images, one per prompt, or one per image)
+                is encoded and DDIM-inverted under the null condition (prompt `""`, null AU tokens, no CFG) to the
+                noise level of step `(1 - layout_strength) * num_inference_steps`, and denoising starts there.
+            layout_strength (`float` in [0, 1], defaults to 1.0): 1.0 inverts all the way (the paper's layout
+                initialisation); smaller values keep more of the layout image and run fewer denoising steps.
+            semantic_guidance_scale (`float`, defaults to 0.0): lambda_g of SynFER's semantic guidance; 0 disables it.
+                In the guided steps, `x0_hat = (x_t - sqrt(1 - abar_t) eps_cond) / sqrt(abar_t)` is decoded by the
+                VAE and scored by `guidance_classifier`, and the text embedding moves *against* the normalised
+                gradient of the cross-entropy to the target expression (descent on the loss; the paper's
+                transcribed formula shows a plus sign), `c <- c - lambda_g * g / ||g||`, carried to later steps.
+                Images without a target expression are not guided.
+            semantic_guidance_window (`tuple[float, float]`, defaults to (0.6, 1.0)): the guided steps, as
+                fractions of the denoising steps run (0.6-1.0 = the last 40%).
+            semantic_guidance_normalization (`str`, defaults to "global"): "global" divides each image's gradient
+                by its L2 norm over all tokens; "per_token" normalises every token's gradient separately.
+            guidance_label_mapping (`dict`, *optional*): renames the guide's labels onto `EXPRESSIONS`
+                (see `synfer_diffusers.facs.map_classifier_labels`).
             enrich_prompt (`bool`, defaults to True): expand prompts with expression and AU words.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): else return `(images, expressions, action_units, prompts, seeds)`.
@@ -375,6 +425,11 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         self.check_inputs(
             height, width, num_images_per_prompt, au_scale, guidance_scale, action_units, callback_inputs
         )
+        self.check_guidance_inputs(
+            semantic_guidance_scale, semantic_guidance_window, semantic_guidance_normalization, layout_strength
+        )
+        if layout_image is not None and latents is not None:
+            raise ValueError("Pass either `latents` or `layout_image`, not both.")
         batch_size, prompts, expressions, au_values, negatives = self.resolve_batch(
             prompt, expression, action_units, negative_prompt
         )
@@ -397,15 +452,32 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         au_embeds = self.encode_au_condition(au_matrix, has_au, device)  # (N, T, D) or None
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = latents.to(device=device, dtype=prompt_embeds.dtype) * self.scheduler.init_noise_sigma
+        timesteps = self.scheduler.timesteps
+        if layout_image is None:
+            latents = latents.to(device=device, dtype=prompt_embeds.dtype) * self.scheduler.init_noise_sigma
+        else:
+            images = self.preprocess_layout_images(layout_image, batch_size, num_images_per_prompt, height, width)
+            timesteps = timesteps[len(timesteps) - round(len(timesteps) * layout_strength) :]
+            latents = self.invert_layout(images.to(device), timesteps).to(prompt_embeds.dtype)
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(num_inference_steps - len(timesteps))
         extra_step_kwargs = self.prepare_extra_step_kwargs(generators[0], eta)
 
-        timesteps = self.scheduler.timesteps
+        guided_steps = set()
+        if semantic_guidance_scale > 0:
+            guide = self.prepare_semantic_guidance(image_expressions, guidance_label_mapping, device)
+            guided_steps = semantic_guidance_steps(len(timesteps), semantic_guidance_window)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
-                noise_pred = self.predict_noise(
-                    latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, guidance_scale
-                )
+                if i in guided_steps:
+                    noise_pred, prompt_embeds = self.semantic_guidance_step(
+                        latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, guidance_scale,
+                        guide, semantic_guidance_scale, semantic_guidance_normalization,
+                    )  # fmt: skip
+                else:
+                    noise_pred = self.predict_noise(
+                        latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, guidance_scale
+                    )
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     local_tensors = {
@@ -421,12 +493,167 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()
-        au_dicts = [d if keep else None for d, keep in zip(self.au_space.to_dicts(au_matrix), has_au)] if au_matrix is not None else [None] * num_images
+        au_dicts = (
+            [d if keep else None for d, keep in zip(self.au_space.to_dicts(au_matrix), has_au)]
+            if au_matrix is not None
+            else [None] * num_images
+        )
         if not return_dict:
             return images, image_expressions, au_dicts, used_prompts, seeds
         return SynFERPipelineOutput(
             images=images, expressions=image_expressions, action_units=au_dicts, prompts=used_prompts, seeds=seeds
         )
+
+    def check_guidance_inputs(
+        self,
+        semantic_guidance_scale: float,
+        semantic_guidance_window: tuple[float, float],
+        semantic_guidance_normalization: str,
+        layout_strength: float,
+    ) -> None:
+        if not isinstance(semantic_guidance_scale, (int, float)) or not (
+            math.isfinite(semantic_guidance_scale) and semantic_guidance_scale >= 0
+        ):
+            raise ValueError(
+                f"`semantic_guidance_scale` must be a finite number >= 0, got {semantic_guidance_scale!r}."
+            )
+        window = tuple(semantic_guidance_window) if isinstance(semantic_guidance_window, (tuple, list)) else ()
+        if (
+            len(window) != 2
+            or not all(isinstance(w, (int, float)) and 0 <= w <= 1 for w in window)
+            or window[0] >= window[1]
+        ):
+            raise ValueError(
+                f"`semantic_guidance_window` must be (start, end) with 0 <= start < end <= 1, got {semantic_guidance_window!r}."
+            )
+        if semantic_guidance_normalization not in SG_NORMALIZATIONS:
+            raise ValueError(
+                f"`semantic_guidance_normalization` must be one of {SG_NORMALIZATIONS}, got {semantic_guidance_normalization!r}."
+            )
+        if semantic_guidance_scale > 0 and self.guidance_classifier is None:
+            raise ValueError(
+                "`semantic_guidance_scale` > 0 needs a `guidance_classifier` component (pass one to the pipeline)."
+            )
+        if not isinstance(layout_strength, (int, float)) or not 0 <= layout_strength <= 1:
+            raise ValueError(f"`layout_strength` must be in [0, 1], got {layout_strength!r}.")
+
+    def preprocess_layout_images(
+        self,
+        layout_image: ImageInput | list[ImageInput],
+        batch_size: int,
+        num_images_per_prompt: int,
+        height: int,
+        width: int,
+    ) -> torch.Tensor:  # (N, 3, H, W) in [-1, 1]
+        """One layout image for all images, one per prompt, or one per image; each exactly `height` x `width`."""
+        images = list(layout_image) if isinstance(layout_image, list) else [layout_image]
+        num_images = batch_size * num_images_per_prompt
+        if len(images) not in (1, batch_size, num_images):
+            raise ValueError(
+                f"`layout_image` must be 1, {batch_size} (one per prompt) or {num_images} (one per image) images, "
+                f"got {len(images)}."
+            )
+        tensors = [self.image_processor.preprocess(image, height=None, width=None) for image in images]
+        for i, tensor in enumerate(tensors):
+            if tuple(tensor.shape[-2:]) != (height, width):
+                raise ValueError(f"`layout_image[{i}]` is {tuple(tensor.shape[-2:])}, expected ({height}, {width}).")
+        stacked = torch.cat(tensors)
+        repeats = num_images // stacked.shape[0]
+        return stacked.repeat_interleave(repeats, dim=0)
+
+    def invert_layout(self, images: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:  # (N, C, h, w)
+        """DDIM inversion (eta = 0) of images to the noise level of `timesteps[0]`, under the null condition
+        (prompt `""`, null AU tokens) without CFG:
+        `x_next = sqrt(abar_next) * (x - sqrt(1 - abar) eps) / sqrt(abar) + sqrt(1 - abar_next) * eps`,
+        starting from the clean latent (`abar = 1`), with `eps = eps(x, t_next)`."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        latents = self.vae.encode(images.to(vae_dtype)).latent_dist.mean * self.vae.config.scaling_factor
+        null_text = self.encode_prompt([""], latents.device).expand(latents.shape[0], -1, -1)
+        au_kwargs = {}
+        if self.au_space is not None:
+            au_kwargs = {"au_embeds": self.unet.encode_action_units(None, batch_size=latents.shape[0])}
+        alphas = self.scheduler.alphas_cumprod.to(latents.device)
+        abar = torch.tensor(1.0, device=latents.device)
+        latents = latents.to(null_text.dtype)
+        for t in timesteps.flip(0):
+            eps = self.unet(latents, t, encoder_hidden_states=null_text, return_dict=False, **au_kwargs)[0]
+            abar_next = alphas[t]
+            x0 = (latents - (1 - abar).sqrt() * eps) / abar.sqrt()
+            latents = abar_next.sqrt() * x0 + (1 - abar_next).sqrt() * eps
+            abar = abar_next
+        return latents
+
+    def prepare_semantic_guidance(
+        self, expressions: list[str | None], label_mapping: Mapping[str, str | None] | None, device: torch.device
+    ) -> dict[str, Any]:
+        """Target indices (`-100` = not guided), the guide's label order and its preprocessing constants."""
+        if all(e is None for e in expressions):
+            raise ValueError("Semantic guidance needs target expressions: pass `expression`.")
+        index_map = map_classifier_labels(
+            self.guidance_classifier.config.id2label, label_mapping, field="guidance_label_mapping"
+        )
+        processor = self.guidance_image_processor
+        size = getattr(processor, "size", None) or {}
+        side = size.get("shortest_edge")
+        target_size = (size["height"], size["width"]) if "height" in size else (side, side) if side else None
+        mean = getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5]
+        std = getattr(processor, "image_std", None) or [0.5, 0.5, 0.5]
+        return {
+            "targets": torch.tensor([EXPRESSIONS.index(e) if e else -100 for e in expressions], device=device),
+            "index_map": index_map,
+            "size": target_size,
+            "mean": torch.tensor(mean, device=device).view(1, -1, 1, 1),
+            "std": torch.tensor(std, device=device).view(1, -1, 1, 1),
+        }
+
+    def guidance_loss(self, images: torch.Tensor, guide: dict[str, Any]) -> torch.Tensor:
+        """Cross-entropy of the guide on images in [0, 1] `(N, 3, H, W)`, preprocessed in torch (resize + normalise),
+        summed over guided images."""
+        classifier = self.guidance_classifier
+        dtype = next(classifier.parameters()).dtype
+        if guide["size"] is not None and tuple(images.shape[-2:]) != guide["size"]:
+            images = F.interpolate(images, size=guide["size"], mode="bilinear", antialias=True, align_corners=False)
+        pixels = ((images - guide["mean"]) / guide["std"]).to(dtype)
+        logits = classifier(pixel_values=pixels).logits.float()  # (N, num_labels)
+        logits = classifier_logits_to_expressions(logits, guide["index_map"])  # (N, 7)
+        return F.cross_entropy(logits, guide["targets"], ignore_index=-100, reduction="sum")
+
+    def semantic_guidance_step(
+        self,
+        latents: torch.Tensor,  # (N, C, h, w)
+        t: torch.Tensor,
+        prompt_embeds: torch.Tensor,  # (N, L, D)
+        negative_prompt_embeds: torch.Tensor | None,
+        au_embeds: torch.Tensor | None,
+        au_scale: float,
+        guidance_scale: float,
+        guide: dict[str, Any],
+        semantic_guidance_scale: float,
+        normalization: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One guided step: the conditional UNet pass runs with gradients and serves both the CFG noise
+        prediction and the guidance gradient, so a guided step costs one extra backward pass (plus a VAE decode
+        and a classifier pass) over a plain step. Returns `(noise_pred, updated prompt_embeds)`."""
+        au_kwargs = {"au_embeds": au_embeds, "au_scale": au_scale} if au_embeds is not None else {}
+        model_input = self.scheduler.scale_model_input(latents, t)
+        with torch.enable_grad():
+            text = prompt_embeds.detach().requires_grad_(True)
+            eps_cond = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False, **au_kwargs)[0]
+            abar = self.scheduler.alphas_cumprod.to(latents.device)[t]
+            x0_hat = (latents - (1 - abar).sqrt() * eps_cond) / abar.sqrt()  # (N, C, h, w)
+            images = self.vae.decode(x0_hat / self.vae.config.scaling_factor, return_dict=False)[0]
+            loss = self.guidance_loss((images.float() / 2 + 0.5).clamp(0, 1), guide)
+            grad = torch.autograd.grad(loss, text)[0]  # (N, L, D)
+        dims = (-1,) if normalization == "per_token" else (-2, -1)
+        step = grad / grad.norm(dim=dims, keepdim=True).clamp_min(1e-12)
+        eps_cond = eps_cond.detach()
+        if negative_prompt_embeds is None:
+            noise_pred = eps_cond
+        else:
+            null_au = None if au_embeds is None else self.unet.encode_action_units(None, batch_size=latents.shape[0])
+            eps_uncond = self.predict_noise(latents, t, negative_prompt_embeds, None, null_au, au_scale, 1.0)
+            noise_pred = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        return noise_pred, (prompt_embeds - semantic_guidance_scale * step).to(prompt_embeds.dtype)
 
     def encode_au_condition(
         self, au_matrix: torch.Tensor | None, has_au: list[bool], device: torch.device
@@ -465,6 +692,11 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     def decode_latents(self, latents: torch.Tensor, output_type: str) -> Any:
         image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]  # (N, 3, H, W)
         return self.image_processor.postprocess(image, output_type=output_type)
+
+
+def semantic_guidance_steps(num_steps: int, window: tuple[float, float]) -> set[int]:
+    """Indices of the steps inside `window` (fractions of `num_steps`): `ceil(start * n) <= i < ceil(end * n)`."""
+    return set(range(math.ceil(window[0] * num_steps), math.ceil(window[1] * num_steps)))
 
 
 def _is_batched(action_units: AUInput) -> bool:

@@ -176,13 +176,19 @@ class FERAnnoPipeline(DiffusionPipeline):
                 raise ValueError("`images` as a tensor must be floating point with values in [0, 1].")
             return batch.float() * 2 - 1
         if not isinstance(images, Sequence) or not images:
-            raise ValueError(f"`images` must be a non-empty list of PIL images, an array or a tensor, got {type(images).__name__}.")
+            raise ValueError(
+                f"`images` must be a non-empty list of PIL images, an array or a tensor, got {type(images).__name__}."
+            )
         pixels = [_square_rgb(image, size, field=f"images[{i}]") for i, image in enumerate(images)]
         return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
     def encode_prompt(self, prompt: str, batch_size: int, device: torch.device) -> torch.Tensor:  # (B, L, D)
         tokens = self.tokenizer(
-            [prompt], padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            [prompt],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         )
         return self.text_encoder(tokens.input_ids.to(device))[0].expand(batch_size, -1, -1)
 
@@ -270,7 +276,8 @@ def _square_rgb(image: Any, size: int, field: str) -> np.ndarray:  # (size, size
     if image.size != (size, size):
         scale = size / min(image.size)
         image = image.resize(
-            (max(size, round(image.width * scale)), max(size, round(image.height * scale))), PIL.Image.Resampling.BICUBIC
+            (max(size, round(image.width * scale)), max(size, round(image.height * scale))),
+            PIL.Image.Resampling.BICUBIC,
         )
         left, top = (image.width - size) // 2, (image.height - size) // 2
         image = image.crop((left, top, left + size, top + size))

@@ -401,8 +401,10 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 gradient of the cross-entropy to the target expression (descent on the loss; the paper's
                 transcribed formula shows a plus sign), `c <- c - lambda_g * g / ||g||`, carried to later steps.
                 Images without a target expression are not guided.
-            semantic_guidance_window (`tuple[float, float]`, defaults to (0.6, 1.0)): the guided steps, as
-                fractions of the denoising steps run (0.6-1.0 = the last 40%).
+            semantic_guidance_window (`tuple[float, float]`, defaults to (0.6, 1.0)): the steps denoised with a
+                guided embedding, as fractions of the denoising steps run (0.6-1.0 = the last 40%). Each of them
+                uses the embedding updated by the gradient of the previous step's conditional pass, so a guided
+                step costs no extra UNet forward.
             semantic_guidance_normalization (`str`, defaults to "global"): "global" divides each image's gradient
                 by its L2 norm over all tokens; "per_token" normalises every token's gradient separately.
             guidance_label_mapping (`dict`, *optional*): renames the guide's labels onto `EXPRESSIONS`
@@ -466,7 +468,7 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         guided_steps = set()
         if semantic_guidance_scale > 0:
             guide = self.prepare_semantic_guidance(image_expressions, guidance_label_mapping, device)
-            guided_steps = semantic_guidance_steps(len(timesteps), semantic_guidance_window)
+            guided_steps = semantic_guidance_gradient_steps(len(timesteps), semantic_guidance_window)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if i in guided_steps:
@@ -697,6 +699,13 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 def semantic_guidance_steps(num_steps: int, window: tuple[float, float]) -> set[int]:
     """Indices of the steps inside `window` (fractions of `num_steps`): `ceil(start * n) <= i < ceil(end * n)`."""
     return set(range(math.ceil(window[0] * num_steps), math.ceil(window[1] * num_steps)))
+
+
+def semantic_guidance_gradient_steps(num_steps: int, window: tuple[float, float]) -> set[int]:
+    """Steps whose conditional pass also yields the guidance gradient: the step before each step of the window,
+    so that every step in the window is denoised with an embedding updated by the previous step (a gradient
+    taken at the last step could not act on anything)."""
+    return {i - 1 for i in semantic_guidance_steps(num_steps, window) if i >= 1}
 
 
 def _is_batched(action_units: AUInput) -> bool:

@@ -1,7 +1,10 @@
 """synfer_diffusers: SynFER (ICCV 2025) as a Hugging Face-style package."""
 
 from .facs import AU_DESCRIPTIONS, EMFACS_PROTOTYPES, EXPRESSIONS, AUSpace, describe_au, expression_prototype
+from .labels import ClassifierVoter, EnsembleVoter, VotingConfig, VotingResult
+from .models.feranno import FERAnnoHead
 from .models.unet_au import AUAttnProcessor2_0, AUConditionedUNet2DConditionModel
+from .pipelines.synfer.pipeline_feranno import FERAnnoPipeline, FERAnnoPipelineOutput
 from .pipelines.synfer.pipeline_output import SynFERPipelineOutput
 from .pipelines.synfer.pipeline_synfer import SynFERPipeline
 
@@ -14,8 +17,15 @@ __all__ = [
     "AUAttnProcessor2_0",
     "AUConditionedUNet2DConditionModel",
     "AUSpace",
+    "ClassifierVoter",
+    "EnsembleVoter",
+    "FERAnnoHead",
+    "FERAnnoPipeline",
+    "FERAnnoPipelineOutput",
     "SynFERPipeline",
     "SynFERPipelineOutput",
+    "VotingConfig",
+    "VotingResult",
     "describe_au",
     "expression_prototype",
 ]

@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 # Timeouts and dropped connections, as huggingface_hub's own backoff retries them (its HTTP client's classes).
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = getattr(_http, "_DEFAULT_RETRY_ON_EXCEPTIONS", ())
 
-CARD_DATA_KEYS = ("license", "base_model", "datasets", "tags", "library_name", "pipeline_tag", "metrics")
+CARD_DATA_KEYS = (
+    "license", "base_model", "datasets", "tags", "library_name", "pipeline_tag", "metrics", "labels",
+)  # fmt: skip
 """Template fields that go into the card's YAML metadata rather than its text."""
 
 DEFAULT_CARD_DATA: dict[str, Any] = {

@@ -1,4 +1,5 @@
+from .pipeline_feranno import FERAnnoPipeline, FERAnnoPipelineOutput
 from .pipeline_output import SynFERPipelineOutput
 from .pipeline_synfer import SynFERPipeline
 
-__all__ = ["SynFERPipeline", "SynFERPipelineOutput"]
+__all__ = ["FERAnnoPipeline", "FERAnnoPipelineOutput", "SynFERPipeline", "SynFERPipelineOutput"]

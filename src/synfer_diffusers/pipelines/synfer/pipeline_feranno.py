@@ -3,9 +3,7 @@ model on the Hub"."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +16,10 @@ from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
 
 from ...facs import EXPRESSIONS
-from ...hub_utils import push_folder_to_hub, render_model_card
 from ...models.feature_extraction import UNetFeatureRecorder, UNetFeatures
 from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
+from ..hub_mixin import ModelCardPipelineMixin
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -57,7 +55,7 @@ class FERAnnoPipelineOutput(BaseOutput):
     probabilities: torch.Tensor
 
 
-class FERAnnoPipeline(DiffusionPipeline):
+class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
     r"""
     Facial-expression pseudo-labelling with FERAnno (SynFER, arXiv 2410.09865): a classifier on the features of a
     diffusion UNet.
@@ -110,42 +108,11 @@ class FERAnnoPipeline(DiffusionPipeline):
         """Side of the square images the UNet was configured for, in pixels."""
         return self.unet.config.sample_size * self.vae_scale_factor
 
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        model_card: Mapping[str, Any] | None = None,
-        push_to_hub: bool = False,
-        repo_id: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """[`DiffusionPipeline.save_pretrained`] (safetensors) plus a `README.md` model card rendered from
-        `model_cards/feranno.md`; `model_card` fills its fields (`base_model`, `datasets`, `metrics`, `license`,
-        `training`, `evaluation`, ...); the card's metadata also lists the `labels`. With `push_to_hub`, the folder is
-        then uploaded to `repo_id` (default: its name)."""
-        super().save_pretrained(save_directory, **kwargs)
-        card = render_model_card(self.model_card_template, self._model_card_fields(model_card))
-        card.data.labels = list(EXPRESSIONS)  # not a hub_utils metadata key, but part of this card's metadata
-        card.save(os.path.join(save_directory, "README.md"))
-        if push_to_hub:
-            push_folder_to_hub(save_directory, repo_id or os.path.basename(os.path.abspath(save_directory)))
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str = "Upload FERAnnoPipeline",
-        private: bool | None = None,
-        token: str | None = None,
-        model_card: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Saves the pipeline with its model card and uploads it to `repo_id` in one commit; returns the URL."""
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, model_card=model_card)
-            return push_folder_to_hub(folder, repo_id, commit_message=commit_message, private=private, token=token)
-
-    def _model_card_fields(self, model_card: Mapping[str, Any] | None) -> dict[str, Any]:
+    def model_card_fields(self) -> dict[str, Any]:
         head = self.head.config
         fields: dict[str, Any] = {
             "pipeline_tag": "image-classification",
+            "labels": list(EXPRESSIONS),
             "expressions": list(EXPRESSIONS),
             "resolution": self.resolution,
             "timestep": head.timestep,
@@ -155,7 +122,6 @@ class FERAnnoPipeline(DiffusionPipeline):
             "head_parameters": sum(p.numel() for p in self.head.parameters()),
             "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
         }
-        fields.update(model_card or {})
         return fields
 
     def prepare_images(self, images: ImageInput) -> torch.Tensor:  # (B, 3, R, R) in [-1, 1]

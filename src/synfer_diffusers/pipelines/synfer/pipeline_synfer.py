@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,9 +21,9 @@ from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel, PreTrain
 from transformers.image_processing_utils import BaseImageProcessor
 
 from ...facs import EXPRESSIONS, AUSpace, classifier_logits_to_expressions, expression_prototype, map_classifier_labels
-from ...hub_utils import push_folder_to_hub, write_model_card
 from ...models.unet_au import AUConditionedUNet2DConditionModel
 from ...prompts import enrich_prompt
+from ..hub_mixin import ModelCardPipelineMixin
 from .pipeline_output import SynFERPipelineOutput
 
 EXAMPLE_DOC_STRING = """
@@ -50,7 +49,7 @@ ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
 SG_NORMALIZATIONS = ("global", "per_token")
 
 
-class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     r"""
     Facial-expression generation controlled by text and facial action units (SynFER, arXiv 2410.09865).
 
@@ -121,36 +120,7 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             )
         return pipe
 
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        model_card: Mapping[str, Any] | None = None,
-        push_to_hub: bool = False,
-        repo_id: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """[`DiffusionPipeline.save_pretrained`] (safetensors) plus a `README.md` model card rendered from
-        `model_cards/synfer_pipeline.md`; `model_card` fills its fields (`base_model`, `datasets`, `license`,
-        `training`, ...). With `push_to_hub`, the folder is then uploaded to `repo_id` (default: its name)."""
-        super().save_pretrained(save_directory, **kwargs)
-        write_model_card(save_directory, self.model_card_template, self._model_card_fields(model_card))
-        if push_to_hub:
-            push_folder_to_hub(save_directory, repo_id or os.path.basename(os.path.abspath(save_directory)))
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str = "Upload SynFERPipeline",
-        private: bool | None = None,
-        token: str | None = None,
-        model_card: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Saves the pipeline with its model card and uploads it to `repo_id` in one commit; returns the URL."""
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, model_card=model_card)
-            return push_folder_to_hub(folder, repo_id, commit_message=commit_message, private=private, token=token)
-
-    def _model_card_fields(self, model_card: Mapping[str, Any] | None) -> dict[str, Any]:
+    def model_card_fields(self) -> dict[str, Any]:
         space = self.au_space
         fields: dict[str, Any] = {
             "au_space": space.describe() if space else {},
@@ -161,7 +131,6 @@ class SynFERPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             "cross_attention_dim": self.unet.config.cross_attention_dim,
             "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
         }
-        fields.update(model_card or {})
         return fields
 
     def encode_prompt(self, prompts: list[str], device: torch.device) -> torch.Tensor:  # (B, L, D)

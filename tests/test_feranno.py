@@ -1,0 +1,241 @@
+"""FERAnno: the hook-based UNet feature reader, FERAnnoHead, FERAnnoPipeline and examples/train_feranno.py, on tiny
+components built in code."""
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+import synfer_diffusers.pipelines.hub_mixin as hub_mixin
+from synfer_diffusers import SynFERPipeline
+from synfer_diffusers.facs import EXPRESSIONS
+from synfer_diffusers.models.feature_extraction import UNetFeatureRecorder, decoder_layout
+from synfer_diffusers.models.feranno import FERAnnoHead
+from synfer_diffusers.pipelines.synfer.pipeline_feranno import FERAnnoPipeline, FERAnnoPipelineOutput
+
+HEAD_OPTIONS = {"hidden_dim": 32, "num_heads": 4, "tokens_per_side": 4}
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_feranno.py"
+
+
+@pytest.fixture()
+def head(tiny_components):
+    torch.manual_seed(0)
+    return FERAnnoHead.from_unet(tiny_components["unet"], **HEAD_OPTIONS)
+
+
+@pytest.fixture()
+def pipe(tiny_components, head):
+    pipe = FERAnnoPipeline(**tiny_components, head=head)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _faces(n, size=16, mode="RGB"):
+    rng = np.random.default_rng(0)
+    return [PIL.Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).convert(mode) for _ in range(n)]
+
+
+def _unet_inputs(batch):
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, 4, 8, 8, generator=generator), torch.randn(batch, 77, 32, generator=generator)
+
+
+# ----- UNetFeatureRecorder ------------------------------------------------------------------------------------
+
+
+def test_recorder_reads_decoder_and_attention_maps_without_changing_the_unet(tiny_components):
+    unet = tiny_components["unet"]
+    latents, text = _unet_inputs(2)
+    with torch.no_grad():
+        expected = unet(latents, 1, encoder_hidden_states=text).sample
+        with UNetFeatureRecorder(unet) as recorder:
+            sample = unet(latents, 1, encoder_hidden_states=text).sample
+            features = recorder.features()
+    assert torch.equal(sample, expected)
+    layout = decoder_layout(unet)
+    assert layout.feature_channels == (64, 32) and layout.num_attention_maps == 1
+    assert [tuple(x.shape) for x in features.decoder] == [(2, 64, 8, 8), (2, 32, 8, 8)]
+    (attention,) = features.cross_attention
+    assert attention.shape == (2, 77, 4, 4)  # attn2 of the first up block runs before its upsampler
+    assert torch.allclose(attention.sum(1), torch.ones(2, 4, 4), atol=1e-5)  # probabilities over text tokens
+    assert not unet._forward_pre_hooks and not any(b._forward_hooks for b in unet.up_blocks)
+
+
+def test_recorder_keeps_the_latest_forward_and_selects_rows(tiny_components):
+    unet = tiny_components["unet"]
+    with torch.no_grad(), UNetFeatureRecorder(unet) as recorder:
+        with pytest.raises(RuntimeError, match="No UNet forward"):
+            recorder.features()
+        unet(*_unet_inputs(4)[:1], 500, encoder_hidden_states=_unet_inputs(4)[1])
+        unet(_unet_inputs(2)[0], 1, encoder_hidden_states=_unet_inputs(2)[1])
+        features = recorder.features()
+    assert features.batch_size == 2
+    second = features.select(slice(1, None))
+    assert second.batch_size == 1 and torch.equal(second.decoder[0][0], features.decoder[0][1])
+
+
+def test_in_loop_api_reads_the_final_denoising_step_of_synfer_pipeline(tiny_components, head):
+    """The path SynFERPipeline's `feranno_head` will take: record during generation, take the unconditional half
+    of the CFG batch of the last step (t = 1: empty prompt + null AU, as the head was trained)."""
+    synfer = SynFERPipeline(**tiny_components)
+    synfer.set_progress_bar_config(disable=True)
+    with UNetFeatureRecorder(synfer.unet) as recorder:
+        out = synfer(prompt="a face", expression=["happy", "sad"], num_inference_steps=2, guidance_scale=2.0,
+                     generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+        features = recorder.features()
+    assert int(synfer.scheduler.timesteps[-1]) == head.config.timestep == 1
+    assert features.batch_size == 4  # [uncond, cond]
+    with torch.no_grad():
+        probabilities = head(features.select(slice(None, len(out.images)))).logits.softmax(-1)
+    assert probabilities.shape == (2, len(EXPRESSIONS))
+
+
+# ----- FERAnnoHead ---------------------------------------------------------------------------------------------
+
+
+def test_head_config_comes_from_the_unet_and_checks_features(tiny_components, head):
+    assert tuple(head.config.feature_channels) == (64, 32) and head.config.num_attention_maps == 1
+    unet = tiny_components["unet"]
+    with torch.no_grad(), UNetFeatureRecorder(unet) as recorder:
+        unet(*_unet_inputs(3)[:1], 1, encoder_hidden_states=_unet_inputs(3)[1])
+        features = recorder.features()
+        assert head(features).logits.shape == (3, 7)
+        features.decoder = features.decoder[:1]
+        with pytest.raises(ValueError, match="features.decoder"):
+            head(features)
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [({"hidden_dim": 30}, "hidden_dim"), ({"num_attention_maps": 0}, "num_attention_maps"),
+     ({"dropout": 1.0}, "dropout"), ({"timestep": -1}, "timestep"), ({"feature_channels": ()}, "feature_channels")],
+)  # fmt: skip
+def test_head_rejects_bad_config(option, match):
+    settings = {"feature_channels": (64, 32), "num_attention_maps": 1, **HEAD_OPTIONS, **option}
+    with pytest.raises(ValueError, match=match):
+        FERAnnoHead(**settings)
+
+
+def test_head_for_another_unet_is_refused(tiny_components):
+    other = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 32), layers_per_block=1, cross_attention_dim=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=2,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="feature_channels"):
+        FERAnnoPipeline(**tiny_components, head=FERAnnoHead.from_unet(other, **HEAD_OPTIONS))
+
+
+# ----- FERAnnoPipeline -----------------------------------------------------------------------------------------
+
+
+def test_pipeline_labels_images_of_any_8bit_mode_and_size(pipe):
+    images = _faces(2) + _faces(1, size=24, mode="L") + [_faces(1, size=40, mode="RGBA")[0].crop((0, 0, 40, 20))]
+    out = pipe(images, batch_size=3, generator=torch.Generator().manual_seed(0))
+    assert isinstance(out, FERAnnoPipelineOutput) and len(out.labels) == 4
+    assert all(label in EXPRESSIONS for label in out.labels) and out.probabilities.shape == (4, 7)
+    assert torch.allclose(out.probabilities.sum(-1), torch.ones(4))
+    again = pipe(images, batch_size=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.probabilities, again.probabilities)
+    as_tensor = torch.from_numpy(np.stack([np.asarray(i) for i in images[:2]])).permute(0, 3, 1, 2) / 255
+    tensor_out = pipe(as_tensor, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(tensor_out.probabilities, out.probabilities[:2], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("images", "match"),
+    [([PIL.Image.new("I;16", (16, 16))], r"images\[0\].*I;16"), ([], "non-empty"), (["face.png"], r"images\[0\]"),
+     (torch.rand(1, 3, 32, 32), r"\(B, 3, 16, 16\)"), (torch.rand(1, 1, 16, 16), r"\(B, 3, 16, 16\)"),
+     (torch.rand(1, 3, 16, 16) * 2, r"\[0, 1\]"), (np.zeros((16, 16, 4), np.uint8), r"\(H, W, 3\)")],
+)  # fmt: skip
+def test_pipeline_rejects_bad_images(pipe, images, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(images)
+
+
+def test_save_load_round_trip_card_and_push(pipe, tmp_path, monkeypatch):
+    expected = pipe(_faces(2), generator=torch.Generator().manual_seed(0)).probabilities
+    card_fields = {
+        "base_model": "user/synfer-faceworld",
+        "datasets": ["user/faceworld"],
+        "metrics": ["accuracy", "f1"],
+    }
+    pipe.save_pretrained(tmp_path / "saved", model_card=card_fields)
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert index["head"] == ["synfer_diffusers.models.feranno", "FERAnnoHead"]
+    assert not list(tmp_path.rglob("*.bin"))
+    card = (tmp_path / "saved" / "README.md").read_text()
+    metadata = ("library_name: diffusers", "base_model: user/synfer-faceworld", "- user/faceworld", "- accuracy")
+    metadata += ("pipeline_tag: image-classification", "labels:", "- surprise", "t = 1")
+    assert all(text in card for text in metadata), card
+    loaded = FERAnnoPipeline.from_pretrained(tmp_path / "saved")
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.allclose(loaded(_faces(2), generator=torch.Generator().manual_seed(0)).probabilities, expected)
+
+    pushed = {}
+
+    def fake_push(folder, repo_id, **kwargs):
+        pushed.update(repo_id=repo_id, files=sorted(os.listdir(folder)), **kwargs)
+        return f"https://hub/{repo_id}/commit/1"
+
+    monkeypatch.setattr(hub_mixin, "push_folder_to_hub", fake_push)
+    assert pipe.push_to_hub("user/feranno", model_card=card_fields) == "https://hub/user/feranno/commit/1"
+    assert pushed["repo_id"] == "user/feranno" and {"README.md", "model_index.json", "head"} <= set(pushed["files"])
+
+
+# ----- examples/train_feranno.py -------------------------------------------------------------------------------
+
+
+def _train_script():
+    if "train_feranno" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("train_feranno", TRAIN_SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["train_feranno"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["train_feranno"]
+
+
+@pytest.fixture()
+def labelled_images(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(EXPRESSIONS))})
+
+    def split(n):
+        images = [PIL.Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(n)]
+        return datasets.Dataset.from_dict({"image": images, "label": [i % 7 for i in range(n)]}, features=features)
+
+    datasets.DatasetDict({"train": split(8), "test": split(4)}).save_to_disk(tmp_path / "data")
+    return tmp_path / "data"
+
+
+def test_train_feranno_trains_evaluates_saves_and_resumes(tiny_components, labelled_images, tmp_path):
+    SynFERPipeline(**tiny_components).save_pretrained(tmp_path / "synfer")
+    options = [
+        "--pretrained_model", str(tmp_path / "synfer"), "--dataset_name", str(labelled_images),
+        "--output_dir", str(tmp_path / "out"), "--resolution", "16", "--train_batch_size", "4",
+        "--checkpointing_steps", "1", "--validation_steps", "2", "--eval_batch_size", "4",
+        "--hidden_dim", "32", "--num_heads", "4", "--tokens_per_side", "4",
+    ]  # fmt: skip
+    script = _train_script()
+    first = script.main([*options, "--max_train_steps", "2"])
+    assert first.start_step == 0 and first.final_step == 2 and all(np.isfinite(first.losses))
+    evaluation = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert set(evaluation["2"]) == {"accuracy", "macro_f1", "per_class_recall", "confusion_matrix"}
+    assert set(evaluation["2"]["per_class_recall"]) == set(EXPRESSIONS)
+    resumed = script.main([*options, "--max_train_steps", "3", "--resume"])
+    assert resumed.start_step == 2 and resumed.final_step == 3
+    loaded = FERAnnoPipeline.from_pretrained(tmp_path / "out")
+    assert "accuracy" in (tmp_path / "out" / "README.md").read_text()
+    history = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert loaded.head.config.hidden_dim == 32 and set(history) == {"2", "3"}
+    with pytest.raises(ValueError, match="resolution"):
+        script.main([*options, "--max_train_steps", "1", "--resolution", "32", "--output_dir", str(tmp_path / "bad")])

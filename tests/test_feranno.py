@@ -81,20 +81,32 @@ def test_recorder_keeps_the_latest_forward_and_selects_rows(tiny_components):
     assert second.batch_size == 1 and torch.equal(second.decoder[0][0], features.decoder[0][1])
 
 
-def test_in_loop_api_reads_the_final_denoising_step_of_synfer_pipeline(tiny_components, head):
-    """The path SynFERPipeline's `feranno_head` will take: record during generation, take the unconditional half
-    of the CFG batch of the last step (t = 1: empty prompt + null AU, as the head was trained)."""
-    synfer = SynFERPipeline(**tiny_components)
-    synfer.set_progress_bar_config(disable=True)
-    with UNetFeatureRecorder(synfer.unet) as recorder:
-        out = synfer(prompt="a face", expression=["happy", "sad"], num_inference_steps=2, guidance_scale=2.0,
-                     generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+def test_in_loop_labels_come_from_the_final_step_and_do_not_change_images(tiny_components, head):
+    """SynFERPipeline with a `feranno_head` labels from the unconditional half of the last CFG batch (t = 1:
+    empty prompt + null AU, as the head was trained), which is what recording the call by hand gives."""
+    kwargs = {"prompt": "a face", "expression": ["happy", "sad"], "num_inference_steps": 2, "guidance_scale": 2.0,
+              "output_type": "np"}  # fmt: skip
+    plain = SynFERPipeline(**tiny_components)
+    plain.set_progress_bar_config(disable=True)
+    with UNetFeatureRecorder(plain.unet) as recorder:
+        expected = plain(generator=torch.Generator().manual_seed(0), **kwargs)
         features = recorder.features()
-    assert int(synfer.scheduler.timesteps[-1]) == head.config.timestep == 1
-    assert features.batch_size == 4  # [uncond, cond]
+    assert int(plain.scheduler.timesteps[-1]) == head.config.timestep == 1 and features.batch_size == 4
     with torch.no_grad():
-        probabilities = head(features.select(slice(None, len(out.images)))).logits.softmax(-1)
-    assert probabilities.shape == (2, len(EXPRESSIONS))
+        expected_probabilities = head.eval()(features.select(slice(None, 2))).logits.softmax(-1)
+    labelled = SynFERPipeline(**tiny_components, feranno_head=head)
+    labelled.set_progress_bar_config(disable=True)
+    out = labelled(generator=torch.Generator().manual_seed(0), **kwargs)
+    assert np.array_equal(out.images, expected.images) and expected.feranno_probabilities is None
+    assert torch.allclose(out.feranno_probabilities, expected_probabilities, atol=1e-6)
+    off = labelled(generator=torch.Generator().manual_seed(0), label_with_feranno=False, **kwargs)
+    assert off.feranno_probabilities is None
+
+
+def test_pipeline_refuses_a_head_for_another_unet(tiny_components):
+    other = FERAnnoHead(feature_channels=(128, 64, 32), num_attention_maps=2)
+    with pytest.raises(ValueError, match="feature_channels"):
+        SynFERPipeline(**tiny_components, feranno_head=other)
 
 
 # ----- FERAnnoHead ---------------------------------------------------------------------------------------------

@@ -135,9 +135,9 @@ def test_output_types_and_tuple(pipe):
     latent = _run(pipe, output_type="latent").images
     assert as_np.shape == (1, 16, 16, 3) and as_pt.shape == (1, 3, 16, 16) and latent.shape == (1, 4, 8, 8)
     assert np.allclose(as_pt.permute(0, 2, 3, 1).numpy(), as_np) and as_pil[0].size == (16, 16)
-    images, expressions, action_units, prompts, seeds = _run(pipe, return_dict=False, expression="anger")
+    images, expressions, action_units, prompts, seeds, labels = _run(pipe, return_dict=False, expression="anger")
     assert np.array_equal(images, _run(pipe, expression="anger").images) and expressions == ["anger"]
-    assert len(action_units) == len(prompts) == len(seeds) == 1
+    assert len(action_units) == len(prompts) == len(seeds) == 1 and labels is None
 
 
 def test_au_scale_zero_equals_plain_unet_pipeline(pipe, tiny_components):

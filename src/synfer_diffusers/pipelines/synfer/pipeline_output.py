@@ -23,6 +23,8 @@ class SynFERPipelineOutput(BaseOutput):
         prompts (`list[str]`): the prompts actually encoded, after enrichment.
         seeds (`list[int]`): per-image seeds; `generator=[torch.Generator().manual_seed(seeds[i])]` with the
             same per-image inputs reproduces image `i` alone.
+        feranno_probabilities (`torch.Tensor` of shape `(num_images, 7)`, *optional*): in-loop FERAnno
+            pseudo-label probabilities in `EXPRESSIONS` order, when the pipeline has a `feranno_head`.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -30,3 +32,4 @@ class SynFERPipelineOutput(BaseOutput):
     action_units: list[dict[str, float] | None]
     prompts: list[str]
     seeds: list[int]
+    feranno_probabilities: torch.Tensor | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
@@ -21,6 +22,8 @@ from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel, PreTrain
 from transformers.image_processing_utils import BaseImageProcessor
 
 from ...facs import EXPRESSIONS, AUSpace, classifier_logits_to_expressions, expression_prototype, map_classifier_labels
+from ...models.feature_extraction import UNetFeatureRecorder, UNetFeatures
+from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
 from ...prompts import enrich_prompt
 from ..hub_mixin import ModelCardPipelineMixin
@@ -70,13 +73,16 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         guidance_image_processor ([`~transformers.image_processing_utils.BaseImageProcessor`], *optional*): its
             image processor; only `size`, `image_mean` and `image_std` are read, and applied in torch,
             differentiably.
+        feranno_head ([`FERAnnoHead`], *optional*): labels each image in the loop from the UNet features of its
+            final denoising step (the unconditional CFG half: prompt `""` + null AU, as FERAnno is trained), so
+            pseudo-labels cost one small head pass.
 
     The pipeline puts its models in eval mode (as `from_pretrained` does); a training loop that builds one for
     validation calls `unet.train()` again afterwards.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["guidance_classifier", "guidance_image_processor"]
+    _optional_components = ["guidance_classifier", "guidance_image_processor", "feranno_head"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "au_embeds"]
     model_card_template = "synfer_pipeline.md"
 
@@ -89,13 +95,17 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         scheduler: DDIMScheduler | DPMSolverMultistepScheduler,
         guidance_classifier: PreTrainedModel | None = None,
         guidance_image_processor: BaseImageProcessor | None = None,
+        feranno_head: FERAnnoHead | None = None,
     ):
         super().__init__()
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
             guidance_classifier=guidance_classifier, guidance_image_processor=guidance_image_processor,
+            feranno_head=feranno_head,
         )  # fmt: skip
-        for module in (vae, text_encoder, unet, guidance_classifier):
+        if feranno_head is not None:
+            feranno_head.check_unet(unet)
+        for module in (vae, text_encoder, unet, guidance_classifier, feranno_head):
             if module is not None:
                 module.eval()  # as `from_pretrained` leaves them, so built and reloaded pipelines match exactly
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if vae is not None else 8
@@ -327,6 +337,7 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         semantic_guidance_window: tuple[float, float] = (0.6, 1.0),
         semantic_guidance_normalization: str = "global",
         guidance_label_mapping: Mapping[str, str | None] | None = None,
+        label_with_feranno: bool = True,
         enrich_prompt: bool = True,
         prototype_intensity: float = 3.0,
         au_jitter: float = 0.5,
@@ -378,9 +389,12 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
                 by its L2 norm over all tokens; "per_token" normalises every token's gradient separately.
             guidance_label_mapping (`dict`, *optional*): renames the guide's labels onto `EXPRESSIONS`
                 (see `synfer_diffusers.facs.map_classifier_labels`).
+            label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each image from
+                its final denoising step (`feranno_probabilities` in the output).
             enrich_prompt (`bool`, defaults to True): expand prompts with expression and AU words.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
-            return_dict (`bool`, defaults to True): else return `(images, expressions, action_units, prompts, seeds)`.
+            return_dict (`bool`, defaults to True): else return `(images, expressions, action_units, prompts, seeds,
+                feranno_probabilities)`.
             callback_on_step_end (`Callable`, *optional*): `fn(pipe, step, timestep, callback_kwargs) -> dict`,
                 called after each step with the tensors named in `callback_on_step_end_tensor_inputs`; returned
                 tensors replace them.
@@ -438,29 +452,33 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         if semantic_guidance_scale > 0:
             guide = self.prepare_semantic_guidance(image_expressions, guidance_label_mapping, device)
             guided_steps = semantic_guidance_gradient_steps(len(timesteps), semantic_guidance_window)
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if i in guided_steps:
-                    noise_pred, prompt_embeds = self.semantic_guidance_step(
-                        latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, guidance_scale,
-                        guide, semantic_guidance_scale, semantic_guidance_normalization,
-                    )  # fmt: skip
-                else:
-                    noise_pred = self.predict_noise(
-                        latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, guidance_scale
-                    )
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
-                if callback_on_step_end is not None:
-                    local_tensors = {
-                        "latents": latents, "prompt_embeds": prompt_embeds,
-                        "negative_prompt_embeds": negative_prompt_embeds, "au_embeds": au_embeds,
-                    }  # fmt: skip
-                    outputs = callback_on_step_end(self, i, t, {k: local_tensors[k] for k in callback_inputs})
-                    latents = outputs.pop("latents", latents)
-                    prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
-                    negative_prompt_embeds = outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
-                    au_embeds = outputs.pop("au_embeds", au_embeds)
-                progress_bar.update()
+        label_in_loop = self.feranno_head is not None and label_with_feranno
+        recorder = UNetFeatureRecorder(self.unet) if label_in_loop else contextlib.nullcontext()
+        with recorder:
+            with self.progress_bar(total=len(timesteps)) as progress_bar:
+                for i, t in enumerate(timesteps):
+                    if i in guided_steps:
+                        noise_pred, prompt_embeds = self.semantic_guidance_step(
+                            latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, guidance_scale,
+                            guide, semantic_guidance_scale, semantic_guidance_normalization,
+                        )  # fmt: skip
+                    else:
+                        noise_pred = self.predict_noise(
+                            latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, guidance_scale
+                        )
+                    latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                    if callback_on_step_end is not None:
+                        local_tensors = {
+                            "latents": latents, "prompt_embeds": prompt_embeds,
+                            "negative_prompt_embeds": negative_prompt_embeds, "au_embeds": au_embeds,
+                        }  # fmt: skip
+                        outputs = callback_on_step_end(self, i, t, {k: local_tensors[k] for k in callback_inputs})
+                        latents = outputs.pop("latents", latents)
+                        prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
+                        negative_prompt_embeds = outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                        au_embeds = outputs.pop("au_embeds", au_embeds)
+                    progress_bar.update()
+            feranno_probabilities = self.feranno_label(recorder.features(), num_images) if label_in_loop else None
 
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()
@@ -470,10 +488,11 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             else [None] * num_images
         )
         if not return_dict:
-            return images, image_expressions, au_dicts, used_prompts, seeds
+            return images, image_expressions, au_dicts, used_prompts, seeds, feranno_probabilities
         return SynFERPipelineOutput(
-            images=images, expressions=image_expressions, action_units=au_dicts, prompts=used_prompts, seeds=seeds
-        )
+            images=images, expressions=image_expressions, action_units=au_dicts, prompts=used_prompts, seeds=seeds,
+            feranno_probabilities=feranno_probabilities,
+        )  # fmt: skip
 
     def check_guidance_inputs(
         self,
@@ -625,6 +644,13 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             eps_uncond = self.predict_noise(latents, t, negative_prompt_embeds, None, null_au, au_scale, 1.0)
             noise_pred = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
         return noise_pred, (prompt_embeds - semantic_guidance_scale * step).to(prompt_embeds.dtype)
+
+    def feranno_label(self, features: UNetFeatures, num_images: int) -> torch.Tensor:  # (N, 7) probabilities
+        """FERAnno probabilities from the features of the last UNet call; with CFG that call's batch is
+        `[uncond; cond]` and the unconditional half (prompt `""` + null AU, FERAnno's training condition) is read."""
+        if features.batch_size == 2 * num_images:
+            features = features.select(slice(None, num_images))
+        return self.feranno_head(features).logits.float().softmax(-1)
 
     def encode_au_condition(
         self, au_matrix: torch.Tensor | None, has_au: list[bool], device: torch.device

@@ -1,0 +1,264 @@
+#!/usr/bin/env python
+"""SynFER stage 2b: train the AU adapter on a text-to-image model from `examples/train_text_to_image.py`.
+
+The stage-A UNet is wrapped with `AUConditionedUNet2DConditionModel.from_unet`: an MLP turns the AU vector into
+`num_au_tokens` tokens that every text cross-attention layer reads through decoupled AU keys/values,
+`out = Attn(Q, K_text, V_text) + au_scale * Attn(Q, K_au, V_au)` (IP-Adapter-style; `W'_k, W'_v` start as copies
+of the text ones). The loss is stage A's epsilon-MSE, now conditioned on text and AUs, with
+
+- condition dropout (IP-Adapter recipe): text only 5%, AUs only 5%, both 5%; dropped AUs are the UNet's learned
+  null AU tokens, which classifier-free guidance uses at sampling time;
+- AU smoothing (FineFace): Gaussian noise (std 0.2) on the AU vector, clipped to its range, occasionally
+  rounding to whole intensity levels instead.
+
+`--unet_training` chooses what trains besides the adapter:
+
+- `frozen` (default, **what the SynFER paper does**): only the adapter; the base UNet keeps its text-to-image
+  behaviour, and `au_scale=0` reproduces the stage-A model exactly;
+- `lora`: also a peft LoRA on the base UNet's attention (as FineFace does); merged into the UNet when saved;
+- `full`: every UNet weight (more capacity, forgets more of stage A; use on small from-scratch models).
+
+The output folder is a `SynFERPipeline` (AU UNet) that `SynFERPipeline.from_pretrained` loads. A validation grid
+(expressions x identities, EMFACS prototype AUs, fixed seeds) is written to `validation/` every
+`--validation_steps` and at the end. Rerun with `--resume` after a kill to continue from the newest checkpoint.
+
+FaceWorld on a 2-core CPU (after stage A in `runs/stage_a`; ~20 min):
+
+```bash
+python examples/train_au_adapter.py --pretrained_model_name_or_path runs/stage_a --dataset_name runs/faceworld \
+    --output_dir runs/stage_b --resolution 64 --train_batch_size 32 --learning_rate 3e-4 --lr_warmup_steps 50 \
+    --max_train_steps 600 --checkpointing_steps 100 --validation_steps 300
+# more capacity on a small from-scratch base: --unet_training full --learning_rate 1e-4
+```
+
+Stable Diffusion 1.5 on a GPU (stage A output from the SD 1.5 fine-tune):
+
+```bash
+accelerate launch examples/train_au_adapter.py --pretrained_model_name_or_path runs/sd15-fetext \
+    --dataset_name <FEText folder with an AU column> --au_space opengraphau41 --output_dir runs/sd15-au \
+    --resolution 512 --mixed_precision bf16 --train_batch_size 16 --gradient_checkpointing \
+    --learning_rate 1e-4 --max_train_steps 20000 --snr_gamma 5.0 --checkpointing_steps 2000 \
+    --validation_steps 2000 --validation_guidance_scale 7.5 --validation_inference_steps 50
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from diffusers import DDPMScheduler
+from torch import nn
+
+from synfer_diffusers import AUConditionedUNet2DConditionModel, AUSpace, SynFERPipeline
+from synfer_diffusers.training_utils import (
+    BatchOrder,
+    DiffusionTrainingConfig,
+    TrainingSummary,
+    add_training_noise,
+    add_unet_lora,
+    check_existing_path,
+    check_positive,
+    check_probability,
+    condition_dropout_masks,
+    diffusion_loss,
+    drop_captions,
+    encode_latents,
+    frozen_weight_dtype,
+    is_local_path,
+    load_action_units,
+    load_images,
+    load_training_dataset,
+    make_optimizer,
+    normalize_images,
+    parse_config,
+    prepare_run,
+    run_training_loop,
+    save_expression_grid,
+    smooth_action_units,
+    tokenize_captions,
+    training_card_text,
+    validate_action_units_column,
+    validate_columns,
+)
+
+
+@dataclass(kw_only=True)
+class AUAdapterTrainingConfig(DiffusionTrainingConfig):
+    pretrained_model_name_or_path: str = field(
+        metadata={"help": "The stage-A SynFERPipeline (text-only UNet): a folder or Hub id."}
+    )
+    au_column: str = field(default="action_units", metadata={"help": "Column holding the AU vector of each image."})
+    au_space: Literal["disfa12", "opengraphau41"] = field(
+        default="disfa12", metadata={"help": "AU vocabulary of `au_column` (DISFA-12 intensities, OpenGraphAU-41)."}
+    )
+    num_au_tokens: int = field(default=4, metadata={"help": "AU tokens made by the AU encoder."})
+    au_encoder_hidden_dim: int | None = field(
+        default=None, metadata={"help": "Hidden width of the AU encoder MLP; unset: the cross-attention width."}
+    )
+    unet_training: Literal["frozen", "lora", "full"] = field(
+        default="frozen",
+        metadata={"help": "Besides the adapter: nothing (the paper), a LoRA on the base UNet (FineFace), or all."},
+    )
+    lora_rank: int = field(default=4, metadata={"help": "LoRA rank for `--unet_training lora`."})
+    au_dropout_prob: float = field(default=0.05, metadata={"help": "Probability of dropping only the AUs."})
+    both_dropout_prob: float = field(default=0.05, metadata={"help": "Probability of dropping text and AUs."})
+    au_noise_std: float = field(default=0.2, metadata={"help": "AU smoothing: std of the Gaussian noise."})
+    au_noise_prob: float = field(default=1.0, metadata={"help": "AU smoothing: probability a row gets noise."})
+    au_round_prob: float = field(
+        default=0.1, metadata={"help": "AU smoothing: probability a row is rounded to whole levels instead."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if is_local_path(self.pretrained_model_name_or_path):
+            check_existing_path(self, "pretrained_model_name_or_path")
+        check_positive(self, "num_au_tokens", "lora_rank")
+        check_positive(self, "au_encoder_hidden_dim", allow_none=True)
+        check_positive(self, "au_noise_std", allow_zero=True)
+        check_probability(self, "au_dropout_prob", "both_dropout_prob", "au_noise_prob", "au_round_prob")
+        total = self.text_dropout_prob + self.au_dropout_prob + self.both_dropout_prob
+        if total > 1:
+            raise ValueError(
+                f"`text_dropout_prob` + `au_dropout_prob` + `both_dropout_prob` must be <= 1, got {total}."
+            )
+
+
+class AUDenoiser(nn.Module):
+    """AU tokens (with AU dropout) and the UNet call in one `forward`, so accelerate (DDP, autocast) also wraps the
+    AU encoder, which `encode_action_units` runs outside the UNet's own `forward`."""
+
+    def __init__(self, unet: AUConditionedUNet2DConditionModel):
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,  # (B, C, h, w)
+        timesteps: torch.Tensor,  # (B,)
+        text_embeds: torch.Tensor,  # (B, L, D)
+        action_units: torch.Tensor,  # (B, num_aus)
+        drop_au: torch.Tensor,  # (B,) bool
+    ) -> torch.Tensor:  # (B, C, h, w)
+        au_embeds = self.unet.encode_action_units(action_units, drop_mask=drop_au)  # (B, T, D)
+        return self.unet(noisy_latents, timesteps, text_embeds, au_embeds=au_embeds).sample
+
+
+def load_stage_a(config: AUAdapterTrainingConfig) -> SynFERPipeline:
+    pipe = SynFERPipeline.from_pretrained(config.pretrained_model_name_or_path)
+    if isinstance(pipe.unet, AUConditionedUNet2DConditionModel):
+        raise ValueError(
+            "`pretrained_model_name_or_path` already has an AU adapter; pass the stage-A (text-only) pipeline, or "
+            "`--resume` to continue an interrupted adapter run."
+        )
+    return pipe
+
+
+def configure_trainable(unet: AUConditionedUNet2DConditionModel, config: AUAdapterTrainingConfig) -> None:
+    """Sets `requires_grad` for `--unet_training` (see the module docstring)."""
+    if config.unet_training == "full":
+        unet.requires_grad_(True)
+        return
+    unet.freeze_base()
+    if config.unet_training == "lora":
+        add_unet_lora(unet, config.lora_rank, config.lora_alpha)  # peft freezes all but LoRA: unfreeze the adapter
+        for param in unet.trainable_au_parameters():
+            param.requires_grad_(True)
+
+
+def main(argv: Sequence[str] | None = None) -> TrainingSummary:
+    config = parse_config(AUAdapterTrainingConfig, argv, description=__doc__.splitlines()[0])
+    accelerator = prepare_run(config)
+    au_space = getattr(AUSpace, config.au_space)()
+    dataset = load_training_dataset(config.dataset_name, config.dataset_split, config.max_train_samples)
+    validate_columns(dataset, {
+        config.image_column: "images (--image_column)",
+        config.text_column: "captions (--text_column)",
+        config.au_column: f"{au_space.num_aus} AU values per row (--au_column)",
+    })  # fmt: skip
+    validate_action_units_column(dataset, config.au_column, au_space)
+    action_units = load_action_units(dataset, config.au_column, au_space)  # (N, num_aus)
+    pipe = load_stage_a(config)
+    vae, tokenizer, text_encoder = pipe.vae, pipe.tokenizer, pipe.text_encoder
+    if config.resolution != pipe.unet.config.sample_size * pipe.vae_scale_factor:
+        raise ValueError(
+            f"`resolution` {config.resolution} differs from the stage-A model's "
+            f"{pipe.unet.config.sample_size * pipe.vae_scale_factor} px."
+        )
+    images = load_images(dataset, config.image_column, config.resolution)  # (N, 3, R, R) uint8
+    caption_ids = tokenize_captions(tokenizer, dataset[config.text_column])
+    empty_ids = tokenize_captions(tokenizer, [""])
+    order = BatchOrder(
+        len(images), config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes
+    )
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # stage A's schedule, for training
+
+    unet = AUConditionedUNet2DConditionModel.from_unet(
+        pipe.unet,
+        au_space=au_space,
+        num_au_tokens=config.num_au_tokens,
+        au_encoder_hidden_dim=config.au_encoder_hidden_dim,
+    )
+    configure_trainable(unet, config)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    vae.requires_grad_(False).to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
+    text_encoder.requires_grad_(False).to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
+    optimizer, lr_scheduler = make_optimizer(config, [p for p in unet.parameters() if p.requires_grad])
+    model, optimizer = accelerator.prepare(AUDenoiser(unet), optimizer)
+    unet = accelerator.unwrap_model(model).unet
+
+    def compute_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        indices = order.indices(step)
+        drop_text, drop_au = condition_dropout_masks(
+            len(indices), generator, config.text_dropout_prob, config.au_dropout_prob, config.both_dropout_prob
+        )
+        aus = smooth_action_units(
+            action_units[indices], au_space, generator, config.au_noise_std, config.au_noise_prob, config.au_round_prob
+        )
+        input_ids = drop_captions(caption_ids[indices], drop_text, empty_ids).to(accelerator.device)
+        latents = encode_latents(vae, normalize_images(images[indices]), generator)  # (B, C, h, w)
+        noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, generator)
+        with torch.no_grad():
+            text_embeds = text_encoder(input_ids)[0]  # (B, L, D)
+        model_pred = model(
+            noisy_latents, timesteps, text_embeds, aus.to(accelerator.device), drop_au.to(accelerator.device)
+        )
+        return diffusion_loss(model_pred, latents, noise, timesteps, noise_scheduler, config.snr_gamma)
+
+    def build_pipeline() -> SynFERPipeline:
+        return SynFERPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=pipe.scheduler
+        )
+
+    def validate(step: int) -> None:
+        save_expression_grid(
+            build_pipeline(), f"{config.output_dir}/validation/grid-{step:06d}.png", config.validation_expressions,
+            config.num_validation_identities, config.validation_prompt, seed=config.seed,
+            num_inference_steps=config.validation_inference_steps, guidance_scale=config.validation_guidance_scale,
+        )  # fmt: skip
+        unet.train()
+
+    unet.train()
+    summary = run_training_loop(
+        accelerator, config, compute_loss, optimizer, lr_scheduler, {"unet": unet}, validate=validate,
+        description=f"AU adapter ({config.unet_training})",
+    )  # fmt: skip
+    if accelerator.is_main_process:
+        if config.unet_training == "lora":
+            unet.fuse_lora()  # merge the LoRA into the base weights: the saved UNet is a plain AU UNet
+            unet.unload_lora()
+        vae.to(torch.float32)
+        text_encoder.to(torch.float32)
+        build_pipeline().save_pretrained(
+            config.output_dir, model_card={"training": training_card_text(config, "train_au_adapter.py")}
+        )
+        accelerator.print(f"Saved the AU-conditioned pipeline to {config.output_dir}.")
+    accelerator.end_training()
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+#!/usr/bin/env python
+"""Train a small `AutoencoderKL` (the latent space of a from-scratch SynFER model) on any image dataset.
+
+Loss: L1 (or MSE) reconstruction + `kl_weight` x KL(posterior || N(0, I)) (Kingma & Welling 2014, eq. 10; Stable
+Diffusion's VAE uses a small weight so the latent stays detailed) + optionally `edge_loss_weight` x L1 between
+the images' finite differences, which keeps thin expression cues (brows, lids, lip corners) sharp.
+
+After training the script measures the latent standard deviation on training images and stores
+`scaling_factor = 1 / std` in the config (diffusion then sees unit-variance latents), and saves the model with
+`save_pretrained` (safetensors): `AutoencoderKL.from_pretrained(output_dir)` loads it.
+
+**The gate** (`--judge_path`, `--au_regressor_path`, models from `examples/train_fer_classifier.py`): a
+diffusion model cannot draw expressions its autoencoder loses, so before any UNet training the judge classifies
+reconstructions of real test faces. It passes when judge accuracy on reconstructions is at least
+`min_judge_ratio` (0.95) times its accuracy on the originals and the AU regressor's error grows by at most
+`max_au_mae_ratio` (1.1x). The numbers go to `gate.json` and are printed.
+
+FaceWorld, 64x64 -> 32x32x4 latents, on a 2-core CPU (~15 min; judge and AU regressor from
+`examples/train_fer_classifier.py`):
+
+```bash
+python -m synfer_diffusers.data.faceworld --output-dir runs/faceworld --num-train 20000 --num-test 2000
+python examples/train_autoencoder.py --dataset_name runs/faceworld --output_dir runs/vae \
+    --block_out_channels 32 64 --train_batch_size 16 --learning_rate 5e-4 --lr_warmup_steps 50 \
+    --edge_loss_weight 0.5 --max_train_steps 600 --checkpointing_steps 100 --validation_steps 200 \
+    --judge_path runs/judge --au_regressor_path runs/au_regressor --label_column clean_label
+```
+
+On a GPU: `accelerate launch examples/train_autoencoder.py ... --mixed_precision bf16`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from PIL import Image
+from torch import nn
+from transformers import AutoModelForImageClassification
+
+from synfer_diffusers.facs import EXPRESSIONS, AUSpace
+from synfer_diffusers.training_utils import (
+    BatchOrder,
+    TrainingConfig,
+    TrainingSummary,
+    check_existing_path,
+    check_positive,
+    expression_label_ids,
+    load_action_units,
+    load_images,
+    load_training_dataset,
+    make_optimizer,
+    normalize_images,
+    parse_config,
+    prepare_run,
+    run_training_loop,
+    tile_images,
+    validate_action_units_column,
+    validate_columns,
+)
+
+
+@dataclass(kw_only=True)
+class AutoencoderTrainingConfig(TrainingConfig):
+    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate after warmup."})
+    train_batch_size: int = field(default=16, metadata={"help": "Batch size per process."})
+    block_out_channels: list[int] = field(
+        default_factory=lambda: [32, 64],
+        metadata={"help": "Channels per level; n levels downsample by 2^(n-1) (2 levels: 64 px -> 32x32 latents)."},
+    )
+    layers_per_block: int = field(default=1, metadata={"help": "ResNet layers per level."})
+    latent_channels: int = field(default=4, metadata={"help": "Latent channels (Stable Diffusion: 4)."})
+    norm_num_groups: int = field(default=32, metadata={"help": "GroupNorm groups; must divide every channel count."})
+    mid_block_attention: bool = field(
+        default=False,
+        metadata={
+            "help": "Self-attention in the middle blocks (SD's VAE has it; ~30% of a CPU step at 32x32 latents)."
+        },
+    )
+    reconstruction_loss: Literal["l1", "mse"] = field(default="l1", metadata={"help": "Pixel reconstruction loss."})
+    kl_weight: float = field(default=1e-6, metadata={"help": "Weight of the KL term (summed over latent elements)."})
+    edge_loss_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the L1 loss between image gradients (finite differences); 0: off."}
+    )
+    num_scaling_images: int = field(
+        default=2048, metadata={"help": "Training images encoded to measure the latent std (scaling_factor)."}
+    )
+    test_split: str = field(
+        default="test", metadata={"help": "Held-out split for the reconstruction grid, PSNR and the gate; '' : none."}
+    )
+    num_test_images: int = field(default=1000, metadata={"help": "Test images used for PSNR and the gate."})
+    judge_path: str | None = field(
+        default=None, metadata={"help": "Expression judge (examples/train_fer_classifier.py); enables the gate."}
+    )
+    au_regressor_path: str | None = field(
+        default=None, metadata={"help": "AU regressor (examples/train_fer_classifier.py) for the gate's AU error."}
+    )
+    label_column: str = field(default="label", metadata={"help": "Expression column of the test split (gate)."})
+    au_column: str = field(default="action_units", metadata={"help": "AU column of the test split (gate)."})
+    au_space: Literal["disfa12", "opengraphau41"] = field(
+        default="disfa12", metadata={"help": "AU space of au_column."}
+    )
+    min_judge_ratio: float = field(default=0.95, metadata={"help": "Gate: judge accuracy reconstructions/originals."})
+    max_au_mae_ratio: float = field(default=1.1, metadata={"help": "Gate: AU MAE reconstructions/originals."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.block_out_channels:
+            raise ValueError("`block_out_channels` must list at least one channel count.")
+        check_positive(self, "layers_per_block", "latent_channels", "norm_num_groups", "num_scaling_images")
+        check_positive(self, "num_test_images", "min_judge_ratio", "max_au_mae_ratio")
+        check_positive(self, "kl_weight", "edge_loss_weight", allow_zero=True)
+        if any(c <= 0 or c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(
+                f"`block_out_channels` {self.block_out_channels} must be positive multiples of `norm_num_groups` "
+                f"({self.norm_num_groups})."
+            )
+        if self.resolution % 2 ** (len(self.block_out_channels) - 1):
+            raise ValueError(f"`resolution` {self.resolution} must be divisible by the downsampling factor.")
+        check_existing_path(self, "judge_path", "au_regressor_path")
+        if (self.judge_path or self.au_regressor_path) and not self.test_split:
+            raise ValueError("`test_split` is required for the gate (`judge_path` / `au_regressor_path`).")
+
+
+def build_autoencoder(config: AutoencoderTrainingConfig) -> AutoencoderKL:
+    levels = len(config.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        latent_channels=config.latent_channels,
+        norm_num_groups=config.norm_num_groups,
+        mid_block_add_attention=config.mid_block_attention,
+        sample_size=config.resolution,
+    )
+
+
+class AutoencoderWithKL(nn.Module):
+    """Encode -> sample -> decode in one `forward`, so accelerate (DDP, autocast) wraps the whole pass."""
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(pixels).latent_dist
+        reconstruction = self.vae.decode(posterior.sample(generator=generator)).sample  # (B, 3, H, W)
+        return reconstruction, posterior.kl().mean()  # KL summed over latent elements, averaged over the batch
+
+
+def image_gradient_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between horizontal and vertical finite differences of two image batches."""
+    loss = F.l1_loss(prediction.diff(dim=-1), target.diff(dim=-1))
+    return loss + F.l1_loss(prediction.diff(dim=-2), target.diff(dim=-2))
+
+
+def autoencoder_loss(
+    model: nn.Module, pixels: torch.Tensor, generator: torch.Generator, config: AutoencoderTrainingConfig
+) -> torch.Tensor:
+    reconstruction, kl = model(pixels, generator)
+    reconstruction = reconstruction.float()
+    pixel_loss = F.l1_loss if config.reconstruction_loss == "l1" else F.mse_loss
+    loss = pixel_loss(reconstruction, pixels) + config.kl_weight * kl
+    if config.edge_loss_weight:
+        loss = loss + config.edge_loss_weight * image_gradient_loss(reconstruction, pixels)
+    return loss
+
+
+@torch.no_grad()
+def measure_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, batch_size: int) -> float:
+    """`1 / std` of posterior samples of `images` (uint8), as Stable Diffusion's 0.18215 was measured."""
+    generator = torch.Generator().manual_seed(0)
+    latents = [
+        vae.encode(normalize_images(chunk).to(vae.device)).latent_dist.sample(generator=generator).float().cpu()
+        for chunk in images.split(batch_size)
+    ]
+    return 1.0 / torch.cat(latents).std().item()
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """uint8 images -> uint8 reconstructions through the posterior mean (what a diffusion model's latents decode)."""
+    outputs = []
+    for chunk in images.split(batch_size):
+        latents = vae.encode(normalize_images(chunk).to(vae.device)).latent_dist.mode()
+        decoded = vae.decode(latents).sample.float().cpu()
+        outputs.append(((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+    return torch.cat(outputs)
+
+
+def psnr(reconstructions: torch.Tensor, originals: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of uint8 image batches."""
+    mse = F.mse_loss(reconstructions.float(), originals.float()).item()
+    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
+
+
+def save_reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: str) -> None:
+    """Two rows: originals and their reconstructions."""
+    rows = [
+        [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in batch] for batch in (originals, reconstructions)
+    ]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tile_images(rows, row_labels=["real", "recon"]).save(path)
+
+
+def load_fer_example():
+    """`examples/train_fer_classifier.py`, imported by path, for its `evaluate_expression_classifier` and
+    `evaluate_au_regressor`."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_fer_classifier.py")
+    spec = importlib.util.spec_from_file_location("train_fer_classifier", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses look the module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_gate_models(config: AutoencoderTrainingConfig) -> dict:
+    """The judge and/or AU regressor (transformers image models), checked before training: the judge's classes
+    must be the [`EXPRESSIONS`] in order, the regressor must have one output per AU."""
+    models = {}
+    if config.judge_path:
+        judge = AutoModelForImageClassification.from_pretrained(config.judge_path)
+        classes = [judge.config.id2label[i] for i in range(judge.config.num_labels)]
+        if classes != list(EXPRESSIONS):
+            raise ValueError(f"`judge_path`: the classifier's classes {classes} must be {list(EXPRESSIONS)}.")
+        models["judge"] = judge
+    if config.au_regressor_path:
+        regressor = AutoModelForImageClassification.from_pretrained(config.au_regressor_path)
+        num_aus = getattr(AUSpace, config.au_space)().num_aus
+        if regressor.config.num_labels != num_aus:
+            raise ValueError(
+                f"`au_regressor_path`: the regressor has {regressor.config.num_labels} outputs, not {num_aus}."
+            )
+        models["au_regressor"] = regressor
+    return models
+
+
+def run_gate(
+    config: AutoencoderTrainingConfig,
+    models: dict,
+    gate_data: dict,
+    originals: torch.Tensor,
+    reconstructions: torch.Tensor,
+) -> dict:
+    """Judge accuracy and AU error on originals vs reconstructions (uint8), their ratios and the verdict."""
+    fer = load_fer_example()
+    result: dict = {"num_images": len(originals)}
+    passed = True
+    if "judge" in models:
+        labels = gate_data["labels"]
+        original = fer.evaluate_expression_classifier(models["judge"], originals, labels)["accuracy"]
+        reconstructed = fer.evaluate_expression_classifier(models["judge"], reconstructions, labels)["accuracy"]
+        ratio = reconstructed / max(original, 1e-8)
+        result.update(judge_accuracy_original=original, judge_accuracy_reconstructed=reconstructed, judge_ratio=ratio)
+        passed &= ratio >= config.min_judge_ratio
+    if "au_regressor" in models:
+        aus = gate_data["action_units"]
+        original = fer.evaluate_au_regressor(models["au_regressor"], originals, aus)["mae"]
+        reconstructed = fer.evaluate_au_regressor(models["au_regressor"], reconstructions, aus)["mae"]
+        ratio = reconstructed / max(original, 1e-8)
+        result.update(au_mae_original=original, au_mae_reconstructed=reconstructed, au_mae_ratio=ratio)
+        passed &= ratio <= config.max_au_mae_ratio
+    return {
+        **result,
+        "min_judge_ratio": config.min_judge_ratio,
+        "max_au_mae_ratio": config.max_au_mae_ratio,
+        "passed": passed,
+    }
+
+
+def load_test_data(config: AutoencoderTrainingConfig) -> tuple[torch.Tensor | None, dict]:
+    """Test images (uint8) and, for the gate, their validated labels and AUs; all checked before training."""
+    if not config.test_split:
+        return None, {}
+    test_set = load_training_dataset(config.dataset_name, config.test_split, config.num_test_images)
+    required = {config.image_column: "images (--image_column)"}
+    if config.judge_path:
+        required[config.label_column] = "expression labels for the judge (--label_column)"
+    if config.au_regressor_path:
+        required[config.au_column] = "AU values for the AU regressor (--au_column)"
+    validate_columns(test_set, required)
+    gate_data = {}
+    if config.judge_path:
+        gate_data["labels"] = expression_label_ids(test_set, config.label_column)
+    if config.au_regressor_path:
+        au_space = getattr(AUSpace, config.au_space)()
+        validate_action_units_column(test_set, config.au_column, au_space)
+        gate_data["action_units"] = load_action_units(test_set, config.au_column, au_space)
+    return load_images(test_set, config.image_column, config.resolution, desc="Test images"), gate_data
+
+
+def main(argv: Sequence[str] | None = None) -> TrainingSummary:
+    config = parse_config(AutoencoderTrainingConfig, argv, description=__doc__.splitlines()[0])
+    accelerator = prepare_run(config)
+    train_set = load_training_dataset(config.dataset_name, config.dataset_split, config.max_train_samples)
+    validate_columns(train_set, {config.image_column: "images (--image_column)"})
+    test_images, gate_data = load_test_data(config)
+    gate_models = load_gate_models(config)  # fail now, not after training, if the gate cannot run
+    images = load_images(train_set, config.image_column, config.resolution)
+    order = BatchOrder(
+        len(images), config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes
+    )
+    preview = (test_images if test_images is not None else images)[:8]
+
+    vae = build_autoencoder(config)
+    if config.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    optimizer, lr_scheduler = make_optimizer(config, list(vae.parameters()))
+    model, optimizer = accelerator.prepare(AutoencoderWithKL(vae), optimizer)
+    vae = accelerator.unwrap_model(model).vae
+
+    def compute_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        pixels = normalize_images(images[order.indices(step)]).to(accelerator.device)  # (B, 3, R, R)
+        return autoencoder_loss(model, pixels, generator, config)
+
+    def validate(step: int) -> None:
+        vae.eval()
+        path = os.path.join(config.output_dir, "validation", f"reconstructions-{step:06d}.png")
+        save_reconstruction_grid(preview, reconstruct(vae, preview, config.train_batch_size), path)
+        vae.train()
+
+    model.train()
+    summary = run_training_loop(
+        accelerator, config, compute_loss, optimizer, lr_scheduler, {"vae": vae}, validate=validate,
+        description="Autoencoder",
+    )  # fmt: skip
+    if accelerator.is_main_process:
+        vae.eval()
+        scaling_factor = measure_scaling_factor(vae, images[: config.num_scaling_images], config.train_batch_size)
+        vae.register_to_config(scaling_factor=scaling_factor)
+        vae.save_pretrained(config.output_dir)
+        accelerator.print(f"Saved the autoencoder to {config.output_dir} (scaling_factor {scaling_factor:.4f}).")
+        if test_images is not None:
+            reconstructions = reconstruct(vae, test_images, config.train_batch_size)
+            report = {"psnr": psnr(reconstructions, test_images)}
+            if gate_models:
+                report.update(run_gate(config, gate_models, gate_data, test_images, reconstructions))
+                with open(os.path.join(config.output_dir, "gate.json"), "w") as f:
+                    json.dump(report, f, indent=2)
+            accelerator.print(json.dumps(report, indent=2))
+    accelerator.end_training()
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""The training examples in their tiny configurations: a few steps each on a tiny FaceWorld folder, in-process.
+
+Chain: `train_autoencoder.py` -> VAE -> `train_text_to_image.py` (from scratch) -> stage-A pipeline ->
+`train_au_adapter.py` -> AU pipeline. Each output must load with `from_pretrained` and generate; each script must
+resume from its checkpoint; bad options must raise before any training step.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+RESOLUTION = 16  # FaceWorld's 64 px faces resized: 8x8 latents through a 2-level autoencoder
+
+
+def load_example(name: str):
+    """Imports `examples/{name}.py` by path (the examples are scripts, not a package)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def run(script: str, output_dir, *options: str, **settings):
+    """`main()` of an example with `--output_dir` and `--key value` options; returns its `TrainingSummary`."""
+    argv = ["--output_dir", str(output_dir), *options]
+    for key, value in settings.items():
+        argv += [f"--{key}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return load_example(script).main(argv)
+
+
+@pytest.fixture(scope="module")
+def faceworld_dir(tmp_path_factory):
+    from synfer_diffusers.data.faceworld import write_faceworld_splits
+
+    directory = tmp_path_factory.mktemp("faceworld")
+    write_faceworld_splits(directory, num_train=24, num_test=8, seed=0, show_progress=False)
+    return directory
+
+
+def autoencoder_settings(faceworld_dir, **overrides):
+    settings = dict(
+        dataset_name=faceworld_dir, resolution=RESOLUTION, block_out_channels=[32, 32], train_batch_size=4,
+        max_train_steps=2, num_scaling_images=8, num_test_images=4,
+    )  # fmt: skip
+    return {**settings, **overrides}
+
+
+def diffusion_settings(faceworld_dir, **overrides):
+    settings = dict(
+        dataset_name=faceworld_dir, resolution=RESOLUTION, train_batch_size=4, max_train_steps=2,
+        validation_expressions=["happy", "sad"], num_validation_identities=2, validation_inference_steps=2,
+    )  # fmt: skip
+    return {**settings, **overrides}
+
+
+def scratch_settings(faceworld_dir, vae_dir, **overrides):
+    return diffusion_settings(
+        faceworld_dir, vae_path=vae_dir, tokenizer_vocab_size=600, max_text_length=32, text_encoder_width=32,
+        text_encoder_layers=1, text_encoder_heads=2, unet_block_out_channels=[32, 64],
+        unet_down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], unet_attention_heads=2, **overrides,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gate_models(tmp_path_factory):
+    """Untrained judge (7 expressions) and AU regressor (12 outputs): stock transformers ResNets, as
+    `examples/train_fer_classifier.py` saves them. Paths `(judge, au_regressor)`."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from synfer_diffusers import EXPRESSIONS, AUSpace
+
+    paths = []
+    for name, labels in (("judge", list(EXPRESSIONS)), ("au_regressor", list(AUSpace.disfa12().names))):
+        config = ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=len(labels),
+            id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        )  # fmt: skip
+        paths.append(tmp_path_factory.mktemp(name))
+        ResNetForImageClassification(config).save_pretrained(paths[-1])
+    return tuple(paths)
+
+
+@pytest.fixture(scope="module")
+def vae_run(faceworld_dir, gate_models, tmp_path_factory):
+    """The autoencoder, 2 steps, with the gate: `(output_dir, summary)`."""
+    output_dir = tmp_path_factory.mktemp("vae")
+    gate = {"judge_path": gate_models[0], "au_regressor_path": gate_models[1], "label_column": "clean_label"}
+    return output_dir, run("train_autoencoder", output_dir, **autoencoder_settings(faceworld_dir, **gate))
+
+
+@pytest.fixture(scope="module")
+def vae_dir(vae_run):
+    return vae_run[0]
+
+
+@pytest.fixture(scope="module")
+def stage_a_run(faceworld_dir, vae_dir, tmp_path_factory):
+    """Stage A from scratch: 1 step, then `--resume` to 2 steps: `(output_dir, summary of the resumed run)`."""
+    output_dir = tmp_path_factory.mktemp("stage_a")
+    options = ("--train_text_encoder", "--use_ema")
+    run("train_text_to_image", output_dir, *options, **scratch_settings(faceworld_dir, vae_dir, max_train_steps=1))
+    return output_dir, run(
+        "train_text_to_image", output_dir, "--resume", *options, **scratch_settings(faceworld_dir, vae_dir)
+    )
+
+
+@pytest.fixture(scope="module")
+def stage_a_dir(stage_a_run):
+    return stage_a_run[0]
+
+
+def pretrained_settings(faceworld_dir, pretrained_dir, **overrides):
+    return diffusion_settings(faceworld_dir, pretrained_model_name_or_path=pretrained_dir, **overrides)
+
+
+@pytest.fixture(scope="module")
+def stage_b_run(faceworld_dir, stage_a_dir, tmp_path_factory):
+    """Stage B (frozen base), 2 steps: `(output_dir, summary)`."""
+    output_dir = tmp_path_factory.mktemp("stage_b")
+    return output_dir, run("train_au_adapter", output_dir, **pretrained_settings(faceworld_dir, stage_a_dir))
+
+
+@pytest.fixture(scope="module")
+def stage_b_dir(stage_b_run):
+    return stage_b_run[0]
+
+
+def generate(pipe, **kwargs):
+    return pipe(
+        prompt="a photo of a face", num_inference_steps=2, generator=torch.Generator().manual_seed(0), **kwargs
+    ).images[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The three scripts
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_autoencoder_saves_a_loadable_model_with_measured_scaling(vae_dir):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    assert vae.config.down_block_types == ["DownEncoderBlock2D"] * 2
+    assert vae.config.scaling_factor != 0.18215  # measured on the data, not diffusers' default
+    assert (vae_dir / "diffusion_pytorch_model.safetensors").exists()
+    assert (vae_dir / "checkpoint-2" / "vae.safetensors").exists()
+    assert list((vae_dir / "validation").glob("reconstructions-*.png"))
+    latents = vae.encode(torch.zeros(1, 3, RESOLUTION, RESOLUTION)).latent_dist.mode()
+    assert latents.shape == (1, 4, RESOLUTION // 2, RESOLUTION // 2)
+    gate = json.loads((vae_dir / "gate.json").read_text())
+    assert {"psnr", "judge_ratio", "au_mae_ratio", "passed", "num_images"} <= set(gate)
+    assert gate["num_images"] == 4
+
+
+def test_autoencoder_resume_repeats_the_uninterrupted_run(faceworld_dir, vae_run, tmp_path):
+    run("train_autoencoder", tmp_path, **autoencoder_settings(faceworld_dir, max_train_steps=1))
+    resumed = run("train_autoencoder", tmp_path, "--resume", **autoencoder_settings(faceworld_dir))
+    assert (resumed.start_step, resumed.final_step) == (1, 2)
+    assert resumed.losses == vae_run[1].losses[1:]  # bit-identical on the CPU
+
+
+def test_text_to_image_from_scratch_gives_a_text_only_pipeline(stage_a_dir):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from synfer_diffusers import AUConditionedUNet2DConditionModel, SynFERPipeline
+
+    pipe = SynFERPipeline.from_pretrained(stage_a_dir)
+    assert isinstance(pipe.unet, UNet2DConditionModel)
+    assert not isinstance(pipe.unet, AUConditionedUNet2DConditionModel)
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.clip_sample is False
+    assert pipe.tokenizer.model_max_length == 32
+    assert generate(pipe, expression="happy").size == (RESOLUTION, RESOLUTION)
+    assert (stage_a_dir / "README.md").exists()
+    assert (stage_a_dir / "validation" / "grid-000002.png").exists()
+    checkpoint = stage_a_dir / "checkpoint-2"
+    assert {p.name for p in checkpoint.glob("*.safetensors")} >= {
+        "unet.safetensors",
+        "text_encoder.safetensors",
+        "ema_unet.safetensors",
+    }
+
+
+def test_text_to_image_resumes_at_the_checkpointed_step(stage_a_run):
+    output_dir, resumed = stage_a_run
+    assert (resumed.start_step, resumed.final_step, len(resumed.losses)) == (1, 2, 1)
+    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_text_to_image_lora_loads_with_load_lora_weights(faceworld_dir, stage_a_dir, tmp_path):
+    from synfer_diffusers import SynFERPipeline
+
+    run("train_text_to_image", tmp_path, **pretrained_settings(
+        faceworld_dir, stage_a_dir, lora_rank=4, learning_rate=1e-2, max_train_steps=1
+    ))  # fmt: skip
+    assert (tmp_path / "pytorch_lora_weights.safetensors").exists()
+    pipe = SynFERPipeline.from_pretrained(stage_a_dir)
+    base_image = generate(pipe)
+    pipe.load_lora_weights(tmp_path)
+    assert any("lora_A" in name for name, _ in pipe.unet.named_parameters())
+    assert generate(pipe).tobytes() != base_image.tobytes()
+
+
+def test_text_to_image_fine_tunes_a_stable_diffusion_folder(faceworld_dir, tmp_path):
+    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+
+    from synfer_diffusers import SynFERPipeline
+    from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components
+
+    components = make_tiny_components(seed=0)
+    StableDiffusionPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
+        unet=make_tiny_base_unet(seed=0), scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(tmp_path / "sd")  # fmt: skip
+    settings = pretrained_settings(faceworld_dir, tmp_path / "sd", max_train_steps=1, snr_gamma=5.0)
+    run("train_text_to_image", tmp_path / "tuned", **settings)
+    pipe = SynFERPipeline.from_pretrained(tmp_path / "tuned")
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.steps_offset == 1
+    assert generate(pipe).size == (RESOLUTION, RESOLUTION)
+
+
+def test_au_adapter_trains_only_the_adapter_and_generates(stage_a_dir, stage_b_dir):
+    from synfer_diffusers import AUConditionedUNet2DConditionModel, SynFERPipeline
+
+    base = SynFERPipeline.from_pretrained(stage_a_dir).unet
+    pipe = SynFERPipeline.from_pretrained(stage_b_dir)
+    assert isinstance(pipe.unet, AUConditionedUNet2DConditionModel)
+    assert pipe.unet.config.num_au_tokens == 4
+    assert torch.equal(pipe.unet.conv_in.weight, base.conv_in.weight)  # frozen base (the paper's setting)
+    attn2 = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2
+    assert not torch.equal(attn2.to_k_au.weight, attn2.to_k.weight)  # initialised as a copy, then trained
+    assert generate(pipe, expression="happy", action_units={"AU12": 4.0}).size == (RESOLUTION, RESOLUTION)
+    assert (stage_b_dir / "validation" / "grid-000002.png").exists()
+
+
+def test_au_adapter_resume_repeats_the_uninterrupted_run(faceworld_dir, stage_a_dir, stage_b_run, tmp_path):
+    run("train_au_adapter", tmp_path, **pretrained_settings(faceworld_dir, stage_a_dir, max_train_steps=1))
+    resumed = run("train_au_adapter", tmp_path, "--resume", **pretrained_settings(faceworld_dir, stage_a_dir))
+    assert (resumed.start_step, resumed.final_step) == (1, 2)
+    assert resumed.losses == stage_b_run[1].losses[1:]
+
+
+@pytest.mark.parametrize("unet_training", ["lora", "full"])
+def test_au_adapter_lora_and_full_save_plain_au_unets(faceworld_dir, stage_a_dir, tmp_path, unet_training):
+    from synfer_diffusers import SynFERPipeline
+
+    run("train_au_adapter", tmp_path, **pretrained_settings(
+        faceworld_dir, stage_a_dir, unet_training=unet_training, max_train_steps=1, learning_rate=1e-2
+    ))  # fmt: skip
+    base = SynFERPipeline.from_pretrained(stage_a_dir).unet
+    pipe = SynFERPipeline.from_pretrained(tmp_path)
+    assert not any("lora" in name for name in pipe.unet.state_dict())  # LoRA merged into the weights
+    attention = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q.weight"
+    assert not torch.equal(pipe.unet.state_dict()[attention], base.state_dict()[attention])
+    assert generate(pipe, expression="sad").size == (RESOLUTION, RESOLUTION)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad configurations fail before training
+# ----------------------------------------------------------------------------------------------------------
+
+BAD_AUTOENCODER = [
+    ({"image_column": "picture"}, "picture"),
+    ({"block_out_channels": [30, 60]}, "norm_num_groups"),
+    ({"judge_path": "/no/such/judge"}, "judge_path"),
+    ({"label_column": "mood", "judge_path": "GATE"}, "mood"),
+    ({"dataset_split": "validation"}, "dataset_split"),
+    ({"learning_rate": -1}, "learning_rate"),
+]
+BAD_TEXT_TO_IMAGE = [
+    ({"vae_path": None}, "exactly one"),
+    ({"dataset_name": "/no/such/dataset"}, "dataset_name"),
+    ({"text_column": "caption"}, "caption"),
+    ({"lora_rank": 4}, "lora_rank"),
+    ({"unet_down_block_types": ["DownBlock2D", "DownBlock2D"]}, "CrossAttnDownBlock2D"),
+    ({"validation_expressions": ["happy", "joyful"]}, "validation_expressions"),
+]
+BAD_AU_ADAPTER = [
+    ({"au_space": "opengraphau41"}, "41"),
+    ({"au_column": "aus"}, "aus"),
+    ({"text_dropout_prob": 0.6, "au_dropout_prob": 0.6}, "<= 1"),
+    ({"pretrained_model_name_or_path": "/no/such/model"}, "pretrained_model_name_or_path"),
+    ({"resolution": 32}, "resolution"),
+    ({"train_batch_size": 64}, "train_batch_size"),
+]
+
+
+def assert_fails_before_training(script, output_dir, settings, match):
+    argv_settings = {k: v for k, v in settings.items() if v is not None}
+    with pytest.raises(ValueError, match=match):
+        run(script, output_dir, **argv_settings)
+    assert not any(Path(output_dir).iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("overrides, match", BAD_AUTOENCODER)
+def test_autoencoder_rejects_bad_configs(faceworld_dir, gate_models, tmp_path, overrides, match):
+    overrides = {k: gate_models[0] if v == "GATE" else v for k, v in overrides.items()}
+    assert_fails_before_training(
+        "train_autoencoder", tmp_path, autoencoder_settings(faceworld_dir, **overrides), match
+    )
+
+
+@pytest.mark.parametrize("overrides, match", BAD_TEXT_TO_IMAGE)
+def test_text_to_image_rejects_bad_configs(faceworld_dir, vae_dir, tmp_path, overrides, match):
+    settings = {**scratch_settings(faceworld_dir, vae_dir), **overrides}
+    assert_fails_before_training("train_text_to_image", tmp_path, settings, match)
+
+
+@pytest.mark.parametrize("overrides, match", BAD_AU_ADAPTER)
+def test_au_adapter_rejects_bad_configs(faceworld_dir, stage_a_dir, tmp_path, overrides, match):
+    settings = {**pretrained_settings(faceworld_dir, stage_a_dir), **overrides}
+    assert_fails_before_training("train_au_adapter", tmp_path, settings, match)
+
+
+def test_au_adapter_rejects_a_model_that_already_has_one(faceworld_dir, stage_b_dir, tmp_path):
+    settings = pretrained_settings(faceworld_dir, stage_b_dir)
+    assert_fails_before_training("train_au_adapter", tmp_path, settings, "already has an AU adapter")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared pieces (synfer_diffusers.training_utils)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_checkpoints_round_trip_and_keep_the_last_k(tmp_path):
+    from synfer_diffusers.training_utils import list_checkpoints, load_latest_training_state, save_training_state
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+        model[0].requires_grad_(False)  # frozen: rebuilt, not stored
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        return model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    model, optimizer, scheduler = build()
+    for step in (1, 2, 3):
+        model(torch.randn(5, 3)).square().mean().backward()
+        optimizer.step()
+        scheduler.step()
+        save_training_state(
+            tmp_path, step, {"model": model}, optimizer, scheduler, extra={"note": step}, total_limit=2
+        )
+    assert [Path(p).name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
+    assert not list(tmp_path.glob(".*tmp"))
+    expected_draw = torch.rand(3)
+
+    restored, restored_optimizer, restored_scheduler = build()
+    state = load_latest_training_state(tmp_path, {"model": restored}, restored_optimizer, restored_scheduler)
+    assert (state.step, state.extra) == (3, {"note": 3})
+    assert torch.equal(torch.rand(3), expected_draw)  # global RNG restored
+    for a, b in zip(model.parameters(), restored.parameters()):
+        assert torch.equal(a, b)
+    assert restored_scheduler.get_last_lr() == scheduler.get_last_lr()
+    exp_avg = optimizer.state[model[1].weight]["exp_avg"]
+    assert torch.equal(restored_optimizer.state[restored[1].weight]["exp_avg"], exp_avg)
+    assert not any(name.endswith(".pt") or name.endswith(".bin") for name in os.listdir(state.path))
+
+
+def test_condition_dropout_and_au_smoothing():
+    from synfer_diffusers import AUSpace
+    from synfer_diffusers.training_utils import BatchOrder, condition_dropout_masks, smooth_action_units
+
+    generator = torch.Generator().manual_seed(0)
+    drop_text, drop_au = condition_dropout_masks(20_000, generator, text_prob=0.05, au_prob=0.05, both_prob=0.05)
+    assert abs((drop_text & ~drop_au).float().mean() - 0.05) < 0.01
+    assert abs((drop_text & drop_au).float().mean() - 0.05) < 0.01
+    assert abs((~drop_text & drop_au).float().mean() - 0.05) < 0.01
+
+    space = AUSpace.disfa12()
+    aus = torch.tensor([[0.0] * 6 + [5.0] * 6] * 1000)
+    smoothed = smooth_action_units(aus, space, generator, noise_std=0.2, round_prob=0.1)
+    assert smoothed.min() >= 0 and smoothed.max() <= 5 and not torch.equal(smoothed, aus)
+    assert 0.05 < (smoothed == aus).all(dim=1).float().mean() < 0.15  # rounded rows are unchanged
+
+    order = BatchOrder(num_samples=10, batch_size=3, seed=0)
+    epoch = torch.cat([order.indices(step) for step in range(3)])
+    assert len(set(epoch.tolist())) == 9 and torch.equal(order.indices(4), BatchOrder(10, 3, 0).indices(4))

@@ -7,15 +7,32 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from huggingface_hub import snapshot_download
+
 from ..hub_utils import push_folder_to_hub, write_model_card
 
 
 class ModelCardPipelineMixin:
-    """Adds a rendered `README.md` model card to `save_pretrained` and a one-commit `push_to_hub` to a
-    `DiffusionPipeline`. Subclasses set `model_card_template` (a file in `model_cards/`) and implement
+    """Makes a `DiffusionPipeline` of this package a Hub citizen: `from_pretrained` takes a folder or a repo id,
+    `save_pretrained` adds a rendered `README.md` model card, and `push_to_hub` uploads in one commit. Subclasses set `model_card_template` (a file in `model_cards/`) and implement
     `model_card_fields()` (their own facts: sizes, labels, AU space, ...)."""
 
     model_card_template: str
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """[`DiffusionPipeline.from_pretrained`] from a folder or a Hub repo id. A repo is downloaded whole first:
+        diffusers' own download step would look for this package's component modules as custom code files in
+        the repo."""
+        if not os.path.isdir(pretrained_model_name_or_path):
+            pretrained_model_name_or_path = snapshot_download(
+                str(pretrained_model_name_or_path),
+                revision=kwargs.pop("revision", None),
+                token=kwargs.pop("token", None),
+                cache_dir=kwargs.get("cache_dir"),
+                local_files_only=kwargs.get("local_files_only", False),
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def model_card_fields(self) -> dict[str, Any]:
         raise NotImplementedError

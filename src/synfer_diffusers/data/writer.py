@@ -1,0 +1,427 @@
+"""Synthetic-set writer: crash-safe parquet shards, a plan, a dataset card and a preview grid.
+
+The writer knows nothing about models or pipelines (it imports `facs`, `hub_utils`, `datasets` and `pyarrow`
+only). [`synfer_diffusers.generate`] hands it a JSON-serialisable *plan* (everything that determines the
+samples) and rows; the writer makes a folder that `datasets.load_dataset(folder)` reads with
+[`synthetic_features`] exactly:
+
+```
+output_dir/
+  plan.json                            the plan; a rerun must match it (`--resume`) or replace it (`--overwrite`)
+  data/train-00000-of-00004.parquet    shard 0: samples [0, shard_size), and so on; names are fixed by the plan
+  README.md                            dataset card (YAML: features, splits, configs), written when complete
+  preview.png                          grid of the first samples, written when complete
+  .synfer/shards/00000.json            manifest of each finished shard: sample range, rows, sha256
+  .synfer/tmp/                         shards being written (removed when the set is complete)
+```
+
+Shard `i` holds the samples `[i * shard_size, min((i + 1) * shard_size, num_samples))`, so the layout does not
+depend on the number of processes or on where a run was interrupted. Each shard is written to `.synfer/tmp`,
+fsynced and moved into `data/` with `os.replace`, then its manifest is written the same way: a shard without a
+manifest is unfinished and is written again. On resume each manifested shard is verified (sha256, parquet
+metadata, sample ids); a damaged shard is reported and regenerated, a shard from another plan or an unknown file
+in `data/` stops the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import PIL.Image
+import PIL.ImageDraw
+import pyarrow as pa
+import pyarrow.parquet as pq
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from ..facs import EXPRESSIONS
+from ..hub_utils import model_card_template
+
+logger = logging.getLogger(__name__)
+
+PLAN_FILE = "plan.json"
+DATA_DIR = "data"
+WORK_DIR = ".synfer"
+SPLIT = "train"
+CARD_TEMPLATE = "synthetic_dataset.md"
+PREVIEW_FILE = "preview.png"
+PREVIEW_SAMPLES = 32
+_PARQUET_METADATA_KEY = b"synfer"
+_OWN_ENTRIES = (PLAN_FILE, DATA_DIR, WORK_DIR, "README.md", PREVIEW_FILE)
+
+
+class ShardVerificationError(RuntimeError):
+    """A file in the dataset folder that this plan did not write (another plan's shard, an unknown file)."""
+
+
+def synthetic_features(num_aus: int) -> datasets.Features:
+    """Features of a synthetic SynFER set whose AU vectors have `num_aus` entries.
+
+    `image` (PNG), `text` (the enriched prompt), `action_units` (the AU condition in the model's AU order),
+    `target_label` (the generation target), `label` / `label_probs` / `agreement` (the rectified label, its class
+    distribution and the labellers' agreement; today the target, one-hot, 1.0), `seed` (the image's seed) and
+    `sample_id` (its index in the plan).
+    """
+    classes = datasets.ClassLabel(names=list(EXPRESSIONS))
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "text": datasets.Value("string"),
+            "action_units": datasets.List(datasets.Value("float32"), length=num_aus),
+            "target_label": classes,
+            "label": classes,
+            "label_probs": datasets.List(datasets.Value("float32"), length=len(EXPRESSIONS)),
+            "agreement": datasets.Value("float32"),
+            "seed": datasets.Value("int64"),
+            "sample_id": datasets.Value("int64"),
+        }
+    )
+
+
+def plan_fingerprint(plan: Mapping[str, Any]) -> str:
+    """sha256 of the plan's canonical JSON; stored in every shard so shards of another plan are recognised."""
+    return hashlib.sha256(_canonical_json(plan).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Shard `index` of `num_shards`: samples `[start, end)`."""
+
+    index: int
+    num_shards: int
+    start: int
+    end: int
+
+    @property
+    def filename(self) -> str:
+        return f"{DATA_DIR}/{SPLIT}-{self.index:05d}-of-{self.num_shards:05d}.parquet"
+
+    @property
+    def sample_ids(self) -> range:
+        return range(self.start, self.end)
+
+
+def shard_specs(num_samples: int, shard_size: int) -> list[ShardSpec]:
+    """The fixed shard grid of a plan: `ceil(num_samples / shard_size)` contiguous sample ranges."""
+    num_shards = math.ceil(num_samples / shard_size)
+    return [
+        ShardSpec(i, num_shards, i * shard_size, min((i + 1) * shard_size, num_samples)) for i in range(num_shards)
+    ]
+
+
+class SyntheticSetWriter:
+    r"""
+    Writes one plan's samples into `output_dir` as verified parquet shards and, once complete, a card and preview.
+
+    Args:
+        output_dir (`str` or `os.PathLike`): the dataset folder.
+        plan (`Mapping`): JSON-serialisable description of the samples; must hold `num_samples`, `shard_size` and
+            `au_space` (`{"names": [...], "kind": ...}`), which fixes the rows' [`synthetic_features`].
+
+    Example:
+
+    ```py
+    >>> plan = {"num_samples": 2, "shard_size": 2, "au_space": AUSpace.disfa12().to_config()}
+    >>> writer = SyntheticSetWriter("out", plan)
+    >>> writer.prepare(resume=False, overwrite=False)
+    >>> pending = writer.pending_shards()  # [ShardSpec(index=0, num_shards=1, start=0, end=2)]
+    >>> writer.write_shard(pending[0], rows)  # rows: dicts with the features' columns, PIL images allowed
+    >>> writer.finalize(card_fields={...})  # README.md + preview.png
+    ```
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, plan: Mapping[str, Any]):
+        self.output_dir = Path(output_dir)
+        self.plan = json.loads(_canonical_json(plan))
+        self.features = synthetic_features(len(self.plan["au_space"]["names"]))
+        self.fingerprint = plan_fingerprint(self.plan)
+        self.shards = shard_specs(int(self.plan["num_samples"]), int(self.plan["shard_size"]))
+        self.schema = self.features.arrow_schema
+
+    @classmethod
+    def from_folder(cls, output_dir: str | os.PathLike) -> SyntheticSetWriter:
+        """The writer of an existing synthetic-set folder, from its `plan.json`."""
+        path = Path(output_dir) / PLAN_FILE
+        if not path.is_file():
+            raise ValueError(f"`output_dir` {str(output_dir)!r} holds no {PLAN_FILE}: not a synthetic set.")
+        return cls(output_dir, json.loads(path.read_text(encoding="utf-8")))
+
+    # -- folder state --------------------------------------------------------------------------------------
+
+    def existing_plan(self) -> dict[str, Any] | None:
+        path = self.output_dir / PLAN_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ShardVerificationError(f"{path} is not a readable plan ({error}); pass --overwrite.") from error
+
+    def prepare(self, resume: bool, overwrite: bool, is_main_process: bool = True) -> None:
+        """Checks the folder against the plan and writes `plan.json`.
+
+        An empty or missing folder is started. A folder with the same plan is completed with `resume` (and left
+        as is when already complete). A folder with another plan, or with files that are not a synthetic set,
+        is refused unless `overwrite`, which removes this writer's entries (`plan.json`, `data/`, `.synfer/`,
+        `README.md`, `preview.png`) first; only the main process overwrites. Other processes follow the main
+        process's decision and never refuse a folder with the same plan.
+
+        Raises:
+            `ValueError`: `resume` and `overwrite` together.
+            `FileExistsError`: the folder holds another plan or other files, or an unfinished run without `resume`.
+            `OSError`: the folder cannot be created or written.
+        """
+        if resume and overwrite:
+            raise ValueError("`resume` and `overwrite` exclude each other: pick one.")
+        self._make_dirs()
+        found = self.existing_plan()
+        if found is not None and found != self.plan:
+            if not (overwrite and is_main_process):
+                raise FileExistsError(
+                    f"{self.output_dir} holds a different plan (fields {_diff_keys(found, self.plan)} differ); "
+                    "pass --overwrite to replace it" + ("" if is_main_process else " from process 0") + "."
+                )
+            self._remove_own_entries()
+            self._make_dirs()
+            found = None
+        if found is None:
+            others = sorted(p.name for p in self.output_dir.iterdir() if p.name not in _OWN_ENTRIES)
+            if others or any(self._data_dir.iterdir()):
+                raise FileExistsError(
+                    f"{self.output_dir} is not empty and holds no synthetic-set plan ({others or [DATA_DIR]}); "
+                    "choose another --output-dir."
+                )
+            _atomic_write_bytes(self.output_dir / PLAN_FILE, _canonical_json(self.plan, indent=2).encode(),
+                                self._tmp_dir)  # fmt: skip
+            return
+        if overwrite and is_main_process:
+            self._remove_own_entries()
+            self.prepare(resume=False, overwrite=False)
+        elif is_main_process and not resume and self.pending_shards():
+            raise FileExistsError(
+                f"{self.output_dir} holds an unfinished run of this plan; pass --resume to complete it or "
+                "--overwrite to start again."
+            )
+
+    def pending_shards(self, shards: Sequence[ShardSpec] | None = None) -> list[ShardSpec]:
+        """Shards (of `shards`, default all) that must still be written: missing, unfinished or damaged ones.
+
+        Damaged shards (checksum or content mismatch) are logged as warnings. Raises
+        [`ShardVerificationError`] for a shard written under another plan or an unknown file in `data/`.
+        """
+        expected = {spec.filename for spec in self.shards}
+        unknown = sorted(
+            f"{DATA_DIR}/{p.name}" for p in self._data_dir.iterdir() if f"{DATA_DIR}/{p.name}" not in expected
+        )
+        if unknown:
+            raise ShardVerificationError(
+                f"{self.output_dir}: files that are not shards of this plan: {unknown}; remove them or pass --overwrite."
+            )
+        pending = []
+        for spec in self.shards if shards is None else shards:
+            problem = self.verify_shard(spec)
+            if problem is not None:
+                if problem not in ("missing", "unfinished"):
+                    logger.warning(f"Shard {spec.filename} is damaged ({problem}); it will be generated again.")
+                pending.append(spec)
+        return pending
+
+    def verify_shard(self, spec: ShardSpec) -> str | None:
+        """`None` when the shard is complete and intact, else why not (`"missing"`, `"unfinished"`, a damage)."""
+        path, manifest_path = self.output_dir / spec.filename, self._manifest_path(spec)
+        if not path.is_file():
+            return "missing"
+        try:
+            parquet = pq.ParquetFile(path)
+            metadata = json.loads(parquet.schema_arrow.metadata[_PARQUET_METADATA_KEY])
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as error:
+            return f"unreadable: {error}"
+        if metadata.get("plan_fingerprint") != self.fingerprint:
+            raise ShardVerificationError(
+                f"{self.output_dir / spec.filename} was written under another plan; remove it or pass --overwrite."
+            )
+        if not manifest_path.is_file():
+            return "unfinished"  # killed between the shard's os.replace and its manifest's
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("plan_fingerprint") != self.fingerprint:
+            raise ShardVerificationError(f"{manifest_path} belongs to another plan; remove it or pass --overwrite.")
+        if _sha256_file(path) != manifest.get("sha256"):
+            return "sha256 differs from its manifest"
+        try:
+            ids = parquet.read(columns=["sample_id"]).column("sample_id").to_pylist()
+        except (OSError, pa.ArrowException) as error:
+            return f"unreadable: {error}"
+        if ids != list(spec.sample_ids):
+            return f"sample ids {ids[:1]}..{ids[-1:]} != [{spec.start}, {spec.end})"
+        return None
+
+    # -- writing -------------------------------------------------------------------------------------------
+
+    def write_shard(self, spec: ShardSpec, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Encodes `rows` (sample ids `spec.start..spec.end - 1`, in order) and writes the shard atomically, then
+        its manifest. On failure (full disk, ...) nothing is left under the shard's name and the error says so."""
+        ids = [int(row["sample_id"]) for row in rows]
+        if ids != list(spec.sample_ids):
+            raise ValueError(f"rows of {spec.filename} must have sample ids [{spec.start}, {spec.end}), got {ids}.")
+        table = pa.Table.from_pylist([self.features.encode_example(row) for row in rows], schema=self.schema)
+        metadata = {**self.schema.metadata, _PARQUET_METADATA_KEY: _canonical_json(
+            {"plan_fingerprint": self.fingerprint, "start": spec.start, "end": spec.end}).encode()}  # fmt: skip
+        buffer = io.BytesIO()
+        pq.write_table(table.replace_schema_metadata(metadata), buffer)
+        data = buffer.getvalue()
+        manifest = {"file": spec.filename, "start": spec.start, "end": spec.end, "num_rows": len(rows),
+                    "sha256": hashlib.sha256(data).hexdigest(), "plan_fingerprint": self.fingerprint}  # fmt: skip
+        try:
+            _atomic_write_bytes(self.output_dir / spec.filename, data, self._tmp_dir)
+            _atomic_write_bytes(self._manifest_path(spec), _canonical_json(manifest).encode(), self._tmp_dir)
+        except OSError as error:
+            raise OSError(
+                error.errno, f"Could not write {spec.filename} in {self.output_dir} ({error.strerror or error}); "
+                "the shards written before it are complete: free space or fix permissions and rerun with --resume.",
+            ) from error  # fmt: skip
+
+    def finalize(self, card_fields: Mapping[str, Any], card_data: Mapping[str, Any] | None = None) -> None:
+        """Writes `preview.png` and the `README.md` card (YAML features, splits, configs + `card_fields` in the
+        template) once every shard is intact, and removes `.synfer/tmp`. Raises `RuntimeError` if shards are
+        missing."""
+        pending = self.pending_shards()
+        if pending:
+            raise RuntimeError(f"{len(pending)} shards are not written yet, e.g. {pending[0].filename}.")
+        _atomic_write_bytes(self.output_dir / PREVIEW_FILE, _png_bytes(self.preview_grid()), self._tmp_dir)
+        card = self.render_card(card_fields, card_data)
+        _atomic_write_bytes(self.output_dir / "README.md", str(card).encode(), self._tmp_dir)
+        shutil.rmtree(self._tmp_dir, ignore_errors=True)
+
+    def render_card(self, card_fields: Mapping[str, Any], card_data: Mapping[str, Any] | None = None) -> DatasetCard:
+        """The dataset card from `model_cards/synthetic_dataset.md`: YAML `dataset_info` (features, split sizes),
+        `configs` (`data/train-*`) and `card_data` (license, tags, ...); `card_fields` fill the template."""
+        num_bytes = sum((self.output_dir / spec.filename).stat().st_size for spec in self.shards)
+        splits = datasets.SplitDict()
+        splits.add(datasets.SplitInfo(name=SPLIT, num_bytes=num_bytes, num_examples=int(self.plan["num_samples"])))
+        data = DatasetCardData(**(card_data or {}))
+        datasets.info.DatasetInfosDict(
+            {"default": datasets.DatasetInfo(features=self.features, splits=splits)}
+        ).to_dataset_card_data(data)
+        datasets.utils.metadata.MetadataConfigs(
+            {"default": {"data_files": [{"split": SPLIT, "path": f"{DATA_DIR}/{SPLIT}-*"}]}}
+        ).to_dataset_card_data(data)
+        fields = {"plan_json": _canonical_json(self.plan, indent=2), **card_fields}
+        return DatasetCard.from_template(data, template_str=model_card_template(CARD_TEMPLATE), **fields)
+
+    def preview_grid(self, num_samples: int = PREVIEW_SAMPLES, columns: int = 8) -> PIL.Image.Image:
+        """The first `num_samples` images in a grid, each captioned with its target expression."""
+        tiles = list(self._first_images(num_samples))
+        width, height = tiles[0][0].size
+        caption = 12
+        rows = math.ceil(len(tiles) / columns)
+        grid = PIL.Image.new("RGB", (columns * width, rows * (height + caption)), "white")
+        draw = PIL.ImageDraw.Draw(grid)
+        for i, (image, label) in enumerate(tiles):
+            x, y = (i % columns) * width, (i // columns) * (height + caption)
+            grid.paste(image.convert("RGB"), (x, y))
+            draw.text((x + 2, y + height), EXPRESSIONS[label], fill="black")
+        return grid
+
+    def _first_images(self, num_samples: int) -> Iterator[tuple[PIL.Image.Image, int]]:
+        for spec in self.shards:
+            table = pq.read_table(self.output_dir / spec.filename, columns=["image", "target_label"])
+            for image, label in zip(table.column("image").to_pylist(), table.column("target_label").to_pylist()):
+                if num_samples <= 0:
+                    return
+                num_samples -= 1
+                yield PIL.Image.open(io.BytesIO(image["bytes"])), label
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    @property
+    def _data_dir(self) -> Path:
+        return self.output_dir / DATA_DIR
+
+    @property
+    def _tmp_dir(self) -> Path:
+        return self.output_dir / WORK_DIR / "tmp"
+
+    def _manifest_path(self, spec: ShardSpec) -> Path:
+        return self.output_dir / WORK_DIR / "shards" / f"{spec.index:05d}.json"
+
+    def _make_dirs(self) -> None:
+        try:
+            for path in (self._data_dir, self._tmp_dir, self.output_dir / WORK_DIR / "shards"):
+                path.mkdir(parents=True, exist_ok=True)
+            probe = self._tmp_dir / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise OSError(
+                error.errno, f"`output_dir` {str(self.output_dir)!r} is not a writable folder: {error.strerror or error}"
+            ) from error
+
+    def _remove_own_entries(self) -> None:
+        for name in _OWN_ENTRIES:
+            path = self.output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
+def _atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:
+    """Writes `data` to a temporary file in `tmp_dir` (same filesystem), fsyncs it and moves it to `path`; on any
+    error the temporary file is removed and `path` is untouched."""
+    tmp = tmp_dir / f"{path.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _png_bytes(image: PIL.Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _canonical_json(value: Any, indent: int | None = None) -> str:
+    return json.dumps(value, sort_keys=True, indent=indent, separators=None if indent else (",", ":"))
+
+
+def _diff_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+__all__ = [
+    "ShardSpec",
+    "ShardVerificationError",
+    "SyntheticSetWriter",
+    "plan_fingerprint",
+    "shard_specs",
+    "synthetic_features",
+]

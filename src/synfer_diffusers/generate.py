@@ -1,0 +1,606 @@
+"""Synthetic-set generation (SynFER stage 3): plan -> `SynFERPipeline` -> labels -> parquet shards + card.
+
+This is the one module that ties the pipeline to the data writer (`data/` never imports `pipelines/`).
+
+1. **Plan.** [`SyntheticSetConfig`] holds everything that determines the samples. Sample `i` gets the seed
+   [`sample_seed`]`(seed, i)` (a sha256, not Python's `hash`), and its expression, coarse description and AU
+   vector are drawn from an RNG seeded by that seed alone ([`plan_sample`]): the set does not depend on batch
+   size, process count or resume point. The plan (config + model fingerprint + AU space + AU source + labeller)
+   is stored as `plan.json`; a rerun must match it.
+2. **Generate** in batches with one `torch.Generator` per image (`pipe(..., generator=[...])`), so image `i` is
+   reproduced alone from its seed.
+3. **Label.** A [`Labeler`] maps the pipeline output + targets to `label`, `label_probs`, `agreement`. The default
+   is [`TargetLabeler`] (label = target, one-hot, agreement 1.0); FERAnno pseudo-labels and ensemble voting
+   (SynFER Sec. 3.3) plug in here as another `Labeler`, and extra pipeline arguments (e.g. semantic guidance)
+   through `pipeline_kwargs`; both are recorded in the plan.
+4. **Write** shards with [`~synfer_diffusers.data.writer.SyntheticSetWriter`] (atomic, verified on resume), then
+   the card and preview, then optionally push to the Hub in one commit.
+
+Several processes (`accelerate launch`) split the shards round-robin: process `p` of `K` writes shards
+`p, p + K, ...`; the main process writes the card once all are done. The result equals a one-process run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.hub import check_push_target, push_synthetic_dataset
+from .data.writer import SyntheticSetWriter
+from .facs import EXPRESSIONS, AUSpace
+from .pipelines.synfer.pipeline_output import SynFERPipelineOutput
+from .pipelines.synfer.pipeline_synfer import SynFERPipeline
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+"""The embedded default checkpoint (a FaceWorld-trained `SynFERPipeline` folder), used when no model is named."""
+TINY_MODEL_NAME = "synfer-tiny-random"
+"""Name recorded for the stand-in used while no embedded default exists: tiny random weights, 64x64 noise."""
+
+DEFAULT_DESCRIPTIONS: tuple[str, ...] = (
+    "a photo of a young woman",
+    "a photo of an elderly man with glasses",
+    "a portrait of a middle-aged man with a beard",
+    "a photo of a teenage girl with long hair",
+    "a close-up photo of a bald man",
+    "a photo of a woman with short curly hair",
+    "a portrait of an old woman with grey hair",
+    "a photo of a young man with a fringe",
+)
+"""Coarse descriptions enriched with the expression and AU words by the pipeline (`prompts.enrich_prompt`)."""
+
+AU_POLICIES = ("prototype", "dataset")
+
+
+@dataclass
+class SyntheticSetConfig:
+    r"""
+    Everything that determines a synthetic set's samples (stored in `plan.json`).
+
+    Example:
+
+    ```py
+    >>> config = SyntheticSetConfig(num_samples=1000, seed=0, expression_distribution={"happy": 0.5, "sad": 0.5})
+    >>> generate_synthetic_dataset(config, "outputs/happy-sad")  # doctest: +SKIP
+    ```
+    """
+
+    num_samples: int = field(default=64, metadata={"help": "Number of images to generate (>= 1)."})
+    seed: int = field(default=0, metadata={"help": "Master seed; sample i uses sha256 of (seed, i)."})
+    expression_distribution: dict[str, float] | None = field(
+        default=None,
+        metadata={"help": "Probability of each expression (names from EXPRESSIONS, summing to 1); None: balanced."},
+    )
+    au_policy: str = field(
+        default="prototype",
+        metadata={"help": "'prototype': EMFACS prototype of the target with seeded intensity jitter; 'dataset': "
+                          "the AU vector of a random `au_dataset` row with the target label."},
+    )  # fmt: skip
+    au_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Folder or Hub id of a dataset with `action_units` and `label` columns (au_policy='dataset')."},
+    )
+    prototype_intensity: float = field(default=3.0, metadata={"help": "Intensity of the prototype's active AUs."})
+    au_jitter: float = field(default=0.5, metadata={"help": "Std of the Gaussian jitter on prototype AUs."})
+    descriptions: list[str] | None = field(
+        default=None, metadata={"help": "Coarse descriptions drawn per sample; None: DEFAULT_DESCRIPTIONS."}
+    )
+    num_inference_steps: int = field(default=25, metadata={"help": "Denoising steps per image."})
+    guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale (<= 1: off)."})
+    au_scale: float = field(default=1.0, metadata={"help": "Weight of the AU cross-attention branch."})
+    height: int | None = field(default=None, metadata={"help": "Image height in pixels; None: the model's."})
+    width: int | None = field(default=None, metadata={"help": "Image width in pixels; None: the model's."})
+    shard_size: int = field(default=256, metadata={"help": "Samples per parquet shard (the unit of resume)."})
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("num_samples", 1), ("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
+        for name, minimum in (("prototype_intensity", 0.0), ("au_jitter", 0.0), ("guidance_scale", 0.0)):
+            _check_number(name, getattr(self, name), minimum)
+        _check_number("au_scale", self.au_scale)
+        if self.expression_distribution is not None:
+            self.expression_distribution = _check_distribution(self.expression_distribution)
+        if self.au_policy not in AU_POLICIES:
+            raise ValueError(f"`au_policy` must be one of {list(AU_POLICIES)}, got {self.au_policy!r}.")
+        if (self.au_policy == "dataset") != (self.au_dataset is not None):
+            raise ValueError("`au_dataset` must be given exactly when `au_policy` is 'dataset'.")
+        if self.descriptions is not None:
+            self.descriptions = list(self.descriptions)
+            if not self.descriptions or not all(isinstance(d, str) and d.strip() for d in self.descriptions):
+                raise ValueError(f"`descriptions` must be a non-empty list of non-empty strings, got {self.descriptions!r}.")
+
+    def expression_probabilities(self) -> np.ndarray:  # (7,) in EXPRESSIONS order
+        if self.expression_distribution is None:
+            return np.full(len(EXPRESSIONS), 1.0 / len(EXPRESSIONS))
+        return np.array([self.expression_distribution.get(name, 0.0) for name in EXPRESSIONS])
+
+
+def _check_number(name: str, value: Any, minimum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
+
+
+def _check_distribution(distribution: Mapping[str, float]) -> dict[str, float]:
+    if not isinstance(distribution, Mapping) or not distribution:
+        raise ValueError(f"`expression_distribution` must be a non-empty dict name -> probability, got {distribution!r}.")
+    for name, probability in distribution.items():
+        EXPRESSIONS.label_id(name, field="expression_distribution")
+        _check_number(f"expression_distribution[{name!r}]", probability, 0.0)
+    total = sum(distribution.values())
+    if not math.isclose(total, 1.0, abs_tol=1e-6):
+        raise ValueError(f"`expression_distribution` must sum to 1, got {total:g}.")
+    return {name: float(distribution[name]) for name in EXPRESSIONS if name in distribution}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plan
+# ----------------------------------------------------------------------------------------------------------
+
+
+def sample_seed(master_seed: int, sample_id: int) -> int:
+    """The seed of sample `sample_id`: 63 bits of `sha256("synfer:<master_seed>:<sample_id>")`, stable across
+    Python versions and platforms (unlike `hash`)."""
+    digest = hashlib.sha256(f"synfer:{master_seed}:{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class AUSource:
+    """AU vectors to sample from, by expression (`au_policy="dataset"`)."""
+
+    name: str
+    vectors: dict[str, np.ndarray]  # expression -> (rows, num_aus) float32
+    fingerprint: str
+
+    @classmethod
+    def from_dataset(cls, path: str, au_space: AUSpace, split: str = "train") -> AUSource:
+        """Reads the `action_units` and `label` columns of a dataset folder or Hub id (e.g. FaceWorld, or a
+        synthetic set). Its AU vectors must be in `au_space` (same width and value range); raises `ValueError`
+        naming `au_dataset` otherwise."""
+        import datasets
+
+        try:
+            dataset = datasets.load_dataset(path, split=split)
+        except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
+            raise ValueError(f"`au_dataset` {path!r} could not be loaded: {error}") from error
+        missing = {"action_units", "label"} - set(dataset.column_names)
+        label_feature = dataset.features.get("label")
+        if missing or not isinstance(label_feature, datasets.ClassLabel):
+            raise ValueError(
+                f"`au_dataset` {path!r} needs an `action_units` column and a ClassLabel `label` column; "
+                f"has {dataset.features}."
+            )
+        unknown = sorted(set(label_feature.names) - set(EXPRESSIONS))
+        if unknown:
+            raise ValueError(f"`au_dataset` labels {unknown} are not in {list(EXPRESSIONS)}.")
+        columns = dataset.select_columns(["action_units", "label"]).with_format("numpy")[:]
+        action_units = np.asarray(columns["action_units"], dtype=np.float32).reshape(len(dataset), -1)
+        labels = np.asarray(columns["label"])
+        if action_units.shape[1] != au_space.num_aus:
+            raise ValueError(
+                f"`au_dataset` {path!r} has {action_units.shape[1]} AU values per row, but the model's AU space has "
+                f"{au_space.num_aus} ({', '.join(au_space.names)}): it is a different AU space."
+            )
+        au_space.validate_tensor(torch.from_numpy(action_units), field=f"au_dataset {path!r} action_units")
+        names = np.array(label_feature.names)[labels]
+        vectors = {name: action_units[names == name] for name in EXPRESSIONS if (names == name).any()}
+        digest = hashlib.sha256(action_units.tobytes() + names.astype("U").tobytes()).hexdigest()
+        return cls(name=str(path), vectors=vectors, fingerprint=digest)
+
+    def check_covers(self, probabilities: np.ndarray) -> None:
+        lacking = [name for name, p in zip(EXPRESSIONS, probabilities) if p > 0 and name not in self.vectors]
+        if lacking:
+            raise ValueError(f"`au_dataset` {self.name!r} has no rows labelled {lacking}, which the plan draws.")
+
+    def draw(self, expression: str, rng: np.random.Generator) -> np.ndarray:  # (num_aus,)
+        rows = self.vectors[expression]
+        return rows[rng.integers(len(rows))]
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    """What sample `sample_id` is generated from. `action_units` is `None` under the prototype policy (the
+    pipeline jitters the prototype with the image's own generator)."""
+
+    sample_id: int
+    seed: int
+    expression: str
+    description: str
+    action_units: np.ndarray | None
+
+
+def plan_sample(config: SyntheticSetConfig, sample_id: int, au_source: AUSource | None = None) -> PlannedSample:
+    """Sample `sample_id` of the plan, drawn from an RNG seeded by its own seed only."""
+    seed = sample_seed(config.seed, sample_id)
+    rng = np.random.default_rng(seed)
+    expression = EXPRESSIONS[rng.choice(len(EXPRESSIONS), p=config.expression_probabilities())]
+    descriptions = config.descriptions or DEFAULT_DESCRIPTIONS
+    description = descriptions[rng.integers(len(descriptions))]
+    action_units = au_source.draw(expression, rng) if au_source is not None else None
+    return PlannedSample(sample_id, seed, expression, description, action_units)
+
+
+def pipeline_inputs(
+    config: SyntheticSetConfig, samples: Sequence[PlannedSample], pipeline_kwargs: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of the `SynFERPipeline` call that generates `samples` (PIL output, one generator per
+    image)."""
+    action_units = None
+    if samples[0].action_units is not None:
+        action_units = torch.from_numpy(np.stack([s.action_units for s in samples]))  # (B, num_aus)
+    return {
+        "prompt": [s.description for s in samples],
+        "expression": [s.expression for s in samples],
+        "action_units": action_units,
+        "au_scale": config.au_scale,
+        "height": config.height,
+        "width": config.width,
+        "num_inference_steps": config.num_inference_steps,
+        "guidance_scale": config.guidance_scale,
+        "prototype_intensity": config.prototype_intensity,
+        "au_jitter": config.au_jitter,
+        "generator": [torch.Generator().manual_seed(s.seed) for s in samples],
+        "output_type": "pil",
+        **(pipeline_kwargs or {}),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Labels
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SampleLabels:
+    """Labels of a batch: `label` (class ids), `label_probs` `(batch, 7)` and `agreement` in [0, 1]."""
+
+    label: list[int]
+    label_probs: np.ndarray
+    agreement: list[float]
+
+
+class Labeler(Protocol):
+    """Maps a generated batch (the pipeline output: PIL `images`, and `feranno_probabilities` when the pipeline
+    has a `feranno_head`) and its target class ids to [`SampleLabels`]. `name` goes into the plan, `description`
+    into the card."""
+
+    name: str
+    description: str
+
+    def __call__(self, output: SynFERPipelineOutput, target_labels: list[int]) -> SampleLabels: ...
+
+
+class TargetLabeler:
+    """The generation target as the label: one-hot `label_probs`, `agreement` 1.0.
+
+    The default: an `EnsembleVoter`-backed `Labeler` (FERAnno's `output.feranno_probabilities` plus external
+    classifiers on `output.images`) returns the voted label, the vote distribution and the agreement instead.
+    """
+
+    name = "target"
+    description = "the generation target (no pseudo-labeller): `label` = `target_label`, one-hot `label_probs`, `agreement` 1.0"
+
+    def __call__(self, output: SynFERPipelineOutput, target_labels: list[int]) -> SampleLabels:
+        probs = np.eye(len(EXPRESSIONS), dtype=np.float32)[target_labels]
+        return SampleLabels(label=list(target_labels), label_probs=probs, agreement=[1.0] * len(target_labels))
+
+
+def build_rows(
+    samples: Sequence[PlannedSample], output: SynFERPipelineOutput, labels: SampleLabels, au_space: AUSpace
+) -> list[dict[str, Any]]:
+    """Dataset rows (the writer's features) of a generated, labelled batch."""
+    return [
+        {
+            "image": output.images[i],
+            "text": output.prompts[i],
+            "action_units": [output.action_units[i][name] for name in au_space.names],
+            "target_label": EXPRESSIONS.label_id(sample.expression),
+            "label": int(labels.label[i]),
+            "label_probs": labels.label_probs[i].tolist(),
+            "agreement": float(labels.agreement[i]),
+            "seed": sample.seed,
+            "sample_id": sample.sample_id,
+        }
+        for i, sample in enumerate(samples)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------
+
+
+def resolve_pipeline(model: str | None = None) -> tuple[SynFERPipeline, str]:
+    """Loads `model` (a `SynFERPipeline` folder or Hub repo id); with `None`, the embedded default checkpoint in
+    `synfer_diffusers/default_model/`, or, while the package ships none, tiny random components (64x64 images
+    of noise, with a warning). Returns `(pipeline, name)`."""
+    if model is None:
+        if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+            return SynFERPipeline.from_pretrained(DEFAULT_MODEL_DIR), "synfer_diffusers/default_model"
+        from .tiny import make_tiny_components
+
+        logger.warning(
+            f"No embedded default checkpoint in {DEFAULT_MODEL_DIR}: using tiny RANDOM components "
+            f"({TINY_MODEL_NAME}); the images are noise. Pass --model to use a trained SynFERPipeline."
+        )
+        return SynFERPipeline(**make_tiny_components(seed=0, sample_size=32)), TINY_MODEL_NAME
+    try:
+        return SynFERPipeline.from_pretrained(model), str(model)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"`model` {model!r} is not a loadable SynFERPipeline folder or Hub repo: {error}") from error
+
+
+def pipeline_fingerprint(pipe: SynFERPipeline) -> str:
+    """sha256 over the components' public configs, weights and tokenizer vocabulary: the model's identity in a
+    plan, the same in every process and wherever the checkpoint is stored."""
+    digest = hashlib.sha256()
+    for name, component in sorted(pipe.components.items()):
+        digest.update(name.encode())
+        config = getattr(component, "config", None)
+        if config is not None:
+            config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+            public = {k: v for k, v in config.items() if not k.startswith("_")}  # private keys: paths, set order
+            digest.update(json.dumps(public, sort_keys=True, default=str).encode())
+        if isinstance(component, torch.nn.Module):
+            for key, tensor in component.state_dict().items():
+                digest.update(key.encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif hasattr(component, "get_vocab"):
+            digest.update(json.dumps(component.get_vocab(), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Orchestration
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticSetResult:
+    """What a [`generate_synthetic_dataset`] call did: `shards_written` by this process, whether the set is
+    `complete` (card written), and the Hub `commit_url` if pushed."""
+
+    output_dir: str
+    num_samples: int
+    num_shards: int
+    shards_written: int
+    complete: bool
+    commit_url: str | None = None
+
+
+def build_plan(
+    config: SyntheticSetConfig,
+    pipe: SynFERPipeline,
+    model_name: str,
+    au_source: AUSource | None,
+    labeler: Labeler,
+    pipeline_kwargs: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The JSON plan: the config, the image size, the model (name + weight fingerprint), its AU space, the AU
+    source's fingerprint, the labeller and extra pipeline arguments."""
+    scale = pipe.vae_scale_factor
+    default_side = pipe.unet.config.sample_size * scale
+    return {
+        **asdict(config),
+        "image_size": [config.height or default_side, config.width or default_side],
+        "model": {"name": model_name, "fingerprint": pipeline_fingerprint(pipe)},
+        "au_space": pipe.au_space.to_config(),
+        "au_source": {"name": au_source.name, "fingerprint": au_source.fingerprint} if au_source else None,
+        "labeler": labeler.name,
+        "pipeline_kwargs": dict(pipeline_kwargs or {}),
+    }
+
+
+def generate_synthetic_dataset(
+    config: SyntheticSetConfig,
+    output_dir: str | os.PathLike,
+    model: str | None = None,
+    pipeline: SynFERPipeline | None = None,
+    batch_size: int = 8,
+    resume: bool = False,
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    token: str | None = None,
+    private: bool | None = None,
+    labeler: Labeler | None = None,
+    pipeline_kwargs: Mapping[str, Any] | None = None,
+    card_data: Mapping[str, Any] | None = None,
+    process_index: int | None = None,
+    num_processes: int | None = None,
+    show_progress: bool = True,
+) -> SyntheticSetResult:
+    r"""
+    Generates, labels and writes a synthetic facial-expression dataset folder (and optionally publishes it).
+
+    Args:
+        config ([`SyntheticSetConfig`]): what to generate.
+        output_dir (`str` or `os.PathLike`): the dataset folder (`datasets.load_dataset(output_dir)` reads it).
+        model (`str`, *optional*): a `SynFERPipeline` folder or Hub repo id; default: [`resolve_pipeline`]`(None)`.
+        pipeline ([`SynFERPipeline`], *optional*): an already loaded pipeline, instead of `model`.
+        batch_size (`int`, defaults to 8): images per pipeline call. Not part of the plan: results agree across
+            batch sizes up to float rounding, and exactly for the same batch size.
+        resume (`bool`): complete an interrupted run of the same plan (verifying the shards already written).
+        overwrite (`bool`): replace a folder holding another plan.
+        push_to_hub (`str`, *optional*): Hub dataset repo id `"user/name"`; the complete set is uploaded in one
+            commit, with retries. The repo id and token are checked before anything is generated.
+        token (`str`, *optional*), private (`bool`, *optional*): for the push.
+        labeler ([`Labeler`], *optional*): default [`TargetLabeler`].
+        pipeline_kwargs (`dict`, *optional*): extra JSON-serialisable pipeline arguments (recorded in the plan).
+        card_data (`dict`, *optional*): YAML metadata of the card (`license`, `tags`, `pretty_name`, ...).
+        process_index, num_processes (`int`, *optional*): this process's share (shards `process_index::num_processes`).
+            Default: accelerate's state, so `accelerate launch --num_processes K -m synfer_diffusers.cli generate`
+            splits the work, with barriers. Given explicitly there is no barrier: the call that finds every shard
+            written finalises the set, so run process 0 first (it prepares the folder) or together.
+        show_progress (`bool`, defaults to True): a progress bar with rate and ETA.
+
+    Returns:
+        [`SyntheticSetResult`].
+
+    Example:
+
+    ```py
+    >>> from datasets import load_dataset
+    >>> from synfer_diffusers.generate import SyntheticSetConfig, generate_synthetic_dataset
+
+    >>> config = SyntheticSetConfig(num_samples=16, seed=0, num_inference_steps=4, shard_size=8)
+    >>> generate_synthetic_dataset(config, "outputs/demo")  # no model: the embedded default
+    >>> load_dataset("outputs/demo", split="train").features["label"].names[:2]
+    ['neutral', 'happy']
+    ```
+    """
+    if not isinstance(config, SyntheticSetConfig):
+        raise TypeError(f"`config` must be a SyntheticSetConfig, got {type(config).__name__}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+    if resume and overwrite:
+        raise ValueError("`resume` and `overwrite` exclude each other: pick one.")
+    if push_to_hub is not None:
+        token = check_push_target(push_to_hub, token)
+    rank, world, barrier, device = _process_layout(process_index, num_processes)
+    distributed = process_index is None and world > 1
+
+    pipe, model_name = (pipeline, getattr(pipeline, "name_or_path", None) or "custom") if pipeline else resolve_pipeline(model)
+    if pipe.au_space is None:
+        raise ValueError("`model` has no AU adapter (AUConditionedUNet2DConditionModel): cannot record action units.")
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    au_source = AUSource.from_dataset(config.au_dataset, pipe.au_space) if config.au_policy == "dataset" else None
+    if au_source is not None:
+        au_source.check_covers(config.expression_probabilities())
+    labeler = labeler or TargetLabeler()
+    plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs)
+    writer = SyntheticSetWriter(output_dir, plan)
+
+    if distributed and rank > 0:
+        barrier()  # the main process prepares the folder first
+    writer.prepare(resume=resume, overwrite=overwrite, is_main_process=rank == 0)
+    if distributed and rank == 0:
+        barrier()
+
+    mine = writer.shards[rank::world]
+    pending = writer.pending_shards(mine)
+    total = sum(len(spec.sample_ids) for spec in mine)
+    done = total - sum(len(spec.sample_ids) for spec in pending)
+    with tqdm(total=total, initial=done, unit="img", desc=f"synfer generate [{rank + 1}/{world}]",
+              disable=not show_progress, position=rank, dynamic_ncols=True) as progress:  # fmt: skip
+        for spec in pending:
+            rows = []
+            for ids in _chunks(spec.sample_ids, batch_size):
+                samples = [plan_sample(config, i, au_source) for i in ids]
+                output = pipe(**pipeline_inputs(config, samples, pipeline_kwargs))
+                labels = labeler(output, [EXPRESSIONS.label_id(s.expression) for s in samples])
+                rows.extend(build_rows(samples, output, labels, pipe.au_space))
+                progress.update(len(samples))
+            writer.write_shard(spec, rows)
+
+    if distributed:
+        barrier()
+    result = SyntheticSetResult(str(output_dir), config.num_samples, len(writer.shards), len(pending), complete=False)
+    if (rank == 0 or not distributed) and not writer.pending_shards():
+        writer.finalize(_card_fields(plan, labeler, push_to_hub), {**_DEFAULT_CARD_DATA, **(card_data or {})})
+        result.complete = True
+        if push_to_hub is not None:
+            result.commit_url = push_synthetic_dataset(output_dir, push_to_hub, token=token, private=private)
+    elif not distributed:
+        logger.info(f"Shards of other processes are still missing in {output_dir}; the last process writes the card.")
+    return result
+
+
+_DEFAULT_CARD_DATA: dict[str, Any] = {
+    "license": "cc-by-4.0",
+    "task_categories": ["image-classification", "text-to-image"],
+    "tags": ["synfer", "synthetic", "facial-expression-recognition", "action-units"],
+}
+
+
+def _card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None) -> dict[str, Any]:
+    distribution = plan["expression_distribution"]
+    if plan["au_policy"] == "prototype":
+        au_policy = (f"EMFACS prototype of the target at intensity {plan['prototype_intensity']}, Gaussian jitter "
+                     f"(std {plan['au_jitter']}) on its active AUs, drawn from each image's seed")  # fmt: skip
+    else:
+        au_policy = f"AU vector of a random row of `{plan['au_source']['name']}` with the target label"
+    tiny = plan["model"]["name"] == TINY_MODEL_NAME
+    return {
+        "repo_id": repo_id,
+        "num_samples": plan["num_samples"],
+        "master_seed": plan["seed"],
+        "image_size": "{}x{}".format(*plan["image_size"]),
+        "sampling_summary": f"{plan['num_inference_steps']} steps, guidance scale {plan['guidance_scale']}, "
+        f"AU scale {plan['au_scale']}" + (f", extra pipeline arguments {plan['pipeline_kwargs']}" if plan["pipeline_kwargs"] else ""),
+        "model_name": plan["model"]["name"],
+        "model_fingerprint": plan["model"]["fingerprint"][:16],
+        "model_lineage": "tiny random weights from `synfer_diffusers.tiny` (a stand-in)" if tiny else None,
+        "au_names": plan["au_space"]["names"],
+        "au_kind": plan["au_space"]["kind"],
+        "expressions": list(EXPRESSIONS),
+        "expression_summary": "balanced over the seven classes" if distribution is None
+        else ", ".join(f"{name} {p:.1%}" for name, p in distribution.items()),
+        "au_policy_summary": au_policy,
+        "labeler_description": labeler.description,
+        "noise_warning": "made with tiny random weights (no embedded default checkpoint yet): the images are noise."
+        if tiny else None,
+    }  # fmt: skip
+
+
+def _process_layout(
+    process_index: int | None, num_processes: int | None
+) -> tuple[int, int, Callable[[], None], torch.device]:
+    """`(rank, world, barrier, device)`: from accelerate's state, or as given (then no barrier)."""
+    if process_index is None and num_processes is None:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"`num_processes` must be an int >= 1, got {num_processes!r}.")
+    if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
+        raise ValueError(f"`process_index` must be an int in [0, {num_processes}), got {process_index!r}.")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return process_index, num_processes, lambda: None, device
+
+
+def _chunks(ids: range, size: int) -> Iterator[range]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+__all__ = [
+    "AUSource",
+    "DEFAULT_DESCRIPTIONS",
+    "DEFAULT_MODEL_DIR",
+    "Labeler",
+    "PlannedSample",
+    "SampleLabels",
+    "SyntheticSetConfig",
+    "SyntheticSetResult",
+    "TargetLabeler",
+    "build_plan",
+    "build_rows",
+    "generate_synthetic_dataset",
+    "pipeline_fingerprint",
+    "pipeline_inputs",
+    "plan_sample",
+    "resolve_pipeline",
+    "sample_seed",
+]

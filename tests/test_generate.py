@@ -1,0 +1,288 @@
+"""`synfer generate` / `generate_synthetic_dataset`: plan, determinism, resume after kill -9, K processes, bad input.
+
+Runs use the no-`--model` path (tiny random components while no embedded default exists) at 16x16 pixels and 2
+steps, so the CLI subprocesses and in-process calls share one plan and can be compared byte for byte.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+
+from synfer_diffusers import EXPRESSIONS, AUSpace
+from synfer_diffusers.cli import main
+from synfer_diffusers.data.writer import ShardVerificationError, synthetic_features
+from synfer_diffusers.generate import (
+    SyntheticSetConfig,
+    TargetLabeler,
+    generate_synthetic_dataset,
+    pipeline_inputs,
+    plan_sample,
+    resolve_pipeline,
+    sample_seed,
+)
+
+SMALL = {"num_inference_steps": 2, "height": 16, "width": 16}
+CLI_ARGS = ["--num-inference-steps", "2", "--height", "16", "--width", "16", "--no-progress"]
+
+
+def _generate(output_dir, num_samples=6, shard_size=2, batch_size=2, **kwargs):
+    config = SyntheticSetConfig(num_samples=num_samples, shard_size=shard_size, **SMALL)
+    return generate_synthetic_dataset(config, output_dir, batch_size=batch_size, show_progress=False, **kwargs)
+
+
+def _shard_digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((Path(folder) / "data").iterdir())}
+
+
+def _assert_same_dataset(folder, reference):
+    """Same plan, same rows (pixels included), and byte-identical shards."""
+    assert (Path(folder) / "plan.json").read_text() == (Path(reference) / "plan.json").read_text()
+    ours, theirs = _load(folder), _load(reference)
+    for column in ours.column_names:
+        if column != "image":
+            assert ours[column] == theirs[column], column
+    for a, b in zip(ours["image"], theirs["image"]):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert _shard_digests(folder) == _shard_digests(reference)
+
+
+def _load(folder):
+    return datasets.load_dataset(str(folder), split="train", cache_dir=str(Path(folder).parent / "hf_cache"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted one-process run: 6 samples in 3 shards."""
+    folder = tmp_path_factory.mktemp("reference") / "set"
+    result = _generate(folder, process_index=0, num_processes=1)
+    assert result.complete and result.shards_written == 3
+    return folder
+
+
+# -- plan -----------------------------------------------------------------------------------------------------
+
+
+def test_sample_seeds_are_stable_hashes():
+    assert sample_seed(0, 0) == sample_seed(0, 0) != sample_seed(0, 1) != sample_seed(1, 0)
+    assert sample_seed(0, 0) == 731156050227337514  # fixed across Python versions and platforms
+    assert all(0 <= sample_seed(7, i) < 2**63 for i in range(100))
+
+
+def test_plan_of_a_sample_depends_on_its_seed_only():
+    config = SyntheticSetConfig(num_samples=1000, expression_distribution={"happy": 0.25, "sad": 0.75})
+    samples = [plan_sample(config, i) for i in range(400)]
+    assert plan_sample(config, 123) == samples[123]
+    share = np.mean([s.expression == "happy" for s in samples])
+    assert {s.expression for s in samples} == {"happy", "sad"} and 0.15 < share < 0.35
+    balanced = {plan_sample(SyntheticSetConfig(), i).expression for i in range(200)}
+    assert balanced == set(EXPRESSIONS)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_samples": 0}, "`num_samples` must be an int >= 1"),
+        ({"num_samples": 2.5}, "`num_samples`"),
+        ({"expression_distribution": {"joy": 1.0}}, "`expression_distribution` must be one of"),
+        ({"expression_distribution": {"happy": 0.5, "sad": 0.4}}, "must sum to 1, got 0.9"),
+        ({"expression_distribution": {"happy": 1.5, "sad": -0.5}}, r"expression_distribution\['sad'\]"),
+        ({"au_policy": "random"}, "`au_policy` must be one of"),
+        ({"au_policy": "dataset"}, "`au_dataset` must be given"),
+        ({"guidance_scale": float("nan")}, "`guidance_scale`"),
+        ({"descriptions": []}, "`descriptions`"),
+        ({"shard_size": 0}, "`shard_size`"),
+    ],
+)
+def test_config_rejects_bad_input_naming_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SyntheticSetConfig(**kwargs)
+
+
+def test_without_a_model_the_tiny_stand_in_is_used_with_a_warning(caplog):
+    with caplog.at_level("WARNING"):
+        pipe, name = resolve_pipeline(None)
+    assert name == "synfer-tiny-random" and "images are noise" in caplog.text
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 64
+    with pytest.raises(ValueError, match="`model`"):
+        resolve_pipeline(str(Path(__file__).parent / "no_such_model"))
+
+
+# -- the dataset ------------------------------------------------------------------------------------------------
+
+
+def test_rows_have_the_exact_features_and_reproduce_from_their_seed(reference):
+    dataset = _load(reference)
+    assert dataset.features == synthetic_features(12)
+    assert dataset["sample_id"] == list(range(6)) and dataset["seed"] == [sample_seed(0, i) for i in range(6)]
+    assert dataset["label"] == dataset["target_label"] and set(dataset["agreement"]) == {1.0}
+    assert all(p[label] == 1.0 and sum(p) == 1.0 for p, label in zip(dataset["label_probs"], dataset["label"]))
+    row = dataset[3]
+    card = (reference / "README.md").read_text()
+    assert "images are noise" in card and "synfer-tiny-random" in card and (reference / "preview.png").is_file()
+
+    # image 3 alone, from its seed, by a bare pipeline call
+    pipe, _ = resolve_pipeline(None)
+    pipe.set_progress_bar_config(disable=True)
+    config = SyntheticSetConfig(num_samples=6, shard_size=2, **SMALL)
+    alone = pipe(**pipeline_inputs(config, [plan_sample(config, 3)]))
+    assert alone.prompts[0] == row["text"]
+    assert np.allclose([alone.action_units[0][n] for n in AUSpace.disfa12().names], row["action_units"], atol=1e-6)
+    difference = np.abs(np.asarray(alone.images[0], dtype=int) - np.asarray(row["image"], dtype=int))
+    assert difference.max() <= 1  # batch of 2 vs 1: float rounding at most one grey level
+
+
+def test_two_processes_give_the_same_dataset(reference, tmp_path):
+    first = _generate(tmp_path / "set", process_index=0, num_processes=2)
+    assert not first.complete and first.shards_written == 2 and not (tmp_path / "set" / "README.md").exists()
+    second = _generate(tmp_path / "set", process_index=1, num_processes=2)
+    assert second.complete and second.shards_written == 1
+    _assert_same_dataset(tmp_path / "set", reference)
+    assert (tmp_path / "set" / "README.md").read_text() == (reference / "README.md").read_text()
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(reference, tmp_path):
+    folder = tmp_path / "set"
+    args = ["generate", "--output-dir", str(folder), "--num-samples", "6", "--shard-size", "2", "--batch-size", "2",
+            *CLI_ARGS]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    process = subprocess.Popen([sys.executable, "-m", "synfer_diffusers.cli", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    manifest = folder / ".synfer" / "shards" / "00000.json"
+    deadline = time.monotonic() + 180
+    while not manifest.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert manifest.exists(), process.stderr.read().decode()[-2000:]
+    assert not (folder / "README.md").exists(), "killed too late: the run had finished"
+
+    with pytest.raises(SystemExit) as error:  # the same command without --resume is refused
+        main(args)
+    assert error.value.code == 2
+    assert main([*args, "--resume"]) == 0
+    _assert_same_dataset(folder, reference)
+
+
+def test_resume_reports_and_repairs_a_corrupt_shard_and_refuses_a_foreign_one(reference, tmp_path, caplog):
+    folder = tmp_path / "set"
+    shutil.copytree(reference, folder)
+    shard = folder / "data" / "train-00001-of-00003.parquet"
+    data = bytearray(shard.read_bytes())
+    data[64] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        result = _generate(folder, resume=True, process_index=0, num_processes=1)
+    assert "train-00001-of-00003.parquet is damaged" in caplog.text and result.shards_written == 1
+    assert _shard_digests(folder) == _shard_digests(reference)
+
+    other = tmp_path / "other"
+    config = SyntheticSetConfig(num_samples=2, shard_size=2, seed=1, **SMALL)
+    generate_synthetic_dataset(config, other, show_progress=False, process_index=0, num_processes=1)
+    shutil.copy(other / "data" / "train-00000-of-00001.parquet", folder / "data" / "train-00000-of-00003.parquet")
+    with pytest.raises(ShardVerificationError, match="another plan"):
+        _generate(folder, resume=True, process_index=0, num_processes=1)
+
+
+def test_existing_folder_with_another_plan_needs_overwrite(reference, tmp_path):
+    folder = tmp_path / "set"
+    shutil.copytree(reference, folder)
+    again = _generate(folder, process_index=0, num_processes=1)  # same plan, complete: nothing to do
+    assert again.complete and again.shards_written == 0
+    for flags in ({}, {"resume": True}):
+        with pytest.raises(FileExistsError, match="different plan"):
+            _generate(folder, num_samples=4, process_index=0, num_processes=1, **flags)
+    assert _shard_digests(folder) == _shard_digests(reference)  # nothing touched
+    replaced = _generate(folder, num_samples=4, overwrite=True, process_index=0, num_processes=1)
+    assert replaced.complete and _load(folder)["sample_id"] == [0, 1, 2, 3]
+
+
+def test_au_vectors_from_a_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = [1, 2] * 4  # happy, sad
+    action_units = rng.uniform(0, 5, (len(labels), 12)).astype(np.float32)
+    features = datasets.Features({"action_units": datasets.List(datasets.Value("float32"), length=12),
+                                  "label": datasets.ClassLabel(names=list(EXPRESSIONS))})  # fmt: skip
+    source = tmp_path / "au_source"
+    (source / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict({"action_units": action_units.tolist(), "label": labels}, features=features
+                               ).to_parquet(str(source / "data" / "train-00000-of-00001.parquet"))  # fmt: skip
+    config = SyntheticSetConfig(num_samples=4, shard_size=4, au_policy="dataset", au_dataset=str(source),
+                                expression_distribution={"happy": 0.5, "sad": 0.5}, **SMALL)  # fmt: skip
+    generate_synthetic_dataset(config, tmp_path / "set", show_progress=False, process_index=0, num_processes=1)
+    for row in _load(tmp_path / "set"):
+        matches = np.abs(action_units - np.asarray(row["action_units"])).max(axis=1) < 1e-6
+        assert matches.any() and {labels[i] for i in np.flatnonzero(matches)} == {row["target_label"]}
+
+    uncovered = SyntheticSetConfig(num_samples=4, au_policy="dataset", au_dataset=str(source), **SMALL)
+    with pytest.raises(ValueError, match=r"no rows labelled \['neutral'"):
+        generate_synthetic_dataset(uncovered, tmp_path / "x", show_progress=False, process_index=0, num_processes=1)
+
+    wide = tmp_path / "au41"
+    (wide / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict(
+        {"action_units": np.zeros((2, 41), np.float32).tolist(), "label": [1, 2]},
+        features=datasets.Features({"action_units": datasets.List(datasets.Value("float32"), length=41),
+                                    "label": datasets.ClassLabel(names=list(EXPRESSIONS))}),
+    ).to_parquet(str(wide / "data" / "train-00000-of-00001.parquet"))  # fmt: skip
+    config = SyntheticSetConfig(num_samples=2, au_policy="dataset", au_dataset=str(wide),
+                                expression_distribution={"happy": 1.0}, **SMALL)  # fmt: skip
+    with pytest.raises(ValueError, match="has 41 AU values per row, but the model's AU space has 12"):
+        generate_synthetic_dataset(config, tmp_path / "y", show_progress=False, process_index=0, num_processes=1)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num-samples", "0"], "`num_samples` must be an int >= 1"),
+        (["--expressions", "happy=0.7,sad=0.2"], "must sum to 1"),
+        (["--expressions", "joy=1"], "`expression_distribution` must be one of"),
+        (["--expressions", "happy"], "`--expressions` must be"),
+        (["--push-to-hub", "not a repo"], "`push_to_hub`"),
+    ],
+)
+def test_cli_reports_bad_input_in_one_line(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as error:
+        main(["generate", "--output-dir", str(tmp_path / "out"), *argv, *CLI_ARGS])
+    assert error.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_labeler_hook_is_recorded_in_the_plan(tmp_path):
+    class Flipped(TargetLabeler):
+        name = "flipped-test"
+
+        def __call__(self, output, target_labels):
+            assert len(output.images) == len(target_labels) and output.feranno_probabilities is None
+            labels = super().__call__(output, target_labels)
+            labels.label = [(t + 1) % 7 for t in target_labels]
+            return labels
+
+    _generate(tmp_path / "set", num_samples=2, labeler=Flipped(), process_index=0, num_processes=1)
+    dataset = _load(tmp_path / "set")
+    assert dataset["label"] == [(t + 1) % 7 for t in dataset["target_label"]]
+    assert '"labeler": "flipped-test"' in (tmp_path / "set" / "plan.json").read_text()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(reference, tmp_path):
+    """The documented multi-process command, for real: `accelerate launch --num_processes 2 --cpu`."""
+    folder = tmp_path / "set"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "synfer_diffusers.cli", "generate", "--output-dir", str(folder), "--num-samples", "6",
+               "--shard-size", "2", "--batch-size", "2", *CLI_ARGS]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    _assert_same_dataset(folder, reference)
+    assert (folder / "README.md").is_file()

@@ -83,7 +83,7 @@ class AutoencoderTrainingConfig(TrainingConfig):
     mid_block_attention: bool = field(
         default=False,
         metadata={
-            "help": "Self-attention in the middle blocks (SD's VAE has it; ~30% of a CPU step at 32x32 latents)."
+            "help": "Self-attention in the middle blocks (SD's VAE has it; about 30 percent of a CPU step at 32x32 latents)."
         },
     )
     reconstruction_loss: Literal["l1", "mse"] = field(default="l1", metadata={"help": "Pixel reconstruction loss."})

@@ -25,7 +25,7 @@ EXPRESSION_PHRASES: dict[str, tuple[str, ...]] = {
 PROMPT_TEMPLATES: tuple[str, ...] = (
     "{description}, with {expression}{muscles}.",
     "{description} showing {expression}{muscles}.",
-    "a close-up photo of {description}, {expression}{muscles}.",
+    "{description}, close-up, {expression}{muscles}.",
 )
 """Enrichment templates; `{muscles}` is empty or ", <AU descriptions>" (e.g. ", cheek raiser and lip corner
 puller"). Template 0 with phrase 0 is what the pipeline uses by default."""

@@ -1,0 +1,439 @@
+#!/usr/bin/env python
+"""Train a FaceWorld judge (expression classifier) or AU regressor: a small stock transformers image model.
+
+Two tasks, one script:
+
+- `--task expression`: 7-way classification over `EXPRESSIONS` (`id2label` in the config), trained on the
+  annotated (noisy) `label` column with label smoothing. Used as the independent judge of generated faces and,
+  with another `--architecture` / `--seed`, as the semantic-guidance classifier.
+- `--task action_units`: regression of the 12 DISFA intensities (`num_labels=12`, `problem_type="regression"`,
+  `config.au_names`), trained with a smooth L1 loss.
+
+Training images are augmented on the fly in torch (flip, small shift/scale/rotation, Gaussian blur with sigma
+in [0, 1.5], 64 -> 32 -> 64 downscaling, brightness/contrast/colour jitter, noise), so that the model judges
+expressions rather than sharpness or colour. Models are built from config (no downloads) and saved with
+`save_pretrained` (safetensors) beside a ViT-style image processor (`x / 127.5 - 1` at 64x64) and
+`metrics.json` with the test metrics on original, blurred (sigma 1) and 64 -> 32 -> 64 images.
+
+Example:
+
+```bash
+python -m synfer_diffusers.data.faceworld --output-dir runs/faceworld --num-train 20000 --num-test 2000 --seed 0
+python examples/train_fer_classifier.py --dataset_dir runs/faceworld --output_dir runs/judge --task expression
+python examples/train_fer_classifier.py --dataset_dir runs/faceworld --output_dir runs/au_regressor \\
+    --task action_units
+```
+
+The evaluation helpers ([`evaluate_expression_classifier`], [`evaluate_au_regressor`], [`gaussian_blur`],
+[`downscale_upscale`]) are importable from this file by benchmark code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import (
+    ConvNextConfig,
+    ConvNextForImageClassification,
+    HfArgumentParser,
+    PreTrainedModel,
+    ResNetConfig,
+    ResNetForImageClassification,
+)
+from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+from synfer_diffusers.facs import EXPRESSIONS, AUSpace
+
+TASKS = ("expression", "action_units")
+ARCHITECTURES = ("resnet", "convnext")
+AU_NAMES = AUSpace.disfa12().names
+IMAGE_SIZE = 64
+
+
+@dataclass
+class TrainFERConfig:
+    """Settings of one training run (every field is a command-line flag)."""
+
+    dataset_dir: str = field(metadata={"help": "A folder (or Hub id) that `datasets.load_dataset` reads, with "
+                                               "`train` and `test` splits, e.g. one written by "
+                                               "`python -m synfer_diffusers.data.faceworld`."})  # fmt: skip
+    output_dir: str = field(metadata={"help": "Where to save the model, image processor and metrics.json."})
+    task: str = field(default="expression", metadata={"help": f"One of {TASKS}."})
+    architecture: str = field(default="resnet", metadata={"help": f"One of {ARCHITECTURES}."})
+    label_column: str = field(
+        default="label", metadata={"help": "Expression column to train on (`label` = annotated, noisy)."}
+    )
+    hidden_sizes: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "Stage widths."})
+    depths: list[int] = field(default_factory=lambda: [1, 1, 1], metadata={"help": "Blocks per stage."})
+    max_steps: int = field(default=2000, metadata={"help": "Optimisation steps (one-cycle schedule over them)."})
+    time_budget_s: float | None = field(
+        default=None,
+        metadata={"help": "Stop early after this many seconds of training (the schedule is not rescaled)."},
+    )
+    batch_size: int = field(default=128, metadata={"help": "Training batch size."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
+    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing (expression task)."})
+    augment: bool = field(default=True, metadata={"help": "Blur/noise/colour/shift augmentation."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train rows."})
+    max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test rows."})
+    eval_batch_size: int = field(default=256, metadata={"help": "Batch size of evaluation."})
+    num_threads: int = field(default=2, metadata={"help": "torch CPU threads."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation, batch order and augmentation."})
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"`task` must be one of {list(TASKS)}, got {self.task!r}.")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"`architecture` must be one of {list(ARCHITECTURES)}, got {self.architecture!r}.")
+        if not self.hidden_sizes or len(self.hidden_sizes) != len(self.depths):
+            raise ValueError(
+                f"`hidden_sizes` and `depths` must be non-empty lists of the same length, got {self.hidden_sizes} "
+                f"and {self.depths}."
+            )
+        for name in ("max_steps", "batch_size", "eval_batch_size", "num_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}.")
+
+    @property
+    def target_columns(self) -> tuple[str, ...]:
+        return (self.label_column, "clean_label") if self.task == "expression" else ("action_units",)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Images, degradations and augmentation (all on float tensors (B, 3, H, W) in [0, 1])
+# ----------------------------------------------------------------------------------------------------------
+
+
+def images_to_tensor(images) -> torch.Tensor:
+    """uint8 images `(N, H, W, 3)` (numpy / torch), `(N, 3, H, W)` uint8 torch, or a list of PIL images ->
+    float `(N, 3, H, W)` in [0, 1]."""
+    if isinstance(images, list):
+        images = np.stack([np.asarray(image.convert("RGB")) for image in images])
+    images = torch.as_tensor(images)
+    if images.ndim != 4 or 3 not in (images.shape[1], images.shape[-1]):
+        raise ValueError(
+            f"`images` must be a batch of RGB images (N, H, W, 3) or (N, 3, H, W), got {tuple(images.shape)}."
+        )
+    if images.shape[1] != 3:
+        images = images.permute(0, 3, 1, 2)
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    return images.float().clamp(0, 1)
+
+
+def _gaussian_kernels(sigmas: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """One normalised 1-D kernel of width `2 * radius + 1` per sigma; sigma 0 gives the identity."""
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    sigmas = sigmas.clamp(min=1e-3)[:, None]
+    kernels = torch.exp(-0.5 * (offsets / sigmas) ** 2)
+    return kernels / kernels.sum(dim=1, keepdim=True)  # (B, 2r+1)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of `(B, 3, H, W)` images with one sigma per image (or one for all)."""
+    batch, channels, height, width = images.shape
+    sigmas = torch.as_tensor(sigma, dtype=torch.float32).expand(batch)
+    kernels = _gaussian_kernels(sigmas).repeat_interleave(channels, dim=0)  # (B*C, k)
+    radius = kernels.shape[1] // 2
+    x = images.reshape(1, batch * channels, height, width)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernels[:, None, None, :], groups=batch * channels)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernels[:, None, :, None], groups=batch * channels)
+    return x.reshape(batch, channels, height, width)
+
+
+def downscale_upscale(images: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """64 -> 32 -> 64 (for `factor=2`): the detail a 32x32 working resolution keeps."""
+    height, width = images.shape[-2:]
+    small = F.interpolate(images, size=(height // factor, width // factor), mode="bilinear", antialias=True)
+    return F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Training augmentation of `(B, 3, H, W)` images in [0, 1]: flip, shift/scale/rotation, blur
+    (sigma ~ U(0, 1.5) on half the batch), 64 -> 32 -> 64 on a quarter, brightness/contrast/colour, noise.
+    Horizontal flips keep the labels: FaceWorld AUs are bilateral."""
+    batch = images.shape[0]
+
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(batch, *shape, generator=generator)
+
+    flip = torch.rand(batch, generator=generator) < 0.5
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+    angle, scale = uniform(-0.09, 0.09), uniform(0.93, 1.07)  # +-5 degrees, +-7% scale
+    shift = uniform(-0.1, 0.1, 2)  # +-3 px at 64 (grid units span 2 / 64 per pixel)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    sigma = uniform(0.0, 1.5) * (torch.rand(batch, generator=generator) < 0.5)
+    images = gaussian_blur(images, sigma)
+    downscaled = torch.rand(batch, generator=generator) < 0.25
+    images = torch.where(downscaled[:, None, None, None], downscale_upscale(images), images)
+
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = uniform(0.75, 1.25)[:, None, None, None]
+    images = (images - mean) * contrast + mean
+    images = images * uniform(0.75, 1.25)[:, None, None, None] * uniform(0.9, 1.1, 3)[:, :, None, None]
+    images = images + uniform(0.0, 0.04)[:, None, None, None] * torch.randn(images.shape, generator=generator)
+    return images.clamp(0, 1)
+
+
+def to_pixel_values(images: torch.Tensor, image_size: int = IMAGE_SIZE) -> torch.Tensor:
+    """[0, 1] images -> the model input `x * 2 - 1` at `image_size` (what the saved image processor does)."""
+    if images.shape[-1] != image_size or images.shape[-2] != image_size:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
+    return images * 2.0 - 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models and evaluation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build_model(config: TrainFERConfig) -> PreTrainedModel:
+    """A small stock transformers image model from config (random init, no downloads)."""
+    if config.task == "expression":
+        head = {"num_labels": len(EXPRESSIONS), "id2label": EXPRESSIONS.id2label, "label2id": EXPRESSIONS.label2id,
+                "problem_type": "single_label_classification"}  # fmt: skip
+    else:
+        head = {"num_labels": len(AU_NAMES), "id2label": dict(enumerate(AU_NAMES)),
+                "label2id": {name: i for i, name in enumerate(AU_NAMES)}, "problem_type": "regression"}  # fmt: skip
+    if config.architecture == "resnet":
+        model_config = ResNetConfig(
+            embedding_size=config.hidden_sizes[0], hidden_sizes=config.hidden_sizes, depths=config.depths,
+            layer_type="basic", **head,
+        )  # fmt: skip
+        model_class = ResNetForImageClassification
+    else:
+        model_config = ConvNextConfig(
+            patch_size=2, num_stages=len(config.hidden_sizes), hidden_sizes=config.hidden_sizes, depths=config.depths,
+            image_size=IMAGE_SIZE, **head,
+        )  # fmt: skip
+        model_class = ConvNextForImageClassification
+    model_config.faceworld_task = config.task
+    model_config.au_names = list(AU_NAMES)
+    model_config.au_max_value = 5.0
+    model_config.input_size = IMAGE_SIZE
+    return model_class(model_config)
+
+
+@torch.no_grad()
+def predict(model: PreTrainedModel, images, batch_size: int = 256) -> torch.Tensor:
+    """Logits (expression) or AU intensities (regression), `(N, num_labels)`, for uint8 or [0, 1] images."""
+    model.eval()
+    images = images_to_tensor(images)
+    image_size = getattr(model.config, "input_size", IMAGE_SIZE)
+    outputs = [model(pixel_values=to_pixel_values(batch, image_size)).logits for batch in images.split(batch_size)]
+    return torch.cat(outputs) if outputs else torch.zeros(0, model.config.num_labels)
+
+
+def evaluate_expression_classifier(model: PreTrainedModel, images, labels, batch_size: int = 256) -> dict:
+    """Accuracy, per-class accuracy (keyed by `model.config.id2label`) and confusion matrix (rows = true).
+
+    Args:
+        model: a 7-way image classifier whose `id2label` are the [`EXPRESSIONS`].
+        images: uint8 `(N, H, W, 3)` / `(N, 3, H, W)`, float [0, 1] `(N, 3, H, W)`, or a list of PIL images.
+        labels: `(N,)` class indices (order of `model.config.id2label`).
+    """
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    predictions = predict(model, images, batch_size).argmax(dim=1)
+    if len(predictions) != len(labels):
+        raise ValueError(f"`images` ({len(predictions)}) and `labels` ({len(labels)}) differ in length.")
+    num_classes = model.config.num_labels
+    confusion = torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, -1)
+    per_class = confusion.diag().float() / confusion.sum(dim=1).clamp(min=1)
+    return {
+        "accuracy": float((predictions == labels).float().mean()) if len(labels) else float("nan"),
+        "per_class_accuracy": {model.config.id2label[i]: float(a) for i, a in enumerate(per_class)},
+        "confusion_matrix": confusion.tolist(),
+        "num_samples": len(labels),
+    }
+
+
+def evaluate_au_regressor(model: PreTrainedModel, images, aus, batch_size: int = 256) -> dict:
+    """Mean absolute error over all AUs and per AU (keyed by `model.config.au_names`), predictions clipped to
+    [0, 5].
+
+    Args:
+        model: a regression model with `num_labels` AU outputs.
+        images: as for [`evaluate_expression_classifier`].
+        aus: `(N, num_labels)` true intensities.
+    """
+    aus = torch.as_tensor(np.asarray(aus), dtype=torch.float32)
+    predictions = predict(model, images, batch_size).clamp(0, getattr(model.config, "au_max_value", 5.0))
+    if predictions.shape != aus.shape:
+        raise ValueError(f"`aus` must have shape {tuple(predictions.shape)}, got {tuple(aus.shape)}.")
+    per_au = (predictions - aus).abs().mean(dim=0)
+    names = getattr(model.config, "au_names", [model.config.id2label[i] for i in range(len(per_au))])
+    return {"mae": float(per_au.mean()), "mae_per_au": dict(zip(names, map(float, per_au))), "num_samples": len(aus)}
+
+
+def mean_baseline_mae(train_aus: np.ndarray, test_aus: np.ndarray) -> dict:
+    """MAE of predicting the train mean of every AU."""
+    per_au = np.abs(test_aus - train_aus.mean(axis=0)).mean(axis=0)
+    return {"mae": float(per_au.mean()), "mae_per_au": dict(zip(AU_NAMES, map(float, per_au)))}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data and training
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_splits(config: TrainFERConfig) -> dict[str, dict[str, np.ndarray]]:
+    """Reads the train and test splits into memory; checks splits and columns before any training."""
+    if os.path.isdir(config.dataset_dir) and not any(Path(config.dataset_dir).iterdir()):
+        raise ValueError(f"`dataset_dir` {config.dataset_dir!r} is empty.")
+    dataset = datasets.load_dataset(config.dataset_dir)
+    splits = {}
+    for split, limit in (("train", config.max_train_samples), ("test", config.max_test_samples)):
+        if split not in dataset:
+            raise ValueError(f"`dataset_dir` must have `train` and `test` splits, found {list(dataset)}.")
+        data = dataset[split]
+        missing = [c for c in ("image", *config.target_columns) if c not in data.column_names]
+        if missing:
+            raise ValueError(
+                f"The {split} split of `dataset_dir` lacks the column(s) {missing} needed by task "
+                f"{config.task!r}; it has {data.column_names}."
+            )
+        if limit is not None:
+            data = data.select(range(min(limit, len(data))))
+        columns = data.select_columns(["image", *config.target_columns]).with_format("numpy")
+        splits[split] = {name: np.asarray(columns[name]) for name in ("image", *config.target_columns)}
+    images = splits["train"]["image"]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"`image` must hold RGB images, got an array of shape {images.shape}.")
+    return splits
+
+
+def _loss(config: TrainFERConfig, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if config.task == "expression":
+        return F.cross_entropy(outputs, targets, label_smoothing=config.label_smoothing)
+    return F.smooth_l1_loss(outputs, targets, beta=0.1)
+
+
+def train(config: TrainFERConfig, splits: dict[str, dict[str, np.ndarray]]) -> tuple[PreTrainedModel, dict]:
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = build_model(config)
+    images = torch.from_numpy(splits["train"]["image"]).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
+    target_column = config.label_column if config.task == "expression" else "action_units"
+    targets = torch.from_numpy(splits["train"][target_column])
+    targets = targets.long() if config.task == "expression" else targets.float()
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.learning_rate, total_steps=config.max_steps, pct_start=0.1
+    )
+    model.train()
+    order, position, losses = torch.randperm(len(images), generator=generator), 0, []
+    start = time.perf_counter()
+    progress = tqdm(range(config.max_steps), desc=f"train {config.task}", mininterval=5, file=sys.stdout)
+    for step in progress:
+        if position + config.batch_size > len(order):
+            order, position = torch.randperm(len(images), generator=generator), 0
+        batch = order[position : position + config.batch_size]
+        position += config.batch_size
+        pixels = images[batch].float() / 255.0  # (B, 3, H, W)
+        if config.augment:
+            pixels = augment(pixels, generator)
+        loss = _loss(config, model(pixel_values=to_pixel_values(pixels)).logits, targets[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            progress.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if config.time_budget_s is not None and time.perf_counter() - start > config.time_budget_s:
+            break
+    seconds = time.perf_counter() - start
+    progress.close()
+    summary = {"steps": len(losses), "train_seconds": round(seconds, 1), "final_loss": float(np.mean(losses[-50:])),
+               "num_parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+    return model.eval(), summary
+
+
+def evaluate(model: PreTrainedModel, config: TrainFERConfig, splits: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Test metrics on original, blurred (sigma 1) and 64 -> 32 -> 64 images."""
+    test = splits["test"]
+    originals = images_to_tensor(test["image"])
+    conditions = {
+        "original": originals,
+        "blur_sigma1": gaussian_blur(originals, 1.0),
+        "downscale_upscale_2x": downscale_upscale(originals),
+    }
+    metrics = {}
+    for name, images in conditions.items():
+        if config.task == "expression":
+            logits = predict(model, images, config.eval_batch_size)
+            metrics[name] = {
+                "clean_labels": evaluate_expression_classifier(
+                    model, images, test["clean_label"], config.eval_batch_size
+                ),
+                "noisy_labels": {"accuracy": float((logits.argmax(1).numpy() == test[config.label_column]).mean())},
+            }
+        else:
+            metrics[name] = evaluate_au_regressor(model, images, test["action_units"], config.eval_batch_size)
+    if config.task == "action_units":
+        metrics["baseline_predict_train_mean"] = mean_baseline_mae(
+            splits["train"]["action_units"], test["action_units"]
+        )
+    return metrics
+
+
+def save(model: PreTrainedModel, config: TrainFERConfig, metrics: dict) -> None:
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    ViTImageProcessorPil(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(output_dir)
+    (output_dir / "training_config.json").write_text(json.dumps(asdict(config), indent=2))
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def _headline(metrics: dict) -> str:
+    if "baseline_predict_train_mean" in metrics:
+        return " | ".join(
+            f"{name}: MAE {m['mae']:.3f}" for name, m in metrics.items() if isinstance(m, dict) and "mae" in m
+        )
+    return " | ".join(
+        f"{name}: clean {m['clean_labels']['accuracy']:.4f} noisy {m['noisy_labels']['accuracy']:.4f}"
+        for name, m in metrics.items() if isinstance(m, dict) and "clean_labels" in m
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parses flags, checks the data, trains, evaluates and saves; returns the metrics."""
+    (config,) = HfArgumentParser(TrainFERConfig).parse_args_into_dataclasses(args=argv)
+    torch.set_num_threads(config.num_threads)
+    splits = load_splits(config)  # every data error surfaces here, before training
+    model, summary = train(config, splits)
+    metrics = {
+        "task": config.task,
+        "architecture": config.architecture,
+        **summary,
+        "test": evaluate(model, config, splits),
+    }
+    save(model, config, metrics)
+    print(f"{config.task}: {summary['steps']} steps in {summary['train_seconds']} s; {_headline(metrics['test'])}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

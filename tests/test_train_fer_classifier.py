@@ -1,0 +1,88 @@
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForImageClassification  # noqa: E402
+
+from synfer_diffusers.data.faceworld import AU_NAMES, build_faceworld_dataset, write_faceworld_splits  # noqa: E402
+from synfer_diffusers.facs import EXPRESSIONS  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_fer_classifier.py"
+_spec = importlib.util.spec_from_file_location("train_fer_classifier", SCRIPT)
+trainer = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = trainer  # dataclasses look their module up
+_spec.loader.exec_module(trainer)
+
+TINY = ["--hidden_sizes", "8", "16", "--depths", "1", "1", "--max_steps", "3", "--batch_size", "8",
+        "--eval_batch_size", "16", "--num_threads", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def faceworld_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faceworld")
+    write_faceworld_splits(folder, num_train=32, num_test=12, seed=0, show_progress=False)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "task, architecture", [("expression", "resnet"), ("expression", "convnext"), ("action_units", "resnet")]
+)
+def test_trains_a_few_steps_and_saves_a_loadable_model(faceworld_dir, tmp_path, task, architecture):
+    output_dir = tmp_path / "model"
+    args = ["--dataset_dir", str(faceworld_dir), "--output_dir", str(output_dir), "--task", task]
+    metrics = trainer.main([*args, "--architecture", architecture, *TINY])
+
+    assert metrics["steps"] == 3
+    assert (output_dir / "model.safetensors").exists() and not list(output_dir.glob("*.bin"))
+    saved = json.loads((output_dir / "metrics.json").read_text())
+    assert set(saved["test"]) >= {"original", "blur_sigma1", "downscale_upscale_2x"}
+    model = AutoModelForImageClassification.from_pretrained(output_dir)
+    assert model.config.au_names == list(AU_NAMES)
+    test = build_faceworld_dataset(12, seed=0, split="test")
+    images = np.stack([np.asarray(image) for image in test["image"]])
+    if task == "expression":
+        assert model.config.id2label == EXPRESSIONS.id2label
+        result = trainer.evaluate_expression_classifier(model, images, test["clean_label"])
+        assert result["accuracy"] == pytest.approx(saved["test"]["original"]["clean_labels"]["accuracy"])
+        assert np.sum(result["confusion_matrix"]) == 12
+    else:
+        assert model.config.problem_type == "regression" and model.config.num_labels == 12
+        result = trainer.evaluate_au_regressor(model, images, test["action_units"])
+        assert result["mae"] == pytest.approx(saved["test"]["original"]["mae"], abs=1e-5)
+        assert set(result["mae_per_au"]) == set(AU_NAMES)
+        assert "baseline_predict_train_mean" in saved["test"]
+
+
+def test_rejects_an_unknown_task(faceworld_dir, tmp_path):
+    with pytest.raises(ValueError, match="task"):
+        trainer.main(["--dataset_dir", str(faceworld_dir), "--output_dir", str(tmp_path / "m"), "--task", "age"])
+    assert not (tmp_path / "m").exists()
+
+
+def test_rejects_a_dataset_without_the_needed_column_before_training(tmp_path):
+    data_dir = tmp_path / "no_aus" / "data"
+    data_dir.mkdir(parents=True)
+    for split in ("train", "test"):
+        dataset = build_faceworld_dataset(4, seed=0, split=split).remove_columns("action_units")
+        dataset.to_parquet(str(data_dir / f"{split}-00000-of-00001.parquet"))
+    args = ["--dataset_dir", str(tmp_path / "no_aus"), "--output_dir", str(tmp_path / "m"), "--task", "action_units"]
+    with pytest.raises(ValueError, match="action_units"):
+        trainer.main(args + TINY)
+    assert not (tmp_path / "m").exists()
+
+
+def test_degradations():
+    images = torch.rand(2, 3, 64, 64)
+    assert torch.allclose(trainer.gaussian_blur(images, 0.0), images, atol=1e-5)
+    assert trainer.gaussian_blur(images, 1.0).std() < images.std()
+    assert trainer.downscale_upscale(images).shape == images.shape
+    augmented = trainer.augment(images, torch.Generator().manual_seed(0))
+    assert augmented.shape == images.shape and 0 <= augmented.min() and augmented.max() <= 1

@@ -120,7 +120,25 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate_parser]
+def add_faceworld_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .data.faceworld import add_faceworld_arguments
+
+    add_faceworld_arguments(subparsers.add_parser("faceworld", help="write FaceWorld train/test splits (parquet)"))
+
+
+def add_build_fetext_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .data.fetext import add_build_fetext_arguments
+
+    add_build_fetext_arguments(
+        subparsers.add_parser("build-fetext", help="turn face images into an FEText-style training set")
+    )
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_generate_parser,
+    add_faceworld_parser,
+    add_build_fetext_parser,
+]
 """Parser registrations, one per subcommand."""
 
 

@@ -1057,19 +1057,31 @@ def write_faceworld_splits(
     return splits
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m synfer_diffusers.data.faceworld --output-dir D --num-train N --num-test M --seed S`."""
-    parser = argparse.ArgumentParser(description="Write FaceWorld train/test splits as parquet + dataset card.")
+def add_faceworld_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Registers the `synfer faceworld` arguments on `parser` and sets `func` to [`run_faceworld`]."""
+    parser.description = "Write FaceWorld train/test splits as parquet + dataset card."
     parser.add_argument("--output-dir", required=True, help="Folder to write data/*.parquet and README.md into.")
     parser.add_argument("--num-train", type=int, default=20_000, help="Number of train faces.")
     parser.add_argument("--num-test", type=int, default=2_000, help="Number of test faces.")
     parser.add_argument("--seed", type=int, default=0, help="Dataset seed.")
     parser.add_argument("--resolution", type=int, default=64, help="64 or 128.")
     parser.add_argument("--label-noise", type=float, default=0.1, help="Annotator label-noise rate.")
-    args = parser.parse_args(argv)
+    parser.set_defaults(func=run_faceworld)
+    return parser
+
+
+def run_faceworld(args: argparse.Namespace) -> int:
+    """Writes the splits described by parsed `synfer faceworld` arguments; returns the exit code."""
     config = FaceWorldConfig(resolution=args.resolution, label_noise=args.label_noise)
     splits = write_faceworld_splits(args.output_dir, args.num_train, args.num_test, args.seed, config)
     print(f"Wrote {', '.join(f'{len(d)} {s}' for s, d in splits.items())} faces to {args.output_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m synfer_diffusers.data.faceworld --output-dir D ...` (the same as `synfer faceworld ...`)."""
+    parser = add_faceworld_arguments(argparse.ArgumentParser())
+    return run_faceworld(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,10 @@ def measure_ratio(pipe, config: SyntheticSetConfig, batch_size: int, repeats: in
         for _ in range(repeats):
             bare.append(bare_pipeline_seconds(pipe, config, batch_size))
             generated.append(generate_seconds(pipe, config, batch_size, folder))
-    bare_ips, generate_ips = config.num_samples / statistics.median(bare), config.num_samples / statistics.median(generated)
+    bare_ips, generate_ips = (
+        config.num_samples / statistics.median(bare),
+        config.num_samples / statistics.median(generated),
+    )
     return {"num_samples": config.num_samples, "repeats": repeats, "bare_images_per_s": bare_ips,
             "generate_images_per_s": generate_ips, "ratio": generate_ips / bare_ips}  # fmt: skip
 

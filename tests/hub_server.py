@@ -152,7 +152,9 @@ class _HubHandler(BaseHTTPRequestHandler):
             status = self._route(method, unquote(url.path) if method != "PUT" else url.path)
         except _HTTPError as error:
             status = error.status
-            self._json(error.status, {"error": error.message}, {"X-Error-Code": error.code, "X-Error-Message": error.message})
+            self._json(
+                error.status, {"error": error.message}, {"X-Error-Code": error.code, "X-Error-Message": error.message}
+            )
         except Exception as error:  # report, never hang the client
             self._json(500, {"error": repr(error)})
         with self.hub.lock:
@@ -170,7 +172,9 @@ class _HubHandler(BaseHTTPRequestHandler):
         return status
 
     def _json(self, status: int, payload, headers: dict[str, str] | None = None) -> int:
-        return self._send(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
+        return self._send(
+            status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})}
+        )
 
     def _payload(self):
         if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
@@ -211,7 +215,9 @@ class _HubHandler(BaseHTTPRequestHandler):
         if path == "/api/repos/delete" and method == "DELETE":
             payload = self._payload()
             with self.hub.lock:
-                self.hub.repos.pop((payload.get("type") or "model", f"{payload['organization']}/{payload['name']}"), None)
+                self.hub.repos.pop(
+                    (payload.get("type") or "model", f"{payload['organization']}/{payload['name']}"), None
+                )
             return self._json(200, {})
         if path == "/_test/fail" and method == "POST":  # lets a client process arm a fault
             payload = self._payload()
@@ -220,7 +226,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         if path == "/api/validate-yaml":
             return self._json(200, {"errors": [], "warnings": []})
         if path.startswith("/_lfs/") and method == "PUT":
-            return self._lfs_put(path[len("/_lfs/"):])
+            return self._lfs_put(path[len("/_lfs/") :])
         if match := _LFS_BATCH.match(path):
             return self._lfs_batch(match.group(2))
         if match := _RESOLVE.match(path):
@@ -251,7 +257,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             repo = self._repo(repo_type, repo_id)
             if rest == "" or rest.startswith("revision/"):
                 self._fault("info")
-                return self._info(repo, rest[len("revision/"):] or "main")
+                return self._info(repo, rest[len("revision/") :] or "main")
             action, _, tail = rest.partition("/")
             if action == "preupload":
                 self._fault("preupload")
@@ -266,7 +272,11 @@ class _HubHandler(BaseHTTPRequestHandler):
                 return self._commit(repo, tail)
             if action == "tree":
                 revision, _, prefix = tail.partition("/")
-                entries = _tree(self._commit_of(repo, revision), prefix, bool(self.query.get("recursive", [""])[0] in ("1", "true", "True")))
+                entries = _tree(
+                    self._commit_of(repo, revision),
+                    prefix,
+                    bool(self.query.get("recursive", [""])[0] in ("1", "true", "True")),
+                )
                 return self._json(200, entries)
             if action == "paths-info":
                 commit = self._commit_of(repo, tail)
@@ -384,7 +394,7 @@ def _tree(commit: Commit, prefix: str, recursive: bool) -> list[dict]:
     for path, stored in sorted(commit.files.items()):
         if not path.startswith(base):
             continue
-        parts = path[len(base):].split("/")
+        parts = path[len(base) :].split("/")
         for depth in range(1, len(parts)):
             directory = base + "/".join(parts[:depth])
             if recursive or depth == 1:

@@ -62,7 +62,9 @@ def test_folder_loads_with_the_exact_features_and_card(tmp_path):
     assert loaded["sample_id"] == [0, 1, 2, 3, 4] and loaded.features["label"].names == list(EXPRESSIONS)
     card = (tmp_path / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---")[1])
-    assert metadata["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert metadata["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}
+    ]
     assert metadata["dataset_info"]["splits"][0]["num_examples"] == 5
     assert [f["name"] for f in metadata["dataset_info"]["features"]] == list(synthetic_features(12))
     assert "## Intended use and limits" in card and "## Licence" in card and '"shard_size": 2' in card

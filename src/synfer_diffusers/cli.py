@@ -22,7 +22,13 @@ from .data.writer import ShardVerificationError
 logger = logging.getLogger("synfer_diffusers")
 
 # Errors that mean bad input or a bad folder: reported as one line, not a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileExistsError, OSError, ShardVerificationError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    FileExistsError,
+    OSError,
+    ShardVerificationError,
+)
 
 
 def parse_expression_distribution(text: str) -> dict[str, float] | None:

@@ -90,7 +90,9 @@ class SyntheticSetConfig:
     )  # fmt: skip
     au_dataset: str | None = field(
         default=None,
-        metadata={"help": "Folder or Hub id of a dataset with `action_units` and `label` columns (au_policy='dataset')."},
+        metadata={
+            "help": "Folder or Hub id of a dataset with `action_units` and `label` columns (au_policy='dataset')."
+        },
     )
     prototype_intensity: float = field(default=3.0, metadata={"help": "Intensity of the prototype's active AUs."})
     au_jitter: float = field(default=0.5, metadata={"help": "Std of the Gaussian jitter on prototype AUs."})
@@ -125,7 +127,9 @@ class SyntheticSetConfig:
         if self.descriptions is not None:
             self.descriptions = list(self.descriptions)
             if not self.descriptions or not all(isinstance(d, str) and d.strip() for d in self.descriptions):
-                raise ValueError(f"`descriptions` must be a non-empty list of non-empty strings, got {self.descriptions!r}.")
+                raise ValueError(
+                    f"`descriptions` must be a non-empty list of non-empty strings, got {self.descriptions!r}."
+                )
 
     def expression_probabilities(self) -> np.ndarray:  # (7,) in EXPRESSIONS order
         if self.expression_distribution is None:
@@ -142,7 +146,9 @@ def _check_number(name: str, value: Any, minimum: float | None = None) -> None:
 
 def _check_distribution(distribution: Mapping[str, float]) -> dict[str, float]:
     if not isinstance(distribution, Mapping) or not distribution:
-        raise ValueError(f"`expression_distribution` must be a non-empty dict name -> probability, got {distribution!r}.")
+        raise ValueError(
+            f"`expression_distribution` must be a non-empty dict name -> probability, got {distribution!r}."
+        )
     for name, probability in distribution.items():
         EXPRESSIONS.label_id(name, field="expression_distribution")
         _check_number(f"expression_distribution[{name!r}]", probability, 0.0)
@@ -298,7 +304,9 @@ class TargetLabeler:
     """
 
     name = "target"
-    description = "the generation target (no pseudo-labeller): `label` = `target_label`, one-hot `label_probs`, `agreement` 1.0"
+    description = (
+        "the generation target (no pseudo-labeller): `label` = `target_label`, one-hot `label_probs`, `agreement` 1.0"
+    )
 
     def __call__(self, output: SynFERPipelineOutput, target_labels: list[int]) -> SampleLabels:
         probs = np.eye(len(EXPRESSIONS), dtype=np.float32)[target_labels]
@@ -479,7 +487,9 @@ def generate_synthetic_dataset(
     rank, world, barrier, device = _process_layout(process_index, num_processes)
     distributed = process_index is None and world > 1
 
-    pipe, model_name = (pipeline, getattr(pipeline, "name_or_path", None) or "custom") if pipeline else resolve_pipeline(model)
+    pipe, model_name = (
+        (pipeline, getattr(pipeline, "name_or_path", None) or "custom") if pipeline else resolve_pipeline(model)
+    )
     if pipe.au_space is None:
         raise ValueError("`model` has no AU adapter (AUConditionedUNet2DConditionModel): cannot record action units.")
     pipe.to(device)

@@ -64,7 +64,9 @@ def push_synthetic_dataset(
     folder = Path(folder)
     writer = SyntheticSetWriter.from_folder(folder)
     if writer.pending_shards() or not (folder / "README.md").is_file():
-        raise ValueError(f"`folder` {str(folder)!r} is not a complete synthetic set (see {PLAN_FILE}); finish it first.")
+        raise ValueError(
+            f"`folder` {str(folder)!r} is not a complete synthetic set (see {PLAN_FILE}); finish it first."
+        )
     return push_folder_to_hub(
         folder, repo_id, commit_message=commit_message, private=private, token=token, repo_type="dataset",
         ignore_patterns=DATASET_IGNORE_PATTERNS, max_retries=max_retries, retry_wait=retry_wait,

@@ -363,7 +363,8 @@ class SyntheticSetWriter:
             probe.unlink()
         except OSError as error:
             raise OSError(
-                error.errno, f"`output_dir` {str(self.output_dir)!r} is not a writable folder: {error.strerror or error}"
+                error.errno,
+                f"`output_dir` {str(self.output_dir)!r} is not a writable folder: {error.strerror or error}",
             ) from error
 
     def _remove_own_entries(self) -> None:

@@ -20,7 +20,9 @@ def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Te
     a = torch.as_tensor(features_a, dtype=torch.float64)
     b = torch.as_tensor(features_b, dtype=torch.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"Feature sets must be (N >= 2, D) with the same D, got {tuple(a.shape)} and {tuple(b.shape)}.")
+        raise ValueError(
+            f"Feature sets must be (N >= 2, D) with the same D, got {tuple(a.shape)} and {tuple(b.shape)}."
+        )
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
     sqrt_a = _psd_sqrt(cov_a)
     cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()

@@ -1,0 +1,186 @@
+"""Speed ratios of SynFERPipeline features, each against its baseline in the same run, with random weights.
+
+Rows (target in brackets):
+- `au_overhead`: SynFERPipeline with AUs / diffusers' StableDiffusionPipeline with the base UNet, same
+  VAE, text encoder, tokenizer, scheduler, steps, batch and seed [<= 1.05];
+- `semantic_guidance`: semantic guidance on (default window 0.6-1.0, a random ResNet guide) / off [<= 1.5];
+- `feranno_in_loop`: in-loop FERAnno labels / no labels [<= 1.10];
+- `feranno_separate`: no labels + a separate FERAnnoPipeline pass over the images / no labels (what in-loop saves);
+- `pipeline_vs_bare_unet`: SynFERPipeline / a bare loop (encode once, CFG UNet calls, scheduler step, decode):
+  how close the pipeline is to the UNet-bound limit.
+
+Timed calls alternate (baseline, candidate, ...) after a warm-up; each row reports the ratio of medians, so machine
+noise hits both sides alike. Configs: `tiny` (the test components, fp32, 16x16, batch 4) and `sd15` (Stable
+Diffusion 1.5 sizes: UNet 860M + AU adapter, VAE, CLIP-L-size text encoder; bf16 on the CPU, 64x64 latents = 512
+px, batch 1).
+
+    python benchmarks/bench_speed.py --configs tiny sd15 --json benchmarks/results/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+from synfer_diffusers import (
+    EXPRESSIONS,
+    AUConditionedUNet2DConditionModel,
+    AUSpace,
+    FERAnnoHead,
+    FERAnnoPipeline,
+    SynFERPipeline,
+)
+from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components, make_tiny_scheduler
+from synfer_diffusers.tokenization import tiny_clip_tokenizer
+
+
+@dataclass
+class BenchConfig:
+    name: str
+    steps: int
+    guided_steps: int  # steps of the semantic-guidance row (the default window needs a few steps to act)
+    batch: int
+    dtype: torch.dtype
+    repeats: int
+
+
+CONFIGS = {
+    "tiny": BenchConfig("tiny", steps=10, guided_steps=10, batch=4, dtype=torch.float32, repeats=7),
+    "sd15": BenchConfig("sd15", steps=2, guided_steps=5, batch=1, dtype=torch.bfloat16, repeats=2),
+}
+
+
+def build_components(config: BenchConfig) -> tuple[dict, UNet2DConditionModel, torch.nn.Module, object]:
+    """SynFER components, the base UNet, a guide classifier and its image processor, all random."""
+    if config.name == "tiny":
+        components, base_unet, guide_size = make_tiny_components(seed=0), make_tiny_base_unet(seed=0), 16
+        guide_config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    else:
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                           num_attention_heads=12, max_position_embeddings=77)
+        )  # fmt: skip
+        base_unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512,
+        )  # fmt: skip
+        unet = AUConditionedUNet2DConditionModel.from_unet(base_unet, AUSpace.disfa12(), 4)
+        components = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tiny_clip_tokenizer(),
+                      "scheduler": make_tiny_scheduler(), "unet": unet}  # fmt: skip
+        guide_size = 224
+        guide_config = ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512])
+    guide_config.id2label = EXPRESSIONS.id2label
+    guide_config.label2id = EXPRESSIONS.label2id
+    guide = ResNetForImageClassification(guide_config).eval()
+    processor = ViTImageProcessor(size={"height": guide_size, "width": guide_size})
+    cast = {k: v.to(config.dtype) if isinstance(v, torch.nn.Module) else v for k, v in components.items()}
+    return cast, base_unet.to(config.dtype).eval(), guide.to(config.dtype), processor
+
+
+def median_ratio(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int) -> dict[str, float]:
+    baseline(), candidate()  # warm-up
+    base_times, cand_times = [], []
+    for _ in range(repeats):
+        for fn, times in ((baseline, base_times), (candidate, cand_times)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    base, cand = statistics.median(base_times), statistics.median(cand_times)
+    return {"baseline_s": base, "candidate_s": cand, "ratio": cand / base}
+
+
+@torch.no_grad()
+def bare_unet_loop(pipe: SynFERPipeline, prompt: str, aus: dict, steps: int, batch: int, guidance: float) -> None:
+    """The UNet-bound limit: encode once, CFG UNet calls and scheduler steps, one decode; no checks, no planning."""
+    device = pipe.unet.device
+    text = pipe.encode_prompt([prompt] * batch, device)
+    null_text = pipe.encode_prompt([""] * batch, device)
+    au_tokens = pipe.unet.encode_action_units(pipe.au_space.to_tensor([aus] * batch))
+    null_au = pipe.unet.encode_action_units(None, batch_size=batch)
+    size = pipe.unet.config.sample_size
+    latents = torch.randn(batch, 4, size, size, generator=torch.Generator().manual_seed(0)).to(text.dtype)
+    pipe.scheduler.set_timesteps(steps)
+    for t in pipe.scheduler.timesteps:
+        noise = pipe.unet(torch.cat([latents, latents]), t, torch.cat([null_text, text]),
+                          au_embeds=torch.cat([null_au, au_tokens])).sample  # fmt: skip
+        uncond, cond = noise.chunk(2)
+        latents = pipe.scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
+    pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
+
+
+def measure(config: BenchConfig) -> list[dict]:
+    components, base_unet, guide, processor = build_components(config)
+    head = FERAnnoHead.from_unet(components["unet"]).to(config.dtype)
+    plain = SynFERPipeline(**components)
+    guided = SynFERPipeline(**components, guidance_classifier=guide, guidance_image_processor=processor)
+    labelled = SynFERPipeline(**components, feranno_head=head)
+    sd = StableDiffusionPipeline(**{**components, "unet": base_unet}, safety_checker=None, feature_extractor=None,
+                                 requires_safety_checker=False)  # fmt: skip
+    feranno = FERAnnoPipeline(**{k: components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+                              head=head)  # fmt: skip
+    for pipe in (plain, guided, labelled, sd, feranno):
+        pipe.set_progress_bar_config(disable=True)
+    prompt = "a photo of an elderly man with glasses, with a happy expression"
+    aus = {"AU6": 2.5, "AU12": 4.0}
+    common = {"num_inference_steps": config.steps, "num_images_per_prompt": config.batch, "guidance_scale": 7.5}
+
+    def synfer(pipe, steps=config.steps, output_type="np", **kwargs):
+        return lambda: pipe(prompt=prompt, expression="happy", action_units=aus, enrich_prompt=False,
+                            generator=torch.Generator().manual_seed(0), output_type=output_type,
+                            **{**common, "num_inference_steps": steps}, **kwargs)  # fmt: skip
+
+    def separate_labels():
+        images = synfer(plain, output_type="pt")().images
+        feranno(images.float().clamp(0, 1), batch_size=config.batch)
+
+    rows = {
+        "au_overhead": median_ratio(
+            lambda: sd(prompt=prompt, generator=torch.Generator().manual_seed(0), output_type="np", **common),
+            synfer(plain), config.repeats),
+        "semantic_guidance": median_ratio(
+            synfer(guided, steps=config.guided_steps),
+            synfer(guided, steps=config.guided_steps, semantic_guidance_scale=0.1), config.repeats),
+        "feranno_in_loop": median_ratio(synfer(plain, output_type="pt"), synfer(labelled, output_type="pt"),
+                                        config.repeats),
+        "feranno_separate": median_ratio(synfer(plain, output_type="pt"), separate_labels, config.repeats),
+        "pipeline_vs_bare_unet": median_ratio(
+            lambda: bare_unet_loop(plain, prompt, aus, config.steps, config.batch, 7.5), synfer(plain),
+            config.repeats),
+    }  # fmt: skip
+    return [{"config": config.name, "row": name, **values} for name, values in rows.items()]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["tiny", "sd15"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    print(f"{'config':6} {'row':22} {'baseline s':>10} {'candidate s':>11} {'ratio':>6}")
+    for name in args.configs:
+        for row in measure(CONFIGS[name]):
+            rows.append(row)
+            print(f"{row['config']:6} {row['row']:22} {row['baseline_s']:10.3f} {row['candidate_s']:11.3f} "
+                  f"{row['ratio']:6.3f}", flush=True)  # fmt: skip
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"device": "CPU", "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

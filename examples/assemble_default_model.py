@@ -1,0 +1,89 @@
+"""Assembles the embedded default checkpoint: the stage-B SynFERPipeline plus its semantic-guidance classifier and
+its FERAnno head, saved (safetensors) with a model card into `src/synfer_diffusers/default_model`.
+
+    python examples/assemble_default_model.py --pipeline runs/stage_b --guide runs/guide --feranno runs/feranno \
+        --evaluation runs/eval/generation.json --output_dir src/synfer_diffusers/default_model
+
+The last step of `examples/train_faceworld_default.sh`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from synfer_diffusers import FERAnnoPipeline, SynFERPipeline
+
+MAX_SIZE_MB = 20.0
+
+
+def folder_size_mb(folder: str) -> float:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files) / 2**20
+
+
+def evaluation_markdown(path: str | None) -> str | None:
+    """The rows of `benchmarks/eval_faceworld_generation.py`'s JSON as a markdown table, or None."""
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    lines = [
+        "Measured on FaceWorld with `benchmarks/eval_faceworld_generation.py` (judge and AU regressor trained on real "
+        "FaceWorld only, never used in generation):",
+        "",
+        "| row | images | expression accuracy (judge) | AU MAE (regressor) | Fréchet distance (judge features) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['name']} | {row['num_images']} | {row['expression_accuracy']:.3f} | {row['au_mae']:.3f} | "
+            f"{row['frechet_distance']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", required=True, help="stage-B SynFERPipeline folder")
+    parser.add_argument("--guide", required=True, help="expression classifier folder (semantic guidance)")
+    parser.add_argument("--feranno", required=True, help="FERAnnoPipeline folder (its head is taken)")
+    parser.add_argument("--evaluation", default=None, help="JSON of benchmarks/eval_faceworld_generation.py")
+    parser.add_argument("--training", default=None, help="text for the card's Training section")
+    parser.add_argument("--output_dir", default="src/synfer_diffusers/default_model")
+    args = parser.parse_args(argv)
+
+    pipe = SynFERPipeline.from_pretrained(args.pipeline)
+    head = FERAnnoPipeline.from_pretrained(args.feranno).head
+    guide = AutoModelForImageClassification.from_pretrained(args.guide)
+    processor = AutoImageProcessor.from_pretrained(args.guide)
+    default = SynFERPipeline(
+        **{k: v for k, v in pipe.components.items() if k not in ("guidance_classifier", "guidance_image_processor", "feranno_head")},
+        guidance_classifier=guide, guidance_image_processor=processor, feranno_head=head,
+    )  # fmt: skip
+    staging = f"{args.output_dir}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    default.save_pretrained(
+        staging,
+        model_card={
+            "model_name": "synfer_diffusers embedded default (FaceWorld, 64x64)",
+            "datasets": ["FaceWorld (synfer_diffusers.data.faceworld, seed 0, 20k train)"],
+            "training": args.training
+            or "Trained on FaceWorld by `examples/train_faceworld_default.sh` (autoencoder, stage A, stage B, guide, FERAnno).",
+            "evaluation": evaluation_markdown(args.evaluation),
+        },
+    )
+    size = folder_size_mb(staging)
+    if size > MAX_SIZE_MB:
+        raise ValueError(f"The default checkpoint is {size:.1f} MB, over the {MAX_SIZE_MB} MB budget.")
+    shutil.rmtree(args.output_dir, ignore_errors=True)
+    os.replace(staging, args.output_dir)
+    print(f"Wrote {args.output_dir} ({size:.1f} MB)")
+    return args.output_dir
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Reproduces the embedded default checkpoint (src/synfer_diffusers/default_model) on FaceWorld, on a CPU:
+#
+#   examples/train_faceworld_default.sh [RUN_DIR]        # default RUN_DIR: runs
+#
+# Stages (each resumes after a kill: rerun the same command; finished data and classifier stages are skipped):
+#   1. FaceWorld train/test splits              5. stage B: AU adapter on the frozen stage-A UNet
+#   2. judge + AU regressor (measurement only)  6. guide classifier for semantic guidance (ConvNext, seed 2)
+#   3. autoencoder 64 -> 32x32x4, gated         7. FERAnno head on the stage-B UNet
+#   4. stage A: text-to-image from scratch      8. evaluation on FaceWorld, then assembly into the package
+# Longer training: raise STAGE_A_STEPS / STAGE_B_STEPS (the stages resume from their last checkpoint).
+# Run one torch job at a time on a 2-core machine: two concurrent jobs slow each other several-fold.
+set -euo pipefail
+RUN=${1:-runs}
+PYTHON=${PYTHON:-python}
+STAGE_A_STEPS=${STAGE_A_STEPS:-3000}
+STAGE_B_STEPS=${STAGE_B_STEPS:-2000}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+unless_exists() {  # unless_exists PATH COMMAND...: run COMMAND only if PATH does not exist yet
+    local marker=$1
+    shift
+    if [ -e "$marker" ]; then echo "== skip (exists: $marker)"; else echo "== $*"; "$@"; fi
+}
+
+unless_exists "$RUN/faceworld/README.md" \
+    $PYTHON -m synfer_diffusers.cli faceworld --output-dir "$RUN/faceworld" --num-train 20000 --num-test 2000 --seed 0
+unless_exists "$RUN/judge/metrics.json" \
+    $PYTHON examples/train_fer_classifier.py --dataset_dir "$RUN/faceworld" --output_dir "$RUN/judge" \
+    --task expression --architecture resnet --max_steps 1500 --seed 0
+unless_exists "$RUN/au_regressor/metrics.json" \
+    $PYTHON examples/train_fer_classifier.py --dataset_dir "$RUN/faceworld" --output_dir "$RUN/au_regressor" \
+    --task action_units --architecture resnet --max_steps 1500 --seed 1
+
+$PYTHON examples/train_autoencoder.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/vae" \
+    --block_out_channels 16 32 --layers_per_block 1 --norm_num_groups 8 --train_batch_size 16 \
+    --learning_rate 1e-3 --lr_warmup_steps 20 --edge_loss_weight 0.5 --max_train_steps 1600 \
+    --checkpointing_steps 200 --validation_steps 5000 --resume \
+    --judge_path "$RUN/judge" --au_regressor_path "$RUN/au_regressor" --label_column clean_label
+$PYTHON -c "import json, sys; gate = json.load(open('$RUN/vae/gate.json')); print(gate); sys.exit(0 if gate['passed'] else 'autoencoder gate failed')"
+
+$PYTHON examples/train_text_to_image.py --dataset_name "$RUN/faceworld" --vae_path "$RUN/vae" \
+    --output_dir "$RUN/stage_a" --resolution 64 --max_text_length 48 --train_text_encoder \
+    --unet_block_out_channels 32 64 128 --train_batch_size 32 --learning_rate 5e-4 --lr_warmup_steps 100 \
+    --snr_gamma 5.0 --max_train_steps "$STAGE_A_STEPS" --checkpointing_steps 250 --validation_steps 1000 \
+    --use_ema --ema_decay 0.995 --resume
+
+$PYTHON examples/train_au_adapter.py --pretrained_model_name_or_path "$RUN/stage_a" --dataset_name "$RUN/faceworld" \
+    --output_dir "$RUN/stage_b" --resolution 64 --train_batch_size 32 --learning_rate 5e-4 --lr_warmup_steps 50 \
+    --max_train_steps "$STAGE_B_STEPS" --checkpointing_steps 250 --validation_steps 1000 --resume
+
+unless_exists "$RUN/guide/metrics.json" \
+    $PYTHON examples/train_fer_classifier.py --dataset_dir "$RUN/faceworld" --output_dir "$RUN/guide" \
+    --task expression --architecture convnext --max_steps 1500 --seed 2
+
+$PYTHON examples/train_feranno.py --pretrained_model "$RUN/stage_b" --dataset_name "$RUN/faceworld" \
+    --output_dir "$RUN/feranno" --label_column label --train_batch_size 32 --learning_rate 3e-4 \
+    --max_train_steps 600 --checkpointing_steps 200 --max_eval_samples 1000 --resume
+
+$PYTHON benchmarks/eval_faceworld_generation.py --model "$RUN/stage_b" --text-only "$RUN/stage_a" \
+    --guide "$RUN/guide" --semantic-guidance-scale "${SG_SCALE:-1.0}" --judge "$RUN/judge" \
+    --au-regressor "$RUN/au_regressor" --faceworld "$RUN/faceworld" --json "$RUN/eval/generation.json"
+
+$PYTHON examples/assemble_default_model.py --pipeline "$RUN/stage_b" --guide "$RUN/guide" --feranno "$RUN/feranno" \
+    --evaluation "$RUN/eval/generation.json" --output_dir src/synfer_diffusers/default_model

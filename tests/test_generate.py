@@ -273,6 +273,24 @@ def test_labeler_hook_is_recorded_in_the_plan(tmp_path):
     assert '"labeler": "flipped-test"' in (tmp_path / "set" / "plan.json").read_text()
 
 
+def test_feranno_pipelines_get_voted_labels(tmp_path):
+    from synfer_diffusers import FERAnnoHead, SynFERPipeline
+    from synfer_diffusers.tiny import make_tiny_components
+
+    components = make_tiny_components(seed=0, sample_size=8)
+    pipe = SynFERPipeline(**components, feranno_head=FERAnnoHead.from_unet(components["unet"]))
+    config = SyntheticSetConfig(num_samples=4, shard_size=4, **SMALL)
+    generate_synthetic_dataset(config, tmp_path / "set", pipeline=pipe, batch_size=4, show_progress=False)
+    dataset = _load(tmp_path / "set")
+    assert '"labeler": "vote:feranno,target"' in (tmp_path / "set" / "plan.json").read_text()
+    probs = np.asarray(dataset["label_probs"])
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5) and all(0.0 <= a <= 1.0 for a in dataset["agreement"])
+    for label, target, agreement, row in zip(dataset["label"], dataset["target_label"], dataset["agreement"], probs):
+        assert label == int(row.argmax())
+        if agreement == 1.0:  # unanimous: FERAnno agrees with the target, one-hot label (the paper's rule)
+            assert label == target and row.max() == 1.0
+
+
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(reference, tmp_path):
     """The documented multi-process command, for real: `accelerate launch --num_processes 2 --cpu`."""

@@ -86,6 +86,11 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=None, help=_config_help("height"))
     parser.add_argument("--width", type=int, default=None, help=_config_help("width"))
     parser.add_argument("--shard-size", type=int, default=256, help=_config_help("shard_size"))
+    parser.add_argument("--semantic-guidance-scale", type=float, default=0.0,
+                        help="Semantic guidance lambda_g with the model's guide classifier (0: off).")  # fmt: skip
+    parser.add_argument("--voter", action="append", default=[], metavar="CLASSIFIER",
+                        help="An extra voting classifier (transformers image classifier folder or repo id); "
+                             "repeatable. FERAnno (when the model has a head) and the target always vote.")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="Images per pipeline call (not part of the plan).")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="Complete an interrupted run of the same plan.")
@@ -114,9 +119,13 @@ def run_generate(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance_scale, au_scale=args.au_scale, height=args.height, width=args.width,
         shard_size=args.shard_size,
     )  # fmt: skip
+    pipeline_kwargs = (
+        {"semantic_guidance_scale": args.semantic_guidance_scale} if args.semantic_guidance_scale else None
+    )
     result = generate_synthetic_dataset(
-        config, args.output_dir, model=args.model, batch_size=args.batch_size, resume=args.resume,
-        overwrite=args.overwrite, push_to_hub=args.push_to_hub, token=args.token, private=args.private,
+        config, args.output_dir, model=args.model, voters=args.voter, pipeline_kwargs=pipeline_kwargs,
+        batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
+        token=args.token, private=args.private,
         card_data={"license": args.license} if args.license else None, show_progress=not args.no_progress,
     )  # fmt: skip
     if result.complete:

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from .data.hub import check_push_target, push_synthetic_dataset
 from .data.writer import SyntheticSetWriter
 from .facs import EXPRESSIONS, AUSpace
+from .labels import ClassifierVoter, EnsembleVoter, VotingConfig
 from .pipelines.synfer.pipeline_output import SynFERPipelineOutput
 from .pipelines.synfer.pipeline_synfer import SynFERPipeline
 
@@ -313,6 +314,47 @@ class TargetLabeler:
         return SampleLabels(label=list(target_labels), label_probs=probs, agreement=[1.0] * len(target_labels))
 
 
+class VotingLabeler:
+    """Labels rectified by an [`EnsembleVoter`]: FERAnno's in-loop probabilities (when the pipeline has a
+    `feranno_head`), the voter's classifiers on the images and, with `use_target`, the generation target.
+    `label_probs` are the voter's output (the paper's rule by default: one-hot where voters agree, averaged
+    probabilities where they disagree) and `agreement` its agreement score."""
+
+    def __init__(self, voter: EnsembleVoter):
+        self.voter = voter
+        voters = list(voter.voter_names) + (["target"] if voter.config.use_target else [])
+        self.name = "vote:" + ",".join(voters)
+        self.description = (
+            f"ensemble vote of {', '.join(voters)} ({voter.config.label_type} labels, agreement threshold "
+            f"{voter.config.agreement_threshold}); `agreement` is the weighted fraction of voters for the label"
+        )
+
+    def __call__(self, output: SynFERPipelineOutput, target_labels: list[int]) -> SampleLabels:
+        probabilities = {}
+        if "feranno" in self.voter.config.probability_voters:
+            if output.feranno_probabilities is None:
+                raise ValueError("The voter expects FERAnno probabilities but the pipeline has no `feranno_head`.")
+            probabilities["feranno"] = output.feranno_probabilities
+        targets = [EXPRESSIONS[i] for i in target_labels]
+        result = self.voter(output.images, probabilities=probabilities, targets=targets)
+        return SampleLabels(
+            label=result.label_ids.tolist(),
+            label_probs=result.probabilities.numpy().astype(np.float32),
+            agreement=result.agreement.tolist(),
+        )
+
+
+def default_labeler(pipe: SynFERPipeline, classifiers: Sequence[ClassifierVoter] = ()) -> Labeler:
+    """FERAnno + the given classifiers + the target, voted, when the pipeline has a `feranno_head` or classifiers
+    are given; else the target alone ([`TargetLabeler`])."""
+    if pipe.feranno_head is None and not classifiers:
+        return TargetLabeler()
+    probability_voters = ("feranno",) if pipe.feranno_head is not None else ()
+    return VotingLabeler(
+        EnsembleVoter(classifiers, VotingConfig(probability_voters=probability_voters, use_target=True))
+    )
+
+
 def build_rows(
     samples: Sequence[PlannedSample], output: SynFERPipelineOutput, labels: SampleLabels, au_space: AUSpace
 ) -> list[dict[str, Any]]:
@@ -431,6 +473,7 @@ def generate_synthetic_dataset(
     token: str | None = None,
     private: bool | None = None,
     labeler: Labeler | None = None,
+    voters: Sequence[str] = (),
     pipeline_kwargs: Mapping[str, Any] | None = None,
     card_data: Mapping[str, Any] | None = None,
     process_index: int | None = None,
@@ -452,7 +495,10 @@ def generate_synthetic_dataset(
         push_to_hub (`str`, *optional*): Hub dataset repo id `"user/name"`; the complete set is uploaded in one
             commit, with retries. The repo id and token are checked before anything is generated.
         token (`str`, *optional*), private (`bool`, *optional*): for the push.
-        labeler ([`Labeler`], *optional*): default [`TargetLabeler`].
+        labeler ([`Labeler`], *optional*): default [`default_labeler`]: FERAnno + target voting when the pipeline
+            has a `feranno_head` (or `voters` are given), else [`TargetLabeler`].
+        voters (`list[str]`, *optional*): extra voting classifiers (transformers image-classifier folders or repo
+            ids, `id2label` mappable onto `EXPRESSIONS`) for the default labeler.
         pipeline_kwargs (`dict`, *optional*): extra JSON-serialisable pipeline arguments (recorded in the plan).
         card_data (`dict`, *optional*): YAML metadata of the card (`license`, `tags`, `pretty_name`, ...).
         process_index, num_processes (`int`, *optional*): this process's share (shards `process_index::num_processes`).
@@ -497,7 +543,7 @@ def generate_synthetic_dataset(
     au_source = AUSource.from_dataset(config.au_dataset, pipe.au_space) if config.au_policy == "dataset" else None
     if au_source is not None:
         au_source.check_covers(config.expression_probabilities())
-    labeler = labeler or TargetLabeler()
+    labeler = labeler or default_labeler(pipe, [ClassifierVoter.from_pretrained(path) for path in voters])
     plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs)
     writer = SyntheticSetWriter(output_dir, plan)
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from synfer_diffusers import EXPRESSIONS, SynFERPipeline
+from synfer_diffusers import EXPRESSIONS, EnsembleVoter, FERAnnoPipeline, SynFERPipeline, VotingConfig
 from synfer_diffusers.metrics.frechet import frechet_distance
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
@@ -63,11 +63,11 @@ def judge_features(judge, images: torch.Tensor, fer) -> torch.Tensor:  # (N, D) 
 
 def generate(
     pipe: SynFERPipeline, per_expression: int, steps: int, guidance_scale: float, batch_size: int, **kwargs
-) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+) -> tuple[torch.Tensor, list[str], torch.Tensor | None, torch.Tensor | None]:
     """`per_expression` images for each expression (seeds 0..n-1 per expression); returns images `(N, 3, H, W)`
-    in [0, 1], target names and requested AUs `(N, 12)`."""
+    in [0, 1], target names, requested AUs `(N, 12)` and in-loop FERAnno probabilities `(N, 7)` (or None)."""
     pipe.set_progress_bar_config(disable=True)
-    images, targets, aus = [], [], []
+    images, targets, aus, feranno = [], [], [], []
     for e, expression in enumerate(EXPRESSIONS):
         for start in range(0, per_expression, batch_size):
             seeds = [1000 * e + s for s in range(start, min(start + batch_size, per_expression))]
@@ -77,11 +77,22 @@ def generate(
                 guidance_scale=guidance_scale, output_type="pt", **kwargs,
             )  # fmt: skip
             images.append(out.images.float().clamp(0, 1))
+            feranno.append(out.feranno_probabilities)
             targets += out.expressions
             aus.append(
                 torch.tensor([[d[name] for name in d] for d in out.action_units]) if out.action_units[0] else None
             )
-    return torch.cat(images), targets, (torch.cat(aus) if all(a is not None for a in aus) else None)
+    requested = torch.cat(aus) if all(a is not None for a in aus) else None
+    probabilities = torch.cat(feranno) if all(p is not None for p in feranno) else None
+    return torch.cat(images), targets, requested, probabilities
+
+
+def agreement_with_judge(judge, images, targets, feranno, fer) -> dict[str, float]:
+    """How often the generation target, FERAnno and the voted label (FERAnno + target, the paper's rule) equal the
+    judge's label on the generated images."""
+    judged = [EXPRESSIONS[i] for i in fer.predict(judge, images).argmax(dim=1).tolist()]
+    voter = EnsembleVoter(config=VotingConfig(use_target=True))
+    return voter(probabilities={"feranno": feranno}, targets=targets).agreement_with(judged)
 
 
 def score(name, images, targets, aus, judge, regressor, real_features, fer, seconds) -> Row:
@@ -97,6 +108,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--model", required=True, help="AU pipeline folder (+ AUs and + AUs + SG rows)")
     parser.add_argument("--text-only", default=None, help="stage-A pipeline folder (text-only row)")
     parser.add_argument("--guide", default=None, help="guide classifier folder for the SG row (else the pipeline's)")
+    parser.add_argument(
+        "--feranno", default=None, help="FERAnnoPipeline folder: in-loop labels scored against the judge"
+    )
     parser.add_argument("--judge", default="runs/judge")
     parser.add_argument("--au-regressor", default="runs/au_regressor")
     parser.add_argument("--faceworld", default="runs/faceworld")
@@ -134,22 +148,28 @@ def main(argv: list[str] | None = None) -> list[Row]:
             guidance_classifier=AutoModelForImageClassification.from_pretrained(args.guide).eval(),
             guidance_image_processor=AutoImageProcessor.from_pretrained(args.guide),
         )
+    if args.feranno:
+        pipe.register_modules(feranno_head=FERAnnoPipeline.from_pretrained(args.feranno).head.eval())
     variants = [("+ AUs", {})]
     if args.semantic_guidance_scale > 0:
         variants.append(("+ AUs + SG", {"semantic_guidance_scale": args.semantic_guidance_scale}))
-    requested_aus = None
+    requested_aus, label_agreement = None, {}
     for name, kwargs in variants:
         start = time.perf_counter()
-        images, targets, requested_aus = generate(
+        images, targets, requested_aus, feranno = generate(
             pipe, args.per_expression, args.steps, args.guidance_scale, args.batch_size, **kwargs
         )
+        if feranno is not None:
+            label_agreement[name] = agreement_with_judge(judge, images, targets, feranno, fer)
         seconds = time.perf_counter() - start
         rows.append(score(name, images, targets, requested_aus, judge, regressor, real_features, fer, seconds))
     if args.text_only:
         # Same seeds and expressions as the AU rows, so the AUs those rows requested are what this image should show.
         start = time.perf_counter()
         text_pipe = SynFERPipeline.from_pretrained(args.text_only)
-        images, targets, _ = generate(text_pipe, args.per_expression, args.steps, args.guidance_scale, args.batch_size)
+        images, targets, _, _ = generate(
+            text_pipe, args.per_expression, args.steps, args.guidance_scale, args.batch_size
+        )
         seconds = time.perf_counter() - start
         rows.insert(
             1, score("text only", images, targets, requested_aus, judge, regressor, real_features, fer, seconds)
@@ -159,10 +179,17 @@ def main(argv: list[str] | None = None) -> list[Row]:
     for row in rows:
         print(f"{row.name:55} {row.num_images:5d} {row.expression_accuracy:9.3f} {row.au_mae:7.3f} "
               f"{row.frechet_distance:8.2f} {row.seconds:7.1f}")  # fmt: skip
+    for name, rates in label_agreement.items():
+        print(f"labels agreeing with the judge ({name}): " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": [asdict(r) for r in rows]}, f, indent=2)
+            result = {
+                "args": vars(args),
+                "rows": [asdict(r) for r in rows],
+                "label_agreement_with_judge": label_agreement,
+            }
+            json.dump(result, f, indent=2)
     return rows
 
 

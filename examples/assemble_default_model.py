@@ -30,7 +30,8 @@ def evaluation_markdown(path: str | None) -> str | None:
     if not path or not os.path.exists(path):
         return None
     with open(path) as f:
-        rows = json.load(f)["rows"]
+        result = json.load(f)
+    rows = result["rows"]
     lines = [
         "Measured on FaceWorld with `benchmarks/eval_faceworld_generation.py` (judge and AU regressor trained on real "
         "FaceWorld only, never used in generation):",
@@ -43,6 +44,9 @@ def evaluation_markdown(path: str | None) -> str | None:
             f"| {row['name']} | {row['num_images']} | {row['expression_accuracy']:.3f} | {row['au_mae']:.3f} | "
             f"{row['frechet_distance']:.2f} |"
         )
+    for name, rates in result.get("label_agreement_with_judge", {}).items():
+        agreement = ", ".join(f"{voter} {rate:.3f}" for voter, rate in rates.items())
+        lines += ["", f"Labels of the `{name}` images that agree with the judge: {agreement}."]
     return "\n".join(lines)
 
 

@@ -298,11 +298,8 @@ class Labeler(Protocol):
 
 
 class TargetLabeler:
-    """The generation target as the label: one-hot `label_probs`, `agreement` 1.0.
-
-    The default: an `EnsembleVoter`-backed `Labeler` (FERAnno's `output.feranno_probabilities` plus external
-    classifiers on `output.images`) returns the voted label, the vote distribution and the agreement instead.
-    """
+    """The generation target as the label: one-hot `label_probs`, `agreement` 1.0. [`default_labeler`] uses it
+    when there is nothing to vote with (no FERAnno head, no classifiers); otherwise [`VotingLabeler`]."""
 
     name = "target"
     description = (

@@ -4,6 +4,9 @@ its FERAnno head, saved (safetensors) with a model card into `src/synfer_diffuse
     python examples/assemble_default_model.py --pipeline runs/stage_b --guide runs/guide --feranno runs/feranno \
         --evaluation runs/eval/generation.json --output_dir src/synfer_diffusers/default_model
 
+Weights are stored in float16 by default (the package budget is ~20 MB); `resolve_pipeline(None)` loads them as
+float32.
+
 The last step of `examples/train_faceworld_default.sh`.
 """
 
@@ -14,6 +17,7 @@ import json
 import os
 import shutil
 
+import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from synfer_diffusers import FERAnnoPipeline, SynFERPipeline
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--evaluation", default=None, help="JSON of benchmarks/eval_faceworld_generation.py")
     parser.add_argument("--training", default=None, help="text for the card's Training section")
     parser.add_argument("--output_dir", default="src/synfer_diffusers/default_model")
+    parser.add_argument("--storage_dtype", choices=["float16", "float32"], default="float16",
+                        help="dtype of the stored weights (float16 halves the package size; loading upcasts)")  # fmt: skip
     args = parser.parse_args(argv)
 
     pipe = SynFERPipeline.from_pretrained(args.pipeline)
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> str:
         **{k: v for k, v in pipe.components.items() if k not in ("guidance_classifier", "guidance_image_processor", "feranno_head")},
         guidance_classifier=guide, guidance_image_processor=processor, feranno_head=head,
     )  # fmt: skip
+    default.to(getattr(torch, args.storage_dtype))
     staging = f"{args.output_dir}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     default.save_pretrained(

@@ -383,7 +383,9 @@ def resolve_pipeline(model: str | None = None) -> tuple[SynFERPipeline, str]:
     of noise, with a warning). Returns `(pipeline, name)`."""
     if model is None:
         if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
-            return SynFERPipeline.from_pretrained(DEFAULT_MODEL_DIR), "synfer_diffusers/default_model"
+            # stored in float16 to keep the package small; computed in float32 (CPU-friendly, as evaluated)
+            default = SynFERPipeline.from_pretrained(DEFAULT_MODEL_DIR, torch_dtype=torch.float32)
+            return default, "synfer_diffusers/default_model"
         from .tiny import make_tiny_components
 
         logger.warning(

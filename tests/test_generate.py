@@ -1,7 +1,8 @@
 """`synfer generate` / `generate_synthetic_dataset`: plan, determinism, resume after kill -9, K processes, bad input.
 
-Runs use the no-`--model` path (tiny random components while no embedded default exists) at 16x16 pixels and 2
-steps, so the CLI subprocesses and in-process calls share one plan and can be compared byte for byte.
+Runs use the no-`--model` path pointed (`$SYNFER_DEFAULT_MODEL`) at an empty folder, i.e. the tiny random stand-in,
+at 16x16 pixels and 2 steps, so the CLI subprocesses and in-process calls share one plan and can be compared byte
+for byte whatever checkpoint the package embeds (`tests/test_default_model.py` covers the embedded one).
 """
 
 import hashlib
@@ -57,6 +58,14 @@ def _assert_same_dataset(folder, reference):
 
 def _load(folder):
     return datasets.load_dataset(str(folder), split="train", cache_dir=str(Path(folder).parent / "hf_cache"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_stand_in_as_default(tmp_path_factory):
+    """No-`--model` runs in this module (and their CLI subprocesses) use the tiny random stand-in."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SYNFER_DEFAULT_MODEL", str(tmp_path_factory.mktemp("no_default_model")))
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,13 @@ from .pipelines.synfer.pipeline_synfer import SynFERPipeline
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+DEFAULT_MODEL_ENV = "SYNFER_DEFAULT_MODEL"
+"""Environment variable naming another folder to use when no model is given."""
+
+
+def default_model_dir() -> Path:
+    """The checkpoint used when no model is given: `$SYNFER_DEFAULT_MODEL` if set, else the embedded default."""
+    return Path(os.environ.get(DEFAULT_MODEL_ENV) or DEFAULT_MODEL_DIR)
 """The embedded default checkpoint (a FaceWorld-trained `SynFERPipeline` folder), used when no model is named."""
 TINY_MODEL_NAME = "synfer-tiny-random"
 """Name recorded for the stand-in used while no embedded default exists: tiny random weights, 64x64 noise."""
@@ -378,18 +385,20 @@ def build_rows(
 
 
 def resolve_pipeline(model: str | None = None) -> tuple[SynFERPipeline, str]:
-    """Loads `model` (a `SynFERPipeline` folder or Hub repo id); with `None`, the embedded default checkpoint in
-    `synfer_diffusers/default_model/`, or, while the package ships none, tiny random components (64x64 images
-    of noise, with a warning). Returns `(pipeline, name)`."""
+    """Loads `model` (a `SynFERPipeline` folder or Hub repo id); with `None`, the default checkpoint
+    ([`default_model_dir`]: the embedded FaceWorld model in `synfer_diffusers/default_model/` unless
+    `$SYNFER_DEFAULT_MODEL` names another folder), or, where that folder holds none, tiny random components (64x64
+    images of noise, with a warning). Returns `(pipeline, name)`."""
     if model is None:
-        if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        folder = default_model_dir()
+        if (folder / "model_index.json").is_file():
             # stored in float16 to keep the package small; computed in float32 (CPU-friendly, as evaluated)
-            default = SynFERPipeline.from_pretrained(DEFAULT_MODEL_DIR, torch_dtype=torch.float32)
-            return default, "synfer_diffusers/default_model"
+            default = SynFERPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+            return default, "synfer_diffusers/default_model" if folder == DEFAULT_MODEL_DIR else str(folder)
         from .tiny import make_tiny_components
 
         logger.warning(
-            f"No embedded default checkpoint in {DEFAULT_MODEL_DIR}: using tiny RANDOM components "
+            f"No default checkpoint in {folder}: using tiny RANDOM components "
             f"({TINY_MODEL_NAME}); the images are noise. Pass --model to use a trained SynFERPipeline."
         )
         return SynFERPipeline(**make_tiny_components(seed=0, sample_size=32)), TINY_MODEL_NAME
@@ -644,6 +653,7 @@ __all__ = [
     "AUSource",
     "DEFAULT_DESCRIPTIONS",
     "DEFAULT_MODEL_DIR",
+    "DEFAULT_MODEL_ENV",
     "Labeler",
     "PlannedSample",
     "SampleLabels",

@@ -1,0 +1,57 @@
+"""The embedded default checkpoint (FaceWorld, 64x64): it ships with the package, loads offline and generates
+labelled faces, and the main job uses it when no model is given."""
+
+import os
+
+import datasets
+import numpy as np
+import torch
+
+from synfer_diffusers import EXPRESSIONS, FERAnnoHead
+from synfer_diffusers.cli import main
+from synfer_diffusers.generate import DEFAULT_MODEL_DIR, default_model_dir, resolve_pipeline
+
+MAX_SIZE_MB = 21
+
+
+def test_default_ships_as_safetensors_within_budget():
+    files = [os.path.join(d, f) for d, _, names in os.walk(DEFAULT_MODEL_DIR) for f in names]
+    assert any(f.endswith("model_index.json") for f in files)
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")) for f in files)
+    assert sum(os.path.getsize(f) for f in files) / 2**20 < MAX_SIZE_MB
+    assert "FaceWorld" in (DEFAULT_MODEL_DIR / "README.md").read_text()
+
+
+def test_default_loads_offline_and_generates_labelled_faces(monkeypatch):
+    monkeypatch.delenv("SYNFER_DEFAULT_MODEL", raising=False)
+    assert default_model_dir() == DEFAULT_MODEL_DIR
+    pipe, name = resolve_pipeline(None)
+    assert name == "synfer_diffusers/default_model" and pipe.unet.dtype == torch.float32
+    assert isinstance(pipe.feranno_head, FERAnnoHead) and pipe.guidance_classifier is not None
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt="a photo of a face", expression=["happy", "surprise"], num_inference_steps=4,
+               guidance_scale=3.0, semantic_guidance_scale=1.0, output_type="np",
+               generator=[torch.Generator().manual_seed(s) for s in (0, 1)])  # fmt: skip
+    assert out.images.shape == (2, 64, 64, 3) and np.isfinite(out.images).all() and out.images.std() > 0.05
+    assert out.feranno_probabilities.shape == (2, len(EXPRESSIONS))
+    assert torch.allclose(out.feranno_probabilities.sum(-1), torch.ones(2), atol=1e-5)
+
+
+def test_main_job_without_model_uses_the_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("SYNFER_DEFAULT_MODEL", raising=False)
+    folder = tmp_path / "set"
+    argv = [
+        "generate",
+        "--output-dir",
+        str(folder),
+        "--num-samples",
+        "3",
+        "--num-inference-steps",
+        "2",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    dataset = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(dataset) == 3 and dataset[0]["image"].size == (64, 64)
+    plan = (folder / "plan.json").read_text()
+    assert "synfer_diffusers/default_model" in plan and '"labeler": "vote:feranno,target"' in plan

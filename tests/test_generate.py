@@ -35,8 +35,8 @@ SMALL = {"num_inference_steps": 2, "height": 16, "width": 16}
 CLI_ARGS = ["--num-inference-steps", "2", "--height", "16", "--width", "16", "--no-progress"]
 
 
-def _generate(output_dir, num_samples=6, shard_size=2, batch_size=2, **kwargs):
-    config = SyntheticSetConfig(num_samples=num_samples, shard_size=shard_size, **SMALL)
+def _generate(output_dir, num_samples=6, shard_size=2, batch_size=2, config_kwargs=None, **kwargs):
+    config = SyntheticSetConfig(num_samples=num_samples, shard_size=shard_size, **SMALL, **(config_kwargs or {}))
     return generate_synthetic_dataset(config, output_dir, batch_size=batch_size, show_progress=False, **kwargs)
 
 
@@ -280,6 +280,25 @@ def test_labeler_hook_is_recorded_in_the_plan(tmp_path):
     dataset = _load(tmp_path / "set")
     assert dataset["label"] == [(t + 1) % 7 for t in dataset["target_label"]]
     assert '"labeler": "flipped-test"' in (tmp_path / "set" / "plan.json").read_text()
+
+
+def test_layout_images_from_a_dataset(reference, tmp_path):
+    from synfer_diffusers.data.faceworld import write_faceworld_splits
+
+    write_faceworld_splits(tmp_path / "faces", num_train=4, num_test=1, seed=3, show_progress=False)
+    layout = {"layout_dataset": str(tmp_path / "faces"), "layout_strength": 0.5}
+    result = _generate(tmp_path / "set", config_kwargs=layout, process_index=0, num_processes=1)
+    assert result.complete
+    plan = (tmp_path / "set" / "plan.json").read_text()
+    assert '"layout_dataset": "' in plan and '"layout_source": {' in plan
+    with_layout, without = _load(tmp_path / "set"), _load(reference)
+    assert with_layout["seed"] == without["seed"] and with_layout["target_label"] == without["target_label"]
+    assert not np.array_equal(np.asarray(with_layout["image"][0]), np.asarray(without["image"][0]))
+    with pytest.raises(ValueError, match="layout_dataset"):
+        missing = {"layout_dataset": str(tmp_path / "no_such_folder")}
+        _generate(tmp_path / "bad", config_kwargs=missing, process_index=0, num_processes=1)
+    with pytest.raises(ValueError, match="layout_strength"):
+        SyntheticSetConfig(layout_strength=1.5)
 
 
 def test_feranno_pipelines_get_voted_labels(tmp_path):

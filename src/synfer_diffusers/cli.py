@@ -86,6 +86,8 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=None, help=_config_help("height"))
     parser.add_argument("--width", type=int, default=None, help=_config_help("width"))
     parser.add_argument("--shard-size", type=int, default=256, help=_config_help("shard_size"))
+    parser.add_argument("--layout-dataset", default=None, help=_config_help("layout_dataset"))
+    parser.add_argument("--layout-strength", type=float, default=1.0, help=_config_help("layout_strength"))
     parser.add_argument("--semantic-guidance-scale", type=float, default=0.0,
                         help="Semantic guidance lambda_g with the model's guide classifier (0: off).")  # fmt: skip
     parser.add_argument("--voter", action="append", default=[], metavar="CLASSIFIER",
@@ -117,7 +119,7 @@ def run_generate(args: argparse.Namespace) -> int:
         au_policy=args.au_policy, au_dataset=args.au_dataset, prototype_intensity=args.prototype_intensity,
         au_jitter=args.au_jitter, descriptions=descriptions, num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale, au_scale=args.au_scale, height=args.height, width=args.width,
-        shard_size=args.shard_size,
+        shard_size=args.shard_size, layout_dataset=args.layout_dataset, layout_strength=args.layout_strength,
     )  # fmt: skip
     pipeline_kwargs = (
         {"semantic_guidance_scale": args.semantic_guidance_scale} if args.semantic_guidance_scale else None

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
@@ -53,6 +54,8 @@ DEFAULT_MODEL_ENV = "SYNFER_DEFAULT_MODEL"
 def default_model_dir() -> Path:
     """The checkpoint used when no model is given: `$SYNFER_DEFAULT_MODEL` if set, else the embedded default."""
     return Path(os.environ.get(DEFAULT_MODEL_ENV) or DEFAULT_MODEL_DIR)
+
+
 """The embedded default checkpoint (a FaceWorld-trained `SynFERPipeline` folder), used when no model is named."""
 TINY_MODEL_NAME = "synfer-tiny-random"
 """Name recorded for the stand-in used while no embedded default exists: tiny random weights, 64x64 noise."""
@@ -113,6 +116,14 @@ class SyntheticSetConfig:
     height: int | None = field(default=None, metadata={"help": "Image height in pixels; None: the model's."})
     width: int | None = field(default=None, metadata={"help": "Image width in pixels; None: the model's."})
     shard_size: int = field(default=256, metadata={"help": "Samples per parquet shard (the unit of resume)."})
+    layout_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Folder or Hub id of real face images (an `image` column) for layout initialisation: "
+                          "each sample starts from a DDIM-inverted random image of it (None: from noise)."},
+    )  # fmt: skip
+    layout_strength: float = field(
+        default=1.0, metadata={"help": "Layout initialisation strength in [0, 1] (1.0: full inversion, the paper's)."}
+    )
 
     def __post_init__(self) -> None:
         for name, minimum in (("num_samples", 1), ("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):
@@ -126,6 +137,9 @@ class SyntheticSetConfig:
         for name, minimum in (("prototype_intensity", 0.0), ("au_jitter", 0.0), ("guidance_scale", 0.0)):
             _check_number(name, getattr(self, name), minimum)
         _check_number("au_scale", self.au_scale)
+        _check_number("layout_strength", self.layout_strength, 0.0)
+        if self.layout_strength > 1:
+            raise ValueError(f"`layout_strength` must be in [0, 1], got {self.layout_strength!r}.")
         if self.expression_distribution is not None:
             self.expression_distribution = _check_distribution(self.expression_distribution)
         if self.au_policy not in AU_POLICIES:
@@ -231,19 +245,58 @@ class AUSource:
         return rows[rng.integers(len(rows))]
 
 
+@dataclass
+class LayoutSource:
+    """Real face images to start denoising from (`layout_dataset`), resized to the generation size."""
+
+    name: str
+    images: list[PIL.Image.Image]
+    fingerprint: str
+
+    @classmethod
+    def from_dataset(
+        cls, path: str, size: tuple[int, int], split: str = "train", max_images: int = 1024
+    ) -> LayoutSource:
+        """The first `max_images` images (`image` column) of a dataset folder or Hub id, as RGB `size` (H, W);
+        raises `ValueError` naming `layout_dataset` when it cannot be read or has no `image` column."""
+        import datasets
+
+        try:
+            dataset = datasets.load_dataset(path, split=split)
+        except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
+            raise ValueError(f"`layout_dataset` {path!r} could not be loaded: {error}") from error
+        if not isinstance(dataset.features.get("image"), datasets.Image):
+            raise ValueError(f"`layout_dataset` {path!r} needs an `image` column of images; has {dataset.features}.")
+        height, width = size
+        rows = dataset.select(range(min(len(dataset), max_images)))["image"]
+        images = [image.convert("RGB").resize((width, height), PIL.Image.BICUBIC) for image in rows]
+        digest = hashlib.sha256(b"".join(image.tobytes() for image in images)).hexdigest()
+        return cls(name=str(path), images=images, fingerprint=digest)
+
+    def draw(self, rng: np.random.Generator) -> PIL.Image.Image:
+        return self.images[rng.integers(len(self.images))]
+
+
 @dataclass(frozen=True)
 class PlannedSample:
     """What sample `sample_id` is generated from. `action_units` is `None` under the prototype policy (the
-    pipeline jitters the prototype with the image's own generator)."""
+    pipeline jitters the prototype with the image's own generator); `layout_image` is `None` without a layout
+    source (denoising starts from noise)."""
 
     sample_id: int
     seed: int
     expression: str
     description: str
     action_units: np.ndarray | None
+    layout_image: PIL.Image.Image | None = None
 
 
-def plan_sample(config: SyntheticSetConfig, sample_id: int, au_source: AUSource | None = None) -> PlannedSample:
+def plan_sample(
+    config: SyntheticSetConfig,
+    sample_id: int,
+    au_source: AUSource | None = None,
+    layout_source: LayoutSource | None = None,
+) -> PlannedSample:
     """Sample `sample_id` of the plan, drawn from an RNG seeded by its own seed only."""
     seed = sample_seed(config.seed, sample_id)
     rng = np.random.default_rng(seed)
@@ -251,7 +304,8 @@ def plan_sample(config: SyntheticSetConfig, sample_id: int, au_source: AUSource 
     descriptions = config.descriptions or DEFAULT_DESCRIPTIONS
     description = descriptions[rng.integers(len(descriptions))]
     action_units = au_source.draw(expression, rng) if au_source is not None else None
-    return PlannedSample(sample_id, seed, expression, description, action_units)
+    layout_image = layout_source.draw(rng) if layout_source is not None else None
+    return PlannedSample(sample_id, seed, expression, description, action_units, layout_image)
 
 
 def pipeline_inputs(
@@ -262,6 +316,9 @@ def pipeline_inputs(
     action_units = None
     if samples[0].action_units is not None:
         action_units = torch.from_numpy(np.stack([s.action_units for s in samples]))  # (B, num_aus)
+    layout = {}
+    if samples[0].layout_image is not None:
+        layout = {"layout_image": [s.layout_image for s in samples], "layout_strength": config.layout_strength}
     return {
         "prompt": [s.description for s in samples],
         "expression": [s.expression for s in samples],
@@ -275,6 +332,7 @@ def pipeline_inputs(
         "au_jitter": config.au_jitter,
         "generator": [torch.Generator().manual_seed(s.seed) for s in samples],
         "output_type": "pil",
+        **layout,
         **(pipeline_kwargs or {}),
     }
 
@@ -326,7 +384,7 @@ class VotingLabeler:
 
     def __init__(self, voter: EnsembleVoter):
         self.voter = voter
-        voters = list(voter.voter_names) + (["target"] if voter.config.use_target else [])
+        voters = list(voter.voter_names)
         self.name = "vote:" + ",".join(voters)
         self.description = (
             f"ensemble vote of {', '.join(voters)} ({voter.config.label_type} labels, agreement threshold "
@@ -453,9 +511,10 @@ def build_plan(
     au_source: AUSource | None,
     labeler: Labeler,
     pipeline_kwargs: Mapping[str, Any] | None,
+    layout_source: LayoutSource | None = None,
 ) -> dict[str, Any]:
-    """The JSON plan: the config, the image size, the model (name + weight fingerprint), its AU space, the AU
-    source's fingerprint, the labeller and extra pipeline arguments."""
+    """The JSON plan: the config, the image size, the model (name + weight fingerprint), its AU space, the AU and
+    layout sources' fingerprints, the labeller and extra pipeline arguments."""
     scale = pipe.vae_scale_factor
     default_side = pipe.unet.config.sample_size * scale
     return {
@@ -464,6 +523,9 @@ def build_plan(
         "model": {"name": model_name, "fingerprint": pipeline_fingerprint(pipe)},
         "au_space": pipe.au_space.to_config(),
         "au_source": {"name": au_source.name, "fingerprint": au_source.fingerprint} if au_source else None,
+        "layout_source": (
+            {"name": layout_source.name, "fingerprint": layout_source.fingerprint} if layout_source else None
+        ),
         "labeler": labeler.name,
         "pipeline_kwargs": dict(pipeline_kwargs or {}),
     }
@@ -551,8 +613,12 @@ def generate_synthetic_dataset(
     au_source = AUSource.from_dataset(config.au_dataset, pipe.au_space) if config.au_policy == "dataset" else None
     if au_source is not None:
         au_source.check_covers(config.expression_probabilities())
+    layout_source = None
+    if config.layout_dataset is not None:
+        side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        layout_source = LayoutSource.from_dataset(config.layout_dataset, (config.height or side, config.width or side))
     labeler = labeler or default_labeler(pipe, [ClassifierVoter.from_pretrained(path) for path in voters])
-    plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs)
+    plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs, layout_source)
     writer = SyntheticSetWriter(output_dir, plan)
 
     if distributed and rank > 0:
@@ -570,7 +636,7 @@ def generate_synthetic_dataset(
         for spec in pending:
             rows = []
             for ids in _chunks(spec.sample_ids, batch_size):
-                samples = [plan_sample(config, i, au_source) for i in ids]
+                samples = [plan_sample(config, i, au_source, layout_source) for i in ids]
                 output = pipe(**pipeline_inputs(config, samples, pipeline_kwargs))
                 labels = labeler(output, [EXPRESSIONS.label_id(s.expression) for s in samples])
                 rows.extend(build_rows(samples, output, labels, pipe.au_space))
@@ -611,7 +677,9 @@ def _card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None)
         "master_seed": plan["seed"],
         "image_size": "{}x{}".format(*plan["image_size"]),
         "sampling_summary": f"{plan['num_inference_steps']} steps, guidance scale {plan['guidance_scale']}, "
-        f"AU scale {plan['au_scale']}" + (f", extra pipeline arguments {plan['pipeline_kwargs']}" if plan["pipeline_kwargs"] else ""),
+        f"AU scale {plan['au_scale']}" + (f", extra pipeline arguments {plan['pipeline_kwargs']}" if plan["pipeline_kwargs"] else "")
+        + (f", layout initialisation from `{plan['layout_dataset']}` at strength {plan['layout_strength']}"
+           if plan["layout_dataset"] else ""),
         "model_name": plan["model"]["name"],
         "model_fingerprint": plan["model"]["fingerprint"][:16],
         "model_lineage": "tiny random weights from `synfer_diffusers.tiny` (a stand-in)" if tiny else None,
@@ -655,6 +723,7 @@ __all__ = [
     "DEFAULT_MODEL_DIR",
     "DEFAULT_MODEL_ENV",
     "Labeler",
+    "LayoutSource",
     "PlannedSample",
     "SampleLabels",
     "SyntheticSetConfig",

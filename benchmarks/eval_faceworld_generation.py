@@ -21,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -37,6 +38,7 @@ def load_example(name: str):
     """Imports `examples/<name>.py` (the judge's own preprocessing and evaluation live there)."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
 

@@ -20,9 +20,18 @@ import shutil
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from synfer_diffusers import FERAnnoPipeline, SynFERPipeline
+from synfer_diffusers import EXPRESSIONS, FERAnnoPipeline, SynFERPipeline
+from synfer_diffusers.training_utils import tile_images
 
 MAX_SIZE_MB = 20.0
+GRID_DESCRIPTIONS = (
+    "a photo of a young woman with red curly hair",
+    "a photo of an elderly man with glasses and short grey hair",
+    "a photo of a middle-aged man with black hair and a beard",
+    "a photo of a young woman with blond hair and glasses",
+    "a photo of a senior woman with long grey hair",
+    "a photo of an adult man with brown eyes and short brown hair",
+)
 
 
 def folder_size_mb(folder: str) -> float:
@@ -54,6 +63,21 @@ def evaluation_markdown(path: str | None) -> str | None:
     return "\n".join(lines)
 
 
+def save_grid(pipe: SynFERPipeline, path: str, steps: int = 25, guidance_scale: float = 3.0) -> None:
+    """7 expressions (rows) x the identities of `GRID_DESCRIPTIONS` (columns, seed = column index)."""
+    pipe.set_progress_bar_config(disable=True)
+    rows = []
+    for expression in EXPRESSIONS:
+        out = pipe(
+            prompt=list(GRID_DESCRIPTIONS), expression=[expression] * len(GRID_DESCRIPTIONS),
+            generator=[torch.Generator().manual_seed(j) for j in range(len(GRID_DESCRIPTIONS))],
+            num_inference_steps=steps, guidance_scale=guidance_scale,
+        )  # fmt: skip
+        rows.append(out.images)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tile_images(rows, row_labels=list(EXPRESSIONS)).save(path)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="stage-B SynFERPipeline folder")
@@ -62,6 +86,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--evaluation", default=None, help="JSON of benchmarks/eval_faceworld_generation.py")
     parser.add_argument("--training", default=None, help="text for the card's Training section")
     parser.add_argument("--output_dir", default="src/synfer_diffusers/default_model")
+    parser.add_argument("--grid", default="docs/default_model_grid.png", help="sample grid for the README")
     parser.add_argument("--storage_dtype", choices=["float16", "float32"], default="float16",
                         help="dtype of the stored weights (float16 halves the package size; loading upcasts)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -93,6 +118,9 @@ def main(argv: list[str] | None = None) -> str:
     shutil.rmtree(args.output_dir, ignore_errors=True)
     os.replace(staging, args.output_dir)
     print(f"Wrote {args.output_dir} ({size:.1f} MB)")
+    if args.grid:
+        save_grid(SynFERPipeline.from_pretrained(args.output_dir, torch_dtype=torch.float32), args.grid)
+        print(f"Wrote {args.grid}")
     return args.output_dir
 
 

@@ -5,7 +5,7 @@
 #
 # Stages (each resumes after a kill: rerun the same command; finished data and classifier stages are skipped):
 #   1. FaceWorld train/test splits              5. stage B: AU adapter on the frozen stage-A UNet
-#   2. judge + AU regressor (measurement only)  6. guide classifier for semantic guidance (ConvNext, seed 2)
+#   2. judge + AU regressor (measurement only)  6. guide classifier for semantic guidance (4-stage ResNet, seed 2)
 #   3. autoencoder 64 -> 32x32x4, gated         7. FERAnno head on the stage-B UNet
 #   4. stage A: text-to-image from scratch      8. evaluation on FaceWorld, then assembly into the package
 # Longer training: raise STAGE_A_STEPS / STAGE_B_STEPS (the stages resume from their last checkpoint).
@@ -51,14 +51,14 @@ $PYTHON examples/train_au_adapter.py --pretrained_model_name_or_path "$RUN/stage
 
 unless_exists "$RUN/guide/metrics.json" \
     $PYTHON examples/train_fer_classifier.py --dataset_dir "$RUN/faceworld" --output_dir "$RUN/guide" \
-    --task expression --architecture convnext --max_steps 1500 --seed 2
+    --task expression --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_steps 1500 --seed 2
 
 $PYTHON examples/train_feranno.py --pretrained_model "$RUN/stage_b" --dataset_name "$RUN/faceworld" \
     --output_dir "$RUN/feranno" --label_column label --train_batch_size 32 --learning_rate 3e-4 \
     --max_train_steps 600 --checkpointing_steps 200 --max_eval_samples 1000 --resume
 
 $PYTHON benchmarks/eval_faceworld_generation.py --model "$RUN/stage_b" --text-only "$RUN/stage_a" \
-    --guide "$RUN/guide" --feranno "$RUN/feranno" --semantic-guidance-scale "${SG_SCALE:-1.0}" --judge "$RUN/judge" \
+    --guide "$RUN/guide" --feranno "$RUN/feranno" --semantic-guidance-scale "${SG_SCALE:-3.0}" --judge "$RUN/judge" \
     --au-regressor "$RUN/au_regressor" --faceworld "$RUN/faceworld" --json "$RUN/eval/generation.json"
 
 $PYTHON examples/assemble_default_model.py --pipeline "$RUN/stage_b" --guide "$RUN/guide" --feranno "$RUN/feranno" \

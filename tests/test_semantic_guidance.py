@@ -52,7 +52,7 @@ def test_guidance_changes_output_and_is_deterministic(guided_pipe):
     plain = _run(guided_pipe, expression="happy").images
     guided = _run(guided_pipe, expression="happy", semantic_guidance_scale=2.0).images
     again = _run(guided_pipe, expression="happy", semantic_guidance_scale=2.0).images
-    assert not np.allclose(plain, guided) and np.array_equal(guided, again)
+    assert not np.allclose(plain, guided) and np.allclose(guided, again, atol=1e-5)
 
 
 def test_images_without_target_are_not_guided(guided_pipe):
@@ -91,7 +91,8 @@ def test_guide_round_trips_with_the_checkpoint(guided_pipe, tmp_path):
     loaded = SynFERPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded.guidance_classifier, ResNetForImageClassification)
-    assert np.array_equal(_run(loaded, expression="sad", semantic_guidance_scale=1.0).images, expected)
+    # backward passes through oneDNN kernels may sum in another order from run to run: equal up to float rounding
+    assert np.allclose(_run(loaded, expression="sad", semantic_guidance_scale=1.0).images, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize(

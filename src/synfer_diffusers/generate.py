@@ -604,7 +604,7 @@ def generate_synthetic_dataset(
     distributed = process_index is None and world > 1
 
     pipe, model_name = (
-        (pipeline, getattr(pipeline, "name_or_path", None) or "custom") if pipeline else resolve_pipeline(model)
+        (pipeline, str(getattr(pipeline, "name_or_path", None) or "custom")) if pipeline else resolve_pipeline(model)
     )
     if pipe.au_space is None:
         raise ValueError("`model` has no AU adapter (AUConditionedUNet2DConditionModel): cannot record action units.")

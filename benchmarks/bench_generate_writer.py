@@ -10,8 +10,9 @@
     python benchmarks/bench_generate_writer.py                       # tiny random model, 64x64, 4 steps
     python benchmarks/bench_generate_writer.py --memory-samples 2000 --size 16
 
-Weights are the tiny random stand-in (`resolve_pipeline(None)` while no embedded default exists): this measures
-the writer's overhead, not image quality.
+The model is `resolve_pipeline(None)`: the embedded FaceWorld default (with its in-loop FERAnno labels voted
+with the target), or the tiny random stand-in where none is installed. This measures the writer's and labeller's
+overhead, not image quality.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ def test_build_resume_and_plan_checks(tmp_path, estimator_dir, faces):
     args = parse(argv)
     assert args.func(args) == 0
 
-    built = datasets.load_dataset(str(out), split="train")
+    # a per-test cache: datasets keys a card-declared folder on its file patterns and could serve an older run's rows
+    built = datasets.load_dataset(str(out), split="train", cache_dir=str(out.parent / "hf_cache"))
     assert built.features == fetext_features(AUSpace.disfa12(), labelled=True)
     assert len(built) == 9 and built["sample_id"] == list(range(9)) and built["source_index"] == list(range(9))
     assert built["label"] == faces["label"]
@@ -121,7 +122,7 @@ def test_image_folder_with_bad_files(tmp_path, estimator_dir, faces):
 
     result = build_fetext_dataset(folder, tmp_path / "out", config, show_progress=False)
     assert result.num_samples == 3 and result.skipped == {"unreadable": 1, "too_small": 1, "blurry": 1}
-    built = datasets.load_dataset(str(tmp_path / "out"), split="train")
+    built = datasets.load_dataset(str(tmp_path / "out"), split="train", cache_dir=str(tmp_path / "hf_cache"))
     assert "label" not in built.column_names and built[0]["image"].size == (32, 32)
     assert sorted(os.path.basename(f) for f in built["source_file"]) == ["face0.png", "face1.png", "face2.png"]
     assert all("a facial expression" in t or t == "a photo of a face" for t in built["text"])

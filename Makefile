@@ -1,7 +1,7 @@
 # make generate   the main job: a small synthetic facial-expression dataset in outputs/demo (CPU, offline)
 # make test       the test suite, offline
 # make install    .venv with the CPU torch of constraints.txt and this package (editable, [dev] extras)
-# make bench      the benchmark scripts in benchmarks/
+# make bench      the speed benchmarks (benchmarks/bench_*.py)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,7 +30,7 @@ test: install
 	$(OFFLINE) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install
-	@set -e; found=0; for script in benchmarks/*.py; do \
+	@set -e; found=0; for script in benchmarks/bench_*.py; do \
 		[ -e "$$script" ] || continue; found=1; \
 		echo "== $$script"; $(OFFLINE) $(BIN)/python "$$script"; \
 	done; [ "$$found" = 1 ] || echo "no benchmark scripts in benchmarks/"

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser, PreTrainedTokenizerBase
 
 from .facs import EXPRESSIONS, AUSpace
+from .image_utils import resize_and_center_crop
 
 __all__ = [
     "BatchOrder",
@@ -376,17 +377,6 @@ def expression_label_ids(dataset: datasets.Dataset, column: str) -> torch.Tensor
     raise ValueError(f"Column {column!r} must be a ClassLabel or strings naming expressions, got {feature}.")
 
 
-def _resize_and_crop(image: Image.Image, resolution: int) -> np.ndarray:  # (R, R, 3) uint8
-    image = image.convert("RGB")
-    if image.size != (resolution, resolution):
-        scale = resolution / min(image.size)
-        size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
-        left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
-        image = image.crop((left, top, left + resolution, top + resolution))
-    return np.asarray(image)
-
-
 def load_images(
     dataset: datasets.Dataset, column: str, resolution: int, desc: str = "Loading images"
 ) -> torch.Tensor:  # (N, 3, R, R) uint8
@@ -398,7 +388,7 @@ def load_images(
     rows = dataset.select_columns([column]).iter(batch_size=256)
     start = 0
     for batch in tqdm(rows, desc=desc, total=-(-len(dataset) // 256), leave=False):
-        array = np.stack([_resize_and_crop(image, resolution) for image in batch[column]])  # (b, R, R, 3)
+        array = np.stack([resize_and_center_crop(image, resolution) for image in batch[column]])  # (b, R, R, 3)
         images[start : start + len(array)] = torch.from_numpy(array).permute(0, 3, 1, 2)
         start += len(array)
     return images

@@ -16,6 +16,7 @@ from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
 
 from ...facs import EXPRESSIONS
+from ...image_utils import resize_and_center_crop
 from ...models.feature_extraction import UNetFeatureRecorder, UNetFeatures
 from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
@@ -238,16 +239,7 @@ def _square_rgb(image: Any, size: int, field: str) -> np.ndarray:  # (size, size
         raise ValueError(
             f"`{field}` has PIL mode {image.mode!r} (more than 8 bits per channel); convert it to 'RGB' first."
         )
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        scale = size / min(image.size)
-        image = image.resize(
-            (max(size, round(image.width * scale)), max(size, round(image.height * scale))),
-            PIL.Image.Resampling.BICUBIC,
-        )
-        left, top = (image.width - size) // 2, (image.height - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image)
+    return resize_and_center_crop(image, size)
 
 
 FERAnnoPipeline.__call__.__doc__ = (FERAnnoPipeline.__call__.__doc__ or "") + EXAMPLE_DOC_STRING

@@ -8,6 +8,7 @@ from transformers import ResNetConfig, ResNetForImageClassification, ViTImagePro
 
 from synfer_diffusers import SynFERPipeline
 from synfer_diffusers.pipelines.synfer.pipeline_synfer import (
+    guidance_decode_size,
     semantic_guidance_gradient_steps,
     semantic_guidance_steps,
 )
@@ -15,13 +16,13 @@ from synfer_diffusers.pipelines.synfer.pipeline_synfer import (
 GUIDE_LABELS = ["Anger", "Neutral", "Happiness", "Sad", "Surprise", "Fear", "Disgust"]
 
 
-def make_guide(labels=GUIDE_LABELS, seed=0):
+def make_guide(labels=GUIDE_LABELS, seed=0, size=24):
     torch.manual_seed(seed)
     config = ResNetConfig(
         num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
         id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
     )  # fmt: skip
-    processor = ViTImageProcessor(size={"height": 24, "width": 24}, image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    processor = ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.25] * 3)
     return ResNetForImageClassification(config).eval(), processor
 
 
@@ -46,6 +47,30 @@ def test_window_selects_the_last_steps():
     assert semantic_guidance_steps(4, (0.0, 0.5)) == {0, 1}
     assert semantic_guidance_gradient_steps(50, (0.6, 1.0)) == set(range(29, 49))
     assert semantic_guidance_gradient_steps(4, (0.0, 0.5)) == {0}
+    assert semantic_guidance_gradient_steps(50, (0.6, 1.0), interval=2) == set(range(29, 49, 2))
+    assert semantic_guidance_gradient_steps(10, (0.6, 1.0), interval=3) == {5, 8}
+
+
+def test_decode_size_covers_the_guide_input():
+    assert guidance_decode_size((224, 224), (64, 64), 8, "guide_size") == (28, 28)
+    assert guidance_decode_size((100, 50), (64, 64), 8, "guide_size") == (13, 7)
+    assert guidance_decode_size((224, 224), (64, 64), 8, "full") is None
+    assert guidance_decode_size((64, 64), (32, 32), 2, "guide_size") is None  # guide reads full-size images
+    assert guidance_decode_size(None, (32, 32), 2, "guide_size") is None
+
+
+@pytest.mark.parametrize("decode, latent_side", [("guide_size", 4), ("full", 8)])
+def test_small_guide_decodes_at_its_own_size(tiny_components, decode, latent_side):
+    guide, processor = make_guide(size=8)  # 8 px guide, 16 px images, VAE factor 2
+    pipe = SynFERPipeline(**tiny_components, guidance_classifier=guide, guidance_image_processor=processor)
+    pipe.set_progress_bar_config(disable=True)
+    decoded_sizes = []
+    hook = pipe.vae.decoder.register_forward_pre_hook(lambda module, args: decoded_sizes.append(args[0].shape[-1]))
+    try:
+        _run(pipe, expression="happy", semantic_guidance_scale=1.0, semantic_guidance_decode=decode)
+    finally:
+        hook.remove()
+    assert decoded_sizes[:-1] and set(decoded_sizes[:-1]) == {latent_side} and decoded_sizes[-1] == 8
 
 
 def test_guidance_changes_output_and_is_deterministic(guided_pipe):
@@ -70,7 +95,9 @@ def test_guided_step_descends_the_guide_loss(guided_pipe, normalization):
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     embeds = pipe.encode_prompt(["a photo of a face", "a photo of a man"], "cpu")
     au_embeds = pipe.unet.encode_action_units(torch.full((2, 12), 2.0))
-    guide = pipe.prepare_semantic_guidance(["happy", "anger"], {"happiness": "happy"}, torch.device("cpu"))
+    guide = pipe.prepare_semantic_guidance(
+        ["happy", "anger"], {"happiness": "happy"}, "guide_size", (8, 8), torch.device("cpu")
+    )
 
     def loss_of(text):
         with torch.no_grad():
@@ -103,6 +130,9 @@ def test_guide_round_trips_with_the_checkpoint(guided_pipe, tmp_path):
         ({"semantic_guidance_scale": 1.0, "semantic_guidance_window": (0.9, 0.2)}, "semantic_guidance_window"),
         ({"semantic_guidance_scale": 1.0, "semantic_guidance_window": (0.5, 1.2)}, "semantic_guidance_window"),
         ({"semantic_guidance_scale": 1.0, "semantic_guidance_normalization": "l1"}, "normalization"),
+        ({"semantic_guidance_scale": 1.0, "semantic_guidance_interval": 0}, "semantic_guidance_interval"),
+        ({"semantic_guidance_scale": 1.0, "semantic_guidance_interval": 1.5}, "semantic_guidance_interval"),
+        ({"semantic_guidance_scale": 1.0, "semantic_guidance_decode": "half"}, "semantic_guidance_decode"),
         ({"semantic_guidance_scale": 1.0, "expression": None}, "target expressions"),
         ({"semantic_guidance_scale": 1.0, "guidance_label_mapping": None}, "guidance_label_mapping"),
         ({"layout_strength": 1.5, "layout_image": PIL.Image.new("RGB", (16, 16))}, "layout_strength"),

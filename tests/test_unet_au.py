@@ -40,6 +40,20 @@ def test_from_unet_copies_base_and_initialises_au_kv_from_text(base_and_adapter)
 
 
 @torch.no_grad()
+def test_to_base_unet_inverts_from_unet(base_and_adapter):
+    base, unet = base_and_adapter
+    with torch.no_grad():
+        unet.up_blocks[-1].resnets[0].conv1.weight.add_(0.5)  # a trained base differs from the one wrapped
+    recovered = unet.to_base_unet()
+    assert type(recovered) is UNet2DConditionModel and "au_space" not in recovered.config
+    assert set(recovered.state_dict()) == set(base.state_dict())
+    sample, t, text, aus = _inputs(unet)
+    expected = unet(sample, t, text, action_units=aus, au_scale=0.0).sample
+    assert torch.equal(recovered(sample, t, text).sample, expected)
+    assert not torch.allclose(base(sample, t, text).sample, expected)
+
+
+@torch.no_grad()
 def test_au_scale_zero_equals_base_and_aus_matter(base_and_adapter):
     base, unet = base_and_adapter
     sample, t, text, aus = _inputs(unet)

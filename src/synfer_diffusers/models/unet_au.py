@@ -313,6 +313,25 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
         model = model.to(unet.device)
         return model if model.dtype == unet.dtype else model.to(unet.dtype)
 
+    def to_base_unet(self) -> UNet2DConditionModel:
+        """The stock `UNet2DConditionModel` with this model's base weights and no AU adapter: the inverse of
+        [`~AUConditionedUNet2DConditionModel.from_unet`]. With a frozen base (SynFER stage B), this is the
+        text-to-image model the adapter was trained on (the text-only ablation).
+
+        Example:
+
+        ```py
+        >>> base = unet.to_base_unet()  # unet: an AUConditionedUNet2DConditionModel
+        >>> sorted(set(unet.state_dict()) - set(base.state_dict()))[:1]  # only AU parameters are dropped
+        ```
+        """
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        for key in ("au_space", "num_au_tokens", "au_encoder_hidden_dim"):
+            config.pop(key)
+        base = UNet2DConditionModel.from_config(config)
+        base.load_state_dict({k: v for k, v in self.state_dict().items() if not is_au_parameter(k)})
+        return base.to(device=self.device, dtype=self.dtype).eval()
+
     def set_attn_processor(self, processor: Any) -> None:
         """Sets attention processors like the parent class, but keeps the AU path of every `attn2`: a stock
         processor (`AttnProcessor`, `AttnProcessor2_0`, `FusedAttnProcessor2_0`) requested for a cross-attention

@@ -50,6 +50,7 @@ EXAMPLE_DOC_STRING = """
 AUInput = Mapping[str, float] | Sequence[Mapping[str, float]] | torch.Tensor | np.ndarray
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
 SG_NORMALIZATIONS = ("global", "per_token")
+SG_DECODES = ("guide_size", "full")
 
 
 class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionLoraLoaderMixin):
@@ -336,6 +337,8 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         semantic_guidance_scale: float = 0.0,
         semantic_guidance_window: tuple[float, float] = (0.6, 1.0),
         semantic_guidance_normalization: str = "global",
+        semantic_guidance_interval: int = 2,
+        semantic_guidance_decode: str = "guide_size",
         guidance_label_mapping: Mapping[str, str | None] | None = None,
         label_with_feranno: bool = True,
         enrich_prompt: bool = True,
@@ -387,6 +390,13 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
                 step costs no extra UNet forward.
             semantic_guidance_normalization (`str`, defaults to "global"): "global" divides each image's gradient
                 by its L2 norm over all tokens; "per_token" normalises every token's gradient separately.
+            semantic_guidance_interval (`int`, defaults to 2): take a guidance gradient every `interval`-th step of
+                the window (1: every step); each update is carried to all later steps, so a larger interval
+                divides the guidance cost by about `interval` and moves the embedding fewer times.
+            semantic_guidance_decode (`str`, defaults to "guide_size"): "guide_size" resizes `x0_hat` to the guide's
+                input size (in latent pixels) before the VAE decode when the guide reads smaller images than the
+                pipeline makes (e.g. 224 px guide, 512 px images: the decode and its backward cost ~5x less; the
+                guide would downsample the decoded image anyway); "full" decodes at full size.
             guidance_label_mapping (`dict`, *optional*): renames the guide's labels onto `EXPRESSIONS`
                 (see `synfer_diffusers.facs.map_classifier_labels`).
             label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each image from
@@ -411,8 +421,9 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             height, width, num_images_per_prompt, au_scale, guidance_scale, action_units, callback_inputs
         )
         self.check_guidance_inputs(
-            semantic_guidance_scale, semantic_guidance_window, semantic_guidance_normalization, layout_strength
-        )
+            semantic_guidance_scale, semantic_guidance_window, semantic_guidance_normalization,
+            semantic_guidance_interval, semantic_guidance_decode, layout_strength,
+        )  # fmt: skip
         if layout_image is not None and latents is not None:
             raise ValueError("Pass either `latents` or `layout_image`, not both.")
         batch_size, prompts, expressions, au_values, negatives = self.resolve_batch(
@@ -450,8 +461,12 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
 
         guided_steps = set()
         if semantic_guidance_scale > 0:
-            guide = self.prepare_semantic_guidance(image_expressions, guidance_label_mapping, device)
-            guided_steps = semantic_guidance_gradient_steps(len(timesteps), semantic_guidance_window)
+            guide = self.prepare_semantic_guidance(
+                image_expressions, guidance_label_mapping, semantic_guidance_decode, latents.shape[-2:], device
+            )
+            guided_steps = semantic_guidance_gradient_steps(
+                len(timesteps), semantic_guidance_window, semantic_guidance_interval
+            )
         label_in_loop = self.feranno_head is not None and label_with_feranno
         recorder = UNetFeatureRecorder(self.unet) if label_in_loop else contextlib.nullcontext()
         with recorder:
@@ -499,6 +514,8 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         semantic_guidance_scale: float,
         semantic_guidance_window: tuple[float, float],
         semantic_guidance_normalization: str,
+        semantic_guidance_interval: int,
+        semantic_guidance_decode: str,
         layout_strength: float,
     ) -> None:
         if not isinstance(semantic_guidance_scale, (int, float)) or not (
@@ -519,6 +536,16 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         if semantic_guidance_normalization not in SG_NORMALIZATIONS:
             raise ValueError(
                 f"`semantic_guidance_normalization` must be one of {SG_NORMALIZATIONS}, got {semantic_guidance_normalization!r}."
+            )
+        if (
+            isinstance(semantic_guidance_interval, bool)
+            or not isinstance(semantic_guidance_interval, int)
+            or (semantic_guidance_interval < 1)
+        ):
+            raise ValueError(f"`semantic_guidance_interval` must be an int >= 1, got {semantic_guidance_interval!r}.")
+        if semantic_guidance_decode not in SG_DECODES:
+            raise ValueError(
+                f"`semantic_guidance_decode` must be one of {SG_DECODES}, got {semantic_guidance_decode!r}."
             )
         if semantic_guidance_scale > 0 and self.guidance_classifier is None:
             raise ValueError(
@@ -574,9 +601,15 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         return latents
 
     def prepare_semantic_guidance(
-        self, expressions: list[str | None], label_mapping: Mapping[str, str | None] | None, device: torch.device
+        self,
+        expressions: list[str | None],
+        label_mapping: Mapping[str, str | None] | None,
+        decode: str,
+        latent_size: tuple[int, int],
+        device: torch.device,
     ) -> dict[str, Any]:
-        """Target indices (`-100` = not guided), the guide's label order and its preprocessing constants."""
+        """Target indices (`-100` = not guided), the guide's label order, its preprocessing constants and the latent
+        size at which `x0_hat` is decoded (`None`: as it is)."""
         if all(e is None for e in expressions):
             raise ValueError("Semantic guidance needs target expressions: pass `expression`.")
         index_map = map_classifier_labels(
@@ -592,6 +625,7 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             "targets": torch.tensor([EXPRESSIONS.index(e) if e else -100 for e in expressions], device=device),
             "index_map": index_map,
             "size": target_size,
+            "decode_size": guidance_decode_size(target_size, tuple(latent_size), self.vae_scale_factor, decode),
             "mean": torch.tensor(mean, device=device).view(1, -1, 1, 1),
             "std": torch.tensor(std, device=device).view(1, -1, 1, 1),
         }
@@ -621,28 +655,29 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         semantic_guidance_scale: float,
         normalization: str,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One guided step: the conditional UNet pass runs with gradients and serves both the CFG noise
-        prediction and the guidance gradient, so a guided step costs one extra backward pass (plus a VAE decode
-        and a classifier pass) over a plain step. Returns `(noise_pred, updated prompt_embeds)`."""
-        au_kwargs = {"au_embeds": au_embeds, "au_scale": au_scale} if au_embeds is not None else {}
-        model_input = self.scheduler.scale_model_input(latents, t)
+        """One guided step: the conditional UNet pass runs with gradients and serves both the CFG noise prediction
+        and the guidance gradient, so a guided step costs one backward pass of the conditional half, a VAE decode
+        and a classifier pass more than a plain step. The unconditional half runs in its own call without
+        gradients (batching it into the graph would double the backward at real sizes). Returns `(noise_pred,
+        updated prompt_embeds)`."""
         with torch.enable_grad():
             text = prompt_embeds.detach().requires_grad_(True)
-            eps_cond = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False, **au_kwargs)[0]
+            _, eps_cond = self.predict_noise_branches(latents, t, text, None, au_embeds, au_scale)
             abar = self.scheduler.alphas_cumprod.to(latents.device)[t]
             x0_hat = (latents - (1 - abar).sqrt() * eps_cond) / abar.sqrt()  # (N, C, h, w)
+            if guide["decode_size"] is not None:
+                resized = F.interpolate(x0_hat.float(), size=guide["decode_size"], mode="bilinear", antialias=True)
+                x0_hat = resized.to(x0_hat.dtype)  # (N, C, h', w'); antialiased resizing has no bf16 CPU kernel
             images = self.vae.decode(x0_hat / self.vae.config.scaling_factor, return_dict=False)[0]
             loss = self.guidance_loss((images.float() / 2 + 0.5).clamp(0, 1), guide)
             grad = torch.autograd.grad(loss, text)[0]  # (N, L, D)
         dims = (-1,) if normalization == "per_token" else (-2, -1)
         step = grad / grad.norm(dim=dims, keepdim=True).clamp_min(1e-12)
-        eps_cond = eps_cond.detach()
-        if negative_prompt_embeds is None:
-            noise_pred = eps_cond
-        else:
+        eps_uncond = None
+        if negative_prompt_embeds is not None:
             null_au = None if au_embeds is None else self.unet.encode_action_units(None, batch_size=latents.shape[0])
-            eps_uncond = self.predict_noise(latents, t, negative_prompt_embeds, None, null_au, au_scale, 1.0)
-            noise_pred = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            _, eps_uncond = self.predict_noise_branches(latents, t, negative_prompt_embeds, None, null_au, au_scale)
+        noise_pred = combine_guidance(eps_uncond, eps_cond.detach(), guidance_scale)
         return noise_pred, (prompt_embeds - semantic_guidance_scale * step).to(prompt_embeds.dtype)
 
     def feranno_label(self, features: UNetFeatures, num_images: int) -> torch.Tensor:  # (N, 7) probabilities
@@ -672,6 +707,19 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         guidance_scale: float,
     ) -> torch.Tensor:  # (N, C, h, w)
         """One UNet call, with classifier-free guidance over (negative prompt + null AU, prompt + AU)."""
+        branches = self.predict_noise_branches(latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale)
+        return combine_guidance(*branches, guidance_scale)
+
+    def predict_noise_branches(
+        self,
+        latents: torch.Tensor,  # (N, C, h, w)
+        t: torch.Tensor,
+        prompt_embeds: torch.Tensor,  # (N, L, D)
+        negative_prompt_embeds: torch.Tensor | None,  # (N, L, D) when CFG
+        au_embeds: torch.Tensor | None,  # (N, T, D)
+        au_scale: float,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:  # (N, C, h, w) each; no unconditional branch without CFG
+        """The unconditional (negative prompt + null AU) and conditional noise predictions of one UNet call."""
         do_cfg = negative_prompt_embeds is not None
         model_input = torch.cat([latents, latents]) if do_cfg else latents
         model_input = self.scheduler.scale_model_input(model_input, t)
@@ -682,13 +730,20 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             au_kwargs = {"au_embeds": torch.cat([null, au_embeds]) if do_cfg else au_embeds, "au_scale": au_scale}
         noise_pred = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False, **au_kwargs)[0]
         if not do_cfg:
-            return noise_pred
+            return None, noise_pred
         uncond, cond = noise_pred.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+        return uncond, cond
 
     def decode_latents(self, latents: torch.Tensor, output_type: str) -> Any:
         image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]  # (N, 3, H, W)
         return self.image_processor.postprocess(image, output_type=output_type)
+
+
+def combine_guidance(
+    uncond: torch.Tensor | None, cond: torch.Tensor, guidance_scale: float
+) -> torch.Tensor:  # (N, C, h, w)
+    """Classifier-free guidance `uncond + w (cond - uncond)`; `cond` alone without an unconditional branch."""
+    return cond if uncond is None else uncond + guidance_scale * (cond - uncond)
 
 
 def semantic_guidance_steps(num_steps: int, window: tuple[float, float]) -> set[int]:
@@ -696,11 +751,24 @@ def semantic_guidance_steps(num_steps: int, window: tuple[float, float]) -> set[
     return set(range(math.ceil(window[0] * num_steps), math.ceil(window[1] * num_steps)))
 
 
-def semantic_guidance_gradient_steps(num_steps: int, window: tuple[float, float]) -> set[int]:
-    """Steps whose conditional pass also yields the guidance gradient: the step before each step of the window,
-    so that every step in the window is denoised with an embedding updated by the previous step (a gradient
-    taken at the last step could not act on anything)."""
-    return {i - 1 for i in semantic_guidance_steps(num_steps, window) if i >= 1}
+def semantic_guidance_gradient_steps(num_steps: int, window: tuple[float, float], interval: int = 1) -> set[int]:
+    """Steps whose conditional pass also yields the guidance gradient: the step before every `interval`-th step
+    of the window, starting with its first, so that the window is denoised with embeddings updated by earlier
+    steps (a gradient taken at the last step could not act on anything)."""
+    steps = sorted(i - 1 for i in semantic_guidance_steps(num_steps, window) if i >= 1)
+    return set(steps[::interval])
+
+
+def guidance_decode_size(
+    guide_size: tuple[int, int] | None, latent_size: tuple[int, int], vae_scale_factor: int, decode: str
+) -> tuple[int, int] | None:
+    """Latent size `(h, w)` at which `x0_hat` is decoded for the guide, or None to decode it as it is: with
+    `decode="guide_size"` and a guide reading smaller images than the decoder makes, the smallest latent whose
+    decode covers the guide's input."""
+    if decode == "full" or guide_size is None:
+        return None
+    size = tuple(min(math.ceil(g / vae_scale_factor), n) for g, n in zip(guide_size, latent_size))
+    return None if size == latent_size else size
 
 
 def _is_batched(action_units: AUInput) -> bool:

@@ -54,4 +54,4 @@ def test_main_job_without_model_uses_the_default(tmp_path, monkeypatch):
     dataset = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
     assert len(dataset) == 3 and dataset[0]["image"].size == (64, 64)
     plan = (folder / "plan.json").read_text()
-    assert "synfer_diffusers/default_model" in plan and '"labeler": "vote:feranno,target"' in plan
+    assert "synfer_diffusers/default_model" in plan and '"labeler": "vote:guide,feranno,target"' in plan

@@ -407,8 +407,16 @@ class VotingLabeler:
 
 
 def default_labeler(pipe: SynFERPipeline, classifiers: Sequence[ClassifierVoter] = ()) -> Labeler:
-    """FERAnno + the given classifiers + the target, voted, when the pipeline has a `feranno_head` or classifiers
-    are given; else the target alone ([`TargetLabeler`])."""
+    """The target voted with FERAnno (when the pipeline has a `feranno_head`), the pipeline's guide classifier (when
+    it has a `guidance_classifier` and its image processor, as voter `"guide"`) and the given classifiers; the
+    target alone ([`TargetLabeler`]) when there is nothing to vote with. With FERAnno and the target only, the
+    paper's averaging rule always keeps the target label (a one-hot vote outweighs any one distribution), so a
+    third opinion is what lets a vote overrule the target."""
+    if pipe.guidance_classifier is not None and pipe.guidance_image_processor is not None:
+        classifiers = [
+            ClassifierVoter(pipe.guidance_classifier, pipe.guidance_image_processor, name="guide"),
+            *classifiers,
+        ]
     if pipe.feranno_head is None and not classifiers:
         return TargetLabeler()
     probability_voters = ("feranno",) if pipe.feranno_head is not None else ()

@@ -226,8 +226,9 @@ def build_model(config: TrainFERConfig) -> PreTrainedModel:
         )  # fmt: skip
         model_class = ConvNextForImageClassification
     model_config.faceworld_task = config.task
-    model_config.au_names = list(AU_NAMES)
-    model_config.au_max_value = 5.0
+    if config.task == "action_units":  # how AU consumers (annotators, evaluation) read the outputs
+        model_config.au_names = list(AU_NAMES)
+        model_config.au_max_value = 5.0
     model_config.input_size = IMAGE_SIZE
     return model_class(model_config)
 

@@ -44,10 +44,12 @@ def evaluation_markdown(path: str | None) -> str | None:
         return None
     with open(path) as f:
         result = json.load(f)
-    rows = result["rows"]
+    rows, args = result["rows"], result["args"]
     lines = [
         "Measured on FaceWorld with `benchmarks/eval_faceworld_generation.py` (judge and AU regressor trained on real "
-        "FaceWorld only, never used in generation):",
+        f"FaceWorld only, never used in generation; {args['steps']} DDIM steps, CFG {args['guidance_scale']:g}, "
+        f"`+ AUs + SG` with semantic_guidance_scale={args['semantic_guidance_scale']:g} at the pipeline's default "
+        "window and interval):",
         "",
         "| row | images | expression accuracy (judge) | AU MAE (regressor) | Fréchet distance (judge features) |",
         "|---|---|---|---|---|",

@@ -58,7 +58,7 @@ $PYTHON examples/train_feranno.py --pretrained_model "$RUN/stage_b" --dataset_na
     --max_train_steps 600 --checkpointing_steps 200 --max_eval_samples 1000 --resume
 
 $PYTHON benchmarks/eval_faceworld_generation.py --model "$RUN/stage_b" --text-only "$RUN/stage_a" \
-    --guide "$RUN/guide" --feranno "$RUN/feranno" --semantic-guidance-scale "${SG_SCALE:-6.0}" --judge "$RUN/judge" \
+    --guide "$RUN/guide" --feranno "$RUN/feranno" --semantic-guidance-scale "${SG_SCALE:-12.0}" --judge "$RUN/judge" \
     --au-regressor "$RUN/au_regressor" --faceworld "$RUN/faceworld" --json "$RUN/eval/generation.json"
 
 $PYTHON examples/assemble_default_model.py --pipeline "$RUN/stage_b" --guide "$RUN/guide" --feranno "$RUN/feranno" \

@@ -478,9 +478,10 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
                             guide, semantic_guidance_scale, semantic_guidance_normalization,
                         )  # fmt: skip
                     else:
-                        noise_pred = self.predict_noise(
-                            latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, guidance_scale
+                        branches = self.predict_noise_branches(
+                            latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale
                         )
+                        noise_pred = combine_guidance(*branches, guidance_scale)
                     latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                     if callback_on_step_end is not None:
                         local_tensors = {
@@ -695,20 +696,6 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             return None
         drop = torch.tensor([not keep for keep in has_au], device=device)
         return self.unet.encode_action_units(au_matrix.to(device), drop_mask=drop)
-
-    def predict_noise(
-        self,
-        latents: torch.Tensor,  # (N, C, h, w)
-        t: torch.Tensor,
-        prompt_embeds: torch.Tensor,  # (N, L, D)
-        negative_prompt_embeds: torch.Tensor | None,  # (N, L, D) when CFG
-        au_embeds: torch.Tensor | None,  # (N, T, D)
-        au_scale: float,
-        guidance_scale: float,
-    ) -> torch.Tensor:  # (N, C, h, w)
-        """One UNet call, with classifier-free guidance over (negative prompt + null AU, prompt + AU)."""
-        branches = self.predict_noise_branches(latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale)
-        return combine_guidance(*branches, guidance_scale)
 
     def predict_noise_branches(
         self,

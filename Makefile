@@ -1,7 +1,7 @@
 # make generate   the main job: a small synthetic facial-expression dataset in outputs/demo (CPU, offline)
 # make test       the test suite, offline
 # make install    .venv with the CPU torch of constraints.txt and this package (editable, [dev] extras)
-# make bench      the speed benchmarks (benchmarks/bench_*.py)
+# make bench      the benchmark suite: FaceWorld tables + speed ratios -> benchmarks/RESULTS.md (BENCH_ARGS=--quick: minutes)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,6 +10,7 @@ TORCH_VERSION ?= 2.13.0
 OUTPUT_DIR ?= outputs/demo
 GENERATE_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 .PHONY: install generate test bench clean
@@ -30,10 +31,7 @@ test: install
 	$(OFFLINE) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install
-	@set -e; found=0; for script in benchmarks/bench_*.py; do \
-		[ -e "$$script" ] || continue; found=1; \
-		echo "== $$script"; $(OFFLINE) $(BIN)/python "$$script"; \
-	done; [ "$$found" = 1 ] || echo "no benchmark scripts in benchmarks/"
+	$(OFFLINE) $(BIN)/python benchmarks/run_benchmarks.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache $(OUTPUT_DIR)

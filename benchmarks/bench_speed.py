@@ -10,11 +10,12 @@ Rows (target in brackets):
   how close the pipeline is to the UNet-bound limit.
 
 Timed calls alternate (baseline, candidate, ...) after a warm-up; each row reports the ratio of medians, so machine
-noise hits both sides alike. Configs: `tiny` (the test components, fp32, 16x16, batch 4) and `sd15` (Stable
+noise hits both sides alike. Configs: `tiny` (the test components, fp32, 16x16, batch 4), `sd15` (Stable
 Diffusion 1.5 sizes: UNet 860M + AU adapter, VAE, CLIP-L-size text encoder; bf16 on the CPU, 64x64 latents = 512
-px, batch 1).
+px, batch 1; both random weights) and `faceworld` (the embedded default checkpoint with its trained guide and
+FERAnno head, fp32, 64x64, 25 steps, batch 35 as in the FaceWorld evaluation).
 
-    python benchmarks/bench_speed.py --configs tiny sd15 --json benchmarks/results/speed.json
+    python benchmarks/bench_speed.py --configs tiny sd15 faceworld --json benchmarks/results/speed.json
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from synfer_diffusers import (
     FERAnnoPipeline,
     SynFERPipeline,
 )
+from synfer_diffusers.generate import default_model_dir
 from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components, make_tiny_scheduler
 from synfer_diffusers.tokenization import tiny_clip_tokenizer
 
@@ -56,11 +58,22 @@ class BenchConfig:
 CONFIGS = {
     "tiny": BenchConfig("tiny", steps=10, guided_steps=10, batch=4, dtype=torch.float32, repeats=7),
     "sd15": BenchConfig("sd15", steps=2, guided_steps=5, batch=1, dtype=torch.bfloat16, repeats=2),
+    "faceworld": BenchConfig("faceworld", steps=25, guided_steps=25, batch=35, dtype=torch.float32, repeats=3),
 }
+ROWS = ("au_overhead", "semantic_guidance", "feranno_in_loop", "feranno_separate", "pipeline_vs_bare_unet")
 
 
-def build_components(config: BenchConfig) -> tuple[dict, UNet2DConditionModel, torch.nn.Module, object]:
-    """SynFER components, the base UNet, a guide classifier and its image processor, all random."""
+def build_components(
+    config: BenchConfig,
+) -> tuple[dict, UNet2DConditionModel, torch.nn.Module, object, FERAnnoHead]:
+    """SynFER components, the base UNet, a guide classifier, its image processor and a FERAnno head: random, or the
+    embedded default checkpoint's for `faceworld` (its base UNet is its AU UNet's own weights in a stock class)."""
+    if config.name == "faceworld":
+        default = SynFERPipeline.from_pretrained(default_model_dir(), torch_dtype=config.dtype)
+        components = {k: default.components[k] for k in ("vae", "text_encoder", "tokenizer", "scheduler", "unet")}
+        base_unet = default.unet.to_base_unet()
+        guide, processor = default.guidance_classifier, default.guidance_image_processor
+        return components, base_unet, guide, processor, default.feranno_head
     if config.name == "tiny":
         components, base_unet, guide_size = make_tiny_components(seed=0), make_tiny_base_unet(seed=0), 16
         guide_config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
@@ -84,7 +97,8 @@ def build_components(config: BenchConfig) -> tuple[dict, UNet2DConditionModel, t
     guide = ResNetForImageClassification(guide_config).eval()
     processor = ViTImageProcessor(size={"height": guide_size, "width": guide_size})
     cast = {k: v.to(config.dtype) if isinstance(v, torch.nn.Module) else v for k, v in components.items()}
-    return cast, base_unet.to(config.dtype).eval(), guide.to(config.dtype), processor
+    head = FERAnnoHead.from_unet(cast["unet"]).to(config.dtype)
+    return cast, base_unet.to(config.dtype).eval(), guide.to(config.dtype), processor, head
 
 
 def median_ratio(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int) -> dict[str, float]:
@@ -118,9 +132,8 @@ def bare_unet_loop(pipe: SynFERPipeline, prompt: str, aus: dict, steps: int, bat
     pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
 
 
-def measure(config: BenchConfig) -> list[dict]:
-    components, base_unet, guide, processor = build_components(config)
-    head = FERAnnoHead.from_unet(components["unet"]).to(config.dtype)
+def measure(config: BenchConfig, rows: tuple[str, ...] = ROWS) -> list[dict]:
+    components, base_unet, guide, processor, head = build_components(config)
     plain = SynFERPipeline(**components)
     guided = SynFERPipeline(**components, guidance_classifier=guide, guidance_image_processor=processor)
     labelled = SynFERPipeline(**components, feranno_head=head)
@@ -143,37 +156,35 @@ def measure(config: BenchConfig) -> list[dict]:
         images = synfer(plain, output_type="pt")().images
         feranno(images.float().clamp(0, 1), batch_size=config.batch)
 
-    rows = {
-        "au_overhead": median_ratio(
+    pairs = {  # row -> (baseline, candidate)
+        "au_overhead": (
             lambda: sd(prompt=prompt, generator=torch.Generator().manual_seed(0), output_type="np", **common),
-            synfer(plain), config.repeats),
-        "semantic_guidance": median_ratio(
-            synfer(guided, steps=config.guided_steps),
-            synfer(guided, steps=config.guided_steps, semantic_guidance_scale=0.1), config.repeats),
-        "feranno_in_loop": median_ratio(synfer(plain, output_type="pt"), synfer(labelled, output_type="pt"),
-                                        config.repeats),
-        "feranno_separate": median_ratio(synfer(plain, output_type="pt"), separate_labels, config.repeats),
-        "pipeline_vs_bare_unet": median_ratio(
-            lambda: bare_unet_loop(plain, prompt, aus, config.steps, config.batch, 7.5), synfer(plain),
-            config.repeats),
+            synfer(plain)),
+        "semantic_guidance": (synfer(guided, steps=config.guided_steps),
+                              synfer(guided, steps=config.guided_steps, semantic_guidance_scale=0.1)),
+        "feranno_in_loop": (synfer(plain, output_type="pt"), synfer(labelled, output_type="pt")),
+        "feranno_separate": (synfer(plain, output_type="pt"), separate_labels),
+        "pipeline_vs_bare_unet": (
+            lambda: bare_unet_loop(plain, prompt, aus, config.steps, config.batch, 7.5), synfer(plain)),
     }  # fmt: skip
-    return [{"config": config.name, "row": name, **values} for name, values in rows.items()]
+    return [{"config": config.name, "row": row, **median_ratio(*pairs[row], config.repeats)} for row in rows]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["tiny", "sd15"])
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to measure (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    print(f"{'config':6} {'row':22} {'baseline s':>10} {'candidate s':>11} {'ratio':>6}")
+    print(f"{'config':9} {'row':22} {'baseline s':>10} {'candidate s':>11} {'ratio':>6}")
     for name in args.configs:
-        for row in measure(CONFIGS[name]):
+        for row in measure(CONFIGS[name], tuple(args.rows)):
             rows.append(row)
-            print(f"{row['config']:6} {row['row']:22} {row['baseline_s']:10.3f} {row['candidate_s']:11.3f} "
+            print(f"{row['config']:9} {row['row']:22} {row['baseline_s']:10.3f} {row['candidate_s']:11.3f} "
                   f"{row['ratio']:6.3f}", flush=True)  # fmt: skip
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

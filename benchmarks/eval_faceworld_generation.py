@@ -3,7 +3,8 @@ AU error by the independent AU regressor (requested vs estimated), and Fréchet 
 space against real FaceWorld test faces.
 
 Rows (each optional): `text only` (a stage-A pipeline, plain UNet: the expression reaches it through the enriched
-prompt), `+ AUs` (the AU pipeline), `+ AUs + SG` (the same with semantic guidance by its guide), and `real`
+prompt; `--text-only base` takes the `--model` pipeline's own base UNet, which is the stage-A model when stage B
+froze it), `+ AUs` (the AU pipeline), `+ AUs + SG` (the same with semantic guidance by its guide), and `real`
 (real test faces: the reference numbers of the judge and the regressor).
 
     python benchmarks/eval_faceworld_generation.py --text-only runs/stage_a --model src/synfer_diffusers/default_model \
@@ -28,7 +29,8 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from synfer_diffusers import EXPRESSIONS, EnsembleVoter, FERAnnoPipeline, SynFERPipeline, VotingConfig
+from synfer_diffusers import EXPRESSIONS, FERAnnoPipeline, SynFERPipeline
+from synfer_diffusers.generate import default_labeler
 from synfer_diffusers.metrics.frechet import frechet_distance
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
@@ -41,6 +43,11 @@ def load_example(name: str):
     sys.modules[name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
+
+
+def stock_components(pipe: SynFERPipeline) -> dict:
+    """The pipeline's VAE, text encoder, tokenizer, UNet and scheduler (no guide, no FERAnno head)."""
+    return {k: pipe.components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
 
 
 @dataclass
@@ -89,12 +96,13 @@ def generate(
     return torch.cat(images), targets, requested, probabilities
 
 
-def agreement_with_judge(judge, images, targets, feranno, fer) -> dict[str, float]:
-    """How often the generation target, FERAnno and the voted label (FERAnno + target, the paper's rule) equal the
-    judge's label on the generated images."""
+def agreement_with_judge(pipe, judge, images, targets, feranno, fer) -> dict[str, float]:
+    """How often the generation target, FERAnno, the pipeline's guide (if any) and the voted label (the voters and
+    rule of `synfer generate`'s default labeler) equal the judge's label on the generated images `(N, 3, H, W)`."""
     judged = [EXPRESSIONS[i] for i in fer.predict(judge, images).argmax(dim=1).tolist()]
-    voter = EnsembleVoter(config=VotingConfig(use_target=True))
-    return voter(probabilities={"feranno": feranno}, targets=targets).agreement_with(judged)
+    voter = default_labeler(pipe).voter
+    pil_images = pipe.image_processor.numpy_to_pil(pipe.image_processor.pt_to_numpy(images))
+    return voter(pil_images, probabilities={"feranno": feranno}, targets=targets).agreement_with(judged)
 
 
 def score(name, images, targets, aus, judge, regressor, real_features, fer, seconds) -> Row:
@@ -108,7 +116,9 @@ def score(name, images, targets, aus, judge, regressor, real_features, fer, seco
 def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="AU pipeline folder (+ AUs and + AUs + SG rows)")
-    parser.add_argument("--text-only", default=None, help="stage-A pipeline folder (text-only row)")
+    parser.add_argument(
+        "--text-only", default=None, help="stage-A pipeline folder, or `base`: the model's base UNet (text-only row)"
+    )
     parser.add_argument("--guide", default=None, help="guide classifier folder for the SG row (else the pipeline's)")
     parser.add_argument(
         "--feranno", default=None, help="FERAnnoPipeline folder: in-loop labels scored against the judge"
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
             fer.evaluate_au_regressor(regressor, real_images, test["action_units"])["mae"],
             frechet_distance(judge_features(judge, real_train, fer), real_features), 0.0)
     ]  # fmt: skip
-    pipe = SynFERPipeline.from_pretrained(args.model)
+    pipe = SynFERPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
     if args.guide:
         pipe.register_modules(
             guidance_classifier=AutoModelForImageClassification.from_pretrained(args.guide).eval(),
@@ -162,13 +172,17 @@ def main(argv: list[str] | None = None) -> list[Row]:
             pipe, args.per_expression, args.steps, args.guidance_scale, args.batch_size, **kwargs
         )
         if feranno is not None:
-            label_agreement[name] = agreement_with_judge(judge, images, targets, feranno, fer)
+            label_agreement[name] = agreement_with_judge(pipe, judge, images, targets, feranno, fer)
         seconds = time.perf_counter() - start
         rows.append(score(name, images, targets, requested_aus, judge, regressor, real_features, fer, seconds))
     if args.text_only:
         # Same seeds and expressions as the AU rows, so the AUs those rows requested are what this image should show.
         start = time.perf_counter()
-        text_pipe = SynFERPipeline.from_pretrained(args.text_only)
+        text_pipe = (
+            SynFERPipeline(**{**stock_components(pipe), "unet": pipe.unet.to_base_unet()})
+            if args.text_only == "base"
+            else SynFERPipeline.from_pretrained(args.text_only, torch_dtype=torch.float32)
+        )
         images, targets, _, _ = generate(
             text_pipe, args.per_expression, args.steps, args.guidance_scale, args.batch_size
         )

@@ -1,0 +1,110 @@
+"""The benchmark suite's bookkeeping (benchmarks/run_benchmarks.py): rows, aggregation over seeds, targets,
+resumable stages and RESULTS.md. The measurements themselves run in `python benchmarks/run_benchmarks.py --quick`."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from synfer_diffusers import EXPRESSIONS
+
+SUITE_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "run_benchmarks.py"
+
+
+@pytest.fixture(scope="module")
+def suite():
+    spec = importlib.util.spec_from_file_location("run_benchmarks", SUITE_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_benchmarks"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(row, seed, accuracy, macro_f1=0.5):
+    confusion = [[1 if i == j else 0 for j in range(7)] for i in range(7)]
+    recall = {e: accuracy for e in EXPRESSIONS}
+    return {"row": row, "seed": seed, "num_train": 100, "accuracy": accuracy, "macro_f1": macro_f1,
+            "per_class_recall": recall, "confusion_matrix": confusion, "stage_seconds": 1.0}  # fmt: skip
+
+
+def _results(suite, accuracies):
+    config = suite.QUICK
+    runs = [_run(row.name, seed, accuracies.get(row.name, 0.5) + 0.01 * seed) for row in suite.downstream_rows(config)
+            for seed in (0, 1)]  # fmt: skip
+    downstream = {"rows": suite.summarise_downstream(runs, config), "runs": runs,
+                  "label_agreement_with_target": {"feranno": 0.9, "vote": 0.97}}  # fmt: skip
+    generation = {
+        "rows": [{"name": n, "num_images": 21, "expression_accuracy": a, "au_mae": 0.3, "frechet_distance": 0.5}
+                 for n, a in (("text only", 0.2), ("+ AUs", 0.80), ("+ AUs + SG", 0.86))],
+        "label_agreement_with_judge": {"+ AUs": {"feranno": 0.8, "target": 0.8, "voted": 0.81}},
+    }  # fmt: skip
+    speed = {
+        "speed": {"rows": [{"config": "tiny", "row": "semantic_guidance", "baseline_s": 1.0, "candidate_s": 1.6,
+                            "ratio": 1.6}]},
+        "writer": {"throughput": {"ratio": 0.95}, "memory": {"rss_growth_mb": 3.0, "num_samples": 100}},
+    }  # fmt: skip
+    return config, generation, downstream, speed
+
+
+def test_downstream_rows_cover_the_paper_table(suite):
+    rows = suite.downstream_rows(suite.FULL)
+    assert [r.name for r in rows][:4] == [
+        "real N",
+        "synthetic N (target)",
+        "synthetic N (feranno)",
+        "synthetic N (vote)",
+    ]
+    assert len(rows) == 13 and len({r.key for r in rows}) == 13
+    assert all(r.key.replace("_", "").isalnum() for r in rows)
+    assert {r.synthetic for r in rows} == {0, 1, suite.FULL.synthetic_factor}
+
+
+def test_summary_is_mean_and_spread_over_seeds(suite):
+    config, _, downstream, _ = _results(suite, {"real N": 0.6})
+    real = downstream["rows"][0]
+    assert real["name"] == "real N" and real["seeds"] == 2
+    assert real["accuracy_mean"] == pytest.approx(0.605)
+    assert real["accuracy_std"] == pytest.approx(0.00707, abs=1e-4)
+    assert real["confusion_matrix"][0][0] == 2  # summed over the two seeds
+
+
+def test_targets_are_computed_from_the_numbers(suite):
+    accuracies = {"real N": 0.6, "synthetic N (vote)": 0.55, "synthetic N (target)": 0.50,
+                  "synthetic 5N (vote)": 0.7, "real N + synthetic N (vote)": 0.61}  # fmt: skip
+    config, generation, downstream, speed = _results(suite, accuracies)
+    checks = {name: met for name, _, met in suite.targets(generation, downstream, speed, config)}
+    assert checks["synthetic N (vote) >= real N"] is False
+    assert checks["synthetic 5N (vote) > real N"] is True
+    assert checks["real N + synthetic N (vote) >= real N + 2 points"] is False
+    assert checks["SG adds >= 5 points of expression accuracy"] is True
+    assert checks["synthetic N: voted labels beat target labels"] is True
+    assert checks["semantic_guidance (tiny) <= 1.5"] is False
+    assert checks["synfer generate / bare pipeline >= 0.9"] is True
+
+
+def test_stage_results_are_cached_atomically(suite, tmp_path):
+    calls = []
+    path = tmp_path / "stage" / "result.json"
+    first = suite.cached(path, lambda: calls.append(1) or {"value": 3})
+    second = suite.cached(path, lambda: calls.append(1) or {"value": 4})
+    assert calls == [1] and first["value"] == second["value"] == 3 and "stage_seconds" in second
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
+
+
+def test_results_markdown_names_how_numbers_were_produced(suite, tmp_path):
+    config, generation, downstream, speed = _results(suite, {"real N": 0.6})
+    for name, metrics in (("judge", {"test": {"original": {"clean_labels": {"accuracy": 0.97}}}}),
+                          ("au_regressor", {"test": {"original": {"mae": 0.2},
+                                                     "baseline_predict_train_mean": {"mae": 1.1}}})):  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    results = {"generation": generation, "downstream": downstream, "speed": speed, "machine": "test CPU",
+               "commit": "abc", "date": "2026-11-28", "stage_seconds": {"table 1": 1.0}}  # fmt: skip
+    checks = suite.targets(generation, downstream, speed, config)
+    text = suite.render_results(results, checks, config, tmp_path)
+    assert "--quick" in text and "FaceWorld" in text and "commit abc" in text
+    assert "| real N | 100 | 60.5% ± 0.7% |" in text
+    assert "| tiny | semantic_guidance | 1.000 | 1.600 | 1.600 |" in text
+    assert "| semantic_guidance (tiny) <= 1.5 | 1.600 | **no** |" in text

@@ -2,7 +2,7 @@
 
     python benchmarks/run_benchmarks.py            # full: about 85 min on 2 CPU cores (76 min when runs/ already
                                                    # holds FaceWorld, the judge and the AU regressor)
-    python benchmarks/run_benchmarks.py --quick    # minutes: small sizes, one seed (checks the suite end to end)
+    python benchmarks/run_benchmarks.py --quick    # about 5 min: small sizes, one seed (checks the suite end to end)
 
 Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):
 

@@ -84,6 +84,7 @@ QUICK = SuiteConfig(
 )  # fmt: skip
 CLASSIFIER = {"architecture": "resnet", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "batch_size": 64}
 LABEL_SOURCES = ("target", "feranno", "vote")
+NOT_RECORDED = "not recorded"
 
 
 def load_script(path: Path):
@@ -102,7 +103,7 @@ def cached(path: Path, compute) -> dict:
         return json.loads(path.read_text())
     start = time.perf_counter()
     result = compute()
-    result = {**result, "stage_seconds": round(time.perf_counter() - start, 1)}
+    result = {**result, "stage_seconds": round(time.perf_counter() - start, 1), "commit": git_commit()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
@@ -223,13 +224,12 @@ def feranno_labels(images: np.ndarray, path: Path) -> tuple[np.ndarray, dict]:
 
 
 def prepare_synthetic(config: SuiteConfig, work: Path, guided: bool) -> tuple[dict[str, np.ndarray], dict]:
-    """A synthetic set's images and target / vote / FERAnno labels, and the seconds its stages took."""
+    """A synthetic set's images and target / vote / FERAnno labels, and its stages' cached results by name."""
     path, generation = build_synthetic_set(config, work, guided)
     synthetic = load_synthetic_set(path)
     suffix, label = ("", "") if guided else ("_no_sg", ", no SG")
     synthetic["feranno"], labelling = feranno_labels(synthetic["image"], work / f"feranno_labels{suffix}.json")
-    return synthetic, {f"synthetic set{label}": generation["stage_seconds"],
-                       f"FERAnno labels{label}": labelling["stage_seconds"]}  # fmt: skip
+    return synthetic, {f"synthetic set{label}": generation, f"FERAnno labels{label}": labelling}
 
 
 def training_data(
@@ -261,9 +261,7 @@ def table_downstream(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dic
     import datasets
 
     faceworld = run_dir / "faceworld"
-    (guided, guided_seconds), (unguided, unguided_seconds) = (
-        prepare_synthetic(config, work, g) for g in (True, False)
-    )
+    (guided, guided_stages), (unguided, unguided_stages) = (prepare_synthetic(config, work, g) for g in (True, False))
     synthetic = {True: guided, False: unguided}
     train = datasets.load_dataset(str(faceworld), split="train").select(range(config.num_real))
     train = train.select_columns(["image", "label"]).with_format("numpy")
@@ -283,10 +281,15 @@ def table_downstream(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dic
         for name, labels in (("SG", guided), ("no SG", unguided))
         for source in ("feranno", "vote")
     }
-    seconds = {**guided_seconds, **unguided_seconds, "classifiers": round(sum(r["stage_seconds"] for r in runs), 1)}
+    stages = {**guided_stages, **unguided_stages}
+    stages["classifiers"] = {
+        "stage_seconds": round(sum(r["stage_seconds"] for r in runs), 1),
+        "commit": ", ".join(sorted({r.get("commit", NOT_RECORDED) for r in runs})),
+    }
     return {
         "rows": summarise_downstream(runs, config), "runs": runs, "label_agreement_with_target": agreement,
-        "stage_seconds": seconds,
+        "stages": {name: {k: stage.get(k, NOT_RECORDED) for k in ("stage_seconds", "commit")}
+                   for name, stage in stages.items()},
     }  # fmt: skip
 
 
@@ -423,9 +426,14 @@ def plot_all(generation: dict, downstream: dict, speed: dict, plots: Path) -> li
 
 
 def git_commit() -> str:
+    """The checkout's short commit hash, `-dirty` when tracked files differ from it, or "unknown" outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=BENCHMARKS).stdout
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=BENCHMARKS).stdout.strip()  # fmt: skip
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+        return git("rev-parse", "--short", "HEAD").strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -520,9 +528,13 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         "",
         "![speed](results/speed.png)",
         "",
-        "## Stage times",
+        "## Stages",
         "",
-        *[f"- {name}: {seconds:.0f} s" for name, seconds in results["stage_seconds"].items()],
+        "Each stage's result is cached under the run directory, so a file may combine stages of several resumed "
+        "runs; each was measured at the commit named (`-dirty`: with uncommitted changes to tracked files).",
+        "",
+        *[f"- {name}: {stage['stage_seconds']:.0f} s, commit {stage.get('commit', NOT_RECORDED)}"
+          for name, stage in results["stages"].items()],
         "",
     ]  # fmt: skip
     return "\n".join(lines)
@@ -568,10 +580,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"({torch.get_num_threads()} threads)",
         "commit": git_commit(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "stage_seconds": {
-            "table 1 (generation)": generation["stage_seconds"],
-            **{f"table 2 ({name})": value for name, value in downstream["stage_seconds"].items()},
-            "table 3 (speed)": speed["speed"]["stage_seconds"] + speed["writer"]["stage_seconds"],
+        "stages": {
+            "table 1 (generation)": generation,
+            **{f"table 2 ({name})": stage for name, stage in downstream["stages"].items()},
+            "table 3 (speed ratios)": speed["speed"],
+            "table 3 (generate vs bare pipeline)": speed["writer"],
         },
         "generation": generation,
         "downstream": downstream,

@@ -89,7 +89,8 @@ def test_stage_results_are_cached_atomically(suite, tmp_path):
     path = tmp_path / "stage" / "result.json"
     first = suite.cached(path, lambda: calls.append(1) or {"value": 3})
     second = suite.cached(path, lambda: calls.append(1) or {"value": 4})
-    assert calls == [1] and first["value"] == second["value"] == 3 and "stage_seconds" in second
+    assert calls == [1] and first["value"] == second["value"] == 3
+    assert "stage_seconds" in second and second["commit"]
     assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
 
 
@@ -101,10 +102,10 @@ def test_results_markdown_names_how_numbers_were_produced(suite, tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
     results = {"generation": generation, "downstream": downstream, "speed": speed, "machine": "test CPU",
-               "commit": "abc", "date": "2026-11-28", "stage_seconds": {"table 1": 1.0}}  # fmt: skip
+               "commit": "abc", "date": "2026-11-28", "stages": {"table 1": {"stage_seconds": 1.0, "commit": "abc"}}}  # fmt: skip
     checks = suite.targets(generation, downstream, speed, config)
     text = suite.render_results(results, checks, config, tmp_path)
-    assert "--quick" in text and "FaceWorld" in text and "commit abc" in text
+    assert "--quick" in text and "FaceWorld" in text and "commit abc" in text and "- table 1: 1 s, commit abc" in text
     assert "| real N | 100 | 60.5% ± 0.7% |" in text
     assert "| tiny | semantic_guidance | 1.000 | 1.600 | 1.600 |" in text
     assert "| semantic_guidance (tiny) <= 1.5 | 1.600 | **no** |" in text

@@ -426,13 +426,15 @@ def plot_all(generation: dict, downstream: dict, speed: dict, plots: Path) -> li
 
 
 def git_commit() -> str:
-    """The checkout's short commit hash, `-dirty` when tracked files differ from it, or "unknown" outside git."""
+    """The checkout's short commit hash, `-dirty` when tracked files other than the suite's own outputs differ from
+    it, or "unknown" outside git."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=BENCHMARKS).stdout
 
     try:
-        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+        outputs = (":(top,exclude)benchmarks/RESULTS.md", ":(top,exclude)benchmarks/results")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/", *outputs).strip()
         return git("rev-parse", "--short", "HEAD").strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -447,7 +449,8 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         "# Benchmark results",
         "",
         f"Produced by `python benchmarks/run_benchmarks.py{' --quick' if config.mode == 'quick' else ''}` "
-        f"({config.mode} mode) on {results['machine']}, commit {results['commit']}, {results['date']}. "
+        f"({config.mode} mode) on {results['machine']}; rendered at commit {results['commit']}, {results['date']} "
+        "(the commit of each measurement is listed under Stages). "
         "All quality numbers are measured on **FaceWorld** (the package's procedural benchmark world), not on real "
         "faces; speed rows name their weights. Regenerate this file with the same command.",
         "",

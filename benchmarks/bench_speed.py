@@ -70,7 +70,7 @@ def build_components(
     embedded default checkpoint's for `faceworld` (its base UNet is its AU UNet's own weights in a stock class)."""
     if config.name == "faceworld":
         default = SynFERPipeline.from_pretrained(default_model_dir(), torch_dtype=config.dtype)
-        components = {k: default.components[k] for k in ("vae", "text_encoder", "tokenizer", "scheduler", "unet")}
+        components = default.base_components
         base_unet = default.unet.to_base_unet()
         guide, processor = default.guidance_classifier, default.guidance_image_processor
         return components, base_unet, guide, processor, default.feranno_head
@@ -139,8 +139,7 @@ def measure(config: BenchConfig, rows: tuple[str, ...] = ROWS) -> list[dict]:
     labelled = SynFERPipeline(**components, feranno_head=head)
     sd = StableDiffusionPipeline(**{**components, "unet": base_unet}, safety_checker=None, feature_extractor=None,
                                  requires_safety_checker=False)  # fmt: skip
-    feranno = FERAnnoPipeline(**{k: components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
-                              head=head)  # fmt: skip
+    feranno = FERAnnoPipeline(**plain.base_components, head=head)
     for pipe in (plain, guided, labelled, sd, feranno):
         pipe.set_progress_bar_config(disable=True)
     prompt = "a photo of an elderly man with glasses, with a happy expression"

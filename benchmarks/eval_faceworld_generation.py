@@ -45,11 +45,6 @@ def load_example(name: str):
     return module
 
 
-def stock_components(pipe: SynFERPipeline) -> dict:
-    """The pipeline's VAE, text encoder, tokenizer, UNet and scheduler (no guide, no FERAnno head)."""
-    return {k: pipe.components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
-
-
 @dataclass
 class Row:
     name: str
@@ -113,7 +108,7 @@ def score(name, images, targets, aus, judge, regressor, real_features, fer, seco
     return Row(name, len(images), accuracy, au_mae, distance, seconds)
 
 
-def main(argv: list[str] | None = None) -> list[Row]:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="AU pipeline folder (+ AUs and + AUs + SG rows)")
     parser.add_argument(
@@ -179,7 +174,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         # Same seeds and expressions as the AU rows, so the AUs those rows requested are what this image should show.
         start = time.perf_counter()
         text_pipe = (
-            SynFERPipeline(**{**stock_components(pipe), "unet": pipe.unet.to_base_unet()})
+            SynFERPipeline(**{**pipe.base_components, "unet": pipe.unet.to_base_unet()})
             if args.text_only == "base"
             else SynFERPipeline.from_pretrained(args.text_only, torch_dtype=torch.float32)
         )
@@ -197,16 +192,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
               f"{row.frechet_distance:8.2f} {row.seconds:7.1f}")  # fmt: skip
     for name, rates in label_agreement.items():
         print(f"labels agreeing with the judge ({name}): " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
+    result = {"args": vars(args), "rows": [asdict(r) for r in rows], "label_agreement_with_judge": label_agreement}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            result = {
-                "args": vars(args),
-                "rows": [asdict(r) for r in rows],
-                "label_agreement_with_judge": label_agreement,
-            }
             json.dump(result, f, indent=2)
-    return rows
+    return result
 
 
 if __name__ == "__main__":

@@ -137,14 +137,13 @@ def table_generation(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     path = work / "generation_eval.json"
 
     def compute() -> dict:
-        evaluation.main([
+        return evaluation.main([
             "--model", str(default_model_dir()), "--text-only", "base",
             "--semantic-guidance-scale", str(config.semantic_guidance_scale),
             "--judge", str(run_dir / "judge"), "--au-regressor", str(run_dir / "au_regressor"),
             "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
-            "--steps", str(config.eval_steps), "--json", str(work / "generation_eval.raw.json"),
+            "--steps", str(config.eval_steps),
         ])  # fmt: skip
-        return json.loads((work / "generation_eval.raw.json").read_text())
 
     return cached(path, compute)
 
@@ -213,8 +212,7 @@ def feranno_labels(images: np.ndarray, path: Path) -> tuple[np.ndarray, dict]:
 
     def compute() -> dict:
         default = SynFERPipeline.from_pretrained(default_model_dir(), torch_dtype=torch.float32)
-        stock = {k: default.components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
-        annotator = FERAnnoPipeline(**stock, head=default.feranno_head)
+        annotator = FERAnnoPipeline(**default.base_components, head=default.feranno_head)
         annotator.set_progress_bar_config(disable=True)
         output = annotator(images, batch_size=64, generator=torch.Generator().manual_seed(0))
         return {"label_ids": output.label_ids.tolist()}

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> str:
     guide = AutoModelForImageClassification.from_pretrained(args.guide)
     processor = AutoImageProcessor.from_pretrained(args.guide)
     default = SynFERPipeline(
-        **{k: v for k, v in pipe.components.items() if k not in ("guidance_classifier", "guidance_image_processor", "feranno_head")},
+        **pipe.base_components,
         guidance_classifier=guide, guidance_image_processor=processor, feranno_head=head,
     )  # fmt: skip
     default.to(getattr(torch, args.storage_dtype))

@@ -15,6 +15,7 @@ condition adds exactly nothing; it is a different condition from "all AUs at int
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -136,6 +137,14 @@ class AUAttnProcessor2_0:
 
 def _split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     return x.view(x.shape[0], -1, heads, head_dim).transpose(1, 2)  # (B, L, H*d) -> (B, H, L, d)
+
+
+AU_CONFIG_KEYS = ("au_space", "num_au_tokens", "au_encoder_hidden_dim")
+
+
+def _base_unet_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A UNet config without the AU adapter's keys (and without diffusers' private `_` keys)."""
+    return {k: v for k, v in config.items() if not k.startswith("_") and k not in AU_CONFIG_KEYS}
 
 
 class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
@@ -290,11 +299,8 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
     ) -> AUConditionedUNet2DConditionModel:
         """Wraps a pretrained UNet: copies all its weights and initialises only the AU adapter, with each AU
         key/value projection copied from the text one of its layer (the SynFER / IP-Adapter initialisation)."""
-        base_config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-        for key in ("au_space", "num_au_tokens", "au_encoder_hidden_dim"):
-            base_config.pop(key, None)
         model = cls.from_config(
-            base_config,
+            _base_unet_config(unet.config),
             au_space=(au_space or AUSpace.disfa12()).to_config(),
             num_au_tokens=num_au_tokens,
             au_encoder_hidden_dim=au_encoder_hidden_dim,
@@ -325,10 +331,7 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
         >>> sorted(set(unet.state_dict()) - set(base.state_dict()))[:1]  # only AU parameters are dropped
         ```
         """
-        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        for key in ("au_space", "num_au_tokens", "au_encoder_hidden_dim"):
-            config.pop(key)
-        base = UNet2DConditionModel.from_config(config)
+        base = UNet2DConditionModel.from_config(_base_unet_config(self.config))
         base.load_state_dict({k: v for k, v in self.state_dict().items() if not is_au_parameter(k)})
         return base.to(device=self.device, dtype=self.dtype).eval()
 

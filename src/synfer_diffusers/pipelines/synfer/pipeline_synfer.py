@@ -117,6 +117,12 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         """The UNet's AU space, or `None` for a UNet without an AU adapter."""
         return self.unet.au_space if isinstance(self.unet, AUConditionedUNet2DConditionModel) else None
 
+    @property
+    def base_components(self) -> dict[str, Any]:
+        """VAE, text encoder, tokenizer, UNet and scheduler, without the optional guide and FERAnno head: what a
+        [`FERAnnoPipeline`] (with a `head`) or a pipeline with other optional components is built from."""
+        return {k: v for k, v in self.components.items() if k not in self._optional_components}
+
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, au_space: AUSpace | None = None, **kwargs: Any
@@ -385,9 +391,9 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
                 transcribed formula shows a plus sign), `c <- c - lambda_g * g / ||g||`, carried to later steps.
                 Images without a target expression are not guided.
             semantic_guidance_window (`tuple[float, float]`, defaults to (0.6, 1.0)): the steps denoised with a
-                guided embedding, as fractions of the denoising steps run (0.6-1.0 = the last 40%). Each of them
-                uses the embedding updated by the gradient of the previous step's conditional pass, so a guided
-                step costs no extra UNet forward.
+                guided embedding, as fractions of the denoising steps run (0.6-1.0 = the last 40%). The gradients
+                come from the conditional passes of the steps just before the window's steps (see
+                `semantic_guidance_interval`), so guidance costs no extra UNet forward.
             semantic_guidance_normalization (`str`, defaults to "global"): "global" divides each image's gradient
                 by its L2 norm over all tokens; "per_token" normalises every token's gradient separately.
             semantic_guidance_interval (`int`, defaults to 2): take a guidance gradient every `interval`-th step of

@@ -69,7 +69,7 @@ def build_components(
     """SynFER components, the base UNet, a guide classifier, its image processor and a FERAnno head: random, or the
     embedded default checkpoint's for `faceworld` (its base UNet is its AU UNet's own weights in a stock class)."""
     if config.name == "faceworld":
-        default = SynFERPipeline.from_pretrained(default_model_dir(), torch_dtype=config.dtype)
+        default = SynFERPipeline.from_pretrained(default_model_dir(), dtype=config.dtype)
         components = default.base_components
         base_unet = default.unet.to_base_unet()
         guide, processor = default.guidance_classifier, default.guidance_image_processor

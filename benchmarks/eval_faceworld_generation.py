@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
             fer.evaluate_au_regressor(regressor, real_images, test["action_units"])["mae"],
             frechet_distance(judge_features(judge, real_train, fer), real_features), 0.0)
     ]  # fmt: skip
-    pipe = SynFERPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
+    pipe = SynFERPipeline.from_pretrained(args.model)
     if args.guide:
         pipe.register_modules(
             guidance_classifier=AutoModelForImageClassification.from_pretrained(args.guide).eval(),
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         text_pipe = (
             SynFERPipeline(**{**pipe.base_components, "unet": pipe.unet.to_base_unet()})
             if args.text_only == "base"
-            else SynFERPipeline.from_pretrained(args.text_only, torch_dtype=torch.float32)
+            else SynFERPipeline.from_pretrained(args.text_only)
         )
         images, targets, _, _ = generate(
             text_pipe, args.per_expression, args.steps, args.guidance_scale, args.batch_size

@@ -211,7 +211,7 @@ def feranno_labels(images: np.ndarray, path: Path) -> tuple[np.ndarray, dict]:
     """FERAnno (the default checkpoint's head, a separate FERAnnoPipeline pass at t ~ 1) on the synthetic images."""
 
     def compute() -> dict:
-        default = SynFERPipeline.from_pretrained(default_model_dir(), torch_dtype=torch.float32)
+        default = SynFERPipeline.from_pretrained(default_model_dir())
         annotator = FERAnnoPipeline(**default.base_components, head=default.feranno_head)
         annotator.set_progress_bar_config(disable=True)
         output = annotator(images, batch_size=64, generator=torch.Generator().manual_seed(0))

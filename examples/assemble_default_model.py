@@ -4,6 +4,12 @@ its FERAnno head, saved (safetensors) with a model card into `src/synfer_diffuse
     python examples/assemble_default_model.py --pipeline runs/stage_b --guide runs/guide --feranno runs/feranno \
         --evaluation runs/eval/generation.json --output_dir src/synfer_diffusers/default_model
 
+`--card_only` rewrites only the card (`README.md`) of the checkpoint already in `--output_dir`, from the package's
+current template, keeping its Training and Evaluation sections unless `--training` / `--evaluation` are given; the
+weights are not touched:
+
+    python examples/assemble_default_model.py --card_only
+
 Weights are stored in float16 by default (the package budget is ~20 MB); `resolve_pipeline(None)` loads them as
 float32.
 
@@ -15,12 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from synfer_diffusers import EXPRESSIONS, FERAnnoPipeline, SynFERPipeline
+from synfer_diffusers.hub_utils import write_model_card
 from synfer_diffusers.training_utils import tile_images
 
 MAX_SIZE_MB = 20.0
@@ -65,6 +73,35 @@ def evaluation_markdown(path: str | None) -> str | None:
     return "\n".join(lines)
 
 
+def default_model_card(training: str | None, evaluation: str | None) -> dict:
+    """The default's card fields, over its pipeline's `model_card_fields()`. It has no base model (trained from
+    scratch) and FaceWorld is not on the Hub: the card's text names its training data, its metadata does not."""
+    return {
+        "model_name": "synfer_diffusers embedded default (FaceWorld, 64x64)",
+        "datasets": ["FaceWorld (synfer_diffusers.data.faceworld, seed 0, 20k train)"],
+        "training": training or "Trained on FaceWorld by `examples/train_faceworld_default.sh` (autoencoder, stage A, "
+        "stage B, guide, FERAnno).",
+        "evaluation": evaluation,
+    }
+
+
+def card_section(card: str, heading: str) -> str | None:
+    """The text of the `## {heading}` section of a rendered card, or None."""
+    match = re.search(rf"^## {re.escape(heading)}\n\n(.*?)\n*(?=^## |\Z)", card, flags=re.DOTALL | re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def rewrite_card(folder: str, training: str | None, evaluation: str | None) -> None:
+    """Renders the card of the checkpoint in `folder` again (`--card_only`); sections not given are kept."""
+    with open(os.path.join(folder, "README.md"), encoding="utf-8") as f:
+        current = f.read()
+    pipe = SynFERPipeline.from_pretrained(folder)
+    fields = default_model_card(
+        training or card_section(current, "Training"), evaluation or card_section(current, "Evaluation")
+    )
+    write_model_card(folder, pipe.model_card_template, {**pipe.model_card_fields(), **fields})
+
+
 def save_grid(pipe: SynFERPipeline, path: str, steps: int = 25, guidance_scale: float = 3.0) -> None:
     """7 expressions (rows) x the identities of `GRID_DESCRIPTIONS` (columns, seed = column index)."""
     pipe.set_progress_bar_config(disable=True)
@@ -82,9 +119,10 @@ def save_grid(pipe: SynFERPipeline, path: str, steps: int = 25, guidance_scale: 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True, help="stage-B SynFERPipeline folder")
-    parser.add_argument("--guide", required=True, help="expression classifier folder (semantic guidance)")
-    parser.add_argument("--feranno", required=True, help="FERAnnoPipeline folder (its head is taken)")
+    parser.add_argument("--pipeline", help="stage-B SynFERPipeline folder (required unless --card_only)")
+    parser.add_argument("--guide", help="expression classifier folder for semantic guidance (as --pipeline)")
+    parser.add_argument("--feranno", help="FERAnnoPipeline folder, whose head is taken (as --pipeline)")
+    parser.add_argument("--card_only", action="store_true", help="rewrite only the card of --output_dir's checkpoint")
     parser.add_argument("--evaluation", default=None, help="JSON of benchmarks/eval_faceworld_generation.py")
     parser.add_argument("--training", default=None, help="text for the card's Training section")
     parser.add_argument("--output_dir", default="src/synfer_diffusers/default_model")
@@ -92,6 +130,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--storage_dtype", choices=["float16", "float32"], default="float16",
                         help="dtype of the stored weights (float16 halves the package size; loading upcasts)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.card_only:
+        rewrite_card(args.output_dir, args.training, evaluation_markdown(args.evaluation))
+        print(f"Wrote {args.output_dir}/README.md")
+        return args.output_dir
+    missing = [f"--{name}" for name in ("pipeline", "guide", "feranno") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"{', '.join(missing)} required (unless --card_only)")
 
     pipe = SynFERPipeline.from_pretrained(args.pipeline)
     head = FERAnnoPipeline.from_pretrained(args.feranno).head
@@ -106,13 +151,7 @@ def main(argv: list[str] | None = None) -> str:
     shutil.rmtree(staging, ignore_errors=True)
     default.save_pretrained(
         staging,
-        model_card={
-            "model_name": "synfer_diffusers embedded default (FaceWorld, 64x64)",
-            "datasets": ["FaceWorld (synfer_diffusers.data.faceworld, seed 0, 20k train)"],
-            "training": args.training
-            or "Trained on FaceWorld by `examples/train_faceworld_default.sh` (autoencoder, stage A, stage B, guide, FERAnno).",
-            "evaluation": evaluation_markdown(args.evaluation),
-        },
+        model_card=default_model_card(args.training, evaluation_markdown(args.evaluation)),
     )
     size = folder_size_mb(staging)
     if size > MAX_SIZE_MB:
@@ -121,7 +160,7 @@ def main(argv: list[str] | None = None) -> str:
     os.replace(staging, args.output_dir)
     print(f"Wrote {args.output_dir} ({size:.1f} MB)")
     if args.grid:
-        save_grid(SynFERPipeline.from_pretrained(args.output_dir, torch_dtype=torch.float32), args.grid)
+        save_grid(SynFERPipeline.from_pretrained(args.output_dir), args.grid)
         print(f"Wrote {args.grid}")
     return args.output_dir
 

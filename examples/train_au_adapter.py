@@ -253,7 +253,12 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
         vae.to(torch.float32)
         text_encoder.to(torch.float32)
         build_pipeline().save_pretrained(
-            config.output_dir, model_card={"training": training_card_text(config, "train_au_adapter.py")}
+            config.output_dir,
+            model_card={
+                "base_model": config.pretrained_model_name_or_path,
+                "datasets": [config.dataset_name],
+                "training": training_card_text(config, "train_au_adapter.py"),
+            },
         )
         accelerator.print(f"Saved the AU-conditioned pipeline to {config.output_dir}.")
     accelerator.end_training()

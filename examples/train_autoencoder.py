@@ -7,7 +7,7 @@ the images' finite differences, which keeps thin expression cues (brows, lids, l
 
 After training the script measures the latent standard deviation on training images and stores
 `scaling_factor = 1 / std` in the config (diffusion then sees unit-variance latents), and saves the model with
-`save_pretrained` (safetensors): `AutoencoderKL.from_pretrained(output_dir)` loads it.
+`save_pretrained` (safetensors) with a model card: `AutoencoderKL.from_pretrained(output_dir)` loads it.
 
 **The gate** (`--judge_path`, `--au_regressor_path`, models from `examples/train_fer_classifier.py`): a
 diffusion model cannot draw expressions its autoencoder loses, so before any UNet training the judge classifies
@@ -48,6 +48,7 @@ from torch import nn
 from transformers import AutoModelForImageClassification
 
 from synfer_diffusers.facs import EXPRESSIONS, AUSpace
+from synfer_diffusers.hub_utils import write_model_card
 from synfer_diffusers.training_utils import (
     BatchOrder,
     TrainingConfig,
@@ -64,6 +65,7 @@ from synfer_diffusers.training_utils import (
     prepare_run,
     run_training_loop,
     tile_images,
+    training_card_text,
     validate_action_units_column,
     validate_columns,
 )
@@ -301,6 +303,25 @@ def load_test_data(config: AutoencoderTrainingConfig) -> tuple[torch.Tensor | No
     return load_images(test_set, config.image_column, config.resolution, desc="Test images"), gate_data
 
 
+def model_card_fields(vae: AutoencoderKL, config: AutoencoderTrainingConfig, report: dict | None) -> dict:
+    """The `model_cards/autoencoder.md` fields: sizes, the measured scaling, data and the test report."""
+    latent_side = config.resolution // 2 ** (len(config.block_out_channels) - 1)
+    if report is None:
+        evaluation = "Not evaluated (no `--test_split`)."
+    else:
+        numbers = ", ".join(f"`{k}` {v:.4g}" if isinstance(v, float) else f"`{k}` {v}" for k, v in report.items())
+        evaluation = f"On the `{config.test_split}` split (PSNR and, with the gate, `gate.json`): {numbers}."
+    return {
+        "datasets": [config.dataset_name],
+        "parameters": sum(p.numel() for p in vae.parameters()),
+        "resolution": config.resolution,
+        "latent_shape": f"{vae.config.latent_channels}x{latent_side}x{latent_side}",
+        "scaling_factor": f"{vae.config.scaling_factor:.4f}",
+        "training": training_card_text(config, "train_autoencoder.py"),
+        "evaluation": evaluation,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     config = parse_config(AutoencoderTrainingConfig, argv, description=__doc__.splitlines()[0])
     accelerator = prepare_run(config)
@@ -342,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
         vae.register_to_config(scaling_factor=scaling_factor)
         vae.save_pretrained(config.output_dir)
         accelerator.print(f"Saved the autoencoder to {config.output_dir} (scaling_factor {scaling_factor:.4f}).")
+        report = None
         if test_images is not None:
             reconstructions = reconstruct(vae, test_images, config.train_batch_size)
             report = {"psnr": psnr(reconstructions, test_images)}
@@ -350,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
                 with open(os.path.join(config.output_dir, "gate.json"), "w") as f:
                     json.dump(report, f, indent=2)
             accelerator.print(json.dumps(report, indent=2))
+        write_model_card(config.output_dir, "autoencoder.md", model_card_fields(vae, config, report))
     accelerator.end_training()
     return summary
 

@@ -12,8 +12,8 @@ Two tasks, one script:
 Training images are augmented on the fly in torch (flip, small shift/scale/rotation, Gaussian blur with sigma
 in [0, 1.5], 64 -> 32 -> 64 downscaling, brightness/contrast/colour jitter, noise), so that the model judges
 expressions rather than sharpness or colour. Models are built from config (no downloads) and saved with
-`save_pretrained` (safetensors) beside a ViT-style image processor (`x / 127.5 - 1` at 64x64) and
-`metrics.json` with the test metrics on original, blurred (sigma 1) and 64 -> 32 -> 64 images.
+`save_pretrained` (safetensors) beside a ViT-style image processor (`x / 127.5 - 1` at 64x64), a model card
+(`README.md`) and `metrics.json` with the test metrics on original, blurred (sigma 1) and 64 -> 32 -> 64 images.
 
 Example:
 
@@ -53,6 +53,7 @@ from transformers import (
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 from synfer_diffusers.facs import EXPRESSIONS, AUSpace
+from synfer_diffusers.hub_utils import write_model_card
 
 TASKS = ("expression", "action_units")
 ARCHITECTURES = ("resnet", "convnext")
@@ -406,6 +407,27 @@ def save(model: PreTrainedModel, config: TrainFERConfig, metrics: dict) -> None:
     ).save_pretrained(output_dir)
     (output_dir / "training_config.json").write_text(json.dumps(asdict(config), indent=2))
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_model_card(output_dir, "fer_classifier.md", model_card_fields(model, config, metrics))
+
+
+def model_card_fields(model: PreTrainedModel, config: TrainFERConfig, metrics: dict) -> dict:
+    """The `model_cards/fer_classifier.md` fields: what the model is, its data and its test numbers."""
+    expression = config.task == "expression"
+    return {
+        "pipeline_tag": "image-classification" if expression else None,  # the Hub has no image-regression task
+        "datasets": [config.dataset_dir],
+        "metrics": ["accuracy"] if expression else ["mae"],
+        "labels": list(EXPRESSIONS) if expression else list(AU_NAMES),
+        "task": config.task,
+        "architecture": config.architecture,
+        "model_class": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "image_size": IMAGE_SIZE,
+        "training": f"Trained with `examples/train_fer_classifier.py` (`--task {config.task} --architecture "
+        f"{config.architecture}`, {metrics['steps']} steps, seed {config.seed}) on `{config.dataset_dir}`; every "
+        "setting is in `training_config.json`.",
+        "evaluation": f"On the test split (`metrics.json` has every number): {_headline(metrics['test'])}.",
+    }
 
 
 def _headline(metrics: dict) -> str:

@@ -192,8 +192,8 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
         for module in (pipe.vae, pipe.text_encoder, pipe.unet):
             module.to(torch.float32)
         model_card = {
-            "base_model": None if is_local_path(config.pretrained_model) else config.pretrained_model,
-            "datasets": None if is_local_path(config.dataset_name) else [config.dataset_name],
+            "base_model": config.pretrained_model,
+            "datasets": [config.dataset_name],
             "metrics": ["accuracy", "f1"],
             "training": training_card_text(config, "train_feranno.py"),
             "evaluation": evaluation_text(history),

@@ -9,7 +9,8 @@ Two starting points:
 
 - `--pretrained_model_name_or_path`: a `SynFERPipeline` or Stable Diffusion folder / Hub id. The UNet is
   fine-tuned, fully or, with `--lora_rank N`, as a peft LoRA on its attention projections (saved in diffusers'
-  LoRA format: `SynFERPipeline.from_pretrained(base).load_lora_weights(output_dir)`).
+  LoRA format with a model card: `SynFERPipeline.from_pretrained(base).load_lora_weights(output_dir)`). The card
+  names the base model and inherits its licence (SD 1.5's `creativeml-openrail-m`, for example).
 - From scratch (the FaceWorld default model): `--vae_path` (from `examples/train_autoencoder.py`), a CLIP
   tokenizer trained offline on the dataset's captions, a small `CLIPTextModel` built in code (trained jointly
   with `--train_text_encoder`) and a `UNet2DConditionModel` of configurable size.
@@ -55,6 +56,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from synfer_diffusers import SynFERPipeline
+from synfer_diffusers.hub_utils import write_model_card
 from synfer_diffusers.tokenization import train_clip_tokenizer
 from synfer_diffusers.training_utils import (
     BatchOrder,
@@ -312,13 +314,20 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
         vae.to(torch.float32)
         accelerator.unwrap_model(text_encoder).to(torch.float32)
         pipeline = build_pipeline()
+        model_card = {
+            "base_model": config.pretrained_model_name_or_path,  # None from scratch
+            "datasets": [config.dataset_name],
+            "training": training_card_text(config, "train_text_to_image.py"),
+        }
         if config.lora_rank:
             lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipeline.unet))
             SynFERPipeline.save_lora_weights(config.output_dir, unet_lora_layers=lora_layers)
-        else:
-            pipeline.save_pretrained(
-                config.output_dir, model_card={"training": training_card_text(config, "train_text_to_image.py")}
+            lora = pipeline.unet.peft_config["default"]
+            write_model_card(
+                config.output_dir, "synfer_lora.md", {**model_card, "lora_rank": lora.r, "lora_alpha": lora.lora_alpha}
             )
+        else:
+            pipeline.save_pretrained(config.output_dir, model_card=model_card)
         accelerator.print(f"Saved {'LoRA weights' if config.lora_rank else 'the pipeline'} to {config.output_dir}.")
     accelerator.end_training()
     return summary

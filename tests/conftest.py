@@ -36,3 +36,13 @@ def tiny_tokenizer_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_tokenizer")
     tiny_clip_tokenizer(save_directory=directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def hub():
+    """A Hub-compatible server (`tests/hub_server.py`) on 127.0.0.1 for the tests of one module."""
+    from hub_server import HubServer
+
+    server = HubServer().start()
+    yield server
+    server.stop()

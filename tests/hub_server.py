@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -26,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.request import Request, urlopen
 
 LFS_SUFFIXES = (".parquet", ".safetensors", ".bin", ".pt", ".arrow")
 LFS_MIN_SIZE = 10 * 1024 * 1024
@@ -109,6 +111,23 @@ class HubServer:
         with self.lock:
             repo = self.repos.get((repo_type, repo_id))
             return len(repo.commits) if repo else 0
+
+
+def client_env(server: HubServer, hf_home: str, threads: int = 1) -> dict[str, str]:
+    """Environment of a client subprocess of `server`: this process's, online, with the variables the clients need
+    (read by the HF libraries at import time) and its own `HF_HOME` cache."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_TOKEN="hf_test_token", HF_HOME=hf_home,
+               HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS=str(threads))  # fmt: skip
+    return env
+
+
+def arm_fault(endpoint: str, times: int) -> None:
+    """From a client: makes the next `times` calls of `endpoint` fail (see [`HubServer.fail`]); 0 disarms."""
+    request = Request(f"{os.environ['HF_ENDPOINT']}/_test/fail", method="POST",
+                      data=json.dumps({"endpoint": endpoint, "times": times}).encode(),
+                      headers={"Content-Type": "application/json"})  # fmt: skip
+    urlopen(request).read()
 
 
 def _make_handler(server: HubServer) -> type[BaseHTTPRequestHandler]:

@@ -2,12 +2,13 @@
 labelled faces, and the main job uses it when no model is given."""
 
 import os
+import shutil
 
 import datasets
 import numpy as np
 import torch
 
-from synfer_diffusers import EXPRESSIONS, FERAnnoHead
+from synfer_diffusers import EXPRESSIONS, FERAnnoHead, SynFERPipeline
 from synfer_diffusers.cli import main
 from synfer_diffusers.generate import DEFAULT_MODEL_DIR, default_model_dir, resolve_pipeline
 
@@ -55,3 +56,25 @@ def test_main_job_without_model_uses_the_default(tmp_path, monkeypatch):
     assert len(dataset) == 3 and dataset[0]["image"].size == (64, 64)
     plan = (folder / "plan.json").read_text()
     assert "synfer_diffusers/default_model" in plan and '"labeler": "vote:guide,feranno,target"' in plan
+
+
+def test_plain_from_pretrained_of_the_fp16_default_runs_without_a_dtype():
+    """The default stores float16 weights; a plain `from_pretrained` (no `dtype`) must give one dtype for every
+    component (transformers alone would keep the text encoder and the guide in float16 next to a float32 UNet)."""
+    pipe = SynFERPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    dtypes = {name: module.dtype for name, module in pipe.components.items() if hasattr(module, "dtype")}
+    assert set(dtypes.values()) == {torch.float32}, dtypes
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt="a photo of a face", expression="sad", num_inference_steps=2, guidance_scale=3.0,
+               semantic_guidance_scale=1.0, output_type="np", generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert np.isfinite(out.images).all()
+    half = SynFERPipeline.from_pretrained(DEFAULT_MODEL_DIR, dtype=torch.bfloat16)
+    assert {m.dtype for m in half.components.values() if hasattr(m, "dtype")} == {torch.bfloat16}
+
+
+def test_main_job_on_a_copy_of_the_default(tmp_path):
+    """`synfer generate --model <a folder>` loads it with the plain `from_pretrained` route."""
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "model")
+    argv = ["generate", "--output-dir", str(tmp_path / "set"), "--model", str(tmp_path / "model"),
+            "--num-samples", "2", "--num-inference-steps", "2", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0

@@ -181,7 +181,7 @@ def test_save_load_round_trip_card_and_push(pipe, tmp_path, monkeypatch):
     }
     pipe.save_pretrained(tmp_path / "saved", model_card=card_fields)
     index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
-    assert index["head"] == ["synfer_diffusers.models.feranno", "FERAnnoHead"]
+    assert index["head"] == ["feranno", "FERAnnoHead"]
     assert not list(tmp_path.rglob("*.bin"))
     card = (tmp_path / "saved" / "README.md").read_text()
     metadata = ("library_name: diffusers", "base_model: user/synfer-faceworld", "- user/faceworld", "- accuracy")

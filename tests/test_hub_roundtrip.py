@@ -8,12 +8,13 @@ JSON line of observations for the assertions below. Checks that need no network 
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from hub_server import arm_fault, client_env
 
 HERE = Path(__file__).resolve().parent
 DATASET_REPO = "tester/synfer-synthetic"
@@ -23,23 +24,12 @@ GENERATE_ARGS = ["--num-samples", "4", "--shard-size", "2", "--batch-size", "2",
                  "--height", "16", "--width", "16", "--no-progress"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def hub():
-    sys.path.insert(0, str(HERE))
-    from hub_server import HubServer
-
-    server = HubServer().start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture(scope="module")
 def client_run(hub, tmp_path_factory):
     """Runs the client scenarios once against the server; returns their observations."""
     workdir = tmp_path_factory.mktemp("hub_client")
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_TOKEN="hf_test_token", HF_HOME=str(workdir / "hf_home"),
-               HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS="2")  # fmt: skip
+    env = client_env(hub, str(workdir / "hf_home"), threads=2)
     hub.fail("commit", times=1)  # the first dataset commit fails: the push must retry
     result = subprocess.run([sys.executable, __file__, str(workdir)], env=env, capture_output=True, text=True,
                             timeout=300)  # fmt: skip
@@ -95,13 +85,6 @@ def test_bad_repo_id_and_missing_token_fail_before_any_work(tmp_path, monkeypatc
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _arm(endpoint: str, times: int) -> None:
-    import urllib.request
-
-    request = urllib.request.Request(f"{os.environ['HF_ENDPOINT']}/_test/fail", method="POST",
-                                     data=json.dumps({"endpoint": endpoint, "times": times}).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    urllib.request.urlopen(request).read()
 
 
 def _client(workdir: Path) -> dict:
@@ -129,13 +112,13 @@ def _client(workdir: Path) -> dict:
         all(local[k] == pulled[k] for k in keys) and all(map(np.array_equal, local_images, pulled_images))
     )
 
-    _arm("commit", times=10)
+    arm_fault("commit", times=10)
     try:
         push_synthetic_dataset(folder, BROKEN_REPO, max_retries=2, retry_wait=0.05)
         observations["broken_error"] = ""
     except Exception as error:  # noqa: BLE001 - reported to the test
         observations["broken_error"] = f"{type(error).__name__}: {error}"
-    _arm("commit", times=0)
+    arm_fault("commit", times=0)
 
     pipe = SynFERPipeline(**make_tiny_components(seed=0))
     pipe.set_progress_bar_config(disable=True)

@@ -31,7 +31,7 @@ def _run(pipe, seed=0, **kwargs):
 def test_issue_example_runs(pipe):
     out = pipe(
         prompt=PROMPT, expression="happy", action_units=HAPPY_AUS, au_scale=1.0, num_images_per_prompt=4,
-        num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+        num_inference_steps=2, generator=[torch.Generator().manual_seed(s) for s in range(4)],
     )  # fmt: skip
     assert isinstance(out, SynFERPipelineOutput) and len(out.images) == 4
     assert all(isinstance(image, PIL.Image.Image) for image in out.images)
@@ -57,17 +57,42 @@ def test_batch_equals_single_calls(pipe):
 
 
 def test_reported_seed_reproduces_an_image_alone(pipe):
-    out = _run(pipe, 7, expression="fear", num_images_per_prompt=3)
+    generators = [torch.Generator().manual_seed(s) for s in (7, 8, 9)]
+    out = pipe(prompt=PROMPT, expression="fear", num_images_per_prompt=3, num_inference_steps=3, output_type="np",
+               generator=generators)  # fmt: skip
+    assert out.seeds == [7, 8, 9]
     again = pipe(prompt=PROMPT, expression="fear", num_inference_steps=3, output_type="np",
                  generator=[torch.Generator().manual_seed(out.seeds[2])])  # fmt: skip
     assert np.abs(again.images[0] - out.images[2]).max() < 1e-4
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_one_generator_equals_a_list_of_it_and_draws_the_batch_as_stock_pipelines(pipe, eta):
+    """diffusers' convention: `generator=G` and `generator=[G]` give the same image; one generator draws the whole
+    batch's noise (then the AU jitter of each image in turn) and reports no per-image seeds."""
+    single = _run(pipe, 3, expression="fear", eta=eta)
+    listed = pipe(prompt=PROMPT, expression="fear", num_inference_steps=3, output_type="np", eta=eta,
+                  generator=[torch.Generator().manual_seed(3)])  # fmt: skip
+    assert np.array_equal(single.images, listed.images) and single.action_units == listed.action_units
+    assert single.seeds is None and listed.seeds == [3]
+    batch = _run(pipe, 3, expression="fear", num_images_per_prompt=2, eta=eta)
+    assert batch.seeds is None and not np.allclose(batch.images[0], batch.images[1])
+
+
+def test_list_of_generators_gives_per_image_step_noise(pipe):
+    """With eta > 0 the scheduler's step noise of image `i` comes from generator `i`: image 2 alone equals image 2 of
+    a batch."""
+    kwargs = {"prompt": PROMPT, "expression": "sad", "num_inference_steps": 3, "output_type": "np", "eta": 1.0}
+    batch = pipe(**kwargs, num_images_per_prompt=3, generator=[torch.Generator().manual_seed(s) for s in (0, 1, 2)])
+    alone = pipe(**kwargs, generator=[torch.Generator().manual_seed(2)])
+    assert np.abs(alone.images[0] - batch.images[2]).max() < 1e-4
 
 
 def test_save_load_round_trip_is_identical_and_writes_card(pipe, tmp_path):
     expected = _run(pipe, 0, expression="happy", action_units=HAPPY_AUS).images
     pipe.save_pretrained(tmp_path, model_card={"training": "tiny test model", "datasets": ["faceworld"]})
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["unet"] == ["synfer_diffusers.models.unet_au", "AUConditionedUNet2DConditionModel"]
+    assert index["unet"] == ["unet_au", "AUConditionedUNet2DConditionModel"]
     assert not list(tmp_path.rglob("*.bin")) and list(tmp_path.rglob("*.safetensors"))
     card = (tmp_path / "README.md").read_text()
     assert "library_name: diffusers" in card and "lip corner puller" in card and "tiny test model" in card
@@ -137,7 +162,7 @@ def test_output_types_and_tuple(pipe):
     assert np.allclose(as_pt.permute(0, 2, 3, 1).numpy(), as_np) and as_pil[0].size == (16, 16)
     images, expressions, action_units, prompts, seeds, labels = _run(pipe, return_dict=False, expression="anger")
     assert np.array_equal(images, _run(pipe, expression="anger").images) and expressions == ["anger"]
-    assert len(action_units) == len(prompts) == len(seeds) == 1 and labels is None
+    assert len(action_units) == len(prompts) == 1 and seeds is None and labels is None
 
 
 def test_au_scale_zero_equals_plain_unet_pipeline(pipe, tiny_components):

@@ -7,7 +7,7 @@ import torch
 from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
 
 from synfer_diffusers import SynFERPipeline
-from synfer_diffusers.pipelines.synfer.pipeline_synfer import (
+from synfer_diffusers.pipelines.synfer.semantic_guidance import (
     guidance_decode_size,
     semantic_guidance_gradient_steps,
     semantic_guidance_steps,
@@ -93,7 +93,7 @@ def test_guided_step_descends_the_guide_loss(guided_pipe, normalization):
     pipe.scheduler.set_timesteps(10)
     t = pipe.scheduler.timesteps[7]
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    embeds = pipe.encode_prompt(["a photo of a face", "a photo of a man"], "cpu")
+    embeds, _ = pipe.encode_prompt(["a photo of a face", "a photo of a man"], "cpu", 1, False)
     au_embeds = pipe.unet.encode_action_units(torch.full((2, 12), 2.0))
     guide = pipe.prepare_semantic_guidance(
         ["happy", "anger"], {"happiness": "happy"}, "guide_size", (8, 8), torch.device("cpu")
@@ -106,7 +106,7 @@ def test_guided_step_descends_the_guide_loss(guided_pipe, normalization):
             images = pipe.vae.decode((latents - (1 - abar).sqrt() * eps) / abar.sqrt()).sample
             return pipe.guidance_loss((images / 2 + 0.5).clamp(0, 1), guide).item()
 
-    _, updated = pipe.semantic_guidance_step(latents, t, embeds, None, au_embeds, 1.0, 1.0, guide, 0.05, normalization)
+    _, updated = pipe.semantic_guidance_step(latents, t, embeds, au_embeds, 1.0, guide, 0.05, normalization)
     step_norms = (embeds - updated).norm(dim=-1 if normalization == "per_token" else (-2, -1))
     assert torch.allclose(step_norms, torch.full_like(step_norms, 0.05), atol=1e-4)
     assert loss_of(updated) < loss_of(embeds)

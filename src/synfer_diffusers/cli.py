@@ -101,7 +101,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="Upload the finished dataset to this Hub dataset repo ('user/name') in one commit.")  # fmt: skip
     parser.add_argument("--private", action="store_true", default=None, help="Create the Hub repo as private.")
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login).")
-    parser.add_argument("--license", default=None, help="Licence in the dataset card (default: cc-by-4.0).")
+    parser.add_argument("--license", default=None, help="Licence in the dataset card (default: the generating model's licence, from its card).")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     parser.set_defaults(func=run_generate)
 

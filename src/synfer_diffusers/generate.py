@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from .data.hub import check_push_target, push_synthetic_dataset
 from .data.writer import SyntheticSetWriter
 from .facs import EXPRESSIONS, AUSpace
+from .hub_utils import inherited_license, license_label, load_card_metadata, split_hub_ids
 from .labels import ClassifierVoter, EnsembleVoter, VotingConfig
 from .pipelines.synfer.pipeline_output import SynFERPipelineOutput
 from .pipelines.synfer.pipeline_synfer import SynFERPipeline
@@ -458,8 +459,8 @@ def resolve_pipeline(model: str | None = None) -> tuple[SynFERPipeline, str]:
     if model is None:
         folder = default_model_dir()
         if (folder / "model_index.json").is_file():
-            # stored in float16 to keep the package small; computed in float32 (CPU-friendly, as evaluated)
-            default = SynFERPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+            # stored in float16 to keep the package small; loaded in float32 (CPU-friendly, as evaluated)
+            default = SynFERPipeline.from_pretrained(folder)
             return default, "synfer_diffusers/default_model" if folder == DEFAULT_MODEL_DIR else str(folder)
         from .tiny import make_tiny_components
 
@@ -665,21 +666,28 @@ def generate_synthetic_dataset(
 
 
 _DEFAULT_CARD_DATA: dict[str, Any] = {
-    "license": "cc-by-4.0",
     "task_categories": ["image-classification", "text-to-image"],
     "tags": ["synfer", "synthetic", "facial-expression-recognition", "action-units"],
 }
 
 
 def _card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None) -> dict[str, Any]:
+    """Card metadata (the generating model's licence, read from its card; the AU and layout datasets as
+    `source_datasets` where they are on the Hub) and the template's text fields."""
+    model = plan["model"]["name"]
+    tiny = model == TINY_MODEL_NAME
+    model_dir = DEFAULT_MODEL_DIR if model == "synfer_diffusers/default_model" else model
+    model_card = None if tiny else load_card_metadata(model_dir)
     distribution = plan["expression_distribution"]
     if plan["au_policy"] == "prototype":
         au_policy = (f"EMFACS prototype of the target at intensity {plan['prototype_intensity']}, Gaussian jitter "
                      f"(std {plan['au_jitter']}) on its active AUs, drawn from each image's seed")  # fmt: skip
     else:
         au_policy = f"AU vector of a random row of `{plan['au_source']['name']}` with the target label"
-    tiny = plan["model"]["name"] == TINY_MODEL_NAME
     return {
+        **inherited_license(model_card),
+        "source_datasets": split_hub_ids([plan[k] for k in ("au_dataset", "layout_dataset") if plan[k]])[0] or None,
+        "model_license": license_label(model_card),
         "repo_id": repo_id,
         "num_samples": plan["num_samples"],
         "master_seed": plan["seed"],
@@ -688,7 +696,7 @@ def _card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None)
         f"AU scale {plan['au_scale']}" + (f", extra pipeline arguments {plan['pipeline_kwargs']}" if plan["pipeline_kwargs"] else "")
         + (f", layout initialisation from `{plan['layout_dataset']}` at strength {plan['layout_strength']}"
            if plan["layout_dataset"] else ""),
-        "model_name": plan["model"]["name"],
+        "model_name": model,
         "model_fingerprint": plan["model"]["fingerprint"][:16],
         "model_lineage": "tiny random weights from `synfer_diffusers.tiny` (a stand-in)" if tiny else None,
         "au_names": plan["au_space"]["names"],

@@ -66,7 +66,6 @@ from typing import Any, Literal
 import datasets
 import numpy as np
 import PIL.Image
-from huggingface_hub import DatasetCard
 from tqdm.auto import tqdm
 
 from ..annotators import (
@@ -78,7 +77,7 @@ from ..annotators import (
     TemplateCaptioner,
 )
 from ..facs import EXPRESSIONS, AUSpace
-from ..hub_utils import model_card_template
+from ..hub_utils import inherited_license, license_label, load_card_metadata, split_hub_ids
 from ..training_utils import expression_label_ids, load_training_dataset, tile_images, validate_columns
 from .writer import SyntheticSetWriter
 
@@ -251,16 +250,13 @@ def fetext_features(au_space: AUSpace, labelled: bool) -> datasets.Features:
 class FETextWriter(SyntheticSetWriter):
     """The synthetic-set writer with [`fetext_features`], the FEText card and an unlabelled preview grid."""
 
+    card_template = CARD_TEMPLATE
+
     def __init__(self, output_dir: str | os.PathLike, plan: Mapping[str, Any]):
         super().__init__(output_dir, plan)
         labelled = self.plan["config"]["label_column"] is not None
         self.features = fetext_features(AUSpace.from_config(self.plan["au_space"]), labelled)
         self.schema = self.features.arrow_schema
-
-    def render_card(self, card_fields: Mapping[str, Any], card_data: Mapping[str, Any] | None = None) -> DatasetCard:
-        # The writer builds the YAML (features, splits, configs); the text comes from the FEText template.
-        data = super().render_card(card_fields, card_data).data
-        return DatasetCard.from_template(data, template_str=model_card_template(CARD_TEMPLATE), **card_fields)
 
     def preview_grid(self, num_samples: int = 32, columns: int = 8) -> PIL.Image.Image:
         """The first `num_samples` images as 64x64 tiles, `columns` per row."""
@@ -496,7 +492,7 @@ def build_fetext_dataset(
                 rows += _annotate(dataset, scan, sample_ids, labels, config, au_estimator, captioner, source_name)
                 progress.update(len(sample_ids))
             writer.write_shard(spec, rows)
-    writer.finalize(_card_fields(plan, source_name), card_data)
+    writer.finalize(_card_fields(plan, source_name, source), card_data)
     return FETextResult(str(output_dir), len(scan.kept), len(dataset), scan.skipped, len(writer.shards), len(pending))
 
 
@@ -539,12 +535,24 @@ def _annotate(
     ]
 
 
-def _card_fields(plan: Mapping[str, Any], source_name: str) -> dict[str, Any]:
+def _card_fields(
+    plan: Mapping[str, Any], source_name: str, source: str | os.PathLike | datasets.Dataset
+) -> dict[str, Any]:
+    """Card metadata (the source's licence, read from its card; the source as `source_datasets` if on the Hub) and
+    the template's text fields."""
     space = plan["au_space"]
+    labelled = plan["config"]["label_column"] is not None
+    in_memory = isinstance(source, datasets.Dataset)
+    source_card = None if in_memory else load_card_metadata(source, repo_type="dataset")
     return {
+        **inherited_license(source_card),
+        "source_datasets": None if in_memory else split_hub_ids(source)[0] or None,
+        "task_categories": ["text-to-image", "image-classification"] if labelled else ["text-to-image"],
+        "tags": ["synfer", "fetext", "facial-expression-recognition", "action-units"],
+        "source_license": license_label(source_card),
         "num_samples": plan["num_samples"], "source_name": source_name, "source": plan["source"],
         "au_names": space["names"], "au_kind": space["kind"], "au_estimator": plan["au_estimator"],
-        "captioner": plan["captioner"], "labelled": plan["config"]["label_column"] is not None,
+        "captioner": plan["captioner"], "labelled": labelled,
         "config": plan["config"], "expressions": list(EXPRESSIONS),
         "plan_json": json.dumps(plan, indent=2, sort_keys=True),
     }  # fmt: skip

@@ -9,7 +9,8 @@ samples) and rows; the writer makes a folder that `datasets.load_dataset(folder)
 output_dir/
   plan.json                            the plan; a rerun must match it (`--resume`) or replace it (`--overwrite`)
   data/train-00000-of-00004.parquet    shard 0: samples [0, shard_size), and so on; names are fixed by the plan
-  README.md                            dataset card (YAML: features, splits, configs), written when complete
+  README.md                            dataset card (YAML: features, splits, configs, size, licence, tags),
+                                       written when complete
   preview.png                          grid of the first samples, written when complete
   .synfer/shards/00000.json            manifest of each finished shard: sample range, rows, sha256
   .synfer/tmp/                         shards being written (removed when the set is complete)
@@ -45,7 +46,7 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..facs import EXPRESSIONS
-from ..hub_utils import model_card_template
+from ..hub_utils import DATASET_CARD_DATA_KEYS, model_card_template, size_category, split_card_fields
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,9 @@ class SyntheticSetWriter:
     >>> writer.finalize(card_fields={...})  # README.md + preview.png
     ```
     """
+
+    card_template = CARD_TEMPLATE
+    """The card's template in `model_cards/`."""
 
     def __init__(self, output_dir: str | os.PathLike, plan: Mapping[str, Any]):
         self.output_dir = Path(output_dir)
@@ -303,20 +307,24 @@ class SyntheticSetWriter:
         shutil.rmtree(self._tmp_dir, ignore_errors=True)
 
     def render_card(self, card_fields: Mapping[str, Any], card_data: Mapping[str, Any] | None = None) -> DatasetCard:
-        """The dataset card from `model_cards/synthetic_dataset.md`: YAML `dataset_info` (features, split sizes),
-        `configs` (`data/train-*`) and `card_data` (license, tags, ...); `card_fields` fill the template."""
+        """The dataset card from the template `card_template`. YAML: `dataset_info` (features, split sizes),
+        `configs` (`data/train-*`), `size_categories` (from the number of samples), the `card_fields` among
+        `DATASET_CARD_DATA_KEYS` (licence, tags, source datasets, ...) and `card_data`, which wins over both; the
+        other `card_fields` fill the template."""
+        metadata, text_fields = split_card_fields(card_fields, DATASET_CARD_DATA_KEYS)
+        num_samples = int(self.plan["num_samples"])
         num_bytes = sum((self.output_dir / spec.filename).stat().st_size for spec in self.shards)
         splits = datasets.SplitDict()
-        splits.add(datasets.SplitInfo(name=SPLIT, num_bytes=num_bytes, num_examples=int(self.plan["num_samples"])))
-        data = DatasetCardData(**(card_data or {}))
+        splits.add(datasets.SplitInfo(name=SPLIT, num_bytes=num_bytes, num_examples=num_samples))
+        data = DatasetCardData(**{"size_categories": [size_category(num_samples)], **metadata, **(card_data or {})})
         datasets.info.DatasetInfosDict(
             {"default": datasets.DatasetInfo(features=self.features, splits=splits)}
         ).to_dataset_card_data(data)
         datasets.utils.metadata.MetadataConfigs(
             {"default": {"data_files": [{"split": SPLIT, "path": f"{DATA_DIR}/{SPLIT}-*"}]}}
         ).to_dataset_card_data(data)
-        fields = {"plan_json": _canonical_json(self.plan, indent=2), **card_fields}
-        return DatasetCard.from_template(data, template_str=model_card_template(CARD_TEMPLATE), **fields)
+        fields = {"plan_json": _canonical_json(self.plan, indent=2), **text_fields}
+        return DatasetCard.from_template(data, template_str=model_card_template(self.card_template), **fields)
 
     def preview_grid(self, num_samples: int = PREVIEW_SAMPLES, columns: int = 8) -> PIL.Image.Image:
         """The first `num_samples` images in a grid, each captioned with its target expression."""

@@ -26,6 +26,7 @@ from diffusers.models.attention_processor import (
     AttnProcessor,
     AttnProcessor2_0,
     FusedAttnProcessor2_0,
+    SlicedAttnProcessor,
 )
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
@@ -33,14 +34,21 @@ from torch import nn
 
 from ..facs import AUSpace
 
-__all__ = ["AUAttnProcessor2_0", "AUConditionedUNet2DConditionModel", "AUConditioning", "AUEncoder", "ModelMixin"]
+__all__ = [
+    "AUAttnProcessor2_0",
+    "AUConditionedUNet2DConditionModel",
+    "AUConditioning",
+    "AUEncoder",
+    "FusedAUAttnProcessor2_0",
+    "ModelMixin",
+]
 # `ModelMixin` is exported because diffusers' pipeline loader looks the base class up in this module
 # (model_index.json stores "synfer_diffusers.models.unet_au").
 
 AU_PARAMETER_MARKERS = ("au_encoder.", "au_null_tokens", ".to_k_au.", ".to_v_au.")
 """Substrings that identify the adapter's parameters in a state dict."""
 
-_PLAIN_PROCESSORS = (AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0)
+_PLAIN_PROCESSORS = (AttnProcessor, AttnProcessor2_0)
 
 
 class AUConditioning(NamedTuple):
@@ -76,8 +84,19 @@ class AUAttnProcessor2_0:
 
     Reads `attn.to_k_au` / `attn.to_v_au`, which belong to the UNet (so replacing processors never loses
     AU weights). With a plain tensor as `encoder_hidden_states`, or `au_scale == 0`, it computes exactly the
-    text-only attention. Supports fused key/value projections (`fuse_qkv_projections`).
+    text-only attention. Supports attention slicing (`slice_size`: attention computed `slice_size` (batch x head)
+    rows at a time, as diffusers' `SlicedAttnProcessor`, which `enable_attention_slicing` installs on the UNet's other
+    layers); [`FusedAUAttnProcessor2_0`] reads fused key/value projections instead.
+
+    Args:
+        slice_size (`int`, *optional*): rows of the flattened (batch x heads) dimension per attention call;
+            `None` computes all at once.
     """
+
+    fused = False
+
+    def __init__(self, slice_size: int | None = None):
+        self.slice_size = slice_size
 
     def __call__(
         self,
@@ -109,7 +128,7 @@ class AUAttnProcessor2_0:
             context = attn.norm_encoder_hidden_states(context)
 
         query = attn.to_q(hidden_states)  # (B, N, inner)
-        if getattr(attn, "fused_projections", False) and hasattr(attn, "to_kv"):
+        if self.fused:
             key, value = attn.to_kv(context).chunk(2, dim=-1)
         else:
             key, value = attn.to_k(context), attn.to_v(context)
@@ -119,12 +138,12 @@ class AUAttnProcessor2_0:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)  # (B, H, N, d)
+        hidden_states = _attention(query, key, value, attention_mask, self.slice_size)  # (B, H, N, d)
 
         if au_tokens is not None and au_scale != 0:
             au_key = _split_heads(attn.to_k_au(au_tokens), attn.heads, head_dim)  # (B, H, T, d)
             au_value = _split_heads(attn.to_v_au(au_tokens), attn.heads, head_dim)
-            hidden_states = hidden_states + au_scale * F.scaled_dot_product_attention(query, au_key, au_value)
+            hidden_states = hidden_states + au_scale * _attention(query, au_key, au_value, None, self.slice_size)
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
@@ -135,8 +154,41 @@ class AUAttnProcessor2_0:
         return hidden_states / attn.rescale_output_factor
 
 
+class FusedAUAttnProcessor2_0(AUAttnProcessor2_0):
+    """[`AUAttnProcessor2_0`] reading the text key/value from the fused projection `attn.to_kv` that
+    `fuse_qkv_projections` builds (what `FusedAttnProcessor2_0` is for the other layers); the AU key/value stay
+    separate. `unfuse_qkv_projections` restores the unfused processor, which reads `to_k` / `to_v` again."""
+
+    fused = True
+
+
 def _split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     return x.view(x.shape[0], -1, heads, head_dim).transpose(1, 2)  # (B, L, H*d) -> (B, H, L, d)
+
+
+def _attention(
+    query: torch.Tensor,  # (B, H, N, d)
+    key: torch.Tensor,  # (B, H, L, d)
+    value: torch.Tensor,  # (B, H, L, d)
+    mask: torch.Tensor | None,  # (B, H, N, L) or broadcastable
+    slice_size: int | None,
+) -> torch.Tensor:  # (B, H, N, d)
+    """Scaled dot-product attention, all at once or `slice_size` rows of the flattened (B * H) dimension at a time."""
+    if slice_size is None:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    batch, heads, length, dim = query.shape
+    flat = [x.reshape(batch * heads, *x.shape[2:]) for x in (query, key, value)]  # (B * H, ., d)
+    flat_mask = None if mask is None else mask.expand(batch, heads, -1, -1).reshape(batch * heads, *mask.shape[2:])
+    out = torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                flat[0][i : i + slice_size], flat[1][i : i + slice_size], flat[2][i : i + slice_size],
+                attn_mask=None if flat_mask is None else flat_mask[i : i + slice_size],
+            )  # fmt: skip
+            for i in range(0, batch * heads, slice_size)
+        ]
+    )
+    return out.view(batch, heads, length, dim)
 
 
 AU_CONFIG_KEYS = ("au_space", "num_au_tokens", "au_encoder_hidden_dim")
@@ -337,12 +389,22 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
 
     def set_attn_processor(self, processor: Any) -> None:
         """Sets attention processors like the parent class, but keeps the AU path of every `attn2`: a stock
-        processor (`AttnProcessor`, `AttnProcessor2_0`, `FusedAttnProcessor2_0`) requested for a cross-attention
-        layer is replaced by [`AUAttnProcessor2_0`]; any other processor there raises a `ValueError`."""
+        processor (`AttnProcessor`, `AttnProcessor2_0`, `FusedAttnProcessor2_0`, `SlicedAttnProcessor`) requested
+        for a cross-attention layer is replaced by [`AUAttnProcessor2_0`] (with the same slice size); any other
+        processor there raises a `ValueError`."""
         names = list(self.attn_processors.keys())
         processors = processor if isinstance(processor, dict) else dict.fromkeys(names, processor)
         kept = {name: _keep_au_path(name, proc) for name, proc in processors.items()}
         super().set_attn_processor(kept)
+
+    def set_attention_slice(self, slice_size: str | int | list[int] | None) -> None:
+        """Attention slicing as in the parent class (`enable_attention_slicing` / `disable_attention_slicing` of a
+        pipeline call this), which sets `SlicedAttnProcessor` (or, for `None`, the default processor) on every
+        attention layer directly; each `attn2` then gets [`AUAttnProcessor2_0`] with the same slice size, so the AU
+        path is kept."""
+        super().set_attention_slice(slice_size)
+        for attn in self._cross_attention_layers():
+            attn.set_processor(AUAttnProcessor2_0(slice_size=getattr(attn.processor, "slice_size", None)))
 
     def set_default_attn_processor(self) -> None:
         """Plain attention for self-attention layers; [`AUAttnProcessor2_0`] for cross-attention layers."""
@@ -417,6 +479,10 @@ def _keep_au_path(name: str, processor: Any) -> Any:
         return processor
     if type(processor) in _PLAIN_PROCESSORS:
         return AUAttnProcessor2_0()
+    if type(processor) is FusedAttnProcessor2_0:
+        return FusedAUAttnProcessor2_0()
+    if type(processor) is SlicedAttnProcessor:
+        return AUAttnProcessor2_0(slice_size=processor.slice_size)
     raise ValueError(
         f"Processor {type(processor).__name__} for {name} would drop the AU path; use AUAttnProcessor2_0 "
         "(or a subclass) for cross-attention layers."

@@ -112,7 +112,6 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
     def model_card_fields(self) -> dict[str, Any]:
         head = self.head.config
         fields: dict[str, Any] = {
-            "pipeline_tag": "image-classification",
             "labels": list(EXPRESSIONS),
             "expressions": list(EXPRESSIONS),
             "resolution": self.resolution,

@@ -4,30 +4,37 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.loaders import StableDiffusionLoraLoaderMixin
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
+from diffusers.models.lora import adjust_lora_scale_text_encoder
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, StableDiffusionMixin
+from diffusers.utils import USE_PEFT_BACKEND, replace_example_docstring, scale_lora_layers, unscale_lora_layers
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ...facs import EXPRESSIONS, AUSpace, classifier_logits_to_expressions, expression_prototype, map_classifier_labels
+from ...facs import EXPRESSIONS, AUSpace
+from ...loaders.au_adapter import AUAdapterLoaderMixin
 from ...models.feature_extraction import UNetFeatureRecorder, UNetFeatures
 from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
-from ...prompts import enrich_prompt
 from ..hub_mixin import ModelCardPipelineMixin
+from .conditions import AUInput, GeneratorInput, plan_conditions, resolve_batch
 from .pipeline_output import SynFERPipelineOutput
+from .semantic_guidance import SemanticGuidanceMixin, check_semantic_guidance_inputs, semantic_guidance_gradient_steps
+
+logger = logging.getLogger(__name__)
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -47,18 +54,28 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
-AUInput = Mapping[str, float] | Sequence[Mapping[str, float]] | torch.Tensor | np.ndarray
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
-SG_NORMALIZATIONS = ("global", "per_token")
-SG_DECODES = ("guide_size", "full")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
-class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+class SynFERPipeline(
+    ModelCardPipelineMixin,
+    DiffusionPipeline,
+    StableDiffusionMixin,
+    TextualInversionLoaderMixin,
+    StableDiffusionLoraLoaderMixin,
+    AUAdapterLoaderMixin,
+    SemanticGuidanceMixin,
+):
     r"""
     Facial-expression generation controlled by text and facial action units (SynFER, arXiv 2410.09865).
 
-    Classifier-free guidance contrasts the conditional branch (enriched prompt + AU tokens) with the
-    unconditional one (negative prompt, default `""`, + the UNet's learned null AU condition).
+    Follows the call contract of diffusers' text-to-image pipelines (`prompt_embeds`, `negative_prompt_embeds`,
+    `cross_attention_kwargs`, `callback_on_step_end` with [`~diffusers.callbacks.PipelineCallback`]s, the generator
+    convention and the [`~diffusers.pipelines.StableDiffusionMixin`] helpers) and adds AU control, prompt enrichment,
+    semantic guidance, layout initialisation and in-loop FERAnno labels. Classifier-free guidance contrasts the
+    conditional branch (prompt + AU tokens) with the unconditional one (negative prompt, default `""`, + the UNet's
+    learned null AU condition).
 
     Args:
         vae ([`AutoencoderKL`]): image <-> latent autoencoder.
@@ -86,6 +103,8 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
     _optional_components = ["guidance_classifier", "guidance_image_processor", "feranno_head"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "au_embeds"]
     model_card_template = "synfer_pipeline.md"
+    _cross_attention_kwargs: dict[str, Any] | None = None
+    _interrupt = False
 
     def __init__(
         self,
@@ -104,7 +123,7 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             guidance_classifier=guidance_classifier, guidance_image_processor=guidance_image_processor,
             feranno_head=feranno_head,
         )  # fmt: skip
-        if feranno_head is not None:
+        if feranno_head is not None and unet is not None:
             feranno_head.check_unet(unet)
         for module in (vae, text_encoder, unet, guidance_classifier, feranno_head):
             if module is not None:
@@ -114,8 +133,9 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
 
     @property
     def au_space(self) -> AUSpace | None:
-        """The UNet's AU space, or `None` for a UNet without an AU adapter."""
-        return self.unet.au_space if isinstance(self.unet, AUConditionedUNet2DConditionModel) else None
+        """The UNet's AU space, or `None` for a UNet without an AU adapter (read by attribute, so a UNet class loaded
+        as remote code by stock diffusers counts too)."""
+        return getattr(self.unet, "au_space", None) if hasattr(self.unet, "encode_action_units") else None
 
     @property
     def base_components(self) -> dict[str, Any]:
@@ -150,31 +170,210 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         }
         return fields
 
-    def encode_prompt(self, prompts: list[str], device: torch.device) -> torch.Tensor:  # (B, L, D)
-        """Tokenises (padded to the tokenizer's maximum length) and encodes prompts; each distinct prompt is
-        encoded once."""
-        unique = list(dict.fromkeys(prompts))
-        tokens = self.tokenizer(
-            unique,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        embeds = self.text_encoder(tokens.input_ids.to(device))[0]  # (U, L, D)
-        index = torch.tensor([unique.index(p) for p in prompts], device=embeds.device)
-        return embeds.index_select(0, index)
+    # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.encode_prompt
+    def encode_prompt(
+        self,
+        prompt,
+        device,
+        num_images_per_prompt,
+        do_classifier_free_guidance,
+        negative_prompt=None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ):
+        r"""
+        Encodes the prompt into text encoder hidden states.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*):
+                prompt to be encoded
+            device: (`torch.device`):
+                torch device
+            num_images_per_prompt (`int`):
+                number of images that should be generated per prompt
+            do_classifier_free_guidance (`bool`):
+                whether to use classifier free guidance or not
+            negative_prompt (`str` or `list[str]`, *optional*):
+                The prompt or prompts not to guide the image generation. If not defined, one has to pass
+                `negative_prompt_embeds` instead. Ignored when not using guidance (i.e., ignored if `guidance_scale` is
+                less than `1`).
+            prompt_embeds (`torch.Tensor`, *optional*):
+                Pre-generated text embeddings. Can be used to easily tweak text inputs, *e.g.* prompt weighting. If not
+                provided, text embeddings will be generated from `prompt` input argument.
+            negative_prompt_embeds (`torch.Tensor`, *optional*):
+                Pre-generated negative text embeddings. Can be used to easily tweak text inputs, *e.g.* prompt
+                weighting. If not provided, negative_prompt_embeds will be generated from `negative_prompt` input
+                argument.
+            lora_scale (`float`, *optional*):
+                A LoRA scale that will be applied to all LoRA layers of the text encoder if LoRA layers are loaded.
+            clip_skip (`int`, *optional*):
+                Number of layers to be skipped from CLIP while computing the prompt embeddings. A value of 1 means that
+                the output of the pre-final layer will be used for computing the prompt embeddings.
+        """
+        # set lora scale so that monkey patched LoRA
+        # function of text encoder can correctly access it
+        if lora_scale is not None and isinstance(self, StableDiffusionLoraLoaderMixin):
+            self._lora_scale = lora_scale
+
+            # dynamically adjust the LoRA scale
+            if not USE_PEFT_BACKEND:
+                adjust_lora_scale_text_encoder(self.text_encoder, lora_scale)
+            else:
+                scale_lora_layers(self.text_encoder, lora_scale)
+
+        if prompt is not None and isinstance(prompt, str):
+            batch_size = 1
+        elif prompt is not None and isinstance(prompt, list):
+            batch_size = len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
+
+        if prompt_embeds is None:
+            # textual inversion: process multi-vector tokens if necessary
+            if isinstance(self, TextualInversionLoaderMixin):
+                prompt = self.maybe_convert_prompt(prompt, self.tokenizer)
+
+            text_inputs = self.tokenizer(
+                prompt,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            text_input_ids = text_inputs.input_ids
+            untruncated_ids = self.tokenizer(prompt, padding="longest", return_tensors="pt").input_ids
+
+            if untruncated_ids.shape[-1] >= text_input_ids.shape[-1] and not torch.equal(
+                text_input_ids, untruncated_ids
+            ):
+                removed_text = self.tokenizer.batch_decode(
+                    untruncated_ids[:, self.tokenizer.model_max_length - 1 : -1]
+                )
+                logger.warning(
+                    "The following part of your input was truncated because CLIP can only handle sequences up to"
+                    f" {self.tokenizer.model_max_length} tokens: {removed_text}"
+                )
+
+            if hasattr(self.text_encoder.config, "use_attention_mask") and self.text_encoder.config.use_attention_mask:
+                attention_mask = text_inputs.attention_mask.to(device)
+            else:
+                attention_mask = None
+
+            if clip_skip is None:
+                prompt_embeds = self.text_encoder(text_input_ids.to(device), attention_mask=attention_mask)
+                prompt_embeds = prompt_embeds[0]
+            else:
+                prompt_embeds = self.text_encoder(
+                    text_input_ids.to(device), attention_mask=attention_mask, output_hidden_states=True
+                )
+                # Access the `hidden_states` first, that contains a tuple of
+                # all the hidden states from the encoder layers. Then index into
+                # the tuple to access the hidden states from the desired layer.
+                prompt_embeds = prompt_embeds[-1][-(clip_skip + 1)]
+                # We also need to apply the final LayerNorm here to not mess with the
+                # representations. The `last_hidden_states` that we typically use for
+                # obtaining the final prompt representations passes through the LayerNorm
+                # layer.
+                prompt_embeds = self.text_encoder.text_model.final_layer_norm(prompt_embeds)
+
+        if self.text_encoder is not None:
+            prompt_embeds_dtype = self.text_encoder.dtype
+        elif self.unet is not None:
+            prompt_embeds_dtype = self.unet.dtype
+        else:
+            prompt_embeds_dtype = prompt_embeds.dtype
+
+        prompt_embeds = prompt_embeds.to(dtype=prompt_embeds_dtype, device=device)
+
+        bs_embed, seq_len, _ = prompt_embeds.shape
+        # duplicate text embeddings for each generation per prompt, using mps friendly method
+        prompt_embeds = prompt_embeds.repeat(1, num_images_per_prompt, 1)
+        prompt_embeds = prompt_embeds.view(bs_embed * num_images_per_prompt, seq_len, -1)
+
+        # get unconditional embeddings for classifier free guidance
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            uncond_tokens: list[str]
+            if negative_prompt is None:
+                uncond_tokens = [""] * batch_size
+            elif prompt is not None and type(prompt) is not type(negative_prompt):
+                raise TypeError(
+                    f"`negative_prompt` should be the same type to `prompt`, but got {type(negative_prompt)} !="
+                    f" {type(prompt)}."
+                )
+            elif isinstance(negative_prompt, str):
+                uncond_tokens = [negative_prompt]
+            elif batch_size != len(negative_prompt):
+                raise ValueError(
+                    f"`negative_prompt`: {negative_prompt} has batch size {len(negative_prompt)}, but `prompt`:"
+                    f" {prompt} has batch size {batch_size}. Please make sure that passed `negative_prompt` matches"
+                    " the batch size of `prompt`."
+                )
+            else:
+                uncond_tokens = negative_prompt
+
+            # textual inversion: process multi-vector tokens if necessary
+            if isinstance(self, TextualInversionLoaderMixin):
+                uncond_tokens = self.maybe_convert_prompt(uncond_tokens, self.tokenizer)
+
+            max_length = prompt_embeds.shape[1]
+            uncond_input = self.tokenizer(
+                uncond_tokens,
+                padding="max_length",
+                max_length=max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+
+            if hasattr(self.text_encoder.config, "use_attention_mask") and self.text_encoder.config.use_attention_mask:
+                attention_mask = uncond_input.attention_mask.to(device)
+            else:
+                attention_mask = None
+
+            negative_prompt_embeds = self.text_encoder(
+                uncond_input.input_ids.to(device),
+                attention_mask=attention_mask,
+            )
+            negative_prompt_embeds = negative_prompt_embeds[0]
+
+        if do_classifier_free_guidance:
+            # duplicate unconditional embeddings for each generation per prompt, using mps friendly method
+            seq_len = negative_prompt_embeds.shape[1]
+
+            negative_prompt_embeds = negative_prompt_embeds.to(dtype=prompt_embeds_dtype, device=device)
+
+            negative_prompt_embeds = negative_prompt_embeds.repeat(1, num_images_per_prompt, 1)
+            negative_prompt_embeds = negative_prompt_embeds.view(batch_size * num_images_per_prompt, seq_len, -1)
+
+        if self.text_encoder is not None:
+            if isinstance(self, StableDiffusionLoraLoaderMixin) and USE_PEFT_BACKEND:
+                # Retrieve the original scale by scaling back the LoRA layers
+                unscale_lora_layers(self.text_encoder, lora_scale)
+
+        return prompt_embeds, negative_prompt_embeds
 
     def check_inputs(
         self,
+        prompt: str | list[str] | None,
         height: int,
         width: int,
         num_images_per_prompt: int,
         au_scale: float,
         guidance_scale: float,
         action_units: AUInput | None,
+        negative_prompt: str | list[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        latents: torch.Tensor | None,
+        layout_image: ImageInput | list[ImageInput] | None,
+        layout_strength: float,
+        semantic_guidance: tuple[float, tuple[float, float], str, int, str],
+        output_type: str,
         callback_on_step_end_tensor_inputs: list[str],
     ) -> None:
+        """Raises a concise error naming the first invalid argument; `semantic_guidance` is `(scale, window,
+        normalization, interval, decode)`."""
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(
                 f"`height` and `width` must be divisible by {self.vae_scale_factor} (the VAE scale), got {height}x{width}."
@@ -189,140 +388,107 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             raise ValueError(
                 "`action_units` were given but the UNet has no AU adapter; use AUConditionedUNet2DConditionModel."
             )
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
+        if prompt is not None and not isinstance(prompt, (str, list)):
+            raise ValueError(f"`prompt` must be a str or a list of str, got {type(prompt).__name__}.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass either `negative_prompt` or `negative_prompt_embeds`, not both.")
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None and embeds.ndim != 3:
+                raise ValueError(f"`{name}` must have shape (batch, tokens, dim), got {tuple(embeds.shape)}.")
+        if prompt_embeds is not None and negative_prompt_embeds is not None:
+            if prompt_embeds.shape != negative_prompt_embeds.shape:
+                raise ValueError(
+                    f"`prompt_embeds` {tuple(prompt_embeds.shape)} and `negative_prompt_embeds` "
+                    f"{tuple(negative_prompt_embeds.shape)} must have the same shape."
+                )
+        if layout_image is not None and latents is not None:
+            raise ValueError("Pass either `latents` or `layout_image`, not both.")
+        if not isinstance(layout_strength, (int, float)) or not 0 <= layout_strength <= 1:
+            raise ValueError(f"`layout_strength` must be in [0, 1], got {layout_strength!r}.")
+        check_semantic_guidance_inputs(*semantic_guidance)
+        if semantic_guidance[0] > 0 and self.guidance_classifier is None:
+            raise ValueError(
+                "`semantic_guidance_scale` > 0 needs a `guidance_classifier` component (pass one to the pipeline)."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, got {sorted(unknown)}."
             )
 
-    def resolve_batch(
-        self,
-        prompt: str | list[str] | None,
-        expression: str | list[str | None] | None,
-        action_units: AUInput | None,
-        negative_prompt: str | list[str] | None,
-    ) -> tuple[int, list[str | None], list[str | None], torch.Tensor | None, list[str]]:
-        """Checks that list inputs agree in length and broadcasts single values; returns `(batch_size,
-        prompts, expressions, au_values (batch, num_aus) or None, negative_prompts)`."""
-        au_values = self.au_space.to_tensor(action_units) if action_units is not None else None
-        sizes = {
-            "prompt": len(prompt) if isinstance(prompt, list) else None,
-            "expression": len(expression) if isinstance(expression, list) else None,
-            "action_units": au_values.shape[0] if au_values is not None and _is_batched(action_units) else None,
-            "negative_prompt": len(negative_prompt) if isinstance(negative_prompt, list) else None,
-        }
-        given = {k: v for k, v in sizes.items() if v is not None}
-        if len(set(given.values())) > 1:
-            raise ValueError(f"Batch sizes of the inputs do not match: {given}.")
-        batch_size = next(iter(given.values()), 1)
-        if batch_size < 1:
-            raise ValueError(f"Inputs must not be empty lists, got {given}.")
-        prompts = prompt if isinstance(prompt, list) else [prompt] * batch_size
-        expressions = expression if isinstance(expression, list) else [expression] * batch_size
-        for i, name in enumerate(expressions):
-            if name is not None:
-                EXPRESSIONS.label_id(name, field=f"expression[{i}]" if isinstance(expression, list) else "expression")
-        for i, text in enumerate(prompts):
-            if text is not None and not isinstance(text, str):
-                raise TypeError(f"`prompt[{i}]` must be a string or None, got {type(text).__name__}.")
-        if all(p is None for p in prompts) and all(e is None for e in expressions) and au_values is None:
-            raise ValueError("Give at least one of `prompt`, `expression` or `action_units`.")
-        if au_values is not None and au_values.shape[0] == 1:
-            au_values = au_values.expand(batch_size, -1)
-        negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * batch_size
-        return batch_size, prompts, expressions, au_values, [n or "" for n in negatives]
-
-    def prepare_generators(
-        self, generator: torch.Generator | list[torch.Generator] | None, num_images: int
-    ) -> tuple[list[torch.Generator], list[int]]:
-        """One CPU generator per image. A list is used as given (one per image); a single generator draws
-        one seed per image; `None` draws seeds from torch's global RNG."""
-        if isinstance(generator, list):
-            if len(generator) != num_images:
-                raise ValueError(f"`generator` list has {len(generator)} entries for {num_images} images.")
-            return generator, [g.initial_seed() for g in generator]
-        seeds = torch.randint(0, 2**31 - 1, (num_images,), generator=generator).tolist()
-        return [torch.Generator("cpu").manual_seed(s) for s in seeds], seeds
-
-    def sample_prototype_action_units(
-        self, expression: str, generator: torch.Generator, intensity: float, jitter: float
-    ) -> torch.Tensor:  # (num_aus,)
-        """EMFACS prototype of `expression` with Gaussian intensity jitter (std `jitter`) on its active AUs,
-        clipped to the space's range. Occurrence spaces get no jitter."""
-        space = self.au_space
-        prototype = torch.tensor(list(expression_prototype(expression, space, intensity).values()))
-        if space.kind == "occurrence" or jitter == 0:
-            return prototype
-        noise = torch.randn(prototype.shape, generator=generator) * jitter
-        return torch.where(prototype > 0, (prototype + noise).clamp(0.5, space.max_value), prototype)
-
-    def plan_conditions(
-        self,
-        prompts: list[str | None],
-        expressions: list[str | None],
-        au_values: torch.Tensor | None,
-        num_images_per_prompt: int,
-        generators: list[torch.Generator],
-        prototype_intensity: float,
-        au_jitter: float,
-        enrich: bool,
-    ) -> tuple[list[str], list[str | None], torch.Tensor | None, list[bool]]:
-        """Per image: prompt used, target expression, AU vector (`(num_images, num_aus)`) and whether it
-        has an AU condition (False -> null AU condition)."""
-        space = self.au_space
-        used_prompts, image_expressions, rows, has_au = [], [], [], []
-        for i, g in enumerate(generators):
-            p = i // num_images_per_prompt
-            expression = expressions[p]
-            if space is None:
-                row = None
-            elif au_values is not None:
-                row = au_values[p]
-            elif expression is not None:
-                row = self.sample_prototype_action_units(expression, g, prototype_intensity, au_jitter)
-            else:
-                row = None
-            au_dict = space.to_dicts(row)[0] if row is not None else None
-            used_prompts.append(enrich_prompt(prompts[p], expression, au_dict) if enrich else prompts[p] or "")
-            image_expressions.append(expression)
-            rows.append(row if row is not None else torch.zeros(space.num_aus) if space else None)
-            has_au.append(row is not None)
-        au_matrix = torch.stack(rows).float() if space is not None else None
-        return used_prompts, image_expressions, au_matrix, has_au
-
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_latents
     def prepare_latents(
         self,
-        num_images: int,
+        batch_size: int,
+        num_channels_latents: int,
         height: int,
         width: int,
-        generators: list[torch.Generator],
-        latents: torch.Tensor | None,
+        dtype: torch.dtype,
         device: torch.device,
-    ) -> torch.Tensor:  # (N, C, H / f, W / f), unit variance
-        """Initial noise, drawn first from each image's generator so that it depends on the seed alone (not on
-        whether AU jitter is drawn afterwards)."""
-        shape = (
-            num_images,
-            self.unet.config.in_channels,
-            height // self.vae_scale_factor,
-            width // self.vae_scale_factor,
-        )
+        generator: GeneratorInput,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # (N, C, H / f, W / f), scaled by the scheduler's initial noise sigma
+        shape = (batch_size, num_channels_latents, int(height) // self.vae_scale_factor, int(width) // self.vae_scale_factor)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"`generator` list has {len(generator)} entries for {batch_size} images.")
         if latents is None:
-            return randn_tensor(shape, generator=generators, device=device, dtype=torch.float32)
-        if tuple(latents.shape) != shape:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
-        return latents
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
 
-    def prepare_extra_step_kwargs(self, generator: torch.Generator | None, eta: float) -> dict[str, Any]:
-        params = set(inspect.signature(self.scheduler.step).parameters)
-        kwargs: dict[str, Any] = {}
-        if "eta" in params:
-            kwargs["eta"] = eta
-        if "generator" in params:
-            kwargs["generator"] = generator
-        return kwargs
+    # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_extra_step_kwargs
+    def prepare_extra_step_kwargs(self, generator, eta):
+        # prepare extra kwargs for the scheduler step, since not all schedulers have the same signature
+        # eta (η) is only used with the DDIMScheduler, it will be ignored for other schedulers.
+        # eta corresponds to η in DDIM paper: https://huggingface.co/papers/2010.02502
+        # and should be between [0, 1]
+
+        accepts_eta = "eta" in set(inspect.signature(self.scheduler.step).parameters.keys())
+        extra_step_kwargs = {}
+        if accepts_eta:
+            extra_step_kwargs["eta"] = eta
+
+        # check if the scheduler accepts generator
+        accepts_generator = "generator" in set(inspect.signature(self.scheduler.step).parameters.keys())
+        if accepts_generator:
+            extra_step_kwargs["generator"] = generator
+        return extra_step_kwargs
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def clip_skip(self) -> int | None:
+        return self._clip_skip
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Read at every step, so a callback that sets `pipe._guidance_scale` (e.g. `SDCFGCutoffCallback`) switches
+        classifier-free guidance off for the remaining steps."""
+        return self._guidance_scale > 1
+
+    @property
+    def cross_attention_kwargs(self) -> dict[str, Any] | None:
+        return self._cross_attention_kwargs
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         prompt: str | list[str] | None = None,
@@ -336,8 +502,10 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        generator: GeneratorInput = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         layout_image: ImageInput | list[ImageInput] | None = None,
         layout_strength: float = 1.0,
         semantic_guidance_scale: float = 0.0,
@@ -348,11 +516,16 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         guidance_label_mapping: Mapping[str, str | None] | None = None,
         label_with_feranno: bool = True,
         enrich_prompt: bool = True,
-        prototype_intensity: float = 3.0,
+        prototype_intensity: float | None = None,
         au_jitter: float = 0.5,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        clip_skip: int | None = None,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> SynFERPipelineOutput | tuple:
         r"""
@@ -363,8 +536,9 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
                 elderly man with glasses". With `enrich_prompt`, expanded with the expression and AU words
                 (`synfer_diffusers.prompts.enrich_prompt`).
             expression (`str` or `list[str | None]`, *optional*): target expression(s) from `EXPRESSIONS`. With
-                no `action_units`, each image's AUs are the EMFACS prototype (`prototype_intensity`) with seeded
-                Gaussian jitter (`au_jitter`) on its active AUs.
+                no `action_units`, each image's AUs are the EMFACS prototype (`prototype_intensity`; default: 3.0 on
+                intensity spaces, 1.0 on occurrence spaces) with seeded Gaussian jitter (`au_jitter`, intensity spaces
+                only) on its active AUs.
             action_units (`dict`, `list[dict]` or tensor `(batch, num_aus)`, *optional*): AU condition(s) in the
                 UNet's AU space, by name. With AUs only (no expression), `expressions` in the output is `None`:
                 the image has no target label.
@@ -375,9 +549,17 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             negative_prompt (`str` or `list[str]`, *optional*): the unconditional prompt (default `""`).
             num_images_per_prompt (`int`, defaults to 1): images per batch entry.
             eta (`float`, defaults to 0.0): DDIM eta.
-            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): see `SynFERPipelineOutput.seeds`;
-                a list gives one generator per image (latents and AU jitter of image `i` come from entry `i`).
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): as in diffusers' pipelines: one
+                generator draws the noise of the whole batch (then each image's AU jitter, then the step noise), so
+                `generator=G` and `generator=[G]` give the same image; a list gives one generator per image (noise,
+                AU jitter and step noise of image `i` from entry `i`), so image `i` of a batch equals image `i`
+                generated alone: use a list for per-sample seeds (`SynFERPipelineOutput.seeds`).
             latents (`torch.Tensor`, *optional*): initial noise `(num_images, C, H/f, W/f)`.
+            prompt_embeds (`torch.Tensor` of shape `(batch, L, D)`, *optional*): text embeddings used instead of
+                `prompt` (e.g. prompt weighting). They are used as they are: no prompt enrichment (expression and AUs
+                still condition the AU tokens, `prompts` in the output is `None` per image).
+            negative_prompt_embeds (`torch.Tensor` of shape `(batch, L, D)`, *optional*): unconditional text
+                embeddings used instead of `negative_prompt`.
             layout_image (image or list of images, *optional*): layout initialisation (SynFER): each image (PIL,
                 array or tensor, exactly `height` x `width`; one for all images, one per prompt, or one per image)
                 is encoded and DDIM-inverted under the null condition (prompt `""`, null AU tokens, no CFG) to the
@@ -411,61 +593,101 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): else return `(images, expressions, action_units, prompts, seeds,
                 feranno_probabilities)`.
-            callback_on_step_end (`Callable`, *optional*): `fn(pipe, step, timestep, callback_kwargs) -> dict`,
-                called after each step with the tensors named in `callback_on_step_end_tensor_inputs`; returned
-                tensors replace them.
+            cross_attention_kwargs (`dict`, *optional*): passed to the attention processors (e.g. `{"scale": 0.5}`
+                for a loaded LoRA); the AU branch is kept.
+            clip_skip (`int`, *optional*): CLIP layers to skip when encoding `prompt`.
+            callback_on_step_end (`Callable`, [`PipelineCallback`] or [`MultiPipelineCallbacks`], *optional*):
+                `fn(pipe, step, timestep, callback_kwargs) -> dict`, called after each step with the tensors named in
+                `callback_on_step_end_tensor_inputs` (`prompt_embeds` is the conditional text embedding, `(N, L, D)`,
+                not diffusers' `[negative; positive]` concatenation); returned tensors replace them.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): among `_callback_tensor_inputs`; default
+                `["latents"]`.
+
+        Examples:
 
         Returns:
             [`SynFERPipelineOutput`] or `tuple`.
         """
-        callback_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+
+        # 0. Default height and width to unet
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}.")
-        self.check_inputs(
-            height, width, num_images_per_prompt, au_scale, guidance_scale, action_units, callback_inputs
-        )
-        self.check_guidance_inputs(
+
+        # 1. Check inputs. Raise error if not correct
+        semantic_guidance = (
             semantic_guidance_scale, semantic_guidance_window, semantic_guidance_normalization,
-            semantic_guidance_interval, semantic_guidance_decode, layout_strength,
+            semantic_guidance_interval, semantic_guidance_decode,
         )  # fmt: skip
-        if layout_image is not None and latents is not None:
-            raise ValueError("Pass either `latents` or `layout_image`, not both.")
-        batch_size, prompts, expressions, au_values, negatives = self.resolve_batch(
-            prompt, expression, action_units, negative_prompt
+        self.check_inputs(
+            prompt, height, width, num_images_per_prompt, au_scale, guidance_scale, action_units, negative_prompt,
+            prompt_embeds, negative_prompt_embeds, latents, layout_image, layout_strength, semantic_guidance,
+            output_type, callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
+
+        # 2. Define call parameters
+        batch_size, prompts, expressions, au_values, negatives = resolve_batch(
+            self.au_space, prompt, expression, action_units, negative_prompt, prompt_embeds, negative_prompt_embeds
         )
         num_images = batch_size * num_images_per_prompt
-        generators, seeds = self.prepare_generators(generator, num_images)
         device = self._execution_device
-        latents = self.prepare_latents(num_images, height, width, generators, latents, device)
-        used_prompts, image_expressions, au_matrix, has_au = self.plan_conditions(
-            prompts, expressions, au_values, num_images_per_prompt, generators, prototype_intensity, au_jitter,
-            enrich_prompt,
-        )  # fmt: skip
-        do_cfg = guidance_scale > 1.0
 
-        prompt_embeds = self.encode_prompt(used_prompts, device)  # (N, L, D)
-        negative_prompt_embeds = None
-        if do_cfg:
-            negative_prompt_embeds = self.encode_prompt(
-                [n for n in negatives for _ in range(num_images_per_prompt)], device
-            )
-        au_embeds = self.encode_au_condition(au_matrix, has_au, device)  # (N, T, D) or None
-
+        # 3. Prepare timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        if layout_image is None:
-            latents = latents.to(device=device, dtype=prompt_embeds.dtype) * self.scheduler.init_noise_sigma
+
+        # 4. Prepare latent variables: the noise is drawn first, so that it depends on the generator alone
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+        latents = self.prepare_latents(
+            num_images, self.unet.config.in_channels, height, width, dtype, device, generator, latents
+        )
+
+        # 5. Plan each image's condition: AUs (EMFACS prototype + jitter) and the prompt enriched with them
+        used_prompts, image_expressions, au_matrix, has_au = plan_conditions(
+            self.au_space, prompts if prompt_embeds is None else None, expressions, au_values, num_images_per_prompt, generator,
+            prototype_intensity, au_jitter, enrich_prompt,
+        )  # fmt: skip
+
+        # 6. Encode the text and AU conditions
+        lora_scale = self.cross_attention_kwargs.get("scale") if self.cross_attention_kwargs is not None else None
+        if prompt_embeds is None:  # per-image prompts: each is enriched with its own AUs
+            text_condition = {
+                "prompt": used_prompts,
+                "num_images_per_prompt": 1,
+                "negative_prompt": _per_image(negatives, num_images_per_prompt),
+                "negative_prompt_embeds": _per_image(negative_prompt_embeds, num_images_per_prompt),
+            }
         else:
+            text_condition = {
+                "prompt": None,
+                "num_images_per_prompt": num_images_per_prompt,
+                "negative_prompt": negatives,
+                "prompt_embeds": prompt_embeds,
+                "negative_prompt_embeds": negative_prompt_embeds,
+            }
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            device=device, do_classifier_free_guidance=self.do_classifier_free_guidance, lora_scale=lora_scale,
+            clip_skip=self.clip_skip, **text_condition,
+        )  # fmt: skip  # (N, L, D) each
+        au_embeds = self.encode_au_condition(au_matrix, has_au, device)  # (N, T, D) or None
+
+        # 7. Layout initialisation: start from the DDIM inversion of real faces instead of noise
+        if layout_image is not None:
             images = self.preprocess_layout_images(layout_image, batch_size, num_images_per_prompt, height, width)
             timesteps = timesteps[len(timesteps) - round(len(timesteps) * layout_strength) :]
             latents = self.invert_layout(images.to(device), timesteps).to(prompt_embeds.dtype)
             if hasattr(self.scheduler, "set_begin_index"):
                 self.scheduler.set_begin_index(num_inference_steps - len(timesteps))
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generators[0], eta)
 
-        guided_steps = set()
+        # 8. Prepare extra step kwargs, semantic guidance and the in-loop FERAnno recorder
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        guided_steps: set[int] = set()
         if semantic_guidance_scale > 0:
             guide = self.prepare_semantic_guidance(
                 image_expressions, guidance_label_mapping, semantic_guidance_decode, latents.shape[-2:], device
@@ -475,33 +697,43 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             )
         label_in_loop = self.feranno_head is not None and label_with_feranno
         recorder = UNetFeatureRecorder(self.unet) if label_in_loop else contextlib.nullcontext()
-        with recorder:
-            with self.progress_bar(total=len(timesteps)) as progress_bar:
-                for i, t in enumerate(timesteps):
-                    if i in guided_steps:
-                        noise_pred, prompt_embeds = self.semantic_guidance_step(
-                            latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, guidance_scale,
-                            guide, semantic_guidance_scale, semantic_guidance_normalization,
-                        )  # fmt: skip
-                    else:
-                        branches = self.predict_noise_branches(
-                            latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale
-                        )
-                        noise_pred = combine_guidance(*branches, guidance_scale)
-                    latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
-                    if callback_on_step_end is not None:
-                        local_tensors = {
-                            "latents": latents, "prompt_embeds": prompt_embeds,
-                            "negative_prompt_embeds": negative_prompt_embeds, "au_embeds": au_embeds,
-                        }  # fmt: skip
-                        outputs = callback_on_step_end(self, i, t, {k: local_tensors[k] for k in callback_inputs})
-                        latents = outputs.pop("latents", latents)
-                        prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
-                        negative_prompt_embeds = outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
-                        au_embeds = outputs.pop("au_embeds", au_embeds)
-                    progress_bar.update()
+
+        # 9. Denoising loop
+        self._num_timesteps = len(timesteps)
+        with recorder, self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                negative = negative_prompt_embeds if self.do_classifier_free_guidance else None
+                if i in guided_steps:
+                    noise_cond, prompt_embeds_next = self.semantic_guidance_step(
+                        latents, t, prompt_embeds, au_embeds, au_scale, guide, semantic_guidance_scale,
+                        semantic_guidance_normalization,
+                    )  # fmt: skip
+                    noise_uncond = self.predict_noise_branches(latents, t, None, negative, au_embeds, au_scale)[0]
+                    prompt_embeds = prompt_embeds_next
+                else:
+                    noise_uncond, noise_cond = self.predict_noise_branches(
+                        latents, t, prompt_embeds, negative, au_embeds, au_scale
+                    )
+                noise_pred = combine_guidance(noise_uncond, noise_cond, self.guidance_scale)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    step_tensors = {
+                        "latents": latents, "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds, "au_embeds": au_embeds,
+                    }  # fmt: skip
+                    callback_kwargs = {k: step_tensors[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                    au_embeds = callback_outputs.pop("au_embeds", au_embeds)
+                progress_bar.update()
             feranno_probabilities = self.feranno_label(recorder.features(), num_images) if label_in_loop else None
 
+        # 10. Decode and report each image's condition
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()
         au_dicts = (
@@ -509,57 +741,13 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
             if au_matrix is not None
             else [None] * num_images
         )
+        seeds = [g.initial_seed() for g in generator] if isinstance(generator, list) else None
         if not return_dict:
             return images, image_expressions, au_dicts, used_prompts, seeds, feranno_probabilities
         return SynFERPipelineOutput(
             images=images, expressions=image_expressions, action_units=au_dicts, prompts=used_prompts, seeds=seeds,
             feranno_probabilities=feranno_probabilities,
         )  # fmt: skip
-
-    def check_guidance_inputs(
-        self,
-        semantic_guidance_scale: float,
-        semantic_guidance_window: tuple[float, float],
-        semantic_guidance_normalization: str,
-        semantic_guidance_interval: int,
-        semantic_guidance_decode: str,
-        layout_strength: float,
-    ) -> None:
-        if not isinstance(semantic_guidance_scale, (int, float)) or not (
-            math.isfinite(semantic_guidance_scale) and semantic_guidance_scale >= 0
-        ):
-            raise ValueError(
-                f"`semantic_guidance_scale` must be a finite number >= 0, got {semantic_guidance_scale!r}."
-            )
-        window = tuple(semantic_guidance_window) if isinstance(semantic_guidance_window, (tuple, list)) else ()
-        if (
-            len(window) != 2
-            or not all(isinstance(w, (int, float)) and 0 <= w <= 1 for w in window)
-            or window[0] >= window[1]
-        ):
-            raise ValueError(
-                f"`semantic_guidance_window` must be (start, end) with 0 <= start < end <= 1, got {semantic_guidance_window!r}."
-            )
-        if semantic_guidance_normalization not in SG_NORMALIZATIONS:
-            raise ValueError(
-                f"`semantic_guidance_normalization` must be one of {SG_NORMALIZATIONS}, got {semantic_guidance_normalization!r}."
-            )
-        if (
-            isinstance(semantic_guidance_interval, bool)
-            or not isinstance(semantic_guidance_interval, int)
-            or (semantic_guidance_interval < 1)
-        ):
-            raise ValueError(f"`semantic_guidance_interval` must be an int >= 1, got {semantic_guidance_interval!r}.")
-        if semantic_guidance_decode not in SG_DECODES:
-            raise ValueError(
-                f"`semantic_guidance_decode` must be one of {SG_DECODES}, got {semantic_guidance_decode!r}."
-            )
-        if semantic_guidance_scale > 0 and self.guidance_classifier is None:
-            raise ValueError(
-                "`semantic_guidance_scale` > 0 needs a `guidance_classifier` component (pass one to the pipeline)."
-            )
-        if not isinstance(layout_strength, (int, float)) or not 0 <= layout_strength <= 1:
-            raise ValueError(f"`layout_strength` must be in [0, 1], got {layout_strength!r}.")
 
     def preprocess_layout_images(
         self,
@@ -592,7 +780,7 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         starting from the clean latent (`abar = 1`), with `eps = eps(x, t_next)`."""
         vae_dtype = next(self.vae.parameters()).dtype
         latents = self.vae.encode(images.to(vae_dtype)).latent_dist.mean * self.vae.config.scaling_factor
-        null_text = self.encode_prompt([""], latents.device).expand(latents.shape[0], -1, -1)
+        null_text = self.encode_prompt([""], latents.device, latents.shape[0], False)[0]  # (N, L, D)
         au_kwargs = {}
         if self.au_space is not None:
             au_kwargs = {"au_embeds": self.unet.encode_action_units(None, batch_size=latents.shape[0])}
@@ -600,92 +788,15 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         abar = torch.tensor(1.0, device=latents.device)
         latents = latents.to(null_text.dtype)
         for t in timesteps.flip(0):
-            eps = self.unet(latents, t, encoder_hidden_states=null_text, return_dict=False, **au_kwargs)[0]
+            eps = self.unet(
+                latents, t, encoder_hidden_states=null_text, cross_attention_kwargs=self.cross_attention_kwargs,
+                return_dict=False, **au_kwargs,
+            )[0]  # fmt: skip
             abar_next = alphas[t]
             x0 = (latents - (1 - abar).sqrt() * eps) / abar.sqrt()
             latents = abar_next.sqrt() * x0 + (1 - abar_next).sqrt() * eps
             abar = abar_next
         return latents
-
-    def prepare_semantic_guidance(
-        self,
-        expressions: list[str | None],
-        label_mapping: Mapping[str, str | None] | None,
-        decode: str,
-        latent_size: tuple[int, int],
-        device: torch.device,
-    ) -> dict[str, Any]:
-        """Target indices (`-100` = not guided), the guide's label order, its preprocessing constants and the latent
-        size at which `x0_hat` is decoded (`None`: as it is)."""
-        if all(e is None for e in expressions):
-            raise ValueError("Semantic guidance needs target expressions: pass `expression`.")
-        index_map = map_classifier_labels(
-            self.guidance_classifier.config.id2label, label_mapping, field="guidance_label_mapping"
-        )
-        processor = self.guidance_image_processor
-        size = getattr(processor, "size", None) or {}
-        side = size.get("shortest_edge")
-        target_size = (size["height"], size["width"]) if "height" in size else (side, side) if side else None
-        mean = getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5]
-        std = getattr(processor, "image_std", None) or [0.5, 0.5, 0.5]
-        return {
-            "targets": torch.tensor([EXPRESSIONS.index(e) if e else -100 for e in expressions], device=device),
-            "index_map": index_map,
-            "size": target_size,
-            "decode_size": guidance_decode_size(target_size, tuple(latent_size), self.vae_scale_factor, decode),
-            "mean": torch.tensor(mean, device=device).view(1, -1, 1, 1),
-            "std": torch.tensor(std, device=device).view(1, -1, 1, 1),
-        }
-
-    def guidance_loss(self, images: torch.Tensor, guide: dict[str, Any]) -> torch.Tensor:
-        """Cross-entropy of the guide on images in [0, 1] `(N, 3, H, W)`, preprocessed in torch (resize + normalise),
-        summed over guided images."""
-        classifier = self.guidance_classifier
-        dtype = next(classifier.parameters()).dtype
-        if guide["size"] is not None and tuple(images.shape[-2:]) != guide["size"]:
-            images = F.interpolate(images, size=guide["size"], mode="bilinear", antialias=True, align_corners=False)
-        pixels = ((images - guide["mean"]) / guide["std"]).to(dtype)
-        logits = classifier(pixel_values=pixels).logits.float()  # (N, num_labels)
-        logits = classifier_logits_to_expressions(logits, guide["index_map"])  # (N, 7)
-        return F.cross_entropy(logits, guide["targets"], ignore_index=-100, reduction="sum")
-
-    def semantic_guidance_step(
-        self,
-        latents: torch.Tensor,  # (N, C, h, w)
-        t: torch.Tensor,
-        prompt_embeds: torch.Tensor,  # (N, L, D)
-        negative_prompt_embeds: torch.Tensor | None,
-        au_embeds: torch.Tensor | None,
-        au_scale: float,
-        guidance_scale: float,
-        guide: dict[str, Any],
-        semantic_guidance_scale: float,
-        normalization: str,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One guided step: the conditional UNet pass runs with gradients and serves both the CFG noise prediction
-        and the guidance gradient, so a guided step costs one backward pass of the conditional half, a VAE decode
-        and a classifier pass more than a plain step. The unconditional half runs in its own call without
-        gradients (batching it into the graph would double the backward at real sizes). Returns `(noise_pred,
-        updated prompt_embeds)`."""
-        with torch.enable_grad():
-            text = prompt_embeds.detach().requires_grad_(True)
-            _, eps_cond = self.predict_noise_branches(latents, t, text, None, au_embeds, au_scale)
-            abar = self.scheduler.alphas_cumprod.to(latents.device)[t]
-            x0_hat = (latents - (1 - abar).sqrt() * eps_cond) / abar.sqrt()  # (N, C, h, w)
-            if guide["decode_size"] is not None:
-                resized = F.interpolate(x0_hat.float(), size=guide["decode_size"], mode="bilinear", antialias=True)
-                x0_hat = resized.to(x0_hat.dtype)  # (N, C, h', w'); antialiased resizing has no bf16 CPU kernel
-            images = self.vae.decode(x0_hat / self.vae.config.scaling_factor, return_dict=False)[0]
-            loss = self.guidance_loss((images.float() / 2 + 0.5).clamp(0, 1), guide)
-            grad = torch.autograd.grad(loss, text)[0]  # (N, L, D)
-        dims = (-1,) if normalization == "per_token" else (-2, -1)
-        step = grad / grad.norm(dim=dims, keepdim=True).clamp_min(1e-12)
-        eps_uncond = None
-        if negative_prompt_embeds is not None:
-            null_au = None if au_embeds is None else self.unet.encode_action_units(None, batch_size=latents.shape[0])
-            _, eps_uncond = self.predict_noise_branches(latents, t, negative_prompt_embeds, None, null_au, au_scale)
-        noise_pred = combine_guidance(eps_uncond, eps_cond.detach(), guidance_scale)
-        return noise_pred, (prompt_embeds - semantic_guidance_scale * step).to(prompt_embeds.dtype)
 
     def feranno_label(self, features: UNetFeatures, num_images: int) -> torch.Tensor:  # (N, 7) probabilities
         """FERAnno probabilities from the features of the last UNet call; with CFG that call's batch is
@@ -707,25 +818,28 @@ class SynFERPipeline(ModelCardPipelineMixin, DiffusionPipeline, StableDiffusionL
         self,
         latents: torch.Tensor,  # (N, C, h, w)
         t: torch.Tensor,
-        prompt_embeds: torch.Tensor,  # (N, L, D)
-        negative_prompt_embeds: torch.Tensor | None,  # (N, L, D) when CFG
-        au_embeds: torch.Tensor | None,  # (N, T, D)
+        prompt_embeds: torch.Tensor | None,  # (N, L, D); None: no conditional branch
+        negative_prompt_embeds: torch.Tensor | None,  # (N, L, D); None: no unconditional branch (CFG off)
+        au_embeds: torch.Tensor | None,  # (N, T, D) conditional AU tokens; None for a UNet without AU adapter
         au_scale: float,
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:  # (N, C, h, w) each; no unconditional branch without CFG
-        """The unconditional (negative prompt + null AU) and conditional noise predictions of one UNet call."""
-        do_cfg = negative_prompt_embeds is not None
-        model_input = torch.cat([latents, latents]) if do_cfg else latents
-        model_input = self.scheduler.scale_model_input(model_input, t)
-        text = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # (N, C, h, w) each
+        """The unconditional (negative prompt + null AU) and conditional (prompt + AU tokens) noise predictions of the
+        branches asked for, in one UNet call (batch `[uncond; cond]`)."""
+        branches = [(negative_prompt_embeds, "null"), (prompt_embeds, "cond")]
+        branches = [(text, kind) for text, kind in branches if text is not None]
+        model_input = self.scheduler.scale_model_input(torch.cat([latents] * len(branches)), t)
+        text = torch.cat([embeds for embeds, _ in branches])
         au_kwargs = {}
         if au_embeds is not None:
             null = self.unet.encode_action_units(None, batch_size=au_embeds.shape[0]).to(au_embeds)
-            au_kwargs = {"au_embeds": torch.cat([null, au_embeds]) if do_cfg else au_embeds, "au_scale": au_scale}
-        noise_pred = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False, **au_kwargs)[0]
-        if not do_cfg:
-            return None, noise_pred
-        uncond, cond = noise_pred.chunk(2)
-        return uncond, cond
+            tokens = torch.cat([null if kind == "null" else au_embeds for _, kind in branches])
+            au_kwargs = {"au_embeds": tokens, "au_scale": au_scale}
+        noise_pred = self.unet(
+            model_input, t, encoder_hidden_states=text, cross_attention_kwargs=self.cross_attention_kwargs,
+            return_dict=False, **au_kwargs,
+        )[0].chunk(len(branches))  # fmt: skip
+        predictions = dict(zip([kind for _, kind in branches], noise_pred))
+        return predictions.get("null"), predictions.get("cond")
 
     def decode_latents(self, latents: torch.Tensor, output_type: str) -> Any:
         image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]  # (N, 3, H, W)
@@ -739,35 +853,11 @@ def combine_guidance(
     return cond if uncond is None else uncond + guidance_scale * (cond - uncond)
 
 
-def semantic_guidance_steps(num_steps: int, window: tuple[float, float]) -> set[int]:
-    """Indices of the steps inside `window` (fractions of `num_steps`): `ceil(start * n) <= i < ceil(end * n)`."""
-    return set(range(math.ceil(window[0] * num_steps), math.ceil(window[1] * num_steps)))
+def _per_image(values: list[str] | torch.Tensor | None, num_images_per_prompt: int) -> list[str] | torch.Tensor | None:
+    """Per-prompt values (a list or a `(batch, ...)` tensor) repeated for each image of their prompt."""
+    if values is None or num_images_per_prompt == 1:
+        return values
+    if isinstance(values, torch.Tensor):
+        return values.repeat_interleave(num_images_per_prompt, dim=0)
+    return [v for v in values for _ in range(num_images_per_prompt)]
 
-
-def semantic_guidance_gradient_steps(num_steps: int, window: tuple[float, float], interval: int = 1) -> set[int]:
-    """Steps whose conditional pass also yields the guidance gradient: the step before every `interval`-th step
-    of the window, starting with its first, so that the window is denoised with embeddings updated by earlier
-    steps (a gradient taken at the last step could not act on anything)."""
-    steps = sorted(i - 1 for i in semantic_guidance_steps(num_steps, window) if i >= 1)
-    return set(steps[::interval])
-
-
-def guidance_decode_size(
-    guide_size: tuple[int, int] | None, latent_size: tuple[int, int], vae_scale_factor: int, decode: str
-) -> tuple[int, int] | None:
-    """Latent size `(h, w)` at which `x0_hat` is decoded for the guide, or None to decode it as it is: with
-    `decode="guide_size"` and a guide reading smaller images than the decoder makes, the smallest latent whose
-    decode covers the guide's input."""
-    if decode == "full" or guide_size is None:
-        return None
-    size = tuple(min(math.ceil(g / vae_scale_factor), n) for g, n in zip(guide_size, latent_size))
-    return None if size == latent_size else size
-
-
-def _is_batched(action_units: AUInput) -> bool:
-    if isinstance(action_units, (torch.Tensor, np.ndarray)):
-        return action_units.ndim == 2
-    return not isinstance(action_units, Mapping)
-
-
-SynFERPipeline.__call__.__doc__ = (SynFERPipeline.__call__.__doc__ or "") + EXAMPLE_DOC_STRING

@@ -1,0 +1,125 @@
+"""What each generated image is conditioned on (SynFER sampling): the call's inputs resolved to one batch, EMFACS
+prototype AUs with seeded jitter for target expressions, and prompts enriched with the expression and AU words.
+
+Functions of the UNet's [`AUSpace`] (`None` for a text-only UNet), so that [`SynFERPipeline`] plans conditions the same
+way whichever UNet class (the package's, or a checkpoint's code file) it drives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from ...facs import EXPRESSIONS, AUSpace, expression_prototype
+from ...prompts import enrich_prompt
+
+AUInput = Mapping[str, float] | Sequence[Mapping[str, float]] | torch.Tensor | np.ndarray
+GeneratorInput = torch.Generator | list[torch.Generator] | None
+
+
+def resolve_batch(
+    space: AUSpace | None,
+    prompt: str | list[str] | None,
+    expression: str | list[str | None] | None,
+    action_units: AUInput | None,
+    negative_prompt: str | list[str] | None,
+    prompt_embeds: torch.Tensor | None,
+    negative_prompt_embeds: torch.Tensor | None,
+) -> tuple[int, list[str | None], list[str | None], torch.Tensor | None, list[str] | None]:
+    """Checks that batched inputs agree in length and broadcasts single values; returns `(batch_size, prompts,
+    expressions, au_values (batch, num_aus) or None, negative_prompts or None)`."""
+    au_values = space.to_tensor(action_units) if action_units is not None else None
+    sizes = {
+        "prompt": len(prompt) if isinstance(prompt, list) else None,
+        "prompt_embeds": prompt_embeds.shape[0] if prompt_embeds is not None else None,
+        "negative_prompt_embeds": negative_prompt_embeds.shape[0] if negative_prompt_embeds is not None else None,
+        "expression": len(expression) if isinstance(expression, list) else None,
+        "action_units": au_values.shape[0] if au_values is not None and _is_batched(action_units) else None,
+        "negative_prompt": len(negative_prompt) if isinstance(negative_prompt, list) else None,
+    }
+    given = {k: v for k, v in sizes.items() if v is not None}
+    if len(set(given.values())) > 1:
+        raise ValueError(f"Batch sizes of the inputs do not match: {given}.")
+    batch_size = next(iter(given.values()), 1)
+    if batch_size < 1:
+        raise ValueError(f"Inputs must not be empty lists, got {given}.")
+    prompts = prompt if isinstance(prompt, list) else [prompt] * batch_size
+    expressions = expression if isinstance(expression, list) else [expression] * batch_size
+    for i, name in enumerate(expressions):
+        if name is not None:
+            EXPRESSIONS.label_id(name, field=f"expression[{i}]" if isinstance(expression, list) else "expression")
+    for i, text in enumerate(prompts):
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"`prompt[{i}]` must be a string or None, got {type(text).__name__}.")
+    if all(c is None for c in (*prompts, *expressions, au_values, prompt_embeds)):
+        raise ValueError("Give at least one of `prompt`, `prompt_embeds`, `expression` or `action_units`.")
+    if au_values is not None and au_values.shape[0] == 1:
+        au_values = au_values.expand(batch_size, -1)
+    negatives = None
+    if negative_prompt is not None:
+        negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt] * batch_size
+    return batch_size, prompts, expressions, au_values, negatives
+
+
+def sample_prototype_action_units(
+    space: AUSpace, expression: str, generator: torch.Generator | None, intensity: float | None, jitter: float
+) -> torch.Tensor:  # (num_aus,)
+    """EMFACS prototype of `expression` with Gaussian intensity jitter (std `jitter`) on its active AUs, drawn from
+    `generator` on its own device (torch's global RNG for `None`) and clipped to the space's range. Occurrence spaces
+    get no jitter."""
+    prototype = torch.tensor(list(expression_prototype(expression, space, intensity).values()))
+    if space.kind == "occurrence" or jitter == 0:
+        return prototype
+    device = generator.device if generator is not None else None
+    noise = randn_tensor(prototype.shape, generator=generator, device=device).cpu() * jitter
+    return torch.where(prototype > 0, (prototype + noise).clamp(0.5, space.max_value), prototype)
+
+
+def plan_conditions(
+    space: AUSpace | None,
+    prompts: list[str | None] | None,
+    expressions: list[str | None],
+    au_values: torch.Tensor | None,
+    num_images_per_prompt: int,
+    generator: GeneratorInput,
+    prototype_intensity: float | None,
+    au_jitter: float,
+    enrich: bool,
+) -> tuple[list[str | None], list[str | None], torch.Tensor | None, list[bool]]:
+    """Per image: prompt to encode (`None` for all with `prompts=None`, i.e. given `prompt_embeds`), target
+    expression, AU vector (`(num_images, num_aus)`) and whether it has an AU condition (False -> null AU condition).
+    Prototype jitter of image `i` comes from `generator[i]` for a list, else from the one generator (or torch's global
+    RNG), in image order."""
+    num_images = len(expressions) * num_images_per_prompt
+    generators = generator if isinstance(generator, list) else [generator] * num_images
+    used_prompts, image_expressions, rows, has_au = [], [], [], []
+    for i, g in enumerate(generators):
+        p = i // num_images_per_prompt
+        expression = expressions[p]
+        if space is None:
+            row = None
+        elif au_values is not None:
+            row = au_values[p]
+        elif expression is not None:
+            row = sample_prototype_action_units(space, expression, g, prototype_intensity, au_jitter)
+        else:
+            row = None
+        au_dict = space.to_dicts(row)[0] if row is not None else None
+        if prompts is None:
+            used_prompts.append(None)
+        else:
+            used_prompts.append(enrich_prompt(prompts[p], expression, au_dict) if enrich else prompts[p] or "")
+        image_expressions.append(expression)
+        rows.append(row if row is not None else torch.zeros(space.num_aus) if space else None)
+        has_au.append(row is not None)
+    au_matrix = torch.stack(rows).float() if space is not None else None
+    return used_prompts, image_expressions, au_matrix, has_au
+
+
+def _is_batched(action_units: AUInput) -> bool:
+    if isinstance(action_units, (torch.Tensor, np.ndarray)):
+        return action_units.ndim == 2
+    return not isinstance(action_units, Mapping)

@@ -1,0 +1,255 @@
+"""Model and dataset cards carry the metadata the Hub reads.
+
+Model cards: `library_name`, `pipeline_tag`, `base_model` (Hub ids only), `license` inherited from the base model's
+card (a local folder's `README.md` or the Hub's; offline, a missing card never crashes), `datasets` (Hub ids only;
+local folders are named in the text), `tags`. Dataset cards: `license` (inherited from the generating model or the
+source dataset), `task_categories`, `size_categories`, `source_datasets`, `tags`, `configs`, `dataset_info`.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synfer_diffusers import EXPRESSIONS, FERAnnoHead, FERAnnoPipeline, SynFERPipeline
+from synfer_diffusers.hub_utils import base_model_card_data, render_model_card
+
+ROOT = Path(__file__).resolve().parents[1]
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD15_LICENSE = "creativeml-openrail-m"
+PACKAGE_TAGS = {"synfer", "facial-expression-recognition", "action-units"}
+
+
+def card_parts(folder: Path) -> tuple[dict, str]:
+    """`(YAML metadata, text)` of `folder/README.md`."""
+    _, front_matter, text = (folder / "README.md").read_text(encoding="utf-8").split("---\n", 2)
+    return yaml.safe_load(front_matter), text
+
+
+def load_example(name: str):
+    """Imports `examples/{name}.py` by path (the examples are scripts, not a package)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture()
+def sd15_finetune(tmp_path):
+    """A local folder whose card says it is a fine-tune of SD 1.5 under SD 1.5's licence."""
+    folder = tmp_path / "sd15-finetune"
+    folder.mkdir()
+    (folder / "README.md").write_text(f"---\nlicense: {SD15_LICENSE}\nbase_model: {SD15}\n---\n\n# A fine-tune\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def faceworld_dir(tmp_path_factory):
+    """A tiny FaceWorld folder (its card: `license: cc0-1.0`), not on the Hub."""
+    from synfer_diffusers.data.faceworld import write_faceworld_splits
+
+    folder = tmp_path_factory.mktemp("faceworld")
+    write_faceworld_splits(folder, num_train=8, num_test=4, seed=0, show_progress=False)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Licence inheritance and Hub ids (hub_utils)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_licence_is_inherited_from_a_local_base_folder_and_an_explicit_one_wins(sd15_finetune):
+    card = render_model_card("synfer_pipeline.md", {"base_model": str(sd15_finetune)})
+    assert card.data.license == SD15_LICENSE
+    assert card.data.base_model == SD15  # the folder is not on the Hub: its own base model is named instead
+    assert f"`{sd15_finetune}` (not on the Hub; its base model: `{SD15}`)" in card.text
+    explicit = render_model_card("synfer_pipeline.md", {"base_model": str(sd15_finetune), "license": "mit"})
+    assert explicit.data.license == "mit"
+
+
+def test_a_model_without_a_base_gets_the_package_licence():
+    card = render_model_card("synfer_pipeline.md", {})
+    assert card.data.license == "apache-2.0" and card.data.base_model is None
+
+
+@pytest.mark.parametrize("base", ["no_card", "bad_yaml", "no_license", "hub_offline"])
+def test_a_missing_or_unreadable_base_card_never_crashes(tmp_path, base):
+    folder = tmp_path / base
+    folder.mkdir()
+    if base == "bad_yaml":
+        (folder / "README.md").write_text("---\nlicense: [unclosed\n---\n# card\n")
+    if base == "no_license":
+        (folder / "README.md").write_text("---\ntags:\n- x\n---\n# card\n")
+    name = "user/unknown-model" if base == "hub_offline" else str(folder)
+    data = base_model_card_data(name)
+    assert data["license"] == "other"  # the documented fallback (UNKNOWN_LICENSE)
+    assert data.get("base_model") == ("user/unknown-model" if base == "hub_offline" else None)
+    card = render_model_card("synfer_pipeline.md", {"base_model": name})
+    assert card.data.license == "other" and "check the base model's terms" in card.text
+
+
+def test_local_dataset_paths_are_named_in_the_text_not_in_datasets(tmp_path):
+    local = tmp_path / "my_faces"
+    local.mkdir()
+    entries = [str(local), "user/faces", "FaceWorld (seed 0, 20k train)", "./relative/folder"]
+    card = render_model_card("synfer_pipeline.md", {"datasets": entries})
+    assert card.data.datasets == ["user/faces"]
+    assert f"`{local}` (not on the Hub)" in card.text
+    assert "`FaceWorld (seed 0, 20k train)` (not on the Hub)" in card.text
+    assert render_model_card("synfer_pipeline.md", {"datasets": [str(local)]}).data.datasets is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pipeline cards (save_pretrained)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_synfer_pipeline_card(tiny_components, tmp_path, sd15_finetune):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    model_card = {"base_model": str(sd15_finetune), "datasets": [str(faces), "user/faces"]}
+    SynFERPipeline(**tiny_components).save_pretrained(tmp_path / "pipe", model_card=model_card)
+    metadata, text = card_parts(tmp_path / "pipe")
+    assert metadata["library_name"] == "diffusers" and metadata["pipeline_tag"] == "text-to-image"
+    assert metadata["license"] == SD15_LICENSE and metadata["base_model"] == SD15
+    assert metadata["datasets"] == ["user/faces"] and PACKAGE_TAGS <= set(metadata["tags"])
+    assert str(faces) not in str(metadata) and f"`{faces}` (not on the Hub)" in text
+    assert f"the local checkpoint `{sd15_finetune}`" in text
+
+
+def test_feranno_pipeline_card_with_an_offline_hub_base(tiny_components, tmp_path):
+    head = FERAnnoHead.from_unet(tiny_components["unet"], hidden_dim=32, num_heads=4, tokens_per_side=4)
+    pipe = FERAnnoPipeline(**tiny_components, head=head)
+    model_card = {"base_model": "user/synfer-faceworld", "datasets": ["user/fw"]}
+    pipe.save_pretrained(tmp_path / "feranno", model_card=model_card)
+    metadata, text = card_parts(tmp_path / "feranno")
+    assert metadata["library_name"] == "diffusers" and metadata["pipeline_tag"] == "image-classification"
+    assert metadata["base_model"] == "user/synfer-faceworld" and metadata["datasets"] == ["user/fw"]
+    assert metadata["license"] == "other"  # offline: the base's card cannot be read, so its licence is unknown
+    assert metadata["labels"] == list(EXPRESSIONS) and PACKAGE_TAGS <= set(metadata["tags"])
+    assert "check the base model's terms" in text
+
+
+def test_embedded_default_card_is_what_the_card_code_renders():
+    from synfer_diffusers.generate import DEFAULT_MODEL_DIR
+
+    metadata, text = card_parts(DEFAULT_MODEL_DIR)
+    assert metadata["library_name"] == "diffusers" and metadata["pipeline_tag"] == "text-to-image"
+    assert metadata["license"] == "apache-2.0" and PACKAGE_TAGS <= set(metadata["tags"])
+    assert "base_model" not in metadata and "datasets" not in metadata  # from scratch, on FaceWorld (not on the Hub)
+    assert "FaceWorld (synfer_diffusers.data.faceworld, seed 0, 20k train)` (not on the Hub)" in text
+
+    assemble = load_example("assemble_default_model")
+    current = (DEFAULT_MODEL_DIR / "README.md").read_text(encoding="utf-8")
+    pipe = SynFERPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    fields = assemble.default_model_card(
+        assemble.card_section(current, "Training"), assemble.card_section(current, "Evaluation")
+    )
+    assert str(render_model_card(pipe.model_card_template, {**pipe.model_card_fields(), **fields})) == current
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training outputs (examples/), tiny
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_text_to_image_lora_output_has_a_card(faceworld_dir, tmp_path):
+    from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components
+
+    stage_a = tmp_path / "stage_a"  # a text-only pipeline, fine-tuned from SD 1.5 (as its card says)
+    components = {**make_tiny_components(seed=0), "unet": make_tiny_base_unet(seed=0)}
+    SynFERPipeline(**components).save_pretrained(stage_a, model_card={"base_model": SD15, "license": SD15_LICENSE})
+    argv = [
+        "--pretrained_model_name_or_path", str(stage_a), "--dataset_name", str(faceworld_dir),
+        "--output_dir", str(tmp_path / "lora"), "--resolution", "16", "--train_batch_size", "4",
+        "--max_train_steps", "1", "--lora_rank", "4", "--validation_expressions", "happy",
+        "--num_validation_identities", "1", "--validation_inference_steps", "1",
+    ]  # fmt: skip
+    load_example("train_text_to_image").main(argv)
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").exists()
+    metadata, text = card_parts(tmp_path / "lora")
+    assert metadata["library_name"] == "diffusers" and metadata["pipeline_tag"] == "text-to-image"
+    assert metadata["base_model"] == SD15 and metadata["license"] == SD15_LICENSE
+    assert {"lora", *PACKAGE_TAGS} <= set(metadata["tags"]) and "datasets" not in metadata
+    assert f'SynFERPipeline.from_pretrained("{stage_a}")' in text and "rank 4" in text
+    assert f"`{faceworld_dir}` (not on the Hub)" in text
+
+
+def test_fer_classifier_output_has_a_card(faceworld_dir, tmp_path):
+    argv = [
+        "--dataset_dir", str(faceworld_dir), "--output_dir", str(tmp_path / "judge"), "--hidden_sizes", "8", "16",
+        "--depths", "1", "1", "--max_steps", "1", "--batch_size", "4", "--num_threads", "1",
+    ]  # fmt: skip
+    load_example("train_fer_classifier").main(argv)
+    metadata, text = card_parts(tmp_path / "judge")
+    assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-classification"
+    assert metadata["license"] == "apache-2.0" and "base_model" not in metadata and "datasets" not in metadata
+    assert metadata["labels"] == list(EXPRESSIONS) and "ResNetForImageClassification" in text
+
+
+def test_autoencoder_output_has_a_card(faceworld_dir, tmp_path):
+    argv = [
+        "--dataset_name", str(faceworld_dir), "--output_dir", str(tmp_path / "vae"), "--resolution", "16",
+        "--block_out_channels", "32", "32", "--train_batch_size", "4", "--max_train_steps", "1",
+        "--num_scaling_images", "4", "--num_test_images", "4",
+    ]  # fmt: skip
+    load_example("train_autoencoder").main(argv)
+    metadata, text = card_parts(tmp_path / "vae")
+    assert metadata["library_name"] == "diffusers" and "autoencoder" in metadata["tags"]
+    assert metadata["license"] == "apache-2.0" and "base_model" not in metadata and "datasets" not in metadata
+    assert "4x8x8 latents" in text and "`psnr`" in text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Dataset cards
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_synthetic_dataset_card(tiny_components, tmp_path, sd15_finetune):
+    from synfer_diffusers.data.writer import SyntheticSetWriter
+    from synfer_diffusers.generate import SyntheticSetConfig, TargetLabeler, _card_fields, generate_synthetic_dataset
+
+    model_card = {"base_model": str(sd15_finetune)}
+    SynFERPipeline(**tiny_components).save_pretrained(tmp_path / "model", model_card=model_card)
+    config = SyntheticSetConfig(num_samples=2, shard_size=2, num_inference_steps=1)
+    out = tmp_path / "set"
+    generate_synthetic_dataset(config, out, model=str(tmp_path / "model"), batch_size=2, show_progress=False)
+    metadata, text = card_parts(out)
+    assert metadata["task_categories"] == ["image-classification", "text-to-image"]
+    assert metadata["size_categories"] == ["n<1K"] and {"synfer", "synthetic"} <= set(metadata["tags"])
+    assert metadata["configs"][0]["data_files"] == [{"split": "train", "path": "data/train-*"}]
+    assert metadata["dataset_info"]["splits"][0]["num_examples"] == 2 and "source_datasets" not in metadata
+    assert metadata["license"] == SD15_LICENSE
+    assert f"`{tmp_path / 'model'}` is released under `{SD15_LICENSE}`" in text
+
+    # The card fields of this plan: the generating model's licence; Hub AU datasets as source datasets.
+    writer = SyntheticSetWriter.from_folder(out)
+    plan = {**writer.plan, "au_policy": "dataset", "au_dataset": "user/aus", "au_source": {"name": "user/aus"}}
+    card = writer.render_card(_card_fields(plan, TargetLabeler(), None))
+    assert card.data.license == SD15_LICENSE and card.data.source_datasets == ["user/aus"]
+
+
+def test_fetext_dataset_card_inherits_the_source_licence(faceworld_dir, tmp_path):
+    from transformers import ResNetConfig, ResNetForImageClassification
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    from synfer_diffusers import AUSpace
+    from synfer_diffusers.data.fetext import FETextConfig, build_fetext_dataset
+
+    names = list(AUSpace.disfa12().names)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=12, problem_type="regression")
+    config.au_names = names
+    ResNetForImageClassification(config).save_pretrained(tmp_path / "au")
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "au")
+    fetext = FETextConfig(au_estimator=str(tmp_path / "au"), label_column="label", shard_size=8)
+    build_fetext_dataset(faceworld_dir, tmp_path / "fetext", fetext, show_progress=False)
+    metadata, text = card_parts(tmp_path / "fetext")
+    assert metadata["license"] == "cc0-1.0"  # FaceWorld's, from its card
+    assert metadata["task_categories"] == ["text-to-image", "image-classification"]
+    assert metadata["size_categories"] == ["n<1K"] and {"fetext", "synfer"} <= set(metadata["tags"])
+    assert "source_datasets" not in metadata and "dataset_info" in metadata  # the source is a local folder
+    assert f"`{faceworld_dir}`: `cc0-1.0` (read from" in text

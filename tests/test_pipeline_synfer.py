@@ -231,3 +231,37 @@ def test_plain_unet_refuses_action_units(tiny_components):
         _run(pipe, action_units=HAPPY_AUS)
     out = _run(pipe, expression="happy")
     assert out.action_units == [None] and "happy" in out.prompts[0]
+
+
+def test_au_jitter_is_drawn_on_the_generators_own_device(monkeypatch):
+    """A CUDA generator (the usual diffusers idiom on a GPU) must draw the AU jitter on its device: torch refuses a
+    CUDA generator for CPU noise. No GPU here: a stand-in generator whose `device` is CUDA, and a stand-in `torch.randn`
+    recording the device it is asked for."""
+    from diffusers.utils import torch_utils
+
+    from synfer_diffusers.pipelines.synfer.conditions import sample_prototype_action_units
+
+    class CudaGenerator:
+        device = torch.device("cuda")
+
+    class OnDevice:  # what torch.randn would return on the generator's device: moved to the CPU by the pipeline
+        def __init__(self, shape):
+            self.shape = shape
+
+        def to(self, device):
+            return self
+
+        def cpu(self):
+            return torch.zeros(self.shape)
+
+    asked = []
+
+    def randn(shape, generator=None, device=None, dtype=None, layout=None):
+        asked.append((generator, torch.device(device)))
+        return OnDevice(shape)
+
+    monkeypatch.setattr(torch_utils.torch, "randn", randn)
+    generator = CudaGenerator()
+    prototype = sample_prototype_action_units(AUSpace.disfa12(), "happy", generator, None, 0.5)
+    assert asked == [(generator, torch.device("cuda"))] and prototype.device.type == "cpu"
+    assert prototype[AUSpace.disfa12().index("AU12")] == 3.0

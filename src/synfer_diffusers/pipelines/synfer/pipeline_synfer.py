@@ -10,8 +10,6 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -31,6 +29,8 @@ from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
 from ..hub_mixin import ModelCardPipelineMixin
 from .conditions import AUInput, GeneratorInput, plan_conditions, resolve_batch
+from .layout_initialisation import LayoutImageInput, LayoutInitialisationMixin
+from .pipeline_feranno import FERAnnoPipeline
 from .pipeline_output import SynFERPipelineOutput
 from .semantic_guidance import SemanticGuidanceMixin, check_semantic_guidance_inputs, semantic_guidance_gradient_steps
 
@@ -54,7 +54,6 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
-ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
@@ -66,6 +65,7 @@ class SynFERPipeline(
     StableDiffusionLoraLoaderMixin,
     AUAdapterLoaderMixin,
     SemanticGuidanceMixin,
+    LayoutInitialisationMixin,
 ):
     r"""
     Facial-expression generation controlled by text and facial action units (SynFER, arXiv 2410.09865).
@@ -91,9 +91,11 @@ class SynFERPipeline(
         guidance_image_processor ([`~transformers.image_processing_utils.BaseImageProcessor`], *optional*): its
             image processor; only `size`, `image_mean` and `image_std` are read, and applied in torch,
             differentiably.
-        feranno_head ([`FERAnnoHead`], *optional*): labels each image in the loop from the UNet features of its
-            final denoising step (the unconditional CFG half: prompt `""` + null AU, as FERAnno is trained), so
-            pseudo-labels cost one small head pass.
+        feranno_head ([`FERAnnoHead`], *optional*): labels each image (`feranno_probabilities`) as a
+            [`FERAnnoPipeline`] with this head would label its final latents. Where the last denoising step's
+            unconditional CFG half is FERAnno's training pass (the head's t, prompt `""`, null AU at scale 1: e.g.
+            DDIM "leading" spacing with CFG), the head reads that step's features at the cost of one small head pass;
+            otherwise one FERAnno pass on the final latents follows the loop.
 
     The pipeline puts its models in eval mode (as `from_pretrained` does); a training loop that builds one for
     validation calls `unet.train()` again afterwards.
@@ -366,7 +368,7 @@ class SynFERPipeline(
         prompt_embeds: torch.Tensor | None,
         negative_prompt_embeds: torch.Tensor | None,
         latents: torch.Tensor | None,
-        layout_image: ImageInput | list[ImageInput] | None,
+        layout_image: LayoutImageInput | list[LayoutImageInput] | None,
         layout_strength: float,
         semantic_guidance: tuple[float, tuple[float, float], str, int, str],
         output_type: str,
@@ -506,7 +508,7 @@ class SynFERPipeline(
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
-        layout_image: ImageInput | list[ImageInput] | None = None,
+        layout_image: LayoutImageInput | list[LayoutImageInput] | None = None,
         layout_strength: float = 1.0,
         semantic_guidance_scale: float = 0.0,
         semantic_guidance_window: tuple[float, float] = (0.6, 1.0),
@@ -587,8 +589,8 @@ class SynFERPipeline(
                 guide would downsample the decoded image anyway); "full" decodes at full size.
             guidance_label_mapping (`dict`, *optional*): renames the guide's labels onto `EXPRESSIONS`
                 (see `synfer_diffusers.facs.map_classifier_labels`).
-            label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each image from
-                its final denoising step (`feranno_probabilities` in the output).
+            label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each image
+                (`feranno_probabilities` in the output; see the class docstring).
             enrich_prompt (`bool`, defaults to True): expand prompts with expression and AU words.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): else return `(images, expressions, action_units, prompts, seeds,
@@ -655,6 +657,7 @@ class SynFERPipeline(
         )  # fmt: skip
 
         # 6. Encode the text and AU conditions
+        negative_prompt_embeds_given = negative_prompt_embeds is not None
         lora_scale = self.cross_attention_kwargs.get("scale") if self.cross_attention_kwargs is not None else None
         if prompt_embeds is None:  # per-image prompts: each is enriched with its own AUs
             text_condition = {
@@ -695,7 +698,10 @@ class SynFERPipeline(
             guided_steps = semantic_guidance_gradient_steps(
                 len(timesteps), semantic_guidance_window, semantic_guidance_interval
             )
-        label_in_loop = self.feranno_head is not None and label_with_feranno
+        label = self.feranno_head is not None and label_with_feranno
+        label_in_loop = label and self.last_step_is_feranno_pass(
+            timesteps, negatives, negative_prompt_embeds_given, au_scale
+        )
         recorder = UNetFeatureRecorder(self.unet) if label_in_loop else contextlib.nullcontext()
 
         # 9. Denoising loop
@@ -731,9 +737,17 @@ class SynFERPipeline(
                     negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
                     au_embeds = callback_outputs.pop("au_embeds", au_embeds)
                 progress_bar.update()
-            feranno_probabilities = self.feranno_label(recorder.features(), num_images) if label_in_loop else None
+            features = recorder.features() if label_in_loop else None
 
-        # 10. Decode and report each image's condition
+        # 10. FERAnno labels: from the last step where it is FERAnno's own pass, else one pass on the final latents
+        feranno_probabilities = None
+        if label and features is not None and features.batch_size == 2 * num_images:
+            feranno_probabilities = self.feranno_label(features, num_images)
+        elif label:
+            annotator = FERAnnoPipeline(**self.base_components, head=self.feranno_head)
+            feranno_probabilities = annotator.label_latents(latents, generator)
+
+        # 11. Decode and report each image's condition
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()
         au_dicts = (
@@ -749,54 +763,28 @@ class SynFERPipeline(
             feranno_probabilities=feranno_probabilities,
         )  # fmt: skip
 
-    def preprocess_layout_images(
+    def last_step_is_feranno_pass(
         self,
-        layout_image: ImageInput | list[ImageInput],
-        batch_size: int,
-        num_images_per_prompt: int,
-        height: int,
-        width: int,
-    ) -> torch.Tensor:  # (N, 3, H, W) in [-1, 1]
-        """One layout image for all images, one per prompt, or one per image; each exactly `height` x `width`."""
-        images = list(layout_image) if isinstance(layout_image, list) else [layout_image]
-        num_images = batch_size * num_images_per_prompt
-        if len(images) not in (1, batch_size, num_images):
-            raise ValueError(
-                f"`layout_image` must be 1, {batch_size} (one per prompt) or {num_images} (one per image) images, "
-                f"got {len(images)}."
-            )
-        tensors = [self.image_processor.preprocess(image, height=None, width=None) for image in images]
-        for i, tensor in enumerate(tensors):
-            if tuple(tensor.shape[-2:]) != (height, width):
-                raise ValueError(f"`layout_image[{i}]` is {tuple(tensor.shape[-2:])}, expected ({height}, {width}).")
-        stacked = torch.cat(tensors)
-        repeats = num_images // stacked.shape[0]
-        return stacked.repeat_interleave(repeats, dim=0)
-
-    def invert_layout(self, images: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:  # (N, C, h, w)
-        """DDIM inversion (eta = 0) of images to the noise level of `timesteps[0]`, under the null condition
-        (prompt `""`, null AU tokens) without CFG:
-        `x_next = sqrt(abar_next) * (x - sqrt(1 - abar) eps) / sqrt(abar) + sqrt(1 - abar_next) * eps`,
-        starting from the clean latent (`abar = 1`), with `eps = eps(x, t_next)`."""
-        vae_dtype = next(self.vae.parameters()).dtype
-        latents = self.vae.encode(images.to(vae_dtype)).latent_dist.mean * self.vae.config.scaling_factor
-        null_text = self.encode_prompt([""], latents.device, latents.shape[0], False)[0]  # (N, L, D)
-        au_kwargs = {}
-        if self.au_space is not None:
-            au_kwargs = {"au_embeds": self.unet.encode_action_units(None, batch_size=latents.shape[0])}
-        alphas = self.scheduler.alphas_cumprod.to(latents.device)
-        abar = torch.tensor(1.0, device=latents.device)
-        latents = latents.to(null_text.dtype)
-        for t in timesteps.flip(0):
-            eps = self.unet(
-                latents, t, encoder_hidden_states=null_text, cross_attention_kwargs=self.cross_attention_kwargs,
-                return_dict=False, **au_kwargs,
-            )[0]  # fmt: skip
-            abar_next = alphas[t]
-            x0 = (latents - (1 - abar).sqrt() * eps) / abar.sqrt()
-            latents = abar_next.sqrt() * x0 + (1 - abar_next).sqrt() * eps
-            abar = abar_next
-        return latents
+        timesteps: torch.Tensor,
+        negatives: list[str] | None,
+        negative_prompt_embeds_given: bool,
+        au_scale: float,
+    ) -> bool:
+        """Whether the unconditional half of the last denoising step is exactly FERAnno's training pass (the head's
+        timestep, the head's prompt, the null AU condition at scale 1, no attention kwargs), so that the head can read
+        its features for free. Otherwise (CFG off, another negative prompt, DPM-Solver or "trailing" spacing whose last
+        step is not the head's t, `au_scale != 1`, no step left) the labels come from one FERAnno pass on the final
+        latents, so that `feranno_probabilities` mean the same thing on every configuration."""
+        head = self.feranno_head.config
+        return (
+            len(timesteps) > 0
+            and int(timesteps[-1]) == head.timestep
+            and self.do_classifier_free_guidance
+            and not negative_prompt_embeds_given
+            and all(n == head.prompt for n in (negatives or [""]))
+            and au_scale == 1
+            and not self.cross_attention_kwargs
+        )
 
     def feranno_label(self, features: UNetFeatures, num_images: int) -> torch.Tensor:  # (N, 7) probabilities
         """FERAnno probabilities from the features of the last UNet call; with CFG that call's batch is

@@ -3,9 +3,10 @@
 
 Takes any `SynFERPipeline` folder (or Hub id; a plain text-to-image pipeline works too) and any dataset of labelled
 face images (an `Image` column and an expression column: a `ClassLabel` or strings naming `EXPRESSIONS`). Each step
-VAE-encodes a batch, noises it to the head's timestep (default t = 1) with fresh noise, runs the frozen UNet once with
-the head's prompt (default `""`) and the null AU condition, and trains a new `FERAnnoHead` on the recorded decoder
-feature maps and cross-attention maps with cross-entropy.
+VAE-encodes a batch, noises it to the head's timestep (default t = 1) with fresh noise (DDPM's forward process from the
+scheduler's `alphas_cumprod`, as `FERAnnoPipeline` labels), runs the frozen UNet once with the head's prompt (default
+`""`) and the null AU condition, and trains a new `FERAnnoHead` on the recorded decoder feature maps and
+cross-attention maps with cross-entropy.
 
 Every `--validation_steps` (and at the end) the head is evaluated on `--eval_split` with the package's `evaluate`
 metric (`synfer_diffusers.metrics`: accuracy, macro-F1, per-class recall, confusion matrix); results accumulate in
@@ -165,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     def compute_loss(step: int, generator: torch.Generator) -> torch.Tensor:
         indices = order.indices(step)
         with torch.no_grad():
-            features = pipe.unet_features(normalize_images(train_images[indices]), generator)
+            latents = pipe.encode_images(normalize_images(train_images[indices]))  # (B, C, h, w)
+            features = pipe.unet_features(pipe.prepare_noisy_latents(latents, generator))
         logits = model(features).logits  # (B, 7)
         return F.cross_entropy(logits.float(), train_labels[indices].to(logits.device))
 

@@ -11,9 +11,17 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
 
 import synfer_diffusers.pipelines.hub_mixin as hub_mixin
+import synfer_diffusers.pipelines.synfer.pipeline_feranno as pipeline_feranno
 from synfer_diffusers import SynFERPipeline
 from synfer_diffusers.facs import EXPRESSIONS
 from synfer_diffusers.models.feature_extraction import UNetFeatureRecorder, decoder_layout
@@ -251,3 +259,116 @@ def test_train_feranno_trains_evaluates_saves_and_resumes(tiny_components, label
     assert loaded.head.config.hidden_dim == 32 and set(history) == {"2", "3"}
     with pytest.raises(ValueError, match="resolution"):
         script.main([*options, "--max_train_steps", "1", "--resolution", "32", "--output_dir", str(tmp_path / "bad")])
+
+
+# ----- FERAnno's noising: DDPM's q(z_t | z_0) at the head's training timestep ---------------------------------
+
+
+def _pixels(n):  # (n, 3, 16, 16) in [0, 1]
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def _clean_latents(pipe, pixels):  # (n, 4, 8, 8): what FERAnno encodes an image to
+    with torch.no_grad():
+        return pipe.vae.encode(pixels * 2 - 1).latent_dist.mode() * pipe.vae.config.scaling_factor
+
+
+def _with_scheduler(components, head, scheduler_class, num_inference_steps=None, begin_index=None):
+    scheduler = scheduler_class.from_config(components["scheduler"].config)
+    if num_inference_steps is not None:
+        scheduler.set_timesteps(num_inference_steps)
+    if begin_index is not None:
+        scheduler.set_begin_index(begin_index)
+    pipe = FERAnnoPipeline(**{**components, "scheduler": scheduler}, head=head)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    ("scheduler_class", "num_inference_steps", "begin_index"),
+    [(DPMSolverMultistepScheduler, None, None), (DPMSolverMultistepScheduler, 25, None),
+     (DPMSolverMultistepScheduler, 25, 12), (EulerDiscreteScheduler, None, None),
+     (EulerAncestralDiscreteScheduler, None, None), (UniPCMultistepScheduler, None, None),
+     (UniPCMultistepScheduler, 25, None)],
+    ids=["dpm-fresh", "dpm-25-steps", "dpm-begin-index-12", "euler", "euler-ancestral", "unipc", "unipc-25-steps"],
+)  # fmt: skip
+def test_labels_do_not_depend_on_the_scheduler_or_its_history(
+    tiny_components, head, pipe, scheduler_class, num_inference_steps, begin_index
+):
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    expected = pipe(_pixels(2), generator=torch.Generator().manual_seed(0)).probabilities
+    other = _with_scheduler(tiny_components, head, scheduler_class, num_inference_steps, begin_index)
+    probabilities = other(_pixels(2), generator=torch.Generator().manual_seed(0)).probabilities
+    assert torch.allclose(probabilities, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("timestep", [1, 250])
+def test_unet_reads_the_ddpm_forward_process_at_the_heads_timestep(tiny_components, timestep):
+    """The UNet input is `sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps` at `t = head.config.timestep` (eps: the
+    generator's standard normal draw), on a DPM-Solver whose inference schedule was set (its `add_noise` looks t up
+    there)."""
+    torch.manual_seed(0)
+    head = FERAnnoHead.from_unet(tiny_components["unet"], timestep=timestep, **HEAD_OPTIONS)
+    pipe = _with_scheduler(tiny_components, head, DPMSolverMultistepScheduler, num_inference_steps=25)
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args))
+    try:
+        pipe(_pixels(2), generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    (sample, t), *_ = calls
+    clean = _clean_latents(pipe, _pixels(2))
+    eps = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    abar = tiny_components["scheduler"].alphas_cumprod[timestep]
+    assert torch.equal(torch.as_tensor(t).flatten().unique(), torch.tensor([timestep]))
+    assert torch.allclose(sample, abar.sqrt() * clean + (1 - abar).sqrt() * eps, atol=1e-6)
+
+
+def test_label_latents_of_vae_latents_equals_labelling_the_images(pipe):
+    pixels = _pixels(3)
+    out = pipe(pixels, batch_size=2, generator=torch.Generator().manual_seed(0))
+    probabilities = pipe.label_latents(_clean_latents(pipe, pixels), generator=torch.Generator().manual_seed(0))
+    assert probabilities.shape == (3, 7)
+    assert torch.allclose(probabilities, out.probabilities, atol=1e-6, rtol=0)
+
+
+def test_a_list_of_generators_gives_each_image_its_own_noise(pipe):
+    pixels = _pixels(3)
+    batch = pipe(pixels, batch_size=2, generator=[torch.Generator().manual_seed(i) for i in range(3)])
+    alone = pipe(pixels[1:2], generator=[torch.Generator().manual_seed(1)])
+    assert torch.allclose(alone.probabilities[0], batch.probabilities[1], atol=1e-6, rtol=0)
+    assert not torch.allclose(batch.probabilities[0], batch.probabilities[1], atol=1e-4)
+    single = pipe(pixels[1:2], generator=torch.Generator().manual_seed(1))  # G and [G] are the same at one image
+    assert torch.equal(single.probabilities, alone.probabilities)
+    with pytest.raises(ValueError, match="generator"):
+        pipe(pixels, generator=[torch.Generator().manual_seed(0)] * 2)
+
+
+def test_noise_is_drawn_on_the_generators_device(pipe, monkeypatch):
+    """A generator elsewhere (a CUDA one on a GPU; here a stand-in object, there being no GPU) draws there, and the
+    noise is moved to the latents."""
+
+    class ElsewhereGenerator:
+        device = torch.device("meta")
+
+    drawn = []
+
+    def recording_randn(shape, generator=None, device=None, dtype=None):
+        drawn.append(device)
+        return torch.zeros(shape, dtype=dtype)
+
+    monkeypatch.setattr(pipeline_feranno, "randn_tensor", recording_randn)
+    pipe(_pixels(2), generator=ElsewhereGenerator())
+    pipe(_pixels(2), generator=[ElsewhereGenerator(), ElsewhereGenerator()])
+    pipe(_pixels(2))
+    assert drawn == [torch.device("meta"), torch.device("meta"), torch.device("cpu")]
+
+
+def test_label_latents_rejects_bad_latents_and_a_timestep_outside_the_schedule(tiny_components, pipe):
+    with pytest.raises(ValueError, match=r"`latents` must have shape \(N >= 1, 4, h, w\)"):
+        pipe.label_latents(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="batch_size"):
+        pipe.label_latents(torch.zeros(1, 4, 8, 8), batch_size=0)
+    head = FERAnnoHead.from_unet(tiny_components["unet"], timestep=1000, **HEAD_OPTIONS)
+    with pytest.raises(ValueError, match=r"`timestep` must be a training timestep in \[0, 1000\), got 1000"):
+        FERAnnoPipeline(**tiny_components, head=head).label_latents(torch.zeros(1, 4, 8, 8))

@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
 
 from ...facs import EXPRESSIONS
@@ -21,8 +23,9 @@ from ...models.feature_extraction import UNetFeatureRecorder, UNetFeatures
 from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
 from ..hub_mixin import ModelCardPipelineMixin
+from .conditions import GeneratorInput
 
-EXAMPLE_DOC_STRING = """
+FERANNO_EXAMPLE_DOC_STRING = """
     Examples:
         ```py
         >>> import torch
@@ -38,7 +41,7 @@ EXAMPLE_DOC_STRING = """
 HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 """PIL modes that `convert("RGB")` would clip rather than convert: rejected."""
 
-ImageInput = PIL.Image.Image | Sequence[PIL.Image.Image] | np.ndarray | torch.Tensor
+FERAnnoImageInput = PIL.Image.Image | Sequence[PIL.Image.Image] | np.ndarray | torch.Tensor
 
 
 @dataclass
@@ -62,18 +65,21 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
     diffusion UNet.
 
     For each image: VAE-encode (the posterior mean, scaled by the VAE's `scaling_factor`), add noise to the
-    diffusion timestep `head.config.timestep` (default **t = 1**, the least noise of the training schedule:
-    `x_1 = sqrt(abar_1) z_0 + sqrt(1 - abar_1) eps`, DDPM eq. 4), run the UNet once with the prompt
-    `head.config.prompt` (default the **empty prompt `""`**) and, for an AU-conditioned UNet, the learned **null
-    AU condition**, record its decoder feature maps and cross-attention maps
+    training timestep `head.config.timestep` (default **t = 1**, the least noise of the training schedule:
+    `x_1 = sqrt(abar_1) z_0 + sqrt(1 - abar_1) eps`, DDPM eq. 4, from the scheduler's `alphas_cumprod`), run the
+    UNet once with the prompt `head.config.prompt` (default the **empty prompt `""`**) and, for an AU-conditioned
+    UNet, the learned **null AU condition** at `au_scale` 1, record its decoder feature maps and cross-attention maps
     ([`~synfer_diffusers.models.feature_extraction.UNetFeatureRecorder`]) and classify them with the
-    [`FERAnnoHead`].
+    [`FERAnnoHead`]. [`label_latents`] does the same for latents, e.g. a sampler's final latents.
 
     Args:
         vae ([`AutoencoderKL`]), text_encoder ([`~transformers.CLIPTextModel`]), tokenizer
             ([`~transformers.CLIPTokenizer`]), unet ([`AUConditionedUNet2DConditionModel`] or
-            [`~diffusers.UNet2DConditionModel`]), scheduler ([`DDIMScheduler`] or [`DPMSolverMultistepScheduler`]):
-            the components of the diffusion model whose features are read, e.g. a [`SynFERPipeline`]'s.
+            [`~diffusers.UNet2DConditionModel`]): the components of the diffusion model whose features are read,
+            e.g. a [`SynFERPipeline`]'s.
+        scheduler ([`~diffusers.SchedulerMixin`]): any scheduler of that model (DDIM, DPM-Solver, Euler, UniPC,
+            ...); only its training schedule `alphas_cumprod` is read, so neither its class nor the state of its
+            inference schedule changes the labels.
         head ([`FERAnnoHead`]): trained for this UNet; a head made for another UNet layout raises a `ValueError`.
 
     Images: PIL images of any mode with 8 bits per channel are converted to RGB (an alpha channel is dropped,
@@ -92,7 +98,7 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer | PreTrainedTokenizerBase,
         unet: AUConditionedUNet2DConditionModel | UNet2DConditionModel,
-        scheduler: DDIMScheduler | DPMSolverMultistepScheduler,
+        scheduler: SchedulerMixin,
         head: FERAnnoHead,
     ):
         super().__init__()
@@ -124,7 +130,7 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
         }
         return fields
 
-    def prepare_images(self, images: ImageInput) -> torch.Tensor:  # (B, 3, R, R) in [-1, 1]
+    def prepare_images(self, images: FERAnnoImageInput) -> torch.Tensor:  # (B, 3, R, R) in [-1, 1]
         """Checks and converts `images` as the class docstring describes; errors name the offending entry."""
         size = self.resolution
         if isinstance(images, PIL.Image.Image):
@@ -158,65 +164,160 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
         )
         return self.text_encoder(tokens.input_ids.to(device))[0].expand(batch_size, -1, -1)
 
-    def unet_features(
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (B, C, h, w)
+        """The clean latents FERAnno labels: the VAE posterior mean of `pixel_values` `(B, 3, R, R)` in [-1, 1],
+        scaled by the VAE's `scaling_factor`."""
+        pixel_values = pixel_values.to(device=self._execution_device, dtype=self.vae.dtype)
+        return self.vae.encode(pixel_values).latent_dist.mode() * self.vae.config.scaling_factor
+
+    def prepare_noisy_latents(
         self,
-        pixel_values: torch.Tensor,  # (B, 3, R, R) in [-1, 1]
-        generator: torch.Generator | None = None,
-        timestep: int | None = None,
-        prompt: str | None = None,
-    ) -> UNetFeatures:
-        """One UNet pass at `timestep` with `prompt` (defaults: the head's) on the noised latents of
-        `pixel_values`; returns the recorded features. Used by `__call__` and by `examples/train_feranno.py`."""
-        device = self._execution_device
-        timestep = self.head.config.timestep if timestep is None else timestep
-        prompt = self.head.config.prompt if prompt is None else prompt
-        pixel_values = pixel_values.to(device=device, dtype=self.vae.dtype)
-        latents = self.vae.encode(pixel_values).latent_dist.mode() * self.vae.config.scaling_factor  # (B, 4, r, r)
-        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(device)
-        t = torch.full((latents.shape[0],), timestep, device=device, dtype=torch.long)
-        noisy = self.scheduler.add_noise(latents, noise, t)  # sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
-        text = self.encode_prompt(prompt, latents.shape[0], device).to(self.unet.dtype)
+        latents: torch.Tensor,  # (N, C, h, w) clean, scaled
+        generator: GeneratorInput = None,
+    ) -> torch.Tensor:  # (N, C, h, w)
+        """`latents` brought to the head's timestep with fresh noise drawn on the generator's device: DDPM's forward
+        process ([`noise_to_timestep`]) with the scheduler's `alphas_cumprod`, whatever the scheduler's class or the
+        state of its inference schedule."""
+        noise = randn_on_generator_device(latents.shape, generator, latents.device)
+        return noise_to_timestep(self.scheduler.alphas_cumprod, latents, noise, self.head.config.timestep)
+
+    def unet_features(self, noisy_latents: torch.Tensor) -> UNetFeatures:  # noisy_latents: (N, C, h, w)
+        """FERAnno's UNet pass on latents at the head's timestep (from [`prepare_noisy_latents`]): timestep
+        `head.config.timestep`, the prompt `head.config.prompt` and, for an AU-conditioned UNet, the null AU
+        condition at `au_scale` 1; returns the recorded features. Used by [`label_latents`] and by
+        `examples/train_feranno.py`."""
+        batch_size, device = noisy_latents.shape[0], noisy_latents.device
+        t = torch.full((batch_size,), self.head.config.timestep, device=device, dtype=torch.long)
+        text = self.encode_prompt(self.head.config.prompt, batch_size, device).to(self.unet.dtype)
+        au_kwargs = {}
+        if hasattr(self.unet, "encode_action_units"):  # the package's AU UNet, or a checkpoint's code file of it
+            au_kwargs = {"au_embeds": self.unet.encode_action_units(None, batch_size=batch_size), "au_scale": 1.0}
         with UNetFeatureRecorder(self.unet) as recorder:
-            self.unet(noisy.to(self.unet.dtype), t, encoder_hidden_states=text)
+            self.unet(noisy_latents.to(self.unet.dtype), t, encoder_hidden_states=text, **au_kwargs)
             return recorder.features()
+
+    @torch.no_grad()
+    def label_latents(
+        self, latents: torch.Tensor, generator: GeneratorInput = None, batch_size: int = 16
+    ) -> torch.Tensor:  # (N, len(EXPRESSIONS))
+        r"""
+        Labels clean latents with FERAnno's training pass: each latent is noised to `head.config.timestep`
+        (`sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps` from the scheduler's `alphas_cumprod`), the UNet runs once with
+        the head's prompt (default `""`) and, for an AU-conditioned UNet, the null AU condition at `au_scale` 1, and
+        the head classifies the recorded features. `__call__` is `label_latents` of the VAE-encoded images.
+
+        Args:
+            latents (`torch.Tensor` of shape `(N, C, h, w)`): clean latents scaled by the VAE's `scaling_factor`:
+                `vae.encode(x).latent_dist.mode() * vae.config.scaling_factor`, or a sampler's final latents.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): draws the noise, on its own
+                device; one generator draws the noise of all `N` latents at once (so `batch_size` does not change
+                the result), a list has one generator per latent (latent `i` gets the same noise alone or in a
+                batch).
+            batch_size (`int`, defaults to 16): latents per UNet pass.
+
+        Returns:
+            `torch.Tensor` of shape `(N, len(EXPRESSIONS))`: softmax probabilities in `EXPRESSIONS` order, float32,
+            on the CPU.
+
+        Example:
+
+        ```py
+        >>> feranno = FERAnnoPipeline(**synfer_pipe.base_components, head=synfer_pipe.feranno_head)
+        >>> out = synfer_pipe(expression="happy", output_type="latent", generator=torch.Generator().manual_seed(0))
+        >>> feranno.label_latents(out.images, generator=torch.Generator().manual_seed(0))  # (1, 7)
+        ```
+        """
+        channels = self.unet.config.in_channels
+        if latents.ndim != 4 or latents.shape[0] == 0 or latents.shape[1] != channels:
+            raise ValueError(f"`latents` must have shape (N >= 1, {channels}, h, w), got {tuple(latents.shape)}.")
+        _check_batch_size(batch_size)
+        noisy = self.prepare_noisy_latents(latents.to(self._execution_device), generator)  # (N, C, h, w)
+        probabilities = []
+        with self.progress_bar(total=-(-len(noisy) // batch_size)) as progress_bar:
+            for batch in noisy.split(batch_size):
+                logits = self.head(self.unet_features(batch)).logits  # (b, 7)
+                probabilities.append(logits.float().softmax(-1).cpu())
+                progress_bar.update()
+        return torch.cat(probabilities)
 
     @torch.no_grad()
     def __call__(
         self,
-        images: ImageInput,
+        images: FERAnnoImageInput,
         batch_size: int = 16,
-        generator: torch.Generator | None = None,
+        generator: GeneratorInput = None,
         return_dict: bool = True,
     ) -> FERAnnoPipelineOutput | tuple:
         r"""
-        Labels facial-expression images.
+        Labels facial-expression images: [`label_latents`] of their VAE latents.
 
         Args:
             images (PIL image, list of PIL images, array or tensor): see the class docstring for modes and sizes.
-            batch_size (`int`, defaults to 16): images per UNet pass.
-            generator (`torch.Generator`, *optional*): draws the noise added at t ~ 1 (CPU generator; the same
-                generator state gives the same labels).
+            batch_size (`int`, defaults to 16): images per VAE and UNet pass.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): draws the noise added to reach
+                the head's timestep, on the generator's own device (CPU or CUDA); the same generator state gives the
+                same labels. A list has one generator per image, so image `i` is labelled the same alone or in a
+                batch.
             return_dict (`bool`, defaults to True): else return `(labels, label_ids, probabilities)`.
 
         Returns:
             [`FERAnnoPipelineOutput`] or `tuple`.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+        _check_batch_size(batch_size)
         pixel_values = self.prepare_images(images)
-        probabilities = []
-        with self.progress_bar(total=-(-len(pixel_values) // batch_size)) as progress_bar:
-            for batch in pixel_values.split(batch_size):
-                logits = self.head(self.unet_features(batch, generator)).logits  # (b, 7)
-                probabilities.append(logits.float().softmax(-1).cpu())
-                progress_bar.update()
+        latents = torch.cat([self.encode_images(batch) for batch in pixel_values.split(batch_size)])  # (B, C, h, w)
+        probabilities = self.label_latents(latents, generator, batch_size)  # (B, 7)
         self.maybe_free_model_hooks()
-        probabilities = torch.cat(probabilities)  # (B, 7)
         label_ids = probabilities.argmax(-1)
         labels = [EXPRESSIONS[i] for i in label_ids.tolist()]
         if not return_dict:
             return labels, label_ids, probabilities
         return FERAnnoPipelineOutput(labels=labels, label_ids=label_ids, probabilities=probabilities)
+
+
+def noise_to_timestep(
+    alphas_cumprod: torch.Tensor,  # (T,)
+    latents: torch.Tensor,  # (N, C, h, w) clean
+    noise: torch.Tensor,  # (N, C, h, w) standard normal
+    timestep: int,
+) -> torch.Tensor:  # (N, C, h, w), in the dtype of `latents`
+    r"""
+    DDPM's forward process at a training timestep (Ho et al. 2020, eq. 4), computed in float32:
+    `z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps` with `abar = alphas_cumprod`.
+
+    Not a scheduler's `add_noise`: the multistep schedulers (DPM-Solver, UniPC) look `t` up in their *inference*
+    schedule (`begin_index` / `step_index`) and the Euler ones add noise in sigma space, so their noise level depends
+    on the scheduler's class and history.
+
+    Example:
+
+    ```py
+    >>> z_t = noise_to_timestep(pipe.scheduler.alphas_cumprod, latents, torch.randn_like(latents), timestep=1)
+    ```
+    """
+    if not 0 <= timestep < len(alphas_cumprod):
+        raise ValueError(f"`timestep` must be a training timestep in [0, {len(alphas_cumprod)}), got {timestep}.")
+    abar = alphas_cumprod[timestep].to(device=latents.device, dtype=torch.float32)
+    noise = noise.to(device=latents.device, dtype=torch.float32)
+    return (abar.sqrt() * latents.float() + (1 - abar).sqrt() * noise).to(latents.dtype)
+
+
+def randn_on_generator_device(
+    shape: tuple[int, ...], generator: GeneratorInput, device: torch.device
+) -> torch.Tensor:  # float32, on `device`
+    """Standard normal noise of `shape`, drawn where the generator lives (a CUDA generator on its GPU, a CPU one on
+    the CPU, so a seed gives the same noise wherever the model runs) and moved to `device`. A list of generators
+    draws row `i` with `generator[i]` (diffusers' convention); `None` draws on `device` from the global RNG."""
+    if isinstance(generator, list) and len(generator) != shape[0]:
+        raise ValueError(f"`generator` list has {len(generator)} entries for {shape[0]} images.")
+    first = generator[0] if isinstance(generator, list) else generator
+    draw_device = device if first is None else first.device
+    return randn_tensor(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
 
 
 def _array_to_tensor(array: np.ndarray) -> torch.Tensor:  # (B, 3, H, W) in [0, 1]
@@ -241,4 +342,4 @@ def _square_rgb(image: Any, size: int, field: str) -> np.ndarray:  # (size, size
     return resize_and_center_crop(image, size)
 
 
-FERAnnoPipeline.__call__.__doc__ = (FERAnnoPipeline.__call__.__doc__ or "") + EXAMPLE_DOC_STRING
+FERAnnoPipeline.__call__.__doc__ = (FERAnnoPipeline.__call__.__doc__ or "") + FERANNO_EXAMPLE_DOC_STRING

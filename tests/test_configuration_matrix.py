@@ -100,7 +100,7 @@ def test_configuration(scheduler_class, prediction, space, cfg, eta):
 
         pipe.guidance_loss = record
         _call(pipe, (0, 1, 2), cfg, eta, output_type="latent", semantic_guidance_scale=scale or 1e-12,
-              semantic_guidance_interval=1)  # fmt: skip
+              semantic_guidance_window=(0.25, 1.0), semantic_guidance_interval=1)  # fmt: skip
         del pipe.guidance_loss
         losses[scale] = recorded
     assert len(losses[0.5]) == len(losses[0.0]) >= 2

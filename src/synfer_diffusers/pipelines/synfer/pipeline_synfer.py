@@ -716,7 +716,9 @@ class SynFERPipeline(
                         latents, t, prompt_embeds, au_embeds, au_scale, guide, semantic_guidance_scale,
                         semantic_guidance_normalization,
                     )  # fmt: skip
-                    noise_uncond = self.predict_noise_branches(latents, t, None, negative, au_embeds, au_scale)[0]
+                    noise_uncond = None
+                    if negative is not None:
+                        noise_uncond = self.predict_noise_branches(latents, t, None, negative, au_embeds, au_scale)[0]
                     prompt_embeds = prompt_embeds_next
                 else:
                     noise_uncond, noise_cond = self.predict_noise_branches(
@@ -745,7 +747,8 @@ class SynFERPipeline(
             feranno_probabilities = self.feranno_label(features, num_images)
         elif label:
             annotator = FERAnnoPipeline(**self.base_components, head=self.feranno_head)
-            feranno_probabilities = annotator.label_latents(latents, generator)
+            annotator.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+            feranno_probabilities = annotator.label_latents(latents, generator).to(latents.device)
 
         # 11. Decode and report each image's condition
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)

@@ -8,8 +8,8 @@ to the target expression, `c_text <- c_text - lambda_g * grad / ||grad||`, and k
 (descent on the loss; the paper's transcribed formula shows a plus sign). The UNet, VAE and guide weights are frozen
 meanwhile, so that autograd keeps only what the gradient with respect to the text needs.
 
-[`SemanticGuidanceMixin`] holds the parts that need the pipeline's components (VAE, UNet, scheduler, guide); the
-functions below are the step schedule and input checks.
+[`SemanticGuidanceMixin`] holds the parts that need the pipeline's components (VAE, UNet, scheduler, guide); the rest
+below is the guide's preprocessing ([`GuidePreprocessing`]), weight freezing, the step schedule and input checks.
 """
 
 from __future__ import annotations

@@ -367,3 +367,40 @@ def test_guided_step_restores_the_flags_on_error(guided_pipe, monkeypatch):
     with pytest.raises(RuntimeError, match="guide failed"):
         pipe.semantic_guidance_step(*inputs, 0.05, "global")
     assert frozen_when_it_failed == [True] and _requires_grad(pipe) == before
+
+
+def test_layout_inversion_reads_v_prediction_outputs(tiny_components):
+    """With a v-prediction UNet the inversion must turn the UNet's v into eps: inverting with the scheduler told
+    `v_prediction` equals inverting with an epsilon scheduler whose UNet outputs the eps that v implies."""
+    from diffusers import DDIMScheduler
+
+    from synfer_diffusers.pipelines.synfer.prediction import predicted_noise
+
+    v_scheduler = DDIMScheduler.from_config(tiny_components["scheduler"].config, prediction_type="v_prediction")
+    v_pipe = SynFERPipeline(**{**tiny_components, "scheduler": v_scheduler})
+    v_pipe.scheduler.set_timesteps(4)
+    timesteps = v_pipe.scheduler.timesteps
+    image = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        inverted = v_pipe.invert_layout(image, timesteps)
+
+    unet = tiny_components["unet"]
+    alphas = v_scheduler.alphas_cumprod
+
+    class EpsUNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.config, self.dtype = unet, unet.config, unet.dtype
+
+        def forward(self, sample, t, **kwargs):
+            v = unet(sample, t, **kwargs)[0]
+            return (predicted_noise(v, sample, alphas[t.long()], "v_prediction"),)
+
+    eps_pipe = SynFERPipeline(**tiny_components)
+    eps_pipe.unet = EpsUNet()
+    with torch.no_grad():
+        expected = eps_pipe.invert_layout(image, timesteps)
+    assert torch.allclose(inverted, expected, atol=1e-5)
+    with torch.no_grad():
+        naive = SynFERPipeline(**tiny_components).invert_layout(image, timesteps)
+    assert not torch.allclose(inverted, naive, atol=1e-3)

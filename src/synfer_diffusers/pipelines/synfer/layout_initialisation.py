@@ -7,6 +7,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .prediction import predicted_noise
+
 LayoutImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
 
 
@@ -42,7 +44,8 @@ class LayoutInitialisationMixin:
         """DDIM inversion (eta = 0) of images to the noise level of `timesteps[0]`, under the null condition
         (prompt `""`, null AU tokens) without CFG:
         `x_next = sqrt(abar_next) * (x - sqrt(1 - abar) eps) / sqrt(abar) + sqrt(1 - abar_next) * eps`,
-        starting from the clean latent (`abar = 1`), with `eps = eps(x, t_next)`."""
+        starting from the clean latent (`abar = 1`), with `eps = eps(x, t_next)` read from the UNet's output for the
+        scheduler's `prediction_type` (epsilon, v_prediction or sample) at the noise level of `t_next`."""
         vae_dtype = next(self.vae.parameters()).dtype
         latents = self.vae.encode(images.to(vae_dtype)).latent_dist.mean * self.vae.config.scaling_factor
         null_text = self.encode_prompt([""], latents.device, latents.shape[0], False)[0]  # (N, L, D)
@@ -52,12 +55,14 @@ class LayoutInitialisationMixin:
         alphas = self.scheduler.alphas_cumprod.to(latents.device)
         abar = torch.tensor(1.0, device=latents.device)
         latents = latents.to(null_text.dtype)
+        prediction_type = self.scheduler.config.prediction_type
         for t in timesteps.flip(0):
-            eps = self.unet(
+            output = self.unet(
                 latents, t, encoder_hidden_states=null_text, cross_attention_kwargs=self.cross_attention_kwargs,
                 return_dict=False, **au_kwargs,
             )[0]  # fmt: skip
-            abar_next = alphas[t]
+            abar_next = alphas[t.long()]
+            eps = predicted_noise(output, latents, abar_next, prediction_type)
             x0 = (latents - (1 - abar).sqrt() * eps) / abar.sqrt()
             latents = abar_next.sqrt() * x0 + (1 - abar_next).sqrt() * eps
             abar = abar_next

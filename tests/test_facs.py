@@ -62,7 +62,8 @@ def test_expressions_and_prototypes():
     assert {k for k, v in happy.items() if v} == {"AU6", "AU12"} and happy["AU12"] == 4.0
     assert not any(expression_prototype("neutral").values())
     fear = expression_prototype("fear", AUSpace.opengraphau41())
-    assert {k for k, v in fear.items() if v} == {"AU1", "AU2", "AU4", "AU5", "AU7", "AU20", "AU26"}
+    sided = {f"AU{side}{n}" for n in (1, 2, 4) for side in "LR"}
+    assert {k for k, v in fear.items() if v} == {"AU1", "AU2", "AU4", "AU5", "AU7", "AU20", "AU26"} | sided
     assert set(fear.values()) == {0.0, 1.0}
     with pytest.raises(ValueError, match="expression"):
         expression_prototype("contempt")
@@ -73,3 +74,44 @@ def test_enrich_prompt_mentions_expression_and_strongest_aus():
     assert text.startswith("a photo of an elderly man with glasses") and "happy" in text
     assert text.index("lip corner puller") < text.index("cheek raiser") and "brow" not in text
     assert enrich_prompt("a face", None, None) == "a face"
+
+
+# -- kind-aware prototypes ----------------------------------------------------------------------------------------
+
+
+def test_prototype_value_defaults_by_kind_and_refuses_values_outside_the_space():
+    assert AUSpace.disfa12().prototype_value() == 3.0 and AUSpace.opengraphau41().prototype_value() == 1.0
+    assert AUSpace.disfa12().prototype_value(4.5) == 4.5
+    with pytest.raises(ValueError, match=r"`prototype_intensity` must be a number in \[0, 1\] for this occurrence"):
+        AUSpace.opengraphau41().prototype_value(3.0, field="prototype_intensity")
+    for bad in (-1.0, math.nan, True, "3"):
+        with pytest.raises(ValueError, match="`intensity`"):
+            AUSpace.disfa12().prototype_value(bad)
+    with pytest.raises(ValueError, match="`intensity`"):
+        expression_prototype("happy", AUSpace.opengraphau41(), intensity=3.0)
+
+
+def test_prototypes_set_the_left_right_variants_of_their_aus():
+    happy = expression_prototype("happy", AUSpace.opengraphau41())
+    assert happy["AU12"] == happy["AUL12"] == happy["AUR12"] == 1.0
+    assert happy["AU6"] == happy["AUL6"] == happy["AUR6"] == 1.0
+    assert {k for k, v in happy.items() if v} == {"AU6", "AUL6", "AUR6", "AU12", "AUL12", "AUR12"}
+    assert not any(v for k, v in expression_prototype("sad", AUSpace.opengraphau41()).items() if "12" in k)
+    # any space with variants, also one without the bilateral AU, at the prototype's value
+    sided = AUSpace(("AU1", "AUL12", "AUR12", "AU12"), "intensity")
+    assert expression_prototype("happy", sided, intensity=4.0) == {"AU1": 0.0, "AUL12": 4.0, "AUR12": 4.0, "AU12": 4.0}
+    assert expression_prototype("happy", AUSpace(("AUL12", "AU1"), "occurrence")) == {"AUL12": 1.0, "AU1": 0.0}
+
+
+def test_opengraphau_pipeline_makes_prototypes_by_default():
+    from synfer_diffusers import SynFERPipeline
+    from synfer_diffusers.tiny import make_tiny_components
+
+    pipe = SynFERPipeline(**make_tiny_components(au_space=AUSpace.opengraphau41()))
+    pipe.set_progress_bar_config(disable=True)
+    output = pipe(expression="happy", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    action_units = output.action_units[0]
+    assert action_units["AU12"] == action_units["AUL12"] == action_units["AUR12"] == 1.0
+    assert set(action_units.values()) == {0.0, 1.0}  # occurrences: no jitter
+    with pytest.raises(ValueError, match="`prototype_intensity` must be a number in \\[0, 1\\]"):
+        pipe(expression="happy", num_inference_steps=2, prototype_intensity=3.0)

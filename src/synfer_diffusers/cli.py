@@ -15,7 +15,8 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import Field, fields
+from typing import Any
 
 from .data.writer import ShardVerificationError
 
@@ -31,31 +32,60 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def parse_expression_distribution(text: str) -> dict[str, float] | None:
-    """`"balanced"` -> None; `"happy=0.5,sad=0.5"` or a JSON object -> `{name: probability}`."""
-    if text == "balanced":
-        return None
+def parse_named_numbers(text: str, flag: str, forms: str = "'name=value,...' or a JSON object") -> dict[str, float]:
+    """`"happy=0.5,sad=0.5"` or a JSON object -> `{name: number}`; a `ValueError` naming `flag` and the accepted
+    `forms` otherwise."""
     if text.lstrip().startswith("{"):
         try:
             return json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"`--expressions`: not valid JSON ({error}).") from error
-    distribution = {}
+            raise ValueError(f"`{flag}`: not valid JSON ({error}).") from error
+    values = {}
     for item in text.split(","):
         name, sep, value = item.partition("=")
         try:
-            distribution[name.strip()] = float(value)
+            values[name.strip()] = float(value)
         except ValueError:
             sep = ""
         if not sep:
-            raise ValueError(f"`--expressions` must be 'balanced' or 'name=prob,...', got {text!r}.")
-    return distribution
+            raise ValueError(f"`{flag}` must be {forms}, got {text!r}.")
+    return values
+
+
+def parse_expression_distribution(text: str) -> dict[str, float] | None:
+    """`"balanced"` -> None; `"happy=0.5,sad=0.5"` or a JSON object -> `{name: probability}`."""
+    if text == "balanced":
+        return None
+    return parse_named_numbers(text, "--expressions", "'balanced', 'name=prob,...' or a JSON object")
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """`"0.6,1.0"` -> `(0.6, 1.0)`; the range itself is checked by the config."""
+    try:
+        start, end = (float(bound) for bound in text.split(","))
+    except ValueError:
+        raise ValueError(f"`--semantic-guidance-window` must be 'start,end', e.g. '0.6,1.0', got {text!r}.") from None
+    return start, end
+
+
+def _config_field(name: str) -> Field:
+    from .generate import SyntheticSetConfig
+
+    return next(f for f in fields(SyntheticSetConfig) if f.name == name)
 
 
 def _config_help(name: str) -> str:
-    from .generate import SyntheticSetConfig
+    return _config_field(name).metadata["help"]
 
-    return next(f.metadata["help"] for f in fields(SyntheticSetConfig) if f.name == name)
+
+def _config_default(name: str) -> Any:
+    return _config_field(name).default
+
+
+def _add_config_argument(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """`--name-with-dashes` for the config field `name`, with its default and help."""
+    flag = f"--{name.replace('_', '-')}"
+    parser.add_argument(flag, default=_config_default(name), help=_config_help(name), **kwargs)
 
 
 def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -76,7 +106,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="'balanced' (default), 'happy=0.5,sad=0.5' or a JSON object of probabilities.")  # fmt: skip
     parser.add_argument("--au-policy", default="prototype", help=_config_help("au_policy"))
     parser.add_argument("--au-dataset", default=None, help=_config_help("au_dataset"))
-    parser.add_argument("--prototype-intensity", type=float, default=3.0, help=_config_help("prototype_intensity"))
+    _add_config_argument(parser, "prototype_intensity", type=float)
     parser.add_argument("--au-jitter", type=float, default=0.5, help=_config_help("au_jitter"))
     parser.add_argument("--descriptions-file", default=None,
                         help="Text file with one coarse description per line (default: built-in descriptions).")  # fmt: skip
@@ -88,11 +118,23 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shard-size", type=int, default=256, help=_config_help("shard_size"))
     parser.add_argument("--layout-dataset", default=None, help=_config_help("layout_dataset"))
     parser.add_argument("--layout-strength", type=float, default=1.0, help=_config_help("layout_strength"))
-    parser.add_argument("--semantic-guidance-scale", type=float, default=0.0,
-                        help="Semantic guidance lambda_g with the model's guide classifier (0: off).")  # fmt: skip
+    for name in ("scheduler", "dtype", "device", "negative_prompt"):
+        _add_config_argument(parser, name)
+    _add_config_argument(parser, "eta", type=float)
+    _add_config_argument(parser, "semantic_guidance_scale", type=float)
+    window = "{},{}".format(*_config_default("semantic_guidance_window"))
+    parser.add_argument("--semantic-guidance-window", default=window, metavar="START,END",
+                        help=_config_help("semantic_guidance_window"))  # fmt: skip
+    _add_config_argument(parser, "semantic_guidance_interval", type=int)
+    _add_config_argument(parser, "semantic_guidance_normalization")
     parser.add_argument("--voter", action="append", default=[], metavar="CLASSIFIER",
                         help="An extra voting classifier (transformers image classifier folder or repo id); "
                              "repeatable. FERAnno (when the model has a head) and the target always vote.")  # fmt: skip
+    _add_config_argument(parser, "agreement_threshold", type=float)
+    parser.add_argument("--voter-weights", default=None, metavar="NAME=WEIGHT,...",
+                        help=_config_help("voter_weights") + " E.g. 'feranno=2,target=1' or a JSON object.")  # fmt: skip
+    _add_config_argument(parser, "label_type")
+    _add_config_argument(parser, "discard_rule")
     parser.add_argument("--batch-size", type=int, default=8, help="Images per pipeline call (not part of the plan).")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="Complete an interrupted run of the same plan.")
@@ -113,6 +155,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.descriptions_file:
         with open(args.descriptions_file, encoding="utf-8") as f:
             descriptions = [line.strip() for line in f if line.strip()]
+    weights = parse_named_numbers(args.voter_weights, "--voter-weights") if args.voter_weights else None
     config = SyntheticSetConfig(
         num_samples=args.num_samples, seed=args.seed,
         expression_distribution=parse_expression_distribution(args.expressions),
@@ -120,12 +163,16 @@ def run_generate(args: argparse.Namespace) -> int:
         au_jitter=args.au_jitter, descriptions=descriptions, num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale, au_scale=args.au_scale, height=args.height, width=args.width,
         shard_size=args.shard_size, layout_dataset=args.layout_dataset, layout_strength=args.layout_strength,
+        scheduler=args.scheduler, dtype=args.dtype, device=args.device, negative_prompt=args.negative_prompt,
+        eta=args.eta, semantic_guidance_scale=args.semantic_guidance_scale,
+        semantic_guidance_window=parse_window(args.semantic_guidance_window),
+        semantic_guidance_interval=args.semantic_guidance_interval,
+        semantic_guidance_normalization=args.semantic_guidance_normalization,
+        agreement_threshold=args.agreement_threshold, voter_weights=weights, label_type=args.label_type,
+        discard_rule=args.discard_rule,
     )  # fmt: skip
-    pipeline_kwargs = (
-        {"semantic_guidance_scale": args.semantic_guidance_scale} if args.semantic_guidance_scale else None
-    )
     result = generate_synthetic_dataset(
-        config, args.output_dir, model=args.model, voters=args.voter, pipeline_kwargs=pipeline_kwargs,
+        config, args.output_dir, model=args.model, voters=args.voter,
         batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
         token=args.token, private=args.private,
         card_data={"license": args.license} if args.license else None, show_progress=not args.no_progress,

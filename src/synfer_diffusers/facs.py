@@ -7,6 +7,7 @@ pipelines) can depend on it.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,6 +56,7 @@ _OPENGRAPHAU_SIDED = tuple(f"AU{side}{n}" for n in (1, 2, 4, 6, 10, 12, 14) for 
 
 AUKind = Literal["intensity", "occurrence"]
 _MAX_VALUE: dict[str, float] = {"intensity": 5.0, "occurrence": 1.0}
+_PROTOTYPE_VALUE: dict[str, float] = {"intensity": 3.0, "occurrence": 1.0}  # FACS "C"; present
 
 
 def describe_au(name: str) -> str:
@@ -155,6 +157,20 @@ class AUSpace:
     def max_value(self) -> float:
         return _MAX_VALUE[self.kind]
 
+    def prototype_value(self, intensity: float | None = None, field: str = "intensity") -> float:
+        """The value of an expression prototype's active AUs in this space: `intensity` checked against the
+        space's range (a `ValueError` naming `field` otherwise), or, for `None`, 3.0 (FACS "C") on intensity
+        spaces and 1.0 (present) on occurrence spaces."""
+        if intensity is None:
+            return _PROTOTYPE_VALUE[self.kind]
+        number = isinstance(intensity, numbers.Real) and not isinstance(intensity, bool)
+        if not number or not math.isfinite(intensity) or not 0.0 <= intensity <= self.max_value:
+            raise ValueError(
+                f"`{field}` must be a number in [0, {self.max_value:g}] for this {self.kind} AU space, got "
+                f"{intensity!r}; None gives {_PROTOTYPE_VALUE[self.kind]:g}."
+            )
+        return float(intensity)
+
     def describe(self) -> dict[str, str]:
         """`{name: FACS description}` in this space's order."""
         return {name: describe_au(name) for name in self.names}
@@ -239,26 +255,31 @@ class AUSpace:
 def expression_prototype(name: str, space: AUSpace | None = None, intensity: float | None = None) -> dict[str, float]:
     """EMFACS prototype of an expression as a full AU dict of `space` (default DISFA-12).
 
-    AUs of the prototype that the space lacks are left out (DISFA-12 has no AU7, AU16, AU23); AUs not in
-    the prototype are 0.
+    Each AU of the prototype is set in the space together with its left/right variants (`AU12` also sets `AUL12`
+    and `AUR12`, as OpenGraphAU reports them); AUs the space lacks are left out (DISFA-12 has no AU7, AU16, AU23);
+    AUs not in the prototype are 0.
 
     Args:
         name: one of [`EXPRESSIONS`].
         space: the AU space of the result.
-        intensity: value of the active AUs; default 3.0 (FACS "C") for intensity spaces, 1.0 for occurrence.
+        intensity: value of the active AUs, checked against the space (see [`AUSpace.prototype_value`]); default
+            3.0 (FACS "C") for intensity spaces, 1.0 for occurrence spaces.
 
     Example:
 
     ```py
     >>> expression_prototype("happy")["AU12"]
     3.0
+    >>> happy = expression_prototype("happy", AUSpace.opengraphau41())
+    >>> happy["AU12"], happy["AUL12"], happy["AUR12"]
+    (1.0, 1.0, 1.0)
     ```
     """
     EXPRESSIONS.label_id(name)
     space = space or AUSpace.disfa12()
-    value = (3.0 if space.kind == "intensity" else 1.0) if intensity is None else intensity
-    active = [au for au in EMFACS_PROTOTYPES[name] if au in space.names]
-    return {au: (space.validate_value(value, au, "intensity") if au in active else 0.0) for au in space.names}
+    value = space.prototype_value(intensity)
+    active = {f"AU{side}{au[2:]}" for au in EMFACS_PROTOTYPES[name] for side in ("", "L", "R")}
+    return {au: value if au in active else 0.0 for au in space.names}
 
 
 def map_classifier_labels(

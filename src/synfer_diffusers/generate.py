@@ -2,17 +2,18 @@
 
 This is the one module that ties the pipeline to the data writer (`data/` never imports `pipelines/`).
 
-1. **Plan.** [`SyntheticSetConfig`] holds everything that determines the samples. Sample `i` gets the seed
-   [`sample_seed`]`(seed, i)` (a sha256, not Python's `hash`), and its expression, coarse description and AU
-   vector are drawn from an RNG seeded by that seed alone ([`plan_sample`]): the set does not depend on batch
-   size, process count or resume point. The plan (config + model fingerprint + AU space + AU source + labeller)
-   is stored as `plan.json`; a rerun must match it.
+1. **Plan.** [`SyntheticSetConfig`] holds everything that determines the samples, sampler, dtype, device and
+   voting options included. Sample `i` gets the seed [`sample_seed`]`(seed, i)` (a sha256, not Python's `hash`),
+   and its expression, coarse description and AU vector are drawn from an RNG seeded by that seed alone
+   ([`plan_sample`]): the set does not depend on batch size, process count or resume point. The plan (config +
+   scheduler class + device type + model fingerprint + AU space + AU source + labeller) is stored as `plan.json`;
+   a rerun must match it.
 2. **Generate** in batches with one `torch.Generator` per image (`pipe(..., generator=[...])`), so image `i` is
    reproduced alone from its seed.
 3. **Label.** A [`Labeler`] maps the pipeline output + targets to `label`, `label_probs`, `agreement`. The default
    is [`TargetLabeler`] (label = target, one-hot, agreement 1.0); FERAnno pseudo-labels and ensemble voting
-   (SynFER Sec. 3.3) plug in here as another `Labeler`, and extra pipeline arguments (e.g. semantic guidance)
-   through `pipeline_kwargs`; both are recorded in the plan.
+   (SynFER Sec. 3.3) plug in here as another `Labeler`, and extra pipeline arguments (those the config does not
+   set) through `pipeline_kwargs`; both are recorded in the plan.
 4. **Write** shards with [`~synfer_diffusers.data.writer.SyntheticSetWriter`] (atomic, verified on resume), then
    the card and preview, then optionally push to the Hub in one commit.
 
@@ -23,6 +24,7 @@ Several processes (`accelerate launch`) split the shards round-robin: process `p
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -32,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import diffusers
 import numpy as np
 import PIL.Image
 import torch
@@ -44,6 +47,7 @@ from .hub_utils import inherited_license, license_label, load_card_metadata, spl
 from .labels import ClassifierVoter, EnsembleVoter, VotingConfig
 from .pipelines.synfer.pipeline_output import SynFERPipelineOutput
 from .pipelines.synfer.pipeline_synfer import SynFERPipeline
+from .pipelines.synfer.semantic_guidance import SG_DECODES, SG_NORMALIZATIONS, check_semantic_guidance_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -74,18 +78,59 @@ DEFAULT_DESCRIPTIONS: tuple[str, ...] = (
 """Coarse descriptions enriched with the expression and AU words by the pipeline (`prompts.enrich_prompt`)."""
 
 AU_POLICIES = ("prototype", "dataset")
+SCHEDULERS = (
+    "DDIMScheduler",
+    "DPMSolverMultistepScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "UniPCMultistepScheduler",
+)
+"""Samplers `scheduler` may name (diffusers classes, built from the checkpoint's scheduler config)."""
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _check_device(name: str) -> torch.device:
+    """`name` (`"cpu"`, `"cuda"`, `"cuda:N"` or `"mps"`) as a `torch.device`; a `ValueError` naming `device` when it
+    is malformed or not available on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES or (device.index is not None and device.type != "cuda"):
+        raise ValueError(f"`device` must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"`device` {name!r} is not available: this machine has {torch.cuda.device_count()} CUDA devices."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"`device` {name!r} is not available: torch reports no MPS backend on this machine.")
+    return device
+
+
+def _check_eta(eta: float, scheduler_class: type) -> None:
+    """Refuses `eta > 0` with a scheduler whose `step` has no `eta` (it would be ignored silently)."""
+    if eta > 0 and "eta" not in inspect.signature(scheduler_class.step).parameters:
+        raise ValueError(
+            f"`eta` > 0 needs a scheduler with DDIM's eta (DDIMScheduler); {scheduler_class.__name__} ignores it."
+        )
 
 
 @dataclass
 class SyntheticSetConfig:
     r"""
-    Everything that determines a synthetic set's samples (stored in `plan.json`).
+    Everything that determines a synthetic set's samples (stored in `plan.json`): what is drawn, how it is sampled
+    (scheduler, dtype, device, negative prompt, eta, semantic guidance) and how it is labelled (voting options of the
+    default labeller). Values are checked here, naming the field; those that depend on the model (`prototype_intensity`
+    against its AU space, `eta` against its own scheduler) once it is loaded, before anything is written.
 
     Example:
 
     ```py
     >>> config = SyntheticSetConfig(num_samples=1000, seed=0, expression_distribution={"happy": 0.5, "sad": 0.5})
     >>> generate_synthetic_dataset(config, "outputs/happy-sad")  # doctest: +SKIP
+    >>> fast = SyntheticSetConfig(scheduler="DPMSolverMultistepScheduler", dtype="bfloat16", device="cuda",
+    ...                           semantic_guidance_scale=2.0, discard_rule="disagreement")  # doctest: +SKIP
     ```
     """
 
@@ -106,7 +151,11 @@ class SyntheticSetConfig:
             "help": "Folder or Hub id of a dataset with `action_units` and `label` columns (au_policy='dataset')."
         },
     )
-    prototype_intensity: float = field(default=3.0, metadata={"help": "Intensity of the prototype's active AUs."})
+    prototype_intensity: float | None = field(
+        default=None,
+        metadata={"help": "Value of the prototype's active AUs, in the model's AU range; None: 3.0 on intensity "
+                          "spaces, 1.0 on occurrence spaces."},
+    )  # fmt: skip
     au_jitter: float = field(default=0.5, metadata={"help": "Std of the Gaussian jitter on prototype AUs."})
     descriptions: list[str] | None = field(
         default=None, metadata={"help": "Coarse descriptions drawn per sample; None: DEFAULT_DESCRIPTIONS."}
@@ -125,6 +174,59 @@ class SyntheticSetConfig:
     layout_strength: float = field(
         default=1.0, metadata={"help": "Layout initialisation strength in [0, 1] (1.0: full inversion, the paper's)."}
     )
+    scheduler: str | None = field(
+        default=None,
+        metadata={"help": f"Sampler, a diffusers class built from the checkpoint's scheduler config: one of "
+                          f"{', '.join(SCHEDULERS)}; None: the checkpoint's own."},
+    )  # fmt: skip
+    dtype: str = field(
+        default="float32", metadata={"help": f"Weights and activations dtype: one of {', '.join(DTYPES)}."}
+    )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "'cpu', 'cuda', 'cuda:N' or 'mps'; None: accelerate's device for this process (with "
+                          "several processes, 'cuda' is each process's own GPU)."},
+    )  # fmt: skip
+    negative_prompt: str | None = field(
+        default=None, metadata={"help": "The unconditional prompt of classifier-free guidance; None: ''."}
+    )
+    eta: float = field(
+        default=0.0, metadata={"help": "DDIM eta in [0, 1] (0: deterministic); only DDIMScheduler uses it."}
+    )
+    semantic_guidance_scale: float = field(
+        default=0.0, metadata={"help": "Semantic guidance lambda_g with the model's guide classifier (0: off)."}
+    )
+    semantic_guidance_window: tuple[float, float] = field(
+        default=(0.6, 1.0),
+        metadata={"help": "(start, end), 0 <= start < end <= 1: the guided share of the denoising steps."},
+    )
+    semantic_guidance_interval: int = field(
+        default=2, metadata={"help": "Take a semantic-guidance gradient every this many steps of the window (>= 1)."}
+    )
+    semantic_guidance_normalization: str = field(
+        default="global",
+        metadata={"help": f"Gradient normalisation of semantic guidance: one of {', '.join(SG_NORMALIZATIONS)}."},
+    )
+    agreement_threshold: float = field(
+        default=1.0,
+        metadata={"help": "Voting: a label is agreed when voters weighing at least this fraction vote for it "
+                          "(1.0: unanimity, the paper's rule)."},
+    )  # fmt: skip
+    voter_weights: dict[str, float] | None = field(
+        default=None,
+        metadata={"help": "Voting: weight per voter name ('feranno', 'guide', 'target', a classifier's name); "
+                          "others weigh 1, 0 silences a voter."},
+    )  # fmt: skip
+    label_type: str = field(
+        default="mixed",
+        metadata={"help": "Voting: 'mixed' one-hot where agreed and averaged where not (paper), 'hard' always "
+                          "one-hot, 'soft' always averaged."},
+    )  # fmt: skip
+    discard_rule: str = field(
+        default="none",
+        metadata={"help": "Voting: rows marked keep=False: 'none', 'disagreement' (label not agreed) or "
+                          "'target_mismatch' (label differs from the target)."},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for name, minimum in (("num_samples", 1), ("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):
@@ -135,7 +237,9 @@ class SyntheticSetConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
-        for name, minimum in (("prototype_intensity", 0.0), ("au_jitter", 0.0), ("guidance_scale", 0.0)):
+        if self.prototype_intensity is not None:  # the range is the model's AU space's, checked once it is known
+            _check_number("prototype_intensity", self.prototype_intensity, 0.0)
+        for name, minimum in (("au_jitter", 0.0), ("guidance_scale", 0.0)):
             _check_number(name, getattr(self, name), minimum)
         _check_number("au_scale", self.au_scale)
         _check_number("layout_strength", self.layout_strength, 0.0)
@@ -153,6 +257,47 @@ class SyntheticSetConfig:
                 raise ValueError(
                     f"`descriptions` must be a non-empty list of non-empty strings, got {self.descriptions!r}."
                 )
+
+        self._check_sampler()
+        self._check_voting()
+
+    def _check_sampler(self) -> None:
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise ValueError(f"`scheduler` must be one of {list(SCHEDULERS)} or None, got {self.scheduler!r}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"`dtype` must be one of {list(DTYPES)}, got {self.dtype!r}.")
+        if self.device is not None:
+            _check_device(self.device)
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise ValueError(f"`negative_prompt` must be a string or None, got {self.negative_prompt!r}.")
+        _check_number("eta", self.eta, 0.0)
+        if self.eta > 1:
+            raise ValueError(f"`eta` must be in [0, 1], got {self.eta!r}.")
+        if self.scheduler is not None:
+            _check_eta(self.eta, getattr(diffusers, self.scheduler))
+        check_semantic_guidance_inputs(
+            self.semantic_guidance_scale, self.semantic_guidance_window, self.semantic_guidance_normalization,
+            self.semantic_guidance_interval, SG_DECODES[0],
+        )  # fmt: skip
+        self.semantic_guidance_window = tuple(float(bound) for bound in self.semantic_guidance_window)
+
+    def _check_voting(self) -> None:
+        if self.voter_weights is not None:
+            if not isinstance(self.voter_weights, Mapping):
+                raise ValueError(f"`voter_weights` must be a dict voter name -> weight, got {self.voter_weights!r}.")
+            self.voter_weights = {str(name): weight for name, weight in self.voter_weights.items()}
+            for name, weight in self.voter_weights.items():
+                _check_number(f"voter_weights[{name!r}]", weight, 0.0)
+        VotingConfig(use_target=True, **self.voting_options())  # the other fields keep VotingConfig's names
+
+    def voting_options(self) -> dict[str, Any]:
+        """The [`VotingConfig`] fields this config sets (the labeller adds the voters)."""
+        return {
+            "agreement_threshold": self.agreement_threshold,
+            "weights": dict(self.voter_weights or {}),
+            "label_type": self.label_type,
+            "discard_rule": self.discard_rule,
+        }
 
     def expression_probabilities(self) -> np.ndarray:  # (7,) in EXPRESSIONS order
         if self.expression_distribution is None:
@@ -313,14 +458,14 @@ def pipeline_inputs(
     config: SyntheticSetConfig, samples: Sequence[PlannedSample], pipeline_kwargs: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Keyword arguments of the `SynFERPipeline` call that generates `samples` (PIL output, one generator per
-    image)."""
+    image). `pipeline_kwargs` add arguments; one the config already sets raises a `ValueError`."""
     action_units = None
     if samples[0].action_units is not None:
         action_units = torch.from_numpy(np.stack([s.action_units for s in samples]))  # (B, num_aus)
     layout = {}
     if samples[0].layout_image is not None:
         layout = {"layout_image": [s.layout_image for s in samples], "layout_strength": config.layout_strength}
-    return {
+    inputs = {
         "prompt": [s.description for s in samples],
         "expression": [s.expression for s in samples],
         "action_units": action_units,
@@ -329,13 +474,22 @@ def pipeline_inputs(
         "width": config.width,
         "num_inference_steps": config.num_inference_steps,
         "guidance_scale": config.guidance_scale,
+        "negative_prompt": config.negative_prompt,
+        "eta": config.eta,
         "prototype_intensity": config.prototype_intensity,
         "au_jitter": config.au_jitter,
+        "semantic_guidance_scale": config.semantic_guidance_scale,
+        "semantic_guidance_window": config.semantic_guidance_window,
+        "semantic_guidance_interval": config.semantic_guidance_interval,
+        "semantic_guidance_normalization": config.semantic_guidance_normalization,
         "generator": [torch.Generator().manual_seed(s.seed) for s in samples],
         "output_type": "pil",
         **layout,
-        **(pipeline_kwargs or {}),
     }
+    repeated = sorted(set(inputs) & set(pipeline_kwargs or {}))
+    if repeated:
+        raise ValueError(f"`pipeline_kwargs` must not set {repeated}: they come from the config and the plan.")
+    return {**inputs, **(pipeline_kwargs or {})}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -345,11 +499,13 @@ def pipeline_inputs(
 
 @dataclass
 class SampleLabels:
-    """Labels of a batch: `label` (class ids), `label_probs` `(batch, 7)` and `agreement` in [0, 1]."""
+    """Labels of a batch: `label` (class ids), `label_probs` `(batch, 7)`, `agreement` in [0, 1] and `keep` (False
+    where the voting discard rule drops the image; `None`: all kept)."""
 
     label: list[int]
     label_probs: np.ndarray
     agreement: list[float]
+    keep: list[bool] | None = None
 
 
 class Labeler(Protocol):
@@ -387,9 +543,13 @@ class VotingLabeler:
         self.voter = voter
         voters = list(voter.voter_names)
         self.name = "vote:" + ",".join(voters)
+        config = voter.config
+        weights = f", weights {config.weights}" if config.weights else ""
+        discard = f", `keep` False by the {config.discard_rule!r} rule" if config.discard_rule != "none" else ""
         self.description = (
-            f"ensemble vote of {', '.join(voters)} ({voter.config.label_type} labels, agreement threshold "
-            f"{voter.config.agreement_threshold}); `agreement` is the weighted fraction of voters for the label"
+            f"ensemble vote of {', '.join(voters)} ({config.label_type} labels, agreement threshold "
+            f"{config.agreement_threshold}{weights}{discard}); `agreement` is the weighted fraction of voters for "
+            "the label"
         )
 
     def __call__(self, output: SynFERPipelineOutput, target_labels: list[int]) -> SampleLabels:
@@ -404,26 +564,45 @@ class VotingLabeler:
             label=result.label_ids.tolist(),
             label_probs=result.probabilities.numpy().astype(np.float32),
             agreement=result.agreement.tolist(),
+            keep=result.keep.tolist(),
         )
 
 
-def default_labeler(pipe: SynFERPipeline, classifiers: Sequence[ClassifierVoter] = ()) -> Labeler:
+def default_labeler(
+    pipe: SynFERPipeline, classifiers: Sequence[ClassifierVoter] = (), voting: Mapping[str, Any] | None = None
+) -> Labeler:
     """The target voted with FERAnno (when the pipeline has a `feranno_head`), the pipeline's guide classifier (when
     it has a `guidance_classifier` and its image processor, as voter `"guide"`) and the given classifiers; the
     target alone ([`TargetLabeler`]) when there is nothing to vote with. With FERAnno and the target only, the
     paper's averaging rule always keeps the target label (a one-hot vote outweighs any one distribution), so a
-    third opinion is what lets a vote overrule the target."""
+    third opinion is what lets a vote overrule the target.
+
+    `voting` holds [`VotingConfig`] fields (threshold, weights, label type, discard rule; see
+    [`SyntheticSetConfig.voting_options`]); other than the defaults they need something to vote with."""
+    voting = dict(voting or {})
     if pipe.guidance_classifier is not None and pipe.guidance_image_processor is not None:
         classifiers = [
             ClassifierVoter(pipe.guidance_classifier, pipe.guidance_image_processor, name="guide"),
             *classifiers,
         ]
     if pipe.feranno_head is None and not classifiers:
+        changed = _changed_voting_options(voting)
+        if changed:
+            raise ValueError(
+                f"Voting options {changed} need voters: the model has no `feranno_head` or guide classifier and no "
+                "`voters` were given."
+            )
         return TargetLabeler()
     probability_voters = ("feranno",) if pipe.feranno_head is not None else ()
     return VotingLabeler(
-        EnsembleVoter(classifiers, VotingConfig(probability_voters=probability_voters, use_target=True))
+        EnsembleVoter(classifiers, VotingConfig(probability_voters=probability_voters, use_target=True, **voting))
     )
+
+
+def _changed_voting_options(voting: Mapping[str, Any]) -> list[str]:
+    """Names of the [`VotingConfig`] fields in `voting` that differ from their defaults."""
+    defaults = asdict(VotingConfig())
+    return sorted(name for name, value in voting.items() if value != defaults[name])
 
 
 def build_rows(
@@ -439,6 +618,7 @@ def build_rows(
             "label": int(labels.label[i]),
             "label_probs": labels.label_probs[i].tolist(),
             "agreement": float(labels.agreement[i]),
+            "keep": True if labels.keep is None else bool(labels.keep[i]),
             "seed": sample.seed,
             "sample_id": sample.sample_id,
         }
@@ -451,16 +631,16 @@ def build_rows(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def resolve_pipeline(model: str | None = None) -> tuple[SynFERPipeline, str]:
-    """Loads `model` (a `SynFERPipeline` folder or Hub repo id); with `None`, the default checkpoint
-    ([`default_model_dir`]: the embedded FaceWorld model in `synfer_diffusers/default_model/` unless
+def resolve_pipeline(model: str | None = None, dtype: torch.dtype | None = None) -> tuple[SynFERPipeline, str]:
+    """Loads `model` (a `SynFERPipeline` folder or Hub repo id) in `dtype` (default float32); with `None`, the default
+    checkpoint ([`default_model_dir`]: the embedded FaceWorld model in `synfer_diffusers/default_model/` unless
     `$SYNFER_DEFAULT_MODEL` names another folder), or, where that folder holds none, tiny random components (64x64
-    images of noise, with a warning). Returns `(pipeline, name)`."""
+    images of noise, with a warning; float32). Returns `(pipeline, name)`."""
+    dtype = dtype or torch.float32  # the embedded default is stored in float16 to keep the package small
     if model is None:
         folder = default_model_dir()
         if (folder / "model_index.json").is_file():
-            # stored in float16 to keep the package small; loaded in float32 (CPU-friendly, as evaluated)
-            default = SynFERPipeline.from_pretrained(folder)
+            default = SynFERPipeline.from_pretrained(folder, dtype=dtype)
             return default, "synfer_diffusers/default_model" if folder == DEFAULT_MODEL_DIR else str(folder)
         from .tiny import make_tiny_components
 
@@ -470,9 +650,26 @@ def resolve_pipeline(model: str | None = None) -> tuple[SynFERPipeline, str]:
         )
         return SynFERPipeline(**make_tiny_components(seed=0, sample_size=32)), TINY_MODEL_NAME
     try:
-        return SynFERPipeline.from_pretrained(model), str(model)
+        return SynFERPipeline.from_pretrained(model, dtype=dtype), str(model)
     except (OSError, ValueError) as error:
         raise ValueError(f"`model` {model!r} is not a loadable SynFERPipeline folder or Hub repo: {error}") from error
+
+
+def configure_pipeline(pipe: SynFERPipeline, config: SyntheticSetConfig, device: torch.device) -> SynFERPipeline:
+    """Gives `pipe` (in place) the config's sampler (`scheduler` built from the checkpoint's scheduler config; DDIM
+    with `clip_sample=False`, as latents need), `dtype` and `device`, and checks that `prototype_intensity` fits the
+    model's AU space and `eta` the scheduler. Returns `pipe`."""
+    pipe.au_space.prototype_value(config.prototype_intensity, field="prototype_intensity")
+    if config.scheduler is not None:
+        scheduler_class = getattr(diffusers, config.scheduler)
+        latent_options = {"clip_sample": False} if scheduler_class is diffusers.DDIMScheduler else {}
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **latent_options)
+    _check_eta(config.eta, type(pipe.scheduler))
+    dtype = DTYPES[config.dtype]
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    if any(parameter.dtype != dtype for module in modules for parameter in module.parameters()):
+        pipe.to(dtype=dtype)
+    return pipe.to(device)
 
 
 def pipeline_fingerprint(pipe: SynFERPipeline) -> str:
@@ -522,13 +719,16 @@ def build_plan(
     pipeline_kwargs: Mapping[str, Any] | None,
     layout_source: LayoutSource | None = None,
 ) -> dict[str, Any]:
-    """The JSON plan: the config, the image size, the model (name + weight fingerprint), its AU space, the AU and
-    layout sources' fingerprints, the labeller and extra pipeline arguments."""
+    """The JSON plan: the config, the image size, the sampler's class and the device type (CPU and GPU kernels round
+    differently), the model (name + weight fingerprint), its AU space, the AU and layout sources' fingerprints, the
+    labeller and extra pipeline arguments."""
     scale = pipe.vae_scale_factor
     default_side = pipe.unet.config.sample_size * scale
     return {
         **asdict(config),
         "image_size": [config.height or default_side, config.width or default_side],
+        "scheduler_class": type(pipe.scheduler).__name__,
+        "device_type": pipe.device.type,
         "model": {"name": model_name, "fingerprint": pipeline_fingerprint(pipe)},
         "au_space": pipe.au_space.to_config(),
         "au_source": {"name": au_source.name, "fingerprint": au_source.fingerprint} if au_source else None,
@@ -566,7 +766,8 @@ def generate_synthetic_dataset(
         config ([`SyntheticSetConfig`]): what to generate.
         output_dir (`str` or `os.PathLike`): the dataset folder (`datasets.load_dataset(output_dir)` reads it).
         model (`str`, *optional*): a `SynFERPipeline` folder or Hub repo id; default: [`resolve_pipeline`]`(None)`.
-        pipeline ([`SynFERPipeline`], *optional*): an already loaded pipeline, instead of `model`.
+        pipeline ([`SynFERPipeline`], *optional*): an already loaded pipeline, instead of `model`; it gets the
+            config's scheduler, dtype and device in place ([`configure_pipeline`]).
         batch_size (`int`, defaults to 8): images per pipeline call. Not part of the plan: results agree across
             batch sizes up to float rounding, and exactly for the same batch size.
         resume (`bool`): complete an interrupted run of the same plan (verifying the shards already written).
@@ -575,10 +776,11 @@ def generate_synthetic_dataset(
             commit, with retries. The repo id and token are checked before anything is generated.
         token (`str`, *optional*), private (`bool`, *optional*): for the push.
         labeler ([`Labeler`], *optional*): default [`default_labeler`]: FERAnno + target voting when the pipeline
-            has a `feranno_head` (or `voters` are given), else [`TargetLabeler`].
+            has a `feranno_head` (or `voters` are given), with the config's voting options, else [`TargetLabeler`].
         voters (`list[str]`, *optional*): extra voting classifiers (transformers image-classifier folders or repo
             ids, `id2label` mappable onto `EXPRESSIONS`) for the default labeler.
-        pipeline_kwargs (`dict`, *optional*): extra JSON-serialisable pipeline arguments (recorded in the plan).
+        pipeline_kwargs (`dict`, *optional*): extra JSON-serialisable pipeline arguments (recorded in the plan),
+            other than those the config sets.
         card_data (`dict`, *optional*): YAML metadata of the card (`license`, `tags`, `pretty_name`, ...).
         process_index, num_processes (`int`, *optional*): this process's share (shards `process_index::num_processes`).
             Default: accelerate's state, so `accelerate launch --num_processes K -m synfer_diffusers.cli generate`
@@ -609,15 +811,19 @@ def generate_synthetic_dataset(
         raise ValueError("`resume` and `overwrite` exclude each other: pick one.")
     if push_to_hub is not None:
         token = check_push_target(push_to_hub, token)
-    rank, world, barrier, device = _process_layout(process_index, num_processes)
+    if labeler is not None and _changed_voting_options(config.voting_options()):
+        raise ValueError("The config's voting options are for the default labeler; pass them to your `labeler`.")
+    rank, world, barrier, process_device = _process_layout(process_index, num_processes)
     distributed = process_index is None and world > 1
+    device = _resolve_device(config.device, process_device)
 
-    pipe, model_name = (
-        (pipeline, str(getattr(pipeline, "name_or_path", None) or "custom")) if pipeline else resolve_pipeline(model)
-    )
+    if pipeline is not None:
+        pipe, model_name = pipeline, str(getattr(pipeline, "name_or_path", None) or "custom")
+    else:
+        pipe, model_name = resolve_pipeline(model, DTYPES[config.dtype])
     if pipe.au_space is None:
         raise ValueError("`model` has no AU adapter (AUConditionedUNet2DConditionModel): cannot record action units.")
-    pipe.to(device)
+    configure_pipeline(pipe, config, device)
     pipe.set_progress_bar_config(disable=True)
     au_source = AUSource.from_dataset(config.au_dataset, pipe.au_space) if config.au_policy == "dataset" else None
     if au_source is not None:
@@ -626,7 +832,9 @@ def generate_synthetic_dataset(
     if config.layout_dataset is not None:
         side = pipe.unet.config.sample_size * pipe.vae_scale_factor
         layout_source = LayoutSource.from_dataset(config.layout_dataset, (config.height or side, config.width or side))
-    labeler = labeler or default_labeler(pipe, [ClassifierVoter.from_pretrained(path) for path in voters])
+    pipeline_inputs(config, [plan_sample(config, 0, au_source, layout_source)], pipeline_kwargs)  # checks them
+    classifiers = [ClassifierVoter.from_pretrained(path) for path in voters]
+    labeler = labeler or default_labeler(pipe, classifiers, config.voting_options())
     plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs, layout_source)
     writer = SyntheticSetWriter(output_dir, plan)
 
@@ -679,9 +887,13 @@ def _card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None)
     model_dir = DEFAULT_MODEL_DIR if model == "synfer_diffusers/default_model" else model
     model_card = None if tiny else load_card_metadata(model_dir)
     distribution = plan["expression_distribution"]
-    if plan["au_policy"] == "prototype":
-        au_policy = (f"EMFACS prototype of the target at intensity {plan['prototype_intensity']}, Gaussian jitter "
-                     f"(std {plan['au_jitter']}) on its active AUs, drawn from each image's seed")  # fmt: skip
+    space = AUSpace.from_config(plan["au_space"])
+    value = space.prototype_value(plan["prototype_intensity"])
+    if plan["au_policy"] == "prototype" and space.kind == "occurrence":
+        au_policy = f"EMFACS prototype of the target (and left/right variants of its AUs) at {value:g}, no jitter"
+    elif plan["au_policy"] == "prototype":
+        au_policy = (f"EMFACS prototype of the target at intensity {value:g}, Gaussian jitter (std "
+                     f"{plan['au_jitter']}) on its active AUs, drawn from each image's seed")  # fmt: skip
     else:
         au_policy = f"AU vector of a random row of `{plan['au_source']['name']}` with the target label"
     return {
@@ -692,10 +904,7 @@ def _card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None)
         "num_samples": plan["num_samples"],
         "master_seed": plan["seed"],
         "image_size": "{}x{}".format(*plan["image_size"]),
-        "sampling_summary": f"{plan['num_inference_steps']} steps, guidance scale {plan['guidance_scale']}, "
-        f"AU scale {plan['au_scale']}" + (f", extra pipeline arguments {plan['pipeline_kwargs']}" if plan["pipeline_kwargs"] else "")
-        + (f", layout initialisation from `{plan['layout_dataset']}` at strength {plan['layout_strength']}"
-           if plan["layout_dataset"] else ""),
+        "sampling_summary": _sampling_summary(plan),
         "model_name": model,
         "model_fingerprint": plan["model"]["fingerprint"][:16],
         "model_lineage": "tiny random weights from `synfer_diffusers.tiny` (a stand-in)" if tiny else None,
@@ -709,6 +918,32 @@ def _card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None)
         "noise_warning": "made with tiny random weights (no embedded default checkpoint yet): the images are noise."
         if tiny else None,
     }  # fmt: skip
+
+
+def _sampling_summary(plan: Mapping[str, Any]) -> str:
+    """The card's one-line account of how the images were sampled."""
+    parts = [
+        f"{plan['num_inference_steps']} steps of {plan['scheduler_class']}",
+        f"guidance scale {plan['guidance_scale']}",
+        f"AU scale {plan['au_scale']}",
+        f"{plan['dtype']} on {plan['device_type']}",
+    ]
+    if plan["negative_prompt"]:
+        parts.append(f"negative prompt {plan['negative_prompt']!r}")
+    if plan["eta"]:
+        parts.append(f"eta {plan['eta']}")
+    if plan["semantic_guidance_scale"]:
+        start, end = plan["semantic_guidance_window"]
+        parts.append(
+            f"semantic guidance {plan['semantic_guidance_scale']} over the steps {start:.0%}-{end:.0%} (a gradient "
+            f"every {plan['semantic_guidance_interval']} steps, {plan['semantic_guidance_normalization']} "
+            "normalisation)"
+        )
+    if plan["pipeline_kwargs"]:
+        parts.append(f"extra pipeline arguments {plan['pipeline_kwargs']}")
+    if plan["layout_dataset"]:
+        parts.append(f"layout initialisation from `{plan['layout_dataset']}` at strength {plan['layout_strength']}")
+    return ", ".join(parts)
 
 
 def _process_layout(
@@ -728,6 +963,17 @@ def _process_layout(
     return process_index, num_processes, lambda: None, device
 
 
+def _resolve_device(name: str | None, process_device: torch.device) -> torch.device:
+    """The device to generate on: `name` (checked), where plain `"cuda"` is this process's own GPU under accelerate;
+    `None`: `process_device`."""
+    if name is None:
+        return process_device
+    device = _check_device(name)
+    if device.type == "cuda" and device.index is None and process_device.type == "cuda":
+        return process_device
+    return device
+
+
 def _chunks(ids: range, size: int) -> Iterator[range]:
     for start in range(0, len(ids), size):
         yield ids[start : start + size]
@@ -738,15 +984,18 @@ __all__ = [
     "DEFAULT_DESCRIPTIONS",
     "DEFAULT_MODEL_DIR",
     "DEFAULT_MODEL_ENV",
+    "DTYPES",
     "Labeler",
     "LayoutSource",
     "PlannedSample",
+    "SCHEDULERS",
     "SampleLabels",
     "SyntheticSetConfig",
     "SyntheticSetResult",
     "TargetLabeler",
     "build_plan",
     "build_rows",
+    "configure_pipeline",
     "generate_synthetic_dataset",
     "pipeline_fingerprint",
     "pipeline_inputs",

@@ -67,9 +67,10 @@ def resolve_batch(
 def sample_prototype_action_units(
     space: AUSpace, expression: str, generator: torch.Generator | None, intensity: float | None, jitter: float
 ) -> torch.Tensor:  # (num_aus,)
-    """EMFACS prototype of `expression` with Gaussian intensity jitter (std `jitter`) on its active AUs, drawn from
-    `generator` on its own device (torch's global RNG for `None`) and clipped to the space's range. Occurrence spaces
-    get no jitter."""
+    """EMFACS prototype of `expression` (its AUs and their left/right variants at `intensity`, see
+    [`expression_prototype`]) with Gaussian intensity jitter (std `jitter`) on its active AUs, drawn from `generator`
+    on its own device (torch's global RNG for `None`) and clipped to the space's range. Occurrence spaces get no
+    jitter (their prototypes are 0/1 by default)."""
     prototype = torch.tensor(list(expression_prototype(expression, space, intensity).values()))
     if space.kind == "occurrence" or jitter == 0:
         return prototype
@@ -95,6 +96,8 @@ def plan_conditions(
     RNG), in image order."""
     num_images = len(expressions) * num_images_per_prompt
     generators = generator if isinstance(generator, list) else [generator] * num_images
+    if space is not None:  # checked against the space once, naming the call's argument
+        prototype_intensity = space.prototype_value(prototype_intensity, field="prototype_intensity")
     used_prompts, image_expressions, rows, has_au = [], [], [], []
     for i, g in enumerate(generators):
         p = i // num_images_per_prompt

@@ -186,13 +186,13 @@ def build_synthetic_set(config: SuiteConfig, work: Path, guided: bool) -> tuple[
     name = "synthetic_set" if guided else "synthetic_set_no_sg"
     output = work / name
     size = config.num_real * (config.synthetic_factor if guided else 1)
-    set_config = SyntheticSetConfig(num_samples=size, seed=0, num_inference_steps=config.generation_steps)
-    pipeline_kwargs = {"semantic_guidance_scale": config.semantic_guidance_scale} if guided else None
+    set_config = SyntheticSetConfig(
+        num_samples=size, seed=0, num_inference_steps=config.generation_steps,
+        semantic_guidance_scale=config.semantic_guidance_scale if guided else 0.0,
+    )
 
     def compute() -> dict:
-        generate_synthetic_dataset(
-            set_config, output, pipeline_kwargs=pipeline_kwargs, batch_size=35, resume=output.exists()
-        )
+        generate_synthetic_dataset(set_config, output, batch_size=35, resume=output.exists())
         return {"num_samples": set_config.num_samples, "config": asdict(set_config)}
 
     return output, cached(work / f"{name}.json", compute)

@@ -138,7 +138,6 @@ def test_discard_rule_marks_rows_not_kept():
     assert [row["keep"] for row in build_rows(samples, output, labels, AUSpace.disfa12())] == [True, False]
 
 
-@pytest.mark.xfail(strict=True, reason="needs a `keep` bool feature in data/writer.py's synthetic_features")
 def test_discard_rule_is_a_keep_column_of_the_dataset(configured_run):
     folder, _ = configured_run
     dataset = _load(folder)

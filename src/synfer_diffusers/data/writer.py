@@ -70,7 +70,8 @@ def synthetic_features(num_aus: int) -> datasets.Features:
 
     `image` (PNG), `text` (the enriched prompt), `action_units` (the AU condition in the model's AU order),
     `target_label` (the generation target), `label` / `label_probs` / `agreement` (the rectified label, its class
-    distribution and the labellers' agreement; today the target, one-hot, 1.0), `seed` (the image's seed) and
+    distribution and the labellers' agreement; today the target, one-hot, 1.0), `keep` (False where the voting
+    discard rule drops the image), `seed` (the image's seed) and
     `sample_id` (its index in the plan).
     """
     classes = datasets.ClassLabel(names=list(EXPRESSIONS))
@@ -83,6 +84,7 @@ def synthetic_features(num_aus: int) -> datasets.Features:
             "label": classes,
             "label_probs": datasets.List(datasets.Value("float32"), length=len(EXPRESSIONS)),
             "agreement": datasets.Value("float32"),
+            "keep": datasets.Value("bool"),
             "seed": datasets.Value("int64"),
             "sample_id": datasets.Value("int64"),
         }

@@ -116,3 +116,24 @@ def test_configuration(scheduler_class, prediction, space, cfg, eta):
         losses[scale] = recorded
     assert len(losses[0.5]) == len(losses[0.0]) == STEPS - 1
     assert np.mean(losses[0.5]) < np.mean(losses[0.0])
+
+
+@pytest.mark.parametrize("layout_strength", [0.0, 0.1, 0.5, 1.0])
+def test_layout_strength_with_a_feranno_head_at_four_steps(layout_strength):
+    """0.0 and 0.1 leave no denoising step at 4 steps (this crashed with a FERAnno head: no UNet pass to read); the
+    labels then come from FERAnno's own pass on the final latents, and are valid probabilities in every case."""
+    pipe = _pipe(DDIMScheduler, "epsilon", 0)
+    layout = torch.rand(1, 3, 16, 16)  # in [0, 1], as diffusers' image processor expects tensors
+    out = pipe(prompt="a photo of a face", expression="happy", num_inference_steps=STEPS, guidance_scale=3.0,
+               layout_image=layout, layout_strength=layout_strength, output_type="latent",
+               generator=[torch.Generator().manual_seed(0)])  # fmt: skip
+    probabilities = out.feranno_probabilities
+    assert probabilities.shape == (1, 7) and torch.allclose(probabilities.sum(-1), torch.ones(1), atol=1e-5)
+    assert pipe.num_timesteps == round(STEPS * layout_strength)
+
+
+def test_bfloat16_runs_on_the_cpu_with_guidance_and_labels():
+    pipe = _pipe(DDIMScheduler, "epsilon", 0).to(torch.bfloat16)
+    out = _call(pipe, (0, 1), True, 0, output_type="np", semantic_guidance_scale=0.5)
+    assert np.isfinite(out.images).all() and out.feranno_probabilities.shape == (2, 7)
+    assert torch.isfinite(out.feranno_probabilities).all()

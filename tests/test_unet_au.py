@@ -137,14 +137,15 @@ def test_bad_configs():
 @pytest.mark.slow
 @torch.no_grad()
 def test_sd15_size_builds_and_runs_one_forward():
-    unet = AUConditionedUNet2DConditionModel(cross_attention_dim=768, num_au_tokens=4).to(torch.bfloat16).eval()
+    # float32: CPUs without AMX / AVX512-BF16 (as this project's machines) emulate bf16 matmuls, many times slower
+    unet = AUConditionedUNet2DConditionModel(cross_attention_dim=768, num_au_tokens=4).eval()
     assert (
         859e6
         < sum(p.numel() for p in unet.parameters()) - sum(p.numel() for p in unet.trainable_au_parameters())
         < 860e6
     )
-    sample = torch.randn(1, 4, 64, 64, dtype=torch.bfloat16)
-    text = torch.randn(1, 77, 768, dtype=torch.bfloat16)
+    sample = torch.randn(1, 4, 64, 64)
+    text = torch.randn(1, 77, 768)
     aus = AUSpace.disfa12().to_tensor({"AU6": 2.5, "AU12": 4.0})
     out = unet(sample, 999, text, action_units=aus).sample
-    assert out.shape == (1, 4, 64, 64) and torch.isfinite(out.float()).all()
+    assert out.shape == (1, 4, 64, 64) and torch.isfinite(out).all()

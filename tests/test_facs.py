@@ -115,3 +115,13 @@ def test_opengraphau_pipeline_makes_prototypes_by_default():
     assert set(action_units.values()) == {0.0, 1.0}  # occurrences: no jitter
     with pytest.raises(ValueError, match="`prototype_intensity` must be a number in \\[0, 1\\]"):
         pipe(expression="happy", num_inference_steps=2, prototype_intensity=3.0)
+
+
+def test_enriched_prompts_do_not_repeat_left_and_right_variants_of_an_active_au():
+    from synfer_diffusers.prompts import describe_muscles
+
+    space = AUSpace.opengraphau41()
+    happy = expression_prototype("happy", space)
+    assert happy["AUL12"] == happy["AUR12"] == happy["AU12"] == 1.0
+    assert describe_muscles(happy, threshold=1.0) == "cheek raiser and lip corner puller"
+    assert describe_muscles({"AUL12": 1.0}, threshold=1.0) == "left lip corner puller"

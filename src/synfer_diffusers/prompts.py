@@ -35,14 +35,24 @@ DEFAULT_DESCRIPTION = "a photo of a face"
 
 def describe_muscles(action_units: Mapping[str, float] | None, threshold: float = 1.0, max_aus: int = 4) -> str:
     """The strongest AUs at or above `threshold` as FACS words, strongest first, e.g.
-    "lip corner puller and cheek raiser"; "" when none."""
+    "lip corner puller and cheek raiser"; "" when none. A left/right variant (OpenGraphAU's `AUL12`, `AUR12`) is left
+    out when its bilateral AU is active too: it says nothing more."""
     if not action_units:
         return ""
-    active = sorted(((v, n) for n, v in action_units.items() if v >= threshold), key=lambda item: -item[0])
+    active_names = {n for n, v in action_units.items() if v >= threshold}
+    active = sorted(
+        ((v, n) for n, v in action_units.items() if n in active_names and _bilateral(n) not in active_names),
+        key=lambda item: -item[0],
+    )
     names = [describe_au(name) for _, name in active[:max_aus]]
     if len(names) <= 1:
         return "".join(names)
     return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _bilateral(name: str) -> str | None:
+    """`AU12` for `AUL12` / `AUR12`; `None` for an AU without a side."""
+    return f"AU{name[3:]}" if name[:3] in ("AUL", "AUR") else None
 
 
 def enrich_prompt(

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser, PreTrainedTokenizerBase
 
 from .facs import EXPRESSIONS, AUSpace
+from .hub_utils import is_hub_repo_id
 from .image_utils import resize_and_center_crop
 
 __all__ = [
@@ -281,13 +282,9 @@ def training_card_text(config: TrainingConfig, script: str) -> str:
 
 
 def is_local_path(name_or_path: str) -> bool:
-    """A Hub id is `name` or `owner/name`; anything else (absolute, `./`, `~`, deeper paths) is a local path."""
-    return (
-        os.path.exists(name_or_path)
-        or os.path.isabs(name_or_path)
-        or name_or_path.startswith((".", "~"))
-        or name_or_path.count("/") > 1
-    )
+    """A Hub id is `name` or `owner/name`; anything else (absolute, `./`, `~`, deeper paths) is a local path
+    (the complement of [`~synfer_diffusers.hub_utils.is_hub_repo_id`])."""
+    return not is_hub_repo_id(name_or_path)
 
 
 def load_training_dataset(name_or_path: str, split: str, max_samples: int | None = None) -> datasets.Dataset:

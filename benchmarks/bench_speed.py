@@ -7,7 +7,13 @@ Rows (target in brackets):
 - `feranno_in_loop`: in-loop FERAnno labels / no labels [<= 1.10];
 - `feranno_separate`: no labels + a separate FERAnnoPipeline pass over the images / no labels (what in-loop saves);
 - `pipeline_vs_bare_unet`: SynFERPipeline / a bare loop (encode once, CFG UNet calls, scheduler step, decode):
-  how close the pipeline is to the UNet-bound limit.
+  how close the pipeline is to the UNet-bound limit;
+- `bf16_vs_fp32`: the same call with every component in bfloat16 / in float32 (on a CPU without AVX512-BF16 or
+  AMX, bf16 matmuls and convolutions are emulated: expect a ratio well above 1 there);
+- `sg_memory_frozen` (memory, not time): peak resident memory above the loaded pipeline of a semantic-guidance call
+  over 2 guided steps (window 0-1, a gradient every step) with the weights frozen, as the pipeline does / with their
+  `requires_grad` left on (the graph then keeps what weight gradients would need); one call each, in that order of
+  baseline and candidate, peak reset between them (`/proc/self/clear_refs`, Linux).
 
 Timed calls alternate (baseline, candidate, ...) after a warm-up; each row reports the ratio of medians, so machine
 noise hits both sides alike. Configs: `tiny` (the test components, fp32, 16x16, batch 4), `sd15` (Stable
@@ -16,16 +22,20 @@ px, batch 1; both random weights) and `faceworld` (the embedded default checkpoi
 FERAnno head, fp32, 64x64, 25 steps, batch 35 as in the FaceWorld evaluation).
 
     python benchmarks/bench_speed.py --configs tiny sd15 faceworld --json benchmarks/results/speed.json
+    python benchmarks/bench_speed.py --configs sd15 --dtype float32 --rows sg_memory_frozen  # where bf16 is emulated
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import statistics
 import time
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +51,7 @@ from synfer_diffusers import (
     SynFERPipeline,
 )
 from synfer_diffusers.generate import default_model_dir
+from synfer_diffusers.pipelines.synfer import semantic_guidance
 from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components, make_tiny_scheduler
 from synfer_diffusers.tokenization import tiny_clip_tokenizer
 
@@ -60,7 +71,12 @@ CONFIGS = {
     "sd15": BenchConfig("sd15", steps=2, guided_steps=5, batch=1, dtype=torch.bfloat16, repeats=2),
     "faceworld": BenchConfig("faceworld", steps=25, guided_steps=25, batch=35, dtype=torch.float32, repeats=3),
 }
-ROWS = ("au_overhead", "semantic_guidance", "feranno_in_loop", "feranno_separate", "pipeline_vs_bare_unet")
+TIME_ROWS = (
+    "au_overhead", "semantic_guidance", "feranno_in_loop", "feranno_separate", "pipeline_vs_bare_unet", "bf16_vs_fp32"
+)  # fmt: skip
+MEMORY_ROWS = ("sg_memory_frozen",)
+ROWS = TIME_ROWS + MEMORY_ROWS
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_components(
@@ -110,7 +126,52 @@ def median_ratio(baseline: Callable[[], object], candidate: Callable[[], object]
             fn()
             times.append(time.perf_counter() - start)
     base, cand = statistics.median(base_times), statistics.median(cand_times)
-    return {"baseline_s": base, "candidate_s": cand, "ratio": cand / base}
+    return {"unit": "s", "baseline": base, "candidate": cand, "ratio": cand / base}
+
+
+def resident_mb(field: str) -> float:
+    """`VmRSS` (now) or `VmHWM` (peak since the last reset) of this process in MB, from `/proc/self/status`."""
+    with open("/proc/self/status") as f:
+        kilobytes = next(int(line.split()[1]) for line in f if line.startswith(f"{field}:"))
+    return kilobytes / 1024
+
+
+def peak_above_now_mb(fn: Callable[[], object]) -> float:
+    """Peak resident memory of `fn()` above the resident memory before it: the peak is reset first (`5` into
+    `/proc/self/clear_refs`, Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = resident_mb("VmRSS")
+    fn()
+    return resident_mb("VmHWM") - before
+
+
+def peak_ratio(baseline: Callable[[], object], candidate: Callable[[], object]) -> dict[str, float]:
+    """Peak memory of one `baseline()` call and one `candidate()` call, after one unmeasured `candidate()`."""
+    candidate()  # warm-up: one-time allocations (kernel caches, lazily built buffers) are not charged to a side
+    base, cand = peak_above_now_mb(baseline), peak_above_now_mb(candidate)
+    return {"unit": "MB", "baseline": base, "candidate": cand, "ratio": cand / base}
+
+
+@contextlib.contextmanager
+def weights_left_trainable():
+    """Semantic guidance without its weight freezing (the behaviour before it): `frozen_parameters` does nothing."""
+    original = semantic_guidance.frozen_parameters
+    semantic_guidance.frozen_parameters = lambda *modules: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        semantic_guidance.frozen_parameters = original
+
+
+def in_dtype(pipe: SynFERPipeline, dtype: torch.dtype) -> SynFERPipeline:
+    """A copy of `pipe` with every component in `dtype` (`pipe` itself when it already is)."""
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    if all(p.dtype == dtype for m in modules for p in m.parameters()):
+        return pipe
+    copy = SynFERPipeline(**{name: deepcopy(component) for name, component in pipe.components.items()})
+    copy.set_progress_bar_config(disable=True)
+    return copy.to(dtype=dtype)
 
 
 @torch.no_grad()
@@ -151,6 +212,15 @@ def measure(config: BenchConfig, rows: tuple[str, ...] = ROWS) -> list[dict]:
                             generator=torch.Generator().manual_seed(0), output_type=output_type,
                             **{**common, "num_inference_steps": steps}, **kwargs)  # fmt: skip
 
+    def synfer_in(dtype: torch.dtype) -> Callable[[], object]:
+        copies = {}  # built on first use, so rows that do not need a copy do not pay for it
+
+        def call():
+            copies.setdefault(dtype, in_dtype(plain, dtype))
+            return synfer(copies[dtype])()
+
+        return call
+
     def separate_labels():
         images = synfer(plain, output_type="pt")().images
         feranno(images.float().clamp(0, 1), batch_size=config.batch)
@@ -165,26 +235,47 @@ def measure(config: BenchConfig, rows: tuple[str, ...] = ROWS) -> list[dict]:
         "feranno_separate": (synfer(plain, output_type="pt"), separate_labels),
         "pipeline_vs_bare_unet": (
             lambda: bare_unet_loop(plain, prompt, aus, config.steps, config.batch, 7.5), synfer(plain)),
+        "bf16_vs_fp32": (synfer_in(torch.float32), synfer_in(torch.bfloat16)),
     }  # fmt: skip
-    return [{"config": config.name, "row": row, **median_ratio(*pairs[row], config.repeats)} for row in rows]
+    guided_call = synfer(guided, steps=2, semantic_guidance_scale=0.1, semantic_guidance_window=(0.0, 1.0),
+                         semantic_guidance_interval=1)  # fmt: skip
+
+    def unfrozen_call():
+        with weights_left_trainable():
+            guided_call()
+
+    results = []
+    for row in rows:
+        if row == "sg_memory_frozen":
+            measured = peak_ratio(unfrozen_call, guided_call)
+        else:
+            measured = median_ratio(*pairs[row], config.repeats)
+        results.append({"config": config.name, "row": row, "dtype": str(config.dtype).removeprefix("torch."),
+                        **measured})  # fmt: skip
+    return results
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["tiny", "sd15"])
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to measure (default: all)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="dtype of every config instead of its own (e.g. float32 where bf16 is emulated)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats of every config instead of its own")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    print(f"{'config':9} {'row':22} {'baseline s':>10} {'candidate s':>11} {'ratio':>6}")
+    print(f"{'config':9} {'row':22} {'dtype':9} {'unit':4} {'baseline':>10} {'candidate':>10} {'ratio':>6}")
     for name in args.configs:
-        for row in measure(CONFIGS[name], tuple(args.rows)):
+        overrides = {"dtype": DTYPES[args.dtype] if args.dtype else None, "repeats": args.repeats}
+        config = dataclasses.replace(CONFIGS[name], **{k: v for k, v in overrides.items() if v is not None})
+        for row in measure(config, tuple(args.rows)):
             rows.append(row)
-            print(f"{row['config']:9} {row['row']:22} {row['baseline_s']:10.3f} {row['candidate_s']:11.3f} "
-                  f"{row['ratio']:6.3f}", flush=True)  # fmt: skip
+            print(f"{row['config']:9} {row['row']:22} {row['dtype']:9} {row['unit']:4} {row['baseline']:10.3f} "
+                  f"{row['candidate']:10.3f} {row['ratio']:6.3f}", flush=True)  # fmt: skip
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

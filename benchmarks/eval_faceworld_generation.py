@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import sys
@@ -30,7 +31,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from synfer_diffusers import EXPRESSIONS, FERAnnoPipeline, SynFERPipeline
-from synfer_diffusers.generate import default_labeler
+from synfer_diffusers.generate import DTYPES, default_labeler
 from synfer_diffusers.metrics.frechet import frechet_distance
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
@@ -126,6 +127,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--semantic-guidance-scale", type=float, default=0.0, help="0: no SG row")
     parser.add_argument("--batch-size", type=int, default=35)
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=sorted(DTYPES), default=["float32"],
+        help="the AU rows once per dtype (rows of other dtypes than float32 are named with it), same seeds",
+    )  # fmt: skip
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -161,11 +166,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.semantic_guidance_scale > 0:
         variants.append(("+ AUs + SG", {"semantic_guidance_scale": args.semantic_guidance_scale}))
     requested_aus, label_agreement = None, {}
-    for name, kwargs in variants:
+    for dtype_name, (name, kwargs) in itertools.product(args.dtypes, variants):
+        name = name if dtype_name == "float32" else f"{name} [{dtype_name}]"
         start = time.perf_counter()
         images, targets, requested_aus, feranno = generate(
-            pipe, args.per_expression, args.steps, args.guidance_scale, args.batch_size, **kwargs
-        )
+            pipe.to(dtype=DTYPES[dtype_name]), args.per_expression, args.steps, args.guidance_scale,
+            args.batch_size, **kwargs,
+        )  # fmt: skip
         if feranno is not None:
             label_agreement[name] = agreement_with_judge(pipe, judge, images, targets, feranno, fer)
         seconds = time.perf_counter() - start
@@ -173,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.text_only:
         # Same seeds and expressions as the AU rows, so the AUs those rows requested are what this image should show.
         start = time.perf_counter()
+        pipe.to(dtype=torch.float32)
         text_pipe = (
             SynFERPipeline(**{**pipe.base_components, "unet": pipe.unet.to_base_unet()})
             if args.text_only == "base"

@@ -333,6 +333,15 @@ def table_speed(config: SuiteConfig, work: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def speed_row_unit(row: dict) -> str:
+    """`s` or `MB`; rows recorded before `bench_speed.py` named units (`baseline_s`, `candidate_s`) are times."""
+    return row.get("unit", "s")
+
+
+def speed_row_value(row: dict, side: str) -> float:
+    return row[side] if side in row else row[f"{side}_s"]
+
+
 def targets(generation: dict, downstream: dict, speed: dict, config: SuiteConfig) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for each target of the benchmark issue, computed from the results."""
     gen = {row["name"]: row for row in generation["rows"]}
@@ -410,7 +419,7 @@ def plot_all(generation: dict, downstream: dict, speed: dict, plots: Path) -> li
     fig.savefig(plots / "confusion_matrices.png", dpi=110)
     names.append("confusion_matrices.png")
 
-    rows = speed["speed"]["rows"]
+    rows = [row for row in speed["speed"]["rows"] if speed_row_unit(row) == "s"]
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1))
     ax.barh([f"{r['config']}: {r['row']}" for r in rows], [r["ratio"] for r in rows], color="#4878a8")
     ax.axvline(1.0, color="#777777", linewidth=1)
@@ -518,10 +527,10 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         "Diffusion 1.5 sizes (random weights, bf16, 512 px, batch 1); `faceworld`: the embedded default checkpoint "
         f"(trained, fp32, 64 px, batch 35, 25 steps). Device: {speed['speed'].get('device', 'CPU')}.",
         "",
-        "| config | row | baseline s | candidate s | ratio |",
-        "|---|---|---|---|---|",
-        *[f"| {r['config']} | {r['row']} | {r['baseline_s']:.3f} | {r['candidate_s']:.3f} | {r['ratio']:.3f} |"
-          for r in speed["speed"]["rows"]],
+        "| config | row | unit | baseline | candidate | ratio |",
+        "|---|---|---|---|---|---|",
+        *[f"| {r['config']} | {r['row']} | {speed_row_unit(r)} | {speed_row_value(r, 'baseline'):.3f} | "
+          f"{speed_row_value(r, 'candidate'):.3f} | {r['ratio']:.3f} |" for r in speed["speed"]["rows"]],
         "",
         f"`benchmarks/bench_generate_writer.py` (default checkpoint, 64 px, 4 steps): `synfer generate` / bare "
         f"pipeline calls = {speed['writer']['throughput']['ratio']:.3f}; resident memory grew "

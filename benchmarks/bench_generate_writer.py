@@ -43,7 +43,7 @@ def bare_pipeline_seconds(pipe, config: SyntheticSetConfig, batch_size: int) -> 
     for shard_start in range(0, config.num_samples, config.shard_size):
         ids = range(shard_start, min(shard_start + config.shard_size, config.num_samples))
         for i in range(0, len(ids), batch_size):
-            pipe(**pipeline_inputs(config, [plan_sample(config, j) for j in ids[i : i + batch_size]]))
+            pipe(**pipeline_inputs(config, [plan_sample(config, j, pipe.au_space) for j in ids[i : i + batch_size]]))
     return time.perf_counter() - start
 
 

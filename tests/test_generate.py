@@ -6,6 +6,7 @@ for byte whatever checkpoint the package embeds (`tests/test_default_model.py` c
 """
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ from synfer_diffusers.generate import (
     sample_seed,
 )
 
+DISFA = AUSpace.disfa12()
 SMALL = {"num_inference_steps": 2, "height": 16, "width": 16}
 CLI_ARGS = ["--num-inference-steps", "2", "--height", "16", "--width", "16", "--no-progress"]
 
@@ -89,11 +91,11 @@ def test_sample_seeds_are_stable_hashes():
 
 def test_plan_of_a_sample_depends_on_its_seed_only():
     config = SyntheticSetConfig(num_samples=1000, expression_distribution={"happy": 0.25, "sad": 0.75})
-    samples = [plan_sample(config, i) for i in range(400)]
-    assert plan_sample(config, 123) == samples[123]
+    samples = [plan_sample(config, i, DISFA) for i in range(400)]
+    assert plan_sample(config, 123, DISFA).prompt == samples[123].prompt
     share = np.mean([s.expression == "happy" for s in samples])
     assert {s.expression for s in samples} == {"happy", "sad"} and 0.15 < share < 0.35
-    balanced = {plan_sample(SyntheticSetConfig(), i).expression for i in range(200)}
+    balanced = {plan_sample(SyntheticSetConfig(), i, DISFA).expression for i in range(200)}
     assert balanced == set(EXPRESSIONS)
 
 
@@ -143,7 +145,7 @@ def test_rows_have_the_exact_features_and_reproduce_from_their_seed(reference):
     pipe, _ = resolve_pipeline(None)
     pipe.set_progress_bar_config(disable=True)
     config = SyntheticSetConfig(num_samples=6, shard_size=2, **SMALL)
-    alone = pipe(**pipeline_inputs(config, [plan_sample(config, 3)]))
+    alone = pipe(**pipeline_inputs(config, [plan_sample(config, 3, pipe.au_space)]))
     assert alone.prompts[0] == row["text"]
     assert np.allclose([alone.action_units[0][n] for n in AUSpace.disfa12().names], row["action_units"], atol=1e-6)
     difference = np.abs(np.asarray(alone.images[0], dtype=int) - np.asarray(row["image"], dtype=int))
@@ -280,7 +282,7 @@ def test_labeler_hook_is_recorded_in_the_plan(tmp_path):
     _generate(tmp_path / "set", num_samples=2, labeler=Flipped(), process_index=0, num_processes=1)
     dataset = _load(tmp_path / "set")
     assert dataset["label"] == [(t + 1) % 7 for t in dataset["target_label"]]
-    assert '"labeler": "flipped-test"' in (tmp_path / "set" / "plan.json").read_text()
+    assert json.loads((tmp_path / "set" / "plan.json").read_text())["labeler"] == {"name": "flipped-test"}
 
 
 def test_layout_images_from_a_dataset(reference, tmp_path):
@@ -311,7 +313,8 @@ def test_feranno_pipelines_get_voted_labels(tmp_path):
     config = SyntheticSetConfig(num_samples=4, shard_size=4, **SMALL)
     generate_synthetic_dataset(config, tmp_path / "set", pipeline=pipe, batch_size=4, show_progress=False)
     dataset = _load(tmp_path / "set")
-    assert '"labeler": "vote:feranno,target"' in (tmp_path / "set" / "plan.json").read_text()
+    labeler = json.loads((tmp_path / "set" / "plan.json").read_text())["labeler"]
+    assert labeler["name"] == "vote:feranno,target" and labeler["voting"]["use_target"]
     probs = np.asarray(dataset["label_probs"])
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5) and all(0.0 <= a <= 1.0 for a in dataset["agreement"])
     for label, target, agreement, row in zip(dataset["label"], dataset["target_label"], dataset["agreement"], probs):

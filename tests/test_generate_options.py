@@ -6,6 +6,7 @@ Each option is checked to reach the pipeline call (a spy on `SynFERPipeline.__ca
 `plan.json`, and to make a resume with another value a different plan. Tiny components, 16x16 pixels, 2 steps.
 """
 
+import functools
 import json
 from pathlib import Path
 
@@ -21,12 +22,12 @@ from synfer_diffusers.generate import (
     SCHEDULERS,
     SyntheticSetConfig,
     VotingLabeler,
-    build_rows,
     configure_pipeline,
     default_labeler,
     generate_synthetic_dataset,
     pipeline_inputs,
     plan_sample,
+    sample_rows,
 )
 from synfer_diffusers.pipelines.synfer.pipeline_output import SynFERPipelineOutput
 from synfer_diffusers.tiny import make_tiny_components
@@ -48,8 +49,7 @@ OPTIONS = {
     "discard_rule": "disagreement",
 }
 """Every option at a value other than its default."""
-CALL_OPTIONS = ("negative_prompt", "eta", "semantic_guidance_window", "semantic_guidance_interval",
-                "semantic_guidance_normalization")  # fmt: skip
+CALL_OPTIONS = ("eta", "semantic_guidance_window", "semantic_guidance_interval", "semantic_guidance_normalization")
 
 
 def _feranno_pipeline() -> SynFERPipeline:
@@ -75,6 +75,7 @@ def configured_run(tmp_path_factory):
     calls = []
     original = SynFERPipeline.__call__
 
+    @functools.wraps(original)  # keeps the call's signature, which `check_call` binds
     def spy(self, *args, **kwargs):
         calls.append({"kwargs": kwargs, "scheduler": self.scheduler, "dtype": self.unet.dtype, "device": self.device})
         return original(self, *args, **kwargs)
@@ -96,6 +97,7 @@ def test_each_option_reaches_the_pipeline_call(configured_run):
     call = calls[0]
     for name in CALL_OPTIONS:
         assert call["kwargs"][name] == OPTIONS[name], name
+    assert call["kwargs"]["negative_prompt"] == [OPTIONS["negative_prompt"]] * 2  # per image, from the plan
     assert isinstance(call["scheduler"], DDIMScheduler) and call["scheduler"].config.clip_sample is False
     assert call["dtype"] == torch.bfloat16 and call["device"] == torch.device("cpu")
 
@@ -106,7 +108,10 @@ def test_each_option_is_in_the_plan_and_the_card(configured_run):
     for name, value in OPTIONS.items():
         assert plan[name] == (list(value) if isinstance(value, tuple) else value), name
     assert plan["scheduler_class"] == "DDIMScheduler" and plan["device_type"] == "cpu"
-    assert plan["labeler"] == "vote:feranno,target"
+    assert plan["labeler"]["name"] == "vote:feranno,target"
+    voting = {key: plan["labeler"]["voting"][key] for key in ("agreement_threshold", "label_type", "discard_rule")}
+    assert voting == {"agreement_threshold": 0.5, "label_type": "soft", "discard_rule": "disagreement"}
+    assert plan["labeler"]["voting"]["weights"] == {"feranno": 2.0}
     card = (folder / "README.md").read_text()
     assert "DDIMScheduler" in card and "bfloat16 on cpu" in card and "eta 0.5" in card and "'a blurry photo'" in card
     assert "soft labels, agreement threshold 0.5, weights {'feranno': 2.0}" in card and "'disagreement'" in card
@@ -134,8 +139,8 @@ def test_discard_rule_marks_rows_not_kept():
                                   prompts=["a", "b"], seeds=[0, 1], feranno_probabilities=feranno)  # fmt: skip
     labels = labeler(output, [EXPRESSIONS.label_id("happy")] * 2)  # image 1: FERAnno and the target disagree
     assert labels.keep == [True, False]
-    samples = [plan_sample(SyntheticSetConfig(), i) for i in range(2)]
-    assert [row["keep"] for row in build_rows(samples, output, labels, AUSpace.disfa12())] == [True, False]
+    samples = [plan_sample(SyntheticSetConfig(), i, AUSpace.disfa12()) for i in range(2)]
+    assert [row.keep for row in sample_rows(samples, output.images, labels)] == [True, False]
 
 
 def test_discard_rule_is_a_keep_column_of_the_dataset(configured_run):
@@ -238,7 +243,7 @@ def test_an_unavailable_gpu_is_refused(monkeypatch):
 
 
 def test_plain_cuda_is_each_processs_own_gpu(monkeypatch):
-    from synfer_diffusers.generate import _resolve_device
+    from synfer_diffusers.generate.run import _resolve_device
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # no GPU is touched: devices are only named
     assert _resolve_device("cuda", torch.device("cuda", 1)) == torch.device("cuda", 1)
@@ -261,7 +266,7 @@ def test_model_dependent_values_are_refused_before_anything_is_written(tmp_path)
                                    show_progress=False, process_index=0, num_processes=1)  # fmt: skip
     assert not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match=r"`pipeline_kwargs` must not set \['semantic_guidance_scale'\]"):
-        pipeline_inputs(SyntheticSetConfig(), [plan_sample(SyntheticSetConfig(), 0)], {"semantic_guidance_scale": 1})
+        pipeline_inputs(SyntheticSetConfig(), [plan_sample(SyntheticSetConfig(), 0, AUSpace.disfa12())], {"semantic_guidance_scale": 1})
 
 
 # -- an OpenGraphAU-41 (occurrence) model with the defaults -------------------------------------------------------

@@ -211,7 +211,7 @@ def test_autoencoder_output_has_a_card(faceworld_dir, tmp_path):
 
 def test_synthetic_dataset_card(tiny_components, tmp_path, sd15_finetune):
     from synfer_diffusers.data.writer import SyntheticSetWriter
-    from synfer_diffusers.generate import SyntheticSetConfig, TargetLabeler, _card_fields, generate_synthetic_dataset
+    from synfer_diffusers.generate import SyntheticSetConfig, TargetLabeler, card_fields, generate_synthetic_dataset
 
     model_card = {"base_model": str(sd15_finetune)}
     SynFERPipeline(**tiny_components).save_pretrained(tmp_path / "model", model_card=model_card)
@@ -229,7 +229,7 @@ def test_synthetic_dataset_card(tiny_components, tmp_path, sd15_finetune):
     # The card fields of this plan: the generating model's licence; Hub AU datasets as source datasets.
     writer = SyntheticSetWriter.from_folder(out)
     plan = {**writer.plan, "au_policy": "dataset", "au_dataset": "user/aus", "au_source": {"name": "user/aus"}}
-    card = writer.render_card(_card_fields(plan, TargetLabeler(), None))
+    card = writer.render_card(card_fields(plan, TargetLabeler(), None))
     assert card.data.license == SD15_LICENSE and card.data.source_datasets == ["user/aus"]
 
 

@@ -14,14 +14,19 @@ output_dir/
   preview.png                          grid of the first samples, written when complete
   .synfer/shards/00000.json            manifest of each finished shard: sample range, rows, sha256
   .synfer/tmp/                         shards being written (removed when the set is complete)
+  .synfer/lock                         the run's lock file (see `generate/lock.py`); never removed while held
 ```
 
 Shard `i` holds the samples `[i * shard_size, min((i + 1) * shard_size, num_samples))`, so the layout does not
 depend on the number of processes or on where a run was interrupted. Each shard is written to `.synfer/tmp`,
 fsynced and moved into `data/` with `os.replace`, then its manifest is written the same way: a shard without a
 manifest is unfinished and is written again. On resume each manifested shard is verified (sha256, parquet
-metadata, sample ids); a damaged shard is reported and regenerated, a shard from another plan or an unknown file
-in `data/` stops the run.
+metadata, sample ids); a damaged shard is reported and regenerated, a shard from another plan, an unreadable
+manifest or an unknown file in `data/` stops the run. A plan with `drop_discarded` true leaves the rows marked
+`keep=False` out, so a shard holds the kept subset of its sample range.
+
+[`SyntheticSetWriter.check`] inspects the folder without writing anything (so that bad input leaves it as it
+was); [`SyntheticSetWriter.prepare`] checks again and writes `plan.json`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,36 +64,60 @@ PREVIEW_FILE = "preview.png"
 PREVIEW_SAMPLES = 32
 _PARQUET_METADATA_KEY = b"synfer"
 _OWN_ENTRIES = (PLAN_FILE, DATA_DIR, WORK_DIR, "README.md", PREVIEW_FILE)
+LOCK_FILE = f"{WORK_DIR}/lock"
+"""The lock file of a run (and `lock.<part>` of a run split by hand); removing `.synfer/` keeps these."""
 
 
 class ShardVerificationError(RuntimeError):
     """A file in the dataset folder that this plan did not write (another plan's shard, an unknown file)."""
 
 
-def synthetic_features(num_aus: int) -> datasets.Features:
-    """Features of a synthetic SynFER set whose AU vectors have `num_aus` entries.
+@dataclass
+class SyntheticRow:
+    """One row of a synthetic SynFER set; its fields are the columns of [`synthetic_features`], in order.
 
-    `image` (PNG), `text` (the enriched prompt), `action_units` (the AU condition in the model's AU order),
-    `target_label` (the generation target), `label` / `label_probs` / `agreement` (the rectified label, its class
-    distribution and the labellers' agreement; today the target, one-hot, 1.0), `keep` (False where the voting
-    discard rule drops the image), `seed` (the image's seed) and
-    `sample_id` (its index in the plan).
+    `image` (PNG), `text` (the prompt the image was generated from), `action_units` (the AU condition in the model's
+    AU order), `target_label` (the generation target, a class id), `label` / `label_probs` / `agreement` (the
+    rectified label, its class distribution and the voters' weighted agreement), `keep` (False where the voting
+    discard rule drops the image), `votes` (each voter's `{"voter": name, "probs": 7 probabilities}`), `seed` (the
+    image's seed) and `sample_id` (its index in the plan).
     """
+
+    image: PIL.Image.Image
+    text: str
+    action_units: list[float]
+    target_label: int
+    label: int
+    label_probs: list[float]
+    agreement: float
+    keep: bool
+    votes: list[dict[str, Any]]
+    seed: int
+    sample_id: int
+
+    def to_example(self) -> dict[str, Any]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+def synthetic_features(num_aus: int) -> datasets.Features:
+    """Features of a synthetic SynFER set whose AU vectors have `num_aus` entries: the columns of
+    [`SyntheticRow`]."""
     classes = datasets.ClassLabel(names=list(EXPRESSIONS))
-    return datasets.Features(
-        {
-            "image": datasets.Image(),
-            "text": datasets.Value("string"),
-            "action_units": datasets.List(datasets.Value("float32"), length=num_aus),
-            "target_label": classes,
-            "label": classes,
-            "label_probs": datasets.List(datasets.Value("float32"), length=len(EXPRESSIONS)),
-            "agreement": datasets.Value("float32"),
-            "keep": datasets.Value("bool"),
-            "seed": datasets.Value("int64"),
-            "sample_id": datasets.Value("int64"),
-        }
-    )
+    probabilities = datasets.List(datasets.Value("float32"), length=len(EXPRESSIONS))
+    features = {
+        "image": datasets.Image(),
+        "text": datasets.Value("string"),
+        "action_units": datasets.List(datasets.Value("float32"), length=num_aus),
+        "target_label": classes,
+        "label": classes,
+        "label_probs": probabilities,
+        "agreement": datasets.Value("float32"),
+        "keep": datasets.Value("bool"),
+        "votes": datasets.List({"voter": datasets.Value("string"), "probs": probabilities}),
+        "seed": datasets.Value("int64"),
+        "sample_id": datasets.Value("int64"),
+    }
+    return datasets.Features(features)
 
 
 def plan_fingerprint(plan: Mapping[str, Any]) -> str:
@@ -173,51 +202,62 @@ class SyntheticSetWriter:
         except (OSError, ValueError) as error:
             raise ShardVerificationError(f"{path} is not a readable plan ({error}); pass --overwrite.") from error
 
-    def prepare(self, resume: bool, overwrite: bool, is_main_process: bool = True) -> None:
-        """Checks the folder against the plan and writes `plan.json`.
+    def check(self, resume: bool, overwrite: bool, is_main_process: bool = True) -> None:
+        """Inspects the folder against the plan without writing anything; raises what [`prepare`] would.
 
-        An empty or missing folder is started. A folder with the same plan is completed with `resume` (and left
-        as is when already complete). A folder with another plan, or with files that are not a synthetic set,
-        is refused unless `overwrite`, which removes this writer's entries (`plan.json`, `data/`, `.synfer/`,
-        `README.md`, `preview.png`) first; only the main process overwrites. Other processes follow the main
-        process's decision and never refuse a folder with the same plan.
+        An empty or missing folder can be started. A folder with the same plan can be completed with `resume` (it
+        is left as is when already complete). A folder with another plan, or with files that are not a synthetic
+        set, is refused unless `overwrite` (only the main process overwrites; other processes follow its
+        decision and never refuse a folder with the same plan). With `resume`, every shard is verified.
 
         Raises:
             `ValueError`: `resume` and `overwrite` together.
             `FileExistsError`: the folder holds another plan or other files, or an unfinished run without `resume`.
-            `OSError`: the folder cannot be created or written.
+            [`ShardVerificationError`]: unreadable `plan.json` or manifest, a shard of another plan, a foreign file.
+            `OSError`: the path is a file, or the folder cannot be written.
         """
         if resume and overwrite:
             raise ValueError("`resume` and `overwrite` exclude each other: pick one.")
-        self._make_dirs()
-        found = self.existing_plan()
+        self._check_writable()
+        try:
+            found = self.existing_plan()
+        except ShardVerificationError:
+            if not (overwrite and is_main_process):
+                raise
+            found = {}  # unreadable: replaced like another plan
         if found is not None and found != self.plan:
             if not (overwrite and is_main_process):
                 raise FileExistsError(
                     f"{self.output_dir} holds a different plan (fields {_diff_keys(found, self.plan)} differ); "
                     "pass --overwrite to replace it" + ("" if is_main_process else " from process 0") + "."
                 )
-            self._remove_own_entries()
-            self._make_dirs()
-            found = None
-        if found is None:
+        elif found is None and self.output_dir.is_dir():
             others = sorted(p.name for p in self.output_dir.iterdir() if p.name not in _OWN_ENTRIES)
-            if others or any(self._data_dir.iterdir()):
+            data = sorted(p.name for p in self._data_dir.iterdir()) if self._data_dir.is_dir() else []
+            if others or data:
                 raise FileExistsError(
                     f"{self.output_dir} is not empty and holds no synthetic-set plan ({others or [DATA_DIR]}); "
                     "choose another --output-dir."
                 )
-            _atomic_write_bytes(self.output_dir / PLAN_FILE, _canonical_json(self.plan, indent=2).encode(),
-                                self._tmp_dir)  # fmt: skip
-            return
+        elif found is not None and not overwrite:
+            pending = self.pending_shards()
+            if is_main_process and not resume and pending:
+                raise FileExistsError(
+                    f"{self.output_dir} holds an unfinished run of this plan; pass --resume to complete it or "
+                    "--overwrite to start again."
+                )
+
+    def prepare(self, resume: bool, overwrite: bool, is_main_process: bool = True) -> None:
+        """Checks the folder ([`check`]), then starts it: with `overwrite` (main process) this writer's entries
+        (`plan.json`, `data/`, `.synfer/` but its lock files, `README.md`, `preview.png`) are removed first; the
+        folders are made and `plan.json` is written where there is none."""
+        self.check(resume, overwrite, is_main_process)
         if overwrite and is_main_process:
             self._remove_own_entries()
-            self.prepare(resume=False, overwrite=False)
-        elif is_main_process and not resume and self.pending_shards():
-            raise FileExistsError(
-                f"{self.output_dir} holds an unfinished run of this plan; pass --resume to complete it or "
-                "--overwrite to start again."
-            )
+        self._make_dirs()
+        if self.existing_plan() is None:
+            _atomic_write_bytes(self.output_dir / PLAN_FILE, _canonical_json(self.plan, indent=2).encode(),
+                                self._tmp_dir)  # fmt: skip
 
     def pending_shards(self, shards: Sequence[ShardSpec] | None = None) -> list[ShardSpec]:
         """Shards (of `shards`, default all) that must still be written: missing, unfinished or damaged ones.
@@ -226,9 +266,8 @@ class SyntheticSetWriter:
         [`ShardVerificationError`] for a shard written under another plan or an unknown file in `data/`.
         """
         expected = {spec.filename for spec in self.shards}
-        unknown = sorted(
-            f"{DATA_DIR}/{p.name}" for p in self._data_dir.iterdir() if f"{DATA_DIR}/{p.name}" not in expected
-        )
+        present = self._data_dir.iterdir() if self._data_dir.is_dir() else ()
+        unknown = sorted(f"{DATA_DIR}/{p.name}" for p in present if f"{DATA_DIR}/{p.name}" not in expected)
         if unknown:
             raise ShardVerificationError(
                 f"{self.output_dir}: files that are not shards of this plan: {unknown}; remove them or pass --overwrite."
@@ -258,7 +297,7 @@ class SyntheticSetWriter:
             )
         if not manifest_path.is_file():
             return "unfinished"  # killed between the shard's os.replace and its manifest's
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = self._read_manifest(manifest_path)
         if manifest.get("plan_fingerprint") != self.fingerprint:
             raise ShardVerificationError(f"{manifest_path} belongs to another plan; remove it or pass --overwrite.")
         if _sha256_file(path) != manifest.get("sha256"):
@@ -267,19 +306,43 @@ class SyntheticSetWriter:
             ids = parquet.read(columns=["sample_id"]).column("sample_id").to_pylist()
         except (OSError, pa.ArrowException) as error:
             return f"unreadable: {error}"
-        if ids != list(spec.sample_ids):
-            return f"sample ids {ids[:1]}..{ids[-1:]} != [{spec.start}, {spec.end})"
+        if len(ids) != manifest.get("num_rows") or not self._valid_ids(spec, ids):
+            return f"sample ids {ids[:1]}..{ids[-1:]} do not match [{spec.start}, {spec.end}) and its manifest"
         return None
+
+    def _valid_ids(self, spec: ShardSpec, ids: Sequence[int]) -> bool:
+        """Whether `ids` are the shard's sample ids: all of them, or with `drop_discarded` an increasing subset."""
+        if not self.plan.get("drop_discarded"):
+            return list(ids) == list(spec.sample_ids)
+        return all(a < b for a, b in zip(ids, ids[1:])) and all(spec.start <= i < spec.end for i in ids)
+
+    @staticmethod
+    def _read_manifest(path: Path) -> dict[str, Any]:
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ShardVerificationError(
+                f"{path} is not a readable shard manifest ({error}); remove it or pass --overwrite."
+            ) from error
+        if not isinstance(manifest, dict):
+            raise ShardVerificationError(f"{path} is not a shard manifest; remove it or pass --overwrite.")
+        return manifest
+
+    def num_rows(self) -> int:
+        """Rows written in all shards (the number of samples, less the dropped ones with `drop_discarded`)."""
+        return sum(int(self._read_manifest(self._manifest_path(spec))["num_rows"]) for spec in self.shards)
 
     # -- writing -------------------------------------------------------------------------------------------
 
-    def write_shard(self, spec: ShardSpec, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Encodes `rows` (sample ids `spec.start..spec.end - 1`, in order) and writes the shard atomically, then
-        its manifest. On failure (full disk, ...) nothing is left under the shard's name and the error says so."""
-        ids = [int(row["sample_id"]) for row in rows]
-        if ids != list(spec.sample_ids):
+    def write_shard(self, spec: ShardSpec, rows: Sequence[SyntheticRow | Mapping[str, Any]]) -> None:
+        """Encodes `rows` (sample ids `spec.start..spec.end - 1`, in order; with `drop_discarded` an increasing
+        subset) and writes the shard atomically, then its manifest. On failure (full disk, ...) nothing is left
+        under the shard's name and the error says so."""
+        examples = [row.to_example() if isinstance(row, SyntheticRow) else dict(row) for row in rows]
+        ids = [int(example["sample_id"]) for example in examples]
+        if not self._valid_ids(spec, ids):
             raise ValueError(f"rows of {spec.filename} must have sample ids [{spec.start}, {spec.end}), got {ids}.")
-        table = pa.Table.from_pylist([self.features.encode_example(row) for row in rows], schema=self.schema)
+        table = pa.Table.from_pylist([self.features.encode_example(e) for e in examples], schema=self.schema)
         metadata = {**self.schema.metadata, _PARQUET_METADATA_KEY: _canonical_json(
             {"plan_fingerprint": self.fingerprint, "start": spec.start, "end": spec.end}).encode()}  # fmt: skip
         buffer = io.BytesIO()
@@ -314,7 +377,7 @@ class SyntheticSetWriter:
         `DATASET_CARD_DATA_KEYS` (licence, tags, source datasets, ...) and `card_data`, which wins over both; the
         other `card_fields` fill the template."""
         metadata, text_fields = split_card_fields(card_fields, DATASET_CARD_DATA_KEYS)
-        num_samples = int(self.plan["num_samples"])
+        num_samples = self.num_rows()
         num_bytes = sum((self.output_dir / spec.filename).stat().st_size for spec in self.shards)
         splits = datasets.SplitDict()
         splits.add(datasets.SplitInfo(name=SPLIT, num_bytes=num_bytes, num_examples=num_samples))
@@ -331,6 +394,8 @@ class SyntheticSetWriter:
     def preview_grid(self, num_samples: int = PREVIEW_SAMPLES, columns: int = 8) -> PIL.Image.Image:
         """The first `num_samples` images in a grid, each captioned with its target expression."""
         tiles = list(self._first_images(num_samples))
+        if not tiles:  # every row was dropped
+            return PIL.Image.new("RGB", (columns, 1), "white")
         width, height = tiles[0][0].size
         caption = 12
         rows = math.ceil(len(tiles) / columns)
@@ -364,13 +429,23 @@ class SyntheticSetWriter:
     def _manifest_path(self, spec: ShardSpec) -> Path:
         return self.output_dir / WORK_DIR / "shards" / f"{spec.index:05d}.json"
 
+    def _check_writable(self) -> None:
+        """`OSError` naming `output_dir` unless it is a writable folder or can be made one (read-only check)."""
+        existing = self.output_dir
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        problem = None
+        if not existing.is_dir():
+            problem = "it is a file" if existing == self.output_dir else f"{existing} is a file"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{existing} is not writable"
+        if problem:
+            raise OSError(f"`output_dir` {str(self.output_dir)!r} is not a writable folder: {problem}.")
+
     def _make_dirs(self) -> None:
         try:
             for path in (self._data_dir, self._tmp_dir, self.output_dir / WORK_DIR / "shards"):
                 path.mkdir(parents=True, exist_ok=True)
-            probe = self._tmp_dir / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
         except OSError as error:
             raise OSError(
                 error.errno,
@@ -378,9 +453,15 @@ class SyntheticSetWriter:
             ) from error
 
     def _remove_own_entries(self) -> None:
+        """Removes this writer's entries; in `.synfer/`, everything but the lock files (a held lock stays held)."""
         for name in _OWN_ENTRIES:
             path = self.output_dir / name
-            if path.is_dir():
+            if name == WORK_DIR and path.is_dir():
+                for entry in path.iterdir():
+                    if entry.name.startswith(Path(LOCK_FILE).name):
+                        continue
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            elif path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
@@ -429,8 +510,10 @@ def _diff_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 
 
 __all__ = [
+    "LOCK_FILE",
     "ShardSpec",
     "ShardVerificationError",
+    "SyntheticRow",
     "SyntheticSetWriter",
     "plan_fingerprint",
     "shard_specs",

@@ -79,6 +79,33 @@ def sample_prototype_action_units(
     return torch.where(prototype > 0, (prototype + noise).clamp(0.5, space.max_value), prototype)
 
 
+def plan_image_condition(
+    space: AUSpace | None,
+    prompt: str | None,
+    expression: str | None,
+    action_units: torch.Tensor | None,  # (num_aus,)
+    generator: torch.Generator | None,
+    prototype_intensity: float | None,
+    au_jitter: float,
+    enrich: bool,
+) -> tuple[str, torch.Tensor | None]:  # prompt, (num_aus,) or None
+    """One image's condition, the single planner of SynFER sampling (the pipeline's per-image conditions and
+    `synfer generate`'s plan both come from it): the AU vector (`action_units` as given; else the EMFACS prototype of
+    `expression` with jitter from `generator`, see [`sample_prototype_action_units`]; else `None`: the null AU
+    condition) and the prompt (enriched with the expression and AU words when `enrich`)."""
+    if space is None:
+        row = None
+    elif action_units is not None:
+        row = action_units
+    elif expression is not None:
+        row = sample_prototype_action_units(space, expression, generator, prototype_intensity, au_jitter)
+    else:
+        row = None
+    if not enrich:
+        return prompt or "", row
+    return enrich_prompt(prompt, expression, space.to_dicts(row)[0] if row is not None else None), row
+
+
 def plan_conditions(
     space: AUSpace | None,
     prompts: list[str | None] | None,
@@ -90,10 +117,10 @@ def plan_conditions(
     au_jitter: float,
     enrich: bool,
 ) -> tuple[list[str | None], list[str | None], torch.Tensor | None, list[bool]]:
-    """Per image: prompt to encode (`None` for all with `prompts=None`, i.e. given `prompt_embeds`), target
-    expression, AU vector (`(num_images, num_aus)`) and whether it has an AU condition (False -> null AU condition).
-    Prototype jitter of image `i` comes from `generator[i]` for a list, else from the one generator (or torch's global
-    RNG), in image order."""
+    """Per image ([`plan_image_condition`]): prompt to encode (`None` for all with `prompts=None`, i.e. given
+    `prompt_embeds`), target expression, AU vector (`(num_images, num_aus)`) and whether it has an AU condition
+    (False -> null AU condition). Prototype jitter of image `i` comes from `generator[i]` for a list, else from the
+    one generator (or torch's global RNG), in image order."""
     num_images = len(expressions) * num_images_per_prompt
     generators = generator if isinstance(generator, list) else [generator] * num_images
     if space is not None:  # checked against the space once, naming the call's argument
@@ -101,21 +128,13 @@ def plan_conditions(
     used_prompts, image_expressions, rows, has_au = [], [], [], []
     for i, g in enumerate(generators):
         p = i // num_images_per_prompt
-        expression = expressions[p]
-        if space is None:
-            row = None
-        elif au_values is not None:
-            row = au_values[p]
-        elif expression is not None:
-            row = sample_prototype_action_units(space, expression, g, prototype_intensity, au_jitter)
-        else:
-            row = None
-        au_dict = space.to_dicts(row)[0] if row is not None else None
-        if prompts is None:
-            used_prompts.append(None)
-        else:
-            used_prompts.append(enrich_prompt(prompts[p], expression, au_dict) if enrich else prompts[p] or "")
-        image_expressions.append(expression)
+        given = au_values[p] if au_values is not None else None
+        prompt = prompts[p] if prompts is not None else None
+        used, row = plan_image_condition(
+            space, prompt, expressions[p], given, g, prototype_intensity, au_jitter, enrich
+        )
+        used_prompts.append(used if prompts is not None else None)
+        image_expressions.append(expressions[p])
         rows.append(row if row is not None else torch.zeros(space.num_aus) if space else None)
         has_au.append(row is not None)
     au_matrix = torch.stack(rows).float() if space is not None else None

@@ -36,6 +36,9 @@ from .semantic_guidance import SemanticGuidanceMixin, check_semantic_guidance_in
 
 logger = logging.getLogger(__name__)
 
+SEMANTIC_GUIDANCE_ARGUMENTS = ("scale", "window", "normalization", "interval", "decode")
+"""`semantic_guidance_<name>` arguments, in the order of `check_inputs`'s `semantic_guidance` tuple."""
+
 EXAMPLE_DOC_STRING = """
     Examples:
         ```py
@@ -489,6 +492,31 @@ class SynFERPipeline(
     def interrupt(self) -> bool:
         return self._interrupt
 
+    def check_call(self, **kwargs: Any) -> None:
+        """Checks the arguments of a call (`pipe.check_call(**kwargs)` for `pipe(**kwargs)`) without computing
+        anything: unknown names, [`check_inputs`], the batch resolution (sizes, expressions, AU values against the AU
+        space) and `prototype_intensity` against the AU space. Raises what the call would raise first."""
+        try:
+            bound = inspect.signature(self.__call__).bind(**kwargs)
+        except TypeError as error:
+            raise ValueError(f"Not an argument of {type(self).__name__}.__call__: {error}") from None
+        bound.apply_defaults()
+        a = bound.arguments
+        semantic_guidance = tuple(a[f"semantic_guidance_{name}"] for name in SEMANTIC_GUIDANCE_ARGUMENTS)
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        self.check_inputs(
+            a["prompt"], a["height"] or native, a["width"] or native, a["num_images_per_prompt"], a["au_scale"],
+            a["guidance_scale"], a["action_units"], a["negative_prompt"], a["prompt_embeds"],
+            a["negative_prompt_embeds"], a["latents"], a["layout_image"], a["layout_strength"], semantic_guidance,
+            a["output_type"], a["callback_on_step_end_tensor_inputs"] or ["latents"],
+        )  # fmt: skip
+        resolve_batch(
+            self.au_space, a["prompt"], a["expression"], a["action_units"], a["negative_prompt"], a["prompt_embeds"],
+            a["negative_prompt_embeds"],
+        )  # fmt: skip
+        if self.au_space is not None:
+            self.au_space.prototype_value(a["prototype_intensity"], field="prototype_intensity")
+
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
@@ -622,7 +650,7 @@ class SynFERPipeline(
         semantic_guidance = (
             semantic_guidance_scale, semantic_guidance_window, semantic_guidance_normalization,
             semantic_guidance_interval, semantic_guidance_decode,
-        )  # fmt: skip
+        )  # fmt: skip  # in SEMANTIC_GUIDANCE_ARGUMENTS order
         self.check_inputs(
             prompt, height, width, num_images_per_prompt, au_scale, guidance_scale, action_units, negative_prompt,
             prompt_embeds, negative_prompt_embeds, latents, layout_image, layout_strength, semantic_guidance,

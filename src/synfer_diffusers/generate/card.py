@@ -1,0 +1,85 @@
+"""The dataset card's fields of a synthetic set, from its plan and labeller."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..facs import EXPRESSIONS, AUSpace
+from ..hub_utils import inherited_license, license_label, load_card_metadata, split_hub_ids
+from .labelers import Labeler
+from .model import DEFAULT_MODEL_DIR, TINY_MODEL_NAME
+
+DEFAULT_CARD_DATA: dict[str, Any] = {
+    "task_categories": ["image-classification", "text-to-image"],
+    "tags": ["synfer", "synthetic", "facial-expression-recognition", "action-units"],
+}
+
+
+def card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None) -> dict[str, Any]:
+    """Card metadata (the generating model's licence, read from its card; the AU and layout datasets as
+    `source_datasets` where they are on the Hub) and the template's text fields."""
+    model = plan["model"]["name"]
+    tiny = model == TINY_MODEL_NAME
+    model_dir = DEFAULT_MODEL_DIR if model == "synfer_diffusers/default_model" else model
+    model_card = None if tiny else load_card_metadata(model_dir)
+    distribution = plan["expression_distribution"]
+    space = AUSpace.from_config(plan["au_space"])
+    value = space.prototype_value(plan["prototype_intensity"])
+    if plan["au_policy"] == "prototype" and space.kind == "occurrence":
+        au_policy = f"EMFACS prototype of the target (and left/right variants of its AUs) at {value:g}, no jitter"
+    elif plan["au_policy"] == "prototype":
+        au_policy = (f"EMFACS prototype of the target at intensity {value:g}, Gaussian jitter (std "
+                     f"{plan['au_jitter']}) on its active AUs, drawn from each image's seed")  # fmt: skip
+    else:
+        au_policy = f"AU vector of a random row of `{plan['au_source']['name']}` with the target label"
+    return {
+        **inherited_license(model_card),
+        "source_datasets": split_hub_ids([plan[k] for k in ("au_dataset", "layout_dataset") if plan[k]])[0] or None,
+        "model_license": license_label(model_card),
+        "repo_id": repo_id,
+        "num_samples": plan["num_samples"],
+        "master_seed": plan["seed"],
+        "image_size": "{}x{}".format(*plan["image_size"]),
+        "sampling_summary": _sampling_summary(plan),
+        "model_name": model,
+        "model_fingerprint": plan["model"]["fingerprint"][:16],
+        "model_lineage": "tiny random weights from `synfer_diffusers.tiny` (a stand-in)" if tiny else None,
+        "au_names": plan["au_space"]["names"],
+        "au_kind": plan["au_space"]["kind"],
+        "expressions": list(EXPRESSIONS),
+        "expression_summary": "balanced over the seven classes" if distribution is None
+        else ", ".join(f"{name} {p:.1%}" for name, p in distribution.items()),
+        "au_policy_summary": au_policy,
+        "labeler_description": labeler.description,
+        "noise_warning": "made with tiny random weights (no embedded default checkpoint yet): the images are noise."
+        if tiny else None,
+    }  # fmt: skip
+
+
+def _sampling_summary(plan: Mapping[str, Any]) -> str:
+    """The card's one-line account of how the images were sampled."""
+    parts = [
+        f"{plan['num_inference_steps']} steps of {plan['scheduler_class']}",
+        f"guidance scale {plan['guidance_scale']}",
+        f"AU scale {plan['au_scale']}",
+        f"{plan['dtype']} on {plan['device_type']}",
+    ]
+    if plan["negative_prompt"]:
+        parts.append(f"negative prompt {plan['negative_prompt']!r}")
+    if plan["eta"]:
+        parts.append(f"eta {plan['eta']}")
+    if plan["semantic_guidance_scale"]:
+        start, end = plan["semantic_guidance_window"]
+        parts.append(
+            f"semantic guidance {plan['semantic_guidance_scale']} over the steps {start:.0%}-{end:.0%} (a gradient "
+            f"every {plan['semantic_guidance_interval']} steps, {plan['semantic_guidance_normalization']} "
+            "normalisation)"
+        )
+    if plan["pipeline_kwargs"]:
+        parts.append(f"extra pipeline arguments {plan['pipeline_kwargs']}")
+    if plan["layout_dataset"]:
+        parts.append(f"layout initialisation from `{plan['layout_dataset']}` at strength {plan['layout_strength']}")
+    if plan["drop_discarded"]:
+        parts.append("rows the discard rule marks are left out")
+    return ", ".join(parts)

@@ -1,0 +1,401 @@
+"""[`SyntheticSetConfig`]: everything that determines a synthetic set's samples, checked field by field.
+
+Each field's metadata carries its `help` and, where the command line spells it differently from the field, how
+(`flag`, `parse`): the `synfer generate` options are built from these fields ([`config_flags`]), so a new field is a
+new flag with no second list to keep in step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import diffusers
+import numpy as np
+import torch
+
+from ..facs import EXPRESSIONS
+from ..labels import VotingConfig
+from ..pipelines.synfer.semantic_guidance import SG_DECODES, SG_NORMALIZATIONS, check_semantic_guidance_inputs
+
+DEFAULT_DESCRIPTIONS: tuple[str, ...] = (
+    "a photo of a young woman",
+    "a photo of an elderly man with glasses",
+    "a portrait of a middle-aged man with a beard",
+    "a photo of a teenage girl with long hair",
+    "a close-up photo of a bald man",
+    "a photo of a woman with short curly hair",
+    "a portrait of an old woman with grey hair",
+    "a photo of a young man with a fringe",
+)
+"""Coarse descriptions enriched with the expression and AU words by the pipeline (`prompts.enrich_prompt`)."""
+
+AU_POLICIES = ("prototype", "dataset")
+SCHEDULERS = (
+    "DDIMScheduler",
+    "DPMSolverMultistepScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "UniPCMultistepScheduler",
+)
+"""Samplers `scheduler` may name (diffusers classes, built from the checkpoint's scheduler config)."""
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+MAX_IMAGE_SIZE_FACTOR = 4
+"""`height` and `width` are at most this many times the model's native image size (2048 px for a 512 px model)."""
+
+
+def check_device(name: str) -> torch.device:
+    """`name` (`"cpu"`, `"cuda"`, `"cuda:N"` or `"mps"`) as a `torch.device`; a `ValueError` naming `device` when it
+    is malformed or not available on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES or (device.index is not None and device.type != "cuda"):
+        raise ValueError(f"`device` must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"`device` {name!r} is not available: this machine has {torch.cuda.device_count()} CUDA devices."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"`device` {name!r} is not available: torch reports no MPS backend on this machine.")
+    return device
+
+
+def check_eta(eta: float, scheduler_class: type) -> None:
+    """Refuses `eta > 0` with a scheduler whose `step` has no `eta` (it would be ignored silently)."""
+    if eta > 0 and "eta" not in inspect.signature(scheduler_class.step).parameters:
+        raise ValueError(
+            f"`eta` > 0 needs a scheduler with DDIM's eta (DDIMScheduler); {scheduler_class.__name__} ignores it."
+        )
+
+
+
+def parse_named_numbers(text: str, flag: str, forms: str = "'name=value,...' or a JSON object") -> dict[str, float]:
+    """`"happy=0.5,sad=0.5"` or a JSON object -> `{name: number}`; a `ValueError` naming `flag` and the accepted
+    `forms` otherwise."""
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"`{flag}`: not valid JSON ({error}).") from error
+    values = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            values[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"`{flag}` must be {forms}, got {text!r}.")
+    return values
+
+
+def parse_expression_distribution(text: str) -> dict[str, float] | None:
+    """`"balanced"` -> None; `"happy=0.5,sad=0.5"` or a JSON object -> `{name: probability}`."""
+    if text == "balanced":
+        return None
+    return parse_named_numbers(text, "--expressions", "'balanced', 'name=prob,...' or a JSON object")
+
+
+def parse_voter_weights(text: str) -> dict[str, float]:
+    return parse_named_numbers(text, "--voter-weights")
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """`"0.6,1.0"` -> `(0.6, 1.0)`; the range itself is checked by the config."""
+    try:
+        start, end = (float(bound) for bound in text.split(","))
+    except ValueError:
+        raise ValueError(f"`--semantic-guidance-window` must be 'start,end', e.g. '0.6,1.0', got {text!r}.") from None
+    return start, end
+
+
+def read_descriptions_file(path: str) -> list[str]:
+    """One coarse description per non-empty line of a UTF-8 text file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"`--descriptions-file` {path!r} could not be read: {error}") from error
+
+
+@dataclass
+class SyntheticSetConfig:
+    r"""
+    Everything that determines a synthetic set's samples (stored in `plan.json`): what is drawn, how it is sampled
+    (scheduler, dtype, device, negative prompt, eta, semantic guidance) and how it is labelled (voting options of the
+    default labeller). Values are checked here, naming the field; those that depend on the model (`prototype_intensity`
+    against its AU space, `eta` against its own scheduler) once it is loaded, before anything is written.
+
+    Example:
+
+    ```py
+    >>> config = SyntheticSetConfig(num_samples=1000, seed=0, expression_distribution={"happy": 0.5, "sad": 0.5})
+    >>> generate_synthetic_dataset(config, "outputs/happy-sad")  # doctest: +SKIP
+    >>> fast = SyntheticSetConfig(scheduler="DPMSolverMultistepScheduler", dtype="bfloat16", device="cuda",
+    ...                           semantic_guidance_scale=2.0, discard_rule="disagreement")  # doctest: +SKIP
+    ```
+    """
+
+    num_samples: int = field(default=64, metadata={"help": "Number of images to generate (>= 1)."})
+    seed: int = field(default=0, metadata={"help": "Master seed; sample i uses sha256 of (seed, i)."})
+    expression_distribution: dict[str, float] | None = field(
+        default=None,
+        metadata={
+            "help": "Probability of each expression (names from EXPRESSIONS, summing to 1): 'balanced' (None), "
+            "'happy=0.5,sad=0.5' or a JSON object.",
+            "flag": "--expressions", "parse": parse_expression_distribution, "cli_default": "balanced",
+        },  # fmt: skip
+    )
+    au_policy: str = field(
+        default="prototype",
+        metadata={"help": "'prototype': EMFACS prototype of the target with seeded intensity jitter; 'dataset': "
+                          "the AU vector of a random `au_dataset` row with the target label."},
+    )  # fmt: skip
+    au_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder or Hub id of a dataset with `action_units` and `label` columns (au_policy='dataset')."
+        },
+    )
+    prototype_intensity: float | None = field(
+        default=None,
+        metadata={"help": "Value of the prototype's active AUs, in the model's AU range; None: 3.0 on intensity "
+                          "spaces, 1.0 on occurrence spaces."},
+    )  # fmt: skip
+    au_jitter: float = field(default=0.5, metadata={"help": "Std of the Gaussian jitter on prototype AUs."})
+    descriptions: list[str] | None = field(
+        default=None,
+        metadata={"help": "Coarse descriptions drawn per sample, one per line of a text file; None: "
+                          "DEFAULT_DESCRIPTIONS.", "flag": "--descriptions-file", "parse": read_descriptions_file},
+    )
+    num_inference_steps: int = field(default=25, metadata={"help": "Denoising steps per image."})
+    guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale (<= 1: off)."})
+    au_scale: float = field(default=1.0, metadata={"help": "Weight of the AU cross-attention branch."})
+    height: int | None = field(default=None, metadata={"help": "Image height in pixels; None: the model's."})
+    width: int | None = field(default=None, metadata={"help": "Image width in pixels; None: the model's."})
+    shard_size: int = field(default=256, metadata={"help": "Samples per parquet shard (the unit of resume)."})
+    layout_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Folder or Hub id of real face images (an `image` column) for layout initialisation: "
+                          "each sample starts from a DDIM-inverted random image of it (None: from noise)."},
+    )  # fmt: skip
+    layout_strength: float = field(
+        default=1.0, metadata={"help": "Layout initialisation strength in [0, 1] (1.0: full inversion, the paper's)."}
+    )
+    scheduler: str | None = field(
+        default=None,
+        metadata={"help": f"Sampler, a diffusers class built from the checkpoint's scheduler config: one of "
+                          f"{', '.join(SCHEDULERS)}; None: the checkpoint's own."},
+    )  # fmt: skip
+    dtype: str = field(
+        default="float32", metadata={"help": f"Weights and activations dtype: one of {', '.join(DTYPES)}."}
+    )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "'cpu', 'cuda', 'cuda:N' or 'mps'; None: accelerate's device for this process (with "
+                          "several processes, 'cuda' is each process's own GPU)."},
+    )  # fmt: skip
+    negative_prompt: str | None = field(
+        default=None, metadata={"help": "The unconditional prompt of classifier-free guidance; None: ''."}
+    )
+    eta: float = field(
+        default=0.0, metadata={"help": "DDIM eta in [0, 1] (0: deterministic); only DDIMScheduler uses it."}
+    )
+    semantic_guidance_scale: float = field(
+        default=0.0, metadata={"help": "Semantic guidance lambda_g with the model's guide classifier (0: off)."}
+    )
+    semantic_guidance_window: tuple[float, float] = field(
+        default=(0.6, 1.0),
+        metadata={"help": "'start,end', 0 <= start < end <= 1: the guided share of the denoising steps.",
+                  "parse": parse_window, "metavar": "START,END"},
+    )
+    semantic_guidance_interval: int = field(
+        default=2, metadata={"help": "Take a semantic-guidance gradient every this many steps of the window (>= 1)."}
+    )
+    semantic_guidance_normalization: str = field(
+        default="global",
+        metadata={"help": f"Gradient normalisation of semantic guidance: one of {', '.join(SG_NORMALIZATIONS)}."},
+    )
+    agreement_threshold: float = field(
+        default=1.0,
+        metadata={"help": "Voting: a label is agreed when voters weighing at least this fraction vote for it "
+                          "(1.0: unanimity, the paper's rule)."},
+    )  # fmt: skip
+    voter_weights: dict[str, float] | None = field(
+        default=None,
+        metadata={"help": "Voting: weight per voter name ('feranno', 'guide', 'target', a classifier's name); "
+                          "others weigh 1, 0 silences a voter. E.g. 'feranno=2,target=1' or a JSON object.",
+                  "parse": parse_voter_weights, "metavar": "NAME=WEIGHT,..."},
+    )  # fmt: skip
+    label_type: str = field(
+        default="mixed",
+        metadata={"help": "Voting: 'mixed' one-hot where agreed and averaged where not (paper), 'hard' always "
+                          "one-hot, 'soft' always averaged."},
+    )  # fmt: skip
+    discard_rule: str = field(
+        default="none",
+        metadata={"help": "Voting: rows marked keep=False: 'none', 'disagreement' (label not agreed) or "
+                          "'target_mismatch' (label differs from the target)."},
+    )  # fmt: skip
+    drop_discarded: bool = field(
+        default=False,
+        metadata={"help": "Leave rows the discard rule marks keep=False out of the dataset (default: keep them, "
+                          "flagged)."},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.drop_discarded, bool):
+            raise ValueError(f"`drop_discarded` must be a bool, got {self.drop_discarded!r}.")
+        for name, minimum in (("num_samples", 1), ("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
+        if self.prototype_intensity is not None:  # the range is the model's AU space's, checked once it is known
+            _check_number("prototype_intensity", self.prototype_intensity, 0.0)
+        for name, minimum in (("au_jitter", 0.0), ("guidance_scale", 0.0)):
+            _check_number(name, getattr(self, name), minimum)
+        _check_number("au_scale", self.au_scale)
+        _check_number("layout_strength", self.layout_strength, 0.0)
+        if self.layout_strength > 1:
+            raise ValueError(f"`layout_strength` must be in [0, 1], got {self.layout_strength!r}.")
+        if self.expression_distribution is not None:
+            self.expression_distribution = _check_distribution(self.expression_distribution)
+        if self.au_policy not in AU_POLICIES:
+            raise ValueError(f"`au_policy` must be one of {list(AU_POLICIES)}, got {self.au_policy!r}.")
+        if (self.au_policy == "dataset") != (self.au_dataset is not None):
+            raise ValueError("`au_dataset` must be given exactly when `au_policy` is 'dataset'.")
+        if self.descriptions is not None:
+            self.descriptions = list(self.descriptions)
+            if not self.descriptions or not all(isinstance(d, str) and d.strip() for d in self.descriptions):
+                raise ValueError(
+                    f"`descriptions` must be a non-empty list of non-empty strings, got {self.descriptions!r}."
+                )
+
+        self._check_sampler()
+        self._check_voting()
+
+    def _check_sampler(self) -> None:
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise ValueError(f"`scheduler` must be one of {list(SCHEDULERS)} or None, got {self.scheduler!r}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"`dtype` must be one of {list(DTYPES)}, got {self.dtype!r}.")
+        if self.device is not None:
+            check_device(self.device)
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise ValueError(f"`negative_prompt` must be a string or None, got {self.negative_prompt!r}.")
+        _check_number("eta", self.eta, 0.0)
+        if self.eta > 1:
+            raise ValueError(f"`eta` must be in [0, 1], got {self.eta!r}.")
+        if self.scheduler is not None:
+            check_eta(self.eta, getattr(diffusers, self.scheduler))
+        check_semantic_guidance_inputs(
+            self.semantic_guidance_scale, self.semantic_guidance_window, self.semantic_guidance_normalization,
+            self.semantic_guidance_interval, SG_DECODES[0],
+        )  # fmt: skip
+        self.semantic_guidance_window = tuple(float(bound) for bound in self.semantic_guidance_window)
+
+    def _check_voting(self) -> None:
+        if self.voter_weights is not None:
+            if not isinstance(self.voter_weights, Mapping):
+                raise ValueError(f"`voter_weights` must be a dict voter name -> weight, got {self.voter_weights!r}.")
+            self.voter_weights = {str(name): weight for name, weight in self.voter_weights.items()}
+            for name, weight in self.voter_weights.items():
+                _check_number(f"voter_weights[{name!r}]", weight, 0.0)
+        VotingConfig(use_target=True, **self.voting_options())  # the other fields keep VotingConfig's names
+
+    def voting_options(self) -> dict[str, Any]:
+        """The [`VotingConfig`] fields this config sets (the labeller adds the voters)."""
+        return {
+            "agreement_threshold": self.agreement_threshold,
+            "weights": dict(self.voter_weights or {}),
+            "label_type": self.label_type,
+            "discard_rule": self.discard_rule,
+        }
+
+    def check_image_size(self, native_size: int) -> tuple[int, int]:
+        """`(height, width)` for a model whose images are `native_size` pixels square; each side must be at most
+        [`MAX_IMAGE_SIZE_FACTOR`] times it (a typo such as `--width 100000` is refused, not computed for hours)."""
+        limit = MAX_IMAGE_SIZE_FACTOR * native_size
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ValueError(
+                    f"`{name}` must be at most {limit} ({MAX_IMAGE_SIZE_FACTOR}x the model's {native_size} px), "
+                    f"got {value}."
+                )
+        return self.height or native_size, self.width or native_size
+
+    def expression_probabilities(self) -> np.ndarray:  # (7,) in EXPRESSIONS order
+        if self.expression_distribution is None:
+            return np.full(len(EXPRESSIONS), 1.0 / len(EXPRESSIONS))
+        return np.array([self.expression_distribution.get(name, 0.0) for name in EXPRESSIONS])
+
+
+def _check_number(name: str, value: Any, minimum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
+
+
+def _check_distribution(distribution: Mapping[str, float]) -> dict[str, float]:
+    if not isinstance(distribution, Mapping) or not distribution:
+        raise ValueError(
+            f"`expression_distribution` must be a non-empty dict name -> probability, got {distribution!r}."
+        )
+    for name, probability in distribution.items():
+        EXPRESSIONS.label_id(name, field="expression_distribution")
+        _check_number(f"expression_distribution[{name!r}]", probability, 0.0)
+    total = sum(distribution.values())
+    if not math.isclose(total, 1.0, abs_tol=1e-6):
+        raise ValueError(f"`expression_distribution` must sum to 1, got {total:g}.")
+    return {name: float(distribution[name]) for name in EXPRESSIONS if name in distribution}
+
+
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """How a [`SyntheticSetConfig`] field appears on the command line."""
+
+    name: str  # the field
+    flag: str  # e.g. "--num-samples"
+    type: Callable[[str], Any]  # text -> field value
+    default: Any  # the flag's default (text for parsed fields)
+    help: str
+    metavar: str | None = None
+
+
+def config_flags() -> list[ConfigFlag]:
+    """One command-line flag per [`SyntheticSetConfig`] field: `--field-name` (or the field's `flag`), converted by
+    its `parse` function (else from its annotation: int, float, str, or a bool switch), defaulting to the field's
+    default (or its `cli_default` text)."""
+    flags = []
+    for item in fields(SyntheticSetConfig):
+        metadata = item.metadata
+        annotation = str(item.type)
+        if "parse" in metadata:
+            convert = metadata["parse"]
+        elif annotation.startswith("bool"):
+            convert = bool
+        else:
+            convert = int if annotation.startswith("int") else float if annotation.startswith("float") else str
+        default = metadata.get("cli_default", item.default)
+        if "parse" in metadata and isinstance(default, tuple):
+            default = ",".join(str(value) for value in default)
+        flags.append(ConfigFlag(
+            item.name, metadata.get("flag", "--" + item.name.replace("_", "-")), convert, default, metadata["help"],
+            metadata.get("metavar"),
+        ))  # fmt: skip
+    return flags

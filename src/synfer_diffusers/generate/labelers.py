@@ -1,0 +1,146 @@
+"""Labellers of generated images: the target alone, or an ensemble vote (FERAnno, the guide, classifiers, the
+target; SynFER Sec. 3.3), each recording its full configuration for the plan and each voter's vote for the rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..facs import EXPRESSIONS
+from ..labels import ClassifierVoter, EnsembleVoter, VotingConfig
+from ..labels.voting import TARGET_VOTER
+from ..pipelines.synfer.pipeline_output import SynFERPipelineOutput
+from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
+from .model import module_fingerprint
+
+
+@dataclass
+class SampleLabels:
+    """Labels of a batch: `label` (class ids), `label_probs` `(batch, 7)`, `agreement` in [0, 1], `keep` (False where
+    the voting discard rule drops the image) and `votes`: per image, each voter's `{"voter", "probs"}` (its
+    probabilities over `EXPRESSIONS`; the target's is one-hot)."""
+
+    label: list[int]
+    label_probs: np.ndarray
+    agreement: list[float]
+    keep: list[bool]
+    votes: list[list[dict[str, Any]]]
+
+
+class Labeler(Protocol):
+    """Maps a generated batch (the pipeline output: PIL `images`, and `feranno_probabilities` when the pipeline
+    has a `feranno_head`) and its target class ids to [`SampleLabels`]. `config` (JSON: everything that decides the
+    labels, e.g. the voters' weight fingerprints and the voting rule) goes into the plan, so a resume with another
+    labelling is refused; `description` goes into the card."""
+
+    name: str
+    description: str
+    config: dict[str, Any]
+
+    def __call__(self, output: SynFERPipelineOutput, target_labels: list[int]) -> SampleLabels: ...
+
+
+class TargetLabeler:
+    """The generation target as the label: one-hot `label_probs`, `agreement` 1.0. [`default_labeler`] uses it
+    when there is nothing to vote with (no FERAnno head, no classifiers); otherwise [`VotingLabeler`]."""
+
+    name = "target"
+    description = (
+        "the generation target (no pseudo-labeller): `label` = `target_label`, one-hot `label_probs`, `agreement` 1.0"
+    )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def __call__(self, output: SynFERPipelineOutput, target_labels: list[int]) -> SampleLabels:
+        probs = np.eye(len(EXPRESSIONS), dtype=np.float32)[target_labels]
+        votes = [[{"voter": TARGET_VOTER, "probs": row.tolist()}] for row in probs]
+        count = len(target_labels)
+        return SampleLabels(list(target_labels), probs, [1.0] * count, [True] * count, votes)
+
+
+class VotingLabeler:
+    """Labels rectified by an [`EnsembleVoter`]: FERAnno's in-loop probabilities (when the pipeline has a
+    `feranno_head`), the voter's classifiers on the images and, with `use_target`, the generation target.
+    `label_probs` are the voter's output (the paper's rule by default: one-hot where voters agree, averaged
+    probabilities where they disagree) and `agreement` its agreement score."""
+
+    def __init__(self, voter: EnsembleVoter):
+        self.voter = voter
+        voters = list(voter.voter_names)
+        self.name = "vote:" + ",".join(voters)
+        config = voter.config
+        weights = f", weights {config.weights}" if config.weights else ""
+        discard = f", `keep` False by the {config.discard_rule!r} rule" if config.discard_rule != "none" else ""
+        self.description = (
+            f"ensemble vote of {', '.join(voters)} ({config.label_type} labels, agreement threshold "
+            f"{config.agreement_threshold}{weights}{discard}); `agreement` is the weighted fraction of voters for "
+            "the label; `votes` holds each voter's probabilities"
+        )
+        self.config = {
+            "name": self.name,
+            "voting": asdict(config),
+            "classifiers": [
+                {"name": c.name, "fingerprint": module_fingerprint(c.model), "labels": c.index_map}
+                for c in voter.classifiers
+            ],
+        }
+
+    def __call__(self, output: SynFERPipelineOutput, target_labels: list[int]) -> SampleLabels:
+        probabilities = {}
+        if "feranno" in self.voter.config.probability_voters:
+            if output.feranno_probabilities is None:
+                raise ValueError("The voter expects FERAnno probabilities but the pipeline has no `feranno_head`.")
+            probabilities["feranno"] = output.feranno_probabilities
+        targets = [EXPRESSIONS[i] for i in target_labels]
+        result = self.voter(output.images, probabilities=probabilities, targets=targets)
+        voter_probs = {name: p.float().tolist() for name, p in result.voter_probabilities.items()}
+        votes = [[{"voter": name, "probs": p[i]} for name, p in voter_probs.items()] for i in range(len(targets))]
+        return SampleLabels(
+            label=result.label_ids.tolist(),
+            label_probs=result.probabilities.numpy().astype(np.float32),
+            agreement=result.agreement.tolist(),
+            keep=result.keep.tolist(),
+            votes=votes,
+        )
+
+
+def default_labeler(
+    pipe: SynFERPipeline, classifiers: Sequence[ClassifierVoter] = (), voting: Mapping[str, Any] | None = None
+) -> Labeler:
+    """The target voted with FERAnno (when the pipeline has a `feranno_head`), the pipeline's guide classifier (when
+    it has a `guidance_classifier` and its image processor, as voter `"guide"`) and the given classifiers; the
+    target alone ([`TargetLabeler`]) when there is nothing to vote with. With FERAnno and the target only, the
+    paper's averaging rule always keeps the target label (a one-hot vote outweighs any one distribution), so a
+    third opinion is what lets a vote overrule the target.
+
+    `voting` holds [`VotingConfig`] fields (threshold, weights, label type, discard rule; see
+    [`SyntheticSetConfig.voting_options`]); other than the defaults they need something to vote with."""
+    voting = dict(voting or {})
+    if pipe.guidance_classifier is not None and pipe.guidance_image_processor is not None:
+        classifiers = [
+            ClassifierVoter(pipe.guidance_classifier, pipe.guidance_image_processor, name="guide"),
+            *classifiers,
+        ]
+    if pipe.feranno_head is None and not classifiers:
+        changed = changed_voting_options(voting)
+        if changed:
+            raise ValueError(
+                f"Voting options {changed} need voters: the model has no `feranno_head` or guide classifier and no "
+                "`voters` were given."
+            )
+        return TargetLabeler()
+    probability_voters = ("feranno",) if pipe.feranno_head is not None else ()
+    return VotingLabeler(
+        EnsembleVoter(classifiers, VotingConfig(probability_voters=probability_voters, use_target=True, **voting))
+    )
+
+
+def changed_voting_options(voting: Mapping[str, Any]) -> list[str]:
+    """Names of the [`VotingConfig`] fields in `voting` that differ from their defaults."""
+    defaults = asdict(VotingConfig())
+    return sorted(name for name, value in voting.items() if value != defaults[name])

@@ -1,0 +1,116 @@
+"""The generating model: which checkpoint (the embedded default unless named), loaded how (dtype, scheduler,
+device), and its fingerprint for the plan."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from safetensors import SafetensorError
+
+from ..hub_utils import is_hub_repo_id
+from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
+from .config import DTYPES, SyntheticSetConfig, check_eta
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
+"""The embedded default checkpoint (a FaceWorld-trained `SynFERPipeline` folder), used when no model is named."""
+DEFAULT_MODEL_ENV = "SYNFER_DEFAULT_MODEL"
+"""Environment variable naming another folder to use when no model is given."""
+TINY_MODEL_NAME = "synfer-tiny-random"
+"""Name recorded for the stand-in used while no embedded default exists: tiny random weights, 64x64 noise."""
+MODEL_LOAD_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError, SafetensorError,
+)  # fmt: skip
+"""What loading a broken folder raises: missing or truncated files, broken JSON, configs of the wrong types."""
+
+
+def default_model_dir() -> Path:
+    """The checkpoint used when no model is given: `$SYNFER_DEFAULT_MODEL` if set, else the embedded default."""
+    return Path(os.environ.get(DEFAULT_MODEL_ENV) or DEFAULT_MODEL_DIR)
+
+
+def resolve_pipeline(model: str | None = None, dtype: torch.dtype | None = None) -> tuple[SynFERPipeline, str]:
+    """Loads `model` (a `SynFERPipeline` folder or Hub repo id) in `dtype` (default float32); with `None`, the default
+    checkpoint ([`default_model_dir`]: the embedded FaceWorld model in `synfer_diffusers/default_model/` unless
+    `$SYNFER_DEFAULT_MODEL` names another folder), or, where that folder holds none, tiny random components (64x64
+    images of noise, with a warning; float32). Returns `(pipeline, name)`."""
+    dtype = dtype or torch.float32  # the embedded default is stored in float16 to keep the package small
+    if model is None:
+        folder = default_model_dir()
+        if (folder / "model_index.json").is_file():
+            default = SynFERPipeline.from_pretrained(folder, dtype=dtype)
+            return default, "synfer_diffusers/default_model" if folder == DEFAULT_MODEL_DIR else str(folder)
+        from ..tiny import make_tiny_components
+
+        logger.warning(
+            f"No default checkpoint in {folder}: using tiny RANDOM components "
+            f"({TINY_MODEL_NAME}); the images are noise. Pass --model to use a trained SynFERPipeline."
+        )
+        return SynFERPipeline(**make_tiny_components(seed=0, sample_size=32)), TINY_MODEL_NAME
+    if not is_hub_repo_id(str(model)) and not (Path(model) / "model_index.json").is_file():
+        raise ValueError(f"`model` {str(model)!r} is not a SynFERPipeline folder: it has no model_index.json.")
+    try:
+        pipe = SynFERPipeline.from_pretrained(model, dtype=dtype)
+    except MODEL_LOAD_ERRORS as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"`model` {str(model)!r} could not be loaded as a SynFERPipeline: {reason}") from error
+    return pipe, str(model)
+
+
+def configure_pipeline(pipe: SynFERPipeline, config: SyntheticSetConfig, device: torch.device) -> SynFERPipeline:
+    """Gives `pipe` (in place) the config's sampler (`scheduler` built from the checkpoint's scheduler config; DDIM
+    with `clip_sample=False`, as latents need), `dtype` and `device`, and checks that `prototype_intensity` fits the
+    model's AU space and `eta` the scheduler. Returns `pipe`."""
+    pipe.au_space.prototype_value(config.prototype_intensity, field="prototype_intensity")
+    if config.scheduler is not None:
+        scheduler_class = getattr(diffusers, config.scheduler)
+        latent_options = {"clip_sample": False} if scheduler_class is diffusers.DDIMScheduler else {}
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **latent_options)
+    check_eta(config.eta, type(pipe.scheduler))
+    dtype = DTYPES[config.dtype]
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    if any(parameter.dtype != dtype for module in modules for parameter in module.parameters()):
+        pipe.to(dtype=dtype)
+    return pipe.to(device)
+
+
+def _update_with_component(digest: Any, component: Any) -> None:
+    """Feeds a component's public config, weights (a module) or vocabulary (a tokenizer) into `digest`."""
+    config = getattr(component, "config", None)
+    if config is not None:
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        public = {k: v for k, v in config.items() if not k.startswith("_")}  # private keys: paths, set order
+        digest.update(json.dumps(public, sort_keys=True, default=str).encode())
+    if isinstance(component, torch.nn.Module):
+        for key, tensor in component.state_dict().items():
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif hasattr(component, "get_vocab"):
+        digest.update(json.dumps(component.get_vocab(), sort_keys=True).encode())
+
+
+def module_fingerprint(module: Any) -> str:
+    """sha256 of one component (config and weights, or vocabulary), e.g. a voting classifier."""
+    digest = hashlib.sha256()
+    _update_with_component(digest, module)
+    return digest.hexdigest()
+
+
+def pipeline_fingerprint(pipe: SynFERPipeline) -> str:
+    """sha256 over the components' public configs, weights and tokenizer vocabulary: the model's identity in a
+    plan, the same in every process and wherever the checkpoint is stored."""
+    digest = hashlib.sha256()
+    for name, component in sorted(pipe.components.items()):
+        digest.update(name.encode())
+        _update_with_component(digest, component)
+    return digest.hexdigest()
+
+

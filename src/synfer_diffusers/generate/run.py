@@ -1,0 +1,290 @@
+"""The run loop of `synfer generate`: check everything, lock the folder, generate and write the pending shards of
+this process, then the card, then the optional push."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.hub import check_push_target, push_synthetic_dataset
+from ..data.writer import SyntheticRow, SyntheticSetWriter
+from ..facs import EXPRESSIONS
+from ..labels import ClassifierVoter
+from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
+from .card import DEFAULT_CARD_DATA, card_fields
+from .config import DTYPES, SyntheticSetConfig, check_device
+from .labelers import Labeler, SampleLabels, changed_voting_options, default_labeler
+from .lock import OutputLock
+from .model import MODEL_LOAD_ERRORS, configure_pipeline, resolve_pipeline
+from .plan import AUSource, LayoutSource, PlannedSample, build_plan, pipeline_inputs, plan_sample
+
+
+@dataclass
+class SyntheticSetResult:
+    """What a [`generate_synthetic_dataset`] call did: `shards_written` by this process, whether the set is
+    `complete` (card written), and the Hub `commit_url` if pushed."""
+
+    output_dir: str
+    num_samples: int
+    num_shards: int
+    shards_written: int
+    complete: bool
+    commit_url: str | None = None
+
+
+@dataclass
+class _Run:
+    """What a checked run needs: the configured pipeline, sources, labeller, plan and writer."""
+
+    pipe: SynFERPipeline
+    au_source: AUSource | None
+    layout_source: LayoutSource | None
+    labeler: Labeler
+    writer: SyntheticSetWriter
+
+
+def generate_synthetic_dataset(
+    config: SyntheticSetConfig,
+    output_dir: str | os.PathLike,
+    model: str | None = None,
+    pipeline: SynFERPipeline | None = None,
+    batch_size: int = 8,
+    resume: bool = False,
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    token: str | None = None,
+    private: bool | None = None,
+    labeler: Labeler | None = None,
+    voters: Sequence[str] = (),
+    pipeline_kwargs: Mapping[str, Any] | None = None,
+    card_data: Mapping[str, Any] | None = None,
+    process_index: int | None = None,
+    num_processes: int | None = None,
+    show_progress: bool = True,
+    wait: bool = False,
+) -> SyntheticSetResult:
+    r"""
+    Generates, labels and writes a synthetic facial-expression dataset folder (and optionally publishes it).
+
+    Args:
+        config ([`SyntheticSetConfig`]): what to generate.
+        output_dir (`str` or `os.PathLike`): the dataset folder (`datasets.load_dataset(output_dir)` reads it).
+        model (`str`, *optional*): a `SynFERPipeline` folder or Hub repo id; default: [`resolve_pipeline`]`(None)`.
+        pipeline ([`SynFERPipeline`], *optional*): an already loaded pipeline, instead of `model`; it gets the
+            config's scheduler, dtype and device in place ([`configure_pipeline`]).
+        batch_size (`int`, defaults to 8): images per pipeline call. Not part of the plan: results agree across
+            batch sizes up to float rounding, and exactly for the same batch size.
+        resume (`bool`): complete an interrupted run of the same plan (verifying the shards already written).
+        overwrite (`bool`): replace a folder holding another plan.
+        push_to_hub (`str`, *optional*): Hub dataset repo id `"user/name"`; the complete set is uploaded
+            ([`push_synthetic_dataset`]: one commit for small sets, a resumable upload with the card last for large
+            ones). The repo id and token are checked before anything is generated.
+        token (`str`, *optional*), private (`bool`, *optional*): for the push.
+        labeler ([`Labeler`], *optional*): default [`default_labeler`]: FERAnno + target voting when the pipeline
+            has a `feranno_head` (or `voters` are given), with the config's voting options, else [`TargetLabeler`].
+        voters (`list[str]`, *optional*): extra voting classifiers (transformers image-classifier folders or repo
+            ids, `id2label` mappable onto `EXPRESSIONS`) for the default labeler.
+        pipeline_kwargs (`dict`, *optional*): extra JSON-serialisable pipeline arguments (recorded in the plan),
+            other than those the config sets.
+        card_data (`dict`, *optional*): YAML metadata of the card (`license`, `tags`, `pretty_name`, ...).
+        process_index, num_processes (`int`, *optional*): this process's share (shards `process_index::num_processes`).
+            Default: accelerate's state, so `accelerate launch --num_processes K -m synfer_diffusers.cli generate`
+            splits the work, with barriers. Given explicitly there is no barrier: the call that finds every shard
+            written finalises the set, so run process 0 first (it prepares the folder) or together.
+        show_progress (`bool`, defaults to True): a progress bar with rate and ETA.
+        wait (`bool`, defaults to False): when another run holds the folder's lock, wait for it instead of raising
+            [`FolderLockedError`].
+
+    Everything is checked before the folder is touched (the config, the model, the sources, the voters, one dry
+    resolution of the pipeline's inputs, the folder's state): bad input raises and leaves the folder as it was.
+
+    Returns:
+        [`SyntheticSetResult`].
+
+    Example:
+
+    ```py
+    >>> from datasets import load_dataset
+    >>> from synfer_diffusers.generate import SyntheticSetConfig, generate_synthetic_dataset
+
+    >>> config = SyntheticSetConfig(num_samples=16, seed=0, num_inference_steps=4, shard_size=8)
+    >>> generate_synthetic_dataset(config, "outputs/demo")  # no model: the embedded default
+    >>> load_dataset("outputs/demo", split="train").features["label"].names[:2]
+    ['neutral', 'happy']
+    ```
+    """
+    if not isinstance(config, SyntheticSetConfig):
+        raise TypeError(f"`config` must be a SyntheticSetConfig, got {type(config).__name__}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+    if resume and overwrite:
+        raise ValueError("`resume` and `overwrite` exclude each other: pick one.")
+    if push_to_hub is not None:
+        token = check_push_target(push_to_hub, token)
+    if labeler is not None and changed_voting_options(config.voting_options()):
+        raise ValueError("The config's voting options are for the default labeler; pass them to your `labeler`.")
+    rank, world, barrier, process_device = _process_layout(process_index, num_processes)
+    distributed = process_index is None and world > 1
+    run = _checked_run(config, output_dir, model, pipeline, labeler, voters, pipeline_kwargs, process_device)
+    run.writer.check(resume=resume, overwrite=overwrite, is_main_process=rank == 0)
+
+    lock = None
+    if rank == 0 or not distributed:  # the other processes of a launch follow process 0, which holds the lock
+        lock = OutputLock(output_dir, part=None if process_index is None else process_index, wait=wait).acquire()
+    try:
+        if distributed and rank > 0:
+            barrier()  # the main process prepares the folder first
+        run.writer.prepare(resume=resume, overwrite=overwrite, is_main_process=rank == 0)
+        if distributed and rank == 0:
+            barrier()
+        pending = _write_pending_shards(config, run, batch_size, pipeline_kwargs, rank, world, show_progress)
+        if distributed:
+            barrier()
+        result = SyntheticSetResult(str(output_dir), config.num_samples, len(run.writer.shards), len(pending), False)
+        if (rank == 0 or not distributed) and not run.writer.pending_shards():
+            fields = card_fields(run.writer.plan, run.labeler, push_to_hub)
+            run.writer.finalize(fields, {**DEFAULT_CARD_DATA, **(card_data or {})})
+            result.complete = True
+            if push_to_hub is not None:
+                result.commit_url = push_synthetic_dataset(output_dir, push_to_hub, token=token, private=private)
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _checked_run(
+    config: SyntheticSetConfig,
+    output_dir: str | os.PathLike,
+    model: str | None,
+    pipeline: SynFERPipeline | None,
+    labeler: Labeler | None,
+    voters: Sequence[str],
+    pipeline_kwargs: Mapping[str, Any] | None,
+    process_device: torch.device,
+) -> _Run:
+    """Loads and checks everything a run needs without touching `output_dir`; raises `ValueError` naming the field."""
+    device = _resolve_device(config.device, process_device)
+    if pipeline is not None:
+        pipe, model_name = pipeline, str(getattr(pipeline, "name_or_path", None) or "custom")
+    else:
+        pipe, model_name = resolve_pipeline(model, DTYPES[config.dtype])
+    if pipe.au_space is None:
+        raise ValueError("`model` has no AU adapter (AUConditionedUNet2DConditionModel): cannot record action units.")
+    configure_pipeline(pipe, config, device)
+    pipe.set_progress_bar_config(disable=True)
+    size = config.check_image_size(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    au_source = AUSource.from_dataset(config.au_dataset, pipe.au_space) if config.au_policy == "dataset" else None
+    if au_source is not None:
+        au_source.check_covers(config.expression_probabilities())
+    layout_source = LayoutSource.from_dataset(config.layout_dataset, size) if config.layout_dataset else None
+    first = plan_sample(config, 0, pipe.au_space, au_source, layout_source)
+    pipe.check_call(**pipeline_inputs(config, [first], pipeline_kwargs))
+    labeler = labeler or default_labeler(pipe, [_load_voter(path) for path in voters], config.voting_options())
+    plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs, layout_source)
+    return _Run(pipe, au_source, layout_source, labeler, SyntheticSetWriter(output_dir, plan))
+
+
+def _load_voter(path: str) -> ClassifierVoter:
+    try:
+        return ClassifierVoter.from_pretrained(path)
+    except MODEL_LOAD_ERRORS as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"`voters`: {path!r} could not be loaded as an image classifier: {reason}") from error
+
+
+def _write_pending_shards(
+    config: SyntheticSetConfig,
+    run: _Run,
+    batch_size: int,
+    pipeline_kwargs: Mapping[str, Any] | None,
+    rank: int,
+    world: int,
+    show_progress: bool,
+) -> list:
+    """Generates and writes this process's pending shards (`rank::world`); returns them."""
+    writer, pipe = run.writer, run.pipe
+    mine = writer.shards[rank::world]
+    pending = writer.pending_shards(mine)
+    total = sum(len(spec.sample_ids) for spec in mine)
+    done = total - sum(len(spec.sample_ids) for spec in pending)
+    with tqdm(total=total, initial=done, unit="img", desc=f"synfer generate [{rank + 1}/{world}]",
+              disable=not show_progress, position=rank, dynamic_ncols=True) as progress:  # fmt: skip
+        for spec in pending:
+            rows = []
+            for ids in _chunks(spec.sample_ids, batch_size):
+                samples = [plan_sample(config, i, pipe.au_space, run.au_source, run.layout_source) for i in ids]
+                output = pipe(**pipeline_inputs(config, samples, pipeline_kwargs))
+                labels = run.labeler(output, [EXPRESSIONS.label_id(s.expression) for s in samples])
+                rows.extend(sample_rows(samples, output.images, labels, config.drop_discarded))
+                progress.update(len(samples))
+            writer.write_shard(spec, rows)
+    return pending
+
+
+def sample_rows(
+    samples: Sequence[PlannedSample], images: Sequence[Any], labels: SampleLabels, drop_discarded: bool = False
+) -> list[SyntheticRow]:
+    """The dataset rows of a generated, labelled batch: the plan's prompt and AU vector, the labels and votes; rows
+    marked `keep=False` are left out with `drop_discarded`."""
+    rows = [
+        SyntheticRow(
+            image=images[i],
+            text=sample.prompt,
+            action_units=np.asarray(sample.action_units, dtype=np.float32).tolist(),
+            target_label=EXPRESSIONS.label_id(sample.expression),
+            label=int(labels.label[i]),
+            label_probs=labels.label_probs[i].tolist(),
+            agreement=float(labels.agreement[i]),
+            keep=bool(labels.keep[i]),
+            votes=labels.votes[i],
+            seed=sample.seed,
+            sample_id=sample.sample_id,
+        )
+        for i, sample in enumerate(samples)
+    ]
+    return [row for row in rows if row.keep or not drop_discarded]
+
+
+def _process_layout(
+    process_index: int | None, num_processes: int | None
+) -> tuple[int, int, Callable[[], None], torch.device]:
+    """`(rank, world, barrier, device)`: from accelerate's state, or as given (then no barrier). Launched by
+    `torchrun` or `accelerate launch` on a machine without a GPU, accelerate only sees the processes when told the
+    run is on the CPU (`PartialState(cpu=True)`); on GPUs its own detection applies."""
+    if process_index is None and num_processes is None:
+        from accelerate import PartialState
+
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        state = PartialState(cpu=True) if launched and not torch.cuda.is_available() else PartialState()
+        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"`num_processes` must be an int >= 1, got {num_processes!r}.")
+    if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
+        raise ValueError(f"`process_index` must be an int in [0, {num_processes}), got {process_index!r}.")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return process_index, num_processes, lambda: None, device
+
+
+def _resolve_device(name: str | None, process_device: torch.device) -> torch.device:
+    """The device to generate on: `name` (checked), where plain `"cuda"` is this process's own GPU under accelerate;
+    `None`: `process_device`."""
+    if name is None:
+        return process_device
+    device = check_device(name)
+    if device.type == "cuda" and device.index is None and process_device.type == "cuda":
+        return process_device
+    return device
+
+
+def _chunks(ids: range, size: int) -> Iterator[range]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+

@@ -10,6 +10,8 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from synthetic_sets import reference, tiny_stand_in_as_default  # noqa: E402, F401  (fixtures of the generate tests)
+
 # OMP_NUM_THREADS, when set, wins: two torch processes with 2 threads each on 2 cores slow each other tenfold.
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 

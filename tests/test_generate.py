@@ -5,7 +5,6 @@ at 16x16 pixels and 2 steps, so the CLI subprocesses and in-process calls share 
 for byte whatever checkpoint the package embeds (`tests/test_default_model.py` covers the embedded one).
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,52 +31,10 @@ from synfer_diffusers.generate import (
     resolve_pipeline,
     sample_seed,
 )
+from synthetic_sets import CLI_ARGS, SMALL, _assert_same_dataset, _generate, _load, _shard_digests
 
 DISFA = AUSpace.disfa12()
-SMALL = {"num_inference_steps": 2, "height": 16, "width": 16}
-CLI_ARGS = ["--num-inference-steps", "2", "--height", "16", "--width", "16", "--no-progress"]
-
-
-def _generate(output_dir, num_samples=6, shard_size=2, batch_size=2, config_kwargs=None, **kwargs):
-    config = SyntheticSetConfig(num_samples=num_samples, shard_size=shard_size, **SMALL, **(config_kwargs or {}))
-    return generate_synthetic_dataset(config, output_dir, batch_size=batch_size, show_progress=False, **kwargs)
-
-
-def _shard_digests(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((Path(folder) / "data").iterdir())}
-
-
-def _assert_same_dataset(folder, reference):
-    """Same plan, same rows (pixels included), and byte-identical shards."""
-    assert (Path(folder) / "plan.json").read_text() == (Path(reference) / "plan.json").read_text()
-    ours, theirs = _load(folder), _load(reference)
-    for column in ours.column_names:
-        if column != "image":
-            assert ours[column] == theirs[column], column
-    for a, b in zip(ours["image"], theirs["image"]):
-        assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert _shard_digests(folder) == _shard_digests(reference)
-
-
-def _load(folder):
-    return datasets.load_dataset(str(folder), split="train", cache_dir=str(Path(folder).parent / "hf_cache"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_stand_in_as_default(tmp_path_factory):
-    """No-`--model` runs in this module (and their CLI subprocesses) use the tiny random stand-in."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SYNFER_DEFAULT_MODEL", str(tmp_path_factory.mktemp("no_default_model")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted one-process run: 6 samples in 3 shards."""
-    folder = tmp_path_factory.mktemp("reference") / "set"
-    result = _generate(folder, process_index=0, num_processes=1)
-    assert result.complete and result.shards_written == 3
-    return folder
+pytestmark = pytest.mark.usefixtures("tiny_stand_in_as_default")
 
 
 # -- plan -----------------------------------------------------------------------------------------------------

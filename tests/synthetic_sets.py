@@ -1,0 +1,100 @@
+"""Shared by the `synfer generate` tests: a tiny, fast set and byte-for-byte comparison of two set folders.
+
+Runs use the no-`--model` path pointed (`$SYNFER_DEFAULT_MODEL`) at an empty folder, i.e. the tiny random stand-in,
+at 16x16 pixels and 2 steps, so CLI subprocesses and in-process calls share one plan and can be compared byte for
+byte whatever checkpoint the package embeds.
+
+
+Its fixtures are registered for every test module by `conftest.py` (imported there); a module whose runs must use
+the stand-in marks itself `pytestmark = pytest.mark.usefixtures("tiny_stand_in_as_default")`.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from synfer_diffusers.generate import SyntheticSetConfig, generate_synthetic_dataset
+
+SMALL = {"num_inference_steps": 2, "height": 16, "width": 16}
+CLI_ARGS = ["--num-inference-steps", "2", "--height", "16", "--width", "16", "--no-progress"]
+
+
+def _generate(output_dir, num_samples=6, shard_size=2, batch_size=2, config_kwargs=None, **kwargs):
+    config = SyntheticSetConfig(num_samples=num_samples, shard_size=shard_size, **SMALL, **(config_kwargs or {}))
+    return generate_synthetic_dataset(config, output_dir, batch_size=batch_size, show_progress=False, **kwargs)
+
+
+def _shard_digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((Path(folder) / "data").iterdir())}
+
+
+def _assert_same_dataset(folder, reference):
+    """Same plan, same rows (pixels included), and byte-identical shards."""
+    assert (Path(folder) / "plan.json").read_text() == (Path(reference) / "plan.json").read_text()
+    ours, theirs = _load(folder), _load(reference)
+    for column in ours.column_names:
+        if column != "image":
+            assert ours[column] == theirs[column], column
+    for a, b in zip(ours["image"], theirs["image"]):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert _shard_digests(folder) == _shard_digests(reference)
+
+
+def _load(folder):
+    return datasets.load_dataset(str(folder), split="train", cache_dir=str(Path(folder).parent / "hf_cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_stand_in_as_default(tmp_path_factory):
+    """No-`--model` runs in this module (and their CLI subprocesses) use the tiny random stand-in."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SYNFER_DEFAULT_MODEL", str(tmp_path_factory.mktemp("no_default_model")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_stand_in_as_default):
+    """An uninterrupted one-process run: 6 samples in 3 shards."""
+    folder = tmp_path_factory.mktemp("reference") / "set"
+    result = _generate(folder, process_index=0, num_processes=1)
+    assert result.complete and result.shards_written == 3
+    return folder
+
+
+
+REFERENCE_ARGS = ["--num-samples", "6", "--shard-size", "2", "--batch-size", "2", *CLI_ARGS]
+"""The CLI flags of the `reference` set."""
+
+
+def cli_command(folder, *extra: str) -> list[str]:
+    """`python -m synfer_diffusers.cli generate` of the `reference` plan into `folder`."""
+    return [sys.executable, "-m", "synfer_diffusers.cli", "generate", "--output-dir", str(folder), *REFERENCE_ARGS,
+            *extra]  # fmt: skip
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: this process's thread count (oneDNN may sum in another order with
+    another count, and pixels then differ) and the tiny stand-in as the default model."""
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), **extra}
+
+
+def folder_snapshot(folder) -> dict[str, str] | None:
+    """Every file under `folder` (relative path -> sha256), `None` when it does not exist: 'unchanged' is equality."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    if folder.is_file():
+        return {".": hashlib.sha256(folder.read_bytes()).hexdigest()}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}  # fmt: skip
+
+
+def run_cli(args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, **kwargs)

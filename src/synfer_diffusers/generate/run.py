@@ -3,6 +3,7 @@ this process, then the card, then the optional push."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from .labelers import Labeler, SampleLabels, changed_voting_options, default_lab
 from .lock import OutputLock
 from .model import MODEL_LOAD_ERRORS, configure_pipeline, resolve_pipeline
 from .plan import AUSource, LayoutSource, PlannedSample, build_plan, pipeline_inputs, plan_sample
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -214,6 +217,7 @@ def _write_pending_shards(
     pending = writer.pending_shards(mine)
     total = sum(len(spec.sample_ids) for spec in mine)
     done = total - sum(len(spec.sample_ids) for spec in pending)
+    logger.info(f"Process {rank + 1}/{world}: {len(pending)} of its {len(mine)} shards to write.")
     with tqdm(total=total, initial=done, unit="img", desc=f"synfer generate [{rank + 1}/{world}]",
               disable=not show_progress, position=rank, dynamic_ncols=True) as progress:  # fmt: skip
         for spec in pending:

@@ -1,0 +1,54 @@
+"""Runs the `synfer` CLI with a hook on its durable-write events, for the kill and concurrency tests.
+
+    python durable_write_hook.py MODE N LOG -- synfer-args...
+
+Events are the calls of `os.fsync` and `os.replace` (each atomic write of the writer makes three: fsync of the
+temporary file, the rename, fsync of the folder). Before event N the hook appends `N <call> <path>` to LOG, then
+- `kill`: SIGKILLs its own process (a kill -9 at that instant);
+- `pause`: waits until the file `LOG.release` exists, then goes on (the run holds its lock meanwhile);
+- `count`: does nothing; at exit LOG gets `total <number of events>`.
+"""
+
+import atexit
+import os
+import signal
+import sys
+import time
+
+
+def main() -> None:
+    mode, target, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    argv = sys.argv[sys.argv.index("--") + 1 :]
+    count = 0
+    original = {"fsync": os.fsync, "replace": os.replace}
+
+    def event(call: str, path: str) -> None:
+        nonlocal count
+        count += 1
+        if count != target or mode == "count":
+            return
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{count} {call} {path}\n")
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        while not os.path.exists(log + ".release"):
+            time.sleep(0.05)
+
+    def fsync(fd: int) -> None:
+        event("fsync", os.readlink(f"/proc/self/fd/{fd}"))
+        original["fsync"](fd)
+
+    def replace(src, dst, *args, **kwargs) -> None:
+        event("replace", os.fspath(dst))
+        original["replace"](src, dst, *args, **kwargs)
+
+    os.fsync, os.replace = fsync, replace
+    if mode == "count":
+        atexit.register(lambda: open(log, "a", encoding="utf-8").write(f"total {count}\n"))
+    from synfer_diffusers.cli import main as cli
+
+    sys.exit(cli(argv))
+
+
+if __name__ == "__main__":
+    main()

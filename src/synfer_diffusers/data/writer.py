@@ -56,9 +56,10 @@ WORK_DIR = ".synfer"
 SPLIT = "train"
 CARD_TEMPLATE = "synthetic_dataset.md"
 PREVIEW_FILE = "preview.png"
+CARD_FILE = "README.md"
 PREVIEW_SAMPLES = 32
 _PARQUET_METADATA_KEY = b"synfer"
-_OWN_ENTRIES = (PLAN_FILE, DATA_DIR, WORK_DIR, "README.md", PREVIEW_FILE)
+_OWN_ENTRIES = (PLAN_FILE, DATA_DIR, WORK_DIR, CARD_FILE, PREVIEW_FILE)
 
 
 class ShardVerificationError(RuntimeError):
@@ -271,6 +272,16 @@ class SyntheticSetWriter:
             return f"sample ids {ids[:1]}..{ids[-1:]} != [{spec.start}, {spec.end})"
         return None
 
+    def published_files(self) -> dict[str, str | None]:
+        """What publishing uploads, card last: `{path in the folder: sha256}`, each shard's sha256 from its manifest
+        (which [`verify_shard`] checks against the file) and `None` for the plan, preview and card. `.synfer/` and
+        anything else in the folder stay local."""
+        shards = {
+            spec.filename: json.loads(self._manifest_path(spec).read_text(encoding="utf-8"))["sha256"]
+            for spec in self.shards
+        }
+        return {PLAN_FILE: None, **shards, PREVIEW_FILE: None, CARD_FILE: None}
+
     # -- writing -------------------------------------------------------------------------------------------
 
     def write_shard(self, spec: ShardSpec, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -305,7 +316,7 @@ class SyntheticSetWriter:
             raise RuntimeError(f"{len(pending)} shards are not written yet, e.g. {pending[0].filename}.")
         _atomic_write_bytes(self.output_dir / PREVIEW_FILE, _png_bytes(self.preview_grid()), self._tmp_dir)
         card = self.render_card(card_fields, card_data)
-        _atomic_write_bytes(self.output_dir / "README.md", str(card).encode(), self._tmp_dir)
+        _atomic_write_bytes(self.output_dir / CARD_FILE, str(card).encode(), self._tmp_dir)
         shutil.rmtree(self._tmp_dir, ignore_errors=True)
 
     def render_card(self, card_fields: Mapping[str, Any], card_data: Mapping[str, Any] | None = None) -> DatasetCard:

@@ -147,9 +147,11 @@ class HubServer:
     def fail(self, endpoint: str, times: int = 1, status: int = 500, retry_after: int | None = None) -> None:
         """The next `times` calls of `endpoint` (`whoami`, `create`, `delete`, `validate-yaml`, `info`, `preupload`,
         `commit`, `tree`, `paths-info`, `refs`, `commits`, `lfs-batch`, `lfs-upload`, `resolve`) answer `status`,
-        with a `Retry-After: retry_after` header when given (as the Hub's 429); `times=0` disarms."""
+        with a `Retry-After: retry_after` header when given (as the Hub's 429), after the faults already armed;
+        `times=0` disarms them all."""
         with self.lock:
-            self.faults[endpoint] = [(status, retry_after)] * times
+            pending = self.faults.setdefault(endpoint, []) if times else self.faults.pop(endpoint, [])
+            pending.extend([(status, retry_after)] * times)
 
     def hold(self, endpoint: str, after: int = 0) -> None:
         """The call of `endpoint` after the next `after` ones waits (setting `held`) until [`release`], then answers
@@ -244,13 +246,16 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.body = self.rfile.read(length) if length else b""
         status = 500
         try:
-            status = self._route(method, unquote(url.path) if method != "PUT" else url.path)
-        except _HTTPError as error:
-            status = error.status
-            headers = {"X-Error-Code": error.code, "X-Error-Message": error.message, **error.headers}
-            self._json(error.status, {"error": error.message}, headers)
-        except Exception as error:  # report, never hang the client
-            self._json(500, {"error": repr(error)})
+            try:
+                status = self._route(method, unquote(url.path) if method != "PUT" else url.path)
+            except _HTTPError as error:
+                status = error.status
+                headers = {"X-Error-Code": error.code, "X-Error-Message": error.message, **error.headers}
+                self._json(error.status, {"error": error.message}, headers)
+            except Exception as error:  # report, never hang the client
+                self._json(500, {"error": repr(error)})
+        except (BrokenPipeError, ConnectionResetError):  # the client is gone (killed during a held call)
+            self.close_connection = True
         with self.hub.lock:
             self.hub.requests.append(Call(method, self.path, status, time.monotonic()))
 

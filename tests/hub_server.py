@@ -4,7 +4,7 @@ It carries the real clients (`huggingface_hub`, `datasets`, `diffusers`) through
 `whoami-v2`, `repos/create` / `repos/delete`, `preupload` (parquet/safetensors/bin and large files answered as
 LFS, with the `oid` of a file already there), the LFS batch API and object PUTs, NDJSON `commit` (applied whole or
 not at all), repo info (`revision/{rev}`), `tree`, `paths-info`, `refs`, `commits`, `resolve` (HEAD/GET, byte
-ranges) and `validate-yaml`. Everything lives in memory.
+ranges) and `validate-yaml`. Everything lives in memory (`hub_repos.py`).
 
 It is as strict as the Hub where this package could get it wrong:
 
@@ -38,16 +38,14 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 from urllib.request import Request, urlopen
 
 from hub_card_rules import card_errors
+from hub_repos import Commit, Repo, StoredFile, tree, upload_mode
 
-LFS_SUFFIXES = (".parquet", ".safetensors", ".bin", ".pt", ".arrow")
-LFS_MIN_SIZE = 10 * 1024 * 1024
 REPO_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 TOKENS = {"hf_test_token": "tester", "hf_other_token": "someone-else"}
 """Default `HubServer.tokens`: [`client_env`] gives clients `hf_test_token`, user `tester`."""
@@ -59,53 +57,6 @@ _LFS_BATCH = re.compile(r"^/(datasets/|spaces/)?([^/]+/[^/]+)\.git/info/lfs/obje
 _LFS_PUT = re.compile(r"^/_lfs/(model|dataset|space)/([^/]+/[^/]+)/([0-9a-f]{64})$")
 _RESOLVE = re.compile(r"^/(datasets/|spaces/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 _TYPE_OF_PREFIX = {None: "model", "datasets/": "dataset", "spaces/": "space"}
-
-
-@dataclass
-class StoredFile:
-    data: bytes
-    lfs: bool
-
-    @property
-    def git_oid(self) -> str:
-        return hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
-
-    @property
-    def oid(self) -> str:
-        """What `preupload` answers for a file already there (the client compares it with its local oid)."""
-        return self.sha256 if self.lfs else self.git_oid
-
-
-@dataclass
-class Commit:
-    oid: str
-    title: str
-    files: dict[str, StoredFile]
-    date: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()))
-
-
-@dataclass
-class Repo:
-    repo_type: str
-    repo_id: str
-    private: bool
-    commits: list[Commit]
-    lfs_objects: dict[str, bytes] = field(default_factory=dict)
-    """This repo's LFS storage: `{sha256: content}`, uploaded objects whether committed or not."""
-
-    @property
-    def namespace(self) -> str:
-        return self.repo_id.split("/")[0]
-
-    def find(self, revision: str) -> Commit | None:
-        revision = unquote(revision)
-        if revision in ("main", "refs/heads/main"):
-            return self.commits[-1]
-        return next((c for c in self.commits if c.oid == revision), None)
 
 
 class Call(NamedTuple):
@@ -421,12 +372,12 @@ class _HubHandler(BaseHTTPRequestHandler):
             if action == "tree":
                 revision, _, prefix = tail.partition("/")
                 recursive = self.query.get("recursive", [""])[0] in ("1", "true", "True")
-                return self._json(200, _tree(self._commit_of(repo, revision), prefix, recursive))
+                return self._json(200, tree(self._commit_of(repo, revision), prefix, recursive))
             if action == "paths-info":
                 commit = self._commit_of(repo, tail)
                 wanted = self._payload().get("paths", [])
                 wanted = [wanted] if isinstance(wanted, str) else wanted
-                return self._json(200, [e for e in _tree(commit, "", recursive=True) if e["path"] in wanted])
+                return self._json(200, [e for e in tree(commit, "", recursive=True) if e["path"] in wanted])
             if action == "refs":
                 return self._json(200, {"branches": [{"name": "main", "ref": "refs/heads/main",
                                                       "targetCommit": repo.commits[-1].oid}], "tags": [], "converts": []})  # fmt: skip
@@ -451,7 +402,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         head = self._commit_of(repo, revision).files
         answers = []
         for f in self._payload()["files"]:
-            answer = {"path": f["path"], "uploadMode": _upload_mode(f["path"], f["size"]), "shouldIgnore": False}
+            answer = {"path": f["path"], "uploadMode": upload_mode(f["path"], f["size"]), "shouldIgnore": False}
             if f["path"] in head:
                 answer["oid"] = head[f["path"]].oid
             answers.append(answer)
@@ -539,31 +490,3 @@ class _HubHandler(BaseHTTPRequestHandler):
             data, status = data[start : end + 1], 206
         headers["Content-Length"] = str(len(data))
         return self._send(status, data, headers)
-
-
-def _upload_mode(path: str, size: int) -> str:
-    return "lfs" if path.endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE else "regular"
-
-
-def _tree(commit: Commit, prefix: str, recursive: bool) -> list[dict]:
-    """Tree entries under `prefix` (direct children, or all descendants when `recursive`)."""
-    prefix = prefix.strip("/")
-    base = f"{prefix}/" if prefix else ""
-    entries: dict[str, dict] = {}
-    for path, stored in sorted(commit.files.items()):
-        if not path.startswith(base):
-            continue
-        parts = path[len(base) :].split("/")
-        for depth in range(1, len(parts)):
-            directory = base + "/".join(parts[:depth])
-            if recursive or depth == 1:
-                entries.setdefault(directory, {"type": "directory", "oid": hashlib.sha1(directory.encode()).hexdigest(),
-                                               "size": 0, "path": directory})  # fmt: skip
-            if not recursive:
-                break
-        if recursive or len(parts) == 1:
-            entry = {"type": "file", "oid": stored.git_oid, "size": len(stored.data), "path": path}
-            if stored.lfs:
-                entry["lfs"] = {"oid": stored.sha256, "size": len(stored.data), "pointerSize": 134}
-            entries[path] = entry
-    return list(entries.values())

@@ -2,12 +2,26 @@
 
 It carries the real clients (`huggingface_hub`, `datasets`, `diffusers`) through what this package uses:
 `whoami-v2`, `repos/create` / `repos/delete`, `preupload` (parquet/safetensors/bin and large files answered as
-LFS), the LFS batch API and object PUTs, NDJSON `commit` (applied whole or not at all), repo info
-(`revision/{rev}`), `tree`, `paths-info`, `refs`, `commits`, `resolve` (HEAD/GET, byte ranges) and
-`validate-yaml`. Everything lives in memory.
+LFS, with the `oid` of a file already there), the LFS batch API and object PUTs, NDJSON `commit` (applied whole or
+not at all), repo info (`revision/{rev}`), `tree`, `paths-info`, `refs`, `commits`, `resolve` (HEAD/GET, byte
+ranges) and `validate-yaml`. Everything lives in memory (`hub_repos.py`).
 
-Clients need `HF_ENDPOINT=server.url`, `HF_HUB_DISABLE_XET=1` and any `HF_TOKEN`, set before they import the HF
-libraries. `fail(endpoint, times)` makes the next calls of an endpoint answer HTTP 500, to test retries.
+It is as strict as the Hub where this package could get it wrong:
+
+- **tokens**: `tokens` maps each token to its user; writes (create, preupload, LFS batch, commit, delete) without a
+  known Bearer token answer 401, writes to a repo outside the user's namespace 403; a private repo is 401
+  (anonymous) or 404 (another user) to reads;
+- **card metadata**: `validate-yaml` and every commit of a `README.md` check its YAML with the Hub's rules
+  (`hub_card_rules.py`: licence ids, task ids, size categories, lists of strings, `dataset_info` / `configs`
+  shapes) and answer 400 with the Hub's messages;
+- **LFS storage is per repo**: an object uploaded to repo A is not available to a commit of repo B (422);
+- **parent commits**: a commit whose `parentCommit` is not the head answers 412, as the Hub does;
+- **faults**: `fail(endpoint, times, status, retry_after)` makes the next calls of an endpoint answer `status`
+  (500, 429 with `Retry-After`, 403, ...); `hold(endpoint, after)` blocks one call until `release()` (a client
+  can be killed mid-upload there); the held call then fails without effect.
+
+Clients need `HF_ENDPOINT=server.url`, `HF_HUB_DISABLE_XET=1` and a token of `tokens` (see [`client_env`]), set
+before they import the HF libraries.
 
     server = HubServer().start()      # 127.0.0.1, random port
     ...
@@ -24,63 +38,48 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 from urllib.request import Request, urlopen
 
-LFS_SUFFIXES = (".parquet", ".safetensors", ".bin", ".pt", ".arrow")
-LFS_MIN_SIZE = 10 * 1024 * 1024
+from hub_card_rules import card_errors
+from hub_repos import Commit, Repo, StoredFile, tree, upload_mode
+
 REPO_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+TOKENS = {"hf_test_token": "tester", "hf_other_token": "someone-else"}
+"""Default `HubServer.tokens`: [`client_env`] gives clients `hf_test_token`, user `tester`."""
+HOLD_TIMEOUT = 120.0
+"""Seconds a held call waits for [`HubServer.release`]."""
+BAD_TOKEN = "Invalid credentials in Authorization header"
 _API = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+?)(?:/(.*))?$")
 _LFS_BATCH = re.compile(r"^/(datasets/|spaces/)?([^/]+/[^/]+)\.git/info/lfs/objects/batch$")
+_LFS_PUT = re.compile(r"^/_lfs/(model|dataset|space)/([^/]+/[^/]+)/([0-9a-f]{64})$")
 _RESOLVE = re.compile(r"^/(datasets/|spaces/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+_TYPE_OF_PREFIX = {None: "model", "datasets/": "dataset", "spaces/": "space"}
 
 
-@dataclass
-class StoredFile:
-    data: bytes
-    lfs: bool
+class Call(NamedTuple):
+    """One answered request: `time` is `time.monotonic()` when the answer was sent."""
 
-    @property
-    def git_oid(self) -> str:
-        return hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
-
-
-@dataclass
-class Commit:
-    oid: str
-    title: str
-    files: dict[str, StoredFile]
-    date: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()))
-
-
-@dataclass
-class Repo:
-    repo_type: str
-    repo_id: str
-    private: bool
-    commits: list[Commit]
-
-    def find(self, revision: str) -> Commit | None:
-        revision = unquote(revision)
-        if revision in ("main", "refs/heads/main"):
-            return self.commits[-1]
-        return next((c for c in self.commits if c.oid == revision), None)
+    method: str
+    path: str
+    status: int
+    time: float
 
 
 class HubServer:
-    """In-memory Hub on `127.0.0.1`; `url` is the value for `HF_ENDPOINT`."""
+    """In-memory Hub on `127.0.0.1`; `url` is the value for `HF_ENDPOINT`; `tokens` maps tokens to user names."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, tokens: dict[str, str] | None = None):
+        self.tokens = dict(TOKENS if tokens is None else tokens)
         self.repos: dict[tuple[str, str], Repo] = {}
-        self.lfs_objects: dict[str, bytes] = {}
-        self.faults: dict[str, list[int]] = {}
-        self.requests: list[tuple[str, str, int]] = []
+        self.faults: dict[str, list[tuple[int, int | None]]] = {}
+        self.holds: dict[str, int] = {}
+        self.held = threading.Event()
+        """Set while a call of [`hold`] waits."""
+        self.released = threading.Event()
+        self.requests: list[Call] = []
         self.lock = threading.RLock()
         self.httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self.httpd.daemon_threads = True
@@ -92,40 +91,64 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.release()
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def fail(self, endpoint: str, times: int = 1, status: int = 500) -> None:
-        """The next `times` calls of `endpoint` (`commit`, `preupload`, `lfs-batch`, `lfs-upload`, `create`,
-        `resolve`, `info`) answer `status`."""
+    def fail(self, endpoint: str, times: int = 1, status: int = 500, retry_after: int | None = None) -> None:
+        """The next `times` calls of `endpoint` (`whoami`, `create`, `delete`, `validate-yaml`, `info`, `preupload`,
+        `commit`, `tree`, `paths-info`, `refs`, `commits`, `lfs-batch`, `lfs-upload`, `resolve`) answer `status`,
+        with a `Retry-After: retry_after` header when given (as the Hub's 429), after the faults already armed;
+        `times=0` disarms them all."""
         with self.lock:
-            self.faults[endpoint] = [status] * times
+            pending = self.faults.setdefault(endpoint, []) if times else self.faults.pop(endpoint, [])
+            pending.extend([(status, retry_after)] * times)
+
+    def hold(self, endpoint: str, after: int = 0) -> None:
+        """The call of `endpoint` after the next `after` ones waits (setting `held`) until [`release`], then answers
+        503 without effect: the moment to kill a client mid-upload."""
+        with self.lock:
+            self.holds[endpoint] = after
+            self.held.clear()
+            self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def repo(self, repo_type: str, repo_id: str) -> Repo | None:
+        with self.lock:
+            return self.repos.get((repo_type, repo_id))
 
     def files(self, repo_type: str, repo_id: str) -> dict[str, bytes]:
         """`{path: content}` at the head of a repo (empty if it does not exist)."""
-        with self.lock:
-            repo = self.repos.get((repo_type, repo_id))
-            return {path: f.data for path, f in repo.commits[-1].files.items()} if repo else {}
+        repo = self.repo(repo_type, repo_id)
+        return {path: f.data for path, f in repo.commits[-1].files.items()} if repo else {}
 
     def num_commits(self, repo_type: str, repo_id: str) -> int:
+        repo = self.repo(repo_type, repo_id)
+        return len(repo.commits) if repo else 0
+
+    def calls(self, method: str, fragment: str) -> list[Call]:
+        """The answered requests of `method` whose path contains `fragment`, in order."""
         with self.lock:
-            repo = self.repos.get((repo_type, repo_id))
-            return len(repo.commits) if repo else 0
+            return [r for r in self.requests if r.method == method and fragment in r.path]
 
 
-def client_env(server: HubServer, hf_home: str, threads: int = 1) -> dict[str, str]:
+def client_env(
+    server: HubServer, hf_home: str, threads: int = 1, token: str | None = "hf_test_token"
+) -> dict[str, str]:
     """Environment of a client subprocess of `server`: this process's, online, with the variables the clients need
-    (read by the HF libraries at import time) and its own `HF_HOME` cache."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    env.update(HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_TOKEN="hf_test_token", HF_HOME=hf_home,
-               HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS=str(threads))  # fmt: skip
+    (read by the HF libraries at import time), its own `HF_HOME` cache and `HF_TOKEN=token` (none if `None`)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN")}
+    env.update(HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_HOME=hf_home, HF_HUB_DISABLE_PROGRESS_BARS="1",
+               OMP_NUM_THREADS=str(threads), **({"HF_TOKEN": token} if token else {}))  # fmt: skip
     return env
 
 
-def arm_fault(endpoint: str, times: int) -> None:
+def arm_fault(endpoint: str, times: int, status: int = 500, retry_after: int | None = None) -> None:
     """From a client: makes the next `times` calls of `endpoint` fail (see [`HubServer.fail`]); 0 disarms."""
-    request = Request(f"{os.environ['HF_ENDPOINT']}/_test/fail", method="POST",
-                      data=json.dumps({"endpoint": endpoint, "times": times}).encode(),
+    payload = {"endpoint": endpoint, "times": times, "status": status, "retry_after": retry_after}
+    request = Request(f"{os.environ['HF_ENDPOINT']}/_test/fail", method="POST", data=json.dumps(payload).encode(),
                       headers={"Content-Type": "application/json"})  # fmt: skip
     urlopen(request).read()
 
@@ -135,6 +158,12 @@ def _make_handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
         hub = server
 
     return Handler
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
 class _HubHandler(BaseHTTPRequestHandler):
@@ -168,16 +197,18 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.body = self.rfile.read(length) if length else b""
         status = 500
         try:
-            status = self._route(method, unquote(url.path) if method != "PUT" else url.path)
-        except _HTTPError as error:
-            status = error.status
-            self._json(
-                error.status, {"error": error.message}, {"X-Error-Code": error.code, "X-Error-Message": error.message}
-            )
-        except Exception as error:  # report, never hang the client
-            self._json(500, {"error": repr(error)})
+            try:
+                status = self._route(method, unquote(url.path) if method != "PUT" else url.path)
+            except _HTTPError as error:
+                status = error.status
+                headers = {"X-Error-Code": error.code, "X-Error-Message": error.message, **error.headers}
+                self._json(error.status, {"error": error.message}, headers)
+            except Exception as error:  # report, never hang the client
+                self._json(500, {"error": repr(error)})
+        except (BrokenPipeError, ConnectionResetError):  # the client is gone (killed during a held call)
+            self.close_connection = True
         with self.hub.lock:
-            self.hub.requests.append((method, self.path, status))
+            self.hub.requests.append(Call(method, self.path, status, time.monotonic()))
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> int:
         self.send_response(status)
@@ -200,20 +231,57 @@ class _HubHandler(BaseHTTPRequestHandler):
             return parse_qs(self.body.decode())
         return json.loads(self.body or b"{}")
 
-    def _fault(self, endpoint: str) -> None:
+    def _gate(self, endpoint: str) -> None:
+        """Injected faults and holds of `endpoint` (see [`HubServer.fail`], [`HubServer.hold`]); never under the
+        lock, so that a held call does not stop the others."""
         with self.hub.lock:
             pending = self.hub.faults.get(endpoint)
-            if pending:
-                raise _HTTPError(pending.pop(0), "InjectedFault", f"injected failure of {endpoint}")
+            fault = pending.pop(0) if pending else None
+            after = self.hub.holds.get(endpoint)
+            if after is not None:
+                if after > 0:
+                    self.hub.holds[endpoint] = after - 1
+                else:
+                    del self.hub.holds[endpoint]
+        if fault is not None:
+            status, retry_after = fault
+            headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+            raise _HTTPError(status, "InjectedFault", f"injected failure of {endpoint} (HTTP {status})", headers)
+        if after == 0:
+            self.hub.held.set()
+            self.hub.released.wait(HOLD_TIMEOUT)
+            raise _HTTPError(503, "ServiceUnavailable", f"held call of {endpoint} released without effect")
 
-    def _authorised(self) -> None:
-        if not self.headers.get("Authorization", "").startswith("Bearer "):
-            raise _HTTPError(401, "Unauthorized", "Invalid credentials in Authorization header")
+    # -- tokens and access ---------------------------------------------------------------------------------
+
+    def _user(self) -> str | None:
+        """The token's user; `None` without a token; 401 for a token the server does not know."""
+        header = self.headers.get("Authorization")
+        if not header:
+            return None
+        user = self.hub.tokens.get(header.removeprefix("Bearer ").strip())
+        if user is None:
+            raise _HTTPError(401, "Unauthorized", BAD_TOKEN)
+        return user
+
+    def _writer(self, namespace: str, what: str) -> str:
+        """The token's user, who must own `namespace` (401 without a token, 403 for another namespace)."""
+        user = self._user()
+        if user is None:
+            raise _HTTPError(401, "Unauthorized", f"You must be authenticated to {what}: pass a token.")
+        if user != namespace:
+            raise _HTTPError(403, "Forbidden", f"You don't have the rights to {what}: {namespace!r} is not "
+                                               f"your namespace (the token is {user!r}'s).")  # fmt: skip
+        return user
 
     def _repo(self, repo_type: str, repo_id: str) -> Repo:
+        """The repo if the caller may read it: 404 if it does not exist, and for a private repo of another user
+        401 (anonymous) or 404, as on the Hub."""
+        user = self._user()
         repo = self.hub.repos.get((repo_type, repo_id))
-        if repo is None:
-            raise _HTTPError(404, "RepoNotFound", f"Repository {repo_id} not found")
+        if repo is None or (repo.private and user != repo.namespace):
+            status = 401 if repo is not None and user is None else 404
+            raise _HTTPError(status, "RepoNotFound", f"Repository {repo_id} not found")
         return repo
 
     def _commit_of(self, repo: Repo, revision: str) -> Commit:
@@ -225,90 +293,98 @@ class _HubHandler(BaseHTTPRequestHandler):
     # -- routes --------------------------------------------------------------------------------------------
 
     def _route(self, method: str, path: str) -> int:
-        if path == "/api/whoami-v2":
-            self._authorised()
-            return self._json(200, {"type": "user", "name": "tester", "fullname": "Tester", "orgs": [],
-                                    "auth": {"type": "access_token", "accessToken": {"role": "write"}}})  # fmt: skip
-        if path == "/api/repos/create" and method == "POST":
-            return self._create_repo()
-        if path == "/api/repos/delete" and method == "DELETE":
-            payload = self._payload()
-            with self.hub.lock:
-                self.hub.repos.pop(
-                    (payload.get("type") or "model", f"{payload['organization']}/{payload['name']}"), None
-                )
-            return self._json(200, {})
         if path == "/_test/fail" and method == "POST":  # lets a client process arm a fault
             payload = self._payload()
-            self.hub.fail(payload["endpoint"], int(payload.get("times", 1)), int(payload.get("status", 500)))
+            self.hub.fail(payload["endpoint"], int(payload.get("times", 1)), int(payload.get("status", 500)),
+                          payload.get("retry_after"))  # fmt: skip
             return self._json(200, {})
-        if path == "/api/validate-yaml":
-            return self._json(200, {"errors": [], "warnings": []})
-        if path.startswith("/_lfs/") and method == "PUT":
-            return self._lfs_put(path[len("/_lfs/") :])
+        if path == "/api/whoami-v2":
+            self._gate("whoami")
+            user = self._user()
+            if user is None:
+                raise _HTTPError(401, "Unauthorized", BAD_TOKEN)
+            return self._json(200, {"type": "user", "name": user, "fullname": user, "orgs": [],
+                                    "auth": {"type": "access_token", "accessToken": {"role": "write"}}})  # fmt: skip
+        if path == "/api/repos/create" and method == "POST":
+            self._gate("create")
+            return self._create_repo()
+        if path == "/api/repos/delete" and method == "DELETE":
+            self._gate("delete")
+            return self._delete_repo()
+        if path == "/api/validate-yaml" and method == "POST":
+            self._gate("validate-yaml")
+            payload = self._payload()
+            errors = card_errors(payload.get("content", ""), payload.get("repoType") or "model")
+            return self._json(400 if errors else 200, {"errors": [{"message": e} for e in errors], "warnings": []})
+        if match := _LFS_PUT.match(path):
+            self._gate("lfs-upload")
+            return self._lfs_put(*match.groups())
         if match := _LFS_BATCH.match(path):
-            return self._lfs_batch(match.group(2))
+            self._gate("lfs-batch")
+            return self._lfs_batch(_TYPE_OF_PREFIX[match.group(1)], match.group(2))
         if match := _RESOLVE.match(path):
-            repo_type = {"datasets/": "dataset", "spaces/": "space"}.get(match.group(1), "model")
-            return self._resolve(method, repo_type, match.group(2), match.group(3), match.group(4))
+            self._gate("resolve")
+            return self._resolve(_TYPE_OF_PREFIX[match.group(1)], *match.groups()[1:])
         if match := _API.match(path):
-            repo_type = match.group(1)[:-1]
-            return self._api(method, repo_type, match.group(2), match.group(3) or "")
+            rest = match.group(3) or ""
+            action = "info" if rest == "" or rest.startswith("revision/") else rest.partition("/")[0]
+            self._gate(action)
+            return self._api(method, match.group(1)[:-1], match.group(2), action, rest)
         raise _HTTPError(404, "NotFound", f"no route for {method} {path}")
 
     def _create_repo(self) -> int:
-        self._authorised()
-        self._fault("create")
         payload = self._payload()
         repo_type = payload.get("type") or "model"
-        repo_id = f"{payload.get('organization') or 'tester'}/{payload['name']}"
+        user = self._user()
+        namespace = payload.get("organization") or user
+        self._writer(namespace or "", f"create a {repo_type} under the namespace {namespace!r}")
+        repo_id = f"{namespace}/{payload['name']}"
         url = f"{self.hub.url}/{REPO_PREFIX[repo_type]}{repo_id}"
         with self.hub.lock:
             if (repo_type, repo_id) in self.hub.repos:
                 return self._json(409, {"error": "You already created this repo", "url": url})
             initial = Commit(uuid.uuid4().hex + "00000000", "initial commit",
                              {".gitattributes": StoredFile(b"*.parquet filter=lfs diff=lfs merge=lfs -text\n", False)})  # fmt: skip
-            self.hub.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id, bool(payload.get("private")), [initial])
+            private = bool(payload.get("private")) or payload.get("visibility") == "private"
+            self.hub.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id, private, [initial])
         return self._json(200, {"url": url, "name": repo_id, "id": repo_id})
 
-    def _api(self, method: str, repo_type: str, repo_id: str, rest: str) -> int:
+    def _delete_repo(self) -> int:
+        payload = self._payload()
+        repo_type = payload.get("type") or "model"
+        self._writer(payload["organization"], f"delete {payload['organization']}/{payload['name']}")
+        with self.hub.lock:
+            self.hub.repos.pop((repo_type, f"{payload['organization']}/{payload['name']}"), None)
+        return self._json(200, {})
+
+    def _api(self, method: str, repo_type: str, repo_id: str, action: str, rest: str) -> int:
         with self.hub.lock:
             repo = self._repo(repo_type, repo_id)
-            if rest == "" or rest.startswith("revision/"):
-                self._fault("info")
+            tail = rest.partition("/")[2]
+            if action == "info":
                 return self._info(repo, rest[len("revision/") :] or "main")
-            action, _, tail = rest.partition("/")
-            if action == "preupload":
-                self._fault("preupload")
-                files = self._payload()["files"]
-                return self._json(200, {"files": [
-                    {"path": f["path"], "uploadMode": _upload_mode(f["path"], f["size"]), "shouldIgnore": False}
-                    for f in files
-                ]})  # fmt: skip
+            if action == "preupload" and method == "POST":
+                self._writer(repo.namespace, f"upload to {repo_id}")
+                return self._preupload(repo, tail)
             if action == "commit" and method == "POST":
-                self._authorised()
-                self._fault("commit")
+                self._writer(repo.namespace, f"commit to {repo_id}")
                 return self._commit(repo, tail)
             if action == "tree":
                 revision, _, prefix = tail.partition("/")
-                entries = _tree(
-                    self._commit_of(repo, revision),
-                    prefix,
-                    bool(self.query.get("recursive", [""])[0] in ("1", "true", "True")),
-                )
-                return self._json(200, entries)
+                recursive = self.query.get("recursive", [""])[0] in ("1", "true", "True")
+                return self._json(200, tree(self._commit_of(repo, revision), prefix, recursive))
             if action == "paths-info":
                 commit = self._commit_of(repo, tail)
                 wanted = self._payload().get("paths", [])
                 wanted = [wanted] if isinstance(wanted, str) else wanted
-                return self._json(200, [e for e in _tree(commit, "", recursive=True) if e["path"] in wanted])
+                return self._json(200, [e for e in tree(commit, "", recursive=True) if e["path"] in wanted])
             if action == "refs":
                 return self._json(200, {"branches": [{"name": "main", "ref": "refs/heads/main",
                                                       "targetCommit": repo.commits[-1].oid}], "tags": [], "converts": []})  # fmt: skip
             if action == "commits":
                 commits = reversed(repo.commits[: repo.commits.index(self._commit_of(repo, tail)) + 1])
                 return self._json(200, [{"id": c.oid, "title": c.title, "message": c.title, "date": c.date,
-                                         "authors": [{"user": "tester"}]} for c in commits])  # fmt: skip
+                                         "authors": [{"user": repo.namespace}]} for c in commits])  # fmt: skip
         raise _HTTPError(404, "NotFound", f"no route for {method} /api/{repo_type}s/{repo_id}/{rest}")
 
     def _info(self, repo: Repo, revision: str) -> int:
@@ -317,10 +393,20 @@ class _HubHandler(BaseHTTPRequestHandler):
                      **({"lfs": {"sha256": f.sha256, "size": len(f.data), "pointerSize": 134}} if f.lfs else {})}
                     for path, f in sorted(commit.files.items())]  # fmt: skip
         return self._json(200, {
-            "_id": repo.repo_id, "id": repo.repo_id, "author": repo.repo_id.split("/")[0], "sha": commit.oid,
+            "_id": repo.repo_id, "id": repo.repo_id, "author": repo.namespace, "sha": commit.oid,
             "lastModified": commit.date, "createdAt": repo.commits[0].date, "private": repo.private,
             "disabled": False, "gated": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
         })  # fmt: skip
+
+    def _preupload(self, repo: Repo, revision: str) -> int:
+        head = self._commit_of(repo, revision).files
+        answers = []
+        for f in self._payload()["files"]:
+            answer = {"path": f["path"], "uploadMode": upload_mode(f["path"], f["size"]), "shouldIgnore": False}
+            if f["path"] in head:
+                answer["oid"] = head[f["path"]].oid
+            answers.append(answer)
+        return self._json(200, {"files": answers})
 
     def _commit(self, repo: Repo, revision: str) -> int:
         if unquote(revision) != "main":
@@ -332,12 +418,16 @@ class _HubHandler(BaseHTTPRequestHandler):
             key, value = line["key"], line["value"]
             if key == "header":
                 title = value.get("summary") or title
+                parent = value.get("parentCommit")
+                if parent and not repo.commits[-1].oid.startswith(parent):
+                    raise _HTTPError(412, "PreconditionFailed", "A commit has happened since. Please refresh and try again.")  # fmt: skip
             elif key == "file":
                 files[value["path"]] = StoredFile(base64.b64decode(value["content"]), False)
             elif key == "lfsFile":
-                data = self.hub.lfs_objects.get(value["oid"])
+                data = repo.lfs_objects.get(value["oid"])
                 if data is None:
-                    raise _HTTPError(422, "LfsObjectMissing", f"LFS object {value['oid']} was not uploaded")
+                    raise _HTTPError(422, "LfsObjectMissing", f"Your push was rejected because an LFS pointer "
+                                     f"pointed to a file that does not exist in {repo.repo_id}: {value['oid']}")  # fmt: skip
                 files[value["path"]] = StoredFile(data, True)
             elif key == "deletedFile":
                 files.pop(value["path"], None)
@@ -345,33 +435,40 @@ class _HubHandler(BaseHTTPRequestHandler):
                 files = {p: f for p, f in files.items() if not p.startswith(value["path"].rstrip("/") + "/")}
             else:
                 raise _HTTPError(400, "BadRequest", f"unknown commit operation {key}")
+        if "README.md" in files and files["README.md"] is not repo.commits[-1].files.get("README.md"):
+            errors = card_errors(files["README.md"].data.decode("utf-8", "replace"), repo.repo_type)
+            if errors:
+                raise _HTTPError(400, "BadRequest", "Invalid metadata in README.md.\n" + "\n".join(f"- {e}" for e in errors))  # fmt: skip
         commit = Commit(hashlib.sha1(uuid.uuid4().bytes).hexdigest(), title, files)
         repo.commits.append(commit)  # the whole commit, or (on any error above) nothing
         prefix = REPO_PREFIX[repo.repo_type]
         return self._json(200, {"commitUrl": f"{self.hub.url}/{prefix}{repo.repo_id}/commit/{commit.oid}",
                                 "commitOid": commit.oid, "pullRequestUrl": None})  # fmt: skip
 
-    def _lfs_batch(self, repo_id: str) -> int:
-        self._fault("lfs-batch")
+    def _lfs_batch(self, repo_type: str, repo_id: str) -> int:
         payload = self._payload()
-        objects = []
-        for obj in payload.get("objects", []):
-            entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
-            if obj["oid"] not in self.hub.lfs_objects:
-                entry["actions"] = {"upload": {"href": f"{self.hub.url}/_lfs/{obj['oid']}", "expires_in": 3600}}
-            objects.append(entry)
+        with self.hub.lock:
+            repo = self._repo(repo_type, repo_id)
+            if payload.get("operation", "upload") == "upload":
+                self._writer(repo.namespace, f"upload to {repo_id}")
+            objects = []
+            for obj in payload.get("objects", []):
+                entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+                if obj["oid"] not in repo.lfs_objects:
+                    href = f"{self.hub.url}/_lfs/{repo_type}/{repo_id}/{obj['oid']}"
+                    entry["actions"] = {"upload": {"href": href, "expires_in": 3600}}
+                objects.append(entry)
         return self._json(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
 
-    def _lfs_put(self, oid: str) -> int:
-        self._fault("lfs-upload")
+    def _lfs_put(self, repo_type: str, repo_id: str, oid: str) -> int:
+        """The upload URL the LFS batch answered (a pre-signed URL on the Hub: no token needed)."""
         if hashlib.sha256(self.body).hexdigest() != oid:
             raise _HTTPError(400, "BadRequest", "sha256 of the body does not match the object id")
         with self.hub.lock:
-            self.hub.lfs_objects[oid] = self.body
+            self.hub.repos[(repo_type, repo_id)].lfs_objects[oid] = self.body
         return self._send(200, b"")
 
-    def _resolve(self, method: str, repo_type: str, repo_id: str, revision: str, path: str) -> int:
-        self._fault("resolve")
+    def _resolve(self, repo_type: str, repo_id: str, revision: str, path: str) -> int:
         with self.hub.lock:
             repo = self._repo(repo_type, repo_id)
             commit = self._commit_of(repo, revision)
@@ -393,37 +490,3 @@ class _HubHandler(BaseHTTPRequestHandler):
             data, status = data[start : end + 1], 206
         headers["Content-Length"] = str(len(data))
         return self._send(status, data, headers)
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _upload_mode(path: str, size: int) -> str:
-    return "lfs" if path.endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE else "regular"
-
-
-def _tree(commit: Commit, prefix: str, recursive: bool) -> list[dict]:
-    """Tree entries under `prefix` (direct children, or all descendants when `recursive`)."""
-    prefix = prefix.strip("/")
-    base = f"{prefix}/" if prefix else ""
-    entries: dict[str, dict] = {}
-    for path, stored in sorted(commit.files.items()):
-        if not path.startswith(base):
-            continue
-        parts = path[len(base) :].split("/")
-        for depth in range(1, len(parts)):
-            directory = base + "/".join(parts[:depth])
-            if recursive or depth == 1:
-                entries.setdefault(directory, {"type": "directory", "oid": hashlib.sha1(directory.encode()).hexdigest(),
-                                               "size": 0, "path": directory})  # fmt: skip
-            if not recursive:
-                break
-        if recursive or len(parts) == 1:
-            entry = {"type": "file", "oid": stored.git_oid, "size": len(stored.data), "path": path}
-            if stored.lfs:
-                entry["lfs"] = {"oid": stored.sha256, "size": len(stored.data), "pointerSize": 134}
-            entries[path] = entry
-    return list(entries.values())

@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from huggingface_hub import DatasetCard, HfApi, ModelCard, ModelCardData
@@ -32,6 +32,16 @@ logger = logging.getLogger(__name__)
 
 # Timeouts and dropped connections, as huggingface_hub's own backoff retries them (its HTTP client's classes).
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = getattr(_http, "_DEFAULT_RETRY_ON_EXCEPTIONS", ())
+# The HTTP statuses huggingface_hub's own backoff retries (timeout, rate limit, server errors).
+_RETRIED_STATUS_CODES: tuple[int, ...] = getattr(
+    _http, "_DEFAULT_RETRY_ON_STATUS_CODES", (408, 429, 500, 502, 503, 504)
+)
+_HINTS = {
+    401: "The token is missing or invalid: pass --token, set HF_TOKEN or run `hf auth login`.",
+    403: "The token may not write there: check the repo's namespace and the token's permissions.",
+    412: "The repo changed during the upload; run it again to resume.",
+}
+T = TypeVar("T")
 
 LICENSE_KEYS = ("license", "license_name", "license_link")
 """The licence metadata of a card (`license_name` / `license_link` name a licence `other` stands for)."""
@@ -246,6 +256,43 @@ def write_model_card(folder: str | os.PathLike, template_name: str, fields: Mapp
     return path
 
 
+def call_with_retries(call: Callable[[], T], what: str, max_retries: int = 3, retry_wait: float = 1.0) -> T:
+    """Runs `call`, an idempotent Hub operation, retrying its transient failures; returns its result.
+
+    Transient are HTTP 408, 429 and 5xx, timeouts and dropped connections: they are retried up to `max_retries`
+    times, waiting `retry_wait * 2**attempt` seconds or the server's `Retry-After` when that is longer (the Hub's
+    429 carries one). Any other error (401, 403, 404, 412, an invalid card, ...) is raised at once. `what` names the
+    operation in the log and in the message added to a Hub error."""
+    for attempt in range(max_retries + 1):
+        try:
+            return call()
+        except (HfHubHTTPError, *_TRANSIENT_ERRORS) as error:
+            response = getattr(error, "response", None)
+            status = getattr(response, "status_code", None)
+            if status is not None and status not in _RETRIED_STATUS_CODES:
+                hint = _HINTS.get(status, "")
+                _add_to_message(error, f"{what}: HTTP {status} is not transient, not retried. {hint}")
+                raise
+            if attempt == max_retries:
+                _add_to_message(error, f"{what} still failed after {max_retries} retries.")
+                raise
+            wait = max(retry_wait * 2**attempt, _retry_after(response))
+            logger.warning(f"{what} failed ({error}); retry {attempt + 1}/{max_retries} in {wait:.1f} s.")
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _retry_after(response: Any) -> float:
+    """The seconds a response's `Retry-After` header asks for (0 when absent or an HTTP date)."""
+    value = str(getattr(response, "headers", {}).get("Retry-After", "")).strip()
+    return float(value) if value.isdigit() else 0.0
+
+
+def _add_to_message(error: BaseException, message: str) -> None:
+    if isinstance(error, HfHubHTTPError):
+        error.append_to_message("\n" + message.strip())
+
+
 def push_folder_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
@@ -259,23 +306,16 @@ def push_folder_to_hub(
 ) -> str:
     """Creates `repo_id` if needed and uploads `folder` in a single commit; returns the commit URL.
 
-    The commit is atomic on the Hub: either every file is published or none is. Transient failures (HTTP 429 and
-    5xx, dropped connections) are retried up to `max_retries` times, waiting `retry_wait * 2**attempt` seconds;
-    files already uploaded to LFS storage are not sent again. `ignore_patterns` are glob patterns of files to
-    leave out (relative to `folder`)."""
+    The commit is atomic on the Hub: either every file is published or none is. Transient failures are retried
+    ([`call_with_retries`]); files already uploaded to LFS storage are not sent again. `ignore_patterns` are glob
+    patterns of files to leave out (relative to `folder`)."""
     api = HfApi(token=token)
-    for attempt in range(max_retries + 1):
-        try:
-            repo_id = api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True).repo_id
-            info = api.upload_folder(
-                repo_id=repo_id, folder_path=folder, commit_message=commit_message, repo_type=repo_type,
-                ignore_patterns=ignore_patterns,
-            )  # fmt: skip
-            return info.commit_url
-        except (HfHubHTTPError, *_TRANSIENT_ERRORS) as error:
-            status = getattr(getattr(error, "response", None), "status_code", None)
-            if attempt == max_retries or (status is not None and status != 429 and status < 500):
-                raise
-            logger.warning(f"Upload to {repo_id} failed ({error}); retry {attempt + 1}/{max_retries}.")
-            time.sleep(retry_wait * 2**attempt)
-    raise AssertionError("unreachable")
+
+    def upload() -> str:
+        repo = api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True).repo_id
+        return api.upload_folder(
+            repo_id=repo, folder_path=folder, commit_message=commit_message, repo_type=repo_type,
+            ignore_patterns=ignore_patterns,
+        ).commit_url  # fmt: skip
+
+    return call_with_retries(upload, f"Upload of {os.fspath(folder)} to {repo_id}", max_retries, retry_wait)

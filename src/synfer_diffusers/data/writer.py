@@ -61,9 +61,10 @@ WORK_DIR = ".synfer"
 SPLIT = "train"
 CARD_TEMPLATE = "synthetic_dataset.md"
 PREVIEW_FILE = "preview.png"
+CARD_FILE = "README.md"
 PREVIEW_SAMPLES = 32
 _PARQUET_METADATA_KEY = b"synfer"
-_OWN_ENTRIES = (PLAN_FILE, DATA_DIR, WORK_DIR, "README.md", PREVIEW_FILE)
+_OWN_ENTRIES = (PLAN_FILE, DATA_DIR, WORK_DIR, CARD_FILE, PREVIEW_FILE)
 LOCK_FILE = f"{WORK_DIR}/lock"
 """The lock file of a run (and `lock.<part>` of a run split by hand); removing `.synfer/` keeps these."""
 
@@ -332,6 +333,15 @@ class SyntheticSetWriter:
         """Rows written in all shards (the number of samples, less the dropped ones with `drop_discarded`)."""
         return sum(int(self._read_manifest(self._manifest_path(spec))["num_rows"]) for spec in self.shards)
 
+    def published_files(self) -> dict[str, str | None]:
+        """What publishing uploads, card last: `{path in the folder: sha256}`, each shard's sha256 from its manifest
+        (which [`verify_shard`] checks against the file) and `None` for the plan, preview and card. `.synfer/` and
+        anything else in the folder stay local."""
+        shards = {
+            spec.filename: self._read_manifest(self._manifest_path(spec))["sha256"] for spec in self.shards
+        }
+        return {PLAN_FILE: None, **shards, PREVIEW_FILE: None, CARD_FILE: None}
+
     # -- writing -------------------------------------------------------------------------------------------
 
     def write_shard(self, spec: ShardSpec, rows: Sequence[SyntheticRow | Mapping[str, Any]]) -> None:
@@ -368,7 +378,7 @@ class SyntheticSetWriter:
             raise RuntimeError(f"{len(pending)} shards are not written yet, e.g. {pending[0].filename}.")
         _atomic_write_bytes(self.output_dir / PREVIEW_FILE, _png_bytes(self.preview_grid()), self._tmp_dir)
         card = self.render_card(card_fields, card_data)
-        _atomic_write_bytes(self.output_dir / "README.md", str(card).encode(), self._tmp_dir)
+        _atomic_write_bytes(self.output_dir / CARD_FILE, str(card).encode(), self._tmp_dir)
         shutil.rmtree(self._tmp_dir, ignore_errors=True)
 
     def render_card(self, card_fields: Mapping[str, Any], card_data: Mapping[str, Any] | None = None) -> DatasetCard:

@@ -2,6 +2,7 @@
 
 import errno
 import json
+from dataclasses import fields
 
 import datasets
 import numpy as np
@@ -13,6 +14,7 @@ from synfer_diffusers import EXPRESSIONS, AUSpace
 from synfer_diffusers.data import writer as writer_module
 from synfer_diffusers.data.writer import (
     ShardVerificationError,
+    SyntheticRow,
     SyntheticSetWriter,
     shard_specs,
     synthetic_features,
@@ -32,6 +34,8 @@ def _rows(spec, seed=0):
             "label": i % 7,
             "label_probs": np.eye(7, dtype=np.float32)[i % 7].tolist(),
             "agreement": 1.0,
+            "keep": True,
+            "votes": [{"voter": "target", "probs": np.eye(7, dtype=np.float32)[i % 7].tolist()}],
             "seed": 1000 + i,
             "sample_id": i,
         }
@@ -47,6 +51,26 @@ def _write_all(folder, plan=PLAN, card=True):
     if card:
         writer.finalize({"num_samples": plan["num_samples"]})
     return writer
+
+
+def test_the_row_type_and_the_features_are_one_schema():
+    assert list(synthetic_features(12)) == [f.name for f in fields(SyntheticRow)]
+
+
+def test_with_drop_discarded_a_shard_holds_the_kept_subset_or_nothing(tmp_path):
+    writer = SyntheticSetWriter(tmp_path, {**PLAN, "drop_discarded": True})
+    writer.prepare(resume=False, overwrite=False)
+    first, second, third = writer.shards
+    writer.write_shard(first, [])  # every row dropped: a manifest, no file
+    writer.write_shard(second, _rows(second)[1:])
+    writer.write_shard(third, _rows(third))
+    with pytest.raises(ValueError, match="must have sample ids"):
+        writer.write_shard(second, _rows(second)[::-1])
+    assert writer.pending_shards() == [] and not (tmp_path / first.filename).exists()
+    writer.finalize({"num_samples": 2})
+    loaded = datasets.load_dataset(str(tmp_path), split="train", cache_dir=str(tmp_path / ".cache"))
+    assert loaded["sample_id"] == [3, 4] and "num_examples: 2" in (tmp_path / "README.md").read_text()
+    assert first.filename not in writer.published_files()
 
 
 def test_shard_grid_is_fixed_by_the_plan():

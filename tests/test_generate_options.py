@@ -21,6 +21,7 @@ from synfer_diffusers.cli import main
 from synfer_diffusers.generate import (
     SCHEDULERS,
     SyntheticSetConfig,
+    TargetLabeler,
     VotingLabeler,
     configure_pipeline,
     default_labeler,
@@ -149,6 +150,40 @@ def test_discard_rule_is_a_keep_column_of_the_dataset(configured_run):
     assert dataset.features["keep"].dtype == "bool"
     agreed = [agreement >= OPTIONS["agreement_threshold"] for agreement in dataset["agreement"]]
     assert dataset["keep"] == agreed  # discard rule 'disagreement'
+
+
+class EvenTargetsKept(TargetLabeler):
+    """Keeps the images whose target class id is even (a labeller with a discard decision, deterministic)."""
+
+    name = "even-targets-kept"
+
+    def __call__(self, output, target_labels):
+        labels = super().__call__(output, target_labels)
+        labels.keep = [t % 2 == 0 for t in target_labels]
+        return labels
+
+
+def test_drop_discarded_leaves_out_exactly_the_rows_marked_not_kept(tmp_path):
+    flagged, dropped = tmp_path / "flagged", tmp_path / "dropped"
+    for folder, drop in ((flagged, False), (dropped, True)):
+        _generate_with(folder, drop)
+    everything, kept = _load(flagged), _load(dropped)
+    assert 0 < len(kept) < len(everything) == 8
+    assert kept["sample_id"] == [i for i, keep in zip(everything["sample_id"], everything["keep"]) if keep]
+    by_id = {row["sample_id"]: row for row in everything}
+    for row in kept:
+        assert row["keep"] and row["text"] == by_id[row["sample_id"]]["text"]
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(by_id[row["sample_id"]]["image"]))
+    assert f"num_examples: {len(kept)}" in (dropped / "README.md").read_text()
+    again = _generate_with(dropped, True, resume=True)
+    assert again.complete and again.shards_written == 0  # the kept subsets verify as complete shards
+
+
+def _generate_with(folder, drop_discarded, resume=False):
+    config = SyntheticSetConfig(num_samples=8, shard_size=2, drop_discarded=drop_discarded, **SMALL)
+    return generate_synthetic_dataset(config, folder, pipeline=_feranno_pipeline(), labeler=EvenTargetsKept(),
+                                      batch_size=2, resume=resume, show_progress=False, process_index=0,
+                                      num_processes=1)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)

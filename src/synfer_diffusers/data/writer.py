@@ -286,6 +286,8 @@ class SyntheticSetWriter:
         """`None` when the shard is complete and intact, else why not (`"missing"`, `"unfinished"`, a damage)."""
         path, manifest_path = self.output_dir / spec.filename, self._manifest_path(spec)
         if not path.is_file():
+            if manifest_path.is_file() and self._is_empty_shard(self._read_manifest(manifest_path)):
+                return None  # every row dropped: a manifest and no file
             return "missing"
         try:
             parquet = pq.ParquetFile(path)
@@ -329,6 +331,9 @@ class SyntheticSetWriter:
             raise ShardVerificationError(f"{path} is not a shard manifest; remove it or pass --overwrite.")
         return manifest
 
+    def _is_empty_shard(self, manifest: Mapping[str, Any]) -> bool:
+        return manifest.get("plan_fingerprint") == self.fingerprint and manifest.get("num_rows") == 0
+
     def num_rows(self) -> int:
         """Rows written in all shards (the number of samples, less the dropped ones with `drop_discarded`)."""
         return sum(int(self._read_manifest(self._manifest_path(spec))["num_rows"]) for spec in self.shards)
@@ -337,9 +342,8 @@ class SyntheticSetWriter:
         """What publishing uploads, card last: `{path in the folder: sha256}`, each shard's sha256 from its manifest
         (which [`verify_shard`] checks against the file) and `None` for the plan, preview and card. `.synfer/` and
         anything else in the folder stay local."""
-        shards = {
-            spec.filename: self._read_manifest(self._manifest_path(spec))["sha256"] for spec in self.shards
-        }
+        manifests = {spec.filename: self._read_manifest(self._manifest_path(spec)) for spec in self.shards}
+        shards = {name: m["sha256"] for name, m in manifests.items() if not self._is_empty_shard(m)}
         return {PLAN_FILE: None, **shards, PREVIEW_FILE: None, CARD_FILE: None}
 
     # -- writing -------------------------------------------------------------------------------------------
@@ -357,11 +361,13 @@ class SyntheticSetWriter:
             {"plan_fingerprint": self.fingerprint, "start": spec.start, "end": spec.end}).encode()}  # fmt: skip
         buffer = io.BytesIO()
         pq.write_table(table.replace_schema_metadata(metadata), buffer)
-        data = buffer.getvalue()
-        manifest = {"file": spec.filename, "start": spec.start, "end": spec.end, "num_rows": len(rows),
-                    "sha256": hashlib.sha256(data).hexdigest(), "plan_fingerprint": self.fingerprint}  # fmt: skip
+        data = buffer.getvalue() if rows else None  # a shard whose rows were all dropped has no file
+        manifest = {"file": spec.filename if rows else None, "start": spec.start, "end": spec.end,
+                    "num_rows": len(rows), "sha256": hashlib.sha256(data).hexdigest() if rows else None,
+                    "plan_fingerprint": self.fingerprint}  # fmt: skip
         try:
-            _atomic_write_bytes(self.output_dir / spec.filename, data, self._tmp_dir)
+            if rows:
+                _atomic_write_bytes(self.output_dir / spec.filename, data, self._tmp_dir)
             _atomic_write_bytes(self._manifest_path(spec), _canonical_json(manifest).encode(), self._tmp_dir)
         except OSError as error:
             raise OSError(
@@ -388,7 +394,8 @@ class SyntheticSetWriter:
         other `card_fields` fill the template."""
         metadata, text_fields = split_card_fields(card_fields, DATASET_CARD_DATA_KEYS)
         num_samples = self.num_rows()
-        num_bytes = sum((self.output_dir / spec.filename).stat().st_size for spec in self.shards)
+        files = [self.output_dir / spec.filename for spec in self.shards]
+        num_bytes = sum(path.stat().st_size for path in files if path.is_file())
         splits = datasets.SplitDict()
         splits.add(datasets.SplitInfo(name=SPLIT, num_bytes=num_bytes, num_examples=num_samples))
         data = DatasetCardData(**{"size_categories": [size_category(num_samples)], **metadata, **(card_data or {})})
@@ -419,6 +426,8 @@ class SyntheticSetWriter:
 
     def _first_images(self, num_samples: int) -> Iterator[tuple[PIL.Image.Image, int]]:
         for spec in self.shards:
+            if not (self.output_dir / spec.filename).is_file():
+                continue  # every row dropped
             table = pq.read_table(self.output_dir / spec.filename, columns=["image", "target_label"])
             for image, label in zip(table.column("image").to_pylist(), table.column("target_label").to_pylist()):
                 if num_samples <= 0:

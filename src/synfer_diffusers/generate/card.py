@@ -52,6 +52,7 @@ def card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None) 
         else ", ".join(f"{name} {p:.1%}" for name, p in distribution.items()),
         "au_policy_summary": au_policy,
         "labeler_description": labeler.description,
+        "drop_discarded": plan["drop_discarded"],
         "noise_warning": "made with tiny random weights (no embedded default checkpoint yet): the images are noise."
         if tiny else None,
     }  # fmt: skip

@@ -107,5 +107,5 @@ def test_results_markdown_names_how_numbers_were_produced(suite, tmp_path):
     text = suite.render_results(results, checks, config, tmp_path)
     assert "--quick" in text and "FaceWorld" in text and "commit abc" in text and "- table 1: 1 s, commit abc" in text
     assert "| real N | 100 | 60.5% ± 0.7% |" in text
-    assert "| tiny | semantic_guidance | 1.000 | 1.600 | 1.600 |" in text
+    assert "| tiny | semantic_guidance | s | 1.000 | 1.600 | 1.600 |" in text
     assert "| semantic_guidance (tiny) <= 1.5 | 1.600 | **no** |" in text

@@ -1,6 +1,7 @@
 """The embedded default checkpoint (FaceWorld, 64x64): it ships with the package, loads offline and generates
 labelled faces, and the main job uses it when no model is given."""
 
+import json
 import os
 import shutil
 
@@ -54,8 +55,9 @@ def test_main_job_without_model_uses_the_default(tmp_path, monkeypatch):
     assert main(argv) == 0
     dataset = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
     assert len(dataset) == 3 and dataset[0]["image"].size == (64, 64)
-    plan = (folder / "plan.json").read_text()
-    assert "synfer_diffusers/default_model" in plan and '"labeler": "vote:guide,feranno,target"' in plan
+    plan = json.loads((folder / "plan.json").read_text())
+    assert plan["model"]["name"] == "synfer_diffusers/default_model"
+    assert plan["labeler"]["name"] == "vote:guide,feranno,target"
 
 
 def test_plain_from_pretrained_of_the_fp16_default_runs_without_a_dtype():

@@ -53,7 +53,7 @@ from diffusers import DDPMScheduler
 from torch import nn
 
 from synfer_diffusers import AUConditionedUNet2DConditionModel, AUSpace, SynFERPipeline
-from synfer_diffusers.training_utils import (
+from synfer_diffusers.training import (
     BatchOrder,
     DiffusionTrainingConfig,
     TrainingSummary,

@@ -49,7 +49,7 @@ from transformers import AutoModelForImageClassification
 
 from synfer_diffusers.facs import EXPRESSIONS, AUSpace
 from synfer_diffusers.hub_utils import write_model_card
-from synfer_diffusers.training_utils import (
+from synfer_diffusers.training import (
     BatchOrder,
     TrainingConfig,
     TrainingSummary,

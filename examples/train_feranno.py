@@ -41,7 +41,7 @@ from synfer_diffusers.metrics import load_fer_metric
 from synfer_diffusers.models.feranno import FERAnnoHead
 from synfer_diffusers.pipelines.synfer.pipeline_feranno import FERAnnoPipeline
 from synfer_diffusers.pipelines.synfer.pipeline_synfer import SynFERPipeline
-from synfer_diffusers.training_utils import (
+from synfer_diffusers.training import (
     BatchOrder,
     TrainingConfig,
     TrainingSummary,

@@ -58,7 +58,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from synfer_diffusers import SynFERPipeline
 from synfer_diffusers.hub_utils import write_model_card
 from synfer_diffusers.tokenization import train_clip_tokenizer
-from synfer_diffusers.training_utils import (
+from synfer_diffusers.training import (
     BatchOrder,
     DiffusionTrainingConfig,
     TrainingSummary,

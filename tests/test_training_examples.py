@@ -327,12 +327,12 @@ def test_au_adapter_rejects_a_model_that_already_has_one(faceworld_dir, stage_b_
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Shared pieces (synfer_diffusers.training_utils)
+# Shared pieces (synfer_diffusers.training)
 # ----------------------------------------------------------------------------------------------------------
 
 
 def test_checkpoints_round_trip_and_keep_the_last_k(tmp_path):
-    from synfer_diffusers.training_utils import list_checkpoints, load_latest_training_state, save_training_state
+    from synfer_diffusers.training import list_checkpoints, load_latest_training_state, save_training_state
 
     def build():
         torch.manual_seed(0)
@@ -367,7 +367,7 @@ def test_checkpoints_round_trip_and_keep_the_last_k(tmp_path):
 
 def test_condition_dropout_and_au_smoothing():
     from synfer_diffusers import AUSpace
-    from synfer_diffusers.training_utils import BatchOrder, condition_dropout_masks, smooth_action_units
+    from synfer_diffusers.training import BatchOrder, condition_dropout_masks, smooth_action_units
 
     generator = torch.Generator().manual_seed(0)
     drop_text, drop_au = condition_dropout_masks(20_000, generator, text_prob=0.05, au_prob=0.05, both_prob=0.05)

@@ -1,0 +1,191 @@
+"""Training configurations: dataclasses whose fields carry their help text and are checked in `__post_init__`,
+the command-line parser, the `Accelerator` and the optimizer every example shares."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from torch import nn
+from transformers import HfArgumentParser
+
+from ..facs import EXPRESSIONS
+
+
+def check_positive(config: Any, *names: str, allow_zero: bool = False, allow_none: bool = False) -> None:
+    """Raises a `ValueError` naming the first field of `config` that is not > 0 (or >= 0 with `allow_zero`)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None and allow_none:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ValueError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value!r}.")
+
+
+def check_probability(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"`{name}` must be a probability in [0, 1], got {value!r}.")
+
+
+def check_existing_path(config: Any, *names: str) -> None:
+    """For optional path fields: raises if a given path does not exist."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not os.path.exists(os.path.expanduser(value)):
+            raise ValueError(f"`{name}`: no such file or folder: {value!r}.")
+
+
+@dataclass(kw_only=True)
+class TrainingConfig:
+    """Options every training example shares. Subclasses add their own fields and extend `__post_init__`."""
+
+    output_dir: str = field(metadata={"help": "Folder for the trained model, `checkpoint-*` folders and images."})
+    dataset_name: str = field(
+        metadata={"help": "A local dataset folder (parquet / imagefolder layout, or `save_to_disk`) or a Hub id."}
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images (`Image` feature)."})
+    resolution: int = field(default=64, metadata={"help": "Images are resized and centre-cropped to this side."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N rows (quick runs, debugging)."}
+    )
+    train_batch_size: int = field(default=64, metadata={"help": "Batch size per process."})
+    max_train_steps: int = field(default=1000, metadata={"help": "Total optimizer steps (resumed runs included)."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate after warmup."})
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = field(default="constant_with_warmup", metadata={"help": "Learning-rate schedule (diffusers names)."})
+    lr_warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps."})
+    adam_weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 disables clipping."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute activations in the backward pass to save memory (GPU, large models)."},
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(
+        default="no", metadata={"help": "accelerate mixed precision; frozen models are cast to this dtype."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds initialisation, data order and every random draw."})
+    checkpointing_steps: int = field(
+        default=500, metadata={"help": "Save a resumable `checkpoint-{step}` every N steps (and at the last step)."}
+    )
+    checkpoints_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep only the newest N checkpoints; unset keeps all."}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the newest checkpoint in `output_dir` (fresh start if none)."}
+    )
+    validation_steps: int = field(
+        default=500, metadata={"help": "Write validation images every N steps (and at the last step)."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("output_dir", "dataset_name", "dataset_split", "image_column"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"`{name}` must be a non-empty string, got {getattr(self, name)!r}.")
+        check_positive(self, "resolution", "train_batch_size", "max_train_steps", "learning_rate")
+        check_positive(self, "checkpointing_steps", "validation_steps")
+        check_positive(self, "lr_warmup_steps", "adam_weight_decay", "max_grad_norm", allow_zero=True)
+        check_positive(self, "max_train_samples", "checkpoints_total_limit", allow_none=True)
+        for name in ("resolution", "train_batch_size", "max_train_steps", "checkpointing_steps", "validation_steps"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"`{name}` must be an integer, got {getattr(self, name)!r}.")
+
+
+@dataclass(kw_only=True)
+class DiffusionTrainingConfig(TrainingConfig):
+    """Options shared by the two UNet stages (text-to-image fine-tune and AU adapter)."""
+
+    text_column: str = field(default="text", metadata={"help": "Column holding the captions."})
+    text_dropout_prob: float = field(
+        default=0.05, metadata={"help": "Probability of replacing a caption by '' (for classifier-free guidance)."}
+    )
+    snr_gamma: float | None = field(
+        default=None,
+        metadata={"help": "Min-SNR loss weighting gamma (Hang et al. 2023; 5.0 is usual); unset: plain MSE."},
+    )
+    lora_rank: int = field(default=4, metadata={"help": "Rank of the UNet LoRA layers, where LoRA is used."})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; unset: equal to the rank."})
+    validation_prompt: str = field(
+        default="a photo of a face", metadata={"help": "Coarse description for the validation grid."}
+    )
+    validation_expressions: list[str] = field(
+        default_factory=lambda: list(EXPRESSIONS), metadata={"help": "Rows of the validation grid."}
+    )
+    num_validation_identities: int = field(default=4, metadata={"help": "Columns (fixed seeds) of the grid."})
+    validation_inference_steps: int = field(default=25, metadata={"help": "DDIM steps for validation images."})
+    validation_guidance_scale: float = field(default=3.0, metadata={"help": "CFG scale for validation images."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_probability(self, "text_dropout_prob")
+        check_positive(self, "snr_gamma", allow_none=True)
+        check_positive(self, "num_validation_identities", "validation_inference_steps")
+        check_positive(self, "lora_rank", allow_zero=True)
+        check_positive(self, "lora_alpha", allow_none=True)
+        check_positive(self, "validation_guidance_scale", allow_zero=True)
+        if not self.validation_expressions:
+            raise ValueError("`validation_expressions` must name at least one expression.")
+        for i, name in enumerate(self.validation_expressions):
+            EXPRESSIONS.label_id(name, field=f"validation_expressions[{i}]")
+
+
+C = TypeVar("C", bound=TrainingConfig)
+
+
+def parse_config(config_class: type[C], argv: Sequence[str] | None = None, description: str | None = None) -> C:
+    """Command line -> `config_class` (one `--field` per dataclass field, help text from its metadata). Invalid
+    values raise the config's `ValueError`; unknown options exit with argparse's usage message."""
+    parser = HfArgumentParser(config_class, description=description)
+    (config,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    return config
+
+
+def prepare_run(config: TrainingConfig) -> Accelerator:
+    """The `Accelerator`, with every RNG seeded so models built next are initialised identically in every process
+    and on resume. Nothing is written yet: `output_dir` is created when training starts."""
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=config.output_dir)
+    set_seed(config.seed)
+    return accelerator
+
+
+def frozen_weight_dtype(accelerator: Accelerator) -> torch.dtype:
+    """dtype for frozen models under mixed precision (trained weights stay float32)."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def make_optimizer(
+    config: TrainingConfig, parameters: list[nn.Parameter]
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over `parameters` and the configured learning-rate schedule (stepped once per optimizer step)."""
+    if not parameters:
+        raise ValueError("Nothing to train: no parameter requires a gradient.")
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.max_train_steps,
+    )
+    return optimizer, lr_scheduler
+
+
+def training_card_text(config: TrainingConfig, script: str) -> str:
+    """The "Training" section of a model card: the script and its full configuration."""
+    settings = json.dumps(asdict(config), indent=2)
+    return (
+        f"Trained with `examples/{script}` for {config.max_train_steps} steps on `{config.dataset_name}` "
+        f"(split `{config.dataset_split}`).\n\n```json\n{settings}\n```"
+    )

@@ -9,91 +9,116 @@
   ([`step_generator`]) are functions of `(seed, s)`, so a resumed run repeats the uninterrupted one.
 - [`augmentation`]: FineFace's AU smoothing and IP-Adapter's condition dropout.
 - [`diffusion`]: latents, forward noising, the epsilon / v loss (optional min-SNR weighting), the UNet LoRA.
-- [`checkpoints`]: resumable `checkpoint-{step}` folders.
-- [`loop`]: [`run_training_loop`] (progress bar, checkpoints, resume, validation callback).
+- [`checkpoints`]: diffusers-style `checkpoint-{step}` folders (`accelerator.save_state`), the last K kept.
+- [`loader`]: DataLoader batches with per-example transforms in workers, memory-mapped or streamed.
+- [`loop`]: [`run_training_loop`] (accumulation, trackers, checkpoints, resume, validation), `--push_to_hub`.
 - [`validation`]: image grids and the expressions x identities grid of a `SynFERPipeline`.
 
 This package imports the rest of `synfer_diffusers`, never `examples/`.
 """
 
 from .augmentation import condition_dropout_masks, smooth_action_units
-from .checkpoints import (
-    TrainingState,
-    find_latest_checkpoint,
-    list_checkpoints,
-    load_latest_training_state,
-    load_training_state,
-    save_training_state,
-    trainable_state_dict,
-)
+from .checkpoints import checkpoint_step, list_checkpoints, resolve_checkpoint, save_checkpoint
 from .config import (
     DiffusionTrainingConfig,
     TrainingConfig,
     check_existing_path,
     check_positive,
     check_probability,
+    command_line_options,
     frozen_weight_dtype,
+    launched_on_cpus,
     make_optimizer,
     parse_config,
     prepare_run,
     training_card_text,
 )
 from .data import (
+    AnyDataset,
+    ExampleTransform,
+    ExpressionLabels,
+    dataset_columns,
     drop_captions,
     expression_label_ids,
+    first_row,
     is_local_path,
     load_action_units,
     load_images,
     load_training_dataset,
     normalize_images,
+    num_examples,
+    pixel_tensor,
     tokenize_captions,
     validate_action_units_column,
     validate_columns,
+    validate_image_column,
 )
-from .determinism import BatchOrder, step_generator
-from .diffusion import LORA_TARGET_MODULES, add_training_noise, add_unet_lora, diffusion_loss, encode_latents
-from .loop import TrainingSummary, run_training_loop
+from .determinism import BatchOrder, StepRandom
+from .diffusion import (
+    LORA_TARGET_MODULES,
+    add_training_noise,
+    add_unet_lora,
+    diffusion_loss,
+    encode_latents,
+    sample_posterior,
+)
+from .loader import StepBatchSampler, load_train_split, resolve_max_train_steps, training_batches
+from .loop import TrainingSummary, finish_run, push_output_to_hub, run_training_loop
 from .validation import save_expression_grid, tile_images
 
 __all__ = [
-    "BatchOrder",
-    "DiffusionTrainingConfig",
-    "LORA_TARGET_MODULES",
-    "TrainingConfig",
-    "TrainingState",
-    "TrainingSummary",
     "add_training_noise",
     "add_unet_lora",
+    "AnyDataset",
+    "BatchOrder",
     "check_existing_path",
     "check_positive",
     "check_probability",
+    "checkpoint_step",
+    "command_line_options",
     "condition_dropout_masks",
+    "dataset_columns",
     "diffusion_loss",
+    "DiffusionTrainingConfig",
     "drop_captions",
     "encode_latents",
+    "ExampleTransform",
     "expression_label_ids",
-    "find_latest_checkpoint",
+    "ExpressionLabels",
+    "finish_run",
+    "first_row",
     "frozen_weight_dtype",
     "is_local_path",
+    "launched_on_cpus",
     "list_checkpoints",
+    "load_train_split",
     "load_action_units",
     "load_images",
-    "load_latest_training_state",
     "load_training_dataset",
-    "load_training_state",
+    "LORA_TARGET_MODULES",
     "make_optimizer",
     "normalize_images",
+    "num_examples",
     "parse_config",
     "prepare_run",
+    "pixel_tensor",
+    "push_output_to_hub",
+    "resolve_checkpoint",
+    "resolve_max_train_steps",
     "run_training_loop",
+    "sample_posterior",
+    "save_checkpoint",
     "save_expression_grid",
-    "save_training_state",
     "smooth_action_units",
-    "step_generator",
+    "StepBatchSampler",
+    "StepRandom",
     "tile_images",
     "tokenize_captions",
-    "trainable_state_dict",
+    "training_batches",
     "training_card_text",
+    "TrainingConfig",
+    "TrainingSummary",
     "validate_action_units_column",
     "validate_columns",
+    "validate_image_column",
 ]

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from torch import nn
 from transformers import HfArgumentParser
 
 from ..facs import EXPRESSIONS
+from .checkpoints import resolve_checkpoint
 
 
 def check_positive(config: Any, *names: str, allow_zero: bool = False, allow_none: bool = False) -> None:
@@ -61,8 +63,25 @@ class TrainingConfig:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N rows (quick runs, debugging)."}
     )
-    train_batch_size: int = field(default=64, metadata={"help": "Batch size per process."})
-    max_train_steps: int = field(default=1000, metadata={"help": "Total optimizer steps (resumed runs included)."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the dataset (`load_dataset(..., streaming=True)`) instead of memory-mapping it."},
+    )
+    shuffle_buffer_size: int = field(
+        default=1000, metadata={"help": "With `--streaming`: rows in the shuffle buffer."}
+    )
+    dataloader_num_workers: int = field(
+        default=0, metadata={"help": "DataLoader worker processes decoding rows (0: in the main process)."}
+    )
+    train_batch_size: int = field(default=64, metadata={"help": "Batch size per process (one micro-batch)."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches accumulated into one optimizer step."}
+    )
+    max_train_steps: int | None = field(
+        default=None,
+        metadata={"help": "Total optimizer steps (resumed runs included); unset: `num_train_epochs` epochs."},
+    )
+    num_train_epochs: int = field(default=100, metadata={"help": "Epochs, where `max_train_steps` is unset."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate after warmup."})
     lr_scheduler: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
@@ -84,24 +103,40 @@ class TrainingConfig:
     checkpoints_total_limit: int | None = field(
         default=2, metadata={"help": "Keep only the newest N checkpoints; unset keeps all."}
     )
-    resume: bool = field(
-        default=False, metadata={"help": "Continue from the newest checkpoint in `output_dir` (fresh start if none)."}
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "`latest` (the newest `checkpoint-*` of `output_dir`; a fresh start if none) or a checkpoint "
+            "folder to continue from (`accelerator.load_state`)."
+        },
     )
     validation_steps: int = field(
         default=500, metadata={"help": "Write validation images every N steps (and at the last step)."}
+    )
+    report_to: str | None = field(
+        default=None,
+        metadata={"help": "accelerate tracker(s) for losses and learning rate: `tensorboard`, `wandb`, `all`..."},
+    )
+    logging_dir: str = field(default="logs", metadata={"help": "Tracker folder, relative to `output_dir`."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the output folder to `hub_model_id`."})
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Hub repo id to push to (default: the output folder's name)."}
     )
 
     def __post_init__(self) -> None:
         for name in ("output_dir", "dataset_name", "dataset_split", "image_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"`{name}` must be a non-empty string, got {getattr(self, name)!r}.")
-        check_positive(self, "resolution", "train_batch_size", "max_train_steps", "learning_rate")
-        check_positive(self, "checkpointing_steps", "validation_steps")
+        integers = ("resolution", "train_batch_size", "gradient_accumulation_steps", "num_train_epochs")
+        integers += ("checkpointing_steps", "validation_steps", "shuffle_buffer_size")
+        check_positive(self, *integers, "learning_rate")
         check_positive(self, "lr_warmup_steps", "adam_weight_decay", "max_grad_norm", allow_zero=True)
-        check_positive(self, "max_train_samples", "checkpoints_total_limit", allow_none=True)
-        for name in ("resolution", "train_batch_size", "max_train_steps", "checkpointing_steps", "validation_steps"):
+        check_positive(self, "dataloader_num_workers", allow_zero=True)
+        check_positive(self, "max_train_samples", "max_train_steps", "checkpoints_total_limit", allow_none=True)
+        for name in (*integers, "dataloader_num_workers"):
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"`{name}` must be an integer, got {getattr(self, name)!r}.")
+        resolve_checkpoint(self.output_dir, self.resume_from_checkpoint)  # a named checkpoint must exist
 
 
 @dataclass(kw_only=True)
@@ -153,10 +188,26 @@ def parse_config(config_class: type[C], argv: Sequence[str] | None = None, descr
     return config
 
 
+def launched_on_cpus() -> bool:
+    """Several processes (`WORLD_SIZE` > 1, as `torchrun` or `accelerate launch` set it) and no GPU. accelerate
+    picks its multi-CPU mode only when told the run is on the CPU: without `cpu=True` every process would believe
+    it is alone (`DistributedType.NO`), train on its own and never synchronise gradients."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
 def prepare_run(config: TrainingConfig) -> Accelerator:
-    """The `Accelerator`, with every RNG seeded so models built next are initialised identically in every process
+    """The `Accelerator` (mixed precision, gradient accumulation, trackers, real multi-CPU processes: see
+    [`launched_on_cpus`]), with every RNG seeded so models built next are initialised identically in every process
     and on resume. Nothing is written yet: `output_dir` is created when training starts."""
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=config.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
+        ),
+        cpu=launched_on_cpus(),
+    )
     set_seed(config.seed)
     return accelerator
 
@@ -182,10 +233,26 @@ def make_optimizer(
     return optimizer, lr_scheduler
 
 
+def command_line_options(config: TrainingConfig) -> list[str]:
+    """The options that reproduce `config`: every field that differs from its default, as `--field value`."""
+    options = []
+    for item in fields(config):
+        value = getattr(config, item.name)
+        default = item.default_factory() if item.default_factory is not MISSING else item.default
+        if value == default and default is not MISSING:
+            continue
+        if isinstance(value, bool):
+            options.append(f"--{item.name}" if value else f"--no_{item.name}")
+        else:
+            options += [f"--{item.name}", *map(str, value if isinstance(value, list) else [value])]
+    return options
+
+
 def training_card_text(config: TrainingConfig, script: str) -> str:
-    """The "Training" section of a model card: the script and its full configuration."""
+    """The "Training" section of a model card: the command, the script and its full configuration."""
     settings = json.dumps(asdict(config), indent=2)
+    command = shlex.join(["accelerate", "launch", f"examples/{script}", *command_line_options(config)])
     return (
         f"Trained with `examples/{script}` for {config.max_train_steps} steps on `{config.dataset_name}` "
-        f"(split `{config.dataset_split}`).\n\n```json\n{settings}\n```"
+        f"(split `{config.dataset_split}`):\n\n```bash\n{command}\n```\n\n```json\n{settings}\n```"
     )

@@ -6,9 +6,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.training_utils import compute_snr
 from peft import LoraConfig
 from torch import nn
+
+from .determinism import StepRandom
 
 LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 """UNet attention projections that get LoRA layers (as diffusers' LoRA training scripts); the AU projections
@@ -16,20 +19,27 @@ LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 @torch.no_grad()
-def encode_latents(vae: nn.Module, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def encode_latents(vae: nn.Module, pixel_values: torch.Tensor, random: StepRandom) -> torch.Tensor:
     """Images in [-1, 1] `(B, 3, H, W)` -> scaled latents `(B, C, H/f, W/f)`, sampled from the posterior."""
     pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
-    latents = vae.encode(pixel_values).latent_dist.sample(generator=generator)
+    latents = sample_posterior(vae.encode(pixel_values).latent_dist, random)
     return latents.float() * vae.config.scaling_factor
 
 
+def sample_posterior(latent_dist: DiagonalGaussianDistribution, random: StepRandom) -> torch.Tensor:
+    """`mean + std * eps` with `eps` from `random` (what `latent_dist.sample(generator)` computes, drawn for the
+    global batch)."""
+    eps = random.randn(latent_dist.mean.shape).to(latent_dist.mean)
+    return latent_dist.mean + latent_dist.std * eps
+
+
 def add_training_noise(
-    latents: torch.Tensor, scheduler: DDPMScheduler, generator: torch.Generator
+    latents: torch.Tensor, scheduler: DDPMScheduler, random: StepRandom
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward diffusion at uniformly drawn timesteps (DDPM eq. 4): `x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`.
     Returns `(x_t, eps, t)`."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    noise = random.randn(latents.shape).to(latents)
+    timesteps = random.randint(scheduler.config.num_train_timesteps, latents.shape[0])
     timesteps = timesteps.to(latents.device)
     return scheduler.add_noise(latents, noise, timesteps), noise, timesteps
 

@@ -1,0 +1,151 @@
+"""Training benchmarks: resident memory against dataset size, and training throughput.
+
+Rows:
+
+- `rss_N` / `rss_10N`: peak resident memory (`resource.getrusage`, the training process and, separately, its
+  DataLoader workers) of `examples/train_text_to_image.py` fine-tuning a tiny Stable Diffusion (random weights)
+  for a few steps on `N` and on `10 N` images at `--resolution`; `rss_ratio` = 10N / N (target: flat, < 1.3).
+  Each run is a fresh subprocess. The images compress well on disk (smooth gradients) but decode to
+  `3 * R * R` bytes each, so a loader that decoded the whole set (what the examples did before they streamed,
+  one uint8 tensor of every image) grows by `9 * N * 3 * R * R` bytes from N to 10N.
+- `images_per_s`: training images per second of the same run on N images (steps after the first).
+
+    python benchmarks/bench_training.py --num-images 300 --resolution 128 --workers 2 --json benchmarks/results/training.json
+
+Measured on the 2-core development CPU (shared with other jobs, so take the times loosely), `--num-images 300
+--resolution 128 --steps 3 --batch-size 2`: see the committed numbers in `benchmarks/results/training.json`
+when present, or run the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = """
+import json, resource, runpy, sys, time
+sys.argv = sys.argv[1:]
+start = time.perf_counter()
+runpy.run_path(sys.argv[0], run_name="__main__")
+print("BENCH " + json.dumps({
+    "seconds": time.perf_counter() - start,
+    "self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+}))
+"""
+
+
+def smooth_images(num_images: int, size: int, seed: int = 0, num_distinct: int = 16):
+    """Yields rows `{"image", "text"}`: `size` x `size` RGB gradients between two random colours, PNG-encoded once
+    for `num_distinct` colour pairs and cycled (writing 10k rows then costs seconds)."""
+    import PIL.Image
+
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    encoded = []
+    for _ in range(num_distinct):
+        low, high = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        pixels = low + (high - low) * ramp[:, None, None] * ramp[None, :, None]  # (size, size, 3)
+        buffer = io.BytesIO()
+        PIL.Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    for i in range(num_images):
+        yield {"image": {"bytes": encoded[i % num_distinct], "path": None}, "text": f"a photo of face {i}"}
+
+
+def write_image_dataset(folder: str | os.PathLike, num_images: int, size: int, seed: int = 0) -> Path:
+    """A parquet dataset folder (`data/train-*.parquet`, columns `image` and `text`) of `num_images` smooth
+    images ([`smooth_images`]): small on disk, `3 * size**2` bytes each once decoded."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    rows = list(smooth_images(num_images, size, seed))
+    table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
+    path = Path(folder) / "data" / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return Path(folder)
+
+
+def save_tiny_stable_diffusion(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny `StableDiffusionPipeline` folder (the test components, random weights) to fine-tune."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components
+
+    components = make_tiny_components(seed=seed)
+    StableDiffusionPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
+        unet=make_tiny_base_unet(seed=seed), scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder)  # fmt: skip
+    return Path(folder)
+
+
+def run_measured(script: str | os.PathLike, argv: list[str], launcher: list[str] | None = None) -> dict:
+    """Runs `script argv` in a fresh Python process; returns its wall time and peak RSS (MB, self / children)."""
+    command = [*(launcher or [sys.executable]), "-c", CHILD, str(script), *argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if result.returncode:
+        raise RuntimeError(f"{command[-len(argv) - 1]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH "))
+    return json.loads(line[len("BENCH ") :])
+
+
+def fine_tune_argv(data: Path, model: Path, output: Path, resolution: int, steps: int, batch: int, workers: int):
+    return [
+        "--pretrained_model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output),
+        "--resolution", str(resolution), "--train_batch_size", str(batch), "--max_train_steps", str(steps),
+        "--checkpointing_steps", str(10 * steps), "--validation_steps", str(10 * steps),
+        "--num_validation_identities", "1", "--validation_expressions", "happy", "--validation_inference_steps", "1",
+        "--dataloader_num_workers", str(workers),
+    ]  # fmt: skip
+
+
+def rss_rows(num_images: int, resolution: int, steps: int, batch: int, workers: int, workdir: Path) -> dict:
+    """The `rss_N`, `rss_10N`, `rss_ratio` and `images_per_s` rows (see the module docstring)."""
+    model = save_tiny_stable_diffusion(workdir / "model")
+    rows = {}
+    for name, count in (("rss_N", num_images), ("rss_10N", 10 * num_images)):
+        data = write_image_dataset(workdir / f"data-{count}", count, resolution)
+        argv = fine_tune_argv(data, model, workdir / f"out-{count}", resolution, steps, batch, workers)
+        rows[name] = {"num_images": count, **run_measured(ROOT / "examples" / "train_text_to_image.py", argv)}
+    rows["rss_ratio"] = rows["rss_10N"]["self_mb"] / rows["rss_N"]["self_mb"]
+    rows["decoded_10N_mb_if_held"] = 10 * num_images * 3 * resolution**2 / 2**20
+    rows["images_per_s"] = steps * batch / rows["rss_N"]["seconds"]  # whole process, imports and saving included
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-images", type=int, default=300, help="N (the second run has 10 N).")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers.")
+    parser.add_argument("--json", help="Also write the rows here.")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as workdir:
+        rows = rss_rows(args.num_images, args.resolution, args.steps, args.batch_size, args.workers, Path(workdir))
+    rows["settings"] = vars(args)
+    print(json.dumps(rows, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -26,11 +26,11 @@ unless_exists() {  # unless_exists PATH COMMAND...: run COMMAND only if PATH doe
 unless_exists "$RUN/faceworld/README.md" \
     $PYTHON -m synfer_diffusers.cli faceworld --output-dir "$RUN/faceworld" --num-train 20000 --num-test 2000 --seed 0
 unless_exists "$RUN/judge/metrics.json" \
-    $PYTHON examples/train_fer_classifier.py --dataset_dir "$RUN/faceworld" --output_dir "$RUN/judge" \
-    --task expression --architecture resnet --max_steps 1500 --seed 0
+    $PYTHON examples/train_fer_classifier.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/judge" \
+    --task expression --architecture resnet --max_train_steps 1500 --seed 0
 unless_exists "$RUN/au_regressor/metrics.json" \
-    $PYTHON examples/train_fer_classifier.py --dataset_dir "$RUN/faceworld" --output_dir "$RUN/au_regressor" \
-    --task action_units --architecture resnet --max_steps 1500 --seed 1
+    $PYTHON examples/train_fer_classifier.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/au_regressor" \
+    --task action_units --architecture resnet --max_train_steps 1500 --seed 1
 
 $PYTHON examples/train_autoencoder.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/vae" \
     --block_out_channels 16 32 --layers_per_block 1 --norm_num_groups 8 --train_batch_size 16 \
@@ -50,8 +50,8 @@ $PYTHON examples/train_au_adapter.py --pretrained_model_name_or_path "$RUN/stage
     --max_train_steps "$STAGE_B_STEPS" --checkpointing_steps 250 --validation_steps 1000 --resume_from_checkpoint latest
 
 unless_exists "$RUN/guide/metrics.json" \
-    $PYTHON examples/train_fer_classifier.py --dataset_dir "$RUN/faceworld" --output_dir "$RUN/guide" \
-    --task expression --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_steps 1500 --seed 2
+    $PYTHON examples/train_fer_classifier.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/guide" \
+    --task expression --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_train_steps 1500 --seed 2
 
 $PYTHON examples/train_feranno.py --pretrained_model "$RUN/stage_b" --dataset_name "$RUN/faceworld" \
     --output_dir "$RUN/feranno" --label_column label --train_batch_size 32 --learning_rate 3e-4 \

@@ -36,8 +36,8 @@ independent choice but had not converged after 220 steps (MAE 0.89).
 
 ```bash
 python -m synfer_diffusers.data.faceworld --output-dir runs/faceworld --num-train 20000 --num-test 2000 --seed 0
-python examples/train_fer_classifier.py --dataset_dir runs/faceworld --output_dir runs/fetext_au_estimator \\
-    --task action_units --architecture resnet --seed 7 --batch_size 64 --max_steps 800
+python examples/train_fer_classifier.py --dataset_name runs/faceworld --output_dir runs/fetext_au_estimator \\
+    --task action_units --architecture resnet --seed 7 --train_batch_size 64 --max_train_steps 800
 synfer build-fetext --dataset runs/faceworld --split test --label-column label \\
     --au-estimator runs/fetext_au_estimator --output-dir runs/fetext_faceworld
 ```

@@ -122,17 +122,18 @@ def run_training_loop(
     return summary
 
 
-def push_output_to_hub(config: TrainingConfig) -> str:
+def push_output_to_hub(output_dir: str, hub_model_id: str | None, logging_dir: str = "logs") -> str:
     """Uploads `output_dir` (the model and its card, without `checkpoint-*` folders and tracker logs) to
     `hub_model_id` (default: the folder's name) in one commit; returns the commit URL."""
-    repo_id = config.hub_model_id or os.path.basename(os.path.abspath(config.output_dir))
-    ignore = [f"{CHECKPOINT_PREFIX}*", f"{CHECKPOINT_PREFIX}*/**", f"{config.logging_dir}/**"]
-    return push_folder_to_hub(config.output_dir, repo_id, commit_message="End of training", ignore_patterns=ignore)
+    repo_id = hub_model_id or os.path.basename(os.path.abspath(output_dir))
+    ignore = [f"{CHECKPOINT_PREFIX}*", f"{CHECKPOINT_PREFIX}*/**", f"{logging_dir}/**"]
+    return push_folder_to_hub(output_dir, repo_id, commit_message="End of training", ignore_patterns=ignore)
 
 
 def finish_run(accelerator: Accelerator, config: TrainingConfig) -> None:
     """After the main process saved the model and card: `--push_to_hub`, then `accelerator.end_training()`."""
     if accelerator.is_main_process and config.push_to_hub:
-        accelerator.print(f"Pushed {config.output_dir}: {push_output_to_hub(config)}")
+        url = push_output_to_hub(config.output_dir, config.hub_model_id, config.logging_dir)
+        accelerator.print(f"Pushed {config.output_dir}: {url}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

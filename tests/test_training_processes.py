@@ -101,3 +101,29 @@ def test_two_torchrun_processes_train_like_one_at_the_same_global_batch(bench, t
     # same rows, same noise, synchronised gradients: steps 2 and 3 see the same weights as the one-process run
     assert ranks[0]["losses"] == pytest.approx(single["losses"], rel=1e-4)
     assert (tmp_path / "out2" / "model_index.json").exists()
+
+
+@pytest.mark.slow  # one interpreter importing the HF stack
+def test_push_to_hub_uploads_the_model_and_its_card_without_checkpoints(hub, tmp_path):
+    from hub_server import client_env
+    from synfer_diffusers.data.faceworld import write_faceworld_splits
+
+    write_faceworld_splits(tmp_path / "faceworld", num_train=8, num_test=4, seed=0, show_progress=False)
+    argv = [
+        "--dataset_name", str(tmp_path / "faceworld"), "--output_dir", str(tmp_path / "vae"), "--resolution", "16",
+        "--block_out_channels", "32", "32", "--train_batch_size", "4", "--max_train_steps", "2",
+        "--num_scaling_images", "4", "--num_test_images", "4", "--push_to_hub", "--hub_model_id", "tester/tiny-vae",
+    ]  # fmt: skip
+    env = {**client_env(hub, str(tmp_path / "hf_home")), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "train_autoencoder.py"), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    files = hub.files("model", "tester/tiny-vae")
+    assert {"README.md", "config.json", "diffusion_pytorch_model.safetensors"} <= set(files)
+    assert not [name for name in files if name.startswith(("checkpoint-", "logs/"))]
+    card = files["README.md"].decode()
+    assert "examples/train_autoencoder.py" in card and "--max_train_steps 2" in card  # the command

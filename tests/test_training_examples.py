@@ -424,3 +424,33 @@ def test_report_to_tensorboard_logs_the_losses(faceworld_dir, tmp_path):
     assert [(event.step, event.value) for event in scalars.Scalars("loss")] == [
         (step, pytest.approx(loss)) for step, loss in enumerate(summary.losses, start=1)
     ]
+
+
+def test_lora_under_mixed_precision_trains_float32_weights_over_a_bf16_base(
+    faceworld_dir, stage_a_dir, tmp_path, monkeypatch
+):
+    script = load_example("train_text_to_image")
+    seen = {}
+
+    def recording_cast(model, dtype):
+        script_cast(model, dtype=dtype)
+        for name, param in model.named_parameters():
+            seen.setdefault(param.requires_grad, set()).add(param.dtype)
+
+    from accelerate.state import AcceleratorState
+
+    script_cast = script.cast_training_params
+    monkeypatch.setattr(script, "cast_training_params", recording_cast)
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one state per process
+    try:
+        summary = run("train_text_to_image", tmp_path, **pretrained_settings(
+            faceworld_dir, stage_a_dir, lora_rank=4, mixed_precision="bf16", max_train_steps=1
+        ))  # fmt: skip
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert seen == {True: {torch.float32}, False: {torch.bfloat16}}  # LoRA in float32, the frozen base in bf16
+    assert all(torch.isfinite(torch.tensor(summary.losses)))
+    from safetensors.torch import load_file
+
+    lora = load_file(tmp_path / "pytorch_lora_weights.safetensors")
+    assert lora and {t.dtype for t in lora.values()} == {torch.float32}

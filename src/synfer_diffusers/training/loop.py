@@ -78,7 +78,8 @@ def run_training_loop(
         compute_loss: `(micro-batch, random) -> scalar loss`; all its random draws must come from `random`.
         models: the prepared models being trained (gradients are synchronised once per optimizer step).
         after_step: called with the number of completed steps after each optimizer step (e.g. an EMA update).
-        validate: called on the main process every `config.validation_steps` steps and at the last step.
+        validate: called on the main process every `config.validation_steps` steps and at the last step, under
+            `accelerator.autocast()`.
     """
     accelerator.register_for_checkpointing(lr_scheduler)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
@@ -117,7 +118,8 @@ def run_training_loop(
         if done % config.checkpointing_steps == 0 or last:
             save_checkpoint(accelerator, config.output_dir, done, config.checkpoints_total_limit)
         if validate is not None and (done % config.validation_steps == 0 or last) and accelerator.is_main_process:
-            validate(done)
+            with accelerator.autocast():  # frozen parts may be in half precision, what trains in float32
+                validate(done)
     progress.close()
     return summary
 

@@ -21,7 +21,8 @@ of the text ones). The loss is stage A's epsilon-MSE, now conditioned on text an
 The output folder is a `SynFERPipeline` (AU UNet) that `SynFERPipeline.from_pretrained` loads. A validation grid
 (expressions x identities, EMFACS prototype AUs, fixed seeds) is written to `validation/` every
 `--validation_steps` and at the end. The base UNet, frozen under `frozen` and `lora`, is held in the
-mixed-precision dtype while what trains stays in float32 (`cast_training_params`). Rerun with
+mixed-precision dtype while what trains stays in float32 (`cast_training_params`). `--cache_latents` encodes
+the images with the VAE once (a cache keyed by dataset, resolution and VAE, shared with stage A). Rerun with
 `--resume_from_checkpoint latest` after a kill to continue from the newest checkpoint with the same losses.
 
 FaceWorld on a 2-core CPU (after stage A in `runs/stage_a`; ~20 min):
@@ -69,22 +70,21 @@ from synfer_diffusers.training import (
     check_probability,
     condition_dropout_masks,
     diffusion_loss,
+    diffusion_training_batches,
     drop_captions,
-    encode_latents,
     finish_run,
     frozen_weight_dtype,
     is_local_path,
     load_train_split,
     make_optimizer,
-    normalize_images,
     parse_config,
     prepare_run,
     run_training_loop,
     save_expression_grid,
     smooth_action_units,
     tokenize_captions,
-    training_batches,
     training_card_text,
+    training_latents,
     validate_action_units_column,
 )
 
@@ -196,7 +196,6 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
         config.image_column, config.resolution, text_column=config.text_column, tokenizer=tokenizer,
         au_column=config.au_column, au_space=au_space,
     )  # fmt: skip
-    batches = training_batches(dataset, transform, config, accelerator.process_index, accelerator.num_processes)
     empty_ids = tokenize_captions(tokenizer, [""])
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # stage A's schedule, for training
 
@@ -214,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
         unet.enable_gradient_checkpointing()
     vae.requires_grad_(False).to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
     text_encoder.requires_grad_(False).to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
+    batches = diffusion_training_batches(dataset, transform, config, accelerator, vae)
     optimizer, lr_scheduler = make_optimizer(config, [p for p in unet.parameters() if p.requires_grad])
     model, optimizer = accelerator.prepare(AUDenoiser(unet), optimizer)
     unet = accelerator.unwrap_model(model).unet
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
             batch["action_units"], au_space, random, config.au_noise_std, config.au_noise_prob, config.au_round_prob
         )
         input_ids = drop_captions(batch["input_ids"], drop_text, empty_ids).to(accelerator.device)
-        latents = encode_latents(vae, normalize_images(batch["pixel_values"]), random)  # (B, C, h, w)
+        latents = training_latents(batch, vae, random)  # (B, C, h, w)
         noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, random)
         with torch.no_grad():
             text_embeds = text_encoder(input_ids)[0]  # (B, L, D)

@@ -23,7 +23,8 @@ works on latents), `set_alpha_to_one=False`, `steps_offset=1`. Without LoRA the 
 diffusers' conventions: rows are decoded in DataLoader workers (`--dataloader_num_workers`, `--streaming` for a
 stream), `--gradient_accumulation_steps`, `--report_to tensorboard`, `accelerator.save_state` checkpoints every
 `--checkpointing_steps` (the newest `--checkpoints_total_limit` kept), `--use_ema` with diffusers' `EMAModel`,
-a LoRA base held in the mixed-precision dtype (`cast_training_params` keeps the LoRA weights in float32), and
+a LoRA base held in the mixed-precision dtype (`cast_training_params` keeps the LoRA weights in float32),
+`--cache_latents` (the VAE posterior of every image computed once, shared with `train_au_adapter.py`), and
 `--push_to_hub` / `--hub_model_id`. Kill it any time; rerun with `--resume_from_checkpoint latest` to continue
 with the same loss trajectory.
 
@@ -80,21 +81,20 @@ from synfer_diffusers.training import (
     check_positive,
     condition_dropout_masks,
     diffusion_loss,
+    diffusion_training_batches,
     drop_captions,
-    encode_latents,
     finish_run,
     frozen_weight_dtype,
     is_local_path,
     load_train_split,
     make_optimizer,
-    normalize_images,
     parse_config,
     prepare_run,
     run_training_loop,
     save_expression_grid,
     tokenize_captions,
-    training_batches,
     training_card_text,
+    training_latents,
 )
 
 UNET_BLOCK_PAIRS = {"DownBlock2D": "UpBlock2D", "CrossAttnDownBlock2D": "CrossAttnUpBlock2D"}
@@ -269,10 +269,10 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     transform = ExampleTransform(
         config.image_column, config.resolution, text_column=config.text_column, tokenizer=tokenizer
     )
-    batches = training_batches(dataset, transform, config, accelerator.process_index, accelerator.num_processes)
     empty_ids = tokenize_captions(tokenizer, [""])
 
     configure_trainable(unet, text_encoder, vae, config, accelerator)
+    batches = diffusion_training_batches(dataset, transform, config, accelerator, vae)
     ema_unet = EMAModel(unet.parameters(), decay=config.ema_decay) if config.use_ema else None
     trained = [p for p in unet.parameters() if p.requires_grad]
     trained += list(text_encoder.parameters()) if config.train_text_encoder else []
@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     def compute_loss(batch: dict[str, torch.Tensor], random: StepRandom) -> torch.Tensor:
         drop_text, _ = condition_dropout_masks(len(batch["input_ids"]), random, text_prob=config.text_dropout_prob)
         input_ids = drop_captions(batch["input_ids"], drop_text, empty_ids).to(accelerator.device)
-        latents = encode_latents(vae, normalize_images(batch["pixel_values"]), random)  # (B, C, h, w)
+        latents = training_latents(batch, vae, random)  # (B, C, h, w)
         noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, random)
         with torch.set_grad_enabled(config.train_text_encoder):
             text_embeds = text_encoder(input_ids)[0]  # (B, L, D)

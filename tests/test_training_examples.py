@@ -454,3 +454,34 @@ def test_lora_under_mixed_precision_trains_float32_weights_over_a_bf16_base(
 
     lora = load_file(tmp_path / "pytorch_lora_weights.safetensors")
     assert lora and {t.dtype for t in lora.values()} == {torch.float32}
+
+
+def test_cache_latents_repeats_on_the_fly_encoding_and_resumes_a_killed_cache(
+    faceworld_dir, stage_a_dir, stage_b_run, tmp_path, monkeypatch
+):
+    from synfer_diffusers.training import latent_cache
+
+    monkeypatch.setattr(latent_cache, "SHARD_ROWS", 8)  # 24 rows: 3 shards
+    encode = latent_cache._encode_shard
+    calls = []
+
+    def killed_at_the_second_shard(*args, **kwargs):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run dies while caching
+        return encode(*args, **kwargs)
+
+    settings = pretrained_settings(faceworld_dir, stage_a_dir, latent_cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(latent_cache, "_encode_shard", killed_at_the_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        run("train_au_adapter", tmp_path / "killed", "--cache_latents", **settings)
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert len(list(folder.glob("*.parquet"))) == 1  # the finished shard; nothing half-written
+    cached = run("train_au_adapter", tmp_path / "cached", "--cache_latents", **settings)
+    assert len(calls) == 4 and len(list(folder.glob("*.parquet"))) == 3  # only the two missing shards encoded
+    assert cached.losses == pytest.approx(stage_b_run[1].losses, rel=1e-4)  # = on-the-fly encoding
+    run("train_au_adapter", tmp_path / "again", "--cache_latents", **settings)
+    assert len(calls) == 4  # reused: no VAE pass
+    other = pretrained_settings(faceworld_dir, stage_a_dir, latent_cache_dir=tmp_path / "cache", max_train_samples=16)
+    run("train_au_adapter", tmp_path / "fewer", "--cache_latents", **other)
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # another dataset: another cache

@@ -11,6 +11,7 @@
 - [`diffusion`]: latents, forward noising, the epsilon / v loss (optional min-SNR weighting), the UNet LoRA.
 - [`checkpoints`]: diffusers-style `checkpoint-{step}` folders (`accelerator.save_state`), the last K kept.
 - [`loader`]: DataLoader batches with per-example transforms in workers, memory-mapped or streamed.
+- [`latent_cache`]: `--cache_latents`, the VAE posterior of every image computed once.
 - [`loop`]: [`run_training_loop`] (accumulation, trackers, checkpoints, resume, validation), `--push_to_hub`.
 - [`validation`]: image grids and the expressions x identities grid of a `SynFERPipeline`.
 
@@ -61,7 +62,9 @@ from .diffusion import (
     diffusion_loss,
     encode_latents,
     sample_posterior,
+    training_latents,
 )
+from .latent_cache import cache_latents, diffusion_training_batches, latent_cache_fingerprint
 from .loader import StepBatchSampler, load_train_split, resolve_max_train_steps, training_batches
 from .loop import TrainingSummary, finish_run, push_output_to_hub, run_training_loop
 from .validation import save_expression_grid, tile_images
@@ -71,6 +74,7 @@ __all__ = [
     "add_unet_lora",
     "AnyDataset",
     "BatchOrder",
+    "cache_latents",
     "check_existing_path",
     "check_positive",
     "check_probability",
@@ -79,6 +83,7 @@ __all__ = [
     "condition_dropout_masks",
     "dataset_columns",
     "diffusion_loss",
+    "diffusion_training_batches",
     "DiffusionTrainingConfig",
     "drop_captions",
     "encode_latents",
@@ -89,6 +94,7 @@ __all__ = [
     "first_row",
     "frozen_weight_dtype",
     "is_local_path",
+    "latent_cache_fingerprint",
     "launched_on_cpus",
     "list_checkpoints",
     "load_train_split",
@@ -116,6 +122,7 @@ __all__ = [
     "tokenize_captions",
     "training_batches",
     "training_card_text",
+    "training_latents",
     "TrainingConfig",
     "TrainingSummary",
     "validate_action_units_column",

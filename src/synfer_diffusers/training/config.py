@@ -153,6 +153,13 @@ class DiffusionTrainingConfig(TrainingConfig):
     )
     lora_rank: int = field(default=4, metadata={"help": "Rank of the UNet LoRA layers, where LoRA is used."})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; unset: equal to the rank."})
+    cache_latents: bool = field(
+        default=False,
+        metadata={"help": "Encode every image with the VAE once into a latent cache reused by later runs and stages."},
+    )
+    latent_cache_dir: str | None = field(
+        default=None, metadata={"help": "Folder of latent caches; unset: `synfer_latents` in the datasets cache."}
+    )
     validation_prompt: str = field(
         default="a photo of a face", metadata={"help": "Coarse description for the validation grid."}
     )
@@ -171,6 +178,8 @@ class DiffusionTrainingConfig(TrainingConfig):
         check_positive(self, "lora_rank", allow_zero=True)
         check_positive(self, "lora_alpha", allow_none=True)
         check_positive(self, "validation_guidance_scale", allow_zero=True)
+        if self.cache_latents and self.streaming:
+            raise ValueError("`cache_latents` needs a memory-mapped dataset: drop `streaming` (or the cache).")
         if not self.validation_expressions:
             raise ValueError("`validation_expressions` must name at least one expression.")
         for i, name in enumerate(self.validation_expressions):

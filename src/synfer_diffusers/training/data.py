@@ -200,13 +200,15 @@ class ExampleTransform:
     """The per-example transform of training rows (`Dataset.with_transform`, or `IterableDataset.map(batched=True)`),
     run in DataLoader workers: a batch dict of columns -> a batch dict of tensors.
 
-    Outputs `pixel_values` (uint8 `(3, R, R)`, resized and centre-cropped) and, for the columns configured,
-    `input_ids` (the tokenizer's padded ids), `action_units` (float32, width, NaN/inf and range checked against
-    `au_space`) and `labels` ([`ExpressionLabels`] ids).
+    Outputs `pixel_values` (uint8 `(3, R, R)`, resized and centre-cropped), or with `cached_latents` the
+    `latent_mean` / `latent_std` columns of a latent cache (float32 `(C, h, w)`), and, for the columns
+    configured, `input_ids` (the tokenizer's padded ids), `action_units` (float32, width, NaN/inf and range
+    checked against `au_space`) and `labels` ([`ExpressionLabels`] ids).
     """
 
     image_column: str
     resolution: int
+    cached_latents: bool = False
     text_column: str | None = None
     tokenizer: PreTrainedTokenizerBase | None = None
     au_column: str | None = None
@@ -216,11 +218,18 @@ class ExampleTransform:
     @property
     def columns(self) -> list[str]:
         """The dataset columns read."""
-        names = [self.image_column, self.text_column, self.au_column, self.labels and self.labels.column]
+        images = ["latent_mean", "latent_std"] if self.cached_latents else [self.image_column]
+        names = [*images, self.text_column, self.au_column, self.labels and self.labels.column]
         return [name for name in names if name]
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        out = {"pixel_values": [pixel_tensor(image, self.resolution) for image in batch[self.image_column]]}
+        if self.cached_latents:
+            out = {
+                name: list(torch.from_numpy(np.asarray(batch[name], np.float32)))
+                for name in ("latent_mean", "latent_std")
+            }
+        else:
+            out = {"pixel_values": [pixel_tensor(image, self.resolution) for image in batch[self.image_column]]}
         if self.text_column is not None:
             out["input_ids"] = list(tokenize_captions(self.tokenizer, batch[self.text_column]))
         if self.au_column is not None:

@@ -11,6 +11,7 @@ from diffusers.training_utils import compute_snr
 from peft import LoraConfig
 from torch import nn
 
+from .data import normalize_images
 from .determinism import StepRandom
 
 LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
@@ -24,6 +25,16 @@ def encode_latents(vae: nn.Module, pixel_values: torch.Tensor, random: StepRando
     pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
     latents = sample_posterior(vae.encode(pixel_values).latent_dist, random)
     return latents.float() * vae.config.scaling_factor
+
+
+def training_latents(batch: dict[str, torch.Tensor], vae: nn.Module, random: StepRandom) -> torch.Tensor:
+    """Scaled latents `(B, C, h, w)` of a training batch: sampled from its cached posterior (`--cache_latents`)
+    or from the VAE's encoding of its `pixel_values`, with the same draws either way."""
+    if "latent_mean" in batch:
+        mean = batch["latent_mean"].to(vae.device)
+        latents = mean + batch["latent_std"].to(mean) * random.randn(mean.shape).to(mean)
+        return latents * vae.config.scaling_factor
+    return encode_latents(vae, normalize_images(batch["pixel_values"]), random)
 
 
 def sample_posterior(latent_dist: DiagonalGaussianDistribution, random: StepRandom) -> torch.Tensor:

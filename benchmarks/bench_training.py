@@ -8,13 +8,19 @@ Rows:
   Each run is a fresh subprocess. The images compress well on disk (smooth gradients) but decode to
   `3 * R * R` bytes each, so a loader that decoded the whole set (what the examples did before they streamed,
   one uint8 tensor of every image) grows by `9 * N * 3 * R * R` bytes from N to 10N.
-- `images_per_s`: training images per second of the same run on N images (steps after the first).
+- `images_per_s`: training images per second of the same run on N images (the whole process: imports and saving
+  included).
+- `cache_latents_speedup` (`--cache-rows`): seconds of `main()` of the same fine-tune without / with a warm
+  `--cache_latents` cache (the cache built by an earlier, untimed run), in this process, at `--cache-resolution`.
 
-    python benchmarks/bench_training.py --num-images 300 --resolution 128 --workers 2 --json benchmarks/results/training.json
+    python benchmarks/bench_training.py --num-images 400 --resolution 128 --steps 3 --batch-size 8 --workers 2 \
+        --cache-rows --cache-steps 20 --json benchmarks/results/training.json
 
-Measured on the 2-core development CPU (shared with other jobs, so take the times loosely), `--num-images 300
---resolution 128 --steps 3 --batch-size 2`: see the committed numbers in `benchmarks/results/training.json`
-when present, or run the command.
+Measured so on the shared 2-core development CPU (2026-12-02; `benchmarks/results/training.json`): peak RSS
+1,248 MB for 400 images and 1,258 MB for 4,000 (ratio 1.01; DataLoader workers 379 / 414 MB), where holding the
+decoded images would add 188 MB; the examples before streaming measured 724 -> 937 MB at batch 2, 128 px, from
+400 to 4,000 images (708 -> 743 MB after). `--cache_latents` at 64 px, batch 8, 20 steps: 27.0 s on the fly,
+20.1 s cached (1.34x; the tiny VAE is a small part of a step, a real one is a larger part).
 """
 
 from __future__ import annotations
@@ -128,6 +134,28 @@ def rss_rows(num_images: int, resolution: int, steps: int, batch: int, workers: 
     return rows
 
 
+def cache_rows(resolution: int, steps: int, batch: int, workdir: Path) -> dict:
+    """The `cache_latents_speedup` row: training time without / with a warm latent cache (see the docstring)."""
+    import importlib.util
+    import time
+
+    spec = importlib.util.spec_from_file_location("train_text_to_image", ROOT / "examples" / "train_text_to_image.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    model = save_tiny_stable_diffusion(workdir / "cache-model")
+    data = write_image_dataset(workdir / "cache-data", 8 * batch, resolution)
+    argv = fine_tune_argv(data, model, workdir / "cache-out", resolution, steps, batch, 0)
+    argv += ["--latent_cache_dir", str(workdir / "latents")]
+    script.main([*argv, "--cache_latents", "--max_train_steps", "1"])  # builds the cache
+    seconds = {}
+    for name, options in (("on_the_fly", []), ("cached", ["--cache_latents"])):
+        start = time.perf_counter()
+        script.main([*argv, *options, "--output_dir", str(workdir / f"cache-{name}")])
+        seconds[name] = time.perf_counter() - start
+    return {"cache_seconds": seconds, "cache_latents_speedup": seconds["on_the_fly"] / seconds["cached"]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=300, help="N (the second run has 10 N).")
@@ -135,10 +163,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers.")
+    parser.add_argument("--cache-rows", action="store_true", help="Also time --cache_latents (in this process).")
+    parser.add_argument("--cache-resolution", type=int, default=64)
+    parser.add_argument("--cache-steps", type=int, default=20)
     parser.add_argument("--json", help="Also write the rows here.")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
         rows = rss_rows(args.num_images, args.resolution, args.steps, args.batch_size, args.workers, Path(workdir))
+        if args.cache_rows:
+            rows.update(cache_rows(args.cache_resolution, args.cache_steps, args.batch_size, Path(workdir)))
     rows["settings"] = vars(args)
     print(json.dumps(rows, indent=2))
     if args.json:

@@ -10,6 +10,7 @@ Rows:
   one uint8 tensor of every image) grows by `9 * N * 3 * R * R` bytes from N to 10N.
 - `images_per_s`: training images per second of the same run on N images (the whole process: imports and saving
   included).
+- `sd15_recipe` (`--sd15-steps K`): the README's SD 1.5 options at SD 1.5 size, K steps (see [`sd15_rows`]).
 - `cache_latents_speedup` (`--cache-rows`): seconds of `main()` of the same fine-tune without / with a warm
   `--cache_latents` cache (the cache built by an earlier, untimed run), in this process, at `--cache-resolution`.
 
@@ -20,7 +21,10 @@ Measured so on the shared 2-core development CPU (2026-12-02; `benchmarks/result
 1,248 MB for 400 images and 1,258 MB for 4,000 (ratio 1.01; DataLoader workers 379 / 414 MB), where holding the
 decoded images would add 188 MB; the examples before streaming measured 724 -> 937 MB at batch 2, 128 px, from
 400 to 4,000 images (708 -> 743 MB after). `--cache_latents` at 64 px, batch 8, 20 steps: 27.0 s on the fly,
-20.1 s cached (1.34x; the tiny VAE is a small part of a step, a real one is a larger part).
+20.1 s cached (1.34x; the tiny VAE is a small part of a step, a real one is a larger part). The SD 1.5-size
+recipe (`--skip-rss --sd15-steps 2`: LoRA rank 4, 512 px, batch 1, float32, gradient checkpointing, one worker)
+ran as written: 341 s for the whole process (4.2 GB of random weights loaded, 2 steps, a 1-image validation grid,
+the LoRA saved), peak RSS 6.7 GB.
 """
 
 from __future__ import annotations
@@ -99,6 +103,46 @@ def save_tiny_stable_diffusion(folder: str | os.PathLike, seed: int = 0) -> Path
     return Path(folder)
 
 
+def save_sd15_size_pipeline(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """A `StableDiffusionPipeline` folder of Stable Diffusion 1.5's sizes (UNet 860M, CLIP-L-size text encoder, the
+    4-level VAE) with random weights (and the tiny tokenizer, whose ids fit the 49,408-token embedding)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from synfer_diffusers.tokenization import tiny_clip_tokenizer
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                       num_attention_heads=12, max_position_embeddings=77)
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512,
+    )  # fmt: skip
+    StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tiny_clip_tokenizer(),
+        unet=UNet2DConditionModel(cross_attention_dim=768, sample_size=64), scheduler=PNDMScheduler(skip_prk_steps=True),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder)  # fmt: skip
+    return Path(folder)
+
+
+def sd15_rows(steps: int, workdir: Path, lora_rank: int) -> dict:
+    """The `sd15_recipe` row: `examples/train_text_to_image.py` with the README's SD 1.5 options (512 px,
+    gradient checkpointing, min-SNR 5, caption dropout 0.1, a DataLoader worker) on SD 1.5-size random weights,
+    batch 1, float32 on the CPU (bf16 is emulated on CPUs without AMX); a LoRA of `lora_rank` (0: the full UNet,
+    ~15 GB)."""
+    model = save_sd15_size_pipeline(workdir / "sd15")
+    data = write_image_dataset(workdir / "sd15-data", 16, 512)
+    argv = fine_tune_argv(data, model, workdir / "sd15-out", 512, steps, 1, 1)
+    argv += ["--gradient_checkpointing", "--snr_gamma", "5.0", "--text_dropout_prob", "0.1"]
+    argv += ["--lora_rank", str(lora_rank)] if lora_rank else []
+    measured = run_measured(ROOT / "examples" / "train_text_to_image.py", argv)
+    return {"sd15_recipe": {"steps": steps, "lora_rank": lora_rank, **measured}}
+
+
 def run_measured(script: str | os.PathLike, argv: list[str], launcher: list[str] | None = None) -> dict:
     """Runs `script argv` in a fresh Python process; returns its wall time and peak RSS (MB, self / children)."""
     command = [*(launcher or [sys.executable]), "-c", CHILD, str(script), *argv]
@@ -166,12 +210,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cache-rows", action="store_true", help="Also time --cache_latents (in this process).")
     parser.add_argument("--cache-resolution", type=int, default=64)
     parser.add_argument("--cache-steps", type=int, default=20)
+    parser.add_argument("--sd15-steps", type=int, default=0, help="> 0: also run the SD 1.5-size recipe row.")
+    parser.add_argument("--sd15-lora-rank", type=int, default=4, help="0: full UNet fine-tune (~15 GB).")
+    parser.add_argument("--skip-rss", action="store_true", help="Leave out the RSS rows.")
     parser.add_argument("--json", help="Also write the rows here.")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
-        rows = rss_rows(args.num_images, args.resolution, args.steps, args.batch_size, args.workers, Path(workdir))
+        rows = {}
+        if not args.skip_rss:
+            rows.update(
+                rss_rows(args.num_images, args.resolution, args.steps, args.batch_size, args.workers, Path(workdir))
+            )
         if args.cache_rows:
             rows.update(cache_rows(args.cache_resolution, args.cache_steps, args.batch_size, Path(workdir)))
+        if args.sd15_steps:
+            rows.update(sd15_rows(args.sd15_steps, Path(workdir), args.sd15_lora_rank))
     rows["settings"] = vars(args)
     print(json.dumps(rows, indent=2))
     if args.json:

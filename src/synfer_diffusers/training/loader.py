@@ -79,8 +79,7 @@ def training_batches(
     dataset: AnyDataset, transform: ExampleTransform, config: TrainingConfig, process_index: int, num_processes: int
 ) -> Callable[[int], Iterator[dict[str, torch.Tensor]]]:
     """`start_micro_step -> iterator of this process's micro-batches` (dicts of stacked [`ExampleTransform`]
-    outputs), from that micro-step to the end of training. Raises now, before any model loads, if the global
-    batch exceeds a memory-mapped dataset."""
+    outputs), from that micro-step to the end of training."""
     stop = config.max_train_steps * config.gradient_accumulation_steps
     workers = {"num_workers": config.dataloader_num_workers, "collate_fn": _collate}
     if isinstance(dataset, datasets.Dataset):
@@ -118,5 +117,7 @@ def load_train_split(config: TrainingConfig, required: Mapping[str, str], num_pr
     )
     validate_columns(dataset, {config.image_column: "images (--image_column)", **required})
     validate_image_column(dataset, config.image_column)
+    if isinstance(dataset, datasets.Dataset):  # the global batch must fit: BatchOrder raises otherwise
+        BatchOrder(len(dataset), config.train_batch_size, config.seed, num_processes=num_processes)
     config.max_train_steps = resolve_max_train_steps(config, dataset, num_processes)
     return dataset

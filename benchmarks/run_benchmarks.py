@@ -82,7 +82,7 @@ QUICK = SuiteConfig(
     num_real=140, synthetic_factor=5, generation_steps=10, classifier_steps=150, seeds=(0,),
     speed_configs=("tiny",), writer_memory_samples=100,
 )  # fmt: skip
-CLASSIFIER = {"architecture": "resnet", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "batch_size": 64}
+CLASSIFIER = {"architecture": "resnet", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "train_batch_size": 64}
 LABEL_SOURCES = ("target", "feranno", "vote")
 NOT_RECORDED = "not recorded"
 
@@ -123,8 +123,8 @@ def ensure_measurement_models(config: SuiteConfig, run_dir: Path, fer) -> None:
                     "--num-test", str(config.num_test), "--seed", "0"])  # fmt: skip
     for name, task, seed in (("judge", "expression", 0), ("au_regressor", "action_units", 1)):
         if not (run_dir / name / "metrics.json").exists():
-            fer.main(["--dataset_dir", str(faceworld), "--output_dir", str(run_dir / name), "--task", task,
-                      "--architecture", "resnet", "--max_steps", str(config.measurement_steps), "--seed", str(seed)])  # fmt: skip
+            fer.main(["--dataset_name", str(faceworld), "--output_dir", str(run_dir / name), "--task", task,
+                      "--architecture", "resnet", "--max_train_steps", str(config.measurement_steps), "--seed", str(seed)])  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,8 +244,8 @@ def training_data(
 
 def train_and_test(row, seed, config, run_dir, real, synthetic, test, fer, metric) -> dict:
     train_config = fer.TrainFERConfig(
-        dataset_dir=str(run_dir / "faceworld"), output_dir=str(run_dir / "unused"), task="expression",
-        max_steps=config.classifier_steps, seed=seed, **CLASSIFIER,
+        dataset_name=str(run_dir / "faceworld"), output_dir=str(run_dir / "unused"), task="expression",
+        max_train_steps=config.classifier_steps, seed=seed, **CLASSIFIER,
     )  # fmt: skip
     data = training_data(row, config, real, synthetic)
     model, summary = fer.train(train_config, {"train": data})

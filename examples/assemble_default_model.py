@@ -29,7 +29,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from synfer_diffusers import EXPRESSIONS, FERAnnoPipeline, SynFERPipeline
 from synfer_diffusers.hub_utils import write_model_card
-from synfer_diffusers.training_utils import tile_images
+from synfer_diffusers.training import tile_images
 
 MAX_SIZE_MB = 20.0
 GRID_DESCRIPTIONS = (

@@ -20,14 +20,17 @@ of the text ones). The loss is stage A's epsilon-MSE, now conditioned on text an
 
 The output folder is a `SynFERPipeline` (AU UNet) that `SynFERPipeline.from_pretrained` loads. A validation grid
 (expressions x identities, EMFACS prototype AUs, fixed seeds) is written to `validation/` every
-`--validation_steps` and at the end. Rerun with `--resume` after a kill to continue from the newest checkpoint.
+`--validation_steps` and at the end. The base UNet, frozen under `frozen` and `lora`, is held in the
+mixed-precision dtype while what trains stays in float32 (`cast_training_params`). `--cache_latents` encodes
+the images with the VAE once (a cache keyed by dataset, resolution and VAE, shared with stage A). Rerun with
+`--resume_from_checkpoint latest` after a kill to continue from the newest checkpoint with the same losses.
 
 FaceWorld on a 2-core CPU (after stage A in `runs/stage_a`; ~20 min):
 
 ```bash
 python examples/train_au_adapter.py --pretrained_model_name_or_path runs/stage_a --dataset_name runs/faceworld \
     --output_dir runs/stage_b --resolution 64 --train_batch_size 32 --learning_rate 3e-4 --lr_warmup_steps 50 \
-    --max_train_steps 600 --checkpointing_steps 100 --validation_steps 300
+    --max_train_steps 600 --checkpointing_steps 100 --validation_steps 300 --resume_from_checkpoint latest
 # more capacity on a small from-scratch base: --unet_training full --learning_rate 1e-4
 ```
 
@@ -38,7 +41,8 @@ accelerate launch examples/train_au_adapter.py --pretrained_model_name_or_path r
     --dataset_name <FEText folder with an AU column> --au_space opengraphau41 --output_dir runs/sd15-au \
     --resolution 512 --mixed_precision bf16 --train_batch_size 16 --gradient_checkpointing \
     --learning_rate 1e-4 --max_train_steps 20000 --snr_gamma 5.0 --checkpointing_steps 2000 \
-    --validation_steps 2000 --validation_guidance_scale 7.5 --validation_inference_steps 50
+    --validation_steps 2000 --validation_guidance_scale 7.5 --validation_inference_steps 50 \
+    --dataloader_num_workers 8 --report_to tensorboard --resume_from_checkpoint latest
 ```
 """
 
@@ -50,12 +54,14 @@ from typing import Literal
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.training_utils import cast_training_params
 from torch import nn
 
 from synfer_diffusers import AUConditionedUNet2DConditionModel, AUSpace, SynFERPipeline
-from synfer_diffusers.training_utils import (
-    BatchOrder,
+from synfer_diffusers.training import (
     DiffusionTrainingConfig,
+    ExampleTransform,
+    StepRandom,
     TrainingSummary,
     add_training_noise,
     add_unet_lora,
@@ -64,15 +70,13 @@ from synfer_diffusers.training_utils import (
     check_probability,
     condition_dropout_masks,
     diffusion_loss,
+    diffusion_training_batches,
     drop_captions,
-    encode_latents,
+    finish_run,
     frozen_weight_dtype,
     is_local_path,
-    load_action_units,
-    load_images,
-    load_training_dataset,
+    load_train_split,
     make_optimizer,
-    normalize_images,
     parse_config,
     prepare_run,
     run_training_loop,
@@ -80,8 +84,8 @@ from synfer_diffusers.training_utils import (
     smooth_action_units,
     tokenize_captions,
     training_card_text,
+    training_latents,
     validate_action_units_column,
-    validate_columns,
 )
 
 
@@ -151,7 +155,7 @@ def load_stage_a(config: AUAdapterTrainingConfig) -> SynFERPipeline:
     if isinstance(pipe.unet, AUConditionedUNet2DConditionModel):
         raise ValueError(
             "`pretrained_model_name_or_path` already has an AU adapter; pass the stage-A (text-only) pipeline, or "
-            "`--resume` to continue an interrupted adapter run."
+            "`--resume_from_checkpoint latest` to continue an interrupted adapter run."
         )
     return pipe
 
@@ -172,14 +176,15 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     config = parse_config(AUAdapterTrainingConfig, argv, description=__doc__.splitlines()[0])
     accelerator = prepare_run(config)
     au_space = getattr(AUSpace, config.au_space)()
-    dataset = load_training_dataset(config.dataset_name, config.dataset_split, config.max_train_samples)
-    validate_columns(dataset, {
-        config.image_column: "images (--image_column)",
-        config.text_column: "captions (--text_column)",
-        config.au_column: f"{au_space.num_aus} AU values per row (--au_column)",
-    })  # fmt: skip
+    dataset = load_train_split(
+        config,
+        {
+            config.text_column: "captions (--text_column)",
+            config.au_column: f"{au_space.num_aus} AU values per row (--au_column)",
+        },
+        accelerator.num_processes,
+    )
     validate_action_units_column(dataset, config.au_column, au_space)
-    action_units = load_action_units(dataset, config.au_column, au_space)  # (N, num_aus)
     pipe = load_stage_a(config)
     vae, tokenizer, text_encoder = pipe.vae, pipe.tokenizer, pipe.text_encoder
     if config.resolution != pipe.unet.config.sample_size * pipe.vae_scale_factor:
@@ -187,12 +192,11 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
             f"`resolution` {config.resolution} differs from the stage-A model's "
             f"{pipe.unet.config.sample_size * pipe.vae_scale_factor} px."
         )
-    images = load_images(dataset, config.image_column, config.resolution)  # (N, 3, R, R) uint8
-    caption_ids = tokenize_captions(tokenizer, dataset[config.text_column])
+    transform = ExampleTransform(
+        config.image_column, config.resolution, text_column=config.text_column, tokenizer=tokenizer,
+        au_column=config.au_column, au_space=au_space,
+    )  # fmt: skip
     empty_ids = tokenize_captions(tokenizer, [""])
-    order = BatchOrder(
-        len(images), config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes
-    )
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # stage A's schedule, for training
 
     unet = AUConditionedUNet2DConditionModel.from_unet(
@@ -202,25 +206,29 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
         au_encoder_hidden_dim=config.au_encoder_hidden_dim,
     )
     configure_trainable(unet, config)
+    if config.unet_training != "full":  # the frozen base in the mixed-precision dtype, what trains in float32
+        unet.to(dtype=frozen_weight_dtype(accelerator))
+        cast_training_params(unet, dtype=torch.float32)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     vae.requires_grad_(False).to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
     text_encoder.requires_grad_(False).to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
+    batches = diffusion_training_batches(dataset, transform, config, accelerator, vae)
     optimizer, lr_scheduler = make_optimizer(config, [p for p in unet.parameters() if p.requires_grad])
     model, optimizer = accelerator.prepare(AUDenoiser(unet), optimizer)
     unet = accelerator.unwrap_model(model).unet
 
-    def compute_loss(step: int, generator: torch.Generator) -> torch.Tensor:
-        indices = order.indices(step)
+    def compute_loss(batch: dict[str, torch.Tensor], random: StepRandom) -> torch.Tensor:
+        batch_size = len(batch["input_ids"])
         drop_text, drop_au = condition_dropout_masks(
-            len(indices), generator, config.text_dropout_prob, config.au_dropout_prob, config.both_dropout_prob
+            batch_size, random, config.text_dropout_prob, config.au_dropout_prob, config.both_dropout_prob
         )
         aus = smooth_action_units(
-            action_units[indices], au_space, generator, config.au_noise_std, config.au_noise_prob, config.au_round_prob
+            batch["action_units"], au_space, random, config.au_noise_std, config.au_noise_prob, config.au_round_prob
         )
-        input_ids = drop_captions(caption_ids[indices], drop_text, empty_ids).to(accelerator.device)
-        latents = encode_latents(vae, normalize_images(images[indices]), generator)  # (B, C, h, w)
-        noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, generator)
+        input_ids = drop_captions(batch["input_ids"], drop_text, empty_ids).to(accelerator.device)
+        latents = training_latents(batch, vae, random)  # (B, C, h, w)
+        noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, random)
         with torch.no_grad():
             text_embeds = text_encoder(input_ids)[0]  # (B, L, D)
         model_pred = model(
@@ -243,16 +251,15 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
 
     unet.train()
     summary = run_training_loop(
-        accelerator, config, compute_loss, optimizer, lr_scheduler, {"unet": unet}, validate=validate,
-        description=f"AU adapter ({config.unet_training})",
+        accelerator, config, batches, compute_loss, optimizer, lr_scheduler, {"model": model}, validate=validate,
+        project=f"au-adapter-{config.unet_training}",
     )  # fmt: skip
     if accelerator.is_main_process:
         if config.unet_training == "lora":
             unet.fuse_lora()  # merge the LoRA into the base weights: the saved UNet is a plain AU UNet
             unet.unload_lora()
-        vae.to(torch.float32)
-        text_encoder.to(torch.float32)
-        build_pipeline().save_pretrained(
+        pipeline = build_pipeline().to(torch.float32)
+        pipeline.save_pretrained(
             config.output_dir,
             model_card={
                 "base_model": config.pretrained_model_name_or_path,
@@ -261,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
             },
         )
         accelerator.print(f"Saved the AU-conditioned pipeline to {config.output_dir}.")
-    accelerator.end_training()
+    finish_run(accelerator, config)
     return summary
 
 

@@ -26,7 +26,8 @@ python examples/train_autoencoder.py --dataset_name runs/faceworld --output_dir 
     --judge_path runs/judge --au_regressor_path runs/au_regressor --label_column clean_label
 ```
 
-On a GPU: `accelerate launch examples/train_autoencoder.py ... --mixed_precision bf16`.
+On a GPU: `accelerate launch examples/train_autoencoder.py ... --mixed_precision bf16 --dataloader_num_workers 8`.
+Rerun with `--resume_from_checkpoint latest` after a kill to continue with the same losses.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import datasets
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
@@ -49,22 +51,29 @@ from transformers import AutoModelForImageClassification
 
 from synfer_diffusers.facs import EXPRESSIONS, AUSpace
 from synfer_diffusers.hub_utils import write_model_card
-from synfer_diffusers.training_utils import (
-    BatchOrder,
+from synfer_diffusers.training import (
+    AnyDataset,
+    ExampleTransform,
+    StepRandom,
     TrainingConfig,
     TrainingSummary,
     check_existing_path,
     check_positive,
     expression_label_ids,
+    finish_run,
     load_action_units,
     load_images,
+    load_train_split,
     load_training_dataset,
     make_optimizer,
     normalize_images,
     parse_config,
+    pixel_tensor,
     prepare_run,
     run_training_loop,
+    sample_posterior,
     tile_images,
+    training_batches,
     training_card_text,
     validate_action_units_column,
     validate_columns,
@@ -156,9 +165,9 @@ class AutoencoderWithKL(nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, pixels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor, random: StepRandom) -> tuple[torch.Tensor, torch.Tensor]:
         posterior = self.vae.encode(pixels).latent_dist
-        reconstruction = self.vae.decode(posterior.sample(generator=generator)).sample  # (B, 3, H, W)
+        reconstruction = self.vae.decode(sample_posterior(posterior, random)).sample  # (B, 3, H, W)
         return reconstruction, posterior.kl().mean()  # KL summed over latent elements, averaged over the batch
 
 
@@ -169,9 +178,9 @@ def image_gradient_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch
 
 
 def autoencoder_loss(
-    model: nn.Module, pixels: torch.Tensor, generator: torch.Generator, config: AutoencoderTrainingConfig
+    model: nn.Module, pixels: torch.Tensor, random: StepRandom, config: AutoencoderTrainingConfig
 ) -> torch.Tensor:
-    reconstruction, kl = model(pixels, generator)
+    reconstruction, kl = model(pixels, random)
     reconstruction = reconstruction.float()
     pixel_loss = F.l1_loss if config.reconstruction_loss == "l1" else F.mse_loss
     loss = pixel_loss(reconstruction, pixels) + config.kl_weight * kl
@@ -322,18 +331,26 @@ def model_card_fields(vae: AutoencoderKL, config: AutoencoderTrainingConfig, rep
     }
 
 
+def first_images(dataset: AnyDataset, config: AutoencoderTrainingConfig, count: int) -> torch.Tensor:
+    """The first `count` training images (or all, if fewer), uint8 `(n, 3, R, R)`: a bounded set."""
+    if isinstance(dataset, datasets.IterableDataset):
+        head = dataset.take(count)
+    else:
+        head = dataset.select(range(min(count, len(dataset))))
+    return torch.stack([pixel_tensor(row[config.image_column], config.resolution) for row in head])
+
+
 def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     config = parse_config(AutoencoderTrainingConfig, argv, description=__doc__.splitlines()[0])
     accelerator = prepare_run(config)
-    train_set = load_training_dataset(config.dataset_name, config.dataset_split, config.max_train_samples)
-    validate_columns(train_set, {config.image_column: "images (--image_column)"})
+    train_set = load_train_split(config, {}, accelerator.num_processes)
     test_images, gate_data = load_test_data(config)
     gate_models = load_gate_models(config)  # fail now, not after training, if the gate cannot run
-    images = load_images(train_set, config.image_column, config.resolution)
-    order = BatchOrder(
-        len(images), config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes
-    )
-    preview = (test_images if test_images is not None else images)[:8]
+    batches = training_batches(
+        train_set, ExampleTransform(config.image_column, config.resolution), config, accelerator.process_index,
+        accelerator.num_processes,
+    )  # fmt: skip
+    preview = test_images[:8] if test_images is not None else first_images(train_set, config, 8)
 
     vae = build_autoencoder(config)
     if config.gradient_checkpointing:
@@ -342,9 +359,9 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     model, optimizer = accelerator.prepare(AutoencoderWithKL(vae), optimizer)
     vae = accelerator.unwrap_model(model).vae
 
-    def compute_loss(step: int, generator: torch.Generator) -> torch.Tensor:
-        pixels = normalize_images(images[order.indices(step)]).to(accelerator.device)  # (B, 3, R, R)
-        return autoencoder_loss(model, pixels, generator, config)
+    def compute_loss(batch: dict[str, torch.Tensor], random: StepRandom) -> torch.Tensor:
+        pixels = normalize_images(batch["pixel_values"]).to(accelerator.device)  # (B, 3, R, R)
+        return autoencoder_loss(model, pixels, random, config)
 
     def validate(step: int) -> None:
         vae.eval()
@@ -354,12 +371,13 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
 
     model.train()
     summary = run_training_loop(
-        accelerator, config, compute_loss, optimizer, lr_scheduler, {"vae": vae}, validate=validate,
-        description="Autoencoder",
+        accelerator, config, batches, compute_loss, optimizer, lr_scheduler, {"model": model}, validate=validate,
+        project="autoencoder",
     )  # fmt: skip
     if accelerator.is_main_process:
         vae.eval()
-        scaling_factor = measure_scaling_factor(vae, images[: config.num_scaling_images], config.train_batch_size)
+        scaling_images = first_images(train_set, config, config.num_scaling_images)
+        scaling_factor = measure_scaling_factor(vae, scaling_images, config.train_batch_size)
         vae.register_to_config(scaling_factor=scaling_factor)
         vae.save_pretrained(config.output_dir)
         accelerator.print(f"Saved the autoencoder to {config.output_dir} (scaling_factor {scaling_factor:.4f}).")
@@ -373,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
                     json.dump(report, f, indent=2)
             accelerator.print(json.dumps(report, indent=2))
         write_model_card(config.output_dir, "autoencoder.md", model_card_fields(vae, config, report))
-    accelerator.end_training()
+    finish_run(accelerator, config)
     return summary
 
 

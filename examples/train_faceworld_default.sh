@@ -26,16 +26,16 @@ unless_exists() {  # unless_exists PATH COMMAND...: run COMMAND only if PATH doe
 unless_exists "$RUN/faceworld/README.md" \
     $PYTHON -m synfer_diffusers.cli faceworld --output-dir "$RUN/faceworld" --num-train 20000 --num-test 2000 --seed 0
 unless_exists "$RUN/judge/metrics.json" \
-    $PYTHON examples/train_fer_classifier.py --dataset_dir "$RUN/faceworld" --output_dir "$RUN/judge" \
-    --task expression --architecture resnet --max_steps 1500 --seed 0
+    $PYTHON examples/train_fer_classifier.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/judge" \
+    --task expression --architecture resnet --max_train_steps 1500 --seed 0
 unless_exists "$RUN/au_regressor/metrics.json" \
-    $PYTHON examples/train_fer_classifier.py --dataset_dir "$RUN/faceworld" --output_dir "$RUN/au_regressor" \
-    --task action_units --architecture resnet --max_steps 1500 --seed 1
+    $PYTHON examples/train_fer_classifier.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/au_regressor" \
+    --task action_units --architecture resnet --max_train_steps 1500 --seed 1
 
 $PYTHON examples/train_autoencoder.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/vae" \
     --block_out_channels 16 32 --layers_per_block 1 --norm_num_groups 8 --train_batch_size 16 \
     --learning_rate 1e-3 --lr_warmup_steps 20 --edge_loss_weight 0.5 --max_train_steps 1600 \
-    --checkpointing_steps 200 --validation_steps 5000 --resume \
+    --checkpointing_steps 200 --validation_steps 5000 --resume_from_checkpoint latest \
     --judge_path "$RUN/judge" --au_regressor_path "$RUN/au_regressor" --label_column clean_label
 $PYTHON -c "import json, sys; gate = json.load(open('$RUN/vae/gate.json')); print(gate); sys.exit(0 if gate['passed'] else 'autoencoder gate failed')"
 
@@ -43,19 +43,19 @@ $PYTHON examples/train_text_to_image.py --dataset_name "$RUN/faceworld" --vae_pa
     --output_dir "$RUN/stage_a" --resolution 64 --max_text_length 48 --train_text_encoder \
     --unet_block_out_channels 32 64 128 --train_batch_size 32 --learning_rate 5e-4 --lr_warmup_steps 100 \
     --snr_gamma 5.0 --max_train_steps "$STAGE_A_STEPS" --checkpointing_steps 250 --validation_steps 1000 \
-    --use_ema --ema_decay 0.995 --resume
+    --use_ema --ema_decay 0.995 --resume_from_checkpoint latest
 
 $PYTHON examples/train_au_adapter.py --pretrained_model_name_or_path "$RUN/stage_a" --dataset_name "$RUN/faceworld" \
     --output_dir "$RUN/stage_b" --resolution 64 --train_batch_size 32 --learning_rate 5e-4 --lr_warmup_steps 50 \
-    --max_train_steps "$STAGE_B_STEPS" --checkpointing_steps 250 --validation_steps 1000 --resume
+    --max_train_steps "$STAGE_B_STEPS" --checkpointing_steps 250 --validation_steps 1000 --resume_from_checkpoint latest
 
 unless_exists "$RUN/guide/metrics.json" \
-    $PYTHON examples/train_fer_classifier.py --dataset_dir "$RUN/faceworld" --output_dir "$RUN/guide" \
-    --task expression --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_steps 1500 --seed 2
+    $PYTHON examples/train_fer_classifier.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/guide" \
+    --task expression --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_train_steps 1500 --seed 2
 
 $PYTHON examples/train_feranno.py --pretrained_model "$RUN/stage_b" --dataset_name "$RUN/faceworld" \
     --output_dir "$RUN/feranno" --label_column label --train_batch_size 32 --learning_rate 3e-4 \
-    --max_train_steps 600 --checkpointing_steps 200 --max_eval_samples 1000 --resume
+    --max_train_steps 600 --checkpointing_steps 200 --max_eval_samples 1000 --resume_from_checkpoint latest
 
 $PYTHON benchmarks/eval_faceworld_generation.py --model "$RUN/stage_b" --text-only "$RUN/stage_a" \
     --guide "$RUN/guide" --feranno "$RUN/feranno" --semantic-guidance-scale "${SG_SCALE:-12.0}" --judge "$RUN/judge" \

@@ -19,8 +19,8 @@ Example:
 
 ```bash
 python -m synfer_diffusers.data.faceworld --output-dir runs/faceworld --num-train 20000 --num-test 2000 --seed 0
-python examples/train_fer_classifier.py --dataset_dir runs/faceworld --output_dir runs/judge --task expression
-python examples/train_fer_classifier.py --dataset_dir runs/faceworld --output_dir runs/au_regressor \\
+python examples/train_fer_classifier.py --dataset_name runs/faceworld --output_dir runs/judge --task expression
+python examples/train_fer_classifier.py --dataset_name runs/faceworld --output_dir runs/au_regressor \\
     --task action_units
 ```
 
@@ -54,6 +54,7 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 
 from synfer_diffusers.facs import EXPRESSIONS, AUSpace
 from synfer_diffusers.hub_utils import write_model_card
+from synfer_diffusers.training import push_output_to_hub
 
 TASKS = ("expression", "action_units")
 ARCHITECTURES = ("resnet", "convnext")
@@ -65,7 +66,7 @@ IMAGE_SIZE = 64
 class TrainFERConfig:
     """Settings of one training run (every field is a command-line flag)."""
 
-    dataset_dir: str = field(metadata={"help": "A folder (or Hub id) that `datasets.load_dataset` reads, with "
+    dataset_name: str = field(metadata={"help": "A folder (or Hub id) that `datasets.load_dataset` reads, with "
                                                "`train` and `test` splits, e.g. one written by "
                                                "`python -m synfer_diffusers.data.faceworld`."})  # fmt: skip
     output_dir: str = field(metadata={"help": "Where to save the model, image processor and metrics.json."})
@@ -76,14 +77,14 @@ class TrainFERConfig:
     )
     hidden_sizes: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "Stage widths."})
     depths: list[int] = field(default_factory=lambda: [1, 1, 1], metadata={"help": "Blocks per stage."})
-    max_steps: int = field(default=2000, metadata={"help": "Optimisation steps (one-cycle schedule over them)."})
+    max_train_steps: int = field(default=2000, metadata={"help": "Optimisation steps (one-cycle schedule over them)."})
     time_budget_s: float | None = field(
         default=None,
         metadata={"help": "Stop early after this many seconds of training (the schedule is not rescaled)."},
     )
-    batch_size: int = field(default=128, metadata={"help": "Training batch size."})
+    train_batch_size: int = field(default=128, metadata={"help": "Training batch size."})
     learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate."})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
+    adam_weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing (expression task)."})
     augment: bool = field(default=True, metadata={"help": "Blur/noise/colour/shift augmentation."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train rows."})
@@ -91,6 +92,10 @@ class TrainFERConfig:
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size of evaluation."})
     num_threads: int = field(default=2, metadata={"help": "torch CPU threads."})
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, batch order and augmentation."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the output folder to `hub_model_id`."})
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Hub repo id to push to (default: the output folder's name)."}
+    )
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -102,7 +107,7 @@ class TrainFERConfig:
                 f"`hidden_sizes` and `depths` must be non-empty lists of the same length, got {self.hidden_sizes} "
                 f"and {self.depths}."
             )
-        for name in ("max_steps", "batch_size", "eval_batch_size", "num_threads"):
+        for name in ("max_train_steps", "train_batch_size", "eval_batch_size", "num_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -298,18 +303,18 @@ def mean_baseline_mae(train_aus: np.ndarray, test_aus: np.ndarray) -> dict:
 
 def load_splits(config: TrainFERConfig) -> dict[str, dict[str, np.ndarray]]:
     """Reads the train and test splits into memory; checks splits and columns before any training."""
-    if os.path.isdir(config.dataset_dir) and not any(Path(config.dataset_dir).iterdir()):
-        raise ValueError(f"`dataset_dir` {config.dataset_dir!r} is empty.")
-    dataset = datasets.load_dataset(config.dataset_dir)
+    if os.path.isdir(config.dataset_name) and not any(Path(config.dataset_name).iterdir()):
+        raise ValueError(f"`dataset_name` {config.dataset_name!r} is empty.")
+    dataset = datasets.load_dataset(config.dataset_name)
     splits = {}
     for split, limit in (("train", config.max_train_samples), ("test", config.max_test_samples)):
         if split not in dataset:
-            raise ValueError(f"`dataset_dir` must have `train` and `test` splits, found {list(dataset)}.")
+            raise ValueError(f"`dataset_name` must have `train` and `test` splits, found {list(dataset)}.")
         data = dataset[split]
         missing = [c for c in ("image", *config.target_columns) if c not in data.column_names]
         if missing:
             raise ValueError(
-                f"The {split} split of `dataset_dir` lacks the column(s) {missing} needed by task "
+                f"The {split} split of `dataset_name` lacks the column(s) {missing} needed by task "
                 f"{config.task!r}; it has {data.column_names}."
             )
         if limit is not None:
@@ -337,19 +342,19 @@ def train(config: TrainFERConfig, splits: dict[str, dict[str, np.ndarray]]) -> t
     targets = torch.from_numpy(splits["train"][target_column])
     targets = targets.long() if config.task == "expression" else targets.float()
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.learning_rate, total_steps=config.max_steps, pct_start=0.1
+        optimizer, max_lr=config.learning_rate, total_steps=config.max_train_steps, pct_start=0.1
     )
     model.train()
     order, position, losses = torch.randperm(len(images), generator=generator), 0, []
     start = time.perf_counter()
-    progress = tqdm(range(config.max_steps), desc=f"train {config.task}", mininterval=5, file=sys.stdout)
+    progress = tqdm(range(config.max_train_steps), desc=f"train {config.task}", mininterval=5, file=sys.stdout)
     for step in progress:
-        if position + config.batch_size > len(order):
+        if position + config.train_batch_size > len(order):
             order, position = torch.randperm(len(images), generator=generator), 0
-        batch = order[position : position + config.batch_size]
-        position += config.batch_size
+        batch = order[position : position + config.train_batch_size]
+        position += config.train_batch_size
         pixels = images[batch].float() / 255.0  # (B, 3, H, W)
         if config.augment:
             pixels = augment(pixels, generator)
@@ -415,7 +420,7 @@ def model_card_fields(model: PreTrainedModel, config: TrainFERConfig, metrics: d
     expression = config.task == "expression"
     return {
         "pipeline_tag": "image-classification" if expression else None,  # the Hub has no image-regression task
-        "datasets": [config.dataset_dir],
+        "datasets": [config.dataset_name],
         "metrics": ["accuracy"] if expression else ["mae"],
         "labels": list(EXPRESSIONS) if expression else list(AU_NAMES),
         "task": config.task,
@@ -424,7 +429,7 @@ def model_card_fields(model: PreTrainedModel, config: TrainFERConfig, metrics: d
         "parameters": sum(p.numel() for p in model.parameters()),
         "image_size": IMAGE_SIZE,
         "training": f"Trained with `examples/train_fer_classifier.py` (`--task {config.task} --architecture "
-        f"{config.architecture}`, {metrics['steps']} steps, seed {config.seed}) on `{config.dataset_dir}`; every "
+        f"{config.architecture}`, {metrics['steps']} steps, seed {config.seed}) on `{config.dataset_name}`; every "
         "setting is in `training_config.json`.",
         "evaluation": f"On the test split (`metrics.json` has every number): {_headline(metrics['test'])}.",
     }
@@ -454,6 +459,8 @@ def main(argv: list[str] | None = None) -> dict:
         "test": evaluate(model, config, splits),
     }
     save(model, config, metrics)
+    if config.push_to_hub:
+        print(f"Pushed {config.output_dir}: {push_output_to_hub(config.output_dir, config.hub_model_id)}")
     print(f"{config.task}: {summary['steps']} steps in {summary['train_seconds']} s; {_headline(metrics['test'])}")
     return metrics
 

@@ -11,7 +11,8 @@ cross-attention maps with cross-entropy.
 Every `--validation_steps` (and at the end) the head is evaluated on `--eval_split` with the package's `evaluate`
 metric (`synfer_diffusers.metrics`: accuracy, macro-F1, per-class recall, confusion matrix); results accumulate in
 `evaluation.json`. The output folder is a `FERAnnoPipeline` with a model card (`FERAnnoPipeline.from_pretrained`);
-`--push_to_hub` uploads it. Rerun with `--resume` after a kill to continue from the newest checkpoint (safetensors).
+`--push_to_hub` uploads it. Rerun with `--resume_from_checkpoint latest` after a kill to continue from the newest
+checkpoint with the same losses.
 
 FaceWorld on a CPU (after the stage-2 pipeline in `runs/stage_b`):
 
@@ -19,11 +20,11 @@ FaceWorld on a CPU (after the stage-2 pipeline in `runs/stage_b`):
 python -m synfer_diffusers.data.faceworld --output-dir runs/faceworld --num-train 20000 --num-test 2000 --seed 0
 python examples/train_feranno.py --pretrained_model runs/stage_b --dataset_name runs/faceworld \
     --output_dir runs/feranno --resolution 64 --train_batch_size 64 --learning_rate 3e-4 \
-    --max_train_steps 2000 --checkpointing_steps 500 --validation_steps 500
+    --max_train_steps 2000 --checkpointing_steps 500 --validation_steps 500 --resume_from_checkpoint latest
 ```
 
 Stable Diffusion 1.5 size on a GPU: `accelerate launch examples/train_feranno.py ... --resolution 512
---mixed_precision bf16 --train_batch_size 32`.
+--mixed_precision bf16 --train_batch_size 32 --dataloader_num_workers 8`.
 """
 
 from __future__ import annotations
@@ -39,24 +40,29 @@ import torch.nn.functional as F
 from synfer_diffusers.facs import EXPRESSIONS
 from synfer_diffusers.metrics import load_fer_metric
 from synfer_diffusers.models.feranno import FERAnnoHead
-from synfer_diffusers.pipelines.synfer.pipeline_feranno import FERAnnoPipeline
+from synfer_diffusers.pipelines.synfer.pipeline_feranno import FERAnnoPipeline, noise_to_timestep
 from synfer_diffusers.pipelines.synfer.pipeline_synfer import SynFERPipeline
-from synfer_diffusers.training_utils import (
-    BatchOrder,
+from synfer_diffusers.training import (
+    ExampleTransform,
+    ExpressionLabels,
+    StepRandom,
     TrainingConfig,
     TrainingSummary,
     check_existing_path,
     check_positive,
     expression_label_ids,
+    finish_run,
     frozen_weight_dtype,
     is_local_path,
     load_images,
+    load_train_split,
     load_training_dataset,
     make_optimizer,
     normalize_images,
     parse_config,
     prepare_run,
     run_training_loop,
+    training_batches,
     training_card_text,
     validate_columns,
 )
@@ -80,10 +86,6 @@ class FERAnnoTrainingConfig(TrainingConfig):
     dropout: float = field(default=0.1, metadata={"help": "Head dropout."})
     timestep: int = field(default=1, metadata={"help": "Diffusion timestep of the UNet pass (the paper's t ~ 1)."})
     prompt: str = field(default="", metadata={"help": "Prompt of the UNet pass ('' = CFG's unconditional branch)."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload the trained pipeline to `hub_model_id`."})
-    hub_model_id: str | None = field(
-        default=None, metadata={"help": "Hub repo id (default: the output folder's name)."}
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,11 +96,12 @@ class FERAnnoTrainingConfig(TrainingConfig):
         check_positive(self, "timestep", "dropout", allow_zero=True)
 
 
-def load_split(
-    config: FERAnnoTrainingConfig, split: str, max_samples: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(images (N, 3, R, R) uint8, labels (N,) EXPRESSIONS ids)` of one split; data errors name the column."""
-    dataset = load_training_dataset(config.dataset_name, split, max_samples)
+def load_eval_split(config: FERAnnoTrainingConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`(images (N, 3, R, R) uint8, labels (N,) EXPRESSIONS ids)` of `--eval_split` (a bounded set, held in
+    memory; `--max_eval_samples` bounds it); data errors name the column."""
+    if config.eval_split is None:
+        return None
+    dataset = load_training_dataset(config.dataset_name, config.eval_split, config.max_eval_samples)
     validate_columns(
         dataset, {config.image_column: "images (--image_column)", config.label_column: "expressions (--label_column)"}
     )
@@ -150,12 +153,15 @@ def evaluation_text(history: dict[str, dict]) -> str:
 def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     config = parse_config(FERAnnoTrainingConfig, argv, description=__doc__.splitlines()[0])
     accelerator = prepare_run(config)
-    pipe = build_pipeline(config)  # every configuration error surfaces before data is decoded
-    train_images, train_labels = load_split(config, config.dataset_split, config.max_train_samples)
-    evaluation_set = load_split(config, config.eval_split, config.max_eval_samples) if config.eval_split else None
-    order = BatchOrder(
-        len(train_labels), config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes
+    dataset = load_train_split(
+        config, {config.label_column: "expressions (--label_column)"}, accelerator.num_processes
     )
+    transform = ExampleTransform(
+        config.image_column, config.resolution, labels=ExpressionLabels.from_dataset(dataset, config.label_column)
+    )
+    batches = training_batches(dataset, transform, config, accelerator.process_index, accelerator.num_processes)
+    evaluation_set = load_eval_split(config)
+    pipe = build_pipeline(config)
 
     for module in (pipe.vae, pipe.text_encoder, pipe.unet):
         module.requires_grad_(False).to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
@@ -163,17 +169,18 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     optimizer, lr_scheduler = make_optimizer(config, list(head.parameters()))
     model, optimizer = accelerator.prepare(head, optimizer)
 
-    def compute_loss(step: int, generator: torch.Generator) -> torch.Tensor:
-        indices = order.indices(step)
+    def compute_loss(batch: dict[str, torch.Tensor], random: StepRandom) -> torch.Tensor:
         with torch.no_grad():
-            latents = pipe.encode_images(normalize_images(train_images[indices]))  # (B, C, h, w)
-            features = pipe.unet_features(pipe.prepare_noisy_latents(latents, generator))
+            latents = pipe.encode_images(normalize_images(batch["pixel_values"]))  # (B, C, h, w)
+            noise = random.randn(latents.shape).to(latents)
+            noisy = noise_to_timestep(pipe.scheduler.alphas_cumprod, latents, noise, pipe.head.config.timestep)
+            features = pipe.unet_features(noisy)
         logits = model(features).logits  # (B, 7)
-        return F.cross_entropy(logits.float(), train_labels[indices].to(logits.device))
+        return F.cross_entropy(logits.float(), batch["labels"].to(logits.device))
 
     history_path = os.path.join(config.output_dir, EVALUATION_FILE)
     history = {}
-    if config.resume and os.path.exists(history_path):
+    if config.resume_from_checkpoint is not None and os.path.exists(history_path):
         with open(history_path) as f:
             history = json.load(f)
 
@@ -187,8 +194,8 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
 
     head.train()
     summary = run_training_loop(
-        accelerator, config, compute_loss, optimizer, lr_scheduler, {"head": head}, validate=validate,
-        description="FERAnno head",
+        accelerator, config, batches, compute_loss, optimizer, lr_scheduler, {"head": model}, validate=validate,
+        project="feranno",
     )  # fmt: skip
     if accelerator.is_main_process:
         for module in (pipe.vae, pipe.text_encoder, pipe.unet):
@@ -201,12 +208,8 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
             "evaluation": evaluation_text(history),
         }
         pipe.save_pretrained(config.output_dir, model_card=model_card)
-        if config.push_to_hub:
-            pipe.push_to_hub(
-                config.hub_model_id or os.path.basename(os.path.abspath(config.output_dir)), model_card=model_card
-            )
         accelerator.print(f"Saved the FERAnno pipeline to {config.output_dir}.")
-    accelerator.end_training()
+    finish_run(accelerator, config)
     return summary
 
 

@@ -18,8 +18,15 @@ Two starting points:
 Training uses SD's `DDPMScheduler`; the saved pipeline gets a `DDIMScheduler` with `clip_sample=False` (the model
 works on latents), `set_alpha_to_one=False`, `steps_offset=1`. Without LoRA the output folder is a
 `SynFERPipeline` with a plain UNet (the text-only model) that `SynFERPipeline.from_pretrained` loads and that
-`examples/train_au_adapter.py` extends. Kill it any time; rerun with `--resume` to continue from the newest
-`checkpoint-*` with the same loss trajectory.
+`examples/train_au_adapter.py` extends.
+
+diffusers' conventions: rows are decoded in DataLoader workers (`--dataloader_num_workers`, `--streaming` for a
+stream), `--gradient_accumulation_steps`, `--report_to tensorboard`, `accelerator.save_state` checkpoints every
+`--checkpointing_steps` (the newest `--checkpoints_total_limit` kept), `--use_ema` with diffusers' `EMAModel`,
+a LoRA base held in the mixed-precision dtype (`cast_training_params` keeps the LoRA weights in float32),
+`--cache_latents` (the VAE posterior of every image computed once, shared with `train_au_adapter.py`), and
+`--push_to_hub` / `--hub_model_id`. Kill it any time; rerun with `--resume_from_checkpoint latest` to continue
+with the same loss trajectory.
 
 FaceWorld from scratch on a 2-core CPU (64 px, 32x32x4 latents, 4.2M-parameter UNet, ~35 min):
 
@@ -27,7 +34,8 @@ FaceWorld from scratch on a 2-core CPU (64 px, 32x32x4 latents, 4.2M-parameter U
 python examples/train_text_to_image.py --dataset_name runs/faceworld --vae_path runs/vae \
     --output_dir runs/stage_a --resolution 64 --max_text_length 48 --train_text_encoder \
     --unet_block_out_channels 32 64 128 --train_batch_size 32 --learning_rate 3e-4 --lr_warmup_steps 100 \
-    --max_train_steps 1000 --checkpointing_steps 100 --validation_steps 500 --use_ema --ema_decay 0.995
+    --max_train_steps 1000 --checkpointing_steps 100 --validation_steps 500 --use_ema --ema_decay 0.995 \
+    --resume_from_checkpoint latest
 ```
 
 Stable Diffusion 1.5 on a GPU (FEText-style folder with `image` and `text` columns):
@@ -37,19 +45,22 @@ accelerate launch examples/train_text_to_image.py \
     --pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \
     --dataset_name <FEText folder> --output_dir runs/sd15-fetext --resolution 512 --mixed_precision bf16 \
     --train_batch_size 16 --gradient_checkpointing --learning_rate 1e-5 --lr_warmup_steps 500 \
-    --max_train_steps 20000 --snr_gamma 5.0 --text_dropout_prob 0.1 --use_ema --checkpointing_steps 2000
+    --max_train_steps 20000 --snr_gamma 5.0 --text_dropout_prob 0.1 --use_ema --checkpointing_steps 2000 \
+    --dataloader_num_workers 8 --report_to tensorboard --resume_from_checkpoint latest
 # LoRA instead of a full fine-tune: add --lora_rank 64 --learning_rate 1e-4 (drop --use_ema).
 ```
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import EMAModel, cast_training_params
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft.utils import get_peft_model_state_dict
 from torch import nn
@@ -58,9 +69,11 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from synfer_diffusers import SynFERPipeline
 from synfer_diffusers.hub_utils import write_model_card
 from synfer_diffusers.tokenization import train_clip_tokenizer
-from synfer_diffusers.training_utils import (
-    BatchOrder,
+from synfer_diffusers.training import (
+    AnyDataset,
     DiffusionTrainingConfig,
+    ExampleTransform,
+    StepRandom,
     TrainingSummary,
     add_training_noise,
     add_unet_lora,
@@ -68,21 +81,20 @@ from synfer_diffusers.training_utils import (
     check_positive,
     condition_dropout_masks,
     diffusion_loss,
+    diffusion_training_batches,
     drop_captions,
-    encode_latents,
+    finish_run,
     frozen_weight_dtype,
     is_local_path,
-    load_images,
-    load_training_dataset,
+    load_train_split,
     make_optimizer,
-    normalize_images,
     parse_config,
     prepare_run,
     run_training_loop,
     save_expression_grid,
     tokenize_captions,
     training_card_text,
-    validate_columns,
+    training_latents,
 )
 
 UNET_BLOCK_PAIRS = {"DownBlock2D": "UpBlock2D", "CrossAttnDownBlock2D": "CrossAttnUpBlock2D"}
@@ -102,8 +114,11 @@ class TextToImageTrainingConfig(DiffusionTrainingConfig):
     )
     lora_rank: int = field(default=0, metadata={"help": "> 0: train a LoRA of this rank instead of the full UNet."})
     train_text_encoder: bool = field(default=False, metadata={"help": "Train the text encoder jointly."})
-    use_ema: bool = field(default=False, metadata={"help": "Keep an exponential moving average of the UNet; save it."})
-    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay (with diffusers' (1+n)/(10+n) warmup)."})
+    use_ema: bool = field(
+        default=False,
+        metadata={"help": "Keep an exponential moving average of the UNet (diffusers' `EMAModel`); save it."},
+    )
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay (with `EMAModel`'s (1+n)/(10+n) warmup)."})
     tokenizer_vocab_size: int = field(default=1024, metadata={"help": "From scratch: BPE vocabulary size."})
     max_text_length: int = field(default=77, metadata={"help": "From scratch: tokens per caption (CLIP: 77)."})
     text_encoder_width: int = field(default=128, metadata={"help": "From scratch: text encoder hidden size."})
@@ -193,9 +208,9 @@ def stable_diffusion_noise_scheduler() -> DDPMScheduler:
     )  # fmt: skip
 
 
-def load_components(config: TextToImageTrainingConfig, captions: Sequence[str]) -> dict:
+def load_components(config: TextToImageTrainingConfig, dataset: AnyDataset) -> dict:
     """`vae`, `tokenizer`, `text_encoder`, `unet` and the training `noise_scheduler`: from the pretrained pipeline,
-    or built from scratch around `--vae_path`."""
+    or built from scratch around `--vae_path` (the tokenizer is then trained on the dataset's captions)."""
     if config.pretrained_model_name_or_path:
         pipe = SynFERPipeline.from_pretrained(config.pretrained_model_name_or_path)
         components = {k: getattr(pipe, k) for k in ("vae", "tokenizer", "text_encoder", "unet")}
@@ -206,6 +221,7 @@ def load_components(config: TextToImageTrainingConfig, captions: Sequence[str]) 
         raise ValueError(
             f"`resolution` {config.resolution} must be divisible by the VAE's downsampling factor {scale}."
         )
+    captions = (row[config.text_column] for row in dataset.select_columns([config.text_column]))
     tokenizer = train_clip_tokenizer(
         captions, vocab_size=config.tokenizer_vocab_size, model_max_length=config.max_text_length
     )
@@ -218,66 +234,62 @@ def load_components(config: TextToImageTrainingConfig, captions: Sequence[str]) 
     }
 
 
-@torch.no_grad()
-def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
-    """`ema <- decay * ema + (1 - decay) * model` on the trained parameters."""
-    for ema_param, param in zip(ema_model.parameters(), model.parameters()):
-        if param.requires_grad:
-            ema_param.lerp_(param.detach(), 1.0 - decay)
-
-
 def sampling_scheduler(noise_scheduler: DDPMScheduler) -> DDIMScheduler:
     """The DDIM scheduler saved with the pipeline: the training schedule, no clipping of latents."""
     return DDIMScheduler.from_config(noise_scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
-def main(argv: Sequence[str] | None = None) -> TrainingSummary:
-    config = parse_config(TextToImageTrainingConfig, argv, description=__doc__.splitlines()[0])
-    accelerator = prepare_run(config)
-    dataset = load_training_dataset(config.dataset_name, config.dataset_split, config.max_train_samples)
-    validate_columns(
-        dataset, {config.image_column: "images (--image_column)", config.text_column: "captions (--text_column)"}
-    )
-    captions = list(dataset[config.text_column])
-    components = load_components(config, captions)
-    vae, tokenizer, text_encoder, unet = (components[k] for k in ("vae", "tokenizer", "text_encoder", "unet"))
-    noise_scheduler = components["noise_scheduler"]
-    images = load_images(dataset, config.image_column, config.resolution)  # (N, 3, R, R) uint8
-    caption_ids, empty_ids = tokenize_captions(tokenizer, captions), tokenize_captions(tokenizer, [""])
-    order = BatchOrder(
-        len(images), config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes
-    )
-
-    vae.requires_grad_(False)
+def configure_trainable(
+    unet: UNet2DConditionModel, text_encoder: CLIPTextModel, vae: AutoencoderKL, config: TextToImageTrainingConfig,
+    accelerator: Accelerator,
+) -> None:  # fmt: skip
+    """`requires_grad` and dtypes: the frozen parts (VAE, a frozen text encoder, the base UNet under LoRA) in the
+    mixed-precision dtype; what trains in float32 (`cast_training_params` for the LoRA weights)."""
+    weight_dtype = frozen_weight_dtype(accelerator)
+    vae.requires_grad_(False).to(accelerator.device, dtype=weight_dtype)
     text_encoder.requires_grad_(config.train_text_encoder)
+    if not config.train_text_encoder:
+        text_encoder.to(accelerator.device, dtype=weight_dtype)
     unet.requires_grad_(True)
     if config.lora_rank:
         add_unet_lora(unet, config.lora_rank, config.lora_alpha)  # freezes everything but the LoRA weights
+        unet.to(accelerator.device, dtype=weight_dtype)
+        cast_training_params(unet, dtype=torch.float32)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    ema_unet = copy.deepcopy(unet) if config.use_ema else None  # same `requires_grad` flags: checkpointed alike
-    vae.to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
-    if not config.train_text_encoder:
-        text_encoder.to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
 
+
+def main(argv: Sequence[str] | None = None) -> TrainingSummary:
+    config = parse_config(TextToImageTrainingConfig, argv, description=__doc__.splitlines()[0])
+    accelerator = prepare_run(config)
+    dataset = load_train_split(config, {config.text_column: "captions (--text_column)"}, accelerator.num_processes)
+    components = load_components(config, dataset)
+    vae, tokenizer, text_encoder, unet = (components[k] for k in ("vae", "tokenizer", "text_encoder", "unet"))
+    noise_scheduler = components["noise_scheduler"]
+    transform = ExampleTransform(
+        config.image_column, config.resolution, text_column=config.text_column, tokenizer=tokenizer
+    )
+    empty_ids = tokenize_captions(tokenizer, [""])
+
+    configure_trainable(unet, text_encoder, vae, config, accelerator)
+    batches = diffusion_training_batches(dataset, transform, config, accelerator, vae)
+    ema_unet = EMAModel(unet.parameters(), decay=config.ema_decay) if config.use_ema else None
     trained = [p for p in unet.parameters() if p.requires_grad]
     trained += list(text_encoder.parameters()) if config.train_text_encoder else []
     optimizer, lr_scheduler = make_optimizer(config, trained)
     unet, optimizer = accelerator.prepare(unet, optimizer)
+    models = {"unet": unet}
     if config.train_text_encoder:  # a frozen module must not be wrapped (DDP needs trainable parameters)
-        text_encoder = accelerator.prepare(text_encoder)
-    checkpoint_modules = {"unet": accelerator.unwrap_model(unet)}
-    if config.train_text_encoder:
-        checkpoint_modules["text_encoder"] = accelerator.unwrap_model(text_encoder)
+        models["text_encoder"] = text_encoder = accelerator.prepare(text_encoder)
     if ema_unet is not None:
-        checkpoint_modules["ema_unet"] = ema_unet.to(accelerator.device)
+        ema_unet.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema_unet)
 
-    def compute_loss(step: int, generator: torch.Generator) -> torch.Tensor:
-        indices = order.indices(step)
-        drop_text, _ = condition_dropout_masks(len(indices), generator, text_prob=config.text_dropout_prob)
-        input_ids = drop_captions(caption_ids[indices], drop_text, empty_ids).to(accelerator.device)
-        latents = encode_latents(vae, normalize_images(images[indices]), generator)  # (B, C, h, w)
-        noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, generator)
+    def compute_loss(batch: dict[str, torch.Tensor], random: StepRandom) -> torch.Tensor:
+        drop_text, _ = condition_dropout_masks(len(batch["input_ids"]), random, text_prob=config.text_dropout_prob)
+        input_ids = drop_captions(batch["input_ids"], drop_text, empty_ids).to(accelerator.device)
+        latents = training_latents(batch, vae, random)  # (B, C, h, w)
+        noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, random)
         with torch.set_grad_enabled(config.train_text_encoder):
             text_embeds = text_encoder(input_ids)[0]  # (B, L, D)
         model_pred = unet(noisy_latents, timesteps, text_embeds).sample
@@ -285,52 +297,71 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
 
     def after_step(completed: int) -> None:
         if ema_unet is not None:
-            decay = min(config.ema_decay, (1 + completed) / (10 + completed))
-            update_ema(ema_unet, checkpoint_modules["unet"], decay)
+            ema_unet.step(accelerator.unwrap_model(unet).parameters())
 
     def build_pipeline() -> SynFERPipeline:
         return SynFERPipeline(
             vae=vae, text_encoder=accelerator.unwrap_model(text_encoder), tokenizer=tokenizer,
-            unet=ema_unet if ema_unet is not None else checkpoint_modules["unet"],
-            scheduler=sampling_scheduler(noise_scheduler),
+            unet=accelerator.unwrap_model(unet), scheduler=sampling_scheduler(noise_scheduler),
         )  # fmt: skip
 
     def validate(step: int) -> None:
-        save_expression_grid(
-            build_pipeline(), f"{config.output_dir}/validation/grid-{step:06d}.png", config.validation_expressions,
-            config.num_validation_identities, config.validation_prompt, seed=config.seed,
-            num_inference_steps=config.validation_inference_steps, guidance_scale=config.validation_guidance_scale,
-        )  # fmt: skip
+        with ema_weights(ema_unet, accelerator.unwrap_model(unet)):
+            save_expression_grid(
+                build_pipeline(), f"{config.output_dir}/validation/grid-{step:06d}.png",
+                config.validation_expressions, config.num_validation_identities, config.validation_prompt,
+                seed=config.seed, num_inference_steps=config.validation_inference_steps,
+                guidance_scale=config.validation_guidance_scale,
+            )  # fmt: skip
         unet.train()
         text_encoder.train(config.train_text_encoder)
 
     unet.train()
     text_encoder.train(config.train_text_encoder)
     summary = run_training_loop(
-        accelerator, config, compute_loss, optimizer, lr_scheduler, checkpoint_modules, after_step, validate,
-        description="Text-to-image",
+        accelerator, config, batches, compute_loss, optimizer, lr_scheduler, models, after_step, validate,
+        project="text-to-image",
     )  # fmt: skip
     if accelerator.is_main_process:
-        vae.to(torch.float32)
-        accelerator.unwrap_model(text_encoder).to(torch.float32)
-        pipeline = build_pipeline()
-        model_card = {
-            "base_model": config.pretrained_model_name_or_path,  # None from scratch
-            "datasets": [config.dataset_name],
-            "training": training_card_text(config, "train_text_to_image.py"),
-        }
-        if config.lora_rank:
-            lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipeline.unet))
-            SynFERPipeline.save_lora_weights(config.output_dir, unet_lora_layers=lora_layers)
-            lora = pipeline.unet.peft_config["default"]
-            write_model_card(
-                config.output_dir, "synfer_lora.md", {**model_card, "lora_rank": lora.r, "lora_alpha": lora.lora_alpha}
-            )
-        else:
-            pipeline.save_pretrained(config.output_dir, model_card=model_card)
-        accelerator.print(f"Saved {'LoRA weights' if config.lora_rank else 'the pipeline'} to {config.output_dir}.")
-    accelerator.end_training()
+        save_outputs(config, build_pipeline(), ema_unet)
+    finish_run(accelerator, config)
     return summary
+
+
+@contextlib.contextmanager
+def ema_weights(ema_unet: EMAModel | None, unet: nn.Module) -> Iterator[None]:
+    """The UNet holds the EMA weights inside the block (validation), its own weights again after it."""
+    if ema_unet is None:
+        yield
+        return
+    ema_unet.store(unet.parameters())
+    ema_unet.copy_to(unet.parameters())
+    try:
+        yield
+    finally:
+        ema_unet.restore(unet.parameters())
+
+
+def save_outputs(config: TextToImageTrainingConfig, pipeline: SynFERPipeline, ema_unet: EMAModel | None) -> None:
+    """The trained pipeline (the EMA weights, with `--use_ema`) or, with LoRA, the LoRA weights; with a card."""
+    if ema_unet is not None:
+        ema_unet.copy_to(pipeline.unet.parameters())
+    pipeline.to(torch.float32)
+    model_card = {
+        "base_model": config.pretrained_model_name_or_path,  # None from scratch
+        "datasets": [config.dataset_name],
+        "training": training_card_text(config, "train_text_to_image.py"),
+    }
+    if config.lora_rank:
+        lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipeline.unet))
+        SynFERPipeline.save_lora_weights(config.output_dir, unet_lora_layers=lora_layers)
+        lora = pipeline.unet.peft_config["default"]
+        write_model_card(
+            config.output_dir, "synfer_lora.md", {**model_card, "lora_rank": lora.r, "lora_alpha": lora.lora_alpha}
+        )
+    else:
+        pipeline.save_pretrained(config.output_dir, model_card=model_card)
+    print(f"Saved {'LoRA weights' if config.lora_rank else 'the pipeline'} to {config.output_dir}.")
 
 
 if __name__ == "__main__":

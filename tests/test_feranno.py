@@ -251,7 +251,7 @@ def test_train_feranno_trains_evaluates_saves_and_resumes(tiny_components, label
     evaluation = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert set(evaluation["2"]) == {"accuracy", "macro_f1", "per_class_recall", "confusion_matrix"}
     assert set(evaluation["2"]["per_class_recall"]) == set(EXPRESSIONS)
-    resumed = script.main([*options, "--max_train_steps", "3", "--resume"])
+    resumed = script.main([*options, "--max_train_steps", "3", "--resume_from_checkpoint", "latest"])
     assert resumed.start_step == 2 and resumed.final_step == 3
     loaded = FERAnnoPipeline.from_pretrained(tmp_path / "out")
     assert "accuracy" in (tmp_path / "out" / "README.md").read_text()

@@ -181,8 +181,8 @@ def test_text_to_image_lora_output_has_a_card(faceworld_dir, tmp_path):
 
 def test_fer_classifier_output_has_a_card(faceworld_dir, tmp_path):
     argv = [
-        "--dataset_dir", str(faceworld_dir), "--output_dir", str(tmp_path / "judge"), "--hidden_sizes", "8", "16",
-        "--depths", "1", "1", "--max_steps", "1", "--batch_size", "4", "--num_threads", "1",
+        "--dataset_name", str(faceworld_dir), "--output_dir", str(tmp_path / "judge"), "--hidden_sizes", "8", "16",
+        "--depths", "1", "1", "--max_train_steps", "1", "--train_batch_size", "4", "--num_threads", "1",
     ]  # fmt: skip
     load_example("train_fer_classifier").main(argv)
     metadata, text = card_parts(tmp_path / "judge")

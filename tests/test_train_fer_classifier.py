@@ -21,7 +21,7 @@ trainer = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = trainer  # dataclasses look their module up
 _spec.loader.exec_module(trainer)
 
-TINY = ["--hidden_sizes", "8", "16", "--depths", "1", "1", "--max_steps", "3", "--batch_size", "8",
+TINY = ["--hidden_sizes", "8", "16", "--depths", "1", "1", "--max_train_steps", "3", "--train_batch_size", "8",
         "--eval_batch_size", "16", "--num_threads", "1"]  # fmt: skip
 
 
@@ -37,7 +37,7 @@ def faceworld_dir(tmp_path_factory):
 )
 def test_trains_a_few_steps_and_saves_a_loadable_model(faceworld_dir, tmp_path, task, architecture):
     output_dir = tmp_path / "model"
-    args = ["--dataset_dir", str(faceworld_dir), "--output_dir", str(output_dir), "--task", task]
+    args = ["--dataset_name", str(faceworld_dir), "--output_dir", str(output_dir), "--task", task]
     metrics = trainer.main([*args, "--architecture", architecture, *TINY])
 
     assert metrics["steps"] == 3
@@ -63,7 +63,7 @@ def test_trains_a_few_steps_and_saves_a_loadable_model(faceworld_dir, tmp_path, 
 
 def test_rejects_an_unknown_task(faceworld_dir, tmp_path):
     with pytest.raises(ValueError, match="task"):
-        trainer.main(["--dataset_dir", str(faceworld_dir), "--output_dir", str(tmp_path / "m"), "--task", "age"])
+        trainer.main(["--dataset_name", str(faceworld_dir), "--output_dir", str(tmp_path / "m"), "--task", "age"])
     assert not (tmp_path / "m").exists()
 
 
@@ -73,7 +73,7 @@ def test_rejects_a_dataset_without_the_needed_column_before_training(tmp_path):
     for split in ("train", "test"):
         dataset = build_faceworld_dataset(4, seed=0, split=split).remove_columns("action_units")
         dataset.to_parquet(str(data_dir / f"{split}-00000-of-00001.parquet"))
-    args = ["--dataset_dir", str(tmp_path / "no_aus"), "--output_dir", str(tmp_path / "m"), "--task", "action_units"]
+    args = ["--dataset_name", str(tmp_path / "no_aus"), "--output_dir", str(tmp_path / "m"), "--task", "action_units"]
     with pytest.raises(ValueError, match="action_units"):
         trainer.main(args + TINY)
     assert not (tmp_path / "m").exists()

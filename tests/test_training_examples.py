@@ -7,13 +7,13 @@ resume from its checkpoint; bad options must raise before any training step.
 
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+
+from synfer_diffusers.training import list_checkpoints
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RESOLUTION = 16  # FaceWorld's 64 px faces resized: 8x8 latents through a 2-level autoencoder
@@ -104,12 +104,17 @@ def vae_dir(vae_run):
 
 @pytest.fixture(scope="module")
 def stage_a_run(faceworld_dir, vae_dir, tmp_path_factory):
-    """Stage A from scratch: 1 step, then `--resume` to 2 steps: `(output_dir, summary of the resumed run)`."""
+    """Stage A from scratch: 1 step, then `--resume_from_checkpoint latest` to 2 steps: `(output_dir, summary of the resumed run)`."""
     output_dir = tmp_path_factory.mktemp("stage_a")
     options = ("--train_text_encoder", "--use_ema")
     run("train_text_to_image", output_dir, *options, **scratch_settings(faceworld_dir, vae_dir, max_train_steps=1))
     return output_dir, run(
-        "train_text_to_image", output_dir, "--resume", *options, **scratch_settings(faceworld_dir, vae_dir)
+        "train_text_to_image",
+        output_dir,
+        "--resume_from_checkpoint",
+        "latest",
+        *options,
+        **scratch_settings(faceworld_dir, vae_dir),
     )
 
 
@@ -152,7 +157,7 @@ def test_autoencoder_saves_a_loadable_model_with_measured_scaling(vae_dir):
     assert vae.config.down_block_types == ["DownEncoderBlock2D"] * 2
     assert vae.config.scaling_factor != 0.18215  # measured on the data, not diffusers' default
     assert (vae_dir / "diffusion_pytorch_model.safetensors").exists()
-    assert (vae_dir / "checkpoint-2" / "vae.safetensors").exists()
+    assert (vae_dir / "checkpoint-2" / "model.safetensors").exists()  # accelerator.save_state
     assert list((vae_dir / "validation").glob("reconstructions-*.png"))
     latents = vae.encode(torch.zeros(1, 3, RESOLUTION, RESOLUTION)).latent_dist.mode()
     assert latents.shape == (1, 4, RESOLUTION // 2, RESOLUTION // 2)
@@ -163,7 +168,9 @@ def test_autoencoder_saves_a_loadable_model_with_measured_scaling(vae_dir):
 
 def test_autoencoder_resume_repeats_the_uninterrupted_run(faceworld_dir, vae_run, tmp_path):
     run("train_autoencoder", tmp_path, **autoencoder_settings(faceworld_dir, max_train_steps=1))
-    resumed = run("train_autoencoder", tmp_path, "--resume", **autoencoder_settings(faceworld_dir))
+    resumed = run(
+        "train_autoencoder", tmp_path, "--resume_from_checkpoint", "latest", **autoencoder_settings(faceworld_dir)
+    )
     assert (resumed.start_step, resumed.final_step) == (1, 2)
     assert resumed.losses == vae_run[1].losses[1:]  # bit-identical on the CPU
 
@@ -182,11 +189,10 @@ def test_text_to_image_from_scratch_gives_a_text_only_pipeline(stage_a_dir):
     assert (stage_a_dir / "README.md").exists()
     assert (stage_a_dir / "validation" / "grid-000002.png").exists()
     checkpoint = stage_a_dir / "checkpoint-2"
-    assert {p.name for p in checkpoint.glob("*.safetensors")} >= {
-        "unet.safetensors",
-        "text_encoder.safetensors",
-        "ema_unet.safetensors",
-    }
+    # accelerator.save_state: the UNet and the text encoder as safetensors, the EMAModel and the LR scheduler
+    assert {p.name for p in checkpoint.iterdir()} >= {
+        "model.safetensors", "model_1.safetensors", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
+    }  # fmt: skip
 
 
 def test_text_to_image_resumes_at_the_checkpointed_step(stage_a_run):
@@ -244,7 +250,13 @@ def test_au_adapter_trains_only_the_adapter_and_generates(stage_a_dir, stage_b_d
 
 def test_au_adapter_resume_repeats_the_uninterrupted_run(faceworld_dir, stage_a_dir, stage_b_run, tmp_path):
     run("train_au_adapter", tmp_path, **pretrained_settings(faceworld_dir, stage_a_dir, max_train_steps=1))
-    resumed = run("train_au_adapter", tmp_path, "--resume", **pretrained_settings(faceworld_dir, stage_a_dir))
+    resumed = run(
+        "train_au_adapter",
+        tmp_path,
+        "--resume_from_checkpoint",
+        "latest",
+        **pretrained_settings(faceworld_dir, stage_a_dir),
+    )
     assert (resumed.start_step, resumed.final_step) == (1, 2)
     assert resumed.losses == stage_b_run[1].losses[1:]
 
@@ -326,61 +338,150 @@ def test_au_adapter_rejects_a_model_that_already_has_one(faceworld_dir, stage_b_
     assert_fails_before_training("train_au_adapter", tmp_path, settings, "already has an AU adapter")
 
 
+BAD_RUN_OPTIONS = [
+    ({"streaming": True, "max_train_steps": None}, "max_train_steps"),  # a fresh parquet stream has no length
+    ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
+    ({"checkpoints_total_limit": 0}, "checkpoints_total_limit"),
+    ({"dataloader_num_workers": -1}, "dataloader_num_workers"),
+    ({"resume_from_checkpoint": "checkpoint-9"}, "resume_from_checkpoint"),
+]
+
+
+@pytest.mark.parametrize("overrides, match", BAD_RUN_OPTIONS)
+def test_run_options_are_checked_before_any_model_loads(faceworld_dir, tmp_path, monkeypatch, overrides, match):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the configuration error")
+
+    import datasets
+
+    monkeypatch.setattr(load_example("train_autoencoder"), "build_autoencoder", no_model)
+    parquet_dir = tmp_path / "parquet"  # never loaded before: no cached metadata that would give a row count
+    datasets.load_dataset(str(faceworld_dir), split="train").to_parquet(parquet_dir / "data" / "train.parquet")
+    options = [f"--{k}" for k, v in overrides.items() if v is True]
+    settings = autoencoder_settings(parquet_dir, test_split="", **overrides)
+    settings = {k: v for k, v in settings.items() if v not in (None, True)}
+    with pytest.raises(ValueError, match=match):
+        run("train_autoencoder", tmp_path / "out", *options, **settings)
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Shared pieces (synfer_diffusers.training_utils)
+# diffusers' training conventions (on the autoencoder: the fastest script)
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_checkpoints_round_trip_and_keep_the_last_k(tmp_path):
-    from synfer_diffusers.training_utils import list_checkpoints, load_latest_training_state, save_training_state
-
-    def build():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
-        model[0].requires_grad_(False)  # frozen: rebuilt, not stored
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
-        return model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-
-    model, optimizer, scheduler = build()
-    for step in (1, 2, 3):
-        model(torch.randn(5, 3)).square().mean().backward()
-        optimizer.step()
-        scheduler.step()
-        save_training_state(
-            tmp_path, step, {"model": model}, optimizer, scheduler, extra={"note": step}, total_limit=2
-        )
-    assert [Path(p).name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
-    assert not list(tmp_path.glob(".*tmp"))
-    expected_draw = torch.rand(3)
-
-    restored, restored_optimizer, restored_scheduler = build()
-    state = load_latest_training_state(tmp_path, {"model": restored}, restored_optimizer, restored_scheduler)
-    assert (state.step, state.extra) == (3, {"note": 3})
-    assert torch.equal(torch.rand(3), expected_draw)  # global RNG restored
-    for a, b in zip(model.parameters(), restored.parameters()):
-        assert torch.equal(a, b)
-    assert restored_scheduler.get_last_lr() == scheduler.get_last_lr()
-    exp_avg = optimizer.state[model[1].weight]["exp_avg"]
-    assert torch.equal(restored_optimizer.state[restored[1].weight]["exp_avg"], exp_avg)
-    assert not any(name.endswith(".pt") or name.endswith(".bin") for name in os.listdir(state.path))
+def test_total_limit_keeps_k_checkpoints_and_resume_repeats_the_losses(faceworld_dir, tmp_path):
+    settings = autoencoder_settings(faceworld_dir, max_train_steps=4, checkpointing_steps=1, test_split="")
+    whole = run("train_autoencoder", tmp_path / "whole", checkpoints_total_limit=2, **settings)
+    assert [Path(p).name for p in list_checkpoints(tmp_path / "whole")] == ["checkpoint-3", "checkpoint-4"]
+    run("train_autoencoder", tmp_path / "cut", **{**settings, "max_train_steps": 2})  # stopped after 2 steps
+    resumed = run("train_autoencoder", tmp_path / "cut", "--resume_from_checkpoint", "latest", **settings)
+    assert (resumed.start_step, resumed.final_step) == (2, 4)
+    assert resumed.losses == whole.losses[2:]  # the same trajectory, bit for bit on the CPU
 
 
-def test_condition_dropout_and_au_smoothing():
-    from synfer_diffusers import AUSpace
-    from synfer_diffusers.training_utils import BatchOrder, condition_dropout_masks, smooth_action_units
+def test_gradient_accumulation_equals_the_larger_batch(faceworld_dir, tmp_path):
+    settings = autoencoder_settings(faceworld_dir, max_train_steps=3, test_split="")
+    large = run("train_autoencoder", tmp_path / "large", **{**settings, "train_batch_size": 4})
+    accumulated = run(
+        "train_autoencoder", tmp_path / "acc", **{**settings, "train_batch_size": 2, "gradient_accumulation_steps": 2}
+    )
+    assert len(accumulated.losses) == 3
+    assert accumulated.losses == pytest.approx(large.losses, rel=1e-4)  # same rows, same noise, same updates
 
-    generator = torch.Generator().manual_seed(0)
-    drop_text, drop_au = condition_dropout_masks(20_000, generator, text_prob=0.05, au_prob=0.05, both_prob=0.05)
-    assert abs((drop_text & ~drop_au).float().mean() - 0.05) < 0.01
-    assert abs((drop_text & drop_au).float().mean() - 0.05) < 0.01
-    assert abs((~drop_text & drop_au).float().mean() - 0.05) < 0.01
 
-    space = AUSpace.disfa12()
-    aus = torch.tensor([[0.0] * 6 + [5.0] * 6] * 1000)
-    smoothed = smooth_action_units(aus, space, generator, noise_std=0.2, round_prob=0.1)
-    assert smoothed.min() >= 0 and smoothed.max() <= 5 and not torch.equal(smoothed, aus)
-    assert 0.05 < (smoothed == aus).all(dim=1).float().mean() < 0.15  # rounded rows are unchanged
+def test_dataloader_workers_do_not_change_the_run(faceworld_dir, tmp_path):
+    settings = autoencoder_settings(faceworld_dir, max_train_steps=2, test_split="")
+    in_process = run("train_autoencoder", tmp_path / "w0", **settings)
+    workers = run("train_autoencoder", tmp_path / "w2", **{**settings, "dataloader_num_workers": 2})
+    assert workers.losses == in_process.losses
 
-    order = BatchOrder(num_samples=10, batch_size=3, seed=0)
-    epoch = torch.cat([order.indices(step) for step in range(3)])
-    assert len(set(epoch.tolist())) == 9 and torch.equal(order.indices(4), BatchOrder(10, 3, 0).indices(4))
+
+def test_a_streamed_run_trains_and_resumes_on_the_same_trajectory(faceworld_dir, tmp_path, monkeypatch):
+    import datasets
+
+    # `IterableDataset.repeat` sleeps 5 s when a stream is closed (a pyarrow thread-shutdown workaround)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    settings = autoencoder_settings(faceworld_dir, max_train_steps=3, test_split="", shuffle_buffer_size=8)
+    whole = run("train_autoencoder", tmp_path / "whole", "--streaming", **settings)
+    run("train_autoencoder", tmp_path / "cut", "--streaming", **{**settings, "max_train_steps": 1})
+    resumed = run(
+        "train_autoencoder", tmp_path / "cut", "--streaming", "--resume_from_checkpoint", "latest", **settings
+    )
+    assert len(whole.losses) == 3 and resumed.losses == whole.losses[1:]
+
+
+def test_report_to_tensorboard_logs_the_losses(faceworld_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    summary = run(
+        "train_autoencoder", tmp_path, report_to="tensorboard",
+        **autoencoder_settings(faceworld_dir, max_train_steps=2, test_split=""),
+    )  # fmt: skip
+    runs = [EventAccumulator(str(events)).Reload() for events in (tmp_path / "logs").rglob("events.out.tfevents.*")]
+    (scalars,) = [run for run in runs if "loss" in run.Tags()["scalars"]]
+    assert [(event.step, event.value) for event in scalars.Scalars("loss")] == [
+        (step, pytest.approx(loss)) for step, loss in enumerate(summary.losses, start=1)
+    ]
+
+
+def test_lora_under_mixed_precision_trains_float32_weights_over_a_bf16_base(
+    faceworld_dir, stage_a_dir, tmp_path, monkeypatch
+):
+    script = load_example("train_text_to_image")
+    seen = {}
+
+    def recording_cast(model, dtype):
+        script_cast(model, dtype=dtype)
+        for name, param in model.named_parameters():
+            seen.setdefault(param.requires_grad, set()).add(param.dtype)
+
+    from accelerate.state import AcceleratorState
+
+    script_cast = script.cast_training_params
+    monkeypatch.setattr(script, "cast_training_params", recording_cast)
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one state per process
+    try:
+        summary = run("train_text_to_image", tmp_path, **pretrained_settings(
+            faceworld_dir, stage_a_dir, lora_rank=4, mixed_precision="bf16", max_train_steps=1
+        ))  # fmt: skip
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert seen == {True: {torch.float32}, False: {torch.bfloat16}}  # LoRA in float32, the frozen base in bf16
+    assert all(torch.isfinite(torch.tensor(summary.losses)))
+    from safetensors.torch import load_file
+
+    lora = load_file(tmp_path / "pytorch_lora_weights.safetensors")
+    assert lora and {t.dtype for t in lora.values()} == {torch.float32}
+
+
+def test_cache_latents_repeats_on_the_fly_encoding_and_resumes_a_killed_cache(
+    faceworld_dir, stage_a_dir, stage_b_run, tmp_path, monkeypatch
+):
+    from synfer_diffusers.training import latent_cache
+
+    monkeypatch.setattr(latent_cache, "SHARD_ROWS", 8)  # 24 rows: 3 shards
+    encode = latent_cache._encode_shard
+    calls = []
+
+    def killed_at_the_second_shard(*args, **kwargs):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run dies while caching
+        return encode(*args, **kwargs)
+
+    settings = pretrained_settings(faceworld_dir, stage_a_dir, latent_cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(latent_cache, "_encode_shard", killed_at_the_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        run("train_au_adapter", tmp_path / "killed", "--cache_latents", **settings)
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert len(list(folder.glob("*.parquet"))) == 1  # the finished shard; nothing half-written
+    cached = run("train_au_adapter", tmp_path / "cached", "--cache_latents", **settings)
+    assert len(calls) == 4 and len(list(folder.glob("*.parquet"))) == 3  # only the two missing shards encoded
+    assert cached.losses == pytest.approx(stage_b_run[1].losses, rel=1e-4)  # = on-the-fly encoding
+    run("train_au_adapter", tmp_path / "again", "--cache_latents", **settings)
+    assert len(calls) == 4  # reused: no VAE pass
+    other = pretrained_settings(faceworld_dir, stage_a_dir, latent_cache_dir=tmp_path / "cache", max_train_samples=16)
+    run("train_au_adapter", tmp_path / "fewer", "--cache_latents", **other)
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # another dataset: another cache

@@ -36,8 +36,8 @@ independent choice but had not converged after 220 steps (MAE 0.89).
 
 ```bash
 python -m synfer_diffusers.data.faceworld --output-dir runs/faceworld --num-train 20000 --num-test 2000 --seed 0
-python examples/train_fer_classifier.py --dataset_dir runs/faceworld --output_dir runs/fetext_au_estimator \\
-    --task action_units --architecture resnet --seed 7 --batch_size 64 --max_steps 800
+python examples/train_fer_classifier.py --dataset_name runs/faceworld --output_dir runs/fetext_au_estimator \\
+    --task action_units --architecture resnet --seed 7 --train_batch_size 64 --max_train_steps 800
 synfer build-fetext --dataset runs/faceworld --split test --label-column label \\
     --au-estimator runs/fetext_au_estimator --output-dir runs/fetext_faceworld
 ```
@@ -45,7 +45,7 @@ synfer build-fetext --dataset runs/faceworld --split test --label-column label \
 One process writes all shards (no `accelerate` split yet); annotation dominates the cost, the scan decodes each
 image once more.
 
-This module imports `facs`, `training_utils`, `annotators`, `data.writer` and the HF libraries, never `models/`
+This module imports `facs`, `training`, `annotators`, `data.writer` and the HF libraries, never `models/`
 or `pipelines/`.
 """
 
@@ -78,7 +78,7 @@ from ..annotators import (
 )
 from ..facs import EXPRESSIONS, AUSpace
 from ..hub_utils import inherited_license, license_label, load_card_metadata, split_hub_ids
-from ..training_utils import expression_label_ids, load_training_dataset, tile_images, validate_columns
+from ..training import expression_label_ids, load_training_dataset, tile_images, validate_columns
 from .writer import SyntheticSetWriter
 
 logger = logging.getLogger(__name__)

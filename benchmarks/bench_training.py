@@ -1,0 +1,237 @@
+"""Training benchmarks: resident memory against dataset size, and training throughput.
+
+Rows:
+
+- `rss_N` / `rss_10N`: peak resident memory (`resource.getrusage`, the training process and, separately, its
+  DataLoader workers) of `examples/train_text_to_image.py` fine-tuning a tiny Stable Diffusion (random weights)
+  for a few steps on `N` and on `10 N` images at `--resolution`; `rss_ratio` = 10N / N (target: flat, < 1.3).
+  Each run is a fresh subprocess. The images compress well on disk (smooth gradients) but decode to
+  `3 * R * R` bytes each, so a loader that decoded the whole set (what the examples did before they streamed,
+  one uint8 tensor of every image) grows by `9 * N * 3 * R * R` bytes from N to 10N.
+- `images_per_s`: training images per second of the same run on N images (the whole process: imports and saving
+  included).
+- `sd15_recipe` (`--sd15-steps K`): the README's SD 1.5 options at SD 1.5 size, K steps (see [`sd15_rows`]).
+- `cache_latents_speedup` (`--cache-rows`): seconds of `main()` of the same fine-tune without / with a warm
+  `--cache_latents` cache (the cache built by an earlier, untimed run), in this process, at `--cache-resolution`.
+
+    python benchmarks/bench_training.py --num-images 400 --resolution 128 --steps 3 --batch-size 8 --workers 2 \
+        --cache-rows --cache-steps 20 --json benchmarks/results/training.json
+
+Measured so on the shared 2-core development CPU (2026-12-02; `benchmarks/results/training.json`): peak RSS
+1,248 MB for 400 images and 1,258 MB for 4,000 (ratio 1.01; DataLoader workers 379 / 414 MB), where holding the
+decoded images would add 188 MB; the examples before streaming measured 724 -> 937 MB at batch 2, 128 px, from
+400 to 4,000 images (708 -> 743 MB after). `--cache_latents` at 64 px, batch 8, 20 steps: 27.0 s on the fly,
+20.1 s cached (1.34x; the tiny VAE is a small part of a step, a real one is a larger part). The SD 1.5-size
+recipe (`--skip-rss --sd15-steps 2`: LoRA rank 4, 512 px, batch 1, float32, gradient checkpointing, one worker)
+ran as written: 341 s for the whole process (4.2 GB of random weights loaded, 2 steps, a 1-image validation grid,
+the LoRA saved), peak RSS 6.7 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = """
+import json, resource, runpy, sys, time
+sys.argv = sys.argv[1:]
+start = time.perf_counter()
+runpy.run_path(sys.argv[0], run_name="__main__")
+print("BENCH " + json.dumps({
+    "seconds": time.perf_counter() - start,
+    "self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+}))
+"""
+
+
+def smooth_images(num_images: int, size: int, seed: int = 0, num_distinct: int = 16):
+    """Yields rows `{"image", "text"}`: `size` x `size` RGB gradients between two random colours, PNG-encoded once
+    for `num_distinct` colour pairs and cycled (writing 10k rows then costs seconds)."""
+    import PIL.Image
+
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    encoded = []
+    for _ in range(num_distinct):
+        low, high = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        pixels = low + (high - low) * ramp[:, None, None] * ramp[None, :, None]  # (size, size, 3)
+        buffer = io.BytesIO()
+        PIL.Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    for i in range(num_images):
+        yield {"image": {"bytes": encoded[i % num_distinct], "path": None}, "text": f"a photo of face {i}"}
+
+
+def write_image_dataset(folder: str | os.PathLike, num_images: int, size: int, seed: int = 0) -> Path:
+    """A parquet dataset folder (`data/train-*.parquet`, columns `image` and `text`) of `num_images` smooth
+    images ([`smooth_images`]): small on disk, `3 * size**2` bytes each once decoded."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    rows = list(smooth_images(num_images, size, seed))
+    table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
+    path = Path(folder) / "data" / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return Path(folder)
+
+
+def save_tiny_stable_diffusion(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny `StableDiffusionPipeline` folder (the test components, random weights) to fine-tune."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components
+
+    components = make_tiny_components(seed=seed)
+    StableDiffusionPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
+        unet=make_tiny_base_unet(seed=seed), scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder)  # fmt: skip
+    return Path(folder)
+
+
+def save_sd15_size_pipeline(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """A `StableDiffusionPipeline` folder of Stable Diffusion 1.5's sizes (UNet 860M, CLIP-L-size text encoder, the
+    4-level VAE) with random weights (and the tiny tokenizer, whose ids fit the 49,408-token embedding)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from synfer_diffusers.tokenization import tiny_clip_tokenizer
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                       num_attention_heads=12, max_position_embeddings=77)
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512,
+    )  # fmt: skip
+    StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tiny_clip_tokenizer(),
+        unet=UNet2DConditionModel(cross_attention_dim=768, sample_size=64), scheduler=PNDMScheduler(skip_prk_steps=True),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder)  # fmt: skip
+    return Path(folder)
+
+
+def sd15_rows(steps: int, workdir: Path, lora_rank: int) -> dict:
+    """The `sd15_recipe` row: `examples/train_text_to_image.py` with the README's SD 1.5 options (512 px,
+    gradient checkpointing, min-SNR 5, caption dropout 0.1, a DataLoader worker) on SD 1.5-size random weights,
+    batch 1, float32 on the CPU (bf16 is emulated on CPUs without AMX); a LoRA of `lora_rank` (0: the full UNet,
+    ~15 GB)."""
+    model = save_sd15_size_pipeline(workdir / "sd15")
+    data = write_image_dataset(workdir / "sd15-data", 16, 512)
+    argv = fine_tune_argv(data, model, workdir / "sd15-out", 512, steps, 1, 1)
+    argv += ["--gradient_checkpointing", "--snr_gamma", "5.0", "--text_dropout_prob", "0.1"]
+    argv += ["--lora_rank", str(lora_rank)] if lora_rank else []
+    measured = run_measured(ROOT / "examples" / "train_text_to_image.py", argv)
+    return {"sd15_recipe": {"steps": steps, "lora_rank": lora_rank, **measured}}
+
+
+def run_measured(script: str | os.PathLike, argv: list[str], launcher: list[str] | None = None) -> dict:
+    """Runs `script argv` in a fresh Python process; returns its wall time and peak RSS (MB, self / children)."""
+    command = [*(launcher or [sys.executable]), "-c", CHILD, str(script), *argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if result.returncode:
+        raise RuntimeError(f"{command[-len(argv) - 1]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH "))
+    return json.loads(line[len("BENCH ") :])
+
+
+def fine_tune_argv(data: Path, model: Path, output: Path, resolution: int, steps: int, batch: int, workers: int):
+    return [
+        "--pretrained_model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output),
+        "--resolution", str(resolution), "--train_batch_size", str(batch), "--max_train_steps", str(steps),
+        "--checkpointing_steps", str(10 * steps), "--validation_steps", str(10 * steps),
+        "--num_validation_identities", "1", "--validation_expressions", "happy", "--validation_inference_steps", "1",
+        "--dataloader_num_workers", str(workers),
+    ]  # fmt: skip
+
+
+def rss_rows(num_images: int, resolution: int, steps: int, batch: int, workers: int, workdir: Path) -> dict:
+    """The `rss_N`, `rss_10N`, `rss_ratio` and `images_per_s` rows (see the module docstring)."""
+    model = save_tiny_stable_diffusion(workdir / "model")
+    rows = {}
+    for name, count in (("rss_N", num_images), ("rss_10N", 10 * num_images)):
+        data = write_image_dataset(workdir / f"data-{count}", count, resolution)
+        argv = fine_tune_argv(data, model, workdir / f"out-{count}", resolution, steps, batch, workers)
+        rows[name] = {"num_images": count, **run_measured(ROOT / "examples" / "train_text_to_image.py", argv)}
+    rows["rss_ratio"] = rows["rss_10N"]["self_mb"] / rows["rss_N"]["self_mb"]
+    rows["decoded_10N_mb_if_held"] = 10 * num_images * 3 * resolution**2 / 2**20
+    rows["images_per_s"] = steps * batch / rows["rss_N"]["seconds"]  # whole process, imports and saving included
+    return rows
+
+
+def cache_rows(resolution: int, steps: int, batch: int, workdir: Path) -> dict:
+    """The `cache_latents_speedup` row: training time without / with a warm latent cache (see the docstring)."""
+    import importlib.util
+    import time
+
+    spec = importlib.util.spec_from_file_location("train_text_to_image", ROOT / "examples" / "train_text_to_image.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    model = save_tiny_stable_diffusion(workdir / "cache-model")
+    data = write_image_dataset(workdir / "cache-data", 8 * batch, resolution)
+    argv = fine_tune_argv(data, model, workdir / "cache-out", resolution, steps, batch, 0)
+    argv += ["--latent_cache_dir", str(workdir / "latents")]
+    script.main([*argv, "--cache_latents", "--max_train_steps", "1"])  # builds the cache
+    seconds = {}
+    for name, options in (("on_the_fly", []), ("cached", ["--cache_latents"])):
+        start = time.perf_counter()
+        script.main([*argv, *options, "--output_dir", str(workdir / f"cache-{name}")])
+        seconds[name] = time.perf_counter() - start
+    return {"cache_seconds": seconds, "cache_latents_speedup": seconds["on_the_fly"] / seconds["cached"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-images", type=int, default=300, help="N (the second run has 10 N).")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers.")
+    parser.add_argument("--cache-rows", action="store_true", help="Also time --cache_latents (in this process).")
+    parser.add_argument("--cache-resolution", type=int, default=64)
+    parser.add_argument("--cache-steps", type=int, default=20)
+    parser.add_argument("--sd15-steps", type=int, default=0, help="> 0: also run the SD 1.5-size recipe row.")
+    parser.add_argument("--sd15-lora-rank", type=int, default=4, help="0: full UNet fine-tune (~15 GB).")
+    parser.add_argument("--skip-rss", action="store_true", help="Leave out the RSS rows.")
+    parser.add_argument("--json", help="Also write the rows here.")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as workdir:
+        rows = {}
+        if not args.skip_rss:
+            rows.update(
+                rss_rows(args.num_images, args.resolution, args.steps, args.batch_size, args.workers, Path(workdir))
+            )
+        if args.cache_rows:
+            rows.update(cache_rows(args.cache_resolution, args.cache_steps, args.batch_size, Path(workdir)))
+        if args.sd15_steps:
+            rows.update(sd15_rows(args.sd15_steps, Path(workdir), args.sd15_lora_rank))
+    rows["settings"] = vars(args)
+    print(json.dumps(rows, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

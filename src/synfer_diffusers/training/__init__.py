@@ -1,0 +1,131 @@
+"""Shared pieces of the training examples (`examples/train_*.py`), one module a section:
+
+- [`config`]: [`TrainingConfig`] / [`DiffusionTrainingConfig`], dataclasses whose fields carry their help text
+  and are checked in `__post_init__`; [`parse_config`] (transformers' `HfArgumentParser`), [`prepare_run`] (the
+  `Accelerator`), [`make_optimizer`].
+- [`data`]: [`load_training_dataset`] (a local folder or a Hub id) and the column checks, which raise a
+  `ValueError` naming the column before anything trains.
+- [`determinism`]: the batch of step `s` ([`BatchOrder`]) and every random draw of that step
+  ([`step_generator`]) are functions of `(seed, s)`, so a resumed run repeats the uninterrupted one.
+- [`augmentation`]: FineFace's AU smoothing and IP-Adapter's condition dropout.
+- [`diffusion`]: latents, forward noising, the epsilon / v loss (optional min-SNR weighting), the UNet LoRA.
+- [`checkpoints`]: diffusers-style `checkpoint-{step}` folders (`accelerator.save_state`), the last K kept.
+- [`loader`]: DataLoader batches with per-example transforms in workers, memory-mapped or streamed.
+- [`latent_cache`]: `--cache_latents`, the VAE posterior of every image computed once.
+- [`loop`]: [`run_training_loop`] (accumulation, trackers, checkpoints, resume, validation), `--push_to_hub`.
+- [`validation`]: image grids and the expressions x identities grid of a `SynFERPipeline`.
+
+This package imports the rest of `synfer_diffusers`, never `examples/`.
+"""
+
+from .augmentation import condition_dropout_masks, smooth_action_units
+from .checkpoints import checkpoint_step, list_checkpoints, resolve_checkpoint, save_checkpoint
+from .config import (
+    DiffusionTrainingConfig,
+    TrainingConfig,
+    check_existing_path,
+    check_positive,
+    check_probability,
+    command_line_options,
+    frozen_weight_dtype,
+    launched_on_cpus,
+    make_optimizer,
+    parse_config,
+    prepare_run,
+    training_card_text,
+)
+from .data import (
+    AnyDataset,
+    ExampleTransform,
+    ExpressionLabels,
+    dataset_columns,
+    drop_captions,
+    expression_label_ids,
+    first_row,
+    is_local_path,
+    load_action_units,
+    load_images,
+    load_training_dataset,
+    normalize_images,
+    num_examples,
+    pixel_tensor,
+    tokenize_captions,
+    validate_action_units_column,
+    validate_columns,
+    validate_image_column,
+)
+from .determinism import BatchOrder, StepRandom
+from .diffusion import (
+    LORA_TARGET_MODULES,
+    add_training_noise,
+    add_unet_lora,
+    diffusion_loss,
+    encode_latents,
+    sample_posterior,
+    training_latents,
+)
+from .latent_cache import cache_latents, diffusion_training_batches, latent_cache_fingerprint
+from .loader import StepBatchSampler, load_train_split, resolve_max_train_steps, training_batches
+from .loop import TrainingSummary, finish_run, push_output_to_hub, run_training_loop
+from .validation import save_expression_grid, tile_images
+
+__all__ = [
+    "add_training_noise",
+    "add_unet_lora",
+    "AnyDataset",
+    "BatchOrder",
+    "cache_latents",
+    "check_existing_path",
+    "check_positive",
+    "check_probability",
+    "checkpoint_step",
+    "command_line_options",
+    "condition_dropout_masks",
+    "dataset_columns",
+    "diffusion_loss",
+    "diffusion_training_batches",
+    "DiffusionTrainingConfig",
+    "drop_captions",
+    "encode_latents",
+    "ExampleTransform",
+    "expression_label_ids",
+    "ExpressionLabels",
+    "finish_run",
+    "first_row",
+    "frozen_weight_dtype",
+    "is_local_path",
+    "latent_cache_fingerprint",
+    "launched_on_cpus",
+    "list_checkpoints",
+    "load_train_split",
+    "load_action_units",
+    "load_images",
+    "load_training_dataset",
+    "LORA_TARGET_MODULES",
+    "make_optimizer",
+    "normalize_images",
+    "num_examples",
+    "parse_config",
+    "prepare_run",
+    "pixel_tensor",
+    "push_output_to_hub",
+    "resolve_checkpoint",
+    "resolve_max_train_steps",
+    "run_training_loop",
+    "sample_posterior",
+    "save_checkpoint",
+    "save_expression_grid",
+    "smooth_action_units",
+    "StepBatchSampler",
+    "StepRandom",
+    "tile_images",
+    "tokenize_captions",
+    "training_batches",
+    "training_card_text",
+    "training_latents",
+    "TrainingConfig",
+    "TrainingSummary",
+    "validate_action_units_column",
+    "validate_columns",
+    "validate_image_column",
+]

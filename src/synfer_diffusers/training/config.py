@@ -1,0 +1,267 @@
+"""Training configurations: dataclasses whose fields carry their help text and are checked in `__post_init__`,
+the command-line parser, the `Accelerator` and the optimizer every example shares."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from torch import nn
+from transformers import HfArgumentParser
+
+from ..facs import EXPRESSIONS
+from .checkpoints import resolve_checkpoint
+
+
+def check_positive(config: Any, *names: str, allow_zero: bool = False, allow_none: bool = False) -> None:
+    """Raises a `ValueError` naming the first field of `config` that is not > 0 (or >= 0 with `allow_zero`)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None and allow_none:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ValueError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value!r}.")
+
+
+def check_probability(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"`{name}` must be a probability in [0, 1], got {value!r}.")
+
+
+def check_existing_path(config: Any, *names: str) -> None:
+    """For optional path fields: raises if a given path does not exist."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not os.path.exists(os.path.expanduser(value)):
+            raise ValueError(f"`{name}`: no such file or folder: {value!r}.")
+
+
+@dataclass(kw_only=True)
+class TrainingConfig:
+    """Options every training example shares. Subclasses add their own fields and extend `__post_init__`."""
+
+    output_dir: str = field(metadata={"help": "Folder for the trained model, `checkpoint-*` folders and images."})
+    dataset_name: str = field(
+        metadata={"help": "A local dataset folder (parquet / imagefolder layout, or `save_to_disk`) or a Hub id."}
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images (`Image` feature)."})
+    resolution: int = field(default=64, metadata={"help": "Images are resized and centre-cropped to this side."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N rows (quick runs, debugging)."}
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the dataset (`load_dataset(..., streaming=True)`) instead of memory-mapping it."},
+    )
+    shuffle_buffer_size: int = field(
+        default=1000, metadata={"help": "With `--streaming`: rows in the shuffle buffer."}
+    )
+    dataloader_num_workers: int = field(
+        default=0, metadata={"help": "DataLoader worker processes decoding rows (0: in the main process)."}
+    )
+    train_batch_size: int = field(default=64, metadata={"help": "Batch size per process (one micro-batch)."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches accumulated into one optimizer step."}
+    )
+    max_train_steps: int | None = field(
+        default=None,
+        metadata={"help": "Total optimizer steps (resumed runs included); unset: `num_train_epochs` epochs."},
+    )
+    num_train_epochs: int = field(default=100, metadata={"help": "Epochs, where `max_train_steps` is unset."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate after warmup."})
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = field(default="constant_with_warmup", metadata={"help": "Learning-rate schedule (diffusers names)."})
+    lr_warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps."})
+    adam_weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 disables clipping."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute activations in the backward pass to save memory (GPU, large models)."},
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(
+        default="no", metadata={"help": "accelerate mixed precision; frozen models are cast to this dtype."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds initialisation, data order and every random draw."})
+    checkpointing_steps: int = field(
+        default=500, metadata={"help": "Save a resumable `checkpoint-{step}` every N steps (and at the last step)."}
+    )
+    checkpoints_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep only the newest N checkpoints; unset keeps all."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "`latest` (the newest `checkpoint-*` of `output_dir`; a fresh start if none) or a checkpoint "
+            "folder to continue from (`accelerator.load_state`)."
+        },
+    )
+    validation_steps: int = field(
+        default=500, metadata={"help": "Write validation images every N steps (and at the last step)."}
+    )
+    report_to: str | None = field(
+        default=None,
+        metadata={"help": "accelerate tracker(s) for losses and learning rate: `tensorboard`, `wandb`, `all`..."},
+    )
+    logging_dir: str = field(default="logs", metadata={"help": "Tracker folder, relative to `output_dir`."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the output folder to `hub_model_id`."})
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Hub repo id to push to (default: the output folder's name)."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("output_dir", "dataset_name", "dataset_split", "image_column"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"`{name}` must be a non-empty string, got {getattr(self, name)!r}.")
+        integers = ("resolution", "train_batch_size", "gradient_accumulation_steps", "num_train_epochs")
+        integers += ("checkpointing_steps", "validation_steps", "shuffle_buffer_size")
+        check_positive(self, *integers, "learning_rate")
+        check_positive(self, "lr_warmup_steps", "adam_weight_decay", "max_grad_norm", allow_zero=True)
+        check_positive(self, "dataloader_num_workers", allow_zero=True)
+        check_positive(self, "max_train_samples", "max_train_steps", "checkpoints_total_limit", allow_none=True)
+        for name in (*integers, "dataloader_num_workers"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"`{name}` must be an integer, got {getattr(self, name)!r}.")
+        resolve_checkpoint(self.output_dir, self.resume_from_checkpoint)  # a named checkpoint must exist
+
+
+@dataclass(kw_only=True)
+class DiffusionTrainingConfig(TrainingConfig):
+    """Options shared by the two UNet stages (text-to-image fine-tune and AU adapter)."""
+
+    text_column: str = field(default="text", metadata={"help": "Column holding the captions."})
+    text_dropout_prob: float = field(
+        default=0.05, metadata={"help": "Probability of replacing a caption by '' (for classifier-free guidance)."}
+    )
+    snr_gamma: float | None = field(
+        default=None,
+        metadata={"help": "Min-SNR loss weighting gamma (Hang et al. 2023; 5.0 is usual); unset: plain MSE."},
+    )
+    lora_rank: int = field(default=4, metadata={"help": "Rank of the UNet LoRA layers, where LoRA is used."})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; unset: equal to the rank."})
+    cache_latents: bool = field(
+        default=False,
+        metadata={"help": "Encode every image with the VAE once into a latent cache reused by later runs and stages."},
+    )
+    latent_cache_dir: str | None = field(
+        default=None, metadata={"help": "Folder of latent caches; unset: `synfer_latents` in the datasets cache."}
+    )
+    validation_prompt: str = field(
+        default="a photo of a face", metadata={"help": "Coarse description for the validation grid."}
+    )
+    validation_expressions: list[str] = field(
+        default_factory=lambda: list(EXPRESSIONS), metadata={"help": "Rows of the validation grid."}
+    )
+    num_validation_identities: int = field(default=4, metadata={"help": "Columns (fixed seeds) of the grid."})
+    validation_inference_steps: int = field(default=25, metadata={"help": "DDIM steps for validation images."})
+    validation_guidance_scale: float = field(default=3.0, metadata={"help": "CFG scale for validation images."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_probability(self, "text_dropout_prob")
+        check_positive(self, "snr_gamma", allow_none=True)
+        check_positive(self, "num_validation_identities", "validation_inference_steps")
+        check_positive(self, "lora_rank", allow_zero=True)
+        check_positive(self, "lora_alpha", allow_none=True)
+        check_positive(self, "validation_guidance_scale", allow_zero=True)
+        if self.cache_latents and self.streaming:
+            raise ValueError("`cache_latents` needs a memory-mapped dataset: drop `streaming` (or the cache).")
+        if not self.validation_expressions:
+            raise ValueError("`validation_expressions` must name at least one expression.")
+        for i, name in enumerate(self.validation_expressions):
+            EXPRESSIONS.label_id(name, field=f"validation_expressions[{i}]")
+
+
+C = TypeVar("C", bound=TrainingConfig)
+
+
+def parse_config(config_class: type[C], argv: Sequence[str] | None = None, description: str | None = None) -> C:
+    """Command line -> `config_class` (one `--field` per dataclass field, help text from its metadata). Invalid
+    values raise the config's `ValueError`; unknown options exit with argparse's usage message."""
+    parser = HfArgumentParser(config_class, description=description)
+    (config,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    return config
+
+
+def launched_on_cpus() -> bool:
+    """Several processes (`WORLD_SIZE` > 1, as `torchrun` or `accelerate launch` set it) and no GPU. accelerate
+    picks its multi-CPU mode only when told the run is on the CPU: without `cpu=True` every process would believe
+    it is alone (`DistributedType.NO`), train on its own and never synchronise gradients."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def prepare_run(config: TrainingConfig) -> Accelerator:
+    """The `Accelerator` (mixed precision, gradient accumulation, trackers, real multi-CPU processes: see
+    [`launched_on_cpus`]), with every RNG seeded so models built next are initialised identically in every process
+    and on resume. Nothing is written yet: `output_dir` is created when training starts."""
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
+        ),
+        cpu=launched_on_cpus(),
+    )
+    set_seed(config.seed)
+    return accelerator
+
+
+def frozen_weight_dtype(accelerator: Accelerator) -> torch.dtype:
+    """dtype for frozen models under mixed precision (trained weights stay float32)."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def make_optimizer(
+    config: TrainingConfig, parameters: list[nn.Parameter]
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over `parameters` and the configured learning-rate schedule (stepped once per optimizer step)."""
+    if not parameters:
+        raise ValueError("Nothing to train: no parameter requires a gradient.")
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.max_train_steps,
+    )
+    return optimizer, lr_scheduler
+
+
+def command_line_options(config: TrainingConfig) -> list[str]:
+    """The options that reproduce `config`: every field that differs from its default, as `--field value`."""
+    options = []
+    for item in fields(config):
+        value = getattr(config, item.name)
+        default = item.default_factory() if item.default_factory is not MISSING else item.default
+        if value == default and default is not MISSING:
+            continue
+        if isinstance(value, bool):
+            options.append(f"--{item.name}" if value else f"--no_{item.name}")
+        else:
+            options += [f"--{item.name}", *map(str, value if isinstance(value, list) else [value])]
+    return options
+
+
+def training_card_text(config: TrainingConfig, script: str) -> str:
+    """The "Training" section of a model card: the command, the script and its full configuration."""
+    settings = json.dumps(asdict(config), indent=2)
+    command = shlex.join(["accelerate", "launch", f"examples/{script}", *command_line_options(config)])
+    return (
+        f"Trained with `examples/{script}` for {config.max_train_steps} steps on `{config.dataset_name}` "
+        f"(split `{config.dataset_split}`):\n\n```bash\n{command}\n```\n\n```json\n{settings}\n```"
+    )

@@ -1,0 +1,269 @@
+"""Training data: a local folder, parquet shards or a Hub dataset, memory-mapped or streamed; its column checks (a
+`ValueError` naming the column before any model loads); and the per-example transform that decodes a row when
+its batch is read (images, captions, AUs, expression labels)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from ..facs import EXPRESSIONS, AUSpace
+from ..hub_utils import is_hub_repo_id
+from ..image_utils import resize_and_center_crop
+
+
+def is_local_path(name_or_path: str) -> bool:
+    """A Hub id is `name` or `owner/name`; anything else (absolute, `./`, `~`, deeper paths) is a local path
+    (the complement of [`~synfer_diffusers.hub_utils.is_hub_repo_id`])."""
+    return not is_hub_repo_id(name_or_path)
+
+
+AnyDataset = datasets.Dataset | datasets.IterableDataset
+
+
+def load_training_dataset(
+    name_or_path: str, split: str, max_samples: int | None = None, streaming: bool = False
+) -> AnyDataset:
+    """Loads one split of a dataset, memory-mapped (a `Dataset`) or streamed (an `IterableDataset`).
+
+    Neither decodes anything: rows are read when a batch asks for them, so resident memory does not grow with
+    the dataset's size.
+
+    Args:
+        name_or_path: a folder written by `Dataset.save_to_disk` (read with `load_from_disk`), any folder that
+            `datasets.load_dataset(folder)` reads (parquet shards, imagefolder; works offline), or a Hub id.
+        split: the split to return (a `save_to_disk` folder holding a single `Dataset` has no split names).
+        max_samples: keep only the first `max_samples` rows.
+        streaming: return an `IterableDataset` (`load_dataset(..., streaming=True)`; a `save_to_disk` folder is
+            turned into one with `to_iterable_dataset`).
+    """
+    if is_local_path(name_or_path):
+        path = os.path.expanduser(name_or_path)
+        if not os.path.isdir(path):
+            raise ValueError(f"`dataset_name`: no dataset folder at {name_or_path!r}.")
+        saved_to_disk = any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
+        loaded = datasets.load_from_disk(path) if saved_to_disk else datasets.load_dataset(path, streaming=streaming)
+    else:
+        try:
+            loaded = datasets.load_dataset(name_or_path, streaming=streaming)
+        except Exception as error:  # offline, unknown repo, ...: say which option is wrong
+            raise ValueError(
+                f"`dataset_name`: {name_or_path!r} is not a local folder and could not be loaded from the Hub ({error})."
+            ) from error
+    if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if split not in loaded:
+            raise ValueError(f"`dataset_split`: {name_or_path!r} has splits {list(loaded)}, not {split!r}.")
+        loaded = loaded[split]
+    if streaming and isinstance(loaded, datasets.Dataset):
+        loaded = loaded.to_iterable_dataset(num_shards=max(1, min(64, len(loaded) // 1024)))
+    if max_samples is not None:
+        loaded = loaded.take(max_samples) if streaming else loaded.select(range(min(max_samples, len(loaded))))
+    if (len(loaded) if isinstance(loaded, datasets.Dataset) else first_row(loaded)) in (0, None):
+        raise ValueError(f"`dataset_name`: split {split!r} of {name_or_path!r} is empty.")
+    return loaded
+
+
+def first_row(dataset: AnyDataset, columns: Sequence[str] | None = None) -> dict | None:
+    """The first row (only `columns`, when given, so no image is decoded for a column check); `None` if empty."""
+    if columns is not None:
+        dataset = dataset.select_columns(list(columns))
+    if isinstance(dataset, datasets.Dataset):
+        return dataset[0] if len(dataset) else None
+    return next(iter(dataset.take(1)), None)
+
+
+def dataset_columns(dataset: AnyDataset) -> list[str]:
+    """Column names, read from the first row where a stream does not declare its features."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    return list(first_row(dataset) or {})
+
+
+def num_examples(dataset: AnyDataset) -> int | None:
+    """Rows of the split, or `None` for a stream whose metadata does not say."""
+    if isinstance(dataset, datasets.Dataset):
+        return len(dataset)
+    splits = dataset.info.splits
+    return splits[dataset.split].num_examples if splits and dataset.split in splits else None
+
+
+def validate_columns(dataset: AnyDataset, required: Mapping[str, str]) -> None:
+    """Raises a `ValueError` listing every required column the dataset lacks.
+
+    Args:
+        required: `{column: what it must hold}`, e.g. `{"text": "captions (--text_column)"}`.
+    """
+    columns = dataset_columns(dataset)
+    missing = [f"{column!r} ({description})" for column, description in required.items() if column not in columns]
+    if missing:
+        raise ValueError(
+            f"The dataset lacks the column(s) {', '.join(missing)}; its columns are {columns}. "
+            "Point the `--*_column` options at the right names."
+        )
+
+
+def validate_action_units_column(dataset: AnyDataset, column: str, au_space: AUSpace) -> None:
+    """Checks that `column` is a list of AU values whose length matches `au_space`: the declared fixed length, or
+    else the first row's. Every row's values are checked when its batch is read ([`ExampleTransform`])."""
+    feature = dataset.features[column] if dataset.features is not None else None
+    if feature is not None and not isinstance(feature, (datasets.List, datasets.Sequence, datasets.LargeList)):
+        raise ValueError(f"Column {column!r} must hold a list of {au_space.num_aus} AU values per row, got {feature}.")
+    length = getattr(feature, "length", -1)
+    if length in (-1, None):
+        length = len(first_row(dataset, [column])[column])
+    if length != au_space.num_aus:
+        raise ValueError(
+            f"Column {column!r} holds {length} AU values per row but the AU space has {au_space.num_aus} "
+            f"({', '.join(au_space.names)}); choose the matching `--au_space`."
+        )
+
+
+def load_action_units(dataset: datasets.Dataset, column: str, au_space: AUSpace) -> torch.Tensor:
+    """The AU column as a validated `(N, num_aus)` float32 tensor (width, NaN/inf and range checked)."""
+    rows = dataset.with_format("numpy", columns=[column])[:][column]  # (N, num_aus), or an object array if ragged
+    try:
+        values = torch.from_numpy(np.stack(list(rows)).astype(np.float32))
+    except ValueError as error:
+        raise ValueError(
+            f"Column {column!r} has rows of different lengths; expected {au_space.num_aus} values each."
+        ) from error
+    return au_space.validate_tensor(values, field=f"dataset column {column!r}")
+
+
+@dataclass(frozen=True)
+class ExpressionLabels:
+    """Maps a column's values to ids into [`EXPRESSIONS`] by name: a `ClassLabel` whose names are expressions, or
+    strings. Built from the features ([`from_dataset`], which checks the class names); unknown strings raise a
+    `ValueError` naming the column and the allowed values when their batch is read."""
+
+    column: str
+    class_ids: tuple[int, ...] | None  # ClassLabel index -> EXPRESSIONS id; None: the column holds names
+
+    @classmethod
+    def from_dataset(cls, dataset: AnyDataset, column: str) -> ExpressionLabels:
+        feature = dataset.features[column] if dataset.features is not None else datasets.Value("string")
+        if isinstance(feature, datasets.ClassLabel):
+            field = f"class names of column {column!r}"
+            return cls(column, tuple(EXPRESSIONS.label_id(name, field=field) for name in feature.names))
+        if feature == datasets.Value("string"):
+            return cls(column, None)
+        raise ValueError(f"Column {column!r} must be a ClassLabel or strings naming expressions, got {feature}.")
+
+    def __call__(self, values: Sequence[int | str]) -> torch.Tensor:  # (N,) int64
+        if self.class_ids is not None:
+            return torch.tensor([self.class_ids[i] for i in values], dtype=torch.long)
+        return torch.tensor([EXPRESSIONS.label_id(name, field=f"column {self.column!r}") for name in values])
+
+
+def expression_label_ids(dataset: datasets.Dataset, column: str) -> torch.Tensor:
+    """The whole expression column as `(N,)` ids into [`EXPRESSIONS`] (see [`ExpressionLabels`])."""
+    return ExpressionLabels.from_dataset(dataset, column)(dataset[column])
+
+
+def load_images(
+    dataset: datasets.Dataset, column: str, resolution: int, desc: str = "Loading images"
+) -> torch.Tensor:  # (N, 3, R, R) uint8
+    """Decodes every image of `column`, resized (shorter side) and centre-cropped to `resolution`, into one uint8
+    tensor. For bounded sets only (a test split, the first `K` training images): training batches are decoded
+    when read ([`ExampleTransform`])."""
+    validate_image_column(dataset, column)
+    images = torch.empty((len(dataset), 3, resolution, resolution), dtype=torch.uint8)
+    rows = dataset.select_columns([column]).iter(batch_size=256)
+    start = 0
+    for batch in tqdm(rows, desc=desc, total=-(-len(dataset) // 256), leave=False):
+        pixels = torch.stack([pixel_tensor(image, resolution) for image in batch[column]])  # (b, 3, R, R)
+        images[start : start + len(pixels)] = pixels
+        start += len(pixels)
+    return images
+
+
+def validate_image_column(dataset: AnyDataset, column: str) -> None:
+    feature = dataset.features[column] if dataset.features is not None else datasets.Image()
+    if not isinstance(feature, datasets.Image):
+        raise ValueError(f"Column {column!r} must be an `Image` feature, got {feature}.")
+
+
+def pixel_tensor(image: Image.Image, resolution: int) -> torch.Tensor:  # (3, R, R) uint8
+    return torch.from_numpy(resize_and_center_crop(image, resolution).copy()).permute(2, 0, 1)
+
+
+@dataclass
+class ExampleTransform:
+    """The per-example transform of training rows (`Dataset.with_transform`, or `IterableDataset.map(batched=True)`),
+    run in DataLoader workers: a batch dict of columns -> a batch dict of tensors.
+
+    Outputs `pixel_values` (uint8 `(3, R, R)`, resized and centre-cropped), or with `cached_latents` the
+    `latent_mean` / `latent_std` columns of a latent cache (float32 `(C, h, w)`), and, for the columns
+    configured, `input_ids` (the tokenizer's padded ids), `action_units` (float32, width, NaN/inf and range
+    checked against `au_space`) and `labels` ([`ExpressionLabels`] ids).
+    """
+
+    image_column: str
+    resolution: int
+    cached_latents: bool = False
+    text_column: str | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
+    au_column: str | None = None
+    au_space: AUSpace | None = None
+    labels: ExpressionLabels | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        """The dataset columns read."""
+        images = ["latent_mean", "latent_std"] if self.cached_latents else [self.image_column]
+        names = [*images, self.text_column, self.au_column, self.labels and self.labels.column]
+        return [name for name in names if name]
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if self.cached_latents:
+            out = {
+                name: list(torch.from_numpy(np.asarray(batch[name], np.float32)))
+                for name in ("latent_mean", "latent_std")
+            }
+        else:
+            out = {"pixel_values": [pixel_tensor(image, self.resolution) for image in batch[self.image_column]]}
+        if self.text_column is not None:
+            out["input_ids"] = list(tokenize_captions(self.tokenizer, batch[self.text_column]))
+        if self.au_column is not None:
+            out["action_units"] = list(self.action_units(batch[self.au_column]))
+        if self.labels is not None:
+            out["labels"] = list(self.labels(batch[self.labels.column]))
+        return out
+
+    def action_units(self, rows: list[Sequence[float]]) -> torch.Tensor:  # (B, num_aus)
+        widths = sorted({len(row) for row in rows} - {self.au_space.num_aus})
+        if widths:
+            raise ValueError(
+                f"Column {self.au_column!r} has a row of {widths[0]} values; expected {self.au_space.num_aus} each."
+            )
+        values = torch.tensor(rows, dtype=torch.float32)
+        return self.au_space.validate_tensor(values, field=f"dataset column {self.au_column!r}")
+
+
+def drop_captions(input_ids: torch.Tensor, drop_mask: torch.Tensor, empty_ids: torch.Tensor) -> torch.Tensor:
+    """Token ids `(B, L)` with the rows where `drop_mask` is True replaced by the empty prompt's ids `(1, L)`."""
+    return torch.where(drop_mask[:, None], empty_ids, input_ids)
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 `(B, 3, H, W)` in [0, 255] -> float32 in [-1, 1], the range of `AutoencoderKL`."""
+    return images.float() / 127.5 - 1.0
+
+
+def tokenize_captions(tokenizer: PreTrainedTokenizerBase, captions: Sequence[str]) -> torch.Tensor:  # (N, L)
+    """Token ids padded / truncated to the tokenizer's `model_max_length`, as `SynFERPipeline.encode_prompt`."""
+    return tokenizer(
+        list(captions),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids

@@ -17,7 +17,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-import torch
 
 from synfer_diffusers import EXPRESSIONS, AUSpace
 from synfer_diffusers.cli import main
@@ -278,20 +277,3 @@ def test_feranno_pipelines_get_voted_labels(tmp_path):
         assert label == int(row.argmax())
         if agreement == 1.0:  # unanimous: FERAnno agrees with the target, one-hot label (the paper's rule)
             assert label == target and row.max() == 1.0
-
-
-@pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes(reference, tmp_path):
-    """The documented multi-process command, for real: `accelerate launch --num_processes 2 --cpu`."""
-    folder = tmp_path / "set"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "synfer_diffusers.cli", "generate", "--output-dir", str(folder), "--num-samples", "6",
-               "--shard-size", "2", "--batch-size", "2", *CLI_ARGS]  # fmt: skip
-    # the reference's thread count: oneDNN kernels may sum in another order with another count (pixels then differ)
-    threads = str(torch.get_num_threads())
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-4000:]
-    _assert_same_dataset(folder, reference)
-    assert (folder / "README.md").is_file()

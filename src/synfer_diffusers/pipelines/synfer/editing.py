@@ -11,9 +11,11 @@ estimator (an AU regressor, [`~synfer_diffusers.annotators.AUEstimator`]).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from ...annotators import AUEstimator
 from ...facs import EXPRESSIONS, AUSpace, expression_prototype
 from .conditions import AUInput, GeneratorInput, plan_image_condition
 from .layout_initialisation import LayoutImageInput
+from .pipeline_feranno import FERAnnoPipeline
 from .pipeline_output import OUTPUT_TYPES, SynFEREditOutput
 from .prediction import combine_guidance
 
@@ -136,6 +139,29 @@ def _edit_batch_size(image, values: Mapping[str, object], au_rows: Mapping[str, 
 class EditingMixin:
     """Expression editing for a [`SynFERPipeline`] (its `vae`, `unet`, `scheduler`, `image_processor`,
     `encode_prompt`, `ddim_invert`, `predict_noise_branches`, `encode_au_condition` and optional `au_estimator`)."""
+
+    def check_edit_call(self, **kwargs: Any) -> None:
+        """Checks the arguments of an edit (`pipe.check_edit_call(**kwargs)` for `pipe.edit(**kwargs)`) without running
+        the UNet: unknown names, [`check_edit_inputs`] and [`resolve_edit_batch`]. Raises what the edit would raise
+        first."""
+        try:
+            bound = inspect.signature(self.edit).bind(**kwargs)
+        except TypeError as error:
+            raise ValueError(f"Not an argument of {type(self).__name__}.edit: {error}") from None
+        bound.apply_defaults()
+        a = bound.arguments
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height, width = a["height"] or native, a["width"] or native
+        self.check_edit_inputs(
+            a["target_expression"], a["target_action_units"], a["target_action_unit_delta"], a["source_action_units"],
+            a["edit_strength"], a["num_inference_steps"], a["guidance_scale"], a["au_scale"], height, width,
+            a["output_type"],
+        )  # fmt: skip
+        self.resolve_edit_batch(
+            a["image"], a["target_expression"], a["target_action_units"], a["target_action_unit_delta"],
+            a["source_action_units"], a["source_prompt"], a["prompt"], height, width,
+        )  # fmt: skip
+        self.au_space.prototype_value(a["prototype_intensity"], field="prototype_intensity")
 
     def check_edit_inputs(
         self,
@@ -306,6 +332,7 @@ class EditingMixin:
         prototype_intensity: float | None = None,
         au_jitter: float = 0.5,
         enrich_prompt: bool = True,
+        label_with_feranno: bool = True,
         generator: GeneratorInput = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -345,11 +372,13 @@ class EditingMixin:
                 prototype AUs, as in [`~SynFERPipeline.__call__`].
             enrich_prompt (`bool`, defaults to True): enrich the source and target prompts with their AUs and the
                 target expression.
+            label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each edit
+                (`feranno_probabilities`) with one FERAnno pass on its final latents.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): draws the prototype jitter; a list
                 gives one per image, so image `i` of a batch equals image `i` edited alone. The DDIM steps draw nothing.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): else return `(images, expressions, action_units, prompts, seeds,
-                source_action_units)`.
+                feranno_probabilities, source_action_units)`.
 
         Examples:
 
@@ -421,12 +450,19 @@ class EditingMixin:
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 progress_bar.update()
 
-        # 8. Decode and report each image's source and target condition
+        # 8. FERAnno labels: one pass on the final latents, as `__call__` labels when the loop cannot
+        feranno_probabilities = None
+        if self.feranno_head is not None and label_with_feranno:
+            annotator = FERAnnoPipeline(**self.base_components, head=self.feranno_head)
+            annotator.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+            feranno_probabilities = annotator.label_latents(latents, generator).to(latents.device)
+
+        # 9. Decode and report each image's source and target condition
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()
         space = self.au_space
         seeds = [g.initial_seed() for g in generator] if isinstance(generator, list) else None
-        outputs = (images, batch.target_expressions, space.to_dicts(target_aus), prompts, seeds)
+        outputs = (images, batch.target_expressions, space.to_dicts(target_aus), prompts, seeds, feranno_probabilities)
         if not return_dict:
             return (*outputs, space.to_dicts(source_aus.cpu()))
         return SynFEREditOutput(

@@ -134,3 +134,15 @@ def test_bad_inputs_are_clear_errors(pipe, kwargs, match):
 def test_wrong_image_size_is_an_error(pipe):
     with pytest.raises(ValueError, match=r"`image\[1\]` is \(24, 24\), expected \(16, 16\)"):
         _edit(pipe, [_faces(1)[0], torch.rand(3, 24, 24)], target_expression="happy")
+
+
+def test_au_estimator_round_trips_through_save_pretrained(tiny_components, tmp_path):
+    regressor, processor = make_au_regressor()
+    pipe = SynFERPipeline(**tiny_components, au_estimator=regressor, au_estimator_image_processor=processor)
+    pipe.save_pretrained(tmp_path / "pipe")
+    reloaded = SynFERPipeline.from_pretrained(tmp_path / "pipe")
+    faces = pipe.image_processor.preprocess(_faces(2))
+    torch.testing.assert_close(
+        reloaded.estimate_source_action_units(faces), pipe.estimate_source_action_units(faces)
+    )
+    assert SynFERPipeline.from_pretrained(tmp_path / "pipe", au_estimator=None).au_estimator is None

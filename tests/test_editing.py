@@ -146,3 +146,23 @@ def test_au_estimator_round_trips_through_save_pretrained(tiny_components, tmp_p
         reloaded.estimate_source_action_units(faces), pipe.estimate_source_action_units(faces)
     )
     assert SynFERPipeline.from_pretrained(tmp_path / "pipe", au_estimator=None).au_estimator is None
+
+
+def test_faceworld_editing_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_faceworld_editing.py"
+    spec = importlib.util.spec_from_file_location("eval_faceworld_editing", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, benchmark)  # its dataclass looks its module up while the file executes
+    spec.loader.exec_module(benchmark)
+    rows = benchmark.main(["--num-faces", "1", "--steps", "2", "--strengths", "0.5", "--guidance-scales", "1",
+                           "--json", str(tmp_path / "editing.json")])  # fmt: skip
+    assert [row["name"] for row in rows] == [
+        "source, unedited (reference)", "layout init (baseline), cfg 1", "edit, strength 0.5, cfg 1"
+    ]
+    assert rows[0]["error_to_source"] == 0 and rows[0]["error_to_ground_truth"] > 0
+    assert all(row["num_images"] == 7 and row["error_to_ground_truth"] > 0 for row in rows)
+    assert (tmp_path / "editing.json").is_file()

@@ -127,3 +127,9 @@ def test_edit_set_killed_then_resumed_equals_an_uninterrupted_run(edit_reference
     _assert_same_dataset(folder, edit_reference)
     assert (folder / "README.md").read_text() == (edit_reference / "README.md").read_text()
 
+
+
+def test_edit_set_card_names_the_source_columns(edit_reference, faces, reference):
+    card = (edit_reference / "README.md").read_text()
+    assert "`source_id`" in card and "`source_image_sha256`" in card and f"edits of the faces of `{faces}`" in card
+    assert "`source_id`" not in (reference / "README.md").read_text()

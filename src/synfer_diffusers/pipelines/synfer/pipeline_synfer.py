@@ -77,7 +77,8 @@ class SynFERPipeline(
     Follows the call contract of diffusers' text-to-image pipelines (`prompt_embeds`, `negative_prompt_embeds`,
     `cross_attention_kwargs`, `callback_on_step_end` with [`~diffusers.callbacks.PipelineCallback`]s, the generator
     convention and the [`~diffusers.pipelines.StableDiffusionMixin`] helpers) and adds AU control, prompt enrichment,
-    semantic guidance, layout initialisation and in-loop FERAnno labels. Classifier-free guidance contrasts the
+    semantic guidance, layout initialisation, in-loop FERAnno labels and expression editing ([`edit`], see
+    `editing.py`). Classifier-free guidance contrasts the
     conditional branch (prompt + AU tokens) with the unconditional one (negative prompt, default `""`, + the UNet's
     learned null AU condition).
 

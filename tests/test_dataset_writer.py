@@ -54,7 +54,8 @@ def _write_all(folder, plan=PLAN, card=True):
 
 
 def test_the_row_type_and_the_features_are_one_schema():
-    assert list(synthetic_features(12)) == [f.name for f in fields(SyntheticRow)]
+    assert list(synthetic_features(12, edit=True)) == [f.name for f in fields(SyntheticRow)]
+    assert list(synthetic_features(12)) == [f.name for f in fields(SyntheticRow)][:-2]  # no source columns
 
 
 def test_with_drop_discarded_a_shard_holds_the_kept_subset_or_nothing(tmp_path):

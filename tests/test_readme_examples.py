@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import PIL.Image
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -46,7 +47,7 @@ def _run(code: str, cwd: Path) -> None:
 
 
 def test_readme_marks_the_examples():
-    assert {"stock-save", "stock-load", "adapter"} <= set(readme_blocks())
+    assert {"stock-save", "stock-load", "adapter", "edit"} <= set(readme_blocks())
 
 
 @pytest.mark.slow  # three interpreters, each importing the HF stack and running the embedded default
@@ -58,3 +59,9 @@ def test_stock_diffusers_and_adapter_routes_run_as_written(tmp_path):
     assert (tmp_path / "happy.png").is_file()
     _run(blocks["adapter"], tmp_path)
     assert (tmp_path / "faceworld-au-adapter" / "au_adapter.safetensors").is_file()
+
+
+@pytest.mark.slow  # one interpreter importing the HF stack, 28 edits by the embedded default
+def test_edit_example_runs_as_written(tmp_path):
+    _run(readme_blocks()["edit"], tmp_path)
+    assert PIL.Image.open(tmp_path / "edit_grid.png").size == (512, 256)

@@ -5,7 +5,7 @@ from .labels import ClassifierVoter, EnsembleVoter, VotingConfig, VotingResult
 from .models.feranno import FERAnnoHead
 from .models.unet_au import AUAttnProcessor2_0, AUConditionedUNet2DConditionModel
 from .pipelines.synfer.pipeline_feranno import FERAnnoPipeline, FERAnnoPipelineOutput
-from .pipelines.synfer.pipeline_output import SynFERPipelineOutput
+from .pipelines.synfer.pipeline_output import SynFEREditOutput, SynFERPipelineOutput
 from .pipelines.synfer.pipeline_synfer import SynFERPipeline
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "FERAnnoHead",
     "FERAnnoPipeline",
     "FERAnnoPipelineOutput",
+    "SynFEREditOutput",
     "SynFERPipeline",
     "SynFERPipelineOutput",
     "VotingConfig",

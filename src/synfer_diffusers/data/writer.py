@@ -81,7 +81,9 @@ class SyntheticRow:
     AU order), `target_label` (the generation target, a class id), `label` / `label_probs` / `agreement` (the
     rectified label, its class distribution and the voters' weighted agreement), `keep` (False where the voting
     discard rule drops the image), `votes` (each voter's `{"voter": name, "probs": 7 probabilities}`), `seed` (the
-    image's seed) and `sample_id` (its index in the plan).
+    image's seed) and `sample_id` (its index in the plan); in an edit set (a plan with `edit_source`) also
+    `source_id` (the source face's row in the edit dataset) and `source_image_sha256` (the sha256 of its stored image
+    file), `None` elsewhere and not written.
     """
 
     image: PIL.Image.Image
@@ -95,14 +97,16 @@ class SyntheticRow:
     votes: list[dict[str, Any]]
     seed: int
     sample_id: int
+    source_id: int | None = None
+    source_image_sha256: str | None = None
 
     def to_example(self) -> dict[str, Any]:
         return {item.name: getattr(self, item.name) for item in fields(self)}
 
 
-def synthetic_features(num_aus: int) -> datasets.Features:
+def synthetic_features(num_aus: int, edit: bool = False) -> datasets.Features:
     """Features of a synthetic SynFER set whose AU vectors have `num_aus` entries: the columns of
-    [`SyntheticRow`]."""
+    [`SyntheticRow`], the source columns (`source_id`, `source_image_sha256`) only for an `edit` set."""
     classes = datasets.ClassLabel(names=list(EXPRESSIONS))
     probabilities = datasets.List(datasets.Value("float32"), length=len(EXPRESSIONS))
     features = {
@@ -118,6 +122,8 @@ def synthetic_features(num_aus: int) -> datasets.Features:
         "seed": datasets.Value("int64"),
         "sample_id": datasets.Value("int64"),
     }
+    if edit:
+        features.update({"source_id": datasets.Value("int64"), "source_image_sha256": datasets.Value("string")})
     return datasets.Features(features)
 
 
@@ -159,7 +165,8 @@ class SyntheticSetWriter:
     Args:
         output_dir (`str` or `os.PathLike`): the dataset folder.
         plan (`Mapping`): JSON-serialisable description of the samples; must hold `num_samples`, `shard_size` and
-            `au_space` (`{"names": [...], "kind": ...}`), which fixes the rows' [`synthetic_features`].
+            `au_space` (`{"names": [...], "kind": ...}`), which fixes the rows' [`synthetic_features`] (with the
+            source columns when it holds `edit_source`).
 
     Example:
 
@@ -179,7 +186,7 @@ class SyntheticSetWriter:
     def __init__(self, output_dir: str | os.PathLike, plan: Mapping[str, Any]):
         self.output_dir = Path(output_dir)
         self.plan = json.loads(_canonical_json(plan))
-        self.features = synthetic_features(len(self.plan["au_space"]["names"]))
+        self.features = synthetic_features(len(self.plan["au_space"]["names"]), edit="edit_source" in self.plan)
         self.fingerprint = plan_fingerprint(self.plan)
         self.shards = shard_specs(int(self.plan["num_samples"]), int(self.plan["shard_size"]))
         self.schema = self.features.arrow_schema
@@ -353,6 +360,7 @@ class SyntheticSetWriter:
         subset) and writes the shard atomically, then its manifest. On failure (full disk, ...) nothing is left
         under the shard's name and the error says so."""
         examples = [row.to_example() if isinstance(row, SyntheticRow) else dict(row) for row in rows]
+        examples = [{name: example[name] for name in self.features} for example in examples]
         ids = [int(example["sample_id"]) for example in examples]
         if not self._valid_ids(spec, ids):
             raise ValueError(f"rows of {spec.filename} must have sample ids [{spec.start}, {spec.end}), got {ids}.")

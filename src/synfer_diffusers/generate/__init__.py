@@ -23,6 +23,9 @@ This is the one package that ties the pipeline to the data writer (`data/` never
 Before anything is written, everything is checked (config, model, sources, voters, a dry resolution of the
 pipeline's inputs, the folder's state), and the folder is locked for the run ([`OutputLock`]).
 
+An **edit set** (`edit_dataset`, `edit_set`) plans sample `i` as source face `i // E` edited into expression `i % E`
+([`plan_edit_sample`]) and makes it with `SynFERPipeline.edit`; its rows carry `source_id` and `source_image_sha256`.
+
 Several processes (`accelerate launch`, `torchrun`) split the shards round-robin: process `p` of `K` writes shards
 `p, p + K, ...`; the main process writes the card once all are done. The result equals a one-process run.
 """
@@ -38,6 +41,7 @@ from .config import (
     SyntheticSetConfig,
     config_flags,
 )
+from .edit_set import EditSource, edit_inputs, plan_edit_sample
 from .labelers import Labeler, SampleLabels, TargetLabeler, VotingLabeler, default_labeler
 from .lock import FolderLockedError, OutputLock
 from .model import (
@@ -61,6 +65,7 @@ __all__ = [
     "DEFAULT_MODEL_DIR",
     "DEFAULT_MODEL_ENV",
     "DTYPES",
+    "EditSource",
     "FolderLockedError",
     "Labeler",
     "LayoutSource",
@@ -80,9 +85,11 @@ __all__ = [
     "configure_pipeline",
     "default_labeler",
     "default_model_dir",
+    "edit_inputs",
     "generate_synthetic_dataset",
     "pipeline_fingerprint",
     "pipeline_inputs",
+    "plan_edit_sample",
     "plan_sample",
     "resolve_pipeline",
     "sample_rows",

@@ -16,6 +16,10 @@ DEFAULT_CARD_DATA: dict[str, Any] = {
 }
 
 
+SOURCE_DATASET_FIELDS = ("au_dataset", "layout_dataset", "edit_dataset")
+"""Plan fields naming datasets a set is made from (the card's `source_datasets` where they are Hub ids)."""
+
+
 def card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None) -> dict[str, Any]:
     """Card metadata (the generating model's licence, read from its card; the AU and layout datasets as
     `source_datasets` where they are on the Hub) and the template's text fields."""
@@ -35,7 +39,7 @@ def card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None) 
         au_policy = f"AU vector of a random row of `{plan['au_source']['name']}` with the target label"
     return {
         **inherited_license(model_card),
-        "source_datasets": split_hub_ids([plan[k] for k in ("au_dataset", "layout_dataset") if plan[k]])[0] or None,
+        "source_datasets": split_hub_ids([plan[k] for k in SOURCE_DATASET_FIELDS if plan[k]])[0] or None,
         "model_license": license_label(model_card),
         "repo_id": repo_id,
         "num_samples": plan["num_samples"],
@@ -53,6 +57,7 @@ def card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None) 
         "au_policy_summary": au_policy,
         "labeler_description": labeler.description,
         "drop_discarded": plan["drop_discarded"],
+        "edit_dataset": plan["edit_dataset"],
         "noise_warning": "made with tiny random weights (no embedded default checkpoint yet): the images are noise."
         if tiny else None,
     }  # fmt: skip
@@ -81,6 +86,11 @@ def _sampling_summary(plan: Mapping[str, Any]) -> str:
         parts.append(f"extra pipeline arguments {plan['pipeline_kwargs']}")
     if plan["layout_dataset"]:
         parts.append(f"layout initialisation from `{plan['layout_dataset']}` at strength {plan['layout_strength']}")
+    if plan["edit_dataset"]:
+        parts.append(
+            f"edits of the faces of `{plan['edit_dataset']}` (`SynFERPipeline.edit`, DDIM inversion under each "
+            f"face's own condition, strength {plan['edit_strength']})"
+        )
     if plan["drop_discarded"]:
         parts.append("rows the discard rule marks are left out")
     return ", ".join(parts)

@@ -45,6 +45,8 @@ SCHEDULERS = (
 """Samplers `scheduler` may name (diffusers classes, built from the checkpoint's scheduler config)."""
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICE_TYPES = ("cpu", "cuda", "mps")
+DEFAULT_NUM_SAMPLES = 64
+"""`num_samples` of a generated set when none is given."""
 MAX_IMAGE_SIZE_FACTOR = 4
 """`height` and `width` are at most this many times the model's native image size (2048 px for a 512 px model)."""
 
@@ -97,8 +99,8 @@ def parse_named_numbers(text: str, flag: str, forms: str = "'name=value,...' or 
 
 
 def parse_expression_distribution(text: str) -> dict[str, float] | None:
-    """`"balanced"` -> None; `"happy=0.5,sad=0.5"` or a JSON object -> `{name: probability}`."""
-    if text == "balanced":
+    """`"balanced"` or `"all"` -> None; `"happy=0.5,sad=0.5"` or a JSON object -> `{name: probability}`."""
+    if text in ("balanced", "all"):
         return None
     return parse_named_numbers(text, "--expressions", "'balanced', 'name=prob,...' or a JSON object")
 
@@ -143,13 +145,18 @@ class SyntheticSetConfig:
     ```
     """
 
-    num_samples: int = field(default=64, metadata={"help": "Number of images to generate (>= 1)."})
+    num_samples: int | None = field(
+        default=None,
+        metadata={"help": "Number of images to generate (>= 1); None: 64, or for an edit set every source face x "
+                          "every expression (a smaller number keeps the first, face by face)."},
+    )  # fmt: skip
     seed: int = field(default=0, metadata={"help": "Master seed; sample i uses sha256 of (seed, i)."})
     expression_distribution: dict[str, float] | None = field(
         default=None,
         metadata={
-            "help": "Probability of each expression (names from EXPRESSIONS, summing to 1): 'balanced' (None), "
-            "'happy=0.5,sad=0.5' or a JSON object.",
+            "help": "Probability of each expression (names from EXPRESSIONS, summing to 1): 'balanced' or 'all' "
+            "(None), 'happy=0.5,sad=0.5' or a JSON object. An edit set edits each face into every expression of "
+            "non-zero probability.",
             "flag": "--expressions", "parse": parse_expression_distribution, "cli_default": "balanced",
         },  # fmt: skip
     )
@@ -244,6 +251,15 @@ class SyntheticSetConfig:
         metadata={"help": "Voting: rows marked keep=False: 'none', 'disagreement' (label not agreed) or "
                           "'target_mismatch' (label differs from the target)."},
     )  # fmt: skip
+    edit_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Folder or Hub id of source faces (an `image` column; optional `text` captions and "
+                          "`action_units`, else estimated by the model's AU estimator): an identity-controlled edit "
+                          "set, each face edited into each expression (`SynFERPipeline.edit`)."},
+    )  # fmt: skip
+    edit_strength: float = field(
+        default=0.8, metadata={"help": "Edit sets: the share of the schedule inverted and re-denoised, in (0, 1]."}
+    )
     drop_discarded: bool = field(
         default=False,
         metadata={"help": "Leave rows the discard rule marks keep=False out of the dataset (default: keep them, "
@@ -251,10 +267,14 @@ class SyntheticSetConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.num_samples is None and self.edit_dataset is None:
+            self.num_samples = DEFAULT_NUM_SAMPLES
         if not isinstance(self.drop_discarded, bool):
             raise ValueError(f"`drop_discarded` must be a bool, got {self.drop_discarded!r}.")
         for name, minimum in (("num_samples", 1), ("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):
             value = getattr(self, name)
+            if name == "num_samples" and value is None:  # an edit set's: every face x expression
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
         for name in ("height", "width"):
@@ -284,6 +304,29 @@ class SyntheticSetConfig:
 
         self._check_sampler()
         self._check_voting()
+        self._check_edit()
+
+    def _check_edit(self) -> None:
+        _check_number("edit_strength", self.edit_strength)
+        if not 0 < self.edit_strength <= 1:
+            raise ValueError(f"`edit_strength` must be in (0, 1], got {self.edit_strength!r}.")
+        if self.edit_dataset is None:
+            return
+        if not isinstance(self.edit_dataset, str) or not self.edit_dataset:
+            raise ValueError(f"`edit_dataset` must be a folder or Hub id, got {self.edit_dataset!r}.")
+        unused = {
+            "layout_dataset": self.layout_dataset is not None, "au_policy": self.au_policy != "prototype",
+            "semantic_guidance_scale": self.semantic_guidance_scale > 0, "negative_prompt": self.negative_prompt is not None,
+            "eta": self.eta > 0, "descriptions": self.descriptions is not None,
+        }  # fmt: skip
+        given = [name for name, is_set in unused.items() if is_set]
+        if given:
+            raise ValueError(f"`edit_dataset`: an edit set does not use {given}; leave them at their defaults.")
+
+    def edit_expressions(self) -> list[str]:
+        """The expressions each face of an edit set is edited into: those of non-zero probability, in EXPRESSIONS
+        order."""
+        return [name for name, p in zip(EXPRESSIONS, self.expression_probabilities()) if p > 0]
 
     def _check_sampler(self) -> None:
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:

@@ -113,11 +113,23 @@ class LayoutSource:
 
 
 @dataclass(frozen=True)
+class SourceFace:
+    """The source of an edited sample: its row in the edit dataset, the sha256 of its stored image file, the image
+    (at the generation size), its AUs and the prompt it is inverted under."""
+
+    source_id: int
+    image_sha256: str
+    image: PIL.Image.Image
+    action_units: np.ndarray  # (num_aus,) float32
+    prompt: str
+
+
+@dataclass(frozen=True)
 class PlannedSample:
     """Everything that decides sample `sample_id`'s image, besides the set's sampling configuration: its seed (the
     image's noise), target expression, coarse description, final prompt and AU vector (what the pipeline is given,
-    unchanged, and what the dataset row records), negative prompt and layout image (`None`: denoising starts from
-    noise)."""
+    unchanged, and what the dataset row records), negative prompt, layout image (`None`: denoising starts from
+    noise) and, in an edit set, the source face it edits."""
 
     sample_id: int
     seed: int
@@ -127,6 +139,7 @@ class PlannedSample:
     action_units: np.ndarray  # (num_aus,) float32, in the model's AU order
     negative_prompt: str | None = None
     layout_image: PIL.Image.Image | None = None
+    source: SourceFace | None = None
 
 
 def plan_sample(
@@ -200,10 +213,13 @@ def build_plan(
     labeler: Labeler,
     pipeline_kwargs: Mapping[str, Any] | None,
     layout_source: LayoutSource | None = None,
+    edit_source: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON plan, what a resume compares: the config, the image size, the sampler's class and the device type
     (CPU and GPU kernels round differently), the model (name + weight fingerprint), its AU space, the AU and layout
-    sources' fingerprints, the labeller's full configuration ([`Labeler.config`]) and extra pipeline arguments."""
+    sources' fingerprints, the labeller's full configuration ([`Labeler.config`]), extra pipeline arguments and, for an
+    edit set, its source faces (`edit_source`: name, fingerprint, number of faces; the writer adds the source
+    columns for it)."""
     return {
         **asdict(config),
         "image_size": list(config.check_image_size(pipe.unet.config.sample_size * pipe.vae_scale_factor)),
@@ -217,4 +233,5 @@ def build_plan(
         ),
         "labeler": labeler.config,
         "pipeline_kwargs": dict(pipeline_kwargs or {}),
+        **({"edit_source": edit_source} if edit_source is not None else {}),
     }

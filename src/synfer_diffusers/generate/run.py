@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from ..labels import ClassifierVoter
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from .card import DEFAULT_CARD_DATA, card_fields
 from .config import DTYPES, SyntheticSetConfig, check_device
+from .edit_set import EditSource, edit_inputs, plan_edit_sample
 from .labelers import Labeler, SampleLabels, changed_voting_options, default_labeler
 from .lock import OutputLock
 from .model import MODEL_LOAD_ERRORS, configure_pipeline, resolve_pipeline
@@ -43,13 +44,33 @@ class SyntheticSetResult:
 
 @dataclass
 class _Run:
-    """What a checked run needs: the configured pipeline, sources, labeller, plan and writer."""
+    """What a checked run needs: the config (an edit set's `num_samples` resolved), the configured pipeline, sources,
+    labeller, plan and writer."""
 
+    config: SyntheticSetConfig
     pipe: SynFERPipeline
     au_source: AUSource | None
     layout_source: LayoutSource | None
+    edit_source: EditSource | None
     labeler: Labeler
     writer: SyntheticSetWriter
+
+    def plan(self, sample_id: int) -> PlannedSample:
+        """Sample `sample_id` of the plan: edited from a source face in an edit set, else generated."""
+        if self.edit_source is not None:
+            return plan_edit_sample(self.config, sample_id, self.pipe, self.edit_source)
+        return plan_sample(self.config, sample_id, self.pipe.au_space, self.au_source, self.layout_source)
+
+    def inputs(self, samples: Sequence[PlannedSample], pipeline_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The arguments of the pipeline call ([`generate`]) that makes `samples`."""
+        if self.edit_source is not None:
+            return edit_inputs(self.config, samples, pipeline_kwargs)
+        return pipeline_inputs(self.config, samples, pipeline_kwargs)
+
+    def generate(self, samples: Sequence[PlannedSample], pipeline_kwargs: Mapping[str, Any] | None) -> Any:
+        """The pipeline's output for `samples`: `pipe.edit` in an edit set, else `pipe(...)`."""
+        call = self.pipe.edit if self.edit_source is not None else self.pipe
+        return call(**self.inputs(samples, pipeline_kwargs))
 
 
 def generate_synthetic_dataset(
@@ -135,6 +156,7 @@ def generate_synthetic_dataset(
     rank, world, barrier, process_device = _process_layout(process_index, num_processes)
     distributed = process_index is None and world > 1
     run = _checked_run(config, output_dir, model, pipeline, labeler, voters, pipeline_kwargs, process_device)
+    config = run.config
     run.writer.check(resume=resume, overwrite=overwrite, is_main_process=rank == 0)
 
     lock = None
@@ -187,11 +209,30 @@ def _checked_run(
     if au_source is not None:
         au_source.check_covers(config.expression_probabilities())
     layout_source = LayoutSource.from_dataset(config.layout_dataset, size) if config.layout_dataset else None
-    first = plan_sample(config, 0, pipe.au_space, au_source, layout_source)
-    pipe.check_call(**pipeline_inputs(config, [first], pipeline_kwargs))
+    edit_source, edit_plan = None, None
+    if config.edit_dataset is not None:
+        edit_source = EditSource.from_dataset(config.edit_dataset, size, pipe)
+        config = _edit_set_config(config, len(edit_source))
+        edit_plan = {"name": edit_source.name, "fingerprint": edit_source.fingerprint, "num_faces": len(edit_source)}
     labeler = labeler or default_labeler(pipe, [_load_voter(path) for path in voters], config.voting_options())
-    plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs, layout_source)
-    return _Run(pipe, au_source, layout_source, labeler, SyntheticSetWriter(output_dir, plan))
+    plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs, layout_source, edit_plan)
+    run = _Run(config, pipe, au_source, layout_source, edit_source, labeler, SyntheticSetWriter(output_dir, plan))
+    check = pipe.check_edit_call if edit_source is not None else pipe.check_call
+    check(**run.inputs([run.plan(0)], pipeline_kwargs))
+    return run
+
+
+def _edit_set_config(config: SyntheticSetConfig, num_faces: int) -> SyntheticSetConfig:
+    """The config with an edit set's `num_samples`: every face x expression by default, at most that."""
+    available = num_faces * len(config.edit_expressions())
+    if config.num_samples is None:
+        return replace(config, num_samples=available)
+    if config.num_samples > available:
+        raise ValueError(
+            f"`num_samples` {config.num_samples} exceeds the edit set's {num_faces} faces x "
+            f"{len(config.edit_expressions())} expressions = {available}."
+        )
+    return config
 
 
 def _load_voter(path: str) -> ClassifierVoter:
@@ -212,7 +253,7 @@ def _write_pending_shards(
     show_progress: bool,
 ) -> list:
     """Generates and writes this process's pending shards (`rank::world`); returns them."""
-    writer, pipe = run.writer, run.pipe
+    writer = run.writer
     mine = writer.shards[rank::world]
     pending = writer.pending_shards(mine)
     total = sum(len(spec.sample_ids) for spec in mine)
@@ -223,8 +264,8 @@ def _write_pending_shards(
         for spec in pending:
             rows = []
             for ids in _chunks(spec.sample_ids, batch_size):
-                samples = [plan_sample(config, i, pipe.au_space, run.au_source, run.layout_source) for i in ids]
-                output = pipe(**pipeline_inputs(config, samples, pipeline_kwargs))
+                samples = [run.plan(i) for i in ids]
+                output = run.generate(samples, pipeline_kwargs)
                 labels = run.labeler(output, [EXPRESSIONS.label_id(s.expression) for s in samples])
                 rows.extend(sample_rows(samples, output.images, labels, config.drop_discarded))
                 progress.update(len(samples))
@@ -235,8 +276,8 @@ def _write_pending_shards(
 def sample_rows(
     samples: Sequence[PlannedSample], images: Sequence[Any], labels: SampleLabels, drop_discarded: bool = False
 ) -> list[SyntheticRow]:
-    """The dataset rows of a generated, labelled batch: the plan's prompt and AU vector, the labels and votes; rows
-    marked `keep=False` are left out with `drop_discarded`."""
+    """The dataset rows of a generated, labelled batch: the plan's prompt and AU vector, the labels and votes (and an
+    edited sample's source face); rows marked `keep=False` are left out with `drop_discarded`."""
     rows = [
         SyntheticRow(
             image=images[i],
@@ -250,6 +291,8 @@ def sample_rows(
             votes=labels.votes[i],
             seed=sample.seed,
             sample_id=sample.sample_id,
+            source_id=sample.source.source_id if sample.source is not None else None,
+            source_image_sha256=sample.source.image_sha256 if sample.source is not None else None,
         )
         for i, sample in enumerate(samples)
     ]

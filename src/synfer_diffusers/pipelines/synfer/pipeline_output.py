@@ -7,6 +7,9 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+"""The `output_type`s of the SynFER pipelines."""
+
 
 @dataclass
 class SynFERPipelineOutput(BaseOutput):
@@ -33,3 +36,19 @@ class SynFERPipelineOutput(BaseOutput):
     prompts: list[str]
     seeds: list[int]
     feranno_probabilities: torch.Tensor | None = None
+
+
+@dataclass
+class SynFEREditOutput(SynFERPipelineOutput):
+    """
+    Output of [`SynFERPipeline.edit`], one entry per edited image: the fields of [`SynFERPipelineOutput`] for the
+    target (`expressions`, `action_units` and `prompts` are the target condition; `seeds` the per-image generators'
+    seeds) and the source's condition.
+
+    Args:
+        source_action_units (`list[dict[str, float]]`): the AUs each source was inverted under (given or estimated).
+        source_prompts (`list[str]`): the prompts each source was inverted under, after enrichment.
+    """
+
+    source_action_units: list[dict[str, float]] | None = None
+    source_prompts: list[str] | None = None

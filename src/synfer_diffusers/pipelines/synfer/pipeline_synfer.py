@@ -29,9 +29,11 @@ from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
 from ..hub_mixin import ModelCardPipelineMixin
 from .conditions import AUInput, GeneratorInput, plan_conditions, resolve_batch
+from .editing import EditingMixin
 from .layout_initialisation import LayoutImageInput, LayoutInitialisationMixin
 from .pipeline_feranno import FERAnnoPipeline
-from .pipeline_output import SynFERPipelineOutput
+from .pipeline_output import OUTPUT_TYPES, SynFERPipelineOutput
+from .prediction import combine_guidance
 from .semantic_guidance import SemanticGuidanceMixin, check_semantic_guidance_inputs, semantic_guidance_gradient_steps
 
 logger = logging.getLogger(__name__)
@@ -57,8 +59,6 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-
 
 class SynFERPipeline(
     ModelCardPipelineMixin,
@@ -69,6 +69,7 @@ class SynFERPipeline(
     AUAdapterLoaderMixin,
     SemanticGuidanceMixin,
     LayoutInitialisationMixin,
+    EditingMixin,
 ):
     r"""
     Facial-expression generation controlled by text and facial action units (SynFER, arXiv 2410.09865).
@@ -76,7 +77,8 @@ class SynFERPipeline(
     Follows the call contract of diffusers' text-to-image pipelines (`prompt_embeds`, `negative_prompt_embeds`,
     `cross_attention_kwargs`, `callback_on_step_end` with [`~diffusers.callbacks.PipelineCallback`]s, the generator
     convention and the [`~diffusers.pipelines.StableDiffusionMixin`] helpers) and adds AU control, prompt enrichment,
-    semantic guidance, layout initialisation and in-loop FERAnno labels. Classifier-free guidance contrasts the
+    semantic guidance, layout initialisation, in-loop FERAnno labels and expression editing ([`edit`], see
+    `editing.py`). Classifier-free guidance contrasts the
     conditional branch (prompt + AU tokens) with the unconditional one (negative prompt, default `""`, + the UNet's
     learned null AU condition).
 
@@ -99,13 +101,21 @@ class SynFERPipeline(
             unconditional CFG half is FERAnno's training pass (the head's t, prompt `""`, null AU at scale 1: e.g.
             DDIM "leading" spacing with CFG), the head reads that step's features at the cost of one small head pass;
             otherwise one FERAnno pass on the final latents follows the loop.
+        au_estimator ([`~transformers.PreTrainedModel`], *optional*): an AU regressor
+            (`AutoModelForImageClassification` with `problem_type="regression"` and `config.au_names`, or `id2label`,
+            naming the UNet's AUs, as `examples/train_fer_classifier.py --task action_units` trains one): estimates
+            a source face's AUs in [`~SynFERPipeline.edit`] when `source_action_units` is not given.
+        au_estimator_image_processor ([`~transformers.image_processing_utils.BaseImageProcessor`], *optional*): its
+            image processor.
 
     The pipeline puts its models in eval mode (as `from_pretrained` does); a training loop that builds one for
     validation calls `unet.train()` again afterwards.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["guidance_classifier", "guidance_image_processor", "feranno_head"]
+    _optional_components = [
+        "guidance_classifier", "guidance_image_processor", "feranno_head", "au_estimator", "au_estimator_image_processor"
+    ]  # fmt: skip
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "au_embeds"]
     model_card_template = "synfer_pipeline.md"
     _cross_attention_kwargs: dict[str, Any] | None = None
@@ -121,16 +131,19 @@ class SynFERPipeline(
         guidance_classifier: PreTrainedModel | None = None,
         guidance_image_processor: BaseImageProcessor | None = None,
         feranno_head: FERAnnoHead | None = None,
+        au_estimator: PreTrainedModel | None = None,
+        au_estimator_image_processor: BaseImageProcessor | None = None,
     ):
         super().__init__()
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
             guidance_classifier=guidance_classifier, guidance_image_processor=guidance_image_processor,
-            feranno_head=feranno_head,
+            feranno_head=feranno_head, au_estimator=au_estimator,
+            au_estimator_image_processor=au_estimator_image_processor,
         )  # fmt: skip
         if feranno_head is not None and unet is not None:
             feranno_head.check_unet(unet)
-        for module in (vae, text_encoder, unet, guidance_classifier, feranno_head):
+        for module in (vae, text_encoder, unet, guidance_classifier, feranno_head, au_estimator):
             if module is not None:
                 module.eval()  # as `from_pretrained` leaves them, so built and reloaded pipelines match exactly
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if vae is not None else 8
@@ -865,13 +878,6 @@ class SynFERPipeline(
         return self.image_processor.postprocess(image, output_type=output_type)
 
 
-def combine_guidance(
-    uncond: torch.Tensor | None, cond: torch.Tensor, guidance_scale: float
-) -> torch.Tensor:  # (N, C, h, w)
-    """Classifier-free guidance `uncond + w (cond - uncond)`; `cond` alone without an unconditional branch."""
-    return cond if uncond is None else uncond + guidance_scale * (cond - uncond)
-
-
 def _per_image(values: list[str] | torch.Tensor | None, num_images_per_prompt: int) -> list[str] | torch.Tensor | None:
     """Per-prompt values (a list or a `(batch, ...)` tensor) repeated for each image of their prompt."""
     if values is None or num_images_per_prompt == 1:
@@ -879,4 +885,3 @@ def _per_image(values: list[str] | torch.Tensor | None, num_images_per_prompt: i
     if isinstance(values, torch.Tensor):
         return values.repeat_interleave(num_images_per_prompt, dim=0)
     return [v for v in values for _ in range(num_images_per_prompt)]
-

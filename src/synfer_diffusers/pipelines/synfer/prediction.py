@@ -148,3 +148,10 @@ def variance_preserving_sample(
         return sample, 1 / (sigma**2 + 1)
     timestep = torch.as_tensor(timestep, device=sample.device).long()
     return sample, scheduler.alphas_cumprod.to(sample.device)[timestep]
+
+
+def combine_guidance(
+    uncond: torch.Tensor | None, cond: torch.Tensor, guidance_scale: float
+) -> torch.Tensor:  # (N, C, h, w)
+    """Classifier-free guidance `uncond + w (cond - uncond)`; `cond` alone without an unconditional branch."""
+    return cond if uncond is None else uncond + guidance_scale * (cond - uncond)

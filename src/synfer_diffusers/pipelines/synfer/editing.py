@@ -1,0 +1,470 @@
+"""Expression editing: the same face with another expression, by action units.
+
+[`EditingMixin.edit`] encodes a source face, DDIM-inverts it under the source's *own* condition (its caption or `""`,
+enriched with its AUs, and its AU tokens) to the noise level that `edit_strength` names, then denoises from there under
+the *target* condition (the same caption enriched with the target expression and AUs, and the target AU tokens). The
+inversion and the regeneration differ only in the condition, so what the condition does not describe (the person, the
+background) is meant to come back from the inverted noise; `edit_strength` trades how far the expression may move
+against how much of the source is kept. The source's AUs are given or estimated by the pipeline's optional AU
+estimator (an AU regressor, [`~synfer_diffusers.annotators.AUEstimator`]).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.utils import replace_example_docstring
+
+from ...annotators import AUEstimator
+from ...facs import EXPRESSIONS, AUSpace, expression_prototype
+from .conditions import AUInput, GeneratorInput, plan_image_condition
+from .layout_initialisation import LayoutImageInput
+from .pipeline_feranno import FERAnnoPipeline
+from .pipeline_output import OUTPUT_TYPES, SynFEREditOutput
+from .prediction import combine_guidance
+
+EDIT_EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import PIL.Image
+        >>> import torch
+        >>> from synfer_diffusers import SynFERPipeline
+
+        >>> pipe = SynFERPipeline.from_pretrained("path/or/repo-id")
+        >>> face = PIL.Image.open("face.png")  # exactly the pipeline's image size
+        >>> out = pipe.edit(
+        ...     image=face,
+        ...     target_expression="surprise",  # or target_action_units={...}, or target_action_unit_delta={...}
+        ...     source_action_units={"AU6": 2.0, "AU12": 3.0},  # None: estimated by the pipeline's `au_estimator`
+        ...     edit_strength=0.8,
+        ...     generator=torch.Generator().manual_seed(0),
+        ... )
+        >>> out.images[0].save("surprise.png"); out.action_units[0], out.source_action_units[0]
+        ```
+"""
+
+
+@dataclass
+class EditBatch:
+    """An edit call's inputs resolved to one entry per image (`N` images)."""
+
+    images: torch.Tensor  # (N, 3, H, W) in [-1, 1]
+    target_expressions: list[str | None]
+    target_action_units: torch.Tensor | None  # (N, num_aus): absolute targets, or None
+    target_action_unit_delta: torch.Tensor | None  # (N, num_aus): signed changes from the source, or None
+    source_action_units: torch.Tensor | None  # (N, num_aus), or None: estimated
+    source_prompts: list[str | None]
+    prompts: list[str | None]
+
+    @property
+    def num_images(self) -> int:
+        return self.images.shape[0]
+
+
+def au_delta_to_tensor(space: AUSpace, delta: AUInput, field: str = "target_action_unit_delta") -> torch.Tensor:
+    """Signed AU changes (one dict, a list of dicts, or a `(batch, num_aus)` / `(num_aus,)` array) -> a validated
+    `(batch, num_aus)` float32 tensor; each change lies in `[-max, max]` of the space."""
+    if isinstance(delta, np.ndarray):
+        delta = torch.from_numpy(delta)
+    if isinstance(delta, torch.Tensor):
+        values = delta.detach().cpu().float()
+        values = values[None] if values.ndim == 1 else values
+        if values.ndim != 2 or values.shape[1] != space.num_aus:
+            raise ValueError(f"`{field}` must have shape (batch, {space.num_aus}), got {tuple(values.shape)}.")
+    else:
+        rows = [delta] if isinstance(delta, Mapping) else delta
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, Mapping) for r in rows):
+            raise TypeError(f"`{field}` must be an AU dict, a non-empty list of AU dicts, or a tensor.")
+        values = torch.zeros(len(rows), space.num_aus)
+        for i, row in enumerate(rows):
+            for name, value in row.items():
+                values[i, space.index(name, field)] = float(value)
+    bad = ~torch.isfinite(values) | (values.abs() > space.max_value)
+    if bad.any():
+        raise ValueError(
+            f"`{field}` values must be finite changes in [-{space.max_value:g}, {space.max_value:g}], got "
+            f"{values[bad][0].item()}."
+        )
+    return values
+
+
+def check_expression_agrees(space: AUSpace, expression: str, action_units: torch.Tensor, field: str) -> None:
+    """An expression and a target AU vector `(num_aus,)` contradict when an AU of the expression's EMFACS prototype
+    (in `space`) is 0 in the vector, or, for a prototype without AUs (neutral), when any AU is active."""
+    prototype = expression_prototype(expression, space)
+    active = {name for name, value in zip(space.names, action_units.tolist()) if value > 0}
+    required = {name for name, value in prototype.items() if value > 0}
+    missing = sorted(required - active, key=space.names.index)
+    if missing or (not required and active):
+        detail = f"its prototype AUs {missing} are 0" if missing else f"it has no active AUs, got {sorted(active)}"
+        raise ValueError(f"`target_expression` {expression!r} contradicts `{field}`: {detail}.")
+
+
+def _broadcast_to_images(value, num_images: int, field: str) -> list:
+    """A value for all images, or a list with one per image."""
+    if not isinstance(value, list):
+        return [value] * num_images
+    if len(value) != num_images:
+        raise ValueError(f"`{field}` has {len(value)} entries for {num_images} images.")
+    return value
+
+
+def _broadcast_au_rows(rows: torch.Tensor | None, num_images: int, field: str) -> torch.Tensor | None:
+    if rows is None or rows.shape[0] == num_images:
+        return rows
+    if rows.shape[0] == 1:
+        return rows.expand(num_images, -1)
+    raise ValueError(f"`{field}` has {rows.shape[0]} rows for {num_images} images.")
+
+
+def _edit_batch_size(image, values: Mapping[str, object], au_rows: Mapping[str, torch.Tensor | None]) -> int:
+    """The number of images: the common length of the list inputs (and AU inputs of more than one row)."""
+    sizes = {"image": len(image)} if isinstance(image, list) else {}
+    sizes.update({k: len(v) for k, v in values.items() if isinstance(v, list)})
+    sizes.update({k: v.shape[0] for k, v in au_rows.items() if v is not None and v.shape[0] > 1})
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"Batch sizes of the inputs do not match: {sizes}.")
+    size = next(iter(sizes.values()), 1)
+    if size < 1:
+        raise ValueError(f"Inputs must not be empty lists, got {sizes}.")
+    return size
+
+
+class EditingMixin:
+    """Expression editing for a [`SynFERPipeline`] (its `vae`, `unet`, `scheduler`, `image_processor`,
+    `encode_prompt`, `ddim_invert`, `predict_noise_branches`, `encode_au_condition` and optional `au_estimator`)."""
+
+    def check_edit_call(self, **kwargs: Any) -> None:
+        """Checks the arguments of an edit (`pipe.check_edit_call(**kwargs)` for `pipe.edit(**kwargs)`) without running
+        the UNet: unknown names, [`check_edit_inputs`] and [`resolve_edit_batch`]. Raises what the edit would raise
+        first."""
+        try:
+            bound = inspect.signature(self.edit).bind(**kwargs)
+        except TypeError as error:
+            raise ValueError(f"Not an argument of {type(self).__name__}.edit: {error}") from None
+        bound.apply_defaults()
+        a = bound.arguments
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height, width = a["height"] or native, a["width"] or native
+        self.check_edit_inputs(
+            a["target_expression"], a["target_action_units"], a["target_action_unit_delta"], a["source_action_units"],
+            a["edit_strength"], a["num_inference_steps"], a["guidance_scale"], a["au_scale"], height, width,
+            a["output_type"],
+        )  # fmt: skip
+        self.resolve_edit_batch(
+            a["image"], a["target_expression"], a["target_action_units"], a["target_action_unit_delta"],
+            a["source_action_units"], a["source_prompt"], a["prompt"], height, width,
+        )  # fmt: skip
+        self.au_space.prototype_value(a["prototype_intensity"], field="prototype_intensity")
+
+    def check_edit_inputs(
+        self,
+        target_expression: str | list[str | None] | None,
+        target_action_units: AUInput | None,
+        target_action_unit_delta: AUInput | None,
+        source_action_units: AUInput | None,
+        edit_strength: float,
+        num_inference_steps: int,
+        guidance_scale: float,
+        au_scale: float,
+        height: int,
+        width: int,
+        output_type: str,
+    ) -> None:
+        """Raises a concise error naming the first invalid argument of [`edit`] (batch contents are checked by
+        [`resolve_edit_batch`])."""
+        if self.au_space is None:
+            raise ValueError("`edit` needs a UNet with an AU adapter (AUConditionedUNet2DConditionModel).")
+        given = [name for name, value in (("target_action_units", target_action_units),
+                 ("target_action_unit_delta", target_action_unit_delta)) if value is not None]  # fmt: skip
+        if len(given) > 1:
+            raise ValueError("`target_action_units` and `target_action_unit_delta` contradict: pass one of them.")
+        if not given and target_expression is None:
+            raise ValueError(
+                "Give a target: `target_expression`, `target_action_units` or `target_action_unit_delta`."
+            )
+        number = isinstance(edit_strength, (int, float)) and not isinstance(edit_strength, bool)
+        if not number or not math.isfinite(edit_strength) or not 0 < edit_strength <= 1:
+            raise ValueError(f"`edit_strength` must be in (0, 1], got {edit_strength!r}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
+        if round(num_inference_steps * edit_strength) < 1:
+            raise ValueError(
+                f"`edit_strength` {edit_strength} of {num_inference_steps} `num_inference_steps` runs no step; "
+                f"use at least {0.5 / num_inference_steps:.3g}."
+            )
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
+        if not isinstance(au_scale, (int, float)) or not math.isfinite(au_scale):
+            raise ValueError(f"`au_scale` must be a finite number, got {au_scale!r}.")
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(
+                f"`height` and `width` must be divisible by {self.vae_scale_factor} (the VAE scale), got {height}x{width}."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if source_action_units is None:
+            self.source_au_estimator()  # raises when there is none
+
+    def resolve_edit_batch(
+        self,
+        image: LayoutImageInput | list[LayoutImageInput],
+        target_expression: str | list[str | None] | None,
+        target_action_units: AUInput | None,
+        target_action_unit_delta: AUInput | None,
+        source_action_units: AUInput | None,
+        source_prompt: str | list[str | None] | None,
+        prompt: str | list[str | None] | None,
+        height: int,
+        width: int,
+    ) -> EditBatch:
+        """Validates the per-image inputs and broadcasts single values to the batch: the images (each exactly `height`
+        x `width`), expressions, AUs (against the UNet's AU space) and prompts; a target expression given with target
+        AUs must agree with them ([`check_expression_agrees`])."""
+        space = self.au_space
+        au_rows = {
+            "target_action_units": space.to_tensor(target_action_units, "target_action_units")
+            if target_action_units is not None else None,
+            "target_action_unit_delta": au_delta_to_tensor(space, target_action_unit_delta)
+            if target_action_unit_delta is not None else None,
+            "source_action_units": space.to_tensor(source_action_units, "source_action_units")
+            if source_action_units is not None else None,
+        }  # fmt: skip
+        texts = {"target_expression": target_expression, "source_prompt": source_prompt, "prompt": prompt}
+        num_images = _edit_batch_size(image, texts, au_rows)
+        rows = {field: _broadcast_au_rows(value, num_images, field) for field, value in au_rows.items()}
+        expressions = _broadcast_to_images(target_expression, num_images, "target_expression")
+        for i, name in enumerate(expressions):
+            if name is not None:
+                field = f"target_expression[{i}]" if isinstance(target_expression, list) else "target_expression"
+                EXPRESSIONS.label_id(name, field=field)
+                if rows["target_action_units"] is not None:
+                    check_expression_agrees(space, name, rows["target_action_units"][i], "target_action_units")
+        if rows["target_action_units"] is None and rows["target_action_unit_delta"] is None and None in expressions:
+            raise ValueError(f"`target_expression[{expressions.index(None)}]` is None and no target AUs are given.")
+        source_prompts = _broadcast_to_images(source_prompt, num_images, "source_prompt")
+        prompts = _broadcast_to_images(prompt, num_images, "prompt")
+        for field, values in (("source_prompt", source_prompts), ("prompt", prompts)):
+            for i, text in enumerate(values):
+                if text is not None and not isinstance(text, str):
+                    raise TypeError(f"`{field}[{i}]` must be a string or None, got {type(text).__name__}.")
+        images = self.preprocess_layout_images(image, num_images, 1, height, width, field="image")
+        return EditBatch(
+            images=images, target_expressions=expressions, target_action_units=rows["target_action_units"],
+            target_action_unit_delta=rows["target_action_unit_delta"], source_action_units=rows["source_action_units"],
+            source_prompts=source_prompts, prompts=[p if p is not None else s for p, s in zip(prompts, source_prompts)],
+        )  # fmt: skip
+
+    def source_au_estimator(self) -> AUEstimator:
+        """The pipeline's `au_estimator` component as an [`AUEstimator`] onto the UNet's AU space."""
+        if self.au_estimator is None or self.au_estimator_image_processor is None:
+            missing = "au_estimator" if self.au_estimator is None else "au_estimator_image_processor"
+            raise ValueError(
+                f"`source_action_units` is None but the pipeline has no `{missing}` component: pass the source's AUs, "
+                "or add an AU regressor (e.g. trained by `examples/train_fer_classifier.py --task action_units`) as "
+                "`au_estimator` and its image processor as `au_estimator_image_processor`."
+            )
+        return AUEstimator(self.au_estimator, self.au_estimator_image_processor, self.au_space, name="au_estimator")
+
+    def estimate_source_action_units(self, images: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) in [-1, 1]
+        """The AU estimator's AUs `(N, num_aus)` of the source images, in the UNet's AU space."""
+        return self.source_au_estimator()(self.image_processor.postprocess(images, output_type="pil"))
+
+    def plan_edit_conditions(
+        self,
+        batch: EditBatch,
+        source_action_units: torch.Tensor,  # (N, num_aus)
+        generator: GeneratorInput,
+        prototype_intensity: float | None,
+        au_jitter: float,
+        enrich: bool,
+    ) -> tuple[list[str], list[str], torch.Tensor]:  # source prompts, target prompts, target AUs (N, num_aus)
+        """Per image ([`plan_image_condition`]): the source prompt enriched with the source AUs, and the target prompt
+        and AUs: `target_action_units` as given, else the source AUs plus `target_action_unit_delta` (clipped to the
+        space's range), else the EMFACS prototype of the target expression with jitter from `generator[i]` (a list)
+        or the one generator, in image order."""
+        space = self.au_space
+        generators = generator if isinstance(generator, list) else [generator] * batch.num_images
+        if len(generators) != batch.num_images:
+            raise ValueError(f"`generator` list has {len(generators)} entries for {batch.num_images} images.")
+        prototype_intensity = space.prototype_value(prototype_intensity, field="prototype_intensity")
+        source_prompts, prompts, rows = [], [], []
+        for i, g in enumerate(generators):
+            source_prompt, _ = plan_image_condition(
+                space, batch.source_prompts[i], None, source_action_units[i], None, None, 0.0, enrich
+            )
+            given = None
+            if batch.target_action_units is not None:
+                given = batch.target_action_units[i]
+            elif batch.target_action_unit_delta is not None:
+                given = (source_action_units[i] + batch.target_action_unit_delta[i]).clamp(0, space.max_value)
+            prompt, row = plan_image_condition(
+                space, batch.prompts[i], batch.target_expressions[i], given, g, prototype_intensity, au_jitter, enrich
+            )
+            source_prompts.append(source_prompt)
+            prompts.append(prompt)
+            rows.append(row)
+        return source_prompts, prompts, torch.stack(rows).float()
+
+    @torch.no_grad()
+    @replace_example_docstring(EDIT_EXAMPLE_DOC_STRING)
+    def edit(
+        self,
+        image: LayoutImageInput | list[LayoutImageInput],
+        target_expression: str | list[str | None] | None = None,
+        target_action_units: AUInput | None = None,
+        target_action_unit_delta: AUInput | None = None,
+        source_action_units: AUInput | None = None,
+        source_prompt: str | list[str | None] | None = None,
+        prompt: str | list[str | None] | None = None,
+        edit_strength: float = 0.8,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        au_scale: float = 1.0,
+        height: int | None = None,
+        width: int | None = None,
+        prototype_intensity: float | None = None,
+        au_jitter: float = 0.5,
+        enrich_prompt: bool = True,
+        label_with_feranno: bool = True,
+        generator: GeneratorInput = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> SynFEREditOutput | tuple:
+        r"""
+        Edits the expression of faces, keeping the rest of the image: DDIM inversion of each source under its own
+        condition (`source_prompt` enriched with its AUs, its AU tokens), then denoising under the target condition
+        (`prompt` enriched with the target expression and AUs, the target AU tokens), both with the pipeline's
+        scheduler and the UNet's AU path.
+
+        Args:
+            image (image or list of images): the source faces (PIL, array or tensor in the pipeline's conventions),
+                each exactly `height` x `width`; one image for all targets, or one per image.
+            target_expression (`str` or `list[str | None]`, *optional*): the target expression(s) from `EXPRESSIONS`.
+                Alone, the target AUs are its EMFACS prototype (`prototype_intensity`) with seeded jitter
+                (`au_jitter`); with `target_action_units` or `target_action_unit_delta` it is the images' label and
+                must agree with the target AUs (every AU of its prototype active; none for neutral).
+            target_action_units (`dict`, `list[dict]` or tensor `(batch, num_aus)`, *optional*): absolute target AUs.
+            target_action_unit_delta (`dict`, `list[dict]` or tensor `(batch, num_aus)`, *optional*): signed AU
+                changes from the source AUs (`{"AU12": +3.0, "AU4": -2.0}`), the result clipped to the AU range. Pass
+                at most one of `target_action_units` and `target_action_unit_delta`.
+            source_action_units (`dict`, `list[dict]` or tensor `(batch, num_aus)`, *optional*): the sources' AUs;
+                `None` estimates them with the pipeline's `au_estimator` component (an error without one).
+            source_prompt (`str` or `list[str | None]`, *optional*): the sources' captions; default `""` (the
+                default description), enriched with the source AUs when `enrich_prompt`.
+            prompt (`str` or `list[str | None]`, *optional*): the target captions; default the source captions.
+            edit_strength (`float` in (0, 1], defaults to 0.8): the share of the `num_inference_steps` schedule that
+                is inverted and then denoised under the target: 1.0 inverts to pure noise level, small values keep
+                more of the source (and leave less room for the expression to change).
+            num_inference_steps (`int`, defaults to 50): the length of the full schedule.
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance of the target denoising (negative
+                prompt `""` + null AU); `<= 1` disables it, so that with the target equal to the source the
+                denoising retraces the inversion.
+            au_scale (`float`, defaults to 1.0): weight of the AU cross-attention branch in both passes.
+            height, width (`int`, *optional*): the image size; default from the UNet.
+            prototype_intensity (`float`, *optional*), au_jitter (`float`, defaults to 0.5): the target expression's
+                prototype AUs, as in [`~SynFERPipeline.__call__`].
+            enrich_prompt (`bool`, defaults to True): enrich the source and target prompts with their AUs and the
+                target expression.
+            label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each edit
+                (`feranno_probabilities`) with one FERAnno pass on its final latents.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): draws the prototype jitter; a list
+                gives one per image, so image `i` of a batch equals image `i` edited alone. The DDIM steps draw nothing.
+            output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
+            return_dict (`bool`, defaults to True): else return `(images, expressions, action_units, prompts, seeds,
+                feranno_probabilities, source_action_units)`.
+
+        Examples:
+
+        Returns:
+            [`SynFEREditOutput`] or `tuple`: per image, the edit, its target expression (`None` for AU targets
+            without one), target AUs, target prompt, seed, and the source AUs (given or estimated).
+        """
+        # 0. Default height and width to unet
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+
+        # 1. Check inputs and resolve them to one entry per image
+        self.check_edit_inputs(
+            target_expression, target_action_units, target_action_unit_delta, source_action_units, edit_strength,
+            num_inference_steps, guidance_scale, au_scale, height, width, output_type,
+        )  # fmt: skip
+        batch = self.resolve_edit_batch(
+            image, target_expression, target_action_units, target_action_unit_delta, source_action_units,
+            source_prompt, prompt, height, width,
+        )  # fmt: skip
+        self._guidance_scale = guidance_scale
+        self._clip_skip = None
+        self._cross_attention_kwargs = None
+        self._interrupt = False
+        device = self._execution_device
+
+        # 2. Source AUs: given or estimated
+        source_aus = batch.source_action_units
+        if source_aus is None:
+            source_aus = self.estimate_source_action_units(batch.images.to(device))
+
+        # 3. Plan the source and target conditions
+        source_prompts, prompts, target_aus = self.plan_edit_conditions(
+            batch, source_aus.cpu(), generator, prototype_intensity, au_jitter, enrich_prompt
+        )
+
+        # 4. Prepare timesteps: the last `edit_strength` share of the schedule
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        timesteps = timesteps[len(timesteps) - round(len(timesteps) * edit_strength) :]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(num_inference_steps - len(timesteps))
+
+        # 5. Encode the source and target conditions
+        has_au = [True] * batch.num_images
+        source_text = self.encode_prompt(source_prompts, device, 1, False)[0]  # (N, L, D)
+        source_au = self.encode_au_condition(source_aus, has_au, device)  # (N, T, D)
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompts, device, 1, self.do_classifier_free_guidance
+        )  # (N, L, D) each
+        au_embeds = self.encode_au_condition(target_aus, has_au, device)
+
+        # 6. Invert the sources under their own condition
+        latents = self.encode_image_latents(batch.images.to(device))
+        end_level = float(getattr(self.scheduler, "final_alpha_cumprod", 1.0))  # where DDIM's last step lands
+        au_kwargs = {"au_embeds": source_au, "au_scale": au_scale}
+        latents = self.ddim_invert(latents, timesteps, source_text, au_kwargs, start_alpha_cumprod=end_level)
+
+        # 7. Denoise under the target condition
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for t in timesteps:
+                negative = negative_prompt_embeds if self.do_classifier_free_guidance else None
+                noise_uncond, noise_cond = self.predict_noise_branches(
+                    latents, t, prompt_embeds, negative, au_embeds, au_scale
+                )
+                noise_pred = combine_guidance(noise_uncond, noise_cond, self.guidance_scale)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                progress_bar.update()
+
+        # 8. FERAnno labels: one pass on the final latents, as `__call__` labels when the loop cannot
+        feranno_probabilities = None
+        if self.feranno_head is not None and label_with_feranno:
+            annotator = FERAnnoPipeline(**self.base_components, head=self.feranno_head)
+            annotator.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+            feranno_probabilities = annotator.label_latents(latents, generator).to(latents.device)
+
+        # 9. Decode and report each image's source and target condition
+        images = latents if output_type == "latent" else self.decode_latents(latents, output_type)
+        self.maybe_free_model_hooks()
+        space = self.au_space
+        seeds = [g.initial_seed() for g in generator] if isinstance(generator, list) else None
+        outputs = (images, batch.target_expressions, space.to_dicts(target_aus), prompts, seeds, feranno_probabilities)
+        if not return_dict:
+            return (*outputs, space.to_dicts(source_aus.cpu()))
+        return SynFEREditOutput(
+            *outputs, source_action_units=space.to_dicts(source_aus.cpu()), source_prompts=source_prompts
+        )

@@ -16,6 +16,7 @@ from unittest import mock
 import diffusers
 import torch
 from diffusers import StableDiffusionPipeline
+
 from diffusers_harness.pipeline_params import (
     TEXT_TO_IMAGE_BATCH_PARAMS,
     TEXT_TO_IMAGE_CALLBACK_CFG_PARAMS,
@@ -24,7 +25,6 @@ from diffusers_harness.pipeline_params import (
 from diffusers_harness.pipeline_tester import PipelineTesterMixin
 from diffusers_harness.sd_function_tester import SDFunctionTesterMixin
 from diffusers_harness.stable_diffusion_fast_tests import StableDiffusionFastTestsMixin
-
 from synfer_diffusers import SynFERPipeline
 from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components
 

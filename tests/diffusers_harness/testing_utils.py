@@ -37,7 +37,6 @@ from diffusers.utils.logging import get_logger
 from numpy.linalg import norm
 from packaging import version
 
-
 # ---------------------------------------------------------------- BEGIN VERBATIM (lines 74-74)
 logger = get_logger(__name__)
 # ---------------------------------------------------------------- END VERBATIM

@@ -44,7 +44,8 @@ def _row(i: int, seed: int) -> dict:
     label = i % 7
     return {"image": PIL.Image.new("RGB", (8, 8), (i % 256, seed % 256, label * 30)), "text": f"face {i}",
             "action_units": [0.0] * 12, "target_label": label, "label": label,
-            "label_probs": [float(k == label) for k in range(7)], "agreement": 1.0, "keep": True, "seed": i,
+            "label_probs": [float(k == label) for k in range(7)], "agreement": 1.0, "keep": True,
+            "votes": [{"voter": "target", "probs": [float(k == label) for k in range(7)]}], "seed": i,
             "sample_id": i}  # fmt: skip
 
 

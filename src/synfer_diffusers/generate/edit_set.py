@@ -21,7 +21,7 @@ import torch
 from ..pipelines.synfer.conditions import plan_image_condition
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from .config import SyntheticSetConfig
-from .plan import PlannedSample, SourceFace, sample_seed
+from .plan import PlannedSample, SourceFace, sample_seed, with_pipeline_kwargs
 
 ESTIMATE_BATCH_SIZE = 64
 """Source faces per AU-estimator call."""
@@ -138,10 +138,7 @@ def edit_inputs(
         "generator": [torch.Generator().manual_seed(s.seed) for s in samples],
         "output_type": "pil",
     }
-    repeated = sorted(set(inputs) & set(pipeline_kwargs or {}))
-    if repeated:
-        raise ValueError(f"`pipeline_kwargs` must not set {repeated}: they come from the config and the plan.")
-    return {**inputs, **(pipeline_kwargs or {})}
+    return with_pipeline_kwargs(inputs, pipeline_kwargs)
 
 
 def _resized(image: PIL.Image.Image, width: int, height: int) -> PIL.Image.Image:

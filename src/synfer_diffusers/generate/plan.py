@@ -199,6 +199,11 @@ def pipeline_inputs(
         "output_type": "pil",
         **layout,
     }
+    return with_pipeline_kwargs(inputs, pipeline_kwargs)
+
+
+def with_pipeline_kwargs(inputs: dict[str, Any], pipeline_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`inputs` plus the caller's extra pipeline arguments; one that `inputs` already sets raises a `ValueError`."""
     repeated = sorted(set(inputs) & set(pipeline_kwargs or {}))
     if repeated:
         raise ValueError(f"`pipeline_kwargs` must not set {repeated}: they come from the config and the plan.")

@@ -283,7 +283,6 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
         models["text_encoder"] = text_encoder = accelerator.prepare(text_encoder)
     if ema_unet is not None:
         ema_unet.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema_unet)
 
     def compute_loss(batch: dict[str, torch.Tensor], random: StepRandom) -> torch.Tensor:
         drop_text, _ = condition_dropout_masks(len(batch["input_ids"]), random, text_prob=config.text_dropout_prob)
@@ -320,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     text_encoder.train(config.train_text_encoder)
     summary = run_training_loop(
         accelerator, config, batches, compute_loss, optimizer, lr_scheduler, models, after_step, validate,
-        project="text-to-image",
+        project="text-to-image", states={"ema_unet": ema_unet} if ema_unet is not None else None,
     )  # fmt: skip
     if accelerator.is_main_process:
         save_outputs(config, build_pipeline(), ema_unet)

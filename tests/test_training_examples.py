@@ -157,7 +157,7 @@ def test_autoencoder_saves_a_loadable_model_with_measured_scaling(vae_dir):
     assert vae.config.down_block_types == ["DownEncoderBlock2D"] * 2
     assert vae.config.scaling_factor != 0.18215  # measured on the data, not diffusers' default
     assert (vae_dir / "diffusion_pytorch_model.safetensors").exists()
-    assert (vae_dir / "checkpoint-2" / "model.safetensors").exists()  # accelerator.save_state
+    assert (vae_dir / "checkpoint-2" / "trainable_model_0.safetensors").exists()  # accelerator.save_state
     assert list((vae_dir / "validation").glob("reconstructions-*.png"))
     latents = vae.encode(torch.zeros(1, 3, RESOLUTION, RESOLUTION)).latent_dist.mode()
     assert latents.shape == (1, 4, RESOLUTION // 2, RESOLUTION // 2)
@@ -189,16 +189,26 @@ def test_text_to_image_from_scratch_gives_a_text_only_pipeline(stage_a_dir):
     assert (stage_a_dir / "README.md").exists()
     assert (stage_a_dir / "validation" / "grid-000002.png").exists()
     checkpoint = stage_a_dir / "checkpoint-2"
-    # accelerator.save_state: the UNet and the text encoder as safetensors, the EMAModel and the LR scheduler
+    # accelerator.save_state: the UNet and the text encoder, the EMAModel and the LR scheduler, all safetensors + JSON
     assert {p.name for p in checkpoint.iterdir()} >= {
-        "model.safetensors", "model_1.safetensors", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
+        "trainable_model_0.safetensors", "trainable_model_1.safetensors", "ema_unet.safetensors", "ema_unet.json",
+        "lr_scheduler.safetensors", "lr_scheduler.json",
     }  # fmt: skip
+    assert not list(checkpoint.glob("custom_checkpoint_*"))
 
 
-def test_text_to_image_resumes_at_the_checkpointed_step(stage_a_run):
+def test_text_to_image_resume_with_ema_repeats_the_uninterrupted_run(faceworld_dir, vae_dir, stage_a_run, tmp_path):
+    from safetensors.torch import load_file
+
     output_dir, resumed = stage_a_run
-    assert (resumed.start_step, resumed.final_step, len(resumed.losses)) == (1, 2, 1)
+    assert (resumed.start_step, resumed.final_step) == (1, 2)
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    whole = run("train_text_to_image", tmp_path, "--train_text_encoder", "--use_ema",
+                **scratch_settings(faceworld_dir, vae_dir))  # fmt: skip
+    assert resumed.losses == whole.losses[1:]
+    weights = "unet/diffusion_pytorch_model.safetensors"  # the saved EMA weights
+    expected, got = load_file(tmp_path / weights), load_file(output_dir / weights)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
 
 
 def test_text_to_image_lora_loads_with_load_lora_weights(faceworld_dir, stage_a_dir, tmp_path):
@@ -213,6 +223,32 @@ def test_text_to_image_lora_loads_with_load_lora_weights(faceworld_dir, stage_a_
     pipe.load_lora_weights(tmp_path)
     assert any("lora_A" in name for name, _ in pipe.unet.named_parameters())
     assert generate(pipe).tobytes() != base_image.tobytes()
+
+
+def test_lora_checkpoints_hold_only_the_lora_and_resume_without_unrestricted_unpickling(
+    faceworld_dir, stage_a_dir, tmp_path, monkeypatch
+):
+    from safetensors.torch import load_file
+
+    settings = pretrained_settings(faceworld_dir, stage_a_dir, lora_rank=4, learning_rate=1e-2, max_train_steps=3)
+    whole = run("train_text_to_image", tmp_path / "whole", **settings)
+    run("train_text_to_image", tmp_path / "cut", **{**settings, "max_train_steps": 1})
+    checkpoint = load_file(tmp_path / "cut" / "checkpoint-1" / "trainable_model_0.safetensors")
+    assert checkpoint and all("lora_" in name for name in checkpoint)  # not the frozen base UNet
+    weights_only = []
+    torch_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        weights_only.append(kwargs.get("weights_only"))
+        return torch_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    resumed = run("train_text_to_image", tmp_path / "cut", "--resume_from_checkpoint", "latest", **settings)
+    assert weights_only and all(weights_only)  # the optimizer and RNG states; nothing else is a pickle
+    assert resumed.losses == whole.losses[1:]
+    expected = load_file(tmp_path / "whole" / "pytorch_lora_weights.safetensors")
+    got = load_file(tmp_path / "cut" / "pytorch_lora_weights.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
 
 
 def test_text_to_image_fine_tunes_a_stable_diffusion_folder(faceworld_dir, tmp_path):

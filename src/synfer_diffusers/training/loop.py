@@ -15,7 +15,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..hub_utils import push_folder_to_hub
-from .checkpoints import CHECKPOINT_PREFIX, checkpoint_step, resolve_checkpoint, save_checkpoint
+from .checkpoints import (
+    CHECKPOINT_PREFIX,
+    Stateful,
+    checkpoint_step,
+    register_checkpoint_hooks,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainingConfig
 from .determinism import StepRandom
 
@@ -65,12 +72,13 @@ def run_training_loop(
     after_step: Callable[[int], None] | None = None,
     validate: Callable[[int], None] | None = None,
     project: str = "training",
+    states: Mapping[str, Stateful] | None = None,
 ) -> TrainingSummary:
     """Runs optimizer steps up to `config.max_train_steps`, after loading `--resume_from_checkpoint`.
 
     The models and optimizer must be `accelerator.prepare`d; the learning-rate scheduler is stepped here once per
-    optimizer step and saved with the checkpoints (like any object given to `accelerator.register_for_checkpointing`
-    before this call, e.g. an `EMAModel`).
+    optimizer step. Checkpoints hold the trainable part of the models, the optimizer, the learning-rate scheduler
+    and `states` (see [`~synfer_diffusers.training.checkpoints.register_checkpoint_hooks`]).
 
     Args:
         batches: `start_micro_step -> iterator of this process's micro-batches` (see
@@ -80,8 +88,9 @@ def run_training_loop(
         after_step: called with the number of completed steps after each optimizer step (e.g. an EMA update).
         validate: called on the main process every `config.validation_steps` steps and at the last step, under
             `accelerator.autocast()`.
+        states: more objects with `state_dict`/`load_state_dict` to checkpoint, by name (e.g. an `EMAModel`).
     """
-    accelerator.register_for_checkpointing(lr_scheduler)
+    register_checkpoint_hooks(accelerator, {"lr_scheduler": lr_scheduler, **(states or {})})
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     start_step = _start(accelerator, config, project)
     summary = TrainingSummary(start_step=start_step, final_step=start_step)

@@ -11,8 +11,15 @@ Rows:
 - `images_per_s`: training images per second of the same run on N images (the whole process: imports and saving
   included).
 - `sd15_recipe` (`--sd15-steps K`): the README's SD 1.5 options at SD 1.5 size, K steps (see [`sd15_rows`]).
-- `cache_latents_speedup` (`--cache-rows`): seconds of `main()` of the same fine-tune without / with a warm
-  `--cache_latents` cache (the cache built by an earlier, untimed run), in this process, at `--cache-resolution`.
+- `cache_latents_{tiny,sd15}` (`--cache-model`): training images/s without / with a warm `--cache_latents` cache
+  at `--cache-resolution`, and their ratio `speedup` (see [`cache_rows`]).
+- `anchor` (`--anchor-script PATH`): our `examples/train_text_to_image.py` against diffusers' own
+  `examples/text_to_image/train_text_to_image.py` (its published source, which imports torchvision: run this
+  benchmark with a Python that has torchvision, never a dependency of this package; see [`anchor_rows`]), a full
+  UNet fine-tune of the same tiny Stable Diffusion on the same images, batch, precision (float32), optimizer
+  (AdamW 1e-4, clipping 1.0) and DataLoader workers. Training steps per second come from two runs of S and 3 S steps
+  of each script ([`steps_per_second`]); `anchor_steps_per_s_ratio` =
+  ours / diffusers' (target >= 1), with both peak RSS.
 
     python benchmarks/bench_training.py --num-images 400 --resolution 128 --steps 3 --batch-size 8 --workers 2 \
         --cache-rows --cache-steps 20 --json benchmarks/results/training.json
@@ -36,6 +43,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -178,26 +186,74 @@ def rss_rows(num_images: int, resolution: int, steps: int, batch: int, workers: 
     return rows
 
 
-def cache_rows(resolution: int, steps: int, batch: int, workdir: Path) -> dict:
-    """The `cache_latents_speedup` row: training time without / with a warm latent cache (see the docstring)."""
-    import importlib.util
-    import time
+def steps_per_second(script: Path, make_argv: Callable[[Path, int], list[str]], steps: int, workdir: Path) -> dict:
+    """Training steps per second of `script`, from fresh processes of `steps` and `3 * steps` steps
+    (`2 S / (t(3 S) - t(S))`: imports, loading and saving cancel), with the peak RSS of the two."""
+    runs = [run_measured(script, make_argv(workdir / f"steps-{n}", n)) for n in (steps, 3 * steps)]
+    return {
+        "steps_per_s": 2 * steps / (runs[1]["seconds"] - runs[0]["seconds"]),
+        "peak_rss_mb": max(run["self_mb"] for run in runs),
+        "runs": runs,
+    }
 
-    spec = importlib.util.spec_from_file_location("train_text_to_image", ROOT / "examples" / "train_text_to_image.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script
-    spec.loader.exec_module(script)
-    model = save_tiny_stable_diffusion(workdir / "cache-model")
+
+def cache_rows(model_kind: str, resolution: int, steps: int, batch: int, workdir: Path) -> dict:
+    """The `cache_latents` rows: training images/s of `examples/train_text_to_image.py` without / with a warm
+    `--cache_latents` cache (built by an earlier, untimed 1-step run), on the tiny model (a full fine-tune) or at
+    SD 1.5 size (`model_kind="sd15"`: random weights, LoRA rank 4, gradient checkpointing), float32."""
+    if model_kind == "sd15":
+        model, extra = (
+            save_sd15_size_pipeline(workdir / "cache-model"),
+            ["--gradient_checkpointing", "--lora_rank", "4"],
+        )
+    else:
+        model, extra = save_tiny_stable_diffusion(workdir / "cache-model"), []
     data = write_image_dataset(workdir / "cache-data", 8 * batch, resolution)
-    argv = fine_tune_argv(data, model, workdir / "cache-out", resolution, steps, batch, 0)
-    argv += ["--latent_cache_dir", str(workdir / "latents")]
-    script.main([*argv, "--cache_latents", "--max_train_steps", "1"])  # builds the cache
-    seconds = {}
-    for name, options in (("on_the_fly", []), ("cached", ["--cache_latents"])):
-        start = time.perf_counter()
-        script.main([*argv, *options, "--output_dir", str(workdir / f"cache-{name}")])
-        seconds[name] = time.perf_counter() - start
-    return {"cache_seconds": seconds, "cache_latents_speedup": seconds["on_the_fly"] / seconds["cached"]}
+    script = ROOT / "examples" / "train_text_to_image.py"
+
+    def make_argv(output: Path, num_steps: int, *options: str) -> list[str]:
+        argv = fine_tune_argv(data, model, output, resolution, num_steps, batch, 0)
+        return [*argv, "--latent_cache_dir", str(workdir / "latents"), *extra, *options]
+
+    run_measured(script, make_argv(workdir / "cache-warm", 1, "--cache_latents"))
+    rows = {}
+    for name, options in (("on_the_fly", ()), ("cached", ("--cache_latents",))):
+        measured = steps_per_second(script, lambda out, n: make_argv(out, n, *options), steps, workdir / name)
+        rows[name] = {"images_per_s": measured["steps_per_s"] * batch, **measured}
+    speedup = rows["cached"]["images_per_s"] / rows["on_the_fly"]["images_per_s"]
+    return {f"cache_latents_{model_kind}": {**rows, "speedup": speedup, "resolution": resolution, "batch": batch}}
+
+
+def diffusers_argv(data: Path, model: Path, output: Path, resolution: int, steps: int, batch: int, workers: int):
+    """Options of diffusers' `train_text_to_image.py` for the run [`fine_tune_argv`] gives ours."""
+    return [
+        "--pretrained_model_name_or_path", str(model), "--dataset_name", str(data), "--image_column", "image",
+        "--caption_column", "text", "--output_dir", str(output), "--resolution", str(resolution), "--center_crop",
+        "--train_batch_size", str(batch), "--max_train_steps", str(steps), "--learning_rate", "1e-4",
+        "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--checkpointing_steps", str(10 * steps),
+        "--dataloader_num_workers", str(workers), "--seed", "0",
+    ]  # fmt: skip
+
+
+def anchor_rows(anchor_script: Path, resolution: int, steps: int, batch: int, workers: int, workdir: Path) -> dict:
+    """The `anchor` rows (see the module docstring). Get diffusers' script from a clone of
+    https://github.com/huggingface/diffusers (`examples/text_to_image/train_text_to_image.py`) of a release that
+    accepts the installed diffusers; a venv for it: `pip install torch==2.14.1 torchvision==0.29.1`, then this
+    package (`pip install -e .`)."""
+    model = save_tiny_stable_diffusion(workdir / "anchor-model")
+    data = write_image_dataset(workdir / "anchor-data", 8 * batch, resolution)
+    scripts = {
+        "ours": (ROOT / "examples" / "train_text_to_image.py", fine_tune_argv),
+        "diffusers": (anchor_script, diffusers_argv),
+    }
+    rows = {}
+    for name, (script, make_argv) in scripts.items():
+        rows[f"anchor_{name}"] = steps_per_second(
+            script, lambda out, n: make_argv(data, model, out, resolution, n, batch, workers), steps, workdir / name
+        )
+    rows["anchor_steps_per_s_ratio"] = rows["anchor_ours"]["steps_per_s"] / rows["anchor_diffusers"]["steps_per_s"]
+    rows["anchor_rss_ratio"] = rows["anchor_ours"]["peak_rss_mb"] / rows["anchor_diffusers"]["peak_rss_mb"]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -207,11 +263,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers.")
-    parser.add_argument("--cache-rows", action="store_true", help="Also time --cache_latents (in this process).")
+    parser.add_argument("--cache-model", choices=("tiny", "sd15"), help="Also time --cache_latents on this model.")
     parser.add_argument("--cache-resolution", type=int, default=64)
-    parser.add_argument("--cache-steps", type=int, default=20)
+    parser.add_argument("--cache-steps", type=int, default=10, help="S of the cache rows (runs of S and 3 S).")
     parser.add_argument("--sd15-steps", type=int, default=0, help="> 0: also run the SD 1.5-size recipe row.")
     parser.add_argument("--sd15-lora-rank", type=int, default=4, help="0: full UNet fine-tune (~15 GB).")
+    parser.add_argument("--anchor-script", type=Path, help="diffusers' train_text_to_image.py: run the anchor rows.")
+    parser.add_argument("--anchor-steps", type=int, default=10, help="S of the anchor rows (runs of S and 3 S).")
     parser.add_argument("--skip-rss", action="store_true", help="Leave out the RSS rows.")
     parser.add_argument("--json", help="Also write the rows here.")
     args = parser.parse_args(argv)
@@ -221,11 +279,18 @@ def main(argv: list[str] | None = None) -> dict:
             rows.update(
                 rss_rows(args.num_images, args.resolution, args.steps, args.batch_size, args.workers, Path(workdir))
             )
-        if args.cache_rows:
-            rows.update(cache_rows(args.cache_resolution, args.cache_steps, args.batch_size, Path(workdir)))
+        if args.cache_model:
+            rows.update(
+                cache_rows(args.cache_model, args.cache_resolution, args.cache_steps, args.batch_size, Path(workdir))
+            )
+        if args.anchor_script:
+            rows.update(
+                anchor_rows(args.anchor_script, args.resolution, args.anchor_steps, args.batch_size, args.workers,
+                            Path(workdir))
+            )  # fmt: skip
         if args.sd15_steps:
             rows.update(sd15_rows(args.sd15_steps, Path(workdir), args.sd15_lora_rank))
-    rows["settings"] = vars(args)
+    rows["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     print(json.dumps(rows, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

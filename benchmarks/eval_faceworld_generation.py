@@ -92,11 +92,11 @@ def generate(
     return torch.cat(images), targets, requested, probabilities
 
 
-def agreement_with_judge(pipe, judge, images, targets, feranno, fer) -> dict[str, float]:
+def agreement_with_judge(pipe, judge, images, targets, feranno, fer, guided: bool) -> dict[str, float]:
     """How often the generation target, FERAnno, the pipeline's guide (if any) and the voted label (the voters and
     rule of `synfer generate`'s default labeler) equal the judge's label on the generated images `(N, 3, H, W)`."""
     judged = [EXPRESSIONS[i] for i in fer.predict(judge, images).argmax(dim=1).tolist()]
-    voter = default_labeler(pipe).voter
+    voter = default_labeler(pipe, guided=guided).voter
     pil_images = pipe.image_processor.numpy_to_pil(pipe.image_processor.pt_to_numpy(images))
     return voter(pil_images, probabilities={"feranno": feranno}, targets=targets).agreement_with(judged)
 
@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
             args.batch_size, **kwargs,
         )  # fmt: skip
         if feranno is not None:
-            label_agreement[name] = agreement_with_judge(pipe, judge, images, targets, feranno, fer)
+            guided = kwargs.get("semantic_guidance_scale", 0) > 0
+            label_agreement[name] = agreement_with_judge(pipe, judge, images, targets, feranno, fer, guided)
         seconds = time.perf_counter() - start
         rows.append(score(name, images, targets, requested_aus, judge, regressor, real_features, fer, seconds))
     if args.text_only:

@@ -132,6 +132,23 @@ def test_voting_options_reach_the_labels(configured_run):
         0.5, {"feranno": 2.0}, "soft", "disagreement")  # fmt: skip
 
 
+@pytest.mark.parametrize("semantic_guidance_scale", [0.0, 2.0])
+def test_the_guide_does_not_vote_on_images_it_steered(tmp_path, semantic_guidance_scale):
+    from test_semantic_guidance import make_guide
+
+    guide, processor = make_guide(labels=list(EXPRESSIONS))
+    pipe = _feranno_pipeline()
+    pipe.register_modules(guidance_classifier=guide, guidance_image_processor=processor)
+    _generate(tmp_path, pipe, semantic_guidance_scale=semantic_guidance_scale)
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    voters = {vote["voter"] for row in _load(tmp_path)["votes"] for vote in row}
+    expected = {"feranno", "target"} if semantic_guidance_scale else {"feranno", "guide", "target"}
+    assert voters == expected
+    assert plan["labeler"]["name"] == "vote:" + ",".join(
+        name for name in ("guide", "feranno", "target") if name in expected
+    )
+
+
 def test_discard_rule_marks_rows_not_kept():
     labeler = default_labeler(_feranno_pipeline(), voting={"discard_rule": "disagreement"})
     feranno = torch.tensor([[0.0, 1.0, 0, 0, 0, 0, 0], [0.0, 0.0, 1.0, 0, 0, 0, 0]])  # votes happy, sad

@@ -14,8 +14,8 @@ This is the one package that ties the pipeline to the data writer (`data/` never
 2. **Generate** in batches with one `torch.Generator` per image (`pipe(..., generator=[...])`), so image `i` is
    reproduced alone from its seed.
 3. **Label.** A [`Labeler`] maps the pipeline output + targets to `label`, `label_probs`, `agreement`, `keep` and
-   each voter's vote. The default ([`default_labeler`]) votes with FERAnno, the guide and the target
-   ([`VotingLabeler`]), or takes the target alone ([`TargetLabeler`]) when there is nothing to vote with; extra
+   each voter's vote. The default ([`default_labeler`]) votes with FERAnno, the guide (unless it steered the images:
+   semantic guidance on) and the target ([`VotingLabeler`]), or takes the target alone ([`TargetLabeler`]) when there is nothing to vote with; extra
    pipeline arguments (those the config does not set) go through `pipeline_kwargs`; both are recorded in the plan.
 4. **Write** shards with [`~synfer_diffusers.data.writer.SyntheticSetWriter`] (atomic, verified on resume), then
    the card and preview, then optionally push to the Hub.

@@ -110,7 +110,10 @@ class VotingLabeler:
 
 
 def default_labeler(
-    pipe: SynFERPipeline, classifiers: Sequence[ClassifierVoter] = (), voting: Mapping[str, Any] | None = None
+    pipe: SynFERPipeline,
+    classifiers: Sequence[ClassifierVoter] = (),
+    voting: Mapping[str, Any] | None = None,
+    guided: bool = False,
 ) -> Labeler:
     """The target voted with FERAnno (when the pipeline has a `feranno_head`), the pipeline's guide classifier (when
     it has a `guidance_classifier` and its image processor, as voter `"guide"`) and the given classifiers; the
@@ -118,10 +121,14 @@ def default_labeler(
     paper's averaging rule always keeps the target label (a one-hot vote outweighs any one distribution), so a
     third opinion is what lets a vote overrule the target.
 
+    `guided`: the images were made with semantic guidance. The guide then does not vote: sampling optimised the
+    images until the guide agreed with their targets, so its vote would echo the target rather than judge the image.
+    Independent classifiers (`voters`) still vote.
+
     `voting` holds [`VotingConfig`] fields (threshold, weights, label type, discard rule; see
     [`SyntheticSetConfig.voting_options`]); other than the defaults they need something to vote with."""
     voting = dict(voting or {})
-    if pipe.guidance_classifier is not None and pipe.guidance_image_processor is not None:
+    if not guided and pipe.guidance_classifier is not None and pipe.guidance_image_processor is not None:
         classifiers = [
             ClassifierVoter(pipe.guidance_classifier, pipe.guidance_image_processor, name="guide"),
             *classifiers,
@@ -129,8 +136,9 @@ def default_labeler(
     if pipe.feranno_head is None and not classifiers:
         changed = changed_voting_options(voting)
         if changed:
+            guide = "an unguided guide classifier" if guided else "a guide classifier"
             raise ValueError(
-                f"Voting options {changed} need voters: the model has no `feranno_head` or guide classifier and no "
+                f"Voting options {changed} need voters: the model has no `feranno_head` or {guide} and no "
                 "`voters` were given."
             )
         return TargetLabeler()

@@ -110,8 +110,9 @@ def generate_synthetic_dataset(
             ([`push_synthetic_dataset`]: one commit for small sets, a resumable upload with the card last for large
             ones). The repo id and token are checked before anything is generated.
         token (`str`, *optional*), private (`bool`, *optional*): for the push.
-        labeler ([`Labeler`], *optional*): default [`default_labeler`]: FERAnno + target voting when the pipeline
-            has a `feranno_head` (or `voters` are given), with the config's voting options, else [`TargetLabeler`].
+        labeler ([`Labeler`], *optional*): default [`default_labeler`]: FERAnno + guide + target voting when the
+            pipeline has a `feranno_head` (or `voters` are given), with the config's voting options, else
+            [`TargetLabeler`]; the guide does not vote on a set made with semantic guidance.
         voters (`list[str]`, *optional*): extra voting classifiers (transformers image-classifier folders or repo
             ids, `id2label` mappable onto `EXPRESSIONS`) for the default labeler.
         pipeline_kwargs (`dict`, *optional*): extra JSON-serialisable pipeline arguments (recorded in the plan),
@@ -214,7 +215,10 @@ def _checked_run(
         edit_source = EditSource.from_dataset(config.edit_dataset, size, pipe)
         config = _edit_set_config(config, len(edit_source))
         edit_plan = {"name": edit_source.name, "fingerprint": edit_source.fingerprint, "num_faces": len(edit_source)}
-    labeler = labeler or default_labeler(pipe, [_load_voter(path) for path in voters], config.voting_options())
+    voter_models = [_load_voter(path) for path in voters]
+    labeler = labeler or default_labeler(
+        pipe, voter_models, config.voting_options(), guided=config.semantic_guidance_scale > 0
+    )
     plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs, layout_source, edit_plan)
     run = _Run(config, pipe, au_source, layout_source, edit_source, labeler, SyntheticSetWriter(output_dir, plan))
     check = pipe.check_edit_call if edit_source is not None else pipe.check_call

@@ -1,0 +1,6 @@
+"""`python -m synfer_diffusers.data.faceworld --output-dir D ...`: writes FaceWorld splits (see [`main`])."""
+
+from .dataset import main
+
+if __name__ == "__main__":
+    main()

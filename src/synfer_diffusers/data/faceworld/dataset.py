@@ -1,0 +1,208 @@
+"""FaceWorld datasets: `datasets.Dataset` builds, parquet splits with a dataset card, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+from datasets.utils import tqdm as hf_tqdm
+from PIL import Image
+
+from ...facs import EXPRESSIONS
+from .captions import faceworld_captions
+from .config import _ATTRIBUTE_KEYS, AU_NAMES, FACEWORLD_FEATURES, FaceWorldConfig
+from .rendering import render_faces
+from .sampling import faceworld_expression_prototypes, sample_faceworld_attributes
+
+SAMPLES_PER_CHUNK = 1000
+"""Faces drawn from one random stream; chunk `c` of a split uses the seed `(seed, split, c)`, so a smaller
+dataset with the same seed is a prefix of a larger one."""
+_SPLIT_KEYS = {"train": 0, "test": 1, "validation": 2}
+
+
+def _chunk_dataset(attributes: dict[str, np.ndarray], config: FaceWorldConfig) -> datasets.Dataset:
+    images = render_faces(attributes, config)
+    columns = {
+        "image": [Image.fromarray(image) for image in images],
+        "text": faceworld_captions(attributes, config),
+        **{key: attributes[key].tolist() for key in _ATTRIBUTE_KEYS},
+    }
+    return datasets.Dataset.from_dict(columns, features=FACEWORLD_FEATURES)
+
+
+def build_faceworld_dataset(
+    num_samples: int,
+    seed: int = 0,
+    config: FaceWorldConfig | None = None,
+    split: str = "train",
+    show_progress: bool = False,
+) -> datasets.Dataset:
+    """Builds `num_samples` FaceWorld faces as a `datasets.Dataset` with [`FACEWORLD_FEATURES`].
+
+    Faces are drawn in chunks of [`SAMPLES_PER_CHUNK`], chunk `c` from the seed `(seed, split, c)`: the same
+    seed and split give identical images, captions and labels; different splits never share a random stream.
+
+    Args:
+        num_samples: number of faces.
+        seed: dataset seed.
+        config: renderer, label and caption settings; default `FaceWorldConfig()`.
+        split: `"train"`, `"test"` or `"validation"`; mixed into the seed.
+        show_progress: show a progress bar over chunks.
+
+    Example:
+
+    ```py
+    >>> dataset = build_faceworld_dataset(16, seed=0)
+    >>> dataset[0]["image"].size, len(dataset[0]["action_units"])
+    ((64, 64), 12)
+    ```
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
+        raise ValueError(f"`num_samples` must be a non-negative integer, got {num_samples!r}.")
+    if split not in _SPLIT_KEYS:
+        raise ValueError(f"`split` must be one of {list(_SPLIT_KEYS)}, got {split!r}.")
+    config = config or FaceWorldConfig()
+    chunks = []
+    num_chunks = max(1, math.ceil(num_samples / SAMPLES_PER_CHUNK))
+    for chunk in hf_tqdm(range(num_chunks), desc=f"FaceWorld {split}", disable=not show_progress):
+        rng = np.random.default_rng([seed, _SPLIT_KEYS[split], chunk])
+        size = min(SAMPLES_PER_CHUNK, num_samples - chunk * SAMPLES_PER_CHUNK)
+        attributes = sample_faceworld_attributes(size, rng, config)
+        attributes["sample_id"] = attributes["sample_id"] + chunk * SAMPLES_PER_CHUNK
+        chunks.append(_chunk_dataset(attributes, config))
+    return datasets.concatenate_datasets(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def _dataset_card(num_train: int, num_test: int, seed: int, config: FaceWorldConfig) -> str:
+    prototypes, optional = faceworld_expression_prototypes()
+    rows = "\n".join(
+        f"| {name} | {', '.join(au for au, on in zip(AU_NAMES, prototypes[e]) if on) or '-'} | "
+        f"{', '.join(au for au, on in zip(AU_NAMES, optional[e]) if on) or '-'} |"
+        for e, name in enumerate(EXPRESSIONS)
+    )
+    settings = "\n".join(f"- `{key}`: {value}" for key, value in vars(config).items())
+    return f"""---
+license: cc0-1.0
+pretty_name: FaceWorld
+task_categories:
+- image-classification
+- text-to-image
+tags:
+- synthetic
+- facial-expression-recognition
+- action-units
+---
+
+# FaceWorld
+
+Procedurally rendered {config.resolution}x{config.resolution} faces with known DISFA-12 action-unit
+intensities (0-5), seven expression labels and FEText-style captions, made by
+`synfer_diffusers.data.faceworld` (seed {seed}; {num_train} train and {num_test} test faces, drawn from
+different random streams).
+
+Columns: `image`, `text` (caption), `action_units` (12 floats in the order {", ".join(AU_NAMES)}),
+`label` (annotated expression, with {config.label_noise:.0%} annotator noise: replaced by a random other
+class), `clean_label` (true expression), `is_blend` (an ambiguous mix of two prototypes; the label is the
+dominant one), identity attributes, nuisances (background, lighting, pose, noise) and the render `seed`:
+`render_faces` re-renders any row from its attribute columns. Captions describe the person;
+{config.caption_expression_probability:.0%} of them also name the annotated expression, and
+{config.caption_action_unit_probability:.0%} of those the strongest AUs in FACS words.
+
+Prototypes (AUs active at intensity U{tuple(config.active_intensity_range)}):
+
+| expression | AUs | optional AUs (p={config.optional_au_probability}) |
+|---|---|---|
+{rows}
+
+Anger adds AU17 (chin raiser) because DISFA-12 has no AU23/AU24.
+
+Settings:
+
+{settings}
+"""
+
+
+def _write_parquet_shards(dataset: datasets.Dataset, data_dir: Path, split: str, rows_per_shard: int) -> None:
+    num_shards = max(1, math.ceil(len(dataset) / rows_per_shard))
+    for index in range(num_shards):
+        path = data_dir / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"
+        temporary = path.with_suffix(".parquet.tmp")
+        dataset.shard(num_shards, index, contiguous=True).to_parquet(str(temporary))
+        os.replace(temporary, path)  # never leaves a half-written shard under its final name
+
+
+def write_faceworld_splits(
+    output_dir: str | os.PathLike,
+    num_train: int,
+    num_test: int,
+    seed: int = 0,
+    config: FaceWorldConfig | None = None,
+    rows_per_shard: int = 10_000,
+    show_progress: bool = True,
+) -> datasets.DatasetDict:
+    """Writes FaceWorld train and test splits as parquet shards plus a dataset card.
+
+    Layout: `output_dir/data/train-00000-of-0000N.parquet`, `output_dir/data/test-...parquet`,
+    `output_dir/README.md`; `datasets.load_dataset(output_dir)` loads it with [`FACEWORLD_FEATURES`]. Test
+    faces come from the `"test"` random stream of the same seed, so no face repeats across splits.
+
+    The card declares no `configs:` data files on purpose: with them, datasets 5 keys its cache on the
+    patterns alone and `load_dataset` of a rewritten folder of the same name returns the old rows; the
+    splits are found from the file names instead.
+
+    Example:
+
+    ```py
+    >>> splits = write_faceworld_splits("runs/faceworld", num_train=20_000, num_test=2_000, seed=0)  # doctest: +SKIP
+    >>> datasets.load_dataset("runs/faceworld")["test"].features == FACEWORLD_FEATURES  # doctest: +SKIP
+    True
+    ```
+    """
+    if rows_per_shard < 1:
+        raise ValueError(f"`rows_per_shard` must be positive, got {rows_per_shard}.")
+    config = config or FaceWorldConfig()
+    output_dir = Path(output_dir)
+    data_dir = output_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for stale in data_dir.glob("*.parquet"):
+        stale.unlink()
+    splits = datasets.DatasetDict(
+        train=build_faceworld_dataset(num_train, seed, config, split="train", show_progress=show_progress),
+        test=build_faceworld_dataset(num_test, seed, config, split="test", show_progress=show_progress),
+    )
+    for split, dataset in splits.items():
+        _write_parquet_shards(dataset, data_dir, split, rows_per_shard)
+    (output_dir / "README.md").write_text(_dataset_card(num_train, num_test, seed, config))
+    return splits
+
+
+def add_faceworld_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Registers the `synfer faceworld` arguments on `parser` and sets `func` to [`run_faceworld`]."""
+    parser.description = "Write FaceWorld train/test splits as parquet + dataset card."
+    parser.add_argument("--output-dir", required=True, help="Folder to write data/*.parquet and README.md into.")
+    parser.add_argument("--num-train", type=int, default=20_000, help="Number of train faces.")
+    parser.add_argument("--num-test", type=int, default=2_000, help="Number of test faces.")
+    parser.add_argument("--seed", type=int, default=0, help="Dataset seed.")
+    parser.add_argument("--resolution", type=int, default=64, help="64 or 128.")
+    parser.add_argument("--label-noise", type=float, default=0.1, help="Annotator label-noise rate.")
+    parser.set_defaults(func=run_faceworld)
+    return parser
+
+
+def run_faceworld(args: argparse.Namespace) -> int:
+    """Writes the splits described by parsed `synfer faceworld` arguments; returns the exit code."""
+    config = FaceWorldConfig(resolution=args.resolution, label_noise=args.label_noise)
+    splits = write_faceworld_splits(args.output_dir, args.num_train, args.num_test, args.seed, config)
+    print(f"Wrote {', '.join(f'{len(d)} {s}' for s, d in splits.items())} faces to {args.output_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m synfer_diffusers.data.faceworld --output-dir D ...` (the same as `synfer faceworld ...`)."""
+    parser = add_faceworld_arguments(argparse.ArgumentParser())
+    return run_faceworld(parser.parse_args(argv))

@@ -25,7 +25,10 @@ few pixels wide at 64x64 so that they survive a 64 -> 32 autoencoder:
 Labels: an expression is sampled (balanced by default), its AUs are drawn around the EMFACS prototype of
 [`expression_prototype`] with intensity jitter, other AUs get small random activations, a fraction of
 faces blend two prototypes (the label is the dominant one), and annotator-like noise replaces a fraction
-of labels by a random other class. `clean_label` keeps the true class, `label` the annotated one.
+of labels by a random other class. `clean_label` keeps the true class, `label` the annotated one. That is the
+`"standard"` regime (`FaceWorldConfig()`); [`FaceWorldConfig.hard`] is a `"hard"` one whose labels go wrong as on
+real data (subtle expressions, blends of confusable pairs, confusion-structured noise; `--regime hard`), and
+[`faceworld_label_statistics`] measures either.
 
 DISFA-12 lacks AU7, AU16 and AU23, so two prototypes are changed (documented in
 [`FACEWORLD_EXTRA_PROTOTYPE_AUS`] and [`FACEWORLD_OPTIONAL_PROTOTYPE_AUS`]): anger also raises the chin
@@ -41,10 +44,11 @@ Command line:
 
 ```bash
 python -m synfer_diffusers.data.faceworld --output-dir runs/faceworld --num-train 20000 --num-test 2000 --seed 0
+python -m synfer_diffusers.data.faceworld --output-dir runs/faceworld_hard --regime hard --seed 0  # the hard regime
 ```
 
-Modules: `config` (constants, features, [`FaceWorldConfig`]), `sampling`, `rendering`, `captions`, `dataset`
-(datasets, parquet splits with a card, the command line).
+Modules: `config` (constants, features, [`FaceWorldConfig`] and its regimes), `sampling`, `statistics`,
+`rendering`, `captions`, `dataset` (datasets, parquet splits with a card, the command line).
 """
 
 # Names marked F401 are not in `__all__` but stay importable from here, as from the former single module.
@@ -54,12 +58,15 @@ from .config import (
     AU_NAMES,
     AU_SPACE,  # noqa: F401
     EYE_COLOURS,
+    FACEWORLD_CONFUSABLE_PAIRS,
     FACEWORLD_EXTRA_PROTOTYPE_AUS,
     FACEWORLD_FEATURES,
     FACEWORLD_OPTIONAL_PROTOTYPE_AUS,
+    FACEWORLD_REGIMES,
     GENDERS,
     HAIR_COLOURS,
     HAIR_STYLES,
+    SUBTLE_PEAK_INTENSITY,
     FaceWorldConfig,
 )
 from .dataset import (
@@ -72,21 +79,26 @@ from .dataset import (
 )
 from .rendering import render_action_units, render_faces
 from .sampling import faceworld_expression_prototypes, sample_faceworld_attributes
+from .statistics import faceworld_label_statistics
 
 __all__ = [
     "AGE_GROUPS",
     "AU_NAMES",
     "EYE_COLOURS",
+    "FACEWORLD_CONFUSABLE_PAIRS",
     "FACEWORLD_EXTRA_PROTOTYPE_AUS",
     "FACEWORLD_FEATURES",
     "FACEWORLD_OPTIONAL_PROTOTYPE_AUS",
+    "FACEWORLD_REGIMES",
     "GENDERS",
     "HAIR_COLOURS",
     "HAIR_STYLES",
+    "SUBTLE_PEAK_INTENSITY",
     "FaceWorldConfig",
     "build_faceworld_dataset",
     "faceworld_captions",
     "faceworld_expression_prototypes",
+    "faceworld_label_statistics",
     "main",
     "render_action_units",
     "render_faces",

@@ -15,9 +15,18 @@ from PIL import Image
 
 from ...facs import EXPRESSIONS
 from .captions import faceworld_captions
-from .config import _ATTRIBUTE_KEYS, AU_NAMES, FACEWORLD_FEATURES, FaceWorldConfig
+from .config import (
+    _ATTRIBUTE_KEYS,
+    AU_NAMES,
+    FACEWORLD_CONFUSABLE_PAIRS,
+    FACEWORLD_FEATURES,
+    FACEWORLD_REGIMES,
+    SUBTLE_PEAK_INTENSITY,
+    FaceWorldConfig,
+)
 from .rendering import render_faces
 from .sampling import faceworld_expression_prototypes, sample_faceworld_attributes
+from .statistics import faceworld_label_statistics
 
 SAMPLES_PER_CHUNK = 1000
 """Faces drawn from one random stream; chunk `c` of a split uses the seed `(seed, split, c)`, so a smaller
@@ -38,7 +47,7 @@ def _chunk_dataset(attributes: dict[str, np.ndarray], config: FaceWorldConfig) -
 def build_faceworld_dataset(
     num_samples: int,
     seed: int = 0,
-    config: FaceWorldConfig | None = None,
+    config: FaceWorldConfig | str | None = None,
     split: str = "train",
     show_progress: bool = False,
 ) -> datasets.Dataset:
@@ -50,7 +59,8 @@ def build_faceworld_dataset(
     Args:
         num_samples: number of faces.
         seed: dataset seed.
-        config: renderer, label and caption settings; default `FaceWorldConfig()`.
+        config: renderer, label and caption settings, or the name of a regime of [`FACEWORLD_REGIMES`]
+            (`"hard"` = [`FaceWorldConfig.hard`]); default `FaceWorldConfig()`.
         split: `"train"`, `"test"` or `"validation"`; mixed into the seed.
         show_progress: show a progress bar over chunks.
 
@@ -66,7 +76,7 @@ def build_faceworld_dataset(
         raise ValueError(f"`num_samples` must be a non-negative integer, got {num_samples!r}.")
     if split not in _SPLIT_KEYS:
         raise ValueError(f"`split` must be one of {list(_SPLIT_KEYS)}, got {split!r}.")
-    config = config or FaceWorldConfig()
+    config = _resolve_config(config)
     chunks = []
     num_chunks = max(1, math.ceil(num_samples / SAMPLES_PER_CHUNK))
     for chunk in hf_tqdm(range(num_chunks), desc=f"FaceWorld {split}", disable=not show_progress):
@@ -78,7 +88,32 @@ def build_faceworld_dataset(
     return datasets.concatenate_datasets(chunks) if len(chunks) > 1 else chunks[0]
 
 
-def _dataset_card(num_train: int, num_test: int, seed: int, config: FaceWorldConfig) -> str:
+def _resolve_config(config: FaceWorldConfig | str | None) -> FaceWorldConfig:
+    """`config` itself, the settings of a regime named by it, or `FaceWorldConfig()`."""
+    if isinstance(config, str):
+        return FaceWorldConfig.from_regime(config)
+    return config or FaceWorldConfig()
+
+
+def _regime_name(config: FaceWorldConfig) -> str:
+    """The regime whose settings `config` has (resolution aside), or "custom"."""
+    presets = {name: FaceWorldConfig.from_regime(name, resolution=config.resolution) for name in FACEWORLD_REGIMES}
+    return next((name for name, preset in presets.items() if preset == config), "custom")
+
+
+def _label_summary(statistics: dict) -> str:
+    pairs = ", ".join("/".join(pair) for pair in FACEWORLD_CONFUSABLE_PAIRS)
+    means = ", ".join(f"{name} {mean:.2f}" for name, mean in statistics["intensity_means"].items())
+    return (
+        f"{statistics['label_noise']:.1%} of the train labels differ from `clean_label`; of the wrong labels of "
+        f"classes with a confusable partner ({pairs}), {statistics['partner_noise']:.0%} name the partner "
+        f"(random noise: 17%). {statistics['blend']:.1%} of faces are blends, and {statistics['subtle']:.1%} of "
+        f"the non-neutral faces are subtle (no prototype AU reaches {SUBTLE_PEAK_INTENSITY}). Mean prototype AU "
+        f"intensity per expression (neutral: all AUs): {means}."
+    )
+
+
+def _dataset_card(num_train: int, num_test: int, seed: int, config: FaceWorldConfig, statistics: dict) -> str:
     prototypes, optional = faceworld_expression_prototypes()
     rows = "\n".join(
         f"| {name} | {', '.join(au for au, on in zip(AU_NAMES, prototypes[e]) if on) or '-'} | "
@@ -103,15 +138,16 @@ tags:
 Procedurally rendered {config.resolution}x{config.resolution} faces with known DISFA-12 action-unit
 intensities (0-5), seven expression labels and FEText-style captions, made by
 `synfer_diffusers.data.faceworld` (seed {seed}; {num_train} train and {num_test} test faces, drawn from
-different random streams).
+different random streams), in the `{_regime_name(config)}` regime (`FaceWorldConfig.from_regime`).
 
 Columns: `image`, `text` (caption), `action_units` (12 floats in the order {", ".join(AU_NAMES)}),
-`label` (annotated expression, with {config.label_noise:.0%} annotator noise: replaced by a random other
-class), `clean_label` (true expression), `is_blend` (an ambiguous mix of two prototypes; the label is the
-dominant one), identity attributes, nuisances (background, lighting, pose, noise) and the render `seed`:
+`label` (annotated expression, with annotator noise), `clean_label` (true expression), `is_blend` (an ambiguous
+mix of two prototypes; the true class is the dominant one), identity attributes, nuisances (background, lighting, pose, noise) and the render `seed`:
 `render_faces` re-renders any row from its attribute columns. Captions describe the person;
 {config.caption_expression_probability:.0%} of them also name the annotated expression, and
 {config.caption_action_unit_probability:.0%} of those the strongest AUs in FACS words.
+
+Labels (measured by `faceworld_label_statistics`): {_label_summary(statistics)}
 
 Prototypes (AUs active at intensity U{tuple(config.active_intensity_range)}):
 
@@ -141,7 +177,7 @@ def write_faceworld_splits(
     num_train: int,
     num_test: int,
     seed: int = 0,
-    config: FaceWorldConfig | None = None,
+    config: FaceWorldConfig | str | None = None,
     rows_per_shard: int = 10_000,
     show_progress: bool = True,
 ) -> datasets.DatasetDict:
@@ -149,7 +185,9 @@ def write_faceworld_splits(
 
     Layout: `output_dir/data/train-00000-of-0000N.parquet`, `output_dir/data/test-...parquet`,
     `output_dir/README.md`; `datasets.load_dataset(output_dir)` loads it with [`FACEWORLD_FEATURES`]. Test
-    faces come from the `"test"` random stream of the same seed, so no face repeats across splits.
+    faces come from the `"test"` random stream of the same seed, so no face repeats across splits. The card
+    names the regime and the label statistics measured on the train split. `config` is a [`FaceWorldConfig`] or
+    the name of a regime of [`FACEWORLD_REGIMES`] (`"hard"` = [`FaceWorldConfig.hard`]).
 
     The card declares no `configs:` data files on purpose: with them, datasets 5 keys its cache on the
     patterns alone and `load_dataset` of a rewritten folder of the same name returns the old rows; the
@@ -161,11 +199,12 @@ def write_faceworld_splits(
     >>> splits = write_faceworld_splits("runs/faceworld", num_train=20_000, num_test=2_000, seed=0)  # doctest: +SKIP
     >>> datasets.load_dataset("runs/faceworld")["test"].features == FACEWORLD_FEATURES  # doctest: +SKIP
     True
+    >>> hard = write_faceworld_splits("runs/faceworld_hard", 20_000, 2_000, config="hard")  # doctest: +SKIP
     ```
     """
     if rows_per_shard < 1:
         raise ValueError(f"`rows_per_shard` must be positive, got {rows_per_shard}.")
-    config = config or FaceWorldConfig()
+    config = _resolve_config(config)
     output_dir = Path(output_dir)
     data_dir = output_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +216,9 @@ def write_faceworld_splits(
     )
     for split, dataset in splits.items():
         _write_parquet_shards(dataset, data_dir, split, rows_per_shard)
-    (output_dir / "README.md").write_text(_dataset_card(num_train, num_test, seed, config))
+    columns = splits["train"].select_columns(["action_units", "label", "clean_label", "is_blend"])
+    statistics = faceworld_label_statistics(columns.with_format("numpy")[:])
+    (output_dir / "README.md").write_text(_dataset_card(num_train, num_test, seed, config, statistics))
     return splits
 
 
@@ -189,14 +230,25 @@ def add_faceworld_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--num-test", type=int, default=2_000, help="Number of test faces.")
     parser.add_argument("--seed", type=int, default=0, help="Dataset seed.")
     parser.add_argument("--resolution", type=int, default=64, help="64 or 128.")
-    parser.add_argument("--label-noise", type=float, default=0.1, help="Annotator label-noise rate.")
+    parser.add_argument(
+        "--regime",
+        choices=FACEWORLD_REGIMES,
+        default="standard",
+        help="Label/AU/nuisance settings: `standard` (FaceWorldConfig()) or `hard` (FaceWorldConfig.hard()).",
+    )
+    parser.add_argument(
+        "--label-noise", type=float, default=None, help="Annotator label-noise rate (default: the regime's)."
+    )
     parser.set_defaults(func=run_faceworld)
     return parser
 
 
 def run_faceworld(args: argparse.Namespace) -> int:
     """Writes the splits described by parsed `synfer faceworld` arguments; returns the exit code."""
-    config = FaceWorldConfig(resolution=args.resolution, label_noise=args.label_noise)
+    overrides = {"resolution": args.resolution}
+    if args.label_noise is not None:
+        overrides["label_noise"] = args.label_noise
+    config = FaceWorldConfig.from_regime(args.regime, **overrides)
     splits = write_faceworld_splits(args.output_dir, args.num_train, args.num_test, args.seed, config)
     print(f"Wrote {', '.join(f'{len(d)} {s}' for s, d in splits.items())} faces to {args.output_dir}")
     return 0

@@ -7,6 +7,7 @@ import numpy as np
 from ...facs import EXPRESSIONS, expression_prototype
 from .config import (
     _AU,
+    _PARTNERS,
     _SKIN_TONES,
     AGE_GROUPS,
     AU_NAMES,
@@ -39,8 +40,9 @@ def faceworld_expression_prototypes() -> tuple[np.ndarray, np.ndarray]:
 
 def _sample_prototype_action_units(
     expressions: np.ndarray, rng: np.random.Generator, config: FaceWorldConfig
-) -> np.ndarray:
-    """Prototype AUs of each expression at jittered intensities, plus small background activations."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prototype AUs of each expression at jittered intensities, plus small background activations, and
+    whether each expression is subtle (its prototype AUs drawn from `config.subtle_intensity_range`)."""
     always, optional = faceworld_expression_prototypes()
     n = len(expressions)
     active = always[expressions] > 0
@@ -49,7 +51,24 @@ def _sample_prototype_action_units(
     intensities = rng.uniform(low, high, (n, len(AU_NAMES)))
     background = (rng.random((n, len(AU_NAMES))) < config.background_au_probability) & ~active
     background_intensities = rng.uniform(0.0, config.background_au_max, (n, len(AU_NAMES)))
-    return np.where(active, intensities, np.where(background, background_intensities, 0.0))
+    action_units = np.where(active, intensities, np.where(background, background_intensities, 0.0))
+    subtle_probabilities = np.broadcast_to(config.subtle_probability, (len(EXPRESSIONS),))
+    if not subtle_probabilities.any():  # draws nothing: other regimes keep their faces
+        return action_units, np.zeros(n, dtype=bool)
+    subtle = (rng.random(n) < subtle_probabilities[expressions]) & active.any(axis=1)
+    subtle_intensities = rng.uniform(*config.subtle_intensity_range, (n, len(AU_NAMES)))
+    return np.where(active & subtle[:, None], subtle_intensities, action_units), subtle
+
+
+def _other_classes(classes: np.ndarray, rng: np.random.Generator, partner_probability: float) -> np.ndarray:
+    """A uniformly random other class per row or, with `partner_probability`, the row's confusable partner
+    ([`FACEWORLD_CONFUSABLE_PAIRS`]) where it has one."""
+    num_classes = len(EXPRESSIONS)
+    other = (classes + rng.integers(1, num_classes, len(classes))) % num_classes
+    if partner_probability == 0:  # draws nothing: other regimes keep their faces
+        return other
+    partners = _PARTNERS[classes]
+    return np.where((rng.random(len(classes)) < partner_probability) & (partners >= 0), partners, other)
 
 
 def _choose(rng: np.random.Generator, probabilities: np.ndarray) -> np.ndarray:
@@ -66,18 +85,19 @@ def _sample_expressions_and_action_units(
     num_classes = len(EXPRESSIONS)
     probabilities = config.expression_probabilities or (1.0 / num_classes,) * num_classes
     clean_label = _choose(rng, np.tile(probabilities, (num, 1)))
-    action_units = _sample_prototype_action_units(clean_label, rng, config)
+    action_units, subtle = _sample_prototype_action_units(clean_label, rng, config)
 
     # Ambiguous faces: (1 - w) * dominant + w * other, w < 0.5, so the label stays the dominant class.
     is_blend = rng.random(num) < config.blend_probability
-    other = (clean_label + rng.integers(1, num_classes, num)) % num_classes
-    other_action_units = _sample_prototype_action_units(other, rng, config)
+    other = _other_classes(clean_label, rng, config.blend_partner_probability)
+    other_action_units, _ = _sample_prototype_action_units(other, rng, config)
     weight = np.where(is_blend, rng.uniform(*config.blend_weight_range, num), 0.0)[:, None]
     action_units = (1.0 - weight) * action_units + weight * other_action_units
 
-    # Annotator noise: a random *other* class.
-    noisy = rng.random(num) < config.label_noise
-    label = np.where(noisy, (clean_label + rng.integers(1, num_classes, num)) % num_classes, clean_label)
+    # Annotator noise, more often on subtle or blended faces: another class, often the confusable partner.
+    ambiguous_noise = config.label_noise if config.ambiguous_label_noise is None else config.ambiguous_label_noise
+    noisy = rng.random(num) < np.where(subtle | is_blend, ambiguous_noise, config.label_noise)
+    label = np.where(noisy, _other_classes(clean_label, rng, config.confusable_noise_probability), clean_label)
     return action_units.clip(0.0, 5.0).astype(np.float32), label, clean_label, is_blend
 
 

@@ -47,6 +47,11 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 DEFAULT_NUM_SAMPLES = 64
 """`num_samples` of a generated set when none is given."""
+DEFAULT_GUIDANCE_SCALE = 5.0
+"""`guidance_scale` of a generated set when none is given."""
+DEFAULT_EDIT_GUIDANCE_SCALE = 1.0
+"""`guidance_scale` of an edit set when none is given: CFG off, closer to the ground truth and the source than CFG 3 at
+every edit strength measured (`benchmarks/eval_faceworld_editing.py`, `benchmarks/results/editing.json`)."""
 MAX_IMAGE_SIZE_FACTOR = 4
 """`height` and `width` are at most this many times the model's native image size (2048 px for a 512 px model)."""
 
@@ -183,7 +188,11 @@ class SyntheticSetConfig:
                           "DEFAULT_DESCRIPTIONS.", "flag": "--descriptions-file", "parse": read_descriptions_file},
     )
     num_inference_steps: int = field(default=25, metadata={"help": "Denoising steps per image."})
-    guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale (<= 1: off)."})
+    guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": f"Classifier-free guidance scale (<= 1: off); None: {DEFAULT_GUIDANCE_SCALE:g} for generated "
+                          f"sets, {DEFAULT_EDIT_GUIDANCE_SCALE:g} for edit sets."},
+    )  # fmt: skip
     au_scale: float = field(default=1.0, metadata={"help": "Weight of the AU cross-attention branch."})
     height: int | None = field(default=None, metadata={"help": "Image height in pixels; None: the model's."})
     width: int | None = field(default=None, metadata={"help": "Image width in pixels; None: the model's."})
@@ -269,6 +278,8 @@ class SyntheticSetConfig:
     def __post_init__(self) -> None:
         if self.num_samples is None and self.edit_dataset is None:
             self.num_samples = DEFAULT_NUM_SAMPLES
+        if self.guidance_scale is None:
+            self.guidance_scale = DEFAULT_GUIDANCE_SCALE if self.edit_dataset is None else DEFAULT_EDIT_GUIDANCE_SCALE
         if not isinstance(self.drop_discarded, bool):
             raise ValueError(f"`drop_discarded` must be a bool, got {self.drop_discarded!r}.")
         for name, minimum in (("num_samples", 1), ("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):

@@ -44,20 +44,29 @@ def _edit(pipe, image, **kwargs):
     return pipe.edit(image, **{**defaults, **kwargs})
 
 
+@pytest.mark.parametrize("inversion_condition", ["source", "null"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_same_expression_small_strength_returns_nearly_the_source(pipe, prediction_type):
+def test_same_expression_small_strength_returns_nearly_the_source(pipe, prediction_type, inversion_condition):
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
     face, other_face = _faces(2)[:1], _faces(2)[1:]
     source_latents = pipe.encode_image_latents(face * 2 - 1)
     errors = {
-        strength: (_edit(pipe, face, target_expression="happy", au_jitter=0.0, edit_strength=strength).images
-                   - source_latents).abs().mean().item()
+        strength: (_edit(pipe, face, target_expression="happy", au_jitter=0.0, edit_strength=strength,
+                         inversion_condition=inversion_condition).images - source_latents).abs().mean().item()
         for strength in (0.05, 1.0)
     }  # fmt: skip
     other = (pipe.encode_image_latents(other_face * 2 - 1) - source_latents).abs().mean().item()
     # one inverted and one denoised step vs a regeneration from noise level; another face is much further away
     assert errors[0.05] < 0.1 * errors[1.0], errors
     assert errors[0.05] < 0.25 * other, (errors, other)
+
+
+def test_null_inversion_inverts_under_another_condition(pipe):
+    face = _faces(1)
+    edits = {condition: _edit(pipe, face, target_expression="sad", edit_strength=0.5, inversion_condition=condition)
+             for condition in ("source", "null")}  # fmt: skip
+    assert (edits["source"].images - edits["null"].images).abs().max() > 1e-3
+    assert edits["source"].prompts == edits["null"].prompts  # the target condition is the same
 
 
 def test_output_reports_source_and_target_conditions(pipe):
@@ -124,6 +133,7 @@ def test_au_estimator_fills_source_action_units(tiny_components):
         ({"target_expression": "happy", "height": 32}, r"`image\[0\]` is \(16, 16\), expected \(32, 16\)"),
         ({"target_expression": "happy", "source_action_units": None}, "`source_action_units` is None but the pipeline has no `au_estimator`"),
         ({"target_expression": "happy", "output_type": "jpg"}, "`output_type`"),
+        ({"target_expression": "happy", "inversion_condition": "target"}, "`inversion_condition` must be one of"),
     ],
 )  # fmt: skip
 def test_bad_inputs_are_clear_errors(pipe, kwargs, match):

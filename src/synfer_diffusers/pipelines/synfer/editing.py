@@ -29,6 +29,10 @@ from .pipeline_feranno import FERAnnoPipeline
 from .pipeline_output import OUTPUT_TYPES, SynFEREditOutput
 from .prediction import combine_guidance
 
+INVERSION_CONDITIONS = ("source", "null")
+"""What [`EditingMixin.edit`] inverts the source under: its own condition (caption + its AUs) or the null condition
+(`""` + the null AU tokens)."""
+
 EDIT_EXAMPLE_DOC_STRING = """
     Examples:
         ```py
@@ -155,7 +159,7 @@ class EditingMixin:
         self.check_edit_inputs(
             a["target_expression"], a["target_action_units"], a["target_action_unit_delta"], a["source_action_units"],
             a["edit_strength"], a["num_inference_steps"], a["guidance_scale"], a["au_scale"], height, width,
-            a["output_type"],
+            a["output_type"], a["inversion_condition"],
         )  # fmt: skip
         self.resolve_edit_batch(
             a["image"], a["target_expression"], a["target_action_units"], a["target_action_unit_delta"],
@@ -176,6 +180,7 @@ class EditingMixin:
         height: int,
         width: int,
         output_type: str,
+        inversion_condition: str = "source",
     ) -> None:
         """Raises a concise error naming the first invalid argument of [`edit`] (batch contents are checked by
         [`resolve_edit_batch`])."""
@@ -209,6 +214,8 @@ class EditingMixin:
             )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if inversion_condition not in INVERSION_CONDITIONS:
+            raise ValueError(f"`inversion_condition` must be one of {INVERSION_CONDITIONS}, got {inversion_condition!r}.")
         if source_action_units is None:
             self.source_au_estimator()  # raises when there is none
 
@@ -324,6 +331,7 @@ class EditingMixin:
         source_prompt: str | list[str | None] | None = None,
         prompt: str | list[str | None] | None = None,
         edit_strength: float = 0.8,
+        inversion_condition: str = "source",
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
         au_scale: float = 1.0,
@@ -362,6 +370,9 @@ class EditingMixin:
             edit_strength (`float` in (0, 1], defaults to 0.8): the share of the `num_inference_steps` schedule that
                 is inverted and then denoised under the target: 1.0 inverts to pure noise level, small values keep
                 more of the source (and leave less room for the expression to change).
+            inversion_condition (`str`, defaults to "source"): invert under the source's own condition ("source": its
+                prompt enriched with its AUs, its AU tokens) or the null condition ("null": `""` and the null AU
+                tokens, the unconditional branch of CFG).
             num_inference_steps (`int`, defaults to 50): the length of the full schedule.
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance of the target denoising (negative
                 prompt `""` + null AU); `<= 1` disables it, so that with the target equal to the source the
@@ -393,7 +404,7 @@ class EditingMixin:
         # 1. Check inputs and resolve them to one entry per image
         self.check_edit_inputs(
             target_expression, target_action_units, target_action_unit_delta, source_action_units, edit_strength,
-            num_inference_steps, guidance_scale, au_scale, height, width, output_type,
+            num_inference_steps, guidance_scale, au_scale, height, width, output_type, inversion_condition,
         )  # fmt: skip
         batch = self.resolve_edit_batch(
             image, target_expression, target_action_units, target_action_unit_delta, source_action_units,
@@ -424,8 +435,10 @@ class EditingMixin:
 
         # 5. Encode the source and target conditions
         has_au = [True] * batch.num_images
-        source_text = self.encode_prompt(source_prompts, device, 1, False)[0]  # (N, L, D)
-        source_au = self.encode_au_condition(source_aus, has_au, device)  # (N, T, D)
+        inverted_prompts = source_prompts if inversion_condition == "source" else [""] * batch.num_images
+        source_text = self.encode_prompt(inverted_prompts, device, 1, False)[0]  # (N, L, D)
+        has_source_au = [inversion_condition == "source"] * batch.num_images
+        source_au = self.encode_au_condition(source_aus, has_source_au, device)  # (N, T, D)
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompts, device, 1, self.do_classifier_free_guidance
         )  # (N, L, D) each

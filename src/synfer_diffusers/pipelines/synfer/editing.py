@@ -215,7 +215,9 @@ class EditingMixin:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if inversion_condition not in INVERSION_CONDITIONS:
-            raise ValueError(f"`inversion_condition` must be one of {INVERSION_CONDITIONS}, got {inversion_condition!r}.")
+            raise ValueError(
+                f"`inversion_condition` must be one of {INVERSION_CONDITIONS}, got {inversion_condition!r}."
+            )
         if source_action_units is None:
             self.source_au_estimator()  # raises when there is none
 

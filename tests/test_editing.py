@@ -163,16 +163,28 @@ def test_faceworld_editing_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_faceworld_editing.py"
-    spec = importlib.util.spec_from_file_location("eval_faceworld_editing", path)
+    from synfer_diffusers.data.faceworld import write_faceworld_splits
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # its sibling modules (the judge features, the identity classifier)
+    spec = importlib.util.spec_from_file_location("eval_faceworld_editing", benchmarks / "eval_faceworld_editing.py")
     benchmark = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, benchmark)  # its dataclass looks its module up while the file executes
     spec.loader.exec_module(benchmark)
-    rows = benchmark.main(["--num-faces", "1", "--steps", "2", "--strengths", "0.5", "--guidance-scales", "1",
-                           "--json", str(tmp_path / "editing.json")])  # fmt: skip
+    write_faceworld_splits(tmp_path / "faceworld", num_train=32, num_test=8, seed=0, show_progress=False)
+    rows = benchmark.main([
+        "--num-faces", "1", "--steps", "2", "--strengths", "0.5", "--guidance-scales", "1", "--inversions", "source",
+        "null", "--identity-classifier", str(tmp_path / "identity"), "--faceworld", str(tmp_path / "faceworld"),
+        "--identity-steps", "2", "--json", str(tmp_path / "editing.json"),
+    ])  # fmt: skip
     assert [row["name"] for row in rows] == [
-        "source, unedited (reference)", "layout init (baseline), cfg 1", "edit, strength 0.5, cfg 1"
-    ]
-    assert rows[0]["error_to_source"] == 0 and rows[0]["error_to_ground_truth"] > 0
-    assert all(row["num_images"] == 7 and row["error_to_ground_truth"] > 0 for row in rows)
-    assert (tmp_path / "editing.json").is_file()
+        "source, unedited (reference)", "ground-truth render (reference)", "another face (reference)",
+        "plain generation, cfg 1", "layout init (baseline), cfg 1", "edit, strength 0.5, cfg 1",
+        "edit, strength 0.5, cfg 1, null inversion",
+    ]  # fmt: skip
+    source, truth = rows[0], rows[1]
+    assert source["error_to_source"] == 0 and source["error_to_ground_truth"] > 0 and truth["error_to_ground_truth"] == 0
+    assert source["identity_cosine"] == pytest.approx(1.0)  # the source is its own person
+    assert all(row["num_images"] == 7 and 0 <= row["identity_attribute_accuracy"] <= 1 for row in rows)
+    assert rows[5]["error_to_source"] != rows[6]["error_to_source"]  # the two inversions differ
+    assert (tmp_path / "editing.json").is_file() and (tmp_path / "identity" / "model.safetensors").is_file()

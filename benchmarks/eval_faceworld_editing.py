@@ -20,7 +20,7 @@ identities when the folder is empty and `--faceworld` is given) the share of the
 off the result, the share of results with all of them right, and the cosine similarity of identity features to the
 source. Prompts are the default description for source and target.
 
-    python benchmarks/eval_faceworld_editing.py --num-faces 14 --steps 25 --strengths 0.6 0.8 --inversions source null \
+    python benchmarks/eval_faceworld_editing.py --num-faces 10 --steps 25 --strengths 0.8 1.0 --guidance-scales 1 3 \
         --judge runs/judge --au-regressor runs/au_regressor --identity-classifier runs/identity_classifier \
         --faceworld runs/faceworld --json runs/eval/editing.json
 """
@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,18 +200,20 @@ def print_table(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="SynFERPipeline folder (default: embedded)")
-    parser.add_argument("--num-faces", type=int, default=14)
+    parser.add_argument("--num-faces", type=int, default=10)
     parser.add_argument("--seed", type=int, default=12345, help="FaceWorld seed of the source faces")
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--strengths", type=float, nargs="+", default=[0.6, 0.8])
-    parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.8, 1.0])
+    parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument("--inversions", nargs="+", default=["source", "null"], choices=["source", "null"])
     parser.add_argument("--batch-size", type=int, default=49)
     parser.add_argument("--judge", default=None, help="expression classifier folder (real FaceWorld only)")
     parser.add_argument("--au-regressor", default=None, help="AU regressor folder (real FaceWorld only)")
     parser.add_argument("--identity-classifier", default=None, help="identity classifier folder (faceworld_identity.py)")
     parser.add_argument("--faceworld", default=None, help="FaceWorld folder to train the identity classifier on")
-    parser.add_argument("--identity-steps", type=int, default=400, help="training steps of a new identity classifier")
+    parser.add_argument("--identity-steps", type=int, default=800, help="training steps of a new identity classifier")
+    parser.add_argument("--cache-dir", default=None, help="keep each method's row here and skip methods found there "
+                        "(a killed run resumes method by method)")  # fmt: skip
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -224,10 +228,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         judges.score("another face (reference)", sources.roll(-NUM_EXPRESSIONS, 0), tasks, 0.0),
     ]
     for method in methods(args.strengths, args.guidance_scales, args.inversions):
+        cache = Path(args.cache_dir) / f"{re.sub(r'[^A-Za-z0-9.]+', '_', method.name)}.json" if args.cache_dir else None
+        if cache is not None and cache.exists():
+            rows.append(Row(**json.loads(cache.read_text())))
+            continue
         started = time.perf_counter()
         images = run_method(pipe, tasks, method, args.steps, args.batch_size)
         rows.append(judges.score(method.name, images, tasks, time.perf_counter() - started))
         print(json.dumps(asdict(rows[-1])), flush=True)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.with_suffix(".tmp").write_text(json.dumps(asdict(rows[-1])))
+            os.replace(cache.with_suffix(".tmp"), cache)
     print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(row) for row in rows], indent=2))

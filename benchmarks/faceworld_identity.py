@@ -88,7 +88,7 @@ def _split(faceworld: str, split: str) -> tuple[torch.Tensor, dict[str, np.ndarr
 
 
 def train_identity_classifier(
-    faceworld: str, output_dir: Path, steps: int = 400, seed: int = 4, batch_size: int = 128
+    faceworld: str, output_dir: Path, steps: int = 800, seed: int = 4, batch_size: int = 128
 ) -> PreTrainedModel:
     """Trains on the `train` split of a FaceWorld folder (AdamW 3e-3, one-cycle, augmentation), saves the model
     (safetensors) and `metrics.json` (per-attribute accuracy on the `test` split) to `output_dir`."""
@@ -127,7 +127,7 @@ def train_identity_classifier(
     return model
 
 
-def load_identity_classifier(output_dir: Path, faceworld: str | None, steps: int = 400) -> PreTrainedModel:
+def load_identity_classifier(output_dir: Path, faceworld: str | None, steps: int = 800) -> PreTrainedModel:
     """The classifier saved in `output_dir`, trained there first on `faceworld` when there is none."""
     if (output_dir / "metrics.json").exists():
         return AutoModelForImageClassification.from_pretrained(output_dir).eval()
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faceworld", required=True, help="FaceWorld folder with train and test splits")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--seed", type=int, default=4)
     args = parser.parse_args(argv)
     train_identity_classifier(args.faceworld, Path(args.output_dir), args.steps, args.seed)

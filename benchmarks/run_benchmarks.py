@@ -70,9 +70,9 @@ class SuiteConfig:
     speed_configs: tuple[str, ...]  # table 3: bench_speed.py configs
     writer_memory_samples: int  # table 3: images of the writer's memory run
     semantic_guidance_scale: float = 12.0  # lambda_g (default interval 2), chosen in the issue-4 sweep
-    edit_faces: int = 14  # table 4: FaceWorld source faces, each edited into the 7 expressions
+    edit_faces: int = 10  # table 4: FaceWorld source faces, each edited into the 7 expressions
     edit_num_real: int = 140  # table 4 downstream: M real faces, + their 6M edits or + 6M generated images
-    identity_steps: int = 400  # table 4: training steps of the identity classifier
+    identity_steps: int = 800  # table 4: training steps of the identity classifier
 
 
 FULL = SuiteConfig(
@@ -348,7 +348,7 @@ def table_editing(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dict:
             "--num-faces", str(config.edit_faces), "--steps", str(config.eval_steps),
             "--judge", str(run_dir / "judge"), "--au-regressor", str(run_dir / "au_regressor"),
             "--identity-classifier", str(run_dir / "identity_classifier"), "--faceworld", str(run_dir / "faceworld"),
-            "--identity-steps", str(config.identity_steps),
+            "--identity-steps", str(config.identity_steps), "--cache-dir", str(work / "editing_eval"),
         ])}  # fmt: skip
 
     evaluated = cached(work / "editing_eval.json", compute)

@@ -17,6 +17,11 @@ Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):
    package's `evaluate` metric (accuracy, macro-F1, per-class recall, confusion matrix); several seeds.
 3. **Speed**: `bench_speed.py` (every ratio, tiny and SD 1.5-size random weights and the FaceWorld default) and
    `bench_generate_writer.py` (`synfer generate` vs bare pipeline calls).
+4. **Expression editing** (issue 17): `eval_faceworld_editing.py` on FaceWorld faces against their ground-truth
+   renders (expression accuracy, AU error, pixel and judge-feature distance, identity by a FaceWorld identity
+   classifier trained here, `faceworld_identity.py`) for plain generation, the layout-initialisation baseline and
+   edits; and a downstream row, real M + edits of those M faces (`synfer generate --edit-dataset`) vs real M + as
+   many generated images. `--editing-only` runs this table alone into `results/editing.json`.
 
 The judge and the AU regressor are trained on real FaceWorld only (ResNet seeds 0 and 1, the commands of
 `examples/train_faceworld_default.sh`) and never take part in generation; the default checkpoint's guide is a
@@ -71,7 +76,7 @@ class SuiteConfig:
     writer_memory_samples: int  # table 3: images of the writer's memory run
     semantic_guidance_scale: float = 12.0  # lambda_g (default interval 2), chosen in the issue-4 sweep
     edit_faces: int = 10  # table 4: FaceWorld source faces, each edited into the 7 expressions
-    edit_num_real: int = 140  # table 4 downstream: M real faces, + their 6M edits or + 6M generated images
+    edit_num_real: int = 70  # table 4 downstream: M real faces, + their 6M edits or + 6M generated images
     identity_steps: int = 800  # table 4: training steps of the identity classifier
 
 

@@ -51,7 +51,7 @@ def test_same_expression_small_strength_returns_nearly_the_source(pipe, predicti
     face, other_face = _faces(2)[:1], _faces(2)[1:]
     source_latents = pipe.encode_image_latents(face * 2 - 1)
     errors = {
-        strength: (_edit(pipe, face, target_expression="happy", au_jitter=0.0, edit_strength=strength,
+        strength: (_edit(pipe, face, target_expression="happy", au_jitter=0.0, edit_strength=strength, guidance_scale=1.0,
                          inversion_condition=inversion_condition).images - source_latents).abs().mean().item()
         for strength in (0.05, 1.0)
     }  # fmt: skip

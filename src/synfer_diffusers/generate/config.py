@@ -20,6 +20,7 @@ import torch
 
 from ..facs import EXPRESSIONS
 from ..labels import VotingConfig
+from ..pipelines.synfer.editing import DEFAULT_EDIT_GUIDANCE_SCALE, DEFAULT_EDIT_STRENGTH
 from ..pipelines.synfer.semantic_guidance import SG_DECODES, SG_NORMALIZATIONS, check_semantic_guidance_inputs
 
 DEFAULT_DESCRIPTIONS: tuple[str, ...] = (
@@ -49,9 +50,6 @@ DEFAULT_NUM_SAMPLES = 64
 """`num_samples` of a generated set when none is given."""
 DEFAULT_GUIDANCE_SCALE = 5.0
 """`guidance_scale` of a generated set when none is given."""
-DEFAULT_EDIT_GUIDANCE_SCALE = 1.0
-"""`guidance_scale` of an edit set when none is given: CFG off, closer to the ground truth and the source than CFG 3 at
-every edit strength measured (`benchmarks/eval_faceworld_editing.py`, `benchmarks/results/editing.json`)."""
 MAX_IMAGE_SIZE_FACTOR = 4
 """`height` and `width` are at most this many times the model's native image size (2048 px for a 512 px model)."""
 
@@ -267,7 +265,8 @@ class SyntheticSetConfig:
                           "set, each face edited into each expression (`SynFERPipeline.edit`)."},
     )  # fmt: skip
     edit_strength: float = field(
-        default=0.8, metadata={"help": "Edit sets: the share of the schedule inverted and re-denoised, in (0, 1]."}
+        default=DEFAULT_EDIT_STRENGTH,
+        metadata={"help": "Edit sets: the share of the schedule inverted and re-denoised, in (0, 1]."},
     )
     drop_discarded: bool = field(
         default=False,

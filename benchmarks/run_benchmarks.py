@@ -76,7 +76,7 @@ class SuiteConfig:
     writer_memory_samples: int  # table 3: images of the writer's memory run
     semantic_guidance_scale: float = 12.0  # lambda_g (default interval 2), chosen in the issue-4 sweep
     edit_faces: int = 10  # table 4: FaceWorld source faces, each edited into the 7 expressions
-    edit_num_real: int = 70  # table 4 downstream: M real faces, + their 6M edits or + 6M generated images
+    edit_num_real: int = 42  # table 4 downstream: M real faces, + their 6M edits or + 6M generated images
     identity_steps: int = 800  # table 4: training steps of the identity classifier
 
 

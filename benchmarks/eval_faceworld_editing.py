@@ -2,31 +2,49 @@
 target expression's AUs (`render_faces` of the source's attributes with the target AUs).
 
 Sources are FaceWorld faces (their own sampled expression and AUs); each is edited into every expression's EMFACS
-prototype (intensity 3, no jitter). Rows: the baseline, plain generation with SynFER's layout initialisation from
-the source (`layout_image`, full inversion under the null condition), and `SynFERPipeline.edit` at each requested
-`edit_strength` and `guidance_scale`. Columns: mean absolute pixel error (0-1 scale) to the ground-truth render
-(identity and expression together), to the source (how much is kept; the unedited source's distance to the ground
-truth, the first row, is what the expression change alone costs), and, with `--judge` / `--au-regressor`
-(classifiers trained on real FaceWorld only, as in `eval_faceworld_generation.py`), expression accuracy of the edits
-and AU error against the target AUs. Prompts are the default description for source and target.
+prototype (intensity 3, no jitter). Rows:
 
-    python benchmarks/eval_faceworld_editing.py --num-faces 8 --steps 25 --strengths 0.6 0.8 1.0 \
-        --guidance-scales 1 3 --json runs/eval/editing.json
+- references: the unedited source, the ground-truth render itself (what the measurement models score on a perfect
+  edit) and another face (the next source: what a different person scores);
+- plain generation with the same targets and seeds, no source (the expression accuracy an edit should match);
+- the baseline, plain generation with SynFER's layout initialisation from the source (`layout_image`, full inversion
+  under the null condition);
+- `SynFERPipeline.edit` at each `--strengths` x `--guidance-scales` x `--inversions` (the source inverted under its
+  own condition, `source`, or the null one, `null`).
+
+Columns: mean absolute pixel error (0-1 scale) to the ground-truth render and to the source; with `--judge` /
+`--au-regressor` (classifiers trained on real FaceWorld only, as in `eval_faceworld_generation.py`) the judge's
+expression accuracy against the target, the mean L2 distance of judge features to the ground truth's and the AU
+error against the target AUs; with `--identity-classifier` (`faceworld_identity.py`, trained on real FaceWorld
+identities when the folder is empty and `--faceworld` is given) the share of the source's identity attributes read
+off the result, the share of results with all of them right, and the cosine similarity of identity features to the
+source. Prompts are the default description for source and target.
+
+    python benchmarks/eval_faceworld_editing.py --num-faces 10 --steps 25 --strengths 0.8 1.0 --guidance-scales 1 3 \
+        --judge runs/judge --au-regressor runs/au_regressor --identity-classifier runs/identity_classifier \
+        --faceworld runs/faceworld --json runs/eval/editing.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from eval_faceworld_generation import judge_features, load_example
+from faceworld_identity import encode_attributes, identity_scores, load_identity_classifier
 
 from synfer_diffusers import EXPRESSIONS, SynFERPipeline, expression_prototype
 from synfer_diffusers.data.faceworld import render_faces, sample_faceworld_attributes
 from synfer_diffusers.generate import DEFAULT_MODEL_DIR
+
+NUM_EXPRESSIONS = len(EXPRESSIONS)
 
 
 @dataclass
@@ -35,102 +53,196 @@ class Row:
     num_images: int
     error_to_ground_truth: float
     error_to_source: float
+    judge_distance_to_ground_truth: float | None
     expression_accuracy: float | None
     au_mae: float | None
+    identity_attribute_accuracy: float | None
+    identity_all_attributes: float | None
+    identity_cosine: float | None
     seconds: float
 
 
-def edit_tasks(num_faces: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Sources `(F, H, W, 3)`, their AUs `(F, 12)`, ground truths `(F * 7, H, W, 3)` (face-major), target AUs
-    `(F * 7, 12)` and target names."""
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # "plain", "layout" or "edit"
+    guidance_scale: float
+    strength: float | None = None  # edits
+    inversion: str = "source"  # edits: the condition the source is inverted under
+
+
+@dataclass
+class EditTasks:
+    """`F` source faces, each edited into the 7 expressions (face-major: image `i` is face `i // 7`)."""
+
+    attributes: dict[str, np.ndarray]  # the sources' FaceWorld attributes, `F` rows
+    sources: torch.Tensor  # (F, 3, H, W) in [0, 1]
+    source_aus: torch.Tensor  # (F, 12)
+    truths: torch.Tensor  # (F * 7, 3, H, W) in [0, 1]: the source rendered with the target AUs
+    target_aus: torch.Tensor  # (F * 7, 12)
+    names: list[str]  # (F * 7,) target expressions
+
+    @property
+    def repeated_sources(self) -> torch.Tensor:  # (F * 7, 3, H, W)
+        return self.sources.repeat_interleave(NUM_EXPRESSIONS, 0)
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:  # uint8 (N, H, W, 3) -> (N, 3, H, W) in [0, 1]
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+
+
+def edit_tasks(num_faces: int, seed: int) -> EditTasks:
     attributes = sample_faceworld_attributes(num_faces, seed)
-    sources = render_faces(attributes)
     targets = np.stack([list(expression_prototype(name).values()) for name in EXPRESSIONS]).astype(np.float32)
-    repeated = {key: np.repeat(value, len(EXPRESSIONS), axis=0) for key, value in attributes.items()}
+    repeated = {key: np.repeat(value, NUM_EXPRESSIONS, axis=0) for key, value in attributes.items()}
     repeated["action_units"] = np.tile(targets, (num_faces, 1))
-    names = list(EXPRESSIONS) * num_faces
-    return sources, attributes["action_units"], render_faces(repeated), repeated["action_units"], names
+    return EditTasks(
+        attributes, _to_tensor(render_faces(attributes)), torch.from_numpy(attributes["action_units"]),
+        _to_tensor(render_faces(repeated)), torch.from_numpy(repeated["action_units"]), list(EXPRESSIONS) * num_faces,
+    )  # fmt: skip
 
 
-def run_method(pipe: SynFERPipeline, sources: np.ndarray, source_aus: np.ndarray, names: list[str], target_aus,
-               steps: int, strength: float | None, guidance_scale: float) -> torch.Tensor:  # fmt: skip
-    """Images `(F * 7, 3, H, W)` in [0, 1]: edits (`strength`), or layout-initialised generation (`None`)."""
+def methods(strengths: list[float], guidance_scales: list[float], inversions: list[str]) -> list[Method]:
+    rows = [Method(f"plain generation, cfg {g:g}", "plain", g) for g in guidance_scales]
+    rows += [Method(f"layout init (baseline), cfg {g:g}", "layout", g) for g in guidance_scales]
+    for inversion in inversions:
+        suffix = "" if inversion == "source" else f", {inversion} inversion"
+        rows += [Method(f"edit, strength {s:g}, cfg {g:g}{suffix}", "edit", g, s, inversion)
+                 for s in strengths for g in guidance_scales]  # fmt: skip
+    return rows
+
+
+def run_method(pipe: SynFERPipeline, tasks: EditTasks, method: Method, steps: int, batch_size: int) -> torch.Tensor:
+    """Images `(F * 7, 3, H, W)` in [0, 1]; image `i` uses the seed `i` whatever the batch size."""
     outputs = []
-    per_face = len(EXPRESSIONS)
-    for f, source in enumerate(sources):
-        image = torch.from_numpy(source).permute(2, 0, 1).float()[None] / 255  # (1, 3, H, W)
-        common = {"num_inference_steps": steps, "guidance_scale": guidance_scale, "output_type": "pt",
-                  "generator": [torch.Generator().manual_seed(f * per_face + e) for e in range(per_face)]}  # fmt: skip
-        rows = torch.from_numpy(target_aus[f * per_face : (f + 1) * per_face])
-        expressions = names[f * per_face : (f + 1) * per_face]
-        if strength is None:
-            out = pipe(expression=expressions, action_units=rows, layout_image=[image[0]] * per_face, **common)
+    for start in range(0, len(tasks.names), batch_size):
+        index = range(start, min(start + batch_size, len(tasks.names)))
+        faces = [i // NUM_EXPRESSIONS for i in index]
+        common = {
+            "num_inference_steps": steps, "guidance_scale": method.guidance_scale, "output_type": "pt",
+            "generator": [torch.Generator().manual_seed(i) for i in index],
+        }  # fmt: skip
+        expressions = [tasks.names[i] for i in index]
+        target_aus = tasks.target_aus[list(index)]
+        if method.kind == "edit":
+            out = pipe.edit(
+                [tasks.sources[f] for f in faces], target_expression=expressions, target_action_units=target_aus,
+                source_action_units=tasks.source_aus[faces], edit_strength=method.strength,
+                inversion_condition=method.inversion, **common,
+            )  # fmt: skip
         else:
-            out = pipe.edit([image[0]] * per_face, target_expression=expressions, target_action_units=rows,
-                            source_action_units=torch.from_numpy(source_aus[f]), edit_strength=strength, **common)  # fmt: skip
+            layout = {"layout_image": [tasks.sources[f] for f in faces]} if method.kind == "layout" else {}
+            out = pipe(expression=expressions, action_units=target_aus, **layout, **common)
         outputs.append(out.images.float().clamp(0, 1))
     return torch.cat(outputs)
 
 
-def score(name, images, sources, truths, names, target_aus, judge, regressor, seconds) -> Row:
-    truth = torch.from_numpy(truths).permute(0, 3, 1, 2).float() / 255
-    source = torch.from_numpy(sources).permute(0, 3, 1, 2).float().repeat_interleave(len(EXPRESSIONS), 0) / 255
-    accuracy = au_mae = None
-    if judge is not None or regressor is not None:
-        from eval_faceworld_generation import load_example
+@dataclass
+class Judges:
+    """The measurement models (each optional) and what they need."""
 
-        fer = load_example("train_fer_classifier")
-        if judge is not None:
-            labels = [EXPRESSIONS.index(n) for n in names]
-            accuracy = fer.evaluate_expression_classifier(judge, images, labels)["accuracy"]
-        if regressor is not None:
-            au_mae = fer.evaluate_au_regressor(regressor, images, target_aus)["mae"]
-    return Row(name, len(images), (images - truth).abs().mean().item(), (images - source).abs().mean().item(),
-               accuracy, au_mae, seconds)  # fmt: skip
+    judge: object | None
+    regressor: object | None
+    identity: object | None
+    fer: object  # examples/train_fer_classifier.py as a module
+
+    @torch.no_grad()
+    def score(self, name: str, images: torch.Tensor, tasks: EditTasks, seconds: float) -> Row:
+        """`images[i]` against target `i` and its source face `i // 7`."""
+        truth, sources = tasks.truths, tasks.repeated_sources
+        judged = {"judge_distance_to_ground_truth": None, "expression_accuracy": None, "au_mae": None}
+        if self.judge is not None:
+            labels = [EXPRESSIONS.index(n) for n in tasks.names]
+            judged["expression_accuracy"] = self.fer.evaluate_expression_classifier(self.judge, images, labels)[
+                "accuracy"
+            ]
+            features, truth_features = (judge_features(self.judge, x, self.fer) for x in (images, truth))
+            judged["judge_distance_to_ground_truth"] = float((features - truth_features).norm(dim=1).mean())
+        if self.regressor is not None:
+            judged["au_mae"] = self.fer.evaluate_au_regressor(self.regressor, images, tasks.target_aus)["mae"]
+        identity = dict.fromkeys(("identity_attribute_accuracy", "identity_all_attributes", "identity_cosine"))
+        if self.identity is not None:
+            classes = self.identity.config.identity_attributes
+            codes = encode_attributes(tasks.attributes, classes).repeat_interleave(NUM_EXPRESSIONS, 0)
+            identity = identity_scores(self.identity, images, sources, codes, self.fer)
+        return Row(
+            name, len(images), (images - truth).abs().mean().item(), (images - sources).abs().mean().item(),
+            **judged, **identity, seconds=seconds,
+        )  # fmt: skip
+
+
+def load_judges(args: argparse.Namespace) -> Judges:
+    from transformers import AutoModelForImageClassification
+
+    def load(path: str | None):
+        return AutoModelForImageClassification.from_pretrained(path).eval() if path else None
+
+    identity = None
+    if args.identity_classifier:
+        identity = load_identity_classifier(Path(args.identity_classifier), args.faceworld, args.identity_steps)
+    return Judges(load(args.judge), load(args.au_regressor), identity, load_example("train_fer_classifier"))
+
+
+def print_table(rows: list[Row]) -> None:
+    def cell(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    print("| method | images | L1 to GT | L1 to source | judge dist. to GT | expr. acc. | AU MAE | identity attr. | "
+          "identity all | identity cos | s |")  # fmt: skip
+    print("|---" * 11 + "|")
+    for r in rows:
+        print(f"| {r.name} | {r.num_images} | {r.error_to_ground_truth:.4f} | {r.error_to_source:.4f} | "
+              f"{cell(r.judge_distance_to_ground_truth, '.3f')} | {cell(r.expression_accuracy, '.3f')} | "
+              f"{cell(r.au_mae, '.3f')} | {cell(r.identity_attribute_accuracy, '.3f')} | "
+              f"{cell(r.identity_all_attributes, '.3f')} | {cell(r.identity_cosine, '.3f')} | {r.seconds:.1f} |")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="SynFERPipeline folder (default: embedded)")
-    parser.add_argument("--num-faces", type=int, default=8)
+    parser.add_argument("--num-faces", type=int, default=10)
     parser.add_argument("--seed", type=int, default=12345, help="FaceWorld seed of the source faces")
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--strengths", type=float, nargs="+", default=[0.6, 0.8, 1.0])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.8, 1.0])
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument("--inversions", nargs="+", default=["source", "null"], choices=["source", "null"])
+    parser.add_argument("--batch-size", type=int, default=49)
     parser.add_argument("--judge", default=None, help="expression classifier folder (real FaceWorld only)")
     parser.add_argument("--au-regressor", default=None, help="AU regressor folder (real FaceWorld only)")
+    parser.add_argument("--identity-classifier", default=None, help="identity classifier folder (faceworld_identity.py)")
+    parser.add_argument("--faceworld", default=None, help="FaceWorld folder to train the identity classifier on")
+    parser.add_argument("--identity-steps", type=int, default=800, help="training steps of a new identity classifier")
+    parser.add_argument("--cache-dir", default=None, help="keep each method's row here and skip methods found there "
+                        "(a killed run resumes method by method)")  # fmt: skip
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    from transformers import AutoModelForImageClassification
-
-    judge = AutoModelForImageClassification.from_pretrained(args.judge).eval() if args.judge else None
-    regressor = None
-    if args.au_regressor:
-        regressor = AutoModelForImageClassification.from_pretrained(args.au_regressor).eval()
+    judges = load_judges(args)
     pipe = SynFERPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    sources, source_aus, truths, target_aus, names = edit_tasks(args.num_faces, args.seed)
-    methods = [(f"layout init (baseline), cfg {g:g}", None, g) for g in args.guidance_scales]
-    methods += [(f"edit, strength {s:g}, cfg {g:g}", s, g) for s in args.strengths for g in args.guidance_scales]
-    unedited = torch.from_numpy(sources).permute(0, 3, 1, 2).float().repeat_interleave(len(EXPRESSIONS), 0) / 255
-    rows = [score("source, unedited (reference)", unedited, sources, truths, names, target_aus, judge, regressor, 0.0)]
-    for name, strength, guidance in methods:
+    tasks = edit_tasks(args.num_faces, args.seed)
+    sources = tasks.repeated_sources
+    rows = [
+        judges.score("source, unedited (reference)", sources, tasks, 0.0),
+        judges.score("ground-truth render (reference)", tasks.truths, tasks, 0.0),
+        judges.score("another face (reference)", sources.roll(-NUM_EXPRESSIONS, 0), tasks, 0.0),
+    ]
+    for method in methods(args.strengths, args.guidance_scales, args.inversions):
+        cache = Path(args.cache_dir) / f"{re.sub(r'[^A-Za-z0-9.]+', '_', method.name)}.json" if args.cache_dir else None
+        if cache is not None and cache.exists():
+            rows.append(Row(**json.loads(cache.read_text())))
+            continue
         started = time.perf_counter()
-        images = run_method(pipe, sources, source_aus, names, target_aus, args.steps, strength, guidance)
-        rows.append(score(name, images, sources, truths, names, target_aus, judge, regressor,
-                          time.perf_counter() - started))  # fmt: skip
+        images = run_method(pipe, tasks, method, args.steps, args.batch_size)
+        rows.append(judges.score(method.name, images, tasks, time.perf_counter() - started))
         print(json.dumps(asdict(rows[-1])), flush=True)
-    print("| method | images | L1 to ground truth | L1 to source | expression acc. | AU MAE | s |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        acc = f"{row.expression_accuracy:.3f}" if row.expression_accuracy is not None else "-"
-        mae = f"{row.au_mae:.3f}" if row.au_mae is not None else "-"
-        print(f"| {row.name} | {row.num_images} | {row.error_to_ground_truth:.4f} | {row.error_to_source:.4f} | "
-              f"{acc} | {mae} | {row.seconds:.1f} |")  # fmt: skip
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.with_suffix(".tmp").write_text(json.dumps(asdict(rows[-1])))
+            os.replace(cache.with_suffix(".tmp"), cache)
+    print_table(rows)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump([asdict(row) for row in rows], file, indent=2)
+        Path(args.json).write_text(json.dumps([asdict(row) for row in rows], indent=2))
     return [asdict(row) for row in rows]
 
 

@@ -17,6 +17,11 @@ Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):
    package's `evaluate` metric (accuracy, macro-F1, per-class recall, confusion matrix); several seeds.
 3. **Speed**: `bench_speed.py` (every ratio, tiny and SD 1.5-size random weights and the FaceWorld default) and
    `bench_generate_writer.py` (`synfer generate` vs bare pipeline calls).
+4. **Expression editing** (issue 17): `eval_faceworld_editing.py` on FaceWorld faces against their ground-truth
+   renders (expression accuracy, AU error, pixel and judge-feature distance, identity by a FaceWorld identity
+   classifier trained here, `faceworld_identity.py`) for plain generation, the layout-initialisation baseline and
+   edits; and a downstream row, real M + edits of those M faces (`synfer generate --edit-dataset`) vs real M + as
+   many generated images. `--editing-only` runs this table alone into `results/editing.json`.
 
 The judge and the AU regressor are trained on real FaceWorld only (ResNet seeds 0 and 1, the commands of
 `examples/train_faceworld_default.sh`) and never take part in generation; the default checkpoint's guide is a
@@ -70,6 +75,9 @@ class SuiteConfig:
     speed_configs: tuple[str, ...]  # table 3: bench_speed.py configs
     writer_memory_samples: int  # table 3: images of the writer's memory run
     semantic_guidance_scale: float = 12.0  # lambda_g (default interval 2), chosen in the issue-4 sweep
+    edit_faces: int = 10  # table 4: FaceWorld source faces, each edited into the 7 expressions
+    edit_num_real: int = 42  # table 4 downstream: M real faces, + their 6M edits or + 6M generated images
+    identity_steps: int = 800  # table 4: training steps of the identity classifier
 
 
 FULL = SuiteConfig(
@@ -80,7 +88,7 @@ FULL = SuiteConfig(
 QUICK = SuiteConfig(
     mode="quick", num_train=2000, num_test=500, measurement_steps=200, per_expression=3, eval_steps=10,
     num_real=140, synthetic_factor=5, generation_steps=10, classifier_steps=150, seeds=(0,),
-    speed_configs=("tiny",), writer_memory_samples=100,
+    speed_configs=("tiny",), writer_memory_samples=100, edit_faces=2, edit_num_real=14, identity_steps=60,
 )  # fmt: skip
 CLASSIFIER = {"architecture": "resnet", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "train_batch_size": 64}
 LABEL_SOURCES = ("target", "feranno", "vote")
@@ -184,16 +192,25 @@ def build_synthetic_set(config: SuiteConfig, work: Path, guided: bool) -> tuple[
     and the target: the guided set (synthetic_factor * N images, semantic guidance on) or the unguided ablation (the
     same plan's first N samples, semantic guidance off)."""
     name = "synthetic_set" if guided else "synthetic_set_no_sg"
-    output = work / name
     size = config.num_real * (config.synthetic_factor if guided else 1)
-    set_config = SyntheticSetConfig(
+    return write_set(synthetic_set_config(config, size, guided), work, name)
+
+
+def synthetic_set_config(config: SuiteConfig, size: int, guided: bool) -> SyntheticSetConfig:
+    """The first `size` samples of the suite's synthetic plan (seed 0; the same images whatever `size`)."""
+    return SyntheticSetConfig(
         num_samples=size, seed=0, num_inference_steps=config.generation_steps,
         semantic_guidance_scale=config.semantic_guidance_scale if guided else 0.0,
-    )
+    )  # fmt: skip
+
+
+def write_set(set_config: SyntheticSetConfig, work: Path, name: str) -> tuple[Path, dict]:
+    """`generate_synthetic_dataset` into `work / name` (resumed shard by shard), cached as `work / name.json`."""
+    output = work / name
 
     def compute() -> dict:
-        generate_synthetic_dataset(set_config, output, batch_size=35, resume=output.exists())
-        return {"num_samples": set_config.num_samples, "config": asdict(set_config)}
+        result = generate_synthetic_dataset(set_config, output, batch_size=35, resume=output.exists())
+        return {"num_samples": result.num_samples, "config": asdict(set_config)}
 
     return output, cached(work / f"{name}.json", compute)
 
@@ -242,71 +259,165 @@ def training_data(
     return {"image": np.concatenate([p[0] for p in parts]), "label": np.concatenate([p[1] for p in parts])}
 
 
-def train_and_test(row, seed, config, run_dir, real, synthetic, test, fer, metric) -> dict:
+def train_and_test(name: str, data: dict[str, np.ndarray], seed: int, config, run_dir, test, fer, metric) -> dict:
+    """One downstream classifier (`CLASSIFIER`, `config.classifier_steps` steps) trained on `data` and scored on the
+    real test faces' clean labels."""
     train_config = fer.TrainFERConfig(
         dataset_name=str(run_dir / "faceworld"), output_dir=str(run_dir / "unused"), task="expression",
         max_train_steps=config.classifier_steps, seed=seed, **CLASSIFIER,
     )  # fmt: skip
-    data = training_data(row, config, real, synthetic)
     model, summary = fer.train(train_config, {"train": data})
     with torch.no_grad():
         predictions = fer.predict(model, test["image"]).argmax(dim=1).numpy()
     scores = metric.compute(predictions=predictions, references=test["clean_label"], label_names=list(EXPRESSIONS))
-    return {"row": row.name, "seed": seed, "num_train": len(data["label"]), **summary, **scores}
+    return {"row": name, "seed": seed, "num_train": len(data["label"]), **summary, **scores}
+
+
+def load_real(run_dir: Path, split: str, columns: tuple[str, ...], count: int | None = None) -> dict[str, np.ndarray]:
+    """Columns of the run's FaceWorld split (its first `count` rows) as arrays."""
+    import datasets
+
+    data = datasets.load_dataset(str(run_dir / "faceworld"), split=split)
+    data = data.select(range(count)) if count is not None else data
+    return {k: np.asarray(v) for k, v in data.select_columns(list(columns)).with_format("numpy")[:].items()}
 
 
 def table_downstream(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dict:
-    import datasets
-
-    faceworld = run_dir / "faceworld"
     (guided, guided_stages), (unguided, unguided_stages) = (prepare_synthetic(config, work, g) for g in (True, False))
     synthetic = {True: guided, False: unguided}
-    train = datasets.load_dataset(str(faceworld), split="train").select(range(config.num_real))
-    train = train.select_columns(["image", "label"]).with_format("numpy")
-    real = {"image": np.asarray(train["image"]), "label": np.asarray(train["label"])}
-    test = datasets.load_dataset(str(faceworld), split="test").select_columns(["image", "clean_label"])
-    test = {k: np.asarray(v) for k, v in test.with_format("numpy")[:].items()}
+    real = load_real(run_dir, "train", ("image", "label"), config.num_real)
+    test = load_real(run_dir, "test", ("image", "clean_label"))
     metric = load_fer_metric()
     runs = []
     for row in downstream_rows(config):
+        data = training_data(row, config, real, synthetic)
         for seed in config.seeds:
             path = work / "downstream" / f"{row.key}_seed{seed}.json"
-            runs.append(
-                cached(path, lambda: train_and_test(row, seed, config, run_dir, real, synthetic, test, fer, metric))
-            )
+            runs.append(cached(path, lambda: train_and_test(row.name, data, seed, config, run_dir, test, fer, metric)))
     agreement = {
         f"{name} {source}": float((labels[source] == labels["target"]).mean())
         for name, labels in (("SG", guided), ("no SG", unguided))
         for source in ("feranno", "vote")
     }
     stages = {**guided_stages, **unguided_stages}
-    stages["classifiers"] = {
-        "stage_seconds": round(sum(r["stage_seconds"] for r in runs), 1),
-        "commit": ", ".join(sorted({r.get("commit", NOT_RECORDED) for r in runs})),
-    }
+    stages["classifiers"] = classifier_stage(runs)
     return {
-        "rows": summarise_downstream(runs, config), "runs": runs, "label_agreement_with_target": agreement,
-        "stages": {name: {k: stage.get(k, NOT_RECORDED) for k in ("stage_seconds", "commit")}
-                   for name, stage in stages.items()},
+        "rows": [{**asdict(row), **summarise_runs(runs, row.name)} for row in downstream_rows(config)],
+        "runs": runs, "label_agreement_with_target": agreement, "stages": stage_summary(stages),
     }  # fmt: skip
 
 
-def summarise_downstream(runs: list[dict], config: SuiteConfig) -> list[dict]:
-    """Mean and sample standard deviation over seeds per row, mean per-class recall, summed confusion matrix."""
-    summary = []
-    for row in downstream_rows(config):
-        mine = [r for r in runs if r["row"] == row.name]
-        accuracy = np.array([r["accuracy"] for r in mine])
-        macro_f1 = np.array([r["macro_f1"] for r in mine])
-        spread = (lambda x: float(x.std(ddof=1))) if len(mine) > 1 else (lambda x: 0.0)
-        summary.append({
-            **asdict(row), "num_train": mine[0]["num_train"], "seeds": len(mine),
-            "accuracy_mean": float(accuracy.mean()), "accuracy_std": spread(accuracy),
-            "macro_f1_mean": float(macro_f1.mean()), "macro_f1_std": spread(macro_f1),
-            "per_class_recall": {e: float(np.mean([r["per_class_recall"][e] for r in mine])) for e in EXPRESSIONS},
-            "confusion_matrix": np.sum([r["confusion_matrix"] for r in mine], axis=0).tolist(),
-        })  # fmt: skip
-    return summary
+def classifier_stage(runs: list[dict]) -> dict:
+    """The classifiers of a table as one stage: their summed time and the commits they were measured at."""
+    return {
+        "stage_seconds": round(sum(r["stage_seconds"] for r in runs), 1),
+        "commit": ", ".join(sorted({r.get("commit", NOT_RECORDED) for r in runs})),
+    }
+
+
+def stage_summary(stages: dict[str, dict]) -> dict[str, dict]:
+    return {name: {k: stage.get(k, NOT_RECORDED) for k in ("stage_seconds", "commit")} for name, stage in stages.items()}
+
+
+def summarise_runs(runs: list[dict], name: str) -> dict:
+    """Mean and sample standard deviation over the seeds of row `name`, mean per-class recall, summed confusion
+    matrix."""
+    mine = [r for r in runs if r["row"] == name]
+    accuracy = np.array([r["accuracy"] for r in mine])
+    macro_f1 = np.array([r["macro_f1"] for r in mine])
+    spread = (lambda x: float(x.std(ddof=1))) if len(mine) > 1 else (lambda x: 0.0)
+    return {
+        "num_train": mine[0]["num_train"], "seeds": len(mine),
+        "accuracy_mean": float(accuracy.mean()), "accuracy_std": spread(accuracy),
+        "macro_f1_mean": float(macro_f1.mean()), "macro_f1_std": spread(macro_f1),
+        "per_class_recall": {e: float(np.mean([r["per_class_recall"][e] for r in mine])) for e in EXPRESSIONS},
+        "confusion_matrix": np.sum([r["confusion_matrix"] for r in mine], axis=0).tolist(),
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Table 4: expression editing
+# ----------------------------------------------------------------------------------------------------------
+
+EDIT_ROWS = ("real M", "real M + edits (vote)", "real M + generated (vote)")
+
+
+def table_editing(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dict:
+    """Edits of FaceWorld faces against their ground-truth renders (`eval_faceworld_editing.py`, with the judge,
+    the AU regressor and an identity classifier trained here), and the downstream row: real M + edits of those M
+    faces into the other expressions vs real M + as many generated images."""
+    evaluation = load_script(BENCHMARKS / "eval_faceworld_editing.py")
+
+    def compute() -> dict:
+        return {"rows": evaluation.main([
+            "--num-faces", str(config.edit_faces), "--steps", str(config.eval_steps),
+            "--judge", str(run_dir / "judge"), "--au-regressor", str(run_dir / "au_regressor"),
+            "--identity-classifier", str(run_dir / "identity_classifier"), "--faceworld", str(run_dir / "faceworld"),
+            "--identity-steps", str(config.identity_steps), "--cache-dir", str(work / "editing_eval"),
+        ])}  # fmt: skip
+
+    evaluated = cached(work / "editing_eval.json", compute)
+    downstream, stages = editing_downstream(config, run_dir, work, fer)
+    identity = json.loads((run_dir / "identity_classifier" / "metrics.json").read_text())
+    return {"rows": evaluated["rows"], "identity_classifier": identity, "downstream": downstream,
+            "stages": stage_summary({"edit evaluation": evaluated, **stages})}  # fmt: skip
+
+
+def write_edit_sources(run_dir: Path, work: Path, count: int) -> Path:
+    """The first `count` real FaceWorld train faces (image, caption, AUs, annotated label) as an edit set's source
+    folder."""
+    import datasets
+
+    folder = work / "edit_sources"
+    shard = folder / "data" / "train-00000-of-00001.parquet"
+    if not shard.exists():
+        data = datasets.load_dataset(str(run_dir / "faceworld"), split="train").select(range(count))
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        data.select_columns(["image", "text", "action_units", "label"]).to_parquet(str(shard.with_suffix(".tmp")))
+        os.replace(shard.with_suffix(".tmp"), shard)
+    return folder
+
+
+def editing_downstream(config: SuiteConfig, run_dir: Path, work: Path, fer) -> tuple[list[dict], dict[str, dict]]:
+    """Rows `EDIT_ROWS` over `config.seeds`: the edit set (`synfer generate --edit-dataset` of the M faces, every
+    expression, its defaults) keeps each face's edits into the six expressions other than its annotated label; the
+    generated set is the suite's synthetic plan's first 6M samples (table 2's images). Both carry voted labels."""
+    count = config.edit_num_real
+    sources = write_edit_sources(run_dir, work, count)
+    edit_config = SyntheticSetConfig(edit_dataset=str(sources), seed=0, num_inference_steps=config.generation_steps)
+    edit_path, edit_stage = write_set(edit_config, work, "edit_set")
+    fresh_path, fresh_stage = write_set(synthetic_set_config(config, 6 * count, guided=True), work, "edit_fresh_set")
+    real = load_real(run_dir, "train", ("image", "label"), count)
+    edits = load_edit_set(edit_path)
+    other = edits["target"] != real["label"][edits["source_id"]]  # (7M,): the six other expressions of each face
+    fresh = load_synthetic_set(fresh_path)
+    data = {
+        EDIT_ROWS[0]: real,
+        EDIT_ROWS[1]: {k: np.concatenate([real[k], edits[v][other]]) for k, v in (("image", "image"), ("label", "vote"))},
+        EDIT_ROWS[2]: {k: np.concatenate([real[k], fresh[v]]) for k, v in (("image", "image"), ("label", "vote"))},
+    }  # fmt: skip
+    test = load_real(run_dir, "test", ("image", "clean_label"))
+    metric = load_fer_metric()
+    runs = []
+    for name in EDIT_ROWS:
+        key = re.sub(r"[^A-Za-z0-9]+", "_", name.replace("+", "plus")).strip("_")
+        for seed in config.seeds:
+            path = work / "editing_downstream" / f"{key}_m{count}_seed{seed}.json"
+            runs.append(cached(path, lambda: train_and_test(name, data[name], seed, config, run_dir, test, fer, metric)))
+    rows = [{"name": name, **summarise_runs(runs, name)} for name in EDIT_ROWS]
+    stages = {"edit set": edit_stage, "generated set": fresh_stage, "edit classifiers": classifier_stage(runs)}
+    return rows, stages
+
+
+def load_edit_set(path: Path) -> dict[str, np.ndarray]:
+    """An edit set's images `(7M, 64, 64, 3)` uint8 in sample order, with the source row, target and voted labels."""
+    import datasets
+
+    data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache"))
+    data = data.sort("sample_id").select_columns(["image", "source_id", "target_label", "label"]).with_format("numpy")
+    data = data[:]
+    return {"image": np.asarray(data["image"]), "source_id": data["source_id"], "target": data["target_label"],
+            "vote": data["label"]}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -370,6 +481,39 @@ def targets(generation: dict, downstream: dict, speed: dict, config: SuiteConfig
     writer = speed["writer"]["throughput"]["ratio"]
     checks.append(("synfer generate / bare pipeline >= 0.9", f"{writer:.3f}", writer >= 0.9))
     return checks
+
+
+def editing_default_row(config: SuiteConfig) -> str:
+    """The table-4 row of `SynFERPipeline.edit`'s defaults (and the edit set's: strength, CFG, inversion)."""
+    import inspect
+
+    defaults = inspect.signature(SynFERPipeline.edit).parameters
+    strength, condition = defaults["edit_strength"].default, defaults["inversion_condition"].default
+    guidance = SyntheticSetConfig(edit_dataset="x").guidance_scale
+    suffix = "" if condition == "source" else f", {condition} inversion"
+    return f"edit, strength {strength:g}, cfg {guidance:g}{suffix}"
+
+
+def editing_targets(editing: dict, config: SuiteConfig) -> list[tuple[str, str, bool]]:
+    """Issue 17's targets for the default edit: expression accuracy within 5 points of plain generation (same CFG
+    and seeds); identity (attributes read off the result) at least 5 points above the layout baseline; distance to
+    the ground truth (pixel L1 and judge features) at most 0.8x the baseline's."""
+    rows = {row["name"]: row for row in editing["rows"]}
+    edit = rows[editing_default_row(config)]
+    guidance = edit["name"].split("cfg ")[1].split(",")[0]
+    plain, layout = rows[f"plain generation, cfg {guidance}"], rows[f"layout init (baseline), cfg {guidance}"]
+    name = edit["name"]
+    return [
+        (f"{name}: expression accuracy within 5 points of plain generation",
+         f"{edit['expression_accuracy']:.1%} vs {plain['expression_accuracy']:.1%}",
+         edit["expression_accuracy"] >= plain["expression_accuracy"] - 0.05),
+        (f"{name}: identity attributes >= layout baseline + 5 points",
+         f"{edit['identity_attribute_accuracy']:.1%} vs {layout['identity_attribute_accuracy']:.1%}",
+         edit["identity_attribute_accuracy"] >= layout["identity_attribute_accuracy"] + 0.05),
+        *[(f"{name}: {label} to the ground truth <= 0.8x layout baseline", f"{edit[key]:.4f} vs {layout[key]:.4f}",
+           edit[key] <= 0.8 * layout[key])
+          for key, label in (("error_to_ground_truth", "pixel L1"), ("judge_distance_to_ground_truth", "judge distance"))],
+    ]  # fmt: skip
 
 
 def plot_all(generation: dict, downstream: dict, speed: dict, plots: Path) -> list[str]:
@@ -538,6 +682,7 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         "",
         "![speed](results/speed.png)",
         "",
+        *render_editing(results["editing"], config),
         "## Stages",
         "",
         "Each stage's result is cached under the run directory, so a file may combine stages of several resumed "
@@ -548,6 +693,87 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_editing(editing: dict, config: SuiteConfig) -> list[str]:
+    """Table 4's section of RESULTS.md."""
+    identity = editing["identity_classifier"]
+    m = config.edit_num_real
+    return [
+        "## 4. Expression editing (the same person, a new expression)",
+        "",
+        f"`benchmarks/eval_faceworld_editing.py`: {config.edit_faces} FaceWorld faces (seed 12345), each edited into "
+        f"the seven expressions' EMFACS prototypes (intensity 3), {config.eval_steps} DDIM steps, image `i` seeded "
+        "`i` in every row. Ground truth: the same face (identity and nuisances) rendered with the target AUs. Plain "
+        "generation: the same targets without a source; layout init: SynFER's layout initialisation from the source "
+        "(full inversion, the baseline); edits: `SynFERPipeline.edit` inverting the source under its own condition "
+        "or the null one (`inversion_condition`). Expression accuracy (judge), judge-feature L2 distance to the "
+        "ground truth and AU MAE (regressor, vs the target AUs) use the measurement models above. Identity: a ResNet "
+        "trained here on real FaceWorld identities (`benchmarks/faceworld_identity.py`, "
+        f"{identity['steps']} steps, seed {identity['seed']}; on real test faces it reads "
+        f"{np.mean(list(identity['test_attribute_accuracy'].values())):.1%} of the 8 identity attributes right and "
+        f"all 8 on {identity['test_all_attributes']:.1%} of faces) reads age group, gender, skin tone, hair style and "
+        "colour, eye colour, glasses and beard off each result, scored against the source's true attributes "
+        "(`attr.`: share right, `all`: all eight right), and `cos` is the cosine similarity of its features to the "
+        "source's. `another face` scores a different person as if it were the edit. Pixel L1 on a 0-1 scale.",
+        "",
+        "| row | images | expression acc. | AU MAE | L1 to GT | judge dist. to GT | L1 to source | identity attr. | "
+        "identity all | identity cos |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {r['name']} | {r['num_images']} | {_cell(r['expression_accuracy'], '.1%')} | {_cell(r['au_mae'], '.3f')} "
+          f"| {r['error_to_ground_truth']:.4f} | {_cell(r['judge_distance_to_ground_truth'], '.2f')} | "
+          f"{r['error_to_source']:.4f} | {_cell(r['identity_attribute_accuracy'], '.1%')} | "
+          f"{_cell(r['identity_all_attributes'], '.1%')} | {_cell(r['identity_cosine'], '.3f')} |"
+          for r in editing["rows"]],
+        "",
+        f"Downstream (the classifier and steps of table 2, seeds {list(config.seeds)}, same real test faces): real M = "
+        f"the first M = {m} FaceWorld train faces (annotated labels); + edits: `synfer generate --edit-dataset` of "
+        f"those faces with its defaults ({config.generation_steps} steps), each face's {6} edits into the "
+        f"expressions other than its label ({6 * m} images); + generated: the first {6 * m} samples of table 2's "
+        "synthetic plan (CFG 5, semantic guidance); both with the voted labels `synfer generate` writes.",
+        "",
+        "| training data | images | accuracy | macro-F1 |",
+        "|---|---|---|---|",
+        *[f"| {r['name']} | {r['num_train']} | {r['accuracy_mean']:.1%} ± {r['accuracy_std']:.1%} | "
+          f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} |" for r in editing["downstream"]],
+        "",
+        "![editing](results/editing.png)",
+        "",
+    ]  # fmt: skip
+
+
+def plot_editing(editing: dict, plots: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots.mkdir(parents=True, exist_ok=True)
+    rows = editing["rows"]
+    panels = (("expression_accuracy", "expression accuracy (judge)"), ("identity_attribute_accuracy",
+              "identity attributes kept"), ("judge_distance_to_ground_truth", "judge-feature distance to GT"))  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(16, 4.2))
+    for ax, (key, title) in zip(axes, panels):
+        ax.barh([r["name"] for r in rows], [r[key] or 0.0 for r in rows], color="#4878a8")
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.invert_yaxis()
+    for ax in axes[1 : len(panels)]:
+        ax.set_yticklabels([])
+    downstream = editing["downstream"]
+    axes[-1].bar([r["name"].replace(" (vote)", "") for r in downstream], [r["accuracy_mean"] for r in downstream],
+                 yerr=[r["accuracy_std"] for r in downstream], color=["#777777", "#5a9e5a", "#d68a3a"], capsize=3)  # fmt: skip
+    axes[-1].set_title("downstream accuracy (real test)", fontsize=10)
+    axes[-1].tick_params(axis="x", labelsize=7, rotation=15)
+    axes[-1].set_ylim(max(0.0, min(r["accuracy_mean"] for r in downstream) - 0.1), 1.0)
+    fig.tight_layout()
+    fig.savefig(plots / "editing.png", dpi=110)
+    plt.close(fig)
+    return "editing.png"
 
 
 def print_tables(checks) -> None:
@@ -565,6 +791,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "(default: benchmarks for full, the run dir for --quick)")  # fmt: skip
     parser.add_argument("--num-real", type=int, default=None, help="override N of the downstream table")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the downstream seeds")
+    parser.add_argument("--editing-only", action="store_true", help="only table 4 (after its prerequisites): "
+                        "writes results/editing.json and results/editing.png, leaves RESULTS.md as it is")  # fmt: skip
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     if args.num_real is not None:
@@ -581,8 +809,11 @@ def main(argv: list[str] | None = None) -> dict:
     fer = load_script(EXAMPLES / "train_fer_classifier.py")
 
     ensure_measurement_models(config, run_dir, fer)
+    if args.editing_only:
+        return editing_only(config, run_dir, work, output_dir, fer)
     generation = table_generation(config, run_dir, work)
     downstream = table_downstream(config, run_dir, work, fer)
+    editing = table_editing(config, run_dir, work, fer)
     speed = table_speed(config, work)
     results = {
         "config": asdict(config),
@@ -595,19 +826,37 @@ def main(argv: list[str] | None = None) -> dict:
             **{f"table 2 ({name})": stage for name, stage in downstream["stages"].items()},
             "table 3 (speed ratios)": speed["speed"],
             "table 3 (generate vs bare pipeline)": speed["writer"],
+            **{f"table 4 ({name})": stage for name, stage in editing["stages"].items()},
         },
         "generation": generation,
         "downstream": downstream,
         "speed": speed,
+        "editing": editing,
     }
-    checks = targets(generation, downstream, speed, config)
+    checks = targets(generation, downstream, speed, config) + editing_targets(editing, config)
     plots = plot_all(generation, downstream, speed, output_dir / "results")
+    plots.append(plot_editing(editing, output_dir / "results"))
     (output_dir / "results").mkdir(parents=True, exist_ok=True)
     (output_dir / "results" / "benchmarks.json").write_text(json.dumps(results, indent=2))
     (output_dir / "RESULTS.md").write_text(render_results(results, checks, config, run_dir))
     print_tables(checks)
     print(f"\nwrote {output_dir / 'RESULTS.md'} and {', '.join(plots)} in {output_dir / 'results'}")
     return results
+
+
+def editing_only(config: SuiteConfig, run_dir: Path, work: Path, output_dir: Path, fer) -> dict:
+    """`--editing-only`: table 4 alone, into `results/editing.json` (with its config, commit and targets) and
+    `results/editing.png`; its section of RESULTS.md is printed."""
+    editing = table_editing(config, run_dir, work, fer)
+    checks = editing_targets(editing, config)
+    result = {"config": asdict(config), "commit": git_commit(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+              "targets": [{"target": n, "measured": v, "met": met} for n, v, met in checks], **editing}  # fmt: skip
+    (output_dir / "results").mkdir(parents=True, exist_ok=True)
+    (output_dir / "results" / "editing.json").write_text(json.dumps(result, indent=2))
+    plot_editing(editing, output_dir / "results")
+    print("\n".join(render_editing(editing, config)))
+    print_tables(checks)
+    return result
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 columns, resumable after kill -9 like any set (the kill technique of test_generate_concurrency.py)."""
 
 import hashlib
+import inspect
+import json
 import signal
 import sys
 from pathlib import Path
@@ -70,6 +72,15 @@ def test_edit_set_rows_are_each_face_times_each_expression(edit_reference, faces
     # the same face edited into two expressions stays closer to itself than to the other face
     pixels = [np.asarray(image, dtype=np.float32) for image in dataset["image"]]
     assert np.abs(pixels[0] - pixels[1]).mean() < np.abs(pixels[0] - pixels[2]).mean()
+
+
+def test_edit_sets_default_to_the_edit_calls_cfg_and_generated_sets_to_cfg_5(edit_reference):
+    edit_defaults = inspect.signature(SynFERPipeline.edit).parameters
+    assert SyntheticSetConfig().guidance_scale == 5.0
+    assert SyntheticSetConfig(edit_dataset="faces").guidance_scale == edit_defaults["guidance_scale"].default == 3.0
+    assert SyntheticSetConfig(edit_dataset="faces", guidance_scale=1.0).guidance_scale == 1.0
+    assert SyntheticSetConfig().edit_strength == edit_defaults["edit_strength"].default
+    assert json.loads((edit_reference / "plan.json").read_text())["guidance_scale"] == 3.0  # what the edits ran with
 
 
 def test_generated_sets_keep_their_columns(reference):

@@ -44,20 +44,29 @@ def _edit(pipe, image, **kwargs):
     return pipe.edit(image, **{**defaults, **kwargs})
 
 
+@pytest.mark.parametrize("inversion_condition", ["source", "null"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_same_expression_small_strength_returns_nearly_the_source(pipe, prediction_type):
+def test_same_expression_small_strength_returns_nearly_the_source(pipe, prediction_type, inversion_condition):
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
     face, other_face = _faces(2)[:1], _faces(2)[1:]
     source_latents = pipe.encode_image_latents(face * 2 - 1)
     errors = {
-        strength: (_edit(pipe, face, target_expression="happy", au_jitter=0.0, edit_strength=strength).images
-                   - source_latents).abs().mean().item()
+        strength: (_edit(pipe, face, target_expression="happy", au_jitter=0.0, edit_strength=strength, guidance_scale=1.0,
+                         inversion_condition=inversion_condition).images - source_latents).abs().mean().item()
         for strength in (0.05, 1.0)
     }  # fmt: skip
     other = (pipe.encode_image_latents(other_face * 2 - 1) - source_latents).abs().mean().item()
     # one inverted and one denoised step vs a regeneration from noise level; another face is much further away
     assert errors[0.05] < 0.1 * errors[1.0], errors
     assert errors[0.05] < 0.25 * other, (errors, other)
+
+
+def test_null_inversion_inverts_under_another_condition(pipe):
+    face = _faces(1)
+    edits = {condition: _edit(pipe, face, target_expression="sad", edit_strength=0.5, inversion_condition=condition)
+             for condition in ("source", "null")}  # fmt: skip
+    assert (edits["source"].images - edits["null"].images).abs().max() > 1e-3
+    assert edits["source"].prompts == edits["null"].prompts  # the target condition is the same
 
 
 def test_output_reports_source_and_target_conditions(pipe):
@@ -124,6 +133,7 @@ def test_au_estimator_fills_source_action_units(tiny_components):
         ({"target_expression": "happy", "height": 32}, r"`image\[0\]` is \(16, 16\), expected \(32, 16\)"),
         ({"target_expression": "happy", "source_action_units": None}, "`source_action_units` is None but the pipeline has no `au_estimator`"),
         ({"target_expression": "happy", "output_type": "jpg"}, "`output_type`"),
+        ({"target_expression": "happy", "inversion_condition": "target"}, "`inversion_condition` must be one of"),
     ],
 )  # fmt: skip
 def test_bad_inputs_are_clear_errors(pipe, kwargs, match):
@@ -153,16 +163,28 @@ def test_faceworld_editing_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_faceworld_editing.py"
-    spec = importlib.util.spec_from_file_location("eval_faceworld_editing", path)
+    from synfer_diffusers.data.faceworld import write_faceworld_splits
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # its sibling modules (the judge features, the identity classifier)
+    spec = importlib.util.spec_from_file_location("eval_faceworld_editing", benchmarks / "eval_faceworld_editing.py")
     benchmark = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, benchmark)  # its dataclass looks its module up while the file executes
     spec.loader.exec_module(benchmark)
-    rows = benchmark.main(["--num-faces", "1", "--steps", "2", "--strengths", "0.5", "--guidance-scales", "1",
-                           "--json", str(tmp_path / "editing.json")])  # fmt: skip
+    write_faceworld_splits(tmp_path / "faceworld", num_train=32, num_test=8, seed=0, show_progress=False)
+    rows = benchmark.main([
+        "--num-faces", "1", "--steps", "2", "--strengths", "0.5", "--guidance-scales", "1", "--inversions", "source",
+        "null", "--identity-classifier", str(tmp_path / "identity"), "--faceworld", str(tmp_path / "faceworld"),
+        "--identity-steps", "2", "--json", str(tmp_path / "editing.json"),
+    ])  # fmt: skip
     assert [row["name"] for row in rows] == [
-        "source, unedited (reference)", "layout init (baseline), cfg 1", "edit, strength 0.5, cfg 1"
-    ]
-    assert rows[0]["error_to_source"] == 0 and rows[0]["error_to_ground_truth"] > 0
-    assert all(row["num_images"] == 7 and row["error_to_ground_truth"] > 0 for row in rows)
-    assert (tmp_path / "editing.json").is_file()
+        "source, unedited (reference)", "ground-truth render (reference)", "another face (reference)",
+        "plain generation, cfg 1", "layout init (baseline), cfg 1", "edit, strength 0.5, cfg 1",
+        "edit, strength 0.5, cfg 1, null inversion",
+    ]  # fmt: skip
+    source, truth = rows[0], rows[1]
+    assert source["error_to_source"] == 0 and source["error_to_ground_truth"] > 0 and truth["error_to_ground_truth"] == 0
+    assert source["identity_cosine"] == pytest.approx(1.0)  # the source is its own person
+    assert all(row["num_images"] == 7 and 0 <= row["identity_attribute_accuracy"] <= 1 for row in rows)
+    assert rows[5]["error_to_source"] != rows[6]["error_to_source"]  # the two inversions differ
+    assert (tmp_path / "editing.json").is_file() and (tmp_path / "identity" / "model.safetensors").is_file()

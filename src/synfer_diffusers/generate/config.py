@@ -20,6 +20,7 @@ import torch
 
 from ..facs import EXPRESSIONS
 from ..labels import VotingConfig
+from ..pipelines.synfer.editing import DEFAULT_EDIT_GUIDANCE_SCALE, DEFAULT_EDIT_STRENGTH
 from ..pipelines.synfer.semantic_guidance import SG_DECODES, SG_NORMALIZATIONS, check_semantic_guidance_inputs
 
 DEFAULT_DESCRIPTIONS: tuple[str, ...] = (
@@ -47,6 +48,8 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 DEFAULT_NUM_SAMPLES = 64
 """`num_samples` of a generated set when none is given."""
+DEFAULT_GUIDANCE_SCALE = 5.0
+"""`guidance_scale` of a generated set when none is given."""
 MAX_IMAGE_SIZE_FACTOR = 4
 """`height` and `width` are at most this many times the model's native image size (2048 px for a 512 px model)."""
 
@@ -183,7 +186,11 @@ class SyntheticSetConfig:
                           "DEFAULT_DESCRIPTIONS.", "flag": "--descriptions-file", "parse": read_descriptions_file},
     )
     num_inference_steps: int = field(default=25, metadata={"help": "Denoising steps per image."})
-    guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale (<= 1: off)."})
+    guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": f"Classifier-free guidance scale (<= 1: off); None: {DEFAULT_GUIDANCE_SCALE:g} for generated "
+                          f"sets, {DEFAULT_EDIT_GUIDANCE_SCALE:g} for edit sets."},
+    )  # fmt: skip
     au_scale: float = field(default=1.0, metadata={"help": "Weight of the AU cross-attention branch."})
     height: int | None = field(default=None, metadata={"help": "Image height in pixels; None: the model's."})
     width: int | None = field(default=None, metadata={"help": "Image width in pixels; None: the model's."})
@@ -258,7 +265,8 @@ class SyntheticSetConfig:
                           "set, each face edited into each expression (`SynFERPipeline.edit`)."},
     )  # fmt: skip
     edit_strength: float = field(
-        default=0.8, metadata={"help": "Edit sets: the share of the schedule inverted and re-denoised, in (0, 1]."}
+        default=DEFAULT_EDIT_STRENGTH,
+        metadata={"help": "Edit sets: the share of the schedule inverted and re-denoised, in (0, 1]."},
     )
     drop_discarded: bool = field(
         default=False,
@@ -269,6 +277,8 @@ class SyntheticSetConfig:
     def __post_init__(self) -> None:
         if self.num_samples is None and self.edit_dataset is None:
             self.num_samples = DEFAULT_NUM_SAMPLES
+        if self.guidance_scale is None:
+            self.guidance_scale = DEFAULT_GUIDANCE_SCALE if self.edit_dataset is None else DEFAULT_EDIT_GUIDANCE_SCALE
         if not isinstance(self.drop_discarded, bool):
             raise ValueError(f"`drop_discarded` must be a bool, got {self.drop_discarded!r}.")
         for name, minimum in (("num_samples", 1), ("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):

@@ -1,6 +1,7 @@
 # make generate   the main job: a small synthetic facial-expression dataset in outputs/demo (CPU, offline)
 # make test       the test suite, offline
 # make install    .venv with the CPU torch of constraints.txt and this package (editable, [dev] extras)
+# make demo       the Gradio demo on http://127.0.0.1:7860, offline on the embedded default (DEMO_ARGS="--model PATH")
 # make bench      the benchmark suite: FaceWorld tables + speed ratios -> benchmarks/RESULTS.md (BENCH_ARGS=--quick: minutes)
 
 PYTHON ?= python3
@@ -11,9 +12,10 @@ OUTPUT_DIR ?= outputs/demo
 GENERATE_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+DEMO_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
-.PHONY: install generate test bench clean
+.PHONY: install generate test demo bench clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +31,9 @@ generate: install
 
 test: install
 	$(OFFLINE) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(OFFLINE) GRADIO_ANALYTICS_ENABLED=False $(BIN)/python demo/app.py $(DEMO_ARGS)
 
 bench: install
 	$(OFFLINE) $(BIN)/python benchmarks/run_benchmarks.py $(BENCH_ARGS)

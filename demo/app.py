@@ -106,7 +106,7 @@ def build_app(demo: SynFERDemo, num_inference_steps: int = 25) -> gr.Blocks:
                         )  # fmt: skip
                         steps = gr.Slider(1, 100, value=num_inference_steps, step=1, precision=0, label="Steps")
                         cfg = gr.Slider(0, 15, value=3, step=0.5, label="CFG (guidance_scale)")
-                        seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i: seed + i)")
+                        seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i: seed + i)", elem_id="seed")
                 with gr.Column():
                     gallery = gr.Gallery(label="Images (select one for its labels)", columns=4, height=200,
                                          format="png", elem_id="gallery")  # fmt: skip

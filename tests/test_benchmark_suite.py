@@ -33,7 +33,8 @@ def _results(suite, accuracies):
     config = suite.QUICK
     runs = [_run(row.name, seed, accuracies.get(row.name, 0.5) + 0.01 * seed) for row in suite.downstream_rows(config)
             for seed in (0, 1)]  # fmt: skip
-    downstream = {"rows": suite.summarise_downstream(runs, config), "runs": runs,
+    rows = [{"name": row.name, **suite.summarise_runs(runs, row.name)} for row in suite.downstream_rows(config)]
+    downstream = {"rows": rows, "runs": runs,
                   "label_agreement_with_target": {"feranno": 0.9, "vote": 0.97}}  # fmt: skip
     generation = {
         "rows": [{"name": n, "num_images": 21, "expression_accuracy": a, "au_mae": 0.3, "frechet_distance": 0.5}
@@ -101,11 +102,19 @@ def test_results_markdown_names_how_numbers_were_produced(suite, tmp_path):
                                                      "baseline_predict_train_mean": {"mae": 1.1}}})):  # fmt: skip
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
-    results = {"generation": generation, "downstream": downstream, "speed": speed, "machine": "test CPU",
+    edit_row = {"name": "edit 1.0, CFG 3", "num_images": 70, "expression_accuracy": 0.814, "au_mae": 0.378,
+                "error_to_ground_truth": 0.0613, "judge_distance_to_ground_truth": 3.09, "error_to_source": 0.05,
+                "identity_attribute_accuracy": 0.611, "identity_all_attributes": 0.2, "identity_cosine": 0.77}  # fmt: skip
+    editing = {"rows": [edit_row], "downstream": [{"name": "real M", **downstream["rows"][0]}],
+               "identity_classifier": {"steps": 800, "seed": 0, "test_attribute_accuracy": {"age": 0.9},
+                                       "test_all_attributes": 0.34}}  # fmt: skip
+    results = {"generation": generation, "downstream": downstream, "speed": speed, "editing": editing,
+               "machine": "test CPU",
                "commit": "abc", "date": "2026-11-28", "stages": {"table 1": {"stage_seconds": 1.0, "commit": "abc"}}}  # fmt: skip
     checks = suite.targets(generation, downstream, speed, config)
     text = suite.render_results(results, checks, config, tmp_path)
     assert "--quick" in text and "FaceWorld" in text and "commit abc" in text and "- table 1: 1 s, commit abc" in text
     assert "| real N | 100 | 60.5% ± 0.7% |" in text
+    assert "| edit 1.0, CFG 3 | 70 | 81.4% | 0.378 | 0.0613 | 3.09 | 0.0500 | 61.1% | 20.0% | 0.770 |" in text
     assert "| tiny | semantic_guidance | s | 1.000 | 1.600 | 1.600 |" in text
     assert "| semantic_guidance (tiny) <= 1.5 | 1.600 | **no** |" in text

@@ -1,7 +1,6 @@
 """The benchmark suite's bookkeeping (benchmarks/run_benchmarks.py): rows, aggregation over seeds, targets,
 resumable stages and RESULTS.md. The measurements themselves run in `python benchmarks/run_benchmarks.py --quick`."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,16 +9,9 @@ import pytest
 
 from synfer_diffusers import EXPRESSIONS
 
-SUITE_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "run_benchmarks.py"
-
-
-@pytest.fixture(scope="module")
-def suite():
-    spec = importlib.util.spec_from_file_location("run_benchmarks", SUITE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_benchmarks"] = module
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from suite import common, report  # noqa: E402  (the suite package lives beside its script)
+from suite.downstream import downstream_rows  # noqa: E402
 
 
 def _run(row, seed, accuracy, macro_f1=0.5):
@@ -29,11 +21,11 @@ def _run(row, seed, accuracy, macro_f1=0.5):
             "per_class_recall": recall, "confusion_matrix": confusion, "stage_seconds": 1.0}  # fmt: skip
 
 
-def _results(suite, accuracies):
-    config = suite.QUICK
-    runs = [_run(row.name, seed, accuracies.get(row.name, 0.5) + 0.01 * seed) for row in suite.downstream_rows(config)
+def _results(accuracies):
+    config = common.QUICK
+    runs = [_run(row.name, seed, accuracies.get(row.name, 0.5) + 0.01 * seed) for row in downstream_rows(config)
             for seed in (0, 1)]  # fmt: skip
-    rows = [{"name": row.name, **suite.summarise_runs(runs, row.name)} for row in suite.downstream_rows(config)]
+    rows = [{"name": row.name, **common.summarise_runs(runs, row.name)} for row in downstream_rows(config)]
     downstream = {"rows": rows, "runs": runs,
                   "label_agreement_with_target": {"feranno": 0.9, "vote": 0.97}}  # fmt: skip
     generation = {
@@ -49,8 +41,8 @@ def _results(suite, accuracies):
     return config, generation, downstream, speed
 
 
-def test_downstream_rows_cover_the_paper_table(suite):
-    rows = suite.downstream_rows(suite.FULL)
+def test_downstream_rows_cover_the_paper_table():
+    rows = downstream_rows(common.FULL)
     assert [r.name for r in rows][:4] == [
         "real N",
         "synthetic N (target)",
@@ -59,11 +51,11 @@ def test_downstream_rows_cover_the_paper_table(suite):
     ]
     assert len(rows) == 13 and len({r.key for r in rows}) == 13
     assert all(r.key.replace("_", "").isalnum() for r in rows)
-    assert {r.synthetic for r in rows} == {0, 1, suite.FULL.synthetic_factor}
+    assert {r.synthetic for r in rows} == {0, 1, common.FULL.synthetic_factor}
 
 
-def test_summary_is_mean_and_spread_over_seeds(suite):
-    config, _, downstream, _ = _results(suite, {"real N": 0.6})
+def test_summary_is_mean_and_spread_over_seeds():
+    config, _, downstream, _ = _results({"real N": 0.6})
     real = downstream["rows"][0]
     assert real["name"] == "real N" and real["seeds"] == 2
     assert real["accuracy_mean"] == pytest.approx(0.605)
@@ -71,11 +63,11 @@ def test_summary_is_mean_and_spread_over_seeds(suite):
     assert real["confusion_matrix"][0][0] == 2  # summed over the two seeds
 
 
-def test_targets_are_computed_from_the_numbers(suite):
+def test_targets_are_computed_from_the_numbers():
     accuracies = {"real N": 0.6, "synthetic N (vote)": 0.55, "synthetic N (target)": 0.50,
                   "synthetic 5N (vote)": 0.7, "real N + synthetic N (vote)": 0.61}  # fmt: skip
-    config, generation, downstream, speed = _results(suite, accuracies)
-    checks = {name: met for name, _, met in suite.targets(generation, downstream, speed, config)}
+    config, generation, downstream, speed = _results(accuracies)
+    checks = {name: met for name, _, met in report.targets(generation, downstream, speed, config)}
     assert checks["synthetic N (vote) >= real N"] is False
     assert checks["synthetic 5N (vote) > real N"] is True
     assert checks["real N + synthetic N (vote) >= real N + 2 points"] is False
@@ -85,18 +77,18 @@ def test_targets_are_computed_from_the_numbers(suite):
     assert checks["synfer generate / bare pipeline >= 0.9"] is True
 
 
-def test_stage_results_are_cached_atomically(suite, tmp_path):
+def test_stage_results_are_cached_atomically(tmp_path):
     calls = []
     path = tmp_path / "stage" / "result.json"
-    first = suite.cached(path, lambda: calls.append(1) or {"value": 3})
-    second = suite.cached(path, lambda: calls.append(1) or {"value": 4})
+    first = common.cached(path, lambda: calls.append(1) or {"value": 3})
+    second = common.cached(path, lambda: calls.append(1) or {"value": 4})
     assert calls == [1] and first["value"] == second["value"] == 3
     assert "stage_seconds" in second and second["commit"]
     assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
 
 
-def test_results_markdown_names_how_numbers_were_produced(suite, tmp_path):
-    config, generation, downstream, speed = _results(suite, {"real N": 0.6})
+def test_results_markdown_names_how_numbers_were_produced(tmp_path):
+    config, generation, downstream, speed = _results({"real N": 0.6})
     for name, metrics in (("judge", {"test": {"original": {"clean_labels": {"accuracy": 0.97}}}}),
                           ("au_regressor", {"test": {"original": {"mae": 0.2},
                                                      "baseline_predict_train_mean": {"mae": 1.1}}})):  # fmt: skip
@@ -111,8 +103,8 @@ def test_results_markdown_names_how_numbers_were_produced(suite, tmp_path):
     results = {"generation": generation, "downstream": downstream, "speed": speed, "editing": editing,
                "machine": "test CPU",
                "commit": "abc", "date": "2026-11-28", "stages": {"table 1": {"stage_seconds": 1.0, "commit": "abc"}}}  # fmt: skip
-    checks = suite.targets(generation, downstream, speed, config)
-    text = suite.render_results(results, checks, config, tmp_path)
+    checks = report.targets(generation, downstream, speed, config)
+    text = report.render_results(results, checks, config, tmp_path)
     assert "--quick" in text and "FaceWorld" in text and "commit abc" in text and "- table 1: 1 s, commit abc" in text
     assert "| real N | 100 | 60.5% ± 0.7% |" in text
     assert "| edit 1.0, CFG 3 | 70 | 81.4% | 0.378 | 0.0613 | 3.09 | 0.0500 | 61.1% | 20.0% | 0.770 |" in text

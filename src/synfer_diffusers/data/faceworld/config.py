@@ -237,10 +237,17 @@ class FaceWorldConfig:
     @classmethod
     def hard(cls, **overrides) -> FaceWorldConfig:
         """The `"hard"` regime: labels go wrong as on real data. Many expressions are subtle (prototype AUs at
-        trace-to-slight intensities, near the visible threshold, as strong as a resting face's background AUs),
-        blends are common and mostly mix a [`FACEWORLD_CONFUSABLE_PAIRS`] pair, subtle and blended faces are
-        mislabelled more often, and most wrong labels name the confusable partner rather than a random class.
-        Pose, lighting and pixel noise vary more. `overrides` replace single settings.
+        slight intensities, 1.0-2.2 on the 0-5 scale, just above a resting face's background AUs), blends are common
+        and mostly mix a [`FACEWORLD_CONFUSABLE_PAIRS`] pair, subtle and blended faces are mislabelled more often,
+        and most wrong labels name the confusable partner rather than a random class. Identities, pose, lighting and
+        pixel noise follow the standard regime, so a generator trained on standard FaceWorld can render the faces
+        and what changes is what the faces show and how they are labelled. `overrides` replace single settings.
+
+        How it was chosen: the downstream classifier of the benchmark suite (ResNet [32, 64, 128], 800 steps, batch
+        64), trained on 3,000 faces of the train split (seed 0) and scored on 1,000 faces of the test split against
+        their true labels, reads 81.8% when trained on true labels and 68.2% on the annotated ones (standard regime,
+        400 steps on 4,000 faces: 89.6%). Earlier settings (subtle AUs at 0.4-1.6, as faint as background AUs, and
+        more pose, lighting and noise) left 41% / 35%: most subtle faces were unreadable rather than ambiguous.
 
         Statistics of 20,000 sampled faces (seed 0, [`faceworld_label_statistics`]; standard regime in brackets):
 
@@ -249,14 +256,14 @@ class FaceWorldConfig:
         | wrong labels (`label != clean_label`) | 27.0% | 10.0% |
         | of the wrong labels of classes with a partner, to the confusable partner | 75.0% | 15.5% |
         | blended faces (`is_blend`) | 29.8% | 10.0% |
-        | subtle faces (non-neutral, no prototype AU reaches `SUBTLE_PEAK_INTENSITY` = 2) | 44.3% | 1.3% |
-        | intensity, neutral | 0.24 | 0.10 |
-        | intensity, happy | 2.07 | 3.14 |
-        | intensity, sad | 1.71 | 3.18 |
-        | intensity, surprise | 2.15 | 3.19 |
-        | intensity, fear | 1.90 | 3.19 |
-        | intensity, disgust | 1.76 | 3.17 |
-        | intensity, anger | 1.78 | 3.18 |
+        | subtle faces (non-neutral, no prototype AU reaches `SUBTLE_PEAK_INTENSITY` = 2) | 30.4% | 1.3% |
+        | intensity, neutral | 0.14 | 0.10 |
+        | intensity, happy | 2.20 | 3.14 |
+        | intensity, sad | 1.97 | 3.18 |
+        | intensity, surprise | 2.33 | 3.19 |
+        | intensity, fear | 2.14 | 3.19 |
+        | intensity, disgust | 1.99 | 3.17 |
+        | intensity, anger | 2.02 | 3.18 |
 
         "intensity" is the mean prototype-AU intensity of an expression's faces (neutral: of all 12 AUs). Noise is
         0.12 on clear faces and 0.4 on subtle or blended ones; 70% of wrong labels are the partner and 30% a random
@@ -279,18 +286,10 @@ class FaceWorldConfig:
             "active_intensity_range": (1.0, 4.5),
             # neutral, happy, sad, surprise, fear, disgust, anger
             "subtle_probability": (0.0, 0.25, 0.5, 0.3, 0.45, 0.45, 0.45),
-            "subtle_intensity_range": (0.4, 1.6),
-            "background_au_probability": 0.25,
-            "background_au_max": 1.5,
+            "subtle_intensity_range": (1.0, 2.2),
             "blend_probability": 0.3,
             "blend_weight_range": (0.25, 0.45),
             "blend_partner_probability": 0.7,
-            "max_rotation_degrees": 12.0,
-            "max_shift": 0.05,
-            "scale_range": (0.88, 1.08),
-            "brightness_range": (0.65, 1.3),
-            "max_light_gradient": 0.25,
-            "max_noise_std": 8.0,
         }
         return cls(**{**settings, **overrides})
 

@@ -1,0 +1,160 @@
+"""What every table of the suite shares: its sizes, resumable stages, the downstream classifier and FaceWorld
+loading."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synfer_diffusers import EXPRESSIONS
+
+BENCHMARKS = Path(__file__).resolve().parents[1]
+EXAMPLES = BENCHMARKS.parent / "examples"
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Sizes of one suite mode."""
+
+    mode: str
+    num_train: int  # FaceWorld train / test faces, when the suite renders FaceWorld itself
+    num_test: int
+    measurement_steps: int  # training steps of the judge and the AU regressor
+    per_expression: int  # table 1: images per expression and row
+    eval_steps: int  # table 1: denoising steps
+    num_real: int  # table 2: N
+    synthetic_factor: int  # table 2: the large synthetic set is synthetic_factor * N
+    generation_steps: int  # table 2: denoising steps of the synthetic sets
+    classifier_steps: int  # table 2: optimisation steps of every downstream classifier (same for every row)
+    seeds: tuple[int, ...]  # table 2: classifier seeds
+    speed_configs: tuple[str, ...]  # table 3: bench_speed.py configs
+    writer_memory_samples: int  # table 3: images of the writer's memory run
+    semantic_guidance_scale: float = 12.0  # lambda_g (default interval 2), chosen in the issue-4 sweep
+    edit_faces: int = 10  # table 4: FaceWorld source faces, each edited into the 7 expressions
+    edit_num_real: int = 42  # table 4 downstream: M real faces, + their 6M edits or + 6M generated images
+    identity_steps: int = 800  # table 4: training steps of the identity classifier
+
+
+FULL = SuiteConfig(
+    mode="full", num_train=20000, num_test=2000, measurement_steps=1500, per_expression=30, eval_steps=25,
+    num_real=1000, synthetic_factor=5, generation_steps=25, classifier_steps=800, seeds=(0, 1, 2),
+    speed_configs=("tiny", "sd15", "faceworld"), writer_memory_samples=500,
+)  # fmt: skip
+QUICK = SuiteConfig(
+    mode="quick", num_train=2000, num_test=500, measurement_steps=200, per_expression=3, eval_steps=10,
+    num_real=140, synthetic_factor=5, generation_steps=10, classifier_steps=150, seeds=(0,),
+    speed_configs=("tiny",), writer_memory_samples=100, edit_faces=2, edit_num_real=14, identity_steps=60,
+)  # fmt: skip
+CLASSIFIER = {"architecture": "resnet", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "train_batch_size": 64}
+LABEL_SOURCES = ("target", "feranno", "vote")
+NOT_RECORDED = "not recorded"
+
+
+def row_key(name: str) -> str:
+    """A row name as a file-name stem (`real N + synthetic N (vote)` -> `real_N_plus_synthetic_N_vote`)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", name.replace("+", "plus")).strip("_")
+
+
+def load_script(path: Path):
+    """Imports a benchmark or example script as a module (its functions are reused, not copied)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def cached(path: Path, compute) -> dict:
+    """The JSON at `path`, computing and writing it (atomically) first if it is missing."""
+    if path.exists():
+        print(f"== cached: {path}")
+        return json.loads(path.read_text())
+    start = time.perf_counter()
+    result = compute()
+    result = {**result, "stage_seconds": round(time.perf_counter() - start, 1), "commit": git_commit()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+    return result
+
+
+def git_commit() -> str:
+    """The checkout's short commit hash, `-dirty` when tracked files other than the suite's own outputs differ from
+    it, or "unknown" outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=BENCHMARKS).stdout
+
+    try:
+        outputs = (":(top,exclude)benchmarks/RESULTS.md", ":(top,exclude)benchmarks/results")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/", *outputs).strip()
+        return git("rev-parse", "--short", "HEAD").strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def classifier_stage(runs: list[dict]) -> dict:
+    """The classifiers of a table as one stage: their summed time and the commits they were measured at."""
+    return {
+        "stage_seconds": round(sum(r["stage_seconds"] for r in runs), 1),
+        "commit": ", ".join(sorted({r.get("commit", NOT_RECORDED) for r in runs})),
+    }
+
+
+def stage_summary(stages: dict[str, dict]) -> dict[str, dict]:
+    return {
+        name: {k: stage.get(k, NOT_RECORDED) for k in ("stage_seconds", "commit")} for name, stage in stages.items()
+    }
+
+
+def summarise_runs(runs: list[dict], name: str) -> dict:
+    """Mean and sample standard deviation over the seeds of row `name`, mean per-class recall, summed confusion
+    matrix."""
+    mine = [r for r in runs if r["row"] == name]
+    accuracy = np.array([r["accuracy"] for r in mine])
+    macro_f1 = np.array([r["macro_f1"] for r in mine])
+    spread = (lambda x: float(x.std(ddof=1))) if len(mine) > 1 else (lambda x: 0.0)
+    return {
+        "num_train": mine[0]["num_train"], "seeds": len(mine),
+        "accuracy_mean": float(accuracy.mean()), "accuracy_std": spread(accuracy),
+        "macro_f1_mean": float(macro_f1.mean()), "macro_f1_std": spread(macro_f1),
+        "per_class_recall": {e: float(np.mean([r["per_class_recall"][e] for r in mine])) for e in EXPRESSIONS},
+        "confusion_matrix": np.sum([r["confusion_matrix"] for r in mine], axis=0).tolist(),
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def train_and_test(name: str, data: dict[str, np.ndarray], seed: int, config, run_dir, test, fer, metric) -> dict:
+    """One downstream classifier (`CLASSIFIER`, `config.classifier_steps` steps) trained on `data` and scored on the
+    real test faces' clean labels."""
+    train_config = fer.TrainFERConfig(
+        dataset_name=str(run_dir / "faceworld"), output_dir=str(run_dir / "unused"), task="expression",
+        max_train_steps=config.classifier_steps, seed=seed, **CLASSIFIER,
+    )  # fmt: skip
+    model, summary = fer.train(train_config, {"train": data})
+    with torch.no_grad():
+        predictions = fer.predict(model, test["image"]).argmax(dim=1).numpy()
+    scores = metric.compute(predictions=predictions, references=test["clean_label"], label_names=list(EXPRESSIONS))
+    return {"row": name, "seed": seed, "num_train": len(data["label"]), **summary, **scores}
+
+
+def load_real(run_dir: Path, split: str, columns: tuple[str, ...], count: int | None = None) -> dict[str, np.ndarray]:
+    """Columns of the run's FaceWorld split (its first `count` rows) as arrays."""
+    import datasets
+
+    data = datasets.load_dataset(str(run_dir / "faceworld"), split=split)
+    data = data.select(range(count)) if count is not None else data
+    return {k: np.asarray(v) for k, v in data.select_columns(list(columns)).with_format("numpy")[:].items()}

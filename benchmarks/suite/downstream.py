@@ -1,0 +1,148 @@
+"""Table 2: downstream classifiers trained on real FaceWorld, synthetic sets and both."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synfer_diffusers import FERAnnoPipeline, SynFERPipeline
+from synfer_diffusers.generate import SyntheticSetConfig, default_model_dir, generate_synthetic_dataset
+from synfer_diffusers.metrics import load_fer_metric
+
+from .common import (
+    LABEL_SOURCES,
+    SuiteConfig,
+    cached,
+    classifier_stage,
+    load_real,
+    row_key,
+    stage_summary,
+    summarise_runs,
+    train_and_test,
+)
+
+
+@dataclass(frozen=True)
+class DownstreamRow:
+    name: str
+    real: bool  # includes the N real faces
+    synthetic: int  # synthetic images, in units of N (0, 1 or synthetic_factor)
+    labels: str | None  # synthetic label source
+    guided: bool = True  # synthetic images generated with semantic guidance
+
+    @property
+    def key(self) -> str:
+        return row_key(self.name)
+
+
+def downstream_rows(config: SuiteConfig) -> list[DownstreamRow]:
+    k = config.synthetic_factor
+    rows = [DownstreamRow("real N", True, 0, None)]
+    for size, real, guided, label in (
+        (1, False, True, "synthetic N"),
+        (1, False, False, "synthetic N, no SG"),
+        (k, False, True, f"synthetic {k}N"),
+        (1, True, True, "real N + synthetic N"),
+    ):
+        rows += [DownstreamRow(f"{label} ({source})", real, size, source, guided) for source in LABEL_SOURCES]
+    return rows
+
+
+def build_synthetic_set(config: SuiteConfig, work: Path, guided: bool) -> tuple[Path, dict]:
+    """`synfer generate`'s library call with the default checkpoint, labels voted by FERAnno, the checkpoint's guide
+    and the target: the guided set (synthetic_factor * N images, semantic guidance on) or the unguided ablation (the
+    same plan's first N samples, semantic guidance off)."""
+    name = "synthetic_set" if guided else "synthetic_set_no_sg"
+    size = config.num_real * (config.synthetic_factor if guided else 1)
+    return write_set(synthetic_set_config(config, size, guided), work, name)
+
+
+def synthetic_set_config(config: SuiteConfig, size: int, guided: bool) -> SyntheticSetConfig:
+    """The first `size` samples of the suite's synthetic plan (seed 0; the same images whatever `size`)."""
+    return SyntheticSetConfig(
+        num_samples=size, seed=0, num_inference_steps=config.generation_steps,
+        semantic_guidance_scale=config.semantic_guidance_scale if guided else 0.0,
+    )  # fmt: skip
+
+
+def write_set(set_config: SyntheticSetConfig, work: Path, name: str) -> tuple[Path, dict]:
+    """`generate_synthetic_dataset` into `work / name` (resumed shard by shard), cached as `work / name.json`."""
+    output = work / name
+
+    def compute() -> dict:
+        result = generate_synthetic_dataset(set_config, output, batch_size=35, resume=output.exists())
+        return {"num_samples": result.num_samples, "config": asdict(set_config)}
+
+    return output, cached(work / f"{name}.json", compute)
+
+
+def load_synthetic_set(path: Path) -> dict[str, np.ndarray]:
+    """Images `(M, 64, 64, 3)` uint8 in sample order, with the target and voted labels."""
+    import datasets
+
+    data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache"))
+    data = data.sort("sample_id").select_columns(["image", "target_label", "label"]).with_format("numpy")[:]
+    return {"image": np.asarray(data["image"]), "target": data["target_label"], "vote": data["label"]}
+
+
+def feranno_labels(images: np.ndarray, path: Path) -> tuple[np.ndarray, dict]:
+    """FERAnno (the default checkpoint's head, a separate FERAnnoPipeline pass at t ~ 1) on the synthetic images."""
+
+    def compute() -> dict:
+        default = SynFERPipeline.from_pretrained(default_model_dir())
+        annotator = FERAnnoPipeline(**default.base_components, head=default.feranno_head)
+        annotator.set_progress_bar_config(disable=True)
+        output = annotator(images, batch_size=64, generator=torch.Generator().manual_seed(0))
+        return {"label_ids": output.label_ids.tolist()}
+
+    result = cached(path, compute)
+    return np.asarray(result["label_ids"]), result
+
+
+def prepare_synthetic(config: SuiteConfig, work: Path, guided: bool) -> tuple[dict[str, np.ndarray], dict]:
+    """A synthetic set's images and target / vote / FERAnno labels, and its stages' cached results by name."""
+    path, generation = build_synthetic_set(config, work, guided)
+    synthetic = load_synthetic_set(path)
+    suffix, label = ("", "") if guided else ("_no_sg", ", no SG")
+    synthetic["feranno"], labelling = feranno_labels(synthetic["image"], work / f"feranno_labels{suffix}.json")
+    return synthetic, {f"synthetic set{label}": generation, f"FERAnno labels{label}": labelling}
+
+
+def training_data(
+    row: DownstreamRow, config: SuiteConfig, real: dict, synthetic: dict[bool, dict]
+) -> dict[str, np.ndarray]:
+    parts = []
+    if row.real:
+        parts.append((real["image"], real["label"]))
+    if row.synthetic:
+        count, images = row.synthetic * config.num_real, synthetic[row.guided]
+        parts.append((images["image"][:count], images[row.labels][:count]))
+    return {"image": np.concatenate([p[0] for p in parts]), "label": np.concatenate([p[1] for p in parts])}
+
+
+def table_downstream(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dict:
+    (guided, guided_stages), (unguided, unguided_stages) = (prepare_synthetic(config, work, g) for g in (True, False))
+    synthetic = {True: guided, False: unguided}
+    real = load_real(run_dir, "train", ("image", "label"), config.num_real)
+    test = load_real(run_dir, "test", ("image", "clean_label"))
+    metric = load_fer_metric()
+    runs = []
+    for row in downstream_rows(config):
+        data = training_data(row, config, real, synthetic)
+        for seed in config.seeds:
+            path = work / "downstream" / f"{row.key}_seed{seed}.json"
+            runs.append(cached(path, lambda: train_and_test(row.name, data, seed, config, run_dir, test, fer, metric)))
+    agreement = {
+        f"{name} {source}": float((labels[source] == labels["target"]).mean())
+        for name, labels in (("SG", guided), ("no SG", unguided))
+        for source in ("feranno", "vote")
+    }
+    stages = {**guided_stages, **unguided_stages}
+    stages["classifiers"] = classifier_stage(runs)
+    return {
+        "rows": [{**asdict(row), **summarise_runs(runs, row.name)} for row in downstream_rows(config)],
+        "runs": runs, "label_agreement_with_target": agreement, "stages": stage_summary(stages),
+    }  # fmt: skip

@@ -1,0 +1,25 @@
+"""Table 1: generation (paper Table 1), by `eval_faceworld_generation.py`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from synfer_diffusers.generate import default_model_dir
+
+from .common import BENCHMARKS, SuiteConfig, cached, load_script
+
+
+def table_generation(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
+    evaluation = load_script(BENCHMARKS / "eval_faceworld_generation.py")
+    path = work / "generation_eval.json"
+
+    def compute() -> dict:
+        return evaluation.main([
+            "--model", str(default_model_dir()), "--text-only", "base",
+            "--semantic-guidance-scale", str(config.semantic_guidance_scale),
+            "--judge", str(run_dir / "judge"), "--au-regressor", str(run_dir / "au_regressor"),
+            "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
+            "--steps", str(config.eval_steps),
+        ])  # fmt: skip
+
+    return cached(path, compute)

@@ -1,0 +1,214 @@
+"""The suite's targets, plots and RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from synfer_diffusers import EXPRESSIONS
+
+from .common import NOT_RECORDED, SuiteConfig
+from .editing import render_editing
+from .speed import speed_row_unit, speed_row_value
+
+
+def targets(generation: dict, downstream: dict, speed: dict, config: SuiteConfig) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each target of the benchmark issue, computed from the results."""
+    gen = {row["name"]: row for row in generation["rows"]}
+    acc = {row["name"]: row["accuracy_mean"] for row in downstream["rows"]}
+    k = config.synthetic_factor
+    real = acc["real N"]
+    checks = [
+        ("synthetic N (vote) >= real N", f"{acc['synthetic N (vote)']:.1%} vs {real:.1%}",
+         acc["synthetic N (vote)"] >= real),
+        (f"synthetic {k}N (vote) > real N", f"{acc[f'synthetic {k}N (vote)']:.1%} vs {real:.1%}",
+         acc[f"synthetic {k}N (vote)"] > real),
+        ("real N + synthetic N (vote) >= real N + 2 points", f"{acc['real N + synthetic N (vote)']:.1%} vs {real:.1%}",
+         acc["real N + synthetic N (vote)"] >= real + 0.02),
+        ("SG adds >= 5 points of expression accuracy",
+         f"{gen['+ AUs']['expression_accuracy']:.1%} -> {gen['+ AUs + SG']['expression_accuracy']:.1%}",
+         gen["+ AUs + SG"]["expression_accuracy"] - gen["+ AUs"]["expression_accuracy"] >= 0.05),
+    ]  # fmt: skip
+    for group in ("synthetic N", "synthetic N, no SG", f"synthetic {k}N", "real N + synthetic N"):
+        vote, target = acc[f"{group} (vote)"], acc[f"{group} (target)"]
+        checks.append((f"{group}: voted labels beat target labels", f"{vote:.1%} vs {target:.1%}", vote > target))
+    limits = {"au_overhead": 1.05, "semantic_guidance": 1.5, "feranno_in_loop": 1.10}
+    for row in speed["speed"]["rows"]:
+        if row["row"] in limits:
+            checks.append((f"{row['row']} ({row['config']}) <= {limits[row['row']]}", f"{row['ratio']:.3f}",
+                           row["ratio"] <= limits[row["row"]]))  # fmt: skip
+    writer = speed["writer"]["throughput"]["ratio"]
+    checks.append(("synfer generate / bare pipeline >= 0.9", f"{writer:.3f}", writer >= 0.9))
+    return checks
+
+
+def plot_all(generation: dict, downstream: dict, speed: dict, plots: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots.mkdir(parents=True, exist_ok=True)
+    names = []
+
+    rows = [r for r in generation["rows"] if not r["name"].startswith("real")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, key, title in zip(axes, ("expression_accuracy", "au_mae", "frechet_distance"),
+                              ("expression accuracy (judge)", "AU MAE (regressor)", "Fréchet distance (judge features)")):  # fmt: skip
+        ax.bar([r["name"] for r in rows], [r[key] for r in rows], color="#4878a8")
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(plots / "generation.png", dpi=110)
+    names.append("generation.png")
+
+    rows = downstream["rows"]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    colors = ["#777777" if r["labels"] is None else {"target": "#4878a8", "feranno": "#d68a3a", "vote": "#5a9e5a"}[r["labels"]] for r in rows]  # fmt: skip
+    ax.bar(range(len(rows)), [r["accuracy_mean"] for r in rows], yerr=[r["accuracy_std"] for r in rows],
+           color=colors, capsize=3)  # fmt: skip
+    ax.axhline(rows[0]["accuracy_mean"], color="#777777", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy on real test (clean labels)")
+    ax.set_ylim(max(0.0, min(r["accuracy_mean"] for r in rows) - 0.1), 1.0)
+    fig.tight_layout()
+    fig.savefig(plots / "downstream.png", dpi=110)
+    names.append("downstream.png")
+
+    fig, axes = plt.subplots(2, (len(rows) + 1) // 2, figsize=(2.8 * ((len(rows) + 1) // 2), 6.4))
+    for ax, row in zip(axes.flat, rows):
+        confusion = np.asarray(row["confusion_matrix"], dtype=float)
+        ax.imshow(confusion / confusion.sum(1, keepdims=True).clip(min=1), vmin=0, vmax=1, cmap="Blues")
+        ax.set_title(row["name"], fontsize=7)
+        ax.set_xticks(range(len(EXPRESSIONS)), [e[:3] for e in EXPRESSIONS], fontsize=6, rotation=90)
+        ax.set_yticks(range(len(EXPRESSIONS)), [e[:3] for e in EXPRESSIONS], fontsize=6)
+    for ax in list(axes.flat)[len(rows) :]:
+        ax.axis("off")
+    fig.suptitle("confusion matrices on real test faces (rows: true, columns: predicted; seeds summed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(plots / "confusion_matrices.png", dpi=110)
+    names.append("confusion_matrices.png")
+
+    rows = [row for row in speed["speed"]["rows"] if speed_row_unit(row) == "s"]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1))
+    ax.barh([f"{r['config']}: {r['row']}" for r in rows], [r["ratio"] for r in rows], color="#4878a8")
+    ax.axvline(1.0, color="#777777", linewidth=1)
+    ax.set_xlabel("time ratio (candidate / baseline, same run)")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(plots / "speed.png", dpi=110)
+    names.append("speed.png")
+    plt.close("all")
+    return names
+
+
+def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) -> str:
+    generation, downstream, speed = results["generation"], results["downstream"], results["speed"]
+    judge = json.loads((run_dir / "judge" / "metrics.json").read_text())["test"]["original"]
+    regressor = json.loads((run_dir / "au_regressor" / "metrics.json").read_text())["test"]
+    k = config.synthetic_factor
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Produced by `python benchmarks/run_benchmarks.py{' --quick' if config.mode == 'quick' else ''}` "
+        f"({config.mode} mode) on {results['machine']}; rendered at commit {results['commit']}, {results['date']} "
+        "(the commit of each measurement is listed under Stages). "
+        "All quality numbers are measured on **FaceWorld** (the package's procedural benchmark world), not on real "
+        "faces; speed rows name their weights. Regenerate this file with the same command.",
+        "",
+        "Measurement models, trained on real FaceWorld only and never used in generation: the judge (ResNet "
+        f"[32, 64, 128], seed 0) reaches {judge['clean_labels']['accuracy']:.1%} on real test faces (clean labels); "
+        f"the AU regressor (ResNet, seed 1) has AU MAE {regressor['original']['mae']:.3f} "
+        f"(predicting the train mean: {regressor['baseline_predict_train_mean']['mae']:.3f}).",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        *[f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in checks],
+        "",
+        "## 1. Generation (paper Table 1)",
+        "",
+        f"The embedded default checkpoint, {config.per_expression} images per expression and row (same seeds in "
+        f"every row), {config.eval_steps} DDIM steps, CFG 3; semantic guidance lambda_g = "
+        f"{config.semantic_guidance_scale:g} (default window 0.6-1.0, a gradient every second step). Text only = "
+        "the checkpoint's own base UNet (frozen in stage B, i.e. the stage-A model) with the enriched prompt. "
+        "Expression accuracy: the judge's label equals the target. AU MAE: the regressor's estimate vs the AUs "
+        "requested. Fréchet distance: judge features of the generated images vs the real test faces.",
+        "",
+        "| row | images | expression accuracy | AU MAE | Fréchet distance |",
+        "|---|---|---|---|---|",
+        *[f"| {r['name']} | {r['num_images']} | {r['expression_accuracy']:.1%} | {r['au_mae']:.3f} | "
+          f"{r['frechet_distance']:.2f} |" for r in generation["rows"]],
+        "",
+        "Labels agreeing with the judge on the generated images: "
+        + "; ".join(f"{name}: " + ", ".join(f"{k_} {v:.1%}" for k_, v in rates.items())
+                    for name, rates in generation["label_agreement_with_judge"].items()),
+        "",
+        "![generation](results/generation.png)",
+        "",
+        "## 2. Downstream classifiers (the paper's headline)",
+        "",
+        f"N = {config.num_real}. Classifier: transformers ResNet [32, 64, 128] from scratch "
+        f"(`examples/train_fer_classifier.py` recipe: AdamW 3e-3 one-cycle, label smoothing 0.1, augmentation), "
+        f"batch 64, {config.classifier_steps} steps for every row (same compute), seeds {list(config.seeds)}. "
+        f"Real = the first N FaceWorld train faces with their annotated labels (10% noise, as annotators give). "
+        f"Synthetic = `generate_synthetic_dataset` with the default checkpoint ({config.num_real * k} images, seed 0, "
+        f"{config.generation_steps} DDIM steps, CFG 5, lambda_g = {config.semantic_guidance_scale:g}); the N set is "
+        "its first N images; `no SG` is the same plan's first N samples (same seeds, expressions and AUs) generated "
+        "without semantic guidance. Labels: the generation target, FERAnno (a separate `FERAnnoPipeline` pass of the "
+        "checkpoint's head) or the vote written by `synfer generate` (in-loop FERAnno + the checkpoint's guide "
+        "classifier + target, the paper's rule: unanimous labels kept, disputed ones replaced by the average). "
+        "Test: all real FaceWorld test faces against their true labels, with the package's `evaluate` metric. "
+        "Mean ± sample standard deviation over seeds.",
+        "",
+        "| training data | images | accuracy | macro-F1 | " + " | ".join(f"recall {e}" for e in EXPRESSIONS) + " |",
+        "|---|---|---|---|" + "---|" * len(EXPRESSIONS),
+        *[f"| {r['name']} | {r['num_train']} | {r['accuracy_mean']:.1%} ± {r['accuracy_std']:.1%} | "
+          f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} | "
+          + " | ".join(f"{r['per_class_recall'][e]:.2f}" for e in EXPRESSIONS) + " |" for r in downstream["rows"]],
+        "",
+        "Synthetic labels agreeing with the generation target (the SG set and the no-SG ablation): "
+        + ", ".join(f"{s} {v:.1%}" for s, v in downstream["label_agreement_with_target"].items()) + ".",
+        "",
+        "![downstream](results/downstream.png)",
+        "",
+        "![confusion matrices](results/confusion_matrices.png)",
+        "",
+        "## 3. Speed (ratios within one run)",
+        "",
+        "`benchmarks/bench_speed.py`: each row times baseline and candidate alternately after a warm-up and reports "
+        "the ratio of medians. `tiny`: the test components (random, fp32, 16 px, batch 4); `sd15`: Stable "
+        "Diffusion 1.5 sizes (random weights, bf16, 512 px, batch 1); `faceworld`: the embedded default checkpoint "
+        f"(trained, fp32, 64 px, batch 35, 25 steps). Device: {speed['speed'].get('device', 'CPU')}.",
+        "",
+        "| config | row | unit | baseline | candidate | ratio |",
+        "|---|---|---|---|---|---|",
+        *[f"| {r['config']} | {r['row']} | {speed_row_unit(r)} | {speed_row_value(r, 'baseline'):.3f} | "
+          f"{speed_row_value(r, 'candidate'):.3f} | {r['ratio']:.3f} |" for r in speed["speed"]["rows"]],
+        "",
+        f"`benchmarks/bench_generate_writer.py` (default checkpoint, 64 px, 4 steps): `synfer generate` / bare "
+        f"pipeline calls = {speed['writer']['throughput']['ratio']:.3f}; resident memory grew "
+        f"{speed['writer']['memory']['rss_growth_mb']:.0f} MB over {speed['writer']['memory']['num_samples']} images.",
+        "",
+        "![speed](results/speed.png)",
+        "",
+        *render_editing(results["editing"], config),
+        "## Stages",
+        "",
+        "Each stage's result is cached under the run directory, so a file may combine stages of several resumed "
+        "runs; each was measured at the commit named (`-dirty`: with uncommitted changes to tracked files).",
+        "",
+        *[f"- {name}: {stage['stage_seconds']:.0f} s, commit {stage.get('commit', NOT_RECORDED)}"
+          for name, stage in results["stages"].items()],
+        "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def print_tables(checks) -> None:
+    print("\n== targets")
+    for name, value, met in checks:
+        print(f"  [{'met' if met else 'MISSED'}] {name}: {value}")

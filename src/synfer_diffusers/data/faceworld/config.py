@@ -247,7 +247,7 @@ class FaceWorldConfig:
         64), trained on 3,000 faces of the train split (seed 0) and scored on 1,000 faces of the test split against
         their true labels, reads 81.8% when trained on true labels and 68.2% on the annotated ones (standard regime,
         400 steps on 4,000 faces: 89.6%). Earlier settings (subtle AUs at 0.4-1.6, as faint as background AUs, and
-        more pose, lighting and noise) left 41% / 35%: most subtle faces were unreadable rather than ambiguous.
+        more pose, lighting and noise) left 41% / 35% (500 steps): most subtle faces were unreadable, not ambiguous.
 
         Statistics of 20,000 sampled faces (seed 0, [`faceworld_label_statistics`]; standard regime in brackets):
 

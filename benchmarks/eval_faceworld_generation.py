@@ -54,6 +54,7 @@ class Row:
     au_mae: float
     frechet_distance: float
     seconds: float
+    second_judge_accuracy: float | None = None  # expression accuracy by `--second-judge`, when given
 
 
 @torch.no_grad()
@@ -101,12 +102,17 @@ def agreement_with_judge(pipe, judge, images, targets, feranno, fer, guided: boo
     return voter(pil_images, probabilities={"feranno": feranno}, targets=targets).agreement_with(judged)
 
 
-def score(name, images, targets, aus, judge, regressor, real_features, fer, seconds) -> Row:
+def score(name, images, targets, aus, judges, regressor, real_features, fer, seconds) -> Row:
+    """A row's numbers; `judges` = (judge, second judge or None)."""
     labels = [EXPRESSIONS.index(t) for t in targets]
+    judge, second = judges
     accuracy = fer.evaluate_expression_classifier(judge, images, labels)["accuracy"]
+    second_accuracy = (
+        None if second is None else fer.evaluate_expression_classifier(second, images, labels)["accuracy"]
+    )
     au_mae = fer.evaluate_au_regressor(regressor, images, aus.numpy())["mae"]
     distance = frechet_distance(judge_features(judge, images, fer), real_features)
-    return Row(name, len(images), accuracy, au_mae, distance, seconds)
+    return Row(name, len(images), accuracy, au_mae, distance, seconds, second_accuracy)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -120,6 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--feranno", default=None, help="FERAnnoPipeline folder: in-loop labels scored against the judge"
     )
     parser.add_argument("--judge", default="runs/judge")
+    parser.add_argument(
+        "--second-judge", default=None, help="a judge of another model family: a second expression accuracy per row"
+    )
     parser.add_argument("--au-regressor", default="runs/au_regressor")
     parser.add_argument("--faceworld", default="runs/faceworld")
     parser.add_argument("--per-expression", type=int, default=30)
@@ -138,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     fer = load_example("train_fer_classifier")
     judge = AutoModelForImageClassification.from_pretrained(args.judge).eval()
+    second = AutoModelForImageClassification.from_pretrained(args.second_judge).eval() if args.second_judge else None
+    judges = (judge, second)
     regressor = AutoModelForImageClassification.from_pretrained(args.au_regressor).eval()
     test = datasets.load_dataset(args.faceworld, split="test").with_format("numpy")
     real_images = fer.images_to_tensor(test["image"])
@@ -148,12 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
         .with_format("numpy")["image"]
     )
 
-    rows = [
-        Row("real test faces (judge reference; FD vs real train)", len(real_images),
-            fer.evaluate_expression_classifier(judge, real_images, test["clean_label"])["accuracy"],
-            fer.evaluate_au_regressor(regressor, real_images, test["action_units"])["mae"],
-            frechet_distance(judge_features(judge, real_train, fer), real_features), 0.0)
-    ]  # fmt: skip
+    real = score("real test faces (judge reference; FD vs real train)", real_images,
+                 [EXPRESSIONS[i] for i in test["clean_label"]], torch.from_numpy(test["action_units"]), judges,
+                 regressor, judge_features(judge, real_train, fer), fer, 0.0)  # fmt: skip
+    rows = [real]
     pipe = SynFERPipeline.from_pretrained(args.model)
     if args.guide:
         pipe.register_modules(
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
             guided = kwargs.get("semantic_guidance_scale", 0) > 0
             label_agreement[name] = agreement_with_judge(pipe, judge, images, targets, feranno, fer, guided)
         seconds = time.perf_counter() - start
-        rows.append(score(name, images, targets, requested_aus, judge, regressor, real_features, fer, seconds))
+        rows.append(score(name, images, targets, requested_aus, judges, regressor, real_features, fer, seconds))
     if args.text_only:
         # Same seeds and expressions as the AU rows, so the AUs those rows requested are what this image should show.
         start = time.perf_counter()
@@ -192,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         seconds = time.perf_counter() - start
         rows.insert(
-            1, score("text only", images, targets, requested_aus, judge, regressor, real_features, fer, seconds)
+            1, score("text only", images, targets, requested_aus, judges, regressor, real_features, fer, seconds)
         )
 
     print(f"{'row':55} {'n':>5} {'expr acc':>9} {'AU MAE':>7} {'FD':>8} {'s':>7}")

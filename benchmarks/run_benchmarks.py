@@ -24,10 +24,15 @@ Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):
    classifier trained here, `faceworld_identity.py`) for plain generation, the layout-initialisation baseline and
    edits; and a downstream row, real M + edits of those M faces (`synfer generate --edit-dataset`) vs real M + as
    many generated images. `--editing-only` runs this table alone into `results/editing.json`.
+5. **Label rectification in the hard regime** (issue 16): a synthetic set whose AUs come from hard-regime FaceWorld
+   faces by annotated label (so targets go wrong as with a real AU-annotated dataset), its target / FERAnno / vote
+   labels scored against both judges, and downstream classifiers on hard real N, synthetic N and kN and both, tested
+   on the hard regime's real test faces.
 
 The judge and the AU regressor are trained on real FaceWorld only (ResNet seeds 0 and 1, the commands of
 `examples/train_faceworld_default.sh`) and never take part in generation; the default checkpoint's guide is a
-deeper ResNet with seed 2. Every stage stores its result under `--run-dir` and is skipped when that result
+deeper ResNet with seed 2. A second judge of another family (ConvNeXt, trained on the true labels of FaceWorld
+seed 1) scores tables 1 and 5 beside the first. Every stage stores its result under `--run-dir` and is skipped when that result
 exists, so a killed run resumes where it stopped (the synthetic set shard by shard); delete a stage's JSON to
 redo it.
 """
@@ -47,6 +52,7 @@ from suite.common import BENCHMARKS, EXAMPLES, FULL, QUICK, SuiteConfig, git_com
 from suite.downstream import table_downstream
 from suite.editing import editing_targets, plot_editing, render_editing, table_editing
 from suite.generation import table_generation
+from suite.hard_regime import hard_targets, table_hard_regime
 from suite.prerequisites import ensure_measurement_models
 from suite.report import plot_all, print_tables, render_results, targets
 from suite.speed import table_speed
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     generation = table_generation(config, run_dir, work)
     downstream = table_downstream(config, run_dir, work, fer)
     editing = table_editing(config, run_dir, work, fer)
+    hard = table_hard_regime(config, run_dir, work, fer)
     speed = table_speed(config, work)
     results = {
         "config": asdict(config),
@@ -97,13 +104,16 @@ def main(argv: list[str] | None = None) -> dict:
             "table 3 (speed ratios)": speed["speed"],
             "table 3 (generate vs bare pipeline)": speed["writer"],
             **{f"table 4 ({name})": stage for name, stage in editing["stages"].items()},
+            **{f"table 5 ({name})": stage for name, stage in hard["stages"].items()},
         },
         "generation": generation,
         "downstream": downstream,
         "speed": speed,
         "editing": editing,
+        "hard_regime": hard,
     }
     checks = targets(generation, downstream, speed, config) + editing_targets(editing, config)
+    checks += hard_targets(hard, config)
     plots = plot_all(generation, downstream, speed, output_dir / "results")
     plots.append(plot_editing(editing, output_dir / "results"))
     (output_dir / "results").mkdir(parents=True, exist_ok=True)

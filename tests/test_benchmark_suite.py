@@ -10,7 +10,7 @@ import pytest
 from synfer_diffusers import EXPRESSIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from suite import common, report  # noqa: E402  (the suite package lives beside its script)
+from suite import common, hard_regime, report  # noqa: E402  (the suite package lives beside its script)
 from suite.downstream import downstream_rows  # noqa: E402
 
 
@@ -30,7 +30,9 @@ def _results(accuracies):
                   "label_agreement_with_target": {"feranno": 0.9, "vote": 0.97}}  # fmt: skip
     generation = {
         "rows": [{"name": n, "num_images": 21, "expression_accuracy": a, "au_mae": 0.3, "frechet_distance": 0.5}
-                 for n, a in (("text only", 0.2), ("+ AUs", 0.80), ("+ AUs + SG", 0.86))],
+                 for n, a in (("text only", 0.2), ("+ AUs", 0.80), ("+ AUs + SG", 0.86))]
+                + [{"name": "real test faces", "num_images": 50, "expression_accuracy": 0.97, "au_mae": 0.2,
+                    "frechet_distance": 0.1, "second_judge_accuracy": 0.99}],
         "label_agreement_with_judge": {"+ AUs": {"feranno": 0.8, "target": 0.8, "voted": 0.81}},
     }  # fmt: skip
     speed = {
@@ -75,6 +77,38 @@ def test_targets_are_computed_from_the_numbers():
     assert checks["synthetic N: voted labels beat target labels"] is True
     assert checks["semantic_guidance (tiny) <= 1.5"] is False
     assert checks["synfer generate / bare pipeline >= 0.9"] is True
+    assert checks["AU error of + AUs images <= 1.2x the regressor's error on real faces"] is False  # 0.3 / 0.2
+
+
+def _hard_results(accuracies: dict[str, tuple[float, float]], target_agreement: float) -> dict:
+    """Table 5's results with two seeds per row at `(mean - spread, mean + spread)`."""
+    config = common.QUICK
+    runs = [_run(row.name, seed, accuracies.get(row.name, (0.5, 0.0))[0] + (2 * seed - 1) * accuracies.get(row.name, (0.5, 0.0))[1])
+            for row in hard_regime.hard_rows(config) for seed in (0, 1)]  # fmt: skip
+    rows = [{"name": row.name, **common.summarise_runs(runs, row.name)} for row in hard_regime.hard_rows(config)]
+    agreement = {judge: {"target": target_agreement, "feranno": 0.8, "vote": 0.85} for judge in hard_regime.JUDGES}
+    return {"rows": rows, "runs": runs, "label_agreement_with_judges": agreement, "votes_changed": 0.2,
+            "num_synthetic": 350, "real_label_noise": 0.27}  # fmt: skip
+
+
+def test_hard_rows_are_real_and_unguided_synthetic_sets_with_each_label_source():
+    rows = hard_regime.hard_rows(common.FULL)
+    assert len(rows) == 10 and len({r.key for r in rows}) == 10
+    assert not any(r.guided for r in rows)  # the hard set is generated without semantic guidance
+    assert {r.labels for r in rows if r.synthetic} == {"target", "feranno", "vote"}
+
+
+def test_hard_targets_need_judge_disagreement_and_a_gap_beyond_the_seed_spread():
+    k = common.QUICK.synthetic_factor
+    clear = {"hard: synthetic N (vote)": (0.70, 0.01), "hard: synthetic N (target)": (0.60, 0.01),
+             f"hard: synthetic {k}N (vote)": (0.70, 0.05), f"hard: synthetic {k}N (target)": (0.66, 0.01)}  # fmt: skip
+    checks = {name: met for name, _, met in hard_regime.hard_targets(_hard_results(clear, 0.75), common.QUICK)}
+    assert checks["hard: target disagrees with the judge on >= 20% of images"] is True
+    assert checks["hard: synthetic N: voted labels beat target labels by more than the seed spread"] is True
+    # a 4-point gap inside a 7-point spread (vote seeds at 0.65 and 0.75) is not a win
+    assert checks[f"hard: synthetic {k}N: voted labels beat target labels by more than the seed spread"] is False
+    checks = {name: met for name, _, met in hard_regime.hard_targets(_hard_results(clear, 0.9), common.QUICK)}
+    assert checks["hard: target disagrees with the judge on >= 20% of images"] is False
 
 
 def test_stage_results_are_cached_atomically(tmp_path):
@@ -101,6 +135,7 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
                "identity_classifier": {"steps": 800, "seed": 0, "test_attribute_accuracy": {"age": 0.9},
                                        "test_all_attributes": 0.34}}  # fmt: skip
     results = {"generation": generation, "downstream": downstream, "speed": speed, "editing": editing,
+               "hard_regime": _hard_results({"hard: real N": (0.62, 0.0)}, 0.75),
                "machine": "test CPU",
                "commit": "abc", "date": "2026-11-28", "stages": {"table 1": {"stage_seconds": 1.0, "commit": "abc"}}}  # fmt: skip
     checks = report.targets(generation, downstream, speed, config)
@@ -109,4 +144,6 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
     assert "| real N | 100 | 60.5% ± 0.7% |" in text
     assert "| edit 1.0, CFG 3 | 70 | 81.4% | 0.378 | 0.0613 | 3.09 | 0.0500 | 61.1% | 20.0% | 0.770 |" in text
     assert "| tiny | semantic_guidance | s | 1.000 | 1.600 | 1.600 |" in text
+    assert "| real test faces | 50 | 97.0% | 99.0% | 0.200 | 0.10 |" in text  # second judge beside the judge
+    assert "| target | 75.0% | 75.0% |" in text and "| hard: real N | 100 | 62.0% ± 0.0% |" in text
     assert "| semantic_guidance (tiny) <= 1.5 | 1.600 | **no** |" in text

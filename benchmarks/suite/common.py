@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,8 @@ class SuiteConfig:
     edit_faces: int = 10  # table 4: FaceWorld source faces, each edited into the 7 expressions
     edit_num_real: int = 42  # table 4 downstream: M real faces, + their 6M edits or + 6M generated images
     identity_steps: int = 800  # table 4: training steps of the identity classifier
+    hard_num_train: int = 5000  # table 5: hard-regime FaceWorld train faces (the AU source of its synthetic sets)
+    hard_num_real: int = 500  # table 5: N of the hard regime's downstream rows
 
 
 FULL = SuiteConfig(
@@ -54,6 +57,7 @@ QUICK = SuiteConfig(
     mode="quick", num_train=2000, num_test=500, measurement_steps=200, per_expression=3, eval_steps=10,
     num_real=140, synthetic_factor=5, generation_steps=10, classifier_steps=150, seeds=(0,),
     speed_configs=("tiny",), writer_memory_samples=100, edit_faces=2, edit_num_real=14, identity_steps=60,
+    hard_num_train=700, hard_num_real=70,
 )  # fmt: skip
 CLASSIFIER = {"architecture": "resnet", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "train_batch_size": 64}
 LABEL_SOURCES = ("target", "feranno", "vote")
@@ -139,7 +143,7 @@ def summarise_runs(runs: list[dict], name: str) -> dict:
 
 def train_and_test(name: str, data: dict[str, np.ndarray], seed: int, config, run_dir, test, fer, metric) -> dict:
     """One downstream classifier (`CLASSIFIER`, `config.classifier_steps` steps) trained on `data` and scored on the
-    real test faces' clean labels."""
+    real test faces' (`test`) clean labels."""
     train_config = fer.TrainFERConfig(
         dataset_name=str(run_dir / "faceworld"), output_dir=str(run_dir / "unused"), task="expression",
         max_train_steps=config.classifier_steps, seed=seed, **CLASSIFIER,
@@ -151,10 +155,35 @@ def train_and_test(name: str, data: dict[str, np.ndarray], seed: int, config, ru
     return {"row": name, "seed": seed, "num_train": len(data["label"]), **summary, **scores}
 
 
-def load_real(run_dir: Path, split: str, columns: tuple[str, ...], count: int | None = None) -> dict[str, np.ndarray]:
-    """Columns of the run's FaceWorld split (its first `count` rows) as arrays."""
+def run_classifiers(
+    training_sets: dict[str, Callable[[], dict[str, np.ndarray]]],
+    test: dict,
+    folder: Path,
+    config,
+    run_dir,
+    fer,
+    suffix: str = "",
+) -> list[dict]:
+    """`train_and_test` of each named training set (built when its runs are not cached yet) for every seed of
+    `config.seeds`, each run cached as `folder / f"{row_key(name)}{suffix}_seed{seed}.json"`."""
+    from synfer_diffusers.metrics import load_fer_metric
+
+    metric, runs = load_fer_metric(), []
+    for name, build in training_sets.items():
+        paths = {seed: folder / f"{row_key(name)}{suffix}_seed{seed}.json" for seed in config.seeds}
+        data = None if all(path.exists() for path in paths.values()) else build()
+        for seed, path in paths.items():
+            runs.append(cached(path, lambda: train_and_test(name, data, seed, config, run_dir, test, fer, metric)))
+    return runs
+
+
+def load_real(
+    run_dir: Path, split: str, columns: tuple[str, ...], count: int | None = None, world: str = "faceworld"
+) -> dict[str, np.ndarray]:
+    """Columns of a split of the run's FaceWorld (`world`: "faceworld", or "faceworld_hard" for the hard regime;
+    its first `count` rows) as arrays."""
     import datasets
 
-    data = datasets.load_dataset(str(run_dir / "faceworld"), split=split)
+    data = datasets.load_dataset(str(run_dir / world), split=split)
     data = data.select(range(count)) if count is not None else data
     return {k: np.asarray(v) for k, v in data.select_columns(list(columns)).with_format("numpy")[:].items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,6 @@ import torch
 
 from synfer_diffusers import FERAnnoPipeline, SynFERPipeline
 from synfer_diffusers.generate import SyntheticSetConfig, default_model_dir, generate_synthetic_dataset
-from synfer_diffusers.metrics import load_fer_metric
 
 from .common import (
     LABEL_SOURCES,
@@ -19,9 +19,9 @@ from .common import (
     classifier_stage,
     load_real,
     row_key,
+    run_classifiers,
     stage_summary,
     summarise_runs,
-    train_and_test,
 )
 
 
@@ -38,17 +38,23 @@ class DownstreamRow:
         return row_key(self.name)
 
 
+def labelled_rows(groups: tuple[tuple[int, bool, bool, str], ...]) -> list[DownstreamRow]:
+    """One row per label source of each group `(synthetic size in N, with the real N, guided, name)`."""
+    return [
+        DownstreamRow(f"{name} ({source})", real, size, source, guided)
+        for size, real, guided, name in groups
+        for source in LABEL_SOURCES
+    ]
+
+
 def downstream_rows(config: SuiteConfig) -> list[DownstreamRow]:
     k = config.synthetic_factor
-    rows = [DownstreamRow("real N", True, 0, None)]
-    for size, real, guided, label in (
+    return [DownstreamRow("real N", True, 0, None)] + labelled_rows((
         (1, False, True, "synthetic N"),
         (1, False, False, "synthetic N, no SG"),
         (k, False, True, f"synthetic {k}N"),
         (1, True, True, "real N + synthetic N"),
-    ):
-        rows += [DownstreamRow(f"{label} ({source})", real, size, source, guided) for source in LABEL_SOURCES]
-    return rows
+    ))  # fmt: skip
 
 
 def build_synthetic_set(config: SuiteConfig, work: Path, guided: bool) -> tuple[Path, dict]:
@@ -102,23 +108,32 @@ def feranno_labels(images: np.ndarray, path: Path) -> tuple[np.ndarray, dict]:
     return np.asarray(result["label_ids"]), result
 
 
+def labelled_set(path: Path, work: Path, suffix: str) -> dict[str, np.ndarray]:
+    """A written synthetic set's images with target, vote and FERAnno labels; its FERAnno stage's cached result
+    under `"feranno_stage"`."""
+    synthetic = load_synthetic_set(path)
+    synthetic["feranno"], synthetic["feranno_stage"] = feranno_labels(
+        synthetic["image"], work / f"feranno_labels{suffix}.json"
+    )
+    return synthetic
+
+
 def prepare_synthetic(config: SuiteConfig, work: Path, guided: bool) -> tuple[dict[str, np.ndarray], dict]:
     """A synthetic set's images and target / vote / FERAnno labels, and its stages' cached results by name."""
     path, generation = build_synthetic_set(config, work, guided)
-    synthetic = load_synthetic_set(path)
     suffix, label = ("", "") if guided else ("_no_sg", ", no SG")
-    synthetic["feranno"], labelling = feranno_labels(synthetic["image"], work / f"feranno_labels{suffix}.json")
-    return synthetic, {f"synthetic set{label}": generation, f"FERAnno labels{label}": labelling}
+    synthetic = labelled_set(path, work, suffix)
+    return synthetic, {f"synthetic set{label}": generation, f"FERAnno labels{label}": synthetic.pop("feranno_stage")}
 
 
-def training_data(
-    row: DownstreamRow, config: SuiteConfig, real: dict, synthetic: dict[bool, dict]
-) -> dict[str, np.ndarray]:
+def training_data(row: DownstreamRow, num_real: int, real: dict, synthetic: dict[bool, dict]) -> dict[str, np.ndarray]:
+    """The real `num_real` faces (annotated labels) and/or the row's first `row.synthetic * num_real` synthetic
+    images with its label source."""
     parts = []
     if row.real:
         parts.append((real["image"], real["label"]))
     if row.synthetic:
-        count, images = row.synthetic * config.num_real, synthetic[row.guided]
+        count, images = row.synthetic * num_real, synthetic[row.guided]
         parts.append((images["image"][:count], images[row.labels][:count]))
     return {"image": np.concatenate([p[0] for p in parts]), "label": np.concatenate([p[1] for p in parts])}
 
@@ -128,13 +143,8 @@ def table_downstream(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dic
     synthetic = {True: guided, False: unguided}
     real = load_real(run_dir, "train", ("image", "label"), config.num_real)
     test = load_real(run_dir, "test", ("image", "clean_label"))
-    metric = load_fer_metric()
-    runs = []
-    for row in downstream_rows(config):
-        data = training_data(row, config, real, synthetic)
-        for seed in config.seeds:
-            path = work / "downstream" / f"{row.key}_seed{seed}.json"
-            runs.append(cached(path, lambda: train_and_test(row.name, data, seed, config, run_dir, test, fer, metric)))
+    sets = {row.name: partial(training_data, row, config.num_real, real, synthetic) for row in downstream_rows(config)}
+    runs = run_classifiers(sets, test, work / "downstream", config, run_dir, fer)
     agreement = {
         f"{name} {source}": float((labels[source] == labels["target"]).mean())
         for name, labels in (("SG", guided), ("no SG", unguided))

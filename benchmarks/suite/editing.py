@@ -10,7 +10,6 @@ import numpy as np
 
 from synfer_diffusers import SynFERPipeline
 from synfer_diffusers.generate import SyntheticSetConfig
-from synfer_diffusers.metrics import load_fer_metric
 
 from .common import (
     BENCHMARKS,
@@ -19,10 +18,9 @@ from .common import (
     classifier_stage,
     load_real,
     load_script,
-    row_key,
+    run_classifiers,
     stage_summary,
     summarise_runs,
-    train_and_test,
 )
 from .downstream import load_synthetic_set, synthetic_set_config, write_set
 
@@ -84,14 +82,8 @@ def editing_downstream(config: SuiteConfig, run_dir: Path, work: Path, fer) -> t
         EDIT_ROWS[2]: {k: np.concatenate([real[k], fresh[v]]) for k, v in (("image", "image"), ("label", "vote"))},
     }  # fmt: skip
     test = load_real(run_dir, "test", ("image", "clean_label"))
-    metric = load_fer_metric()
-    runs = []
-    for name in EDIT_ROWS:
-        for seed in config.seeds:
-            path = work / "editing_downstream" / f"{row_key(name)}_m{count}_seed{seed}.json"
-            runs.append(
-                cached(path, lambda: train_and_test(name, data[name], seed, config, run_dir, test, fer, metric))
-            )
+    sets = {name: lambda name=name: data[name] for name in EDIT_ROWS}
+    runs = run_classifiers(sets, test, work / "editing_downstream", config, run_dir, fer, suffix=f"_m{count}")
     rows = [{"name": name, **summarise_runs(runs, name)} for name in EDIT_ROWS]
     stages = {"edit set": edit_stage, "generated set": fresh_stage, "edit classifiers": classifier_stage(runs)}
     return rows, stages

@@ -17,7 +17,7 @@ def table_generation(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
         return evaluation.main([
             "--model", str(default_model_dir()), "--text-only", "base",
             "--semantic-guidance-scale", str(config.semantic_guidance_scale),
-            "--judge", str(run_dir / "judge"), "--au-regressor", str(run_dir / "au_regressor"),
+            "--judge", str(run_dir / "judge"), "--second-judge", str(run_dir / "second_judge"), "--au-regressor", str(run_dir / "au_regressor"),
             "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
             "--steps", str(config.eval_steps),
         ])  # fmt: skip

@@ -115,7 +115,9 @@ class TrainFERConfig:
 
     @property
     def target_columns(self) -> tuple[str, ...]:
-        return (self.label_column, "clean_label") if self.task == "expression" else ("action_units",)
+        if self.task != "expression":
+            return ("action_units",)
+        return tuple(dict.fromkeys((self.label_column, "clean_label")))  # once each, also for `--label_column clean_label`
 
 
 # ----------------------------------------------------------------------------------------------------------

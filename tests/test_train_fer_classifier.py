@@ -61,6 +61,15 @@ def test_trains_a_few_steps_and_saves_a_loadable_model(faceworld_dir, tmp_path, 
         assert "baseline_predict_train_mean" in saved["test"]
 
 
+def test_trains_on_the_true_labels_with_label_column_clean_label(faceworld_dir, tmp_path):
+    args = ["--dataset_name", str(faceworld_dir), "--output_dir", str(tmp_path / "m"), "--label_column", "clean_label"]
+    metrics = trainer.main([*args, *TINY])
+    assert metrics["steps"] == 3
+    saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    clean = saved["test"]["original"]["clean_labels"]["accuracy"]
+    assert saved["test"]["original"]["noisy_labels"]["accuracy"] == pytest.approx(clean)  # scored on the same column
+
+
 def test_rejects_an_unknown_task(faceworld_dir, tmp_path):
     with pytest.raises(ValueError, match="task"):
         trainer.main(["--dataset_name", str(faceworld_dir), "--output_dir", str(tmp_path / "m"), "--task", "age"])

@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     real = score("real test faces (judge reference; FD vs real train)", real_images,
-                 [EXPRESSIONS[i] for i in test["clean_label"]], torch.from_numpy(test["action_units"]), judges,
+                 [EXPRESSIONS[i] for i in np.asarray(test["clean_label"])], torch.from_numpy(np.asarray(test["action_units"])), judges,
                  regressor, judge_features(judge, real_train, fer), fer, 0.0)  # fmt: skip
     rows = [real]
     pipe = SynFERPipeline.from_pretrained(args.model)

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
 
-from synfer_diffusers import AUSpace, SynFEREditOutput, SynFERPipeline
+from synfer_diffusers import EXPRESSIONS, AUSpace, SynFEREditOutput, SynFERPipeline
 
 SOURCE_AUS = {"AU6": 3.0, "AU12": 3.0}  # the happy prototype at intensity 3 (DISFA-12)
 STEPS = 20
@@ -134,11 +134,34 @@ def test_au_estimator_fills_source_action_units(tiny_components):
         ({"target_expression": "happy", "source_action_units": None}, "`source_action_units` is None but the pipeline has no `au_estimator`"),
         ({"target_expression": "happy", "output_type": "jpg"}, "`output_type`"),
         ({"target_expression": "happy", "inversion_condition": "target"}, "`inversion_condition` must be one of"),
+        ({"target_expression": "happy", "semantic_guidance_scale": 1.0}, "needs a `guidance_classifier`"),
+        ({"target_expression": "happy", "semantic_guidance_scale": -1.0}, "`semantic_guidance_scale` must be"),
     ],
 )  # fmt: skip
 def test_bad_inputs_are_clear_errors(pipe, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         _edit(pipe, list(_faces(2)), **kwargs)
+
+
+def test_semantic_guidance_steers_expression_targets_only(tiny_components):
+    """Guidance toward the target expression changes an expression edit (deterministically); an AU target without an
+    expression has nothing to be guided toward and is edited as without guidance."""
+    torch.manual_seed(1)
+    config = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+        id2label=dict(enumerate(EXPRESSIONS)), label2id={name: i for i, name in enumerate(EXPRESSIONS)},
+    )  # fmt: skip
+    guide, processor = ResNetForImageClassification(config).eval(), make_au_regressor()[1]
+    pipe = SynFERPipeline(**tiny_components, guidance_classifier=guide, guidance_image_processor=processor)
+    pipe.set_progress_bar_config(disable=True)
+    face = _faces(1)
+    plain = _edit(pipe, face, target_expression="surprise").images
+    guided = _edit(pipe, face, target_expression="surprise", semantic_guidance_scale=2.0).images
+    again = _edit(pipe, face, target_expression="surprise", semantic_guidance_scale=2.0).images
+    assert (guided - plain).abs().max() > 1e-3 and torch.allclose(guided, again, atol=1e-5)
+    by_aus = {"target_action_units": {"AU4": 3.0}}
+    unguided = _edit(pipe, face, **by_aus).images
+    torch.testing.assert_close(_edit(pipe, face, semantic_guidance_scale=2.0, **by_aus).images, unguided)
 
 
 def test_wrong_image_size_is_an_error(pipe):

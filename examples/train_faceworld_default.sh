@@ -55,7 +55,7 @@ unless_exists "$RUN/guide/metrics.json" \
     --task expression --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_train_steps 1500 --seed 2
 unless_exists "$RUN/au_estimator/metrics.json" \
     $PYTHON examples/train_fer_classifier.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/au_estimator" \
-    --task action_units --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_train_steps 400 \
+    --task action_units --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_train_steps 1500 \
     --train_batch_size 64 --max_test_samples 500 --seed 3
 
 $PYTHON examples/train_feranno.py --pretrained_model "$RUN/stage_b" --dataset_name "$RUN/faceworld" \

@@ -18,7 +18,9 @@ expression accuracy against the target, the mean L2 distance of judge features t
 error against the target AUs; with `--identity-classifier` (`faceworld_identity.py`, trained on real FaceWorld
 identities when the folder is empty and `--faceworld` is given) the share of the source's identity attributes read
 off the result, the share of results with all of them right, and the cosine similarity of identity features to the
-source. Prompts are the default description for source and target.
+source. Prompts are the default description for source and target. `--semantic-guidance-scales` adds rows guided toward the
+target expression by the model's guide (plain, layout and edits), `--au-scales` edits at other AU-branch weights, and
+`--rows` runs only some kinds of rows (with `--cache-dir`, runs of different settings add up to one table).
 
     python benchmarks/eval_faceworld_editing.py --num-faces 10 --steps 25 --strengths 0.8 1.0 --guidance-scales 1 3 \
         --judge runs/judge --au-regressor runs/au_regressor --identity-classifier runs/identity_classifier \
@@ -69,6 +71,8 @@ class Method:
     guidance_scale: float
     strength: float | None = None  # edits
     inversion: str = "source"  # edits: the condition the source is inverted under
+    semantic_guidance_scale: float = 0.0  # toward the target expression (the pipeline's guide)
+    au_scale: float = 1.0  # edits: weight of the AU cross-attention branch
 
 
 @dataclass
@@ -102,13 +106,30 @@ def edit_tasks(num_faces: int, seed: int) -> EditTasks:
     )  # fmt: skip
 
 
-def methods(strengths: list[float], guidance_scales: list[float], inversions: list[str]) -> list[Method]:
-    rows = [Method(f"plain generation, cfg {g:g}", "plain", g) for g in guidance_scales]
-    rows += [Method(f"layout init (baseline), cfg {g:g}", "layout", g) for g in guidance_scales]
+def methods(
+    strengths: list[float],
+    guidance_scales: list[float],
+    inversions: list[str],
+    semantic_guidance_scales: list[float] = (0.0,),
+    au_scales: list[float] = (1.0,),
+) -> list[Method]:
+    """Plain generation and the layout baseline at each CFG x semantic-guidance scale, and edits at each strength x
+    CFG x inversion x semantic-guidance scale x AU scale; settings at their defaults (no guidance, AU scale 1, source
+    inversion) leave the row's name as it was before they existed, so cached rows stay valid."""
+    rows = []
+    for sg in semantic_guidance_scales:
+        sg_name = f", sg {sg:g}" if sg else ""
+        rows += [Method(f"plain generation, cfg {g:g}{sg_name}", "plain", g, semantic_guidance_scale=sg)
+                 for g in guidance_scales]  # fmt: skip
+        rows += [Method(f"layout init (baseline), cfg {g:g}{sg_name}", "layout", g, semantic_guidance_scale=sg)
+                 for g in guidance_scales]  # fmt: skip
     for inversion in inversions:
         suffix = "" if inversion == "source" else f", {inversion} inversion"
-        rows += [Method(f"edit, strength {s:g}, cfg {g:g}{suffix}", "edit", g, s, inversion)
-                 for s in strengths for g in guidance_scales]  # fmt: skip
+        for sg in semantic_guidance_scales:
+            for au in au_scales:
+                extra = (f", sg {sg:g}" if sg else "") + (f", au_scale {au:g}" if au != 1 else "")
+                rows += [Method(f"edit, strength {s:g}, cfg {g:g}{suffix}{extra}", "edit", g, s, inversion, sg, au)
+                         for s in strengths for g in guidance_scales]  # fmt: skip
     return rows
 
 
@@ -120,6 +141,7 @@ def run_method(pipe: SynFERPipeline, tasks: EditTasks, method: Method, steps: in
         faces = [i // NUM_EXPRESSIONS for i in index]
         common = {
             "num_inference_steps": steps, "guidance_scale": method.guidance_scale, "output_type": "pt",
+            "semantic_guidance_scale": method.semantic_guidance_scale,
             "generator": [torch.Generator().manual_seed(i) for i in index],
         }  # fmt: skip
         expressions = [tasks.names[i] for i in index]
@@ -128,7 +150,7 @@ def run_method(pipe: SynFERPipeline, tasks: EditTasks, method: Method, steps: in
             out = pipe.edit(
                 [tasks.sources[f] for f in faces], target_expression=expressions, target_action_units=target_aus,
                 source_action_units=tasks.source_aus[faces], edit_strength=method.strength,
-                inversion_condition=method.inversion, **common,
+                inversion_condition=method.inversion, au_scale=method.au_scale, **common,
             )  # fmt: skip
         else:
             layout = {"layout_image": [tasks.sources[f] for f in faces]} if method.kind == "layout" else {}
@@ -206,6 +228,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.8, 1.0])
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument("--inversions", nargs="+", default=["source", "null"], choices=["source", "null"])
+    parser.add_argument("--semantic-guidance-scales", type=float, nargs="+", default=[0.0],
+                        help="semantic guidance toward the target (the model's guide) of every row but the references")  # fmt: skip
+    parser.add_argument("--au-scales", type=float, nargs="+", default=[1.0], help="AU-branch weights of the edits")
+    parser.add_argument("--rows", nargs="+", default=["plain", "layout", "edit"], choices=["plain", "layout", "edit"],
+                        help="which kinds of rows to run (the references always)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=49)
     parser.add_argument("--judge", default=None, help="expression classifier folder (real FaceWorld only)")
     parser.add_argument("--au-regressor", default=None, help="AU regressor folder (real FaceWorld only)")
@@ -227,7 +254,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         judges.score("ground-truth render (reference)", tasks.truths, tasks, 0.0),
         judges.score("another face (reference)", sources.roll(-NUM_EXPRESSIONS, 0), tasks, 0.0),
     ]
-    for method in methods(args.strengths, args.guidance_scales, args.inversions):
+    grid = methods(args.strengths, args.guidance_scales, args.inversions, args.semantic_guidance_scales, args.au_scales)
+    for method in (m for m in grid if m.kind in args.rows):
         cache = Path(args.cache_dir) / f"{re.sub(r'[^A-Za-z0-9.]+', '_', method.name)}.json" if args.cache_dir else None
         if cache is not None and cache.exists():
             rows.append(Row(**json.loads(cache.read_text())))

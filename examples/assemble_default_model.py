@@ -1,8 +1,16 @@
-"""Assembles the embedded default checkpoint: the stage-B SynFERPipeline plus its semantic-guidance classifier and
-its FERAnno head, saved (safetensors) with a model card into `src/synfer_diffusers/default_model`.
+"""Assembles the embedded default checkpoint: the stage-B SynFERPipeline plus its semantic-guidance classifier, its
+FERAnno head and its AU estimator (for `pipe.edit(source_action_units=None)`), saved (safetensors) with a model card
+into `src/synfer_diffusers/default_model`.
 
     python examples/assemble_default_model.py --pipeline runs/stage_b --guide runs/guide --feranno runs/feranno \
-        --evaluation runs/eval/generation.json --output_dir src/synfer_diffusers/default_model
+        --au_estimator runs/au_estimator --evaluation runs/eval/generation.json \
+        --output_dir src/synfer_diffusers/default_model
+
+`--add_au_estimator` adds `--au_estimator` to the checkpoint already in `--output_dir` (its `au_estimator` and
+`au_estimator_image_processor` folders and `model_index.json` entries; the other component folders are not touched)
+and rewrites its card, whose Training section gains the estimator's AU MAE on FaceWorld test faces:
+
+    python examples/assemble_default_model.py --add_au_estimator --au_estimator runs/au_estimator
 
 `--card_only` rewrites only the card (`README.md`) of the checkpoint already in `--output_dir`, from the package's
 current template, keeping its Training and Evaluation sections unless `--training` / `--evaluation` are given; the
@@ -80,9 +88,69 @@ def default_model_card(training: str | None, evaluation: str | None) -> dict:
         "model_name": "synfer_diffusers embedded default (FaceWorld, 64x64)",
         "datasets": ["FaceWorld (synfer_diffusers.data.faceworld, seed 0, 20k train)"],
         "training": training or "Trained on FaceWorld by `examples/train_faceworld_default.sh` (autoencoder, stage A, "
-        "stage B, guide, FERAnno).",
+        "stage B, guide, FERAnno, AU estimator).",
         "evaluation": evaluation,
     }
+
+
+def au_estimator_sentence(path: str) -> str:
+    """The card's sentence on the AU estimator of `path` (an `examples/train_fer_classifier.py --task action_units`
+    folder), with its AU MAE on FaceWorld test faces from its `metrics.json`."""
+    with open(os.path.join(path, "metrics.json")) as f:
+        metrics = json.load(f)
+    test = metrics["test"]["original"]
+    return (
+        f"AU estimator for `pipe.edit(source_action_units=None)` ({metrics['architecture']} AU regressor, "
+        f"{metrics['num_parameters']:,} parameters, {metrics['steps']} steps; AU MAE {test['mae']:.3f} on "
+        f"{test['num_samples']} FaceWorld test faces)."
+    )
+
+
+def with_au_estimator(training: str, path: str) -> str:
+    """`training` (a card's Training text) with the AU estimator sentence of `path`, replacing an earlier one."""
+    kept = re.sub(r" ?AU estimator for `pipe\.edit.*?test faces\)\.", "", training)
+    return f"{kept} {au_estimator_sentence(path)}"
+
+
+AU_ESTIMATOR_COMPONENTS = ("au_estimator", "au_estimator_image_processor")
+
+
+def load_au_estimator(path: str) -> dict:
+    """The `au_estimator` and `au_estimator_image_processor` components of an AU regressor folder; its `au_names`
+    must be the UNet's AUs, checked when the pipeline is built."""
+    return {
+        "au_estimator": AutoModelForImageClassification.from_pretrained(path),
+        "au_estimator_image_processor": AutoImageProcessor.from_pretrained(path),
+    }
+
+
+def add_au_estimator(folder: str, path: str, training: str | None, storage_dtype: torch.dtype) -> None:
+    """Adds the AU estimator of `path` to the checkpoint in `folder` (`--add_au_estimator`): the pipeline with it is
+    saved to a staging folder, from which only the estimator's folders, their `model_index.json` entries and the card
+    move into `folder` (the checkpoint's other entries keep their layout)."""
+    with open(os.path.join(folder, "README.md"), encoding="utf-8") as f:
+        current = f.read()
+    pipe = SynFERPipeline.from_pretrained(folder, **load_au_estimator(path))
+    pipe.source_au_estimator()  # the estimator's AU names must map onto the UNet's AU space
+    pipe.to(storage_dtype)
+    fields = default_model_card(
+        with_au_estimator(training or card_section(current, "Training"), path), card_section(current, "Evaluation")
+    )
+    staging = f"{folder}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, model_card=fields)
+    with open(os.path.join(staging, "model_index.json")) as f:
+        staged = json.load(f)
+    with open(os.path.join(folder, "model_index.json")) as f:
+        index = json.load(f)
+    for name in AU_ESTIMATOR_COMPONENTS:
+        index[name] = staged[name]
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        os.replace(os.path.join(staging, name), os.path.join(folder, name))
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    os.replace(os.path.join(staging, "README.md"), os.path.join(folder, "README.md"))
+    shutil.rmtree(staging)
 
 
 def card_section(card: str, heading: str) -> str | None:
@@ -122,6 +190,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--pipeline", help="stage-B SynFERPipeline folder (required unless --card_only)")
     parser.add_argument("--guide", help="expression classifier folder for semantic guidance (as --pipeline)")
     parser.add_argument("--feranno", help="FERAnnoPipeline folder, whose head is taken (as --pipeline)")
+    parser.add_argument("--au_estimator", help="AU regressor folder (train_fer_classifier.py --task action_units; as "
+                        "--pipeline, or with --add_au_estimator)")  # fmt: skip
+    parser.add_argument("--add_au_estimator", action="store_true",
+                        help="add --au_estimator to --output_dir's checkpoint, leaving its other components")  # fmt: skip
     parser.add_argument("--card_only", action="store_true", help="rewrite only the card of --output_dir's checkpoint")
     parser.add_argument("--evaluation", default=None, help="JSON of benchmarks/eval_faceworld_generation.py")
     parser.add_argument("--training", default=None, help="text for the card's Training section")
@@ -134,25 +206,30 @@ def main(argv: list[str] | None = None) -> str:
         rewrite_card(args.output_dir, args.training, evaluation_markdown(args.evaluation))
         print(f"Wrote {args.output_dir}/README.md")
         return args.output_dir
-    missing = [f"--{name}" for name in ("pipeline", "guide", "feranno") if getattr(args, name) is None]
+    if args.add_au_estimator:
+        if args.au_estimator is None:
+            parser.error("--add_au_estimator needs --au_estimator")
+        add_au_estimator(args.output_dir, args.au_estimator, args.training, getattr(torch, args.storage_dtype))
+        print(f"Added {args.au_estimator} to {args.output_dir} ({folder_size_mb(args.output_dir):.1f} MB)")
+        return args.output_dir
+    missing = [f"--{name}" for name in ("pipeline", "guide", "feranno", "au_estimator") if getattr(args, name) is None]
     if missing:
-        parser.error(f"{', '.join(missing)} required (unless --card_only)")
+        parser.error(f"{', '.join(missing)} required (unless --card_only or --add_au_estimator)")
 
     pipe = SynFERPipeline.from_pretrained(args.pipeline)
     head = FERAnnoPipeline.from_pretrained(args.feranno).head
     guide = AutoModelForImageClassification.from_pretrained(args.guide)
     processor = AutoImageProcessor.from_pretrained(args.guide)
     default = SynFERPipeline(
-        **pipe.base_components,
-        guidance_classifier=guide, guidance_image_processor=processor, feranno_head=head,
+        **pipe.base_components, guidance_classifier=guide, guidance_image_processor=processor, feranno_head=head,
+        **load_au_estimator(args.au_estimator),
     )  # fmt: skip
+    default.source_au_estimator()  # the estimator's AU names must map onto the UNet's AU space
     default.to(getattr(torch, args.storage_dtype))
     staging = f"{args.output_dir}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    default.save_pretrained(
-        staging,
-        model_card=default_model_card(args.training, evaluation_markdown(args.evaluation)),
-    )
+    training = with_au_estimator(default_model_card(args.training, None)["training"], args.au_estimator)
+    default.save_pretrained(staging, model_card=default_model_card(training, evaluation_markdown(args.evaluation)))
     size = folder_size_mb(staging)
     if size > MAX_SIZE_MB:
         raise ValueError(f"The default checkpoint is {size:.1f} MB, over the {MAX_SIZE_MB} MB budget.")

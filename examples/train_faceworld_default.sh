@@ -4,10 +4,11 @@
 #   examples/train_faceworld_default.sh [RUN_DIR]        # default RUN_DIR: runs
 #
 # Stages (each resumes after a kill: rerun the same command; finished data and classifier stages are skipped):
-#   1. FaceWorld train/test splits              5. stage B: AU adapter on the frozen stage-A UNet
-#   2. judge + AU regressor (measurement only)  6. guide classifier for semantic guidance (4-stage ResNet, seed 2)
-#   3. autoencoder 64 -> 32x32x4, gated         7. FERAnno head on the stage-B UNet
-#   4. stage A: text-to-image from scratch      8. evaluation on FaceWorld, then assembly into the package
+#   1. FaceWorld train/test splits              6. guide classifier for semantic guidance (4-stage ResNet, seed 2)
+#   2. judge + AU regressor (measurement only)  7. AU estimator for edits without source AUs (4-stage ResNet, seed 3)
+#   3. autoencoder 64 -> 32x32x4, gated         8. FERAnno head on the stage-B UNet
+#   4. stage A: text-to-image from scratch      9. evaluation on FaceWorld, then assembly into the package
+#   5. stage B: AU adapter on the frozen stage-A UNet
 # Longer training: raise STAGE_A_STEPS / STAGE_B_STEPS (the stages resume from their last checkpoint).
 # Run one torch job at a time on a 2-core machine: two concurrent jobs slow each other several-fold.
 set -euo pipefail
@@ -52,6 +53,10 @@ $PYTHON examples/train_au_adapter.py --pretrained_model_name_or_path "$RUN/stage
 unless_exists "$RUN/guide/metrics.json" \
     $PYTHON examples/train_fer_classifier.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/guide" \
     --task expression --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_train_steps 1500 --seed 2
+unless_exists "$RUN/au_estimator/metrics.json" \
+    $PYTHON examples/train_fer_classifier.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/au_estimator" \
+    --task action_units --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_train_steps 1500 \
+    --train_batch_size 64 --max_test_samples 500 --seed 3
 
 $PYTHON examples/train_feranno.py --pretrained_model "$RUN/stage_b" --dataset_name "$RUN/faceworld" \
     --output_dir "$RUN/feranno" --label_column label --train_batch_size 32 --learning_rate 3e-4 \
@@ -62,4 +67,4 @@ $PYTHON benchmarks/eval_faceworld_generation.py --model "$RUN/stage_b" --text-on
     --au-regressor "$RUN/au_regressor" --faceworld "$RUN/faceworld" --json "$RUN/eval/generation.json"
 
 $PYTHON examples/assemble_default_model.py --pipeline "$RUN/stage_b" --guide "$RUN/guide" --feranno "$RUN/feranno" \
-    --evaluation "$RUN/eval/generation.json" --output_dir src/synfer_diffusers/default_model
+    --au_estimator "$RUN/au_estimator" --evaluation "$RUN/eval/generation.json" --output_dir src/synfer_diffusers/default_model

@@ -16,9 +16,10 @@ import pytest
 from synfer_diffusers import EXPRESSIONS, SynFERPipeline
 from synfer_diffusers.data.writer import synthetic_features
 from synfer_diffusers.generate import SyntheticSetConfig, generate_synthetic_dataset
+from synfer_diffusers.pipelines.synfer.editing import DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE
 from synfer_diffusers.tiny import make_tiny_components
 from synthetic_sets import CLI_ARGS, SMALL, _assert_same_dataset, _load, run_cli
-from test_editing import make_au_regressor
+from test_editing import guided_pipeline, make_au_regressor
 
 pytestmark = pytest.mark.usefixtures("tiny_stand_in_as_default")
 HOOK = Path(__file__).parent / "durable_write_hook.py"
@@ -77,10 +78,10 @@ def test_edit_set_rows_are_each_face_times_each_expression(edit_reference, faces
 def test_edit_sets_default_to_the_edit_calls_cfg_and_generated_sets_to_cfg_5(edit_reference):
     edit_defaults = inspect.signature(SynFERPipeline.edit).parameters
     assert SyntheticSetConfig().guidance_scale == 5.0
-    assert SyntheticSetConfig(edit_dataset="faces").guidance_scale == edit_defaults["guidance_scale"].default == 3.0
+    assert SyntheticSetConfig(edit_dataset="faces").guidance_scale == edit_defaults["guidance_scale"].default == 2.0
     assert SyntheticSetConfig(edit_dataset="faces", guidance_scale=1.0).guidance_scale == 1.0
     assert SyntheticSetConfig().edit_strength == edit_defaults["edit_strength"].default
-    assert json.loads((edit_reference / "plan.json").read_text())["guidance_scale"] == 3.0  # what the edits ran with
+    assert json.loads((edit_reference / "plan.json").read_text())["guidance_scale"] == 2.0  # what the edits ran with
 
 
 def test_generated_sets_keep_their_columns(reference):
@@ -101,11 +102,24 @@ def test_edit_set_source_action_units_estimated_by_the_pipelines_estimator(tmp_p
     assert rows["source_id"] == [0, 1] and [EXPRESSIONS[i] for i in rows["target_label"]] == ["anger", "anger"]
 
 
+def test_edit_sets_guide_by_default_where_the_model_has_a_guide(tmp_path, faces):
+    """An edit set's semantic guidance defaults to the edit's: DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE with the model's
+    guide (which does not vote on the images it steered), none without a guide; generated sets keep 0."""
+    config = SyntheticSetConfig(edit_dataset=str(faces), expression_distribution={"fear": 1.0}, **SMALL)
+    assert config.semantic_guidance_scale is None and SyntheticSetConfig(**SMALL).semantic_guidance_scale == 0.0
+    for name, pipe, scale in (("guided", guided_pipeline(make_tiny_components(seed=0)), DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE),
+                              ("plain", None, 0.0)):  # fmt: skip
+        generate_synthetic_dataset(config, tmp_path / name, pipeline=pipe, show_progress=False)
+        plan = json.loads((tmp_path / name / "plan.json").read_text())
+        assert plan["semantic_guidance_scale"] == scale and "guide" not in plan["labeler"]["name"], plan
+
+
 @pytest.mark.parametrize(
     ("config_kwargs", "match"),
     [
         ({"layout_dataset": "x"}, r"an edit set does not use \['layout_dataset'\]"),
-        ({"semantic_guidance_scale": 1.0}, "semantic_guidance_scale"),
+        ({"semantic_guidance_window": (0.5, 1.0)}, r"an edit set does not use \['semantic_guidance_window'\]"),
+        ({"semantic_guidance_scale": 1.0}, "`semantic_guidance_scale` > 0 needs a `guidance_classifier`"),
         ({"edit_strength": 0.0}, r"`edit_strength` must be in \(0, 1\]"),
         ({"num_samples": 5}, "`num_samples` 5 exceeds the edit set's 2 faces x 2 expressions = 4"),
     ],

@@ -7,7 +7,8 @@ import torch
 from diffusers import DDIMScheduler
 from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
 
-from synfer_diffusers import AUSpace, SynFEREditOutput, SynFERPipeline
+from synfer_diffusers import EXPRESSIONS, AUSpace, SynFEREditOutput, SynFERPipeline
+from synfer_diffusers.pipelines.synfer.editing import DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE
 
 SOURCE_AUS = {"AU6": 3.0, "AU12": 3.0}  # the happy prototype at intensity 3 (DISFA-12)
 STEPS = 20
@@ -134,11 +135,54 @@ def test_au_estimator_fills_source_action_units(tiny_components):
         ({"target_expression": "happy", "source_action_units": None}, "`source_action_units` is None but the pipeline has no `au_estimator`"),
         ({"target_expression": "happy", "output_type": "jpg"}, "`output_type`"),
         ({"target_expression": "happy", "inversion_condition": "target"}, "`inversion_condition` must be one of"),
+        ({"target_expression": "happy", "semantic_guidance_scale": 1.0}, "needs a `guidance_classifier`"),
+        ({"target_expression": "happy", "semantic_guidance_scale": -1.0}, "`semantic_guidance_scale` must be"),
     ],
 )  # fmt: skip
 def test_bad_inputs_are_clear_errors(pipe, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         _edit(pipe, list(_faces(2)), **kwargs)
+
+
+def guided_pipeline(components) -> SynFERPipeline:
+    """A pipeline of `components` with a tiny random expression classifier as its semantic-guidance guide."""
+    torch.manual_seed(1)
+    config = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+        id2label=dict(enumerate(EXPRESSIONS)), label2id={name: i for i, name in enumerate(EXPRESSIONS)},
+    )  # fmt: skip
+    guide, processor = ResNetForImageClassification(config).eval(), make_au_regressor()[1]
+    pipe = SynFERPipeline(**components, guidance_classifier=guide, guidance_image_processor=processor)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_semantic_guidance_steers_expression_targets_only(tiny_components):
+    """Guidance toward the target expression changes an expression edit (deterministically); an AU target without an
+    expression has nothing to be guided toward and is edited as without guidance."""
+    pipe = guided_pipeline(tiny_components)
+    face = _faces(1)
+    plain = _edit(pipe, face, target_expression="surprise").images
+    guided = _edit(pipe, face, target_expression="surprise", semantic_guidance_scale=2.0).images
+    again = _edit(pipe, face, target_expression="surprise", semantic_guidance_scale=2.0).images
+    assert (guided - plain).abs().max() > 1e-3 and torch.allclose(guided, again, atol=1e-5)
+    by_aus = {"target_action_units": {"AU4": 3.0}}
+    unguided = _edit(pipe, face, **by_aus).images
+    torch.testing.assert_close(_edit(pipe, face, semantic_guidance_scale=2.0, **by_aus).images, unguided)
+
+
+def test_edits_guide_by_default_where_the_pipeline_has_a_guide(tiny_components, pipe):
+    """`semantic_guidance_scale=None` (the default) is DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE with a guide and no
+    guidance without one (the edit runs instead of asking for a guide)."""
+    guided, face = guided_pipeline(tiny_components), _faces(1)
+    scale = DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE
+    default = _edit(guided, face, target_expression="surprise").images
+    explicit = _edit(guided, face, target_expression="surprise", semantic_guidance_scale=scale).images
+    unguided = _edit(guided, face, target_expression="surprise", semantic_guidance_scale=0.0).images
+    assert scale > 0 and torch.equal(default, explicit)
+    assert (default - unguided).abs().max() > 1e-3
+    without_guide = _edit(pipe, face, target_expression="surprise", semantic_guidance_scale=0.0).images
+    torch.testing.assert_close(_edit(pipe, face, target_expression="surprise").images, without_guide)
 
 
 def test_wrong_image_size_is_an_error(pipe):

@@ -7,6 +7,7 @@ source dataset), `task_categories`, `size_categories`, `source_datasets`, `tags`
 """
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -150,6 +151,36 @@ def test_embedded_default_card_is_what_the_card_code_renders():
         assemble.card_section(current, "Training"), assemble.card_section(current, "Evaluation")
     )
     assert str(render_model_card(pipe.model_card_template, {**pipe.model_card_fields(), **fields})) == current
+
+
+def test_assembly_adds_an_au_estimator_and_leaves_the_other_components(faceworld_dir, tmp_path):
+    """`assemble_default_model.py --add_au_estimator`: the estimator's folders and `model_index.json` entries are
+    added, no other component file changes, the estimator maps onto the UNet's AUs, and the card states its measured
+    AU MAE once (also when added again)."""
+    from synfer_diffusers.tiny import make_tiny_components
+
+    assemble = load_example("assemble_default_model")
+    estimator = tmp_path / "au_estimator"
+    load_example("train_fer_classifier").main([
+        "--dataset_name", str(faceworld_dir), "--output_dir", str(estimator), "--task", "action_units",
+        "--hidden_sizes", "8", "16", "--depths", "1", "1", "--max_train_steps", "1", "--train_batch_size", "4",
+        "--num_threads", "1", "--seed", "3",
+    ])  # fmt: skip
+    folder = tmp_path / "default"
+    card = assemble.default_model_card("Trained on FaceWorld.", None)
+    SynFERPipeline(**make_tiny_components(seed=0)).save_pretrained(folder, model_card=card)
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    argv = ["--add_au_estimator", "--au_estimator", str(estimator), "--output_dir", str(folder)]
+    for _ in range(2):
+        assemble.main(argv)
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert {p for p in before if after[p] != before[p]} == {Path("model_index.json"), Path("README.md")}
+    assert {p.parts[0] for p in set(after) - set(before)} == {"au_estimator", "au_estimator_image_processor"}
+    pipe = SynFERPipeline.from_pretrained(folder)
+    assert list(pipe.au_estimator.config.au_names) == list(pipe.au_space.names)
+    mae = json.loads((estimator / "metrics.json").read_text())["test"]["original"]["mae"]
+    _, text = card_parts(folder)
+    assert text.count("AU estimator for `pipe.edit(source_action_units=None)`") == 1 and f"AU MAE {mae:.3f}" in text
 
 
 # ----------------------------------------------------------------------------------------------------------

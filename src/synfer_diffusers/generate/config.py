@@ -20,8 +20,18 @@ import torch
 
 from ..facs import EXPRESSIONS
 from ..labels import VotingConfig
-from ..pipelines.synfer.editing import DEFAULT_EDIT_GUIDANCE_SCALE, DEFAULT_EDIT_STRENGTH
-from ..pipelines.synfer.semantic_guidance import SG_DECODES, SG_NORMALIZATIONS, check_semantic_guidance_inputs
+from ..pipelines.synfer.editing import (
+    DEFAULT_EDIT_GUIDANCE_SCALE,
+    DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE,
+    DEFAULT_EDIT_STRENGTH,
+)
+from ..pipelines.synfer.semantic_guidance import (
+    DEFAULT_SG_INTERVAL,
+    DEFAULT_SG_WINDOW,
+    SG_DECODES,
+    SG_NORMALIZATIONS,
+    check_semantic_guidance_inputs,
+)
 
 DEFAULT_DESCRIPTIONS: tuple[str, ...] = (
     "a photo of a young woman",
@@ -222,9 +232,12 @@ class SyntheticSetConfig:
     eta: float = field(
         default=0.0, metadata={"help": "DDIM eta in [0, 1] (0: deterministic); only DDIMScheduler uses it."}
     )
-    semantic_guidance_scale: float = field(
-        default=0.0, metadata={"help": "Semantic guidance lambda_g with the model's guide classifier (0: off)."}
-    )
+    semantic_guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": "Semantic guidance lambda_g with the model's guide classifier (0: off); None: 0 for generated "
+                          f"sets, {DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE:g} for edit sets where the model has a guide "
+                          "(edits use the default window and interval)."},
+    )  # fmt: skip
     semantic_guidance_window: tuple[float, float] = field(
         default=(0.6, 1.0),
         metadata={"help": "'start,end', 0 <= start < end <= 1: the guided share of the denoising steps.",
@@ -279,6 +292,8 @@ class SyntheticSetConfig:
             self.num_samples = DEFAULT_NUM_SAMPLES
         if self.guidance_scale is None:
             self.guidance_scale = DEFAULT_GUIDANCE_SCALE if self.edit_dataset is None else DEFAULT_EDIT_GUIDANCE_SCALE
+        if self.semantic_guidance_scale is None and self.edit_dataset is None:
+            self.semantic_guidance_scale = 0.0  # an edit set's follows the model's guide (run.py)
         if not isinstance(self.drop_discarded, bool):
             raise ValueError(f"`drop_discarded` must be a bool, got {self.drop_discarded!r}.")
         for name, minimum in (("num_samples", 1), ("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):
@@ -326,7 +341,10 @@ class SyntheticSetConfig:
             raise ValueError(f"`edit_dataset` must be a folder or Hub id, got {self.edit_dataset!r}.")
         unused = {
             "layout_dataset": self.layout_dataset is not None, "au_policy": self.au_policy != "prototype",
-            "semantic_guidance_scale": self.semantic_guidance_scale > 0, "negative_prompt": self.negative_prompt is not None,
+            "semantic_guidance_window": tuple(self.semantic_guidance_window) != DEFAULT_SG_WINDOW,
+            "semantic_guidance_interval": self.semantic_guidance_interval != DEFAULT_SG_INTERVAL,
+            "semantic_guidance_normalization": self.semantic_guidance_normalization != "global",
+            "negative_prompt": self.negative_prompt is not None,
             "eta": self.eta > 0, "descriptions": self.descriptions is not None,
         }  # fmt: skip
         given = [name for name, is_set in unused.items() if is_set]
@@ -352,8 +370,9 @@ class SyntheticSetConfig:
             raise ValueError(f"`eta` must be in [0, 1], got {self.eta!r}.")
         if self.scheduler is not None:
             check_eta(self.eta, getattr(diffusers, self.scheduler))
+        scale = 0.0 if self.semantic_guidance_scale is None else self.semantic_guidance_scale  # None: an edit set's
         check_semantic_guidance_inputs(
-            self.semantic_guidance_scale, self.semantic_guidance_window, self.semantic_guidance_normalization,
+            scale, self.semantic_guidance_window, self.semantic_guidance_normalization,
             self.semantic_guidance_interval, SG_DECODES[0],
         )  # fmt: skip
         self.semantic_guidance_window = tuple(float(bound) for bound in self.semantic_guidance_window)

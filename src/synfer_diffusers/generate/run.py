@@ -213,7 +213,7 @@ def _checked_run(
     edit_source, edit_plan = None, None
     if config.edit_dataset is not None:
         edit_source = EditSource.from_dataset(config.edit_dataset, size, pipe)
-        config = _edit_set_config(config, len(edit_source))
+        config = _edit_set_config(config, len(edit_source), pipe)
         edit_plan = {"name": edit_source.name, "fingerprint": edit_source.fingerprint, "num_faces": len(edit_source)}
     voter_models = [_load_voter(path) for path in voters]
     labeler = labeler or default_labeler(
@@ -226,9 +226,11 @@ def _checked_run(
     return run
 
 
-def _edit_set_config(config: SyntheticSetConfig, num_faces: int) -> SyntheticSetConfig:
-    """The config with an edit set's `num_samples`: every face x expression by default, at most that."""
+def _edit_set_config(config: SyntheticSetConfig, num_faces: int, pipe: SynFERPipeline) -> SyntheticSetConfig:
+    """The config with an edit set's `num_samples` (every face x expression by default, at most that) and semantic
+    guidance scale (`None`: the edit's default for `pipe`, see `SynFERPipeline.edit_semantic_guidance_scale`)."""
     available = num_faces * len(config.edit_expressions())
+    config = replace(config, semantic_guidance_scale=pipe.edit_semantic_guidance_scale(config.semantic_guidance_scale))
     if config.num_samples is None:
         return replace(config, num_samples=available)
     if config.num_samples > available:

@@ -34,7 +34,13 @@ from .layout_initialisation import LayoutImageInput, LayoutInitialisationMixin
 from .pipeline_feranno import FERAnnoPipeline
 from .pipeline_output import OUTPUT_TYPES, SynFERPipelineOutput
 from .prediction import combine_guidance
-from .semantic_guidance import SemanticGuidanceMixin, check_semantic_guidance_inputs, semantic_guidance_gradient_steps
+from .semantic_guidance import (
+    DEFAULT_SG_INTERVAL,
+    DEFAULT_SG_WINDOW,
+    SemanticGuidanceMixin,
+    check_semantic_guidance_inputs,
+    semantic_guidance_gradient_steps,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -552,9 +558,9 @@ class SynFERPipeline(
         layout_image: LayoutImageInput | list[LayoutImageInput] | None = None,
         layout_strength: float = 1.0,
         semantic_guidance_scale: float = 0.0,
-        semantic_guidance_window: tuple[float, float] = (0.6, 1.0),
+        semantic_guidance_window: tuple[float, float] = DEFAULT_SG_WINDOW,
         semantic_guidance_normalization: str = "global",
-        semantic_guidance_interval: int = 2,
+        semantic_guidance_interval: int = DEFAULT_SG_INTERVAL,
         semantic_guidance_decode: str = "guide_size",
         guidance_label_mapping: Mapping[str, str | None] | None = None,
         label_with_feranno: bool = True,
@@ -753,14 +759,10 @@ class SynFERPipeline(
                     continue
                 negative = negative_prompt_embeds if self.do_classifier_free_guidance else None
                 if i in guided_steps:
-                    noise_cond, prompt_embeds_next = self.semantic_guidance_step(
-                        latents, t, prompt_embeds, au_embeds, au_scale, guide, semantic_guidance_scale,
+                    noise_uncond, noise_cond, prompt_embeds = self.guided_noise_branches(
+                        latents, t, prompt_embeds, negative, au_embeds, au_scale, guide, semantic_guidance_scale,
                         semantic_guidance_normalization,
                     )  # fmt: skip
-                    noise_uncond = None
-                    if negative is not None:
-                        noise_uncond = self.predict_noise_branches(latents, t, None, negative, au_embeds, au_scale)[0]
-                    prompt_embeds = prompt_embeds_next
                 else:
                     noise_uncond, noise_cond = self.predict_noise_branches(
                         latents, t, prompt_embeds, negative, au_embeds, au_scale

@@ -29,6 +29,9 @@ from .prediction import predicted_original_sample, variance_preserving_sample
 
 SG_NORMALIZATIONS = ("global", "per_token")
 SG_DECODES = ("guide_size", "full")
+DEFAULT_SG_WINDOW = (0.6, 1.0)
+DEFAULT_SG_INTERVAL = 2
+"""Defaults of `semantic_guidance_window` / `semantic_guidance_interval` (generation; edits always use them)."""
 
 
 # PIL resampling filter -> `F.interpolate` mode (Lanczos: bicubic, the closest); the others: bilinear
@@ -287,3 +290,25 @@ class SemanticGuidanceMixin:
         dims = (-1,) if normalization == "per_token" else (-2, -1)
         step = grad / grad.norm(dim=dims, keepdim=True).clamp_min(1e-12)
         return model_output.detach(), (prompt_embeds - semantic_guidance_scale * step).to(prompt_embeds.dtype)
+
+    def guided_noise_branches(
+        self,
+        latents: torch.Tensor,  # (N, C, h, w)
+        t: torch.Tensor,
+        prompt_embeds: torch.Tensor,  # (N, L, D)
+        negative_prompt_embeds: torch.Tensor | None,  # (N, L, D), None without CFG
+        au_embeds: torch.Tensor | None,  # (N, T, D)
+        au_scale: float,
+        guide: SemanticGuide,
+        semantic_guidance_scale: float,
+        normalization: str,
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:  # (N, C, h, w) or None, (N, C, h, w), (N, L, D)
+        """A guided step's `(model_output_uncond | None, model_output_cond, updated prompt_embeds)`: the conditional
+        pass with gradients ([`semantic_guidance_step`]), then the unconditional one without (under CFG)."""
+        noise_cond, updated = self.semantic_guidance_step(
+            latents, t, prompt_embeds, au_embeds, au_scale, guide, semantic_guidance_scale, normalization
+        )
+        noise_uncond = None
+        if negative_prompt_embeds is not None:
+            noise_uncond = self.predict_noise_branches(latents, t, None, negative_prompt_embeds, au_embeds, au_scale)[0]
+        return noise_uncond, noise_cond, updated

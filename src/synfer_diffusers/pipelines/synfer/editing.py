@@ -349,6 +349,7 @@ class EditingMixin:
         au_jitter: float = 0.5,
         enrich_prompt: bool = True,
         label_with_feranno: bool = True,
+        feranno_label_mapping: Mapping[str, str | None] | None = None,
         generator: GeneratorInput = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -393,6 +394,8 @@ class EditingMixin:
                 target expression.
             label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each edit
                 (`feranno_probabilities`) with one FERAnno pass on its final latents.
+            feranno_label_mapping (`dict`, *optional*): renames the head's labels onto `EXPRESSIONS`, as in
+                [`~SynFERPipeline.__call__`].
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): draws the prototype jitter; a list
                 gives one per image, so image `i` of a batch equals image `i` edited alone. The DDIM steps draw nothing.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
@@ -414,6 +417,9 @@ class EditingMixin:
             target_expression, target_action_units, target_action_unit_delta, source_action_units, edit_strength,
             num_inference_steps, guidance_scale, au_scale, height, width, output_type, inversion_condition,
         )  # fmt: skip
+        label = self.feranno_head is not None and label_with_feranno
+        if label:
+            self.feranno_head.expression_index_map(feranno_label_mapping)  # a bad mapping fails before any work
         batch = self.resolve_edit_batch(
             image, target_expression, target_action_units, target_action_unit_delta, source_action_units,
             source_prompt, prompt, height, width,
@@ -473,10 +479,12 @@ class EditingMixin:
 
         # 8. FERAnno labels: one pass on the final latents, as `__call__` labels when the loop cannot
         feranno_probabilities = None
-        if self.feranno_head is not None and label_with_feranno:
+        if label:
             annotator = FERAnnoPipeline(**self.base_components, head=self.feranno_head)
             annotator.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
-            feranno_probabilities = annotator.label_latents(latents, generator).to(latents.device)
+            feranno_probabilities = annotator.label_latents(
+                latents, generator, label_mapping=feranno_label_mapping
+            ).to(latents.device)
 
         # 9. Decode and report each image's source and target condition
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)

@@ -2,7 +2,9 @@
 """SynFER stage 3: train FERAnno, the expression classifier on diffusion features, with the diffusion model frozen.
 
 Takes any `SynFERPipeline` folder (or Hub id; a plain text-to-image pipeline works too) and any dataset of labelled
-face images (an `Image` column and an expression column: a `ClassLabel` or strings naming `EXPRESSIONS`). Each step
+face images (an `Image` column and an expression column: a `ClassLabel` of any label set, e.g. AffectNet-8 with
+"contempt", or strings naming `EXPRESSIONS`). The head's `id2label` is that label set (the `ClassLabel`'s names in
+order, else `EXPRESSIONS`), as in a transformers classifier; voting maps it onto `EXPRESSIONS` by name. Each step
 VAE-encodes a batch, noises it to the head's timestep (default t = 1) with fresh noise (DDPM's forward process from the
 scheduler's `alphas_cumprod`, as `FERAnnoPipeline` labels), runs the frozen UNet once with the head's prompt (default
 `""`) and the null AU condition, and trains a new `FERAnnoHead` on the recorded decoder feature maps and
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from synfer_diffusers.facs import EXPRESSIONS
+from synfer_diffusers.facs import ExpressionVocabulary
 from synfer_diffusers.metrics import load_fer_metric
 from synfer_diffusers.models.feranno import FERAnnoHead
 from synfer_diffusers.pipelines.synfer.pipeline_feranno import FERAnnoPipeline, noise_to_timestep
@@ -50,6 +52,7 @@ from synfer_diffusers.training import (
     TrainingSummary,
     check_existing_path,
     check_positive,
+    dataset_label_names,
     expression_label_ids,
     finish_run,
     frozen_weight_dtype,
@@ -76,7 +79,9 @@ class FERAnnoTrainingConfig(TrainingConfig):
 
     pretrained_model: str = field(metadata={"help": "SynFERPipeline folder or Hub id whose UNet features are read."})
     label_column: str = field(default="label", metadata={"help": "Expression column (ClassLabel or names)."})
-    eval_split: str | None = field(default="test", metadata={"help": "Split to evaluate on; unset: no evaluation."})
+    eval_split: str | None = field(
+        default="test", metadata={"help": "Split to evaluate on; unset or '': no evaluation."}
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N rows only."})
     eval_batch_size: int = field(default=64, metadata={"help": "Images per UNet pass during evaluation."})
     hidden_dim: int = field(default=256, metadata={"help": "FERAnnoHead token width."})
@@ -89,6 +94,7 @@ class FERAnnoTrainingConfig(TrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.eval_split = self.eval_split or None
         if is_local_path(self.pretrained_model):
             check_existing_path(self, "pretrained_model")
         check_positive(self, "eval_batch_size", "hidden_dim", "tokens_per_side", "num_heads", "num_fusion_layers")
@@ -96,9 +102,11 @@ class FERAnnoTrainingConfig(TrainingConfig):
         check_positive(self, "timestep", "dropout", allow_zero=True)
 
 
-def load_eval_split(config: FERAnnoTrainingConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """`(images (N, 3, R, R) uint8, labels (N,) EXPRESSIONS ids)` of `--eval_split` (a bounded set, held in
-    memory; `--max_eval_samples` bounds it); data errors name the column."""
+def load_eval_split(
+    config: FERAnnoTrainingConfig, label_names: ExpressionVocabulary
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`(images (N, 3, R, R) uint8, labels (N,) ids into label_names)` of `--eval_split` (a bounded set, held in
+    memory; `--max_eval_samples` bounds it), labels matched by name; data errors name the column."""
     if config.eval_split is None:
         return None
     dataset = load_training_dataset(config.dataset_name, config.eval_split, config.max_eval_samples)
@@ -106,16 +114,17 @@ def load_eval_split(config: FERAnnoTrainingConfig) -> tuple[torch.Tensor, torch.
         dataset, {config.image_column: "images (--image_column)", config.label_column: "expressions (--label_column)"}
     )
     images = load_images(dataset, config.image_column, config.resolution)  # (N, 3, R, R) uint8
-    return images, expression_label_ids(dataset, config.label_column)
+    return images, expression_label_ids(dataset, config.label_column, label_names)
 
 
-def build_pipeline(config: FERAnnoTrainingConfig) -> FERAnnoPipeline:
-    """The frozen diffusion model of `--pretrained_model` with a new head configured by its UNet."""
+def build_pipeline(config: FERAnnoTrainingConfig, label_names: ExpressionVocabulary) -> FERAnnoPipeline:
+    """The frozen diffusion model of `--pretrained_model` with a new head configured by its UNet, whose
+    `id2label` is `label_names`."""
     diffusion = SynFERPipeline.from_pretrained(config.pretrained_model)
     head = FERAnnoHead.from_unet(
         diffusion.unet, hidden_dim=config.hidden_dim, tokens_per_side=config.tokens_per_side,
         num_heads=config.num_heads, num_fusion_layers=config.num_fusion_layers, dropout=config.dropout,
-        timestep=config.timestep, prompt=config.prompt,
+        timestep=config.timestep, prompt=config.prompt, id2label=label_names.id2label,
     )  # fmt: skip
     pipe = FERAnnoPipeline.from_pipe(diffusion, head=head)  # shares the diffusion model's modules
     if config.resolution != pipe.resolution:
@@ -124,18 +133,26 @@ def build_pipeline(config: FERAnnoTrainingConfig) -> FERAnnoPipeline:
 
 
 @torch.no_grad()
-def evaluate_head(
-    pipe: FERAnnoPipeline, images: torch.Tensor, labels: torch.Tensor, config: FERAnnoTrainingConfig
-) -> dict:
-    """Accuracy, macro-F1, per-class recall and confusion matrix of the pipeline on uint8 `images`."""
+def predict_labels(pipe: FERAnnoPipeline, images: torch.Tensor, config: FERAnnoTrainingConfig) -> torch.Tensor:
+    """`(N,)` predicted ids (into the head's `id2label`) for uint8 `images` `(N, 3, R, R)`, with the noise of
+    `--seed`; the head is left in training mode."""
     pipe.head.eval()
     pipe.set_progress_bar_config(disable=True)
     out = pipe(
         images.float() / 255, batch_size=config.eval_batch_size, generator=torch.Generator().manual_seed(config.seed)
     )
     pipe.head.train()
+    return out.label_ids
+
+
+def evaluate_head(
+    pipe: FERAnnoPipeline, images: torch.Tensor, labels: torch.Tensor, config: FERAnnoTrainingConfig
+) -> dict:
+    """Accuracy, macro-F1, per-class recall and confusion matrix of the pipeline on uint8 `images` with `labels`
+    (ids into the head's `id2label`)."""
+    predictions = predict_labels(pipe, images, config)
     return load_fer_metric().compute(
-        predictions=out.label_ids.tolist(), references=labels.tolist(), label_names=list(EXPRESSIONS)
+        predictions=predictions.tolist(), references=labels.tolist(), label_names=pipe.head.labels
     )
 
 
@@ -156,12 +173,12 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     dataset = load_train_split(
         config, {config.label_column: "expressions (--label_column)"}, accelerator.num_processes
     )
-    transform = ExampleTransform(
-        config.image_column, config.resolution, labels=ExpressionLabels.from_dataset(dataset, config.label_column)
-    )
+    label_names = dataset_label_names(dataset, config.label_column)
+    labels = ExpressionLabels.from_dataset(dataset, config.label_column, label_names)
+    transform = ExampleTransform(config.image_column, config.resolution, labels=labels)
     batches = training_batches(dataset, transform, config, accelerator.process_index, accelerator.num_processes)
-    evaluation_set = load_eval_split(config)
-    pipe = build_pipeline(config)
+    evaluation_set = load_eval_split(config, label_names)
+    pipe = build_pipeline(config, label_names)
 
     for module in (pipe.vae, pipe.text_encoder, pipe.unet):
         module.requires_grad_(False).to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
@@ -175,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
             noise = random.randn(latents.shape).to(latents)
             noisy = noise_to_timestep(pipe.scheduler.alphas_cumprod, latents, noise, pipe.head.config.timestep)
             features = pipe.unet_features(noisy)
-        logits = model(features).logits  # (B, 7)
+        with random.global_rng():  # the head's dropout masks, the same in a resumed run
+            logits = model(features).logits  # (B, num_labels)
         return F.cross_entropy(logits.float(), batch["labels"].to(logits.device))
 
     history_path = os.path.join(config.output_dir, EVALUATION_FILE)

@@ -222,43 +222,133 @@ def _train_script():
     return sys.modules["train_feranno"]
 
 
-@pytest.fixture()
-def labelled_images(tmp_path):
+AFFECTNET8 = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt"]
+
+
+def _labelled_images(path, names):
     import datasets
 
     rng = np.random.default_rng(0)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(EXPRESSIONS))})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(names))})
 
     def split(n):
         images = [PIL.Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(n)]
-        return datasets.Dataset.from_dict({"image": images, "label": [i % 7 for i in range(n)]}, features=features)
+        labels = [i % len(names) for i in range(n)]
+        return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
-    datasets.DatasetDict({"train": split(8), "test": split(4)}).save_to_disk(tmp_path / "data")
-    return tmp_path / "data"
+    datasets.DatasetDict({"train": split(8), "test": split(4)}).save_to_disk(path)
+    return path
 
 
-def test_train_feranno_trains_evaluates_saves_and_resumes(tiny_components, labelled_images, tmp_path):
-    SynFERPipeline(**tiny_components).save_pretrained(tmp_path / "synfer")
-    options = [
-        "--pretrained_model", str(tmp_path / "synfer"), "--dataset_name", str(labelled_images),
-        "--output_dir", str(tmp_path / "out"), "--resolution", "16", "--train_batch_size", "4",
+@pytest.fixture()
+def labelled_images(tmp_path):
+    return _labelled_images(tmp_path / "data", EXPRESSIONS)
+
+
+def _train_options(tmp_path, components, dataset, output_dir):
+    if not (tmp_path / "synfer").exists():
+        SynFERPipeline(**components).save_pretrained(tmp_path / "synfer")
+    return [
+        "--pretrained_model", str(tmp_path / "synfer"), "--dataset_name", str(dataset),
+        "--output_dir", str(output_dir), "--resolution", "16", "--train_batch_size", "4",
         "--checkpointing_steps", "1", "--validation_steps", "2", "--eval_batch_size", "4",
-        "--hidden_dim", "32", "--num_heads", "4", "--tokens_per_side", "4",
+        "--hidden_dim", "32", "--num_heads", "4", "--tokens_per_side", "4", "--learning_rate", "1e-2",
     ]  # fmt: skip
+
+
+def test_train_feranno_resumes_with_the_same_losses_and_a_bit_equal_head(tiny_components, labelled_images, tmp_path):
+    from safetensors.torch import load_file
+
     script = _train_script()
-    first = script.main([*options, "--max_train_steps", "2"])
-    assert first.start_step == 0 and first.final_step == 2 and all(np.isfinite(first.losses))
-    evaluation = json.loads((tmp_path / "out" / "evaluation.json").read_text())
-    assert set(evaluation["2"]) == {"accuracy", "macro_f1", "per_class_recall", "confusion_matrix"}
-    assert set(evaluation["2"]["per_class_recall"]) == set(EXPRESSIONS)
-    resumed = script.main([*options, "--max_train_steps", "3", "--resume_from_checkpoint", "latest"])
-    assert resumed.start_step == 2 and resumed.final_step == 3
-    loaded = FERAnnoPipeline.from_pretrained(tmp_path / "out")
-    assert "accuracy" in (tmp_path / "out" / "README.md").read_text()
-    history = json.loads((tmp_path / "out" / "evaluation.json").read_text())
-    assert loaded.head.config.hidden_dim == 32 and set(history) == {"2", "3"}
+    whole = script.main([*_train_options(tmp_path, tiny_components, labelled_images, tmp_path / "whole"),
+                         "--max_train_steps", "4"])  # fmt: skip
+    cut = _train_options(tmp_path, tiny_components, labelled_images, tmp_path / "cut")
+    first = script.main([*cut, "--max_train_steps", "2"])  # stopped after the checkpoint of step 2
+    assert first.losses == whole.losses[:2] and all(np.isfinite(whole.losses))
+    resumed = script.main([*cut, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"])
+    assert (resumed.start_step, resumed.final_step) == (2, 4)
+    assert resumed.losses == whole.losses[2:]  # the same trajectory, bit for bit on the CPU
+    expected = load_file(tmp_path / "whole" / "head" / "diffusion_pytorch_model.safetensors")
+    got = load_file(tmp_path / "cut" / "head" / "diffusion_pytorch_model.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    history = json.loads((tmp_path / "cut" / "evaluation.json").read_text())
+    assert history == json.loads((tmp_path / "whole" / "evaluation.json").read_text()) and set(history) == {"2", "4"}
+    assert set(history["4"]) == {"accuracy", "macro_f1", "per_class_recall", "confusion_matrix"}
+    assert set(history["4"]["per_class_recall"]) == set(EXPRESSIONS)
+    loaded = FERAnnoPipeline.from_pretrained(tmp_path / "cut")
+    assert loaded.head.config.hidden_dim == 32 and "accuracy" in (tmp_path / "cut" / "README.md").read_text()
     with pytest.raises(ValueError, match="resolution"):
-        script.main([*options, "--max_train_steps", "1", "--resolution", "32", "--output_dir", str(tmp_path / "bad")])
+        script.main([*cut, "--max_train_steps", "1", "--resolution", "32", "--output_dir", str(tmp_path / "bad")])
+
+
+def test_train_feranno_takes_an_affectnet8_label_set_and_votes_by_name(tiny_components, tmp_path):
+    from synfer_diffusers import EnsembleVoter
+    from synfer_diffusers.labels import VotingConfig
+
+    dataset = _labelled_images(tmp_path / "affectnet8", AFFECTNET8)
+    options = _train_options(tmp_path, tiny_components, dataset, tmp_path / "out")
+    _train_script().main([*options, "--max_train_steps", "2"])
+    pipe = FERAnnoPipeline.from_pretrained(tmp_path / "out")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.head.labels == AFFECTNET8 and pipe.head.classifier[-1].out_features == 8
+    assert dict(pipe.head.config.label2id) == {name: i for i, name in enumerate(AFFECTNET8)}
+    history = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert set(history["2"]["per_class_recall"]) == set(AFFECTNET8)
+    out = pipe(_faces(3), generator=torch.Generator().manual_seed(0))
+    assert out.probabilities.shape == (3, 8) and set(out.labels) <= set(AFFECTNET8)
+    latents = _clean_latents(pipe, _pixels(3))
+    with pytest.raises(ValueError, match=r"feranno_label_mapping.*contempt"):
+        pipe.label_latents(latents)  # as for an external AffectNet-8 classifier: contempt must be mapped
+    votes = pipe.label_latents(latents, torch.Generator().manual_seed(0), label_mapping={"contempt": None})
+    logits = pipe.latent_logits(latents, torch.Generator().manual_seed(0))
+    assert torch.allclose(votes, logits[:, :7].softmax(-1))  # contempt dropped before the softmax
+    result = EnsembleVoter(config=VotingConfig())(probabilities={"feranno": votes})
+    assert result.labels == [EXPRESSIONS[i] for i in logits[:, :7].argmax(-1).tolist()]
+
+
+def _head_voting_for(tiny_components, id2label, logit_by_name):
+    torch.manual_seed(0)
+    head = FERAnnoHead.from_unet(tiny_components["unet"], id2label=dict(enumerate(id2label)), **HEAD_OPTIONS)
+    linear = head.classifier[-1]
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.copy_(torch.tensor([logit_by_name.get(name, 0.0) for name in id2label]))
+    return head
+
+
+def test_a_head_with_another_label_order_votes_by_name_in_every_labelling_path(tiny_components):
+    order = ["anger", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # alphabetical
+    head = _head_voting_for(tiny_components, order, {"contempt": 9.0, "happy": 5.0, "sad": 4.0})
+    pipe = FERAnnoPipeline(**tiny_components, head=head)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(_faces(2)).labels == ["contempt", "contempt"]  # the head's own label set
+    latents = _clean_latents(pipe, _pixels(2))
+    votes = pipe.label_latents(latents, label_mapping={"contempt": None})
+    assert votes.argmax(-1).tolist() == [EXPRESSIONS.index("happy")] * 2  # by name: index 4 would be "fear"
+    assert votes[0, EXPRESSIONS.index("sad")] > votes[0, EXPRESSIONS.index("neutral")]
+    synfer = SynFERPipeline(**tiny_components, feranno_head=head)
+    synfer.set_progress_bar_config(disable=True)
+    kwargs = {"prompt": "a face", "expression": ["sad"], "num_inference_steps": 2, "output_type": "latent"}
+    with pytest.raises(ValueError, match="feranno_label_mapping"):
+        synfer(**kwargs)
+    for guidance_scale in (2.0, 1.0):  # in-loop features, and a separate pass on the final latents
+        out = synfer(guidance_scale=guidance_scale, feranno_label_mapping={"contempt": None}, **kwargs)
+        assert torch.allclose(out.feranno_probabilities, votes[:1], atol=1e-6)
+
+
+def test_head_configs_without_a_label_set_load_as_expressions(tiny_components, head, tmp_path):
+    assert head.labels == list(EXPRESSIONS) and dict(head.config.label2id) == EXPRESSIONS.label2id
+    old = {k: v for k, v in head.config.items() if k not in ("id2label", "label2id") and not k.startswith("_")}
+    assert FERAnnoHead.from_config(old).labels == list(EXPRESSIONS)
+    default = FERAnnoHead.from_pretrained(Path(pipeline_feranno.__file__).parents[2] / "default_model" / "feranno_head")
+    assert default.labels == list(EXPRESSIONS) and default.classifier[-1].out_features == 7
+    shuffled = FERAnnoHead.from_unet(tiny_components["unet"], id2label={0: "sad", 1: "happy"}, **HEAD_OPTIONS)
+    shuffled.save_pretrained(tmp_path / "head")
+    assert FERAnnoHead.from_pretrained(tmp_path / "head").labels == ["sad", "happy"]  # JSON's string keys
+    with pytest.raises(ValueError, match="id2label"):
+        FERAnnoHead.from_unet(tiny_components["unet"], id2label={0: "sad", 2: "happy"}, **HEAD_OPTIONS)
+    with pytest.raises(ValueError, match="label2id"):
+        FERAnnoHead.from_unet(tiny_components["unet"], id2label={0: "sad", 1: "happy"}, label2id={"sad": 1})
 
 
 # ----- FERAnno's noising: DDPM's q(z_t | z_0) at the head's training timestep ---------------------------------

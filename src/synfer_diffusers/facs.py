@@ -320,3 +320,10 @@ def classifier_logits_to_expressions(logits: torch.Tensor, index_map: Sequence[i
     mapped to `None` (see [`map_classifier_labels`])."""
     source = [index_map.index(target) for target in range(len(EXPRESSIONS))]
     return logits[:, source]
+
+
+def classifier_expression_probabilities(logits: torch.Tensor, index_map: Sequence[int | None]) -> torch.Tensor:
+    """Softmax over [`EXPRESSIONS`] `(B, 7)` of classifier logits `(B, num_outputs)` whose outputs map by name with
+    `index_map` ([`map_classifier_labels`]); outputs mapped to `None` are dropped before the softmax. How every voter
+    with its own label set (transformers classifiers, FERAnno) is read."""
+    return classifier_logits_to_expressions(logits.float(), index_map).softmax(-1)

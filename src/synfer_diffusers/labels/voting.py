@@ -12,7 +12,10 @@ Voters:
   case-insensitive, `label_mapping` renames other names; outputs mapped to `None`, e.g. AffectNet-8's "contempt",
   are dropped before the softmax);
 - **voters with given probabilities** (`VotingConfig.probability_voters`, default `("feranno",)`): probabilities
-  over `EXPRESSIONS` computed elsewhere, e.g. by FERAnno in the generation loop or by [`FERAnnoPipeline`];
+  over `EXPRESSIONS` computed elsewhere, e.g. by FERAnno in the generation loop or by
+  [`FERAnnoPipeline.label_latents`]. FERAnno carries its own label set (`id2label`) and is mapped onto
+  `EXPRESSIONS` by the same by-name mapping as the classifiers
+  ([`~synfer_diffusers.facs.classifier_expression_probabilities`], `feranno_label_mapping` for its renames);
 - **the generation target** (`VotingConfig.use_target`): a one-hot vote for the expression the image was generated
   for; it abstains for images without a target.
 """
@@ -27,7 +30,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
-from ..facs import EXPRESSIONS, classifier_logits_to_expressions, map_classifier_labels
+from ..facs import EXPRESSIONS, classifier_expression_probabilities, map_classifier_labels
 
 __all__ = ["ClassifierVoter", "EnsembleVoter", "VotingConfig", "VotingResult"]
 
@@ -80,7 +83,7 @@ class ClassifierVoter:
     def __call__(self, images: Any) -> torch.Tensor:  # (B, len(EXPRESSIONS))
         pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
         logits = self.model(pixel_values=pixel_values.to(self.model.device, self.model.dtype)).logits
-        return classifier_logits_to_expressions(logits.float(), self.index_map).softmax(-1).cpu()  # (B, C) -> (B, 7)
+        return classifier_expression_probabilities(logits, self.index_map).cpu()  # (B, C) -> (B, 7)
 
 
 @dataclass

@@ -12,8 +12,10 @@ and reads two branches; this head turns them into expression logits:
 3. **Fusion** [choice: the paper gives no sizes]: `num_fusion_layers` bidirectional cross-attention blocks; in each,
    feature tokens attend to attention tokens and attention tokens to feature tokens (pre-norm, residual), then
    each stream has an MLP.
-4. **Classifier**: mean-pool each stream, concatenate `(B, 2D)`, LayerNorm, dropout, Linear -> logits over
-   [`EXPRESSIONS`].
+4. **Classifier**: mean-pool each stream, concatenate `(B, 2D)`, LayerNorm, dropout, Linear -> logits over the
+   head's label set (`id2label`, as a transformers classifier; default [`EXPRESSIONS`], any set works, e.g.
+   AffectNet-8 with "contempt"). Voting maps them onto `EXPRESSIONS` by name as for external classifiers
+   ([`FERAnnoHead.expression_index_map`]).
 
 The head is configured by the UNet it reads ([`FERAnnoHead.from_unet`]): the channels of its up blocks and the
 number of up blocks with cross-attention. It also records the noise level and prompt it was trained with, which
@@ -22,6 +24,7 @@ number of up blocks with cross-attention. It also records the noise level and pr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +35,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..facs import EXPRESSIONS
+from ..facs import EXPRESSIONS, map_classifier_labels
 from .feature_extraction import UNetFeatures, decoder_layout
 
 __all__ = ["FERAnnoHead", "FERAnnoHeadOutput", "ModelMixin"]
@@ -44,7 +47,7 @@ __all__ = ["FERAnnoHead", "FERAnnoHeadOutput", "ModelMixin"]
 class FERAnnoHeadOutput(BaseOutput):
     """
     Args:
-        logits (`torch.Tensor` of shape `(batch, len(EXPRESSIONS))`): unnormalised scores in `EXPRESSIONS` order.
+        logits (`torch.Tensor` of shape `(batch, num_labels)`): unnormalised scores in the head's `id2label` order.
     """
 
     logits: torch.Tensor
@@ -77,7 +80,7 @@ def _mlp(dim: int, dropout: float) -> nn.Sequential:
 class FERAnnoHead(ModelMixin, ConfigMixin):
     r"""
     FERAnno's classifier on UNet features: feature and attention branches, bidirectional cross-attention fusion,
-    pooling and a linear layer over [`EXPRESSIONS`].
+    pooling and a linear layer over the head's label set (`id2label`).
 
     Args:
         feature_channels (`tuple[int, ...]`): channels of the UNet's up-block outputs, coarse to fine (see
@@ -91,6 +94,9 @@ class FERAnnoHead(ModelMixin, ConfigMixin):
         timestep (`int`, defaults to 1): diffusion timestep at which the features are read (the paper's t ~ 1).
         prompt (`str`, defaults to `""`): prompt of the UNet pass. The empty prompt with the null AU condition is
             exactly the unconditional branch of classifier-free guidance, so in-loop labelling can reuse that branch.
+        id2label (`dict[int, str]`, *optional*): the label of each output, as in a transformers classifier's config
+            (ids `0..n-1`); defaults to [`EXPRESSIONS`] order, which is also what configs without it load as.
+        label2id (`dict[str, int]`, *optional*): its inverse; derived from `id2label` when not given.
 
     Example:
 
@@ -101,7 +107,7 @@ class FERAnnoHead(ModelMixin, ConfigMixin):
     >>> head = FERAnnoHead.from_unet(unet)  # configured by the UNet it reads
     >>> with UNetFeatureRecorder(unet) as recorder:
     ...     unet(noisy_latents, head.config.timestep, encoder_hidden_states=empty_prompt_embeds)
-    ...     probabilities = head(recorder.features()).logits.softmax(-1)  # (B, 7) over EXPRESSIONS
+    ...     probabilities = head(recorder.features()).logits.softmax(-1)  # (B, num_labels) over head.labels
     ```
     """
 
@@ -117,8 +123,12 @@ class FERAnnoHead(ModelMixin, ConfigMixin):
         dropout: float = 0.1,
         timestep: int = 1,
         prompt: str = "",
+        id2label: dict[int, str] | None = None,
+        label2id: dict[str, int] | None = None,
     ):
         super().__init__()
+        id2label, label2id = _label_maps(id2label, label2id)
+        self.register_to_config(id2label=id2label, label2id=label2id)
         if not feature_channels or any(not isinstance(c, int) or c < 1 for c in feature_channels):
             raise ValueError(
                 f"`feature_channels` must be a non-empty list of positive ints, got {feature_channels!r}."
@@ -148,7 +158,7 @@ class FERAnnoHead(ModelMixin, ConfigMixin):
             BidirectionalCrossAttention(hidden_dim, num_heads, dropout) for _ in range(num_fusion_layers)
         )
         self.classifier = nn.Sequential(
-            nn.LayerNorm(2 * hidden_dim), nn.Dropout(dropout), nn.Linear(2 * hidden_dim, len(EXPRESSIONS))
+            nn.LayerNorm(2 * hidden_dim), nn.Dropout(dropout), nn.Linear(2 * hidden_dim, len(id2label))
         )
 
     @classmethod
@@ -156,6 +166,18 @@ class FERAnnoHead(ModelMixin, ConfigMixin):
         """A new head for `unet`'s decoder layout; `kwargs` set the other config fields (`hidden_dim`, ...)."""
         layout = decoder_layout(unet)
         return cls(feature_channels=layout.feature_channels, num_attention_maps=layout.num_attention_maps, **kwargs)
+
+    @property
+    def labels(self) -> list[str]:
+        """The head's label names in output order."""
+        return [self.config.id2label[i] for i in range(len(self.config.id2label))]
+
+    def expression_index_map(self, label_mapping: Mapping[str, str | None] | None = None) -> list[int | None]:
+        """For each output, its index in [`EXPRESSIONS`] by name, exactly as for external classifiers
+        ([`~synfer_diffusers.facs.map_classifier_labels`]): `label_mapping` renames labels, `None` drops an output
+        (e.g. `{"contempt": None}` for AffectNet-8); unmappable labels raise a `ValueError` naming
+        `feranno_label_mapping`. [`~synfer_diffusers.facs.classifier_expression_probabilities`] applies it."""
+        return map_classifier_labels(self.config.id2label, label_mapping, field="feranno_label_mapping")
 
     def check_unet(self, unet: UNet2DConditionModel) -> None:
         """Raises a `ValueError` naming the field if `unet`'s decoder does not give the features this head reads."""
@@ -189,14 +211,14 @@ class FERAnnoHead(ModelMixin, ConfigMixin):
             return_dict (`bool`, defaults to True): return a [`FERAnnoHeadOutput`] instead of a tuple.
 
         Returns:
-            [`FERAnnoHeadOutput`] or `(logits,)`, logits `(B, len(EXPRESSIONS))`.
+            [`FERAnnoHeadOutput`] or `(logits,)`, logits `(B, num_labels)`.
         """
         self._check_features(features)
         a = self._feature_tokens(features.decoder)
         b = self._attention_tokens(features.cross_attention)
         for block in self.fusion:
             a, b = block(a, b)
-        logits = self.classifier(torch.cat([a.mean(1), b.mean(1)], dim=-1))  # (B, 2D) -> (B, 7)
+        logits = self.classifier(torch.cat([a.mean(1), b.mean(1)], dim=-1))  # (B, 2D) -> (B, num_labels)
         return FERAnnoHeadOutput(logits=logits) if return_dict else (logits,)
 
     def _check_features(self, features: UNetFeatures) -> None:
@@ -210,6 +232,27 @@ class FERAnnoHead(ModelMixin, ConfigMixin):
                 f"`features.cross_attention` has {len(features.cross_attention)} maps, the head expects "
                 f"{self.config.num_attention_maps}."
             )
+
+
+def _label_maps(
+    id2label: Mapping[int | str, str] | None, label2id: Mapping[str, int | str] | None
+) -> tuple[dict[int, str], dict[str, int]]:
+    """`id2label` with int keys `0..n-1` (JSON stores them as strings) and a consistent `label2id`; configs
+    without them get [`EXPRESSIONS`]."""
+    if id2label is None:
+        id2label = dict(enumerate(EXPRESSIONS))
+    try:
+        id2label = {int(i): str(name) for i, name in id2label.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"`id2label` must map ids 0..n-1 to label names, got {id2label!r}.") from None
+    if sorted(id2label) != list(range(len(id2label))) or len(id2label) < 2:
+        raise ValueError(f"`id2label` must have the ids 0..n-1 (n >= 2), got {sorted(id2label)}.")
+    if len(set(id2label.values())) != len(id2label):
+        raise ValueError(f"`id2label` names must be unique, got {list(id2label.values())}.")
+    expected = {name: i for i, name in id2label.items()}
+    if label2id is not None and {str(k): int(v) for k, v in label2id.items()} != expected:
+        raise ValueError(f"`label2id` {dict(label2id)} is not the inverse of `id2label` {id2label}.")
+    return id2label, expected
 
 
 def _as_tuple(value: int | list | tuple) -> int | tuple:

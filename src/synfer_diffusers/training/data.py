@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from ..facs import EXPRESSIONS, AUSpace
+from ..facs import EXPRESSIONS, AUSpace, ExpressionVocabulary
 from ..hub_utils import is_hub_repo_id
 from ..image_utils import resize_and_center_crop
 
@@ -140,32 +140,44 @@ def load_action_units(dataset: datasets.Dataset, column: str, au_space: AUSpace)
 
 @dataclass(frozen=True)
 class ExpressionLabels:
-    """Maps a column's values to ids into [`EXPRESSIONS`] by name: a `ClassLabel` whose names are expressions, or
-    strings. Built from the features ([`from_dataset`], which checks the class names); unknown strings raise a
-    `ValueError` naming the column and the allowed values when their batch is read."""
+    """Maps a column's values to ids into a label set by name (default [`EXPRESSIONS`]): a `ClassLabel` whose
+    names are in the set, or strings. Built from the features ([`from_dataset`], which checks the class names);
+    unknown strings raise a `ValueError` naming the column and the allowed values when their batch is read."""
 
     column: str
-    class_ids: tuple[int, ...] | None  # ClassLabel index -> EXPRESSIONS id; None: the column holds names
+    class_ids: tuple[int, ...] | None  # ClassLabel index -> id in `vocabulary`; None: the column holds names
+    vocabulary: ExpressionVocabulary = EXPRESSIONS
 
     @classmethod
-    def from_dataset(cls, dataset: AnyDataset, column: str) -> ExpressionLabels:
+    def from_dataset(
+        cls, dataset: AnyDataset, column: str, vocabulary: ExpressionVocabulary = EXPRESSIONS
+    ) -> ExpressionLabels:
         feature = dataset.features[column] if dataset.features is not None else datasets.Value("string")
         if isinstance(feature, datasets.ClassLabel):
             field = f"class names of column {column!r}"
-            return cls(column, tuple(EXPRESSIONS.label_id(name, field=field) for name in feature.names))
+            return cls(column, tuple(vocabulary.label_id(name, field=field) for name in feature.names), vocabulary)
         if feature == datasets.Value("string"):
-            return cls(column, None)
+            return cls(column, None, vocabulary)
         raise ValueError(f"Column {column!r} must be a ClassLabel or strings naming expressions, got {feature}.")
 
     def __call__(self, values: Sequence[int | str]) -> torch.Tensor:  # (N,) int64
         if self.class_ids is not None:
             return torch.tensor([self.class_ids[i] for i in values], dtype=torch.long)
-        return torch.tensor([EXPRESSIONS.label_id(name, field=f"column {self.column!r}") for name in values])
+        return torch.tensor([self.vocabulary.label_id(name, field=f"column {self.column!r}") for name in values])
 
 
-def expression_label_ids(dataset: datasets.Dataset, column: str) -> torch.Tensor:
-    """The whole expression column as `(N,)` ids into [`EXPRESSIONS`] (see [`ExpressionLabels`])."""
-    return ExpressionLabels.from_dataset(dataset, column)(dataset[column])
+def dataset_label_names(dataset: AnyDataset, column: str) -> ExpressionVocabulary:
+    """The label set of an expression column, in id order: a `ClassLabel`'s names (any set, e.g. AffectNet-8 with
+    "contempt"), or [`EXPRESSIONS`] for a column of strings."""
+    feature = dataset.features[column] if dataset.features is not None else datasets.Value("string")
+    return ExpressionVocabulary(feature.names) if isinstance(feature, datasets.ClassLabel) else EXPRESSIONS
+
+
+def expression_label_ids(
+    dataset: datasets.Dataset, column: str, vocabulary: ExpressionVocabulary = EXPRESSIONS
+) -> torch.Tensor:
+    """The whole expression column as `(N,)` ids into `vocabulary` (see [`ExpressionLabels`])."""
+    return ExpressionLabels.from_dataset(dataset, column, vocabulary)(dataset[column])
 
 
 def load_images(

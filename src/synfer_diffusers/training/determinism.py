@@ -13,7 +13,8 @@ the row:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -65,6 +66,16 @@ class StepRandom:
 
     def randint(self, high: int, batch_size: int) -> torch.Tensor:  # (batch_size,) int64 in [0, high)
         return self._draw(partial(torch.randint, 0, high), (batch_size,))
+
+    @contextmanager
+    def global_rng(self) -> Iterator[None]:
+        """Seeds torch's global RNG (CPU and CUDA) from this micro-batch's and process's draw for the block and
+        restores it after, for draws that modules make from the global RNG (dropout masks). Without it a resumed
+        run gets other masks: creating the resumed DataLoader's iterator advances the global RNG."""
+        seed = int(self.randint(2**62, 1))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            yield
 
 
 @dataclass

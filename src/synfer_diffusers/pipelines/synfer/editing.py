@@ -375,6 +375,7 @@ class EditingMixin:
         au_jitter: float = 0.5,
         enrich_prompt: bool = True,
         label_with_feranno: bool = True,
+        feranno_label_mapping: Mapping[str, str | None] | None = None,
         generator: GeneratorInput = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -423,6 +424,8 @@ class EditingMixin:
                 target expression.
             label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each edit
                 (`feranno_probabilities`) with one FERAnno pass on its final latents.
+            feranno_label_mapping (`dict`, *optional*): renames the head's labels onto `EXPRESSIONS`, as in
+                [`~SynFERPipeline.__call__`].
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): draws the prototype jitter; a list
                 gives one per image, so image `i` of a batch equals image `i` edited alone. The DDIM steps draw nothing.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
@@ -446,6 +449,9 @@ class EditingMixin:
             semantic_guidance_scale,
         )  # fmt: skip
         semantic_guidance_scale = self.edit_semantic_guidance_scale(semantic_guidance_scale)
+        label = self.feranno_head is not None and label_with_feranno
+        if label:
+            self.feranno_head.expression_index_map(feranno_label_mapping)  # a bad mapping fails before any work
         batch = self.resolve_edit_batch(
             image, target_expression, target_action_units, target_action_unit_delta, source_action_units,
             source_prompt, prompt, height, width,
@@ -517,10 +523,12 @@ class EditingMixin:
 
         # 8. FERAnno labels: one pass on the final latents, as `__call__` labels when the loop cannot
         feranno_probabilities = None
-        if self.feranno_head is not None and label_with_feranno:
+        if label:
             annotator = FERAnnoPipeline(**self.base_components, head=self.feranno_head)
             annotator.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
-            feranno_probabilities = annotator.label_latents(latents, generator).to(latents.device)
+            feranno_probabilities = annotator.label_latents(
+                latents, generator, label_mapping=feranno_label_mapping
+            ).to(latents.device)
 
         # 9. Decode and report each image's source and target condition
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)

@@ -3,7 +3,7 @@ model on the Hub"."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
 
-from ...facs import EXPRESSIONS
+from ...facs import classifier_expression_probabilities
 from ...image_utils import resize_and_center_crop
 from ...models.feature_extraction import UNetFeatureRecorder, UNetFeatures
 from ...models.feranno import FERAnnoHead
@@ -34,7 +34,7 @@ FERANNO_EXAMPLE_DOC_STRING = """
 
         >>> pipe = FERAnnoPipeline.from_pretrained("path/or/repo-id")
         >>> out = pipe([Image.open("face.png")], generator=torch.Generator().manual_seed(0))
-        >>> out.labels, out.probabilities  # ["happy"], (1, 7) in EXPRESSIONS order
+        >>> out.labels, out.probabilities  # ["happy"], (1, num_labels) in the head's id2label order
         ```
 """
 
@@ -48,10 +48,10 @@ FERAnnoImageInput = PIL.Image.Image | Sequence[PIL.Image.Image] | np.ndarray | t
 class FERAnnoPipelineOutput(BaseOutput):
     """
     Args:
-        labels (`list[str]`): the most probable expression of each image.
-        label_ids (`torch.Tensor` of shape `(batch,)`): their indices in `EXPRESSIONS`.
-        probabilities (`torch.Tensor` of shape `(batch, len(EXPRESSIONS))`): softmax probabilities, `EXPRESSIONS`
-            order.
+        labels (`list[str]`): the most probable label of each image, a name of the head's `id2label` (default the
+            `EXPRESSIONS`).
+        label_ids (`torch.Tensor` of shape `(batch,)`): their ids in the head's `id2label`.
+        probabilities (`torch.Tensor` of shape `(batch, num_labels)`): softmax probabilities in `id2label` order.
     """
 
     labels: list[str]
@@ -70,7 +70,9 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
     UNet once with the prompt `head.config.prompt` (default the **empty prompt `""`**) and, for an AU-conditioned
     UNet, the learned **null AU condition** at `au_scale` 1, record its decoder feature maps and cross-attention maps
     ([`~synfer_diffusers.models.feature_extraction.UNetFeatureRecorder`]) and classify them with the
-    [`FERAnnoHead`]. [`label_latents`] does the same for latents, e.g. a sampler's final latents.
+    [`FERAnnoHead`] over its own label set (`head.config.id2label`, like a transformers classifier).
+    [`label_latents`] gives probabilities over `EXPRESSIONS` for voting, mapped by name as for external classifiers,
+    for latents, e.g. a sampler's final latents.
 
     Args:
         vae ([`AutoencoderKL`]), text_encoder ([`~transformers.CLIPTextModel`]), tokenizer
@@ -118,8 +120,7 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
     def model_card_fields(self) -> dict[str, Any]:
         head = self.head.config
         fields: dict[str, Any] = {
-            "labels": list(EXPRESSIONS),
-            "expressions": list(EXPRESSIONS),
+            "labels": self.head.labels,
             "resolution": self.resolution,
             "timestep": head.timestep,
             "prompt": head.prompt,
@@ -197,14 +198,14 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
             return recorder.features()
 
     @torch.no_grad()
-    def label_latents(
+    def latent_logits(
         self, latents: torch.Tensor, generator: GeneratorInput = None, batch_size: int = 16
-    ) -> torch.Tensor:  # (N, len(EXPRESSIONS))
+    ) -> torch.Tensor:  # (N, num_labels)
         r"""
-        Labels clean latents with FERAnno's training pass: each latent is noised to `head.config.timestep`
-        (`sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps` from the scheduler's `alphas_cumprod`), the UNet runs once with
-        the head's prompt (default `""`) and, for an AU-conditioned UNet, the null AU condition at `au_scale` 1, and
-        the head classifies the recorded features. `__call__` is `label_latents` of the VAE-encoded images.
+        The head's logits for clean latents with FERAnno's training pass: each latent is noised to
+        `head.config.timestep` (`sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps` from the scheduler's `alphas_cumprod`), the
+        UNet runs once with the head's prompt (default `""`) and, for an AU-conditioned UNet, the null AU condition at
+        `au_scale` 1, and the head classifies the recorded features.
 
         Args:
             latents (`torch.Tensor` of shape `(N, C, h, w)`): clean latents scaled by the VAE's `scaling_factor`:
@@ -214,6 +215,40 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
                 the result), a list has one generator per latent (latent `i` gets the same noise alone or in a
                 batch).
             batch_size (`int`, defaults to 16): latents per UNet pass.
+
+        Returns:
+            `torch.Tensor` of shape `(N, num_labels)`: float32 logits in the head's `id2label` order, on the CPU.
+        """
+        channels = self.unet.config.in_channels
+        if latents.ndim != 4 or latents.shape[0] == 0 or latents.shape[1] != channels:
+            raise ValueError(f"`latents` must have shape (N >= 1, {channels}, h, w), got {tuple(latents.shape)}.")
+        _check_batch_size(batch_size)
+        noisy = self.prepare_noisy_latents(latents.to(self._execution_device), generator)  # (N, C, h, w)
+        logits = []
+        with self.progress_bar(total=-(-len(noisy) // batch_size)) as progress_bar:
+            for batch in noisy.split(batch_size):
+                logits.append(self.head(self.unet_features(batch)).logits.float().cpu())  # (b, num_labels)
+                progress_bar.update()
+        return torch.cat(logits)
+
+    @torch.no_grad()
+    def label_latents(
+        self,
+        latents: torch.Tensor,
+        generator: GeneratorInput = None,
+        batch_size: int = 16,
+        label_mapping: Mapping[str, str | None] | None = None,
+    ) -> torch.Tensor:  # (N, len(EXPRESSIONS))
+        r"""
+        FERAnno's vote on clean latents: [`latent_logits`] mapped onto `EXPRESSIONS` by name, exactly as external
+        classifiers' are ([`~synfer_diffusers.facs.classifier_expression_probabilities`] with
+        [`FERAnnoHead.expression_index_map`]), then softmax.
+
+        Args:
+            latents, generator, batch_size: as for [`latent_logits`].
+            label_mapping (`dict`, *optional*): renames the head's labels onto `EXPRESSIONS`, `None` drops an output
+                before the softmax (e.g. `{"contempt": None}` for an AffectNet-8 head); a label that maps nowhere
+                raises a `ValueError` naming `feranno_label_mapping`, before the UNet runs.
 
         Returns:
             `torch.Tensor` of shape `(N, len(EXPRESSIONS))`: softmax probabilities in `EXPRESSIONS` order, float32,
@@ -227,18 +262,8 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
         >>> feranno.label_latents(out.images, generator=torch.Generator().manual_seed(0))  # (1, 7)
         ```
         """
-        channels = self.unet.config.in_channels
-        if latents.ndim != 4 or latents.shape[0] == 0 or latents.shape[1] != channels:
-            raise ValueError(f"`latents` must have shape (N >= 1, {channels}, h, w), got {tuple(latents.shape)}.")
-        _check_batch_size(batch_size)
-        noisy = self.prepare_noisy_latents(latents.to(self._execution_device), generator)  # (N, C, h, w)
-        probabilities = []
-        with self.progress_bar(total=-(-len(noisy) // batch_size)) as progress_bar:
-            for batch in noisy.split(batch_size):
-                logits = self.head(self.unet_features(batch)).logits  # (b, 7)
-                probabilities.append(logits.float().softmax(-1).cpu())
-                progress_bar.update()
-        return torch.cat(probabilities)
+        index_map = self.head.expression_index_map(label_mapping)
+        return classifier_expression_probabilities(self.latent_logits(latents, generator, batch_size), index_map)
 
     @torch.no_grad()
     def __call__(
@@ -249,7 +274,8 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
         return_dict: bool = True,
     ) -> FERAnnoPipelineOutput | tuple:
         r"""
-        Labels facial-expression images: [`label_latents`] of their VAE latents.
+        Labels facial-expression images over the head's label set: softmax of [`latent_logits`] of their VAE
+        latents.
 
         Args:
             images (PIL image, list of PIL images, array or tensor): see the class docstring for modes and sizes.
@@ -266,10 +292,10 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
         _check_batch_size(batch_size)
         pixel_values = self.prepare_images(images)
         latents = torch.cat([self.encode_images(batch) for batch in pixel_values.split(batch_size)])  # (B, C, h, w)
-        probabilities = self.label_latents(latents, generator, batch_size)  # (B, 7)
+        probabilities = self.latent_logits(latents, generator, batch_size).softmax(-1)  # (B, num_labels)
         self.maybe_free_model_hooks()
         label_ids = probabilities.argmax(-1)
-        labels = [EXPRESSIONS[i] for i in label_ids.tolist()]
+        labels = [self.head.config.id2label[i] for i in label_ids.tolist()]
         if not return_dict:
             return labels, label_ids, probabilities
         return FERAnnoPipelineOutput(labels=labels, label_ids=label_ids, probabilities=probabilities)

@@ -22,7 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ...facs import EXPRESSIONS, AUSpace
+from ...facs import EXPRESSIONS, AUSpace, classifier_expression_probabilities
 from ...loaders.au_adapter import AUAdapterLoaderMixin
 from ...models.feature_extraction import UNetFeatureRecorder, UNetFeatures
 from ...models.feranno import FERAnnoHead
@@ -564,6 +564,7 @@ class SynFERPipeline(
         semantic_guidance_decode: str = "guide_size",
         guidance_label_mapping: Mapping[str, str | None] | None = None,
         label_with_feranno: bool = True,
+        feranno_label_mapping: Mapping[str, str | None] | None = None,
         enrich_prompt: bool = True,
         prototype_intensity: float | None = None,
         au_jitter: float = 0.5,
@@ -638,6 +639,9 @@ class SynFERPipeline(
                 (see `synfer_diffusers.facs.map_classifier_labels`).
             label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each image
                 (`feranno_probabilities` in the output; see the class docstring).
+            feranno_label_mapping (`dict`, *optional*): renames the FERAnno head's labels (`id2label`) onto
+                `EXPRESSIONS`, `None` drops an output (e.g. `{"contempt": None}`), exactly as for the guide and for
+                voting classifiers (see `synfer_diffusers.facs.map_classifier_labels`).
             enrich_prompt (`bool`, defaults to True): expand prompts with expression and AU words.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): else return `(images, expressions, action_units, prompts, seeds,
@@ -746,6 +750,7 @@ class SynFERPipeline(
                 len(timesteps), semantic_guidance_window, semantic_guidance_interval
             )
         label = self.feranno_head is not None and label_with_feranno
+        feranno_index_map = self.feranno_head.expression_index_map(feranno_label_mapping) if label else None
         label_in_loop = label and self.last_step_is_feranno_pass(
             timesteps, negatives, negative_prompt_embeds_given, au_scale
         )
@@ -787,11 +792,13 @@ class SynFERPipeline(
         # 10. FERAnno labels: from the last step where it is FERAnno's own pass, else one pass on the final latents
         feranno_probabilities = None
         if label and features is not None and features.batch_size == 2 * num_images:
-            feranno_probabilities = self.feranno_label(features, num_images)
+            feranno_probabilities = self.feranno_label(features, num_images, feranno_index_map)
         elif label:
             annotator = FERAnnoPipeline(**self.base_components, head=self.feranno_head)
             annotator.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
-            feranno_probabilities = annotator.label_latents(latents, generator).to(latents.device)
+            feranno_probabilities = annotator.label_latents(
+                latents, generator, label_mapping=feranno_label_mapping
+            ).to(latents.device)
 
         # 11. Decode and report each image's condition
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)
@@ -832,12 +839,16 @@ class SynFERPipeline(
             and not self.cross_attention_kwargs
         )
 
-    def feranno_label(self, features: UNetFeatures, num_images: int) -> torch.Tensor:  # (N, 7) probabilities
-        """FERAnno probabilities from the features of the last UNet call; with CFG that call's batch is
-        `[uncond; cond]` and the unconditional half (prompt `""` + null AU, FERAnno's training condition) is read."""
+    def feranno_label(
+        self, features: UNetFeatures, num_images: int, index_map: list[int | None]
+    ) -> torch.Tensor:  # (N, 7) probabilities
+        """FERAnno probabilities over `EXPRESSIONS` from the features of the last UNet call, the head's labels
+        mapped by name with `index_map` ([`FERAnnoHead.expression_index_map`]) as for any classifier; with CFG that
+        call's batch is `[uncond; cond]` and the unconditional half (prompt `""` + null AU, FERAnno's training
+        condition) is read."""
         if features.batch_size == 2 * num_images:
             features = features.select(slice(None, num_images))
-        return self.feranno_head(features).logits.float().softmax(-1)
+        return classifier_expression_probabilities(self.feranno_head(features).logits, index_map)
 
     def encode_au_condition(
         self, au_matrix: torch.Tensor | None, has_au: list[bool], device: torch.device

@@ -178,8 +178,7 @@ def in_dtype(pipe: SynFERPipeline, dtype: torch.dtype) -> SynFERPipeline:
 def bare_unet_loop(pipe: SynFERPipeline, prompt: str, aus: dict, steps: int, batch: int, guidance: float) -> None:
     """The UNet-bound limit: encode once, CFG UNet calls and scheduler steps, one decode; no checks, no planning."""
     device = pipe.unet.device
-    text = pipe.encode_prompt([prompt] * batch, device)
-    null_text = pipe.encode_prompt([""] * batch, device)
+    text, null_text = pipe.encode_prompt([prompt] * batch, device, 1, True, negative_prompt=[""] * batch)  # (B, L, D)
     au_tokens = pipe.unet.encode_action_units(pipe.au_space.to_tensor([aus] * batch))
     null_au = pipe.unet.encode_action_units(None, batch_size=batch)
     size = pipe.unet.config.sample_size

@@ -1,9 +1,8 @@
 """The benchmark suite in one command: the paper's tables on FaceWorld and the speed ratios.
 
-    python benchmarks/run_benchmarks.py            # full: about 85 min on 2 CPU cores (76 min when runs/ already
-                                                   # holds FaceWorld, the judge and the AU regressor), plus about
-                                                   # 30 min for table 4
-    python benchmarks/run_benchmarks.py --quick    # about 8 min: small sizes, one seed (checks the suite end to end)
+    python benchmarks/run_benchmarks.py            # full: about 2.5 h on 2 CPU cores (estimated from its stages'
+                                                   # times; FaceWorld and the judges in runs/ are reused)
+    python benchmarks/run_benchmarks.py --quick    # about 25 min: small sizes, one seed (checks the suite end to end)
     python benchmarks/run_benchmarks.py --editing-only   # table 4 alone (after its prerequisites)
 
 Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):

@@ -67,11 +67,11 @@ def test_summary_is_mean_and_spread_over_seeds():
 
 def test_targets_are_computed_from_the_numbers():
     accuracies = {"real N": 0.6, "synthetic N (vote)": 0.55, "synthetic N (target)": 0.50,
-                  "synthetic 5N (vote)": 0.7, "real N + synthetic N (vote)": 0.61}  # fmt: skip
+                  f"synthetic {common.QUICK.synthetic_factor}N (vote)": 0.7, "real N + synthetic N (vote)": 0.61}  # fmt: skip
     config, generation, downstream, speed = _results(accuracies)
     checks = {name: met for name, _, met in report.targets(generation, downstream, speed, config)}
     assert checks["synthetic N (vote) >= real N"] is False
-    assert checks["synthetic 5N (vote) > real N"] is True
+    assert checks[f"synthetic {common.QUICK.synthetic_factor}N (vote) > real N"] is True
     assert checks["real N + synthetic N (vote) >= real N + 2 points"] is False
     assert checks["SG adds >= 5 points of expression accuracy"] is True
     assert checks["synthetic N: voted labels beat target labels"] is True

@@ -55,7 +55,7 @@ FULL = SuiteConfig(
 )  # fmt: skip
 QUICK = SuiteConfig(
     mode="quick", num_train=2000, num_test=500, measurement_steps=200, per_expression=3, eval_steps=10,
-    num_real=140, synthetic_factor=5, generation_steps=10, classifier_steps=150, seeds=(0,),
+    num_real=140, synthetic_factor=2, generation_steps=10, classifier_steps=60, seeds=(0,),
     speed_configs=("tiny",), writer_memory_samples=100, edit_faces=2, edit_num_real=14, identity_steps=60,
     hard_num_train=700, hard_num_real=70,
 )  # fmt: skip

@@ -46,6 +46,8 @@ from transformers import (
     ConvNextConfig,
     ConvNextForImageClassification,
     HfArgumentParser,
+    MobileNetV2Config,
+    MobileNetV2ForImageClassification,
     PreTrainedModel,
     ResNetConfig,
     ResNetForImageClassification,
@@ -57,7 +59,7 @@ from synfer_diffusers.hub_utils import write_model_card
 from synfer_diffusers.training import push_output_to_hub
 
 TASKS = ("expression", "action_units")
-ARCHITECTURES = ("resnet", "convnext")
+ARCHITECTURES = ("resnet", "convnext", "mobilenet_v2")
 AU_NAMES = AUSpace.disfa12().names
 IMAGE_SIZE = 64
 
@@ -75,8 +77,13 @@ class TrainFERConfig:
     label_column: str = field(
         default="label", metadata={"help": "Expression column to train on (`label` = annotated, noisy)."}
     )
-    hidden_sizes: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "Stage widths."})
-    depths: list[int] = field(default_factory=lambda: [1, 1, 1], metadata={"help": "Blocks per stage."})
+    hidden_sizes: list[int] = field(
+        default_factory=lambda: [32, 64, 128], metadata={"help": "Stage widths (resnet, convnext)."}
+    )
+    depths: list[int] = field(
+        default_factory=lambda: [1, 1, 1], metadata={"help": "Blocks per stage (resnet, convnext)."}
+    )
+    depth_multiplier: float = field(default=0.5, metadata={"help": "Channel multiplier of mobilenet_v2."})
     max_train_steps: int = field(default=2000, metadata={"help": "Optimisation steps (one-cycle schedule over them)."})
     time_budget_s: float | None = field(
         default=None,
@@ -102,6 +109,8 @@ class TrainFERConfig:
             raise ValueError(f"`task` must be one of {list(TASKS)}, got {self.task!r}.")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"`architecture` must be one of {list(ARCHITECTURES)}, got {self.architecture!r}.")
+        if not self.depth_multiplier > 0:
+            raise ValueError(f"`depth_multiplier` must be > 0, got {self.depth_multiplier}.")
         if not self.hidden_sizes or len(self.hidden_sizes) != len(self.depths):
             raise ValueError(
                 f"`hidden_sizes` and `depths` must be non-empty lists of the same length, got {self.hidden_sizes} "
@@ -117,7 +126,9 @@ class TrainFERConfig:
     def target_columns(self) -> tuple[str, ...]:
         if self.task != "expression":
             return ("action_units",)
-        return tuple(dict.fromkeys((self.label_column, "clean_label")))  # once each, also for `--label_column clean_label`
+        return tuple(
+            dict.fromkeys((self.label_column, "clean_label"))
+        )  # once each, also for `--label_column clean_label`
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -227,6 +238,11 @@ def build_model(config: TrainFERConfig) -> PreTrainedModel:
             layer_type="basic", **head,
         )  # fmt: skip
         model_class = ResNetForImageClassification
+    elif config.architecture == "mobilenet_v2":  # depthwise-separable inverted residuals: another model family
+        model_config = MobileNetV2Config(
+            image_size=IMAGE_SIZE, depth_multiplier=config.depth_multiplier, classifier_dropout_prob=0.2, **head
+        )
+        model_class = MobileNetV2ForImageClassification
     else:
         model_config = ConvNextConfig(
             patch_size=2, num_stages=len(config.hidden_sizes), hidden_sizes=config.hidden_sizes, depths=config.depths,

@@ -147,10 +147,11 @@ def peak_above_now_mb(fn: Callable[[], object]) -> float:
 
 
 def peak_ratio(baseline: Callable[[], object], candidate: Callable[[], object]) -> dict[str, float]:
-    """Peak memory of one `baseline()` call and one `candidate()` call, after one unmeasured `candidate()`."""
+    """Peak memory of one `baseline()` call and one `candidate()` call, after one unmeasured `candidate()`; the ratio
+    is None when the baseline's peak does not rise above the resident memory (tiny models: under a page's worth)."""
     candidate()  # warm-up: one-time allocations (kernel caches, lazily built buffers) are not charged to a side
     base, cand = peak_above_now_mb(baseline), peak_above_now_mb(candidate)
-    return {"unit": "MB", "baseline": base, "candidate": cand, "ratio": cand / base}
+    return {"unit": "MB", "baseline": base, "candidate": cand, "ratio": cand / base if base > 0 else None}
 
 
 @contextlib.contextmanager
@@ -274,7 +275,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for row in measure(config, tuple(args.rows)):
             rows.append(row)
             print(f"{row['config']:9} {row['row']:22} {row['dtype']:9} {row['unit']:4} {row['baseline']:10.3f} "
-                  f"{row['candidate']:10.3f} {row['ratio']:6.3f}", flush=True)  # fmt: skip
+                  f"{row['candidate']:10.3f} {'-' if row['ratio'] is None else format(row['ratio'], '6.3f')}",
+                  flush=True)  # fmt: skip
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -30,7 +30,7 @@ Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):
 
 The judge and the AU regressor are trained on real FaceWorld only (ResNet seeds 0 and 1, the commands of
 `examples/train_faceworld_default.sh`) and never take part in generation; the default checkpoint's guide is a
-deeper ResNet with seed 2. A second judge of another family (ConvNeXt, trained on the true labels of FaceWorld
+deeper ResNet with seed 2. A second judge of another family (MobileNetV2, trained on the true labels of FaceWorld
 seed 1) scores tables 1 and 5 beside the first. Every stage stores its result under `--run-dir` and is skipped when that result
 exists, so a killed run resumes where it stopped (the synthetic set shard by shard); delete a stage's JSON to
 redo it.

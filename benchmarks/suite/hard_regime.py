@@ -117,7 +117,7 @@ def render_hard_regime(hard: dict, config: SuiteConfig) -> list[str]:
         f"{config.generation_steps} DDIM steps, CFG 5, no semantic guidance, each image's AUs drawn from a hard train "
         "face annotated with the planned expression (`au_policy='dataset'`), so the target is that face's annotated "
         "label; voted by `synfer generate`'s default for unguided sets (FERAnno + the checkpoint's guide + target). "
-        "Judges: the suite's judge and the second judge (ConvNeXt, FaceWorld seed 1, true labels), neither used in "
+        "Judges: the suite's judge and the second judge (MobileNetV2, FaceWorld seed 1, true labels), neither used in "
         "generation or voting.",
         "",
         "| labels | agree with the judge | agree with the second judge |",

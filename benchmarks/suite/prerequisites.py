@@ -28,7 +28,7 @@ def ensure_classifier(fer, path: Path, *options: str) -> None:
 
 def ensure_measurement_models(config: SuiteConfig, run_dir: Path, fer) -> None:
     """FaceWorld (seed 0) with the judge (ResNet, seed 0) and the AU regressor (ResNet, seed 1); the second judge
-    (ConvNeXt, another model family, trained on the true labels of FaceWorld seed 1); the hard regime's FaceWorld
+    (MobileNetV2, another model family, trained on the true labels of FaceWorld seed 1); the hard regime's FaceWorld
     (seed 0). None of them takes part in generation or voting."""
     faceworld = run_dir / "faceworld"
     ensure_faceworld(faceworld, config.num_train, config.num_test, seed=0)
@@ -39,5 +39,5 @@ def ensure_measurement_models(config: SuiteConfig, run_dir: Path, fer) -> None:
     second_world = run_dir / f"faceworld_seed{SECOND_JUDGE_WORLD_SEED}"
     ensure_faceworld(second_world, config.num_train // 2, config.num_test, seed=SECOND_JUDGE_WORLD_SEED)
     ensure_classifier(fer, run_dir / "second_judge", "--dataset_name", str(second_world), "--task", "expression",
-                      "--architecture", "convnext", "--label_column", "clean_label", "--seed", "3", *steps)  # fmt: skip
+                      "--architecture", "mobilenet_v2", "--label_column", "clean_label", "--seed", "3", *steps)  # fmt: skip
     ensure_faceworld(run_dir / "faceworld_hard", config.hard_num_train, config.num_test, seed=0, regime="hard")

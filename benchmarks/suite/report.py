@@ -127,7 +127,7 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         f"[32, 64, 128], seed 0) reaches {judge['clean_labels']['accuracy']:.1%} on real test faces (clean labels); "
         f"the AU regressor (ResNet, seed 1) has AU MAE {regressor['original']['mae']:.3f} "
         f"(predicting the train mean: {regressor['baseline_predict_train_mean']['mae']:.3f}). The second judge "
-        "(transformers ConvNeXt [32, 64, 128], another model family, trained on the true labels of FaceWorld seed 1, "
+        "(transformers MobileNetV2, width 0.5, depthwise-separable: another model family, trained on the true labels of FaceWorld seed 1, "
         "whose identities and faces the generator never saw) scores tables 1 and 5 beside the judge.",
         "",
         "## Targets",
@@ -195,7 +195,7 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         "| config | row | unit | baseline | candidate | ratio |",
         "|---|---|---|---|---|---|",
         *[f"| {r['config']} | {r['row']} | {speed_row_unit(r)} | {speed_row_value(r, 'baseline'):.3f} | "
-          f"{speed_row_value(r, 'candidate'):.3f} | {r['ratio']:.3f} |" for r in speed["speed"]["rows"]],
+          f"{speed_row_value(r, 'candidate'):.3f} | {_number(r['ratio'], '.3f')} |" for r in speed["speed"]["rows"]],
         "",
         f"`benchmarks/bench_generate_writer.py` (default checkpoint, 64 px, 4 steps): `synfer generate` / bare "
         f"pipeline calls = {speed['writer']['throughput']['ratio']:.3f}; resident memory grew "
@@ -217,8 +217,12 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
     return "\n".join(lines)
 
 
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
+    return _number(value, ".1%")
 
 
 def print_tables(checks) -> None:

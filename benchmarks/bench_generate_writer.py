@@ -125,10 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"bare {ratio['bare_images_per_s']:.2f} img/s, generate {ratio['generate_images_per_s']:.2f} img/s, "
           f"ratio {ratio['ratio']:.3f}")  # fmt: skip
     if args.memory_samples:
+        shard_size = min(256, max(1, args.memory_samples // 4))  # several shards: RSS is sampled after the first
         config = SyntheticSetConfig(num_samples=args.memory_samples, num_inference_steps=1, guidance_scale=1.0,
-                                    height=args.memory_size, width=args.memory_size, shard_size=256)  # fmt: skip
+                                    height=args.memory_size, width=args.memory_size, shard_size=shard_size)  # fmt: skip
         results["memory"] = memory = measure_memory(pipe, config, batch_size=32)
-        print(f"memory ({args.memory_samples} images, {args.memory_size}x{args.memory_size}, shards of 256): "
+        print(f"memory ({args.memory_samples} images, {args.memory_size}x{args.memory_size}, shards of {shard_size}): "
               f"RSS {memory['rss_at_first_shard_mb']:.0f} MB at the first shard, peak {memory['rss_peak_after_mb']:.0f} MB, "
               f"growth {memory['rss_growth_mb']:.1f} MB in {memory['seconds']:.0f} s")  # fmt: skip
     if args.json:

@@ -212,6 +212,7 @@ def test_load_lora_weights(pipe, tmp_path):
         ({"prompt": ["a", "b"], "expression": ["happy", "sad", "fear"]}, ValueError, "Batch sizes"),
         ({"prompt": ["a", "b"], "action_units": torch.zeros(3, 12)}, ValueError, "Batch sizes"),
         ({"num_images_per_prompt": 0}, ValueError, "num_images_per_prompt"),
+        ({"num_inference_steps": 0}, ValueError, "num_inference_steps"),  # was a ZeroDivisionError in the scheduler
         ({"height": 15}, ValueError, "divisible by 2"),
         ({"au_scale": math.nan}, ValueError, "au_scale"),
         ({"au_scale": math.inf}, ValueError, "au_scale"),

@@ -395,9 +395,12 @@ class SynFERPipeline(
         semantic_guidance: tuple[float, tuple[float, float], str, int, str],
         output_type: str,
         callback_on_step_end_tensor_inputs: list[str],
+        num_inference_steps: int,
     ) -> None:
         """Raises a concise error naming the first invalid argument; `semantic_guidance` is `(scale, window,
         normalization, interval, decode)`."""
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(
                 f"`height` and `width` must be divisible by {self.vae_scale_factor} (the VAE scale), got {height}x{width}."
@@ -527,7 +530,7 @@ class SynFERPipeline(
             a["prompt"], a["height"] or native, a["width"] or native, a["num_images_per_prompt"], a["au_scale"],
             a["guidance_scale"], a["action_units"], a["negative_prompt"], a["prompt_embeds"],
             a["negative_prompt_embeds"], a["latents"], a["layout_image"], a["layout_strength"], semantic_guidance,
-            a["output_type"], a["callback_on_step_end_tensor_inputs"] or ["latents"],
+            a["output_type"], a["callback_on_step_end_tensor_inputs"] or ["latents"], a["num_inference_steps"],
         )  # fmt: skip
         resolve_batch(
             self.au_space, a["prompt"], a["expression"], a["action_units"], a["negative_prompt"], a["prompt_embeds"],
@@ -677,7 +680,7 @@ class SynFERPipeline(
         self.check_inputs(
             prompt, height, width, num_images_per_prompt, au_scale, guidance_scale, action_units, negative_prompt,
             prompt_embeds, negative_prompt_embeds, latents, layout_image, layout_strength, semantic_guidance,
-            output_type, callback_on_step_end_tensor_inputs,
+            output_type, callback_on_step_end_tensor_inputs, num_inference_steps,
         )  # fmt: skip
         self._guidance_scale = guidance_scale
         self._clip_skip = clip_skip

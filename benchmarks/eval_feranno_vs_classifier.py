@@ -41,19 +41,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from suite.common import load_script
 
 from synfer_diffusers.metrics import load_fer_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "src" / "synfer_diffusers" / "default_model"
 CLASSIFIER_RECIPE = ["--architecture", "resnet", "--hidden_sizes", "32", "64", "128", "--depths", "1", "1", "1"]
-
-
-def load_script(path: Path):
-    """An example script as a module, as `run_benchmarks.py` loads them."""
-    from run_benchmarks import load_script as load
-
-    return load(path)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -66,6 +60,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=150, help="Optimisation steps (both models)")
     parser.add_argument("--batch_size", type=int, default=32, help="Training batch size (both models)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--longer_classifier_steps", type=int, nargs="*", default=[],
+        help="Further classifier rows trained for these step counts (same data and batch): what FERAnno's compute "
+        "would buy the classifier",
+    )  # fmt: skip
     parser.add_argument(
         "--feranno_args", nargs=argparse.REMAINDER, default=[],
         help="Further train_feranno.py flags (the levers: --learning_rate, --timestep, --prompt, --hidden_dim, ...)",
@@ -103,10 +102,10 @@ def run_feranno(args: argparse.Namespace, test: dict) -> dict:
             "recipe": shlex.join(argv[:4] + argv[6:])}  # fmt: skip
 
 
-def run_classifier(args: argparse.Namespace, classifier, splits: dict) -> dict:
+def run_classifier(args: argparse.Namespace, classifier, splits: dict, steps: int) -> dict:
     argv = [
-        "--dataset_name", args.faceworld, "--output_dir", os.path.join(args.output_dir, "classifier"),
-        *CLASSIFIER_RECIPE, "--max_train_steps", str(args.steps), "--train_batch_size", str(args.batch_size),
+        "--dataset_name", args.faceworld, "--output_dir", os.path.join(args.output_dir, f"classifier_{steps}"),
+        *CLASSIFIER_RECIPE, "--max_train_steps", str(steps), "--train_batch_size", str(args.batch_size),
         "--max_train_samples", str(args.num_train), "--max_test_samples", str(args.num_test), "--num_threads", "1",
         "--seed", str(args.seed),
     ]  # fmt: skip
@@ -117,7 +116,7 @@ def run_classifier(args: argparse.Namespace, classifier, splits: dict) -> dict:
     predictions = classifier.predict(model, splits["test"]["image"]).argmax(-1)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     row = score(predictions, splits["test"]["clean_label"], splits["test"]["label"], label_names)
-    return {"name": "ResNet 32-64-128 (stock)", **row, "images_seen": args.steps * args.batch_size,
+    return {"name": f"ResNet 32-64-128 (stock), {steps} steps", **row, "images_seen": steps * args.batch_size,
             "seconds": round(seconds, 1), "recipe": " ".join(CLASSIFIER_RECIPE)}  # fmt: skip
 
 
@@ -131,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
               str(args.num_train), "--max_test_samples", str(args.num_test)]
     )  # fmt: skip
     splits = classifier.load_splits(data_config)  # the same rows for both models
-    rows = [run_classifier(args, classifier, splits), run_feranno(args, splits["test"])]
+    rows = [run_classifier(args, classifier, splits, args.steps), run_feranno(args, splits["test"])]
+    rows += [run_classifier(args, classifier, splits, steps) for steps in args.longer_classifier_steps]
     settings = {key: value for key, value in vars(args).items() if key != "feranno_args"}
     result = {"rows": rows, "settings": {**settings, "feranno_args": args.feranno_args}}
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)

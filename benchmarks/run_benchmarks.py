@@ -27,6 +27,8 @@ Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):
    faces by annotated label (so targets go wrong as with a real AU-annotated dataset), its target / FERAnno / vote
    labels scored against both judges, and downstream classifiers on hard real N, synthetic N and kN and both, tested
    on the hard regime's real test faces.
+6. **FERAnno vs a stock classifier** (issue 16): `eval_feranno_vs_classifier.py`, FERAnno and the downstream ResNet
+   trained on the same annotated faces with the same images seen, and the ResNet at table 2's budget.
 
 The judge and the AU regressor are trained on real FaceWorld only (ResNet seeds 0 and 1, the commands of
 `examples/train_faceworld_default.sh`) and never take part in generation; the default checkpoint's guide is a
@@ -50,6 +52,7 @@ import torch
 from suite.common import BENCHMARKS, EXAMPLES, FULL, QUICK, SuiteConfig, git_commit, load_script
 from suite.downstream import table_downstream
 from suite.editing import editing_targets, plot_editing, render_editing, table_editing
+from suite.feranno import feranno_targets, table_feranno
 from suite.generation import table_generation
 from suite.hard_regime import hard_targets, table_hard_regime
 from suite.prerequisites import ensure_measurement_models
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     downstream = table_downstream(config, run_dir, work, fer)
     editing = table_editing(config, run_dir, work, fer)
     hard = table_hard_regime(config, run_dir, work, fer)
+    feranno = table_feranno(config, run_dir, work)
     speed = table_speed(config, work)
     results = {
         "config": asdict(config),
@@ -104,15 +108,17 @@ def main(argv: list[str] | None = None) -> dict:
             "table 3 (generate vs bare pipeline)": speed["writer"],
             **{f"table 4 ({name})": stage for name, stage in editing["stages"].items()},
             **{f"table 5 ({name})": stage for name, stage in hard["stages"].items()},
+            "table 6 (FERAnno vs stock classifier)": feranno,
         },
         "generation": generation,
         "downstream": downstream,
         "speed": speed,
         "editing": editing,
         "hard_regime": hard,
+        "feranno": feranno,
     }
     checks = targets(generation, downstream, speed, config) + editing_targets(editing, config)
-    checks += hard_targets(hard, config)
+    checks += hard_targets(hard, config) + feranno_targets(feranno)
     plots = plot_all(generation, downstream, speed, output_dir / "results")
     plots.append(plot_editing(editing, output_dir / "results"))
     (output_dir / "results").mkdir(parents=True, exist_ok=True)

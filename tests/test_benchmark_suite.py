@@ -10,7 +10,7 @@ import pytest
 from synfer_diffusers import EXPRESSIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from suite import common, hard_regime, report  # noqa: E402  (the suite package lives beside its script)
+from suite import common, feranno, hard_regime, report  # noqa: E402  (the suite package lives beside its script)
 from suite.downstream import downstream_rows  # noqa: E402
 
 
@@ -135,7 +135,7 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
                "identity_classifier": {"steps": 800, "seed": 0, "test_attribute_accuracy": {"age": 0.9},
                                        "test_all_attributes": 0.34}}  # fmt: skip
     results = {"generation": generation, "downstream": downstream, "speed": speed, "editing": editing,
-               "hard_regime": _hard_results({"hard: real N": (0.62, 0.0)}, 0.75),
+               "hard_regime": _hard_results({"hard: real N": (0.62, 0.0)}, 0.75), "feranno": _feranno_results(),
                "machine": "test CPU",
                "commit": "abc", "date": "2026-11-28", "stages": {"table 1": {"stage_seconds": 1.0, "commit": "abc"}}}  # fmt: skip
     checks = report.targets(generation, downstream, speed, config)
@@ -147,3 +147,23 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
     assert "| real test faces | 50 | 97.0% | 99.0% | 0.200 | 0.10 |" in text  # second judge beside the judge
     assert "| target | 75.0% | 75.0% |" in text and "| hard: real N | 100 | 62.0% ± 0.0% |" in text
     assert "| semantic_guidance (tiny) <= 1.5 | 1.600 | **no** |" in text
+    assert "| FERAnno | 4800 | 53.0% | 46.6% | 0.521 | 256 |" in text
+
+
+def _feranno_results() -> dict:
+    row = {"images_seen": 4800, "accuracy_noisy": 0.466, "macro_f1": 0.521, "seconds": 255.7}
+    return {
+        "rows": [
+            {**row, "name": "ResNet (stock), 150 steps", "accuracy_clean": 0.41},
+            {**row, "name": "FERAnno", "accuracy_clean": 0.53},
+            {**row, "name": "ResNet (stock), 1600 steps", "accuracy_clean": 0.9, "images_seen": 51200},
+        ]
+    }
+
+
+def test_feranno_targets_compare_true_label_accuracy_at_both_budgets():
+    checks = {name: met for name, _, met in feranno.feranno_targets(_feranno_results())}
+    assert checks == {
+        "FERAnno >= stock classifier, same labelled faces and images seen": True,
+        "FERAnno >= stock classifier at table 2's budget": False,
+    }

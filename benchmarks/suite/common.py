@@ -46,6 +46,9 @@ class SuiteConfig:
     identity_steps: int = 800  # table 4: training steps of the identity classifier
     hard_num_train: int = 5000  # table 5: hard-regime FaceWorld train faces (the AU source of its synthetic sets)
     hard_num_real: int = 500  # table 5: N of the hard regime's downstream rows
+    feranno_num_train: int = 2000  # table 6: labelled train faces of FERAnno and the stock classifier
+    feranno_steps: int = 150  # table 6: training steps of both at the same images seen
+    feranno_batch_size: int = 32
 
 
 FULL = SuiteConfig(
@@ -57,7 +60,7 @@ QUICK = SuiteConfig(
     mode="quick", num_train=2000, num_test=500, measurement_steps=200, per_expression=3, eval_steps=10,
     num_real=140, synthetic_factor=2, generation_steps=10, classifier_steps=60, seeds=(0,),
     speed_configs=("tiny",), writer_memory_samples=100, edit_faces=2, edit_num_real=14, identity_steps=60,
-    hard_num_train=700, hard_num_real=70,
+    hard_num_train=700, hard_num_real=70, feranno_num_train=140, feranno_steps=4, feranno_batch_size=8,
 )  # fmt: skip
 CLASSIFIER = {"architecture": "resnet", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "train_batch_size": 64}
 LABEL_SOURCES = ("target", "feranno", "vote")

@@ -11,6 +11,7 @@ from synfer_diffusers import EXPRESSIONS
 
 from .common import NOT_RECORDED, SuiteConfig
 from .editing import render_editing
+from .feranno import render_feranno
 from .hard_regime import render_hard_regime
 from .speed import speed_row_unit, speed_row_value
 
@@ -205,6 +206,7 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         "",
         *render_editing(results["editing"], config),
         *render_hard_regime(results["hard_regime"], config),
+        *render_feranno(results["feranno"], config),
         "## Stages",
         "",
         "Each stage's result is cached under the run directory, so a file may combine stages of several resumed "

@@ -43,15 +43,20 @@ def _results(accuracies):
     return config, generation, downstream, speed
 
 
+def _targets(generation, downstream, speed, config):
+    return (report.generation_targets(generation) + report.downstream_targets(downstream, config)
+            + report.speed_targets(speed))  # fmt: skip
+
+
 def test_downstream_rows_cover_the_paper_table():
     rows = downstream_rows(common.FULL)
     assert [r.name for r in rows][:4] == [
         "real N",
         "synthetic N (target)",
-        "synthetic N (feranno)",
         "synthetic N (vote)",
+        "synthetic N, no SG (target)",
     ]
-    assert len(rows) == 13 and len({r.key for r in rows}) == 13
+    assert len(rows) == 9 and len({r.key for r in rows}) == 9
     assert all(r.key.replace("_", "").isalnum() for r in rows)
     assert {r.synthetic for r in rows} == {0, 1, common.FULL.synthetic_factor}
 
@@ -69,7 +74,7 @@ def test_targets_are_computed_from_the_numbers():
     accuracies = {"real N": 0.6, "synthetic N (vote)": 0.55, "synthetic N (target)": 0.50,
                   f"synthetic {common.QUICK.synthetic_factor}N (vote)": 0.7, "real N + synthetic N (vote)": 0.61}  # fmt: skip
     config, generation, downstream, speed = _results(accuracies)
-    checks = {name: met for name, _, met in report.targets(generation, downstream, speed, config)}
+    checks = {name: met for name, _, met in _targets(generation, downstream, speed, config)}
     assert checks["synthetic N (vote) >= real N"] is False
     assert checks[f"synthetic {common.QUICK.synthetic_factor}N (vote) > real N"] is True
     assert checks["real N + synthetic N (vote) >= real N + 2 points"] is False
@@ -136,9 +141,9 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
                                        "test_all_attributes": 0.34}}  # fmt: skip
     results = {"generation": generation, "downstream": downstream, "speed": speed, "editing": editing,
                "hard_regime": _hard_results({"hard: real N": (0.62, 0.0)}, 0.75), "feranno": _feranno_results(),
-               "machine": "test CPU",
+               "machine": "test CPU", "tables": [1, 2, 3, 4, 5, 6],
                "commit": "abc", "date": "2026-11-28", "stages": {"table 1": {"stage_seconds": 1.0, "commit": "abc"}}}  # fmt: skip
-    checks = report.targets(generation, downstream, speed, config)
+    checks = _targets(generation, downstream, speed, config)
     text = report.render_results(results, checks, config, tmp_path)
     assert "--quick" in text and "FaceWorld" in text and "commit abc" in text and "- table 1: 1 s, commit abc" in text
     assert "| real N | 100 | 60.5% ± 0.7% |" in text
@@ -148,6 +153,14 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
     assert "| target | 75.0% | 75.0% |" in text and "| hard: real N | 100 | 62.0% ± 0.0% |" in text
     assert "| semantic_guidance (tiny) <= 1.5 | 1.600 | **no** |" in text
     assert "| FERAnno | 4800 | 53.0% | 46.6% | 0.521 | 256 |" in text
+    assert "Not run in this run" not in text
+
+    subset = {**results, "tables": [1, 5, 6]}
+    del subset["speed"], subset["downstream"], subset["editing"]
+    text = report.render_results(subset, report.generation_targets(generation), config, tmp_path)
+    assert "Not run in this run (`--tables`): table 2 (downstream), 3 (speed), 4 (editing)." in text
+    assert "## 1. Generation" in text and "## 5. Label rectification" in text and "## 6. FERAnno" in text
+    assert "## 2. Downstream" not in text and "## 3. Speed" not in text and "## 4." not in text
 
 
 def _feranno_results() -> dict:
@@ -167,3 +180,39 @@ def test_feranno_targets_compare_true_label_accuracy_at_both_budgets():
         "FERAnno >= stock classifier, same labelled faces and images seen": True,
         "FERAnno >= stock classifier at table 2's budget": False,
     }
+
+
+def test_main_runs_and_reports_only_the_selected_tables(tmp_path, monkeypatch):
+    import run_benchmarks
+
+    config, generation, _, _ = _results({"real N": 0.6})
+    stage = {"stage_seconds": 2.0, "commit": "abc"}
+    calls = []
+    fakes = {
+        "table_generation": lambda *a: {**generation, **stage},
+        "table_hard_regime": lambda *a: {**_hard_results({}, 0.75), "stages": {"classifiers": stage}},
+        "table_feranno": lambda *a: {**_feranno_results(), **stage},
+    }
+    for name, fake in fakes.items():
+        monkeypatch.setattr(run_benchmarks, name, lambda *a, _name=name, _fake=fake: calls.append(_name) or _fake())
+    for name in ("table_downstream", "table_editing", "table_speed"):
+        monkeypatch.setattr(run_benchmarks, name, lambda *a, _name=name: pytest.fail(f"{_name} was not selected"))
+    monkeypatch.setattr(run_benchmarks, "ensure_measurement_models", lambda *a: None)
+    for name, metrics in (("judge", {"test": {"original": {"clean_labels": {"accuracy": 0.97}}}}),
+                          ("au_regressor", {"test": {"original": {"mae": 0.2},
+                                                     "baseline_predict_train_mean": {"mae": 1.1}}})):  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+
+    results = run_benchmarks.main(["--quick", "--run-dir", str(tmp_path), "--tables", "6", "1", "5"])
+
+    assert calls == ["table_generation", "table_hard_regime", "table_feranno"]  # RUN_ORDER, whatever the CLI order
+    assert results["tables"] == [1, 5, 6] and "downstream" not in results
+    assert list(results["stages"]) == [
+        "table 1 (generation)",
+        "table 5 (classifiers)",
+        "table 6 (FERAnno vs stock classifier)",
+    ]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "table 2 (downstream), 3 (speed), 4 (editing)" in text and "| FERAnno >= stock classifier" in text
+    assert (tmp_path / "results" / "generation.png").exists() and not (tmp_path / "results" / "speed.png").exists()

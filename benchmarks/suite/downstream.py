@@ -38,23 +38,26 @@ class DownstreamRow:
         return row_key(self.name)
 
 
-def labelled_rows(groups: tuple[tuple[int, bool, bool, str], ...]) -> list[DownstreamRow]:
+def labelled_rows(
+    groups: tuple[tuple[int, bool, bool, str], ...], sources: tuple[str, ...] = LABEL_SOURCES
+) -> list[DownstreamRow]:
     """One row per label source of each group `(synthetic size in N, with the real N, guided, name)`."""
     return [
         DownstreamRow(f"{name} ({source})", real, size, source, guided)
         for size, real, guided, name in groups
-        for source in LABEL_SOURCES
+        for source in sources
     ]
 
 
 def downstream_rows(config: SuiteConfig) -> list[DownstreamRow]:
+    """Target and voted labels of each synthetic group (FERAnno's own labels are table 5's and 6's subject)."""
     k = config.synthetic_factor
     return [DownstreamRow("real N", True, 0, None)] + labelled_rows((
         (1, False, True, "synthetic N"),
         (1, False, False, "synthetic N, no SG"),
         (k, False, True, f"synthetic {k}N"),
         (1, True, True, "real N + synthetic N"),
-    ))  # fmt: skip
+    ), sources=("target", "vote"))  # fmt: skip
 
 
 def build_synthetic_set(config: SuiteConfig, work: Path, guided: bool) -> tuple[Path, dict]:

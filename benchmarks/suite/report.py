@@ -16,10 +16,22 @@ from .hard_regime import render_hard_regime
 from .speed import speed_row_unit, speed_row_value
 
 
-def targets(generation: dict, downstream: dict, speed: dict, config: SuiteConfig) -> list[tuple[str, str, bool]]:
-    """(target, measured, met) for each target of the benchmark issue, computed from the results."""
+def generation_targets(generation: dict) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for table 1: the AU error ratio and the semantic-guidance gain."""
     gen = {row["name"]: row for row in generation["rows"]}
     (real_faces,) = [row for row in generation["rows"] if row["name"].startswith("real")]
+    return [
+        ("AU error of + AUs images <= 1.2x the regressor's error on real faces",
+         f"{gen['+ AUs']['au_mae']:.3f} / {real_faces['au_mae']:.3f} = {gen['+ AUs']['au_mae'] / real_faces['au_mae']:.2f}x",
+         gen["+ AUs"]["au_mae"] <= 1.2 * real_faces["au_mae"]),
+        ("SG adds >= 5 points of expression accuracy",
+         f"{gen['+ AUs']['expression_accuracy']:.1%} -> {gen['+ AUs + SG']['expression_accuracy']:.1%}",
+         gen["+ AUs + SG"]["expression_accuracy"] - gen["+ AUs"]["expression_accuracy"] >= 0.05),
+    ]  # fmt: skip
+
+
+def downstream_targets(downstream: dict, config: SuiteConfig) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for table 2: synthetic vs real, and voted vs target labels."""
     acc = {row["name"]: row["accuracy_mean"] for row in downstream["rows"]}
     k = config.synthetic_factor
     real = acc["real N"]
@@ -30,35 +42,37 @@ def targets(generation: dict, downstream: dict, speed: dict, config: SuiteConfig
          acc[f"synthetic {k}N (vote)"] > real),
         ("real N + synthetic N (vote) >= real N + 2 points", f"{acc['real N + synthetic N (vote)']:.1%} vs {real:.1%}",
          acc["real N + synthetic N (vote)"] >= real + 0.02),
-        ("AU error of + AUs images <= 1.2x the regressor's error on real faces",
-         f"{gen['+ AUs']['au_mae']:.3f} / {real_faces['au_mae']:.3f} = {gen['+ AUs']['au_mae'] / real_faces['au_mae']:.2f}x",
-         gen["+ AUs"]["au_mae"] <= 1.2 * real_faces["au_mae"]),
-        ("SG adds >= 5 points of expression accuracy",
-         f"{gen['+ AUs']['expression_accuracy']:.1%} -> {gen['+ AUs + SG']['expression_accuracy']:.1%}",
-         gen["+ AUs + SG"]["expression_accuracy"] - gen["+ AUs"]["expression_accuracy"] >= 0.05),
     ]  # fmt: skip
     for group in ("synthetic N", "synthetic N, no SG", f"synthetic {k}N", "real N + synthetic N"):
         vote, target = acc[f"{group} (vote)"], acc[f"{group} (target)"]
         checks.append((f"{group}: voted labels beat target labels", f"{vote:.1%} vs {target:.1%}", vote > target))
+    return checks
+
+
+def speed_targets(speed: dict) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for table 3: the overhead ratios and the writer's throughput."""
     limits = {"au_overhead": 1.05, "semantic_guidance": 1.5, "feranno_in_loop": 1.10}
-    for row in speed["speed"]["rows"]:
-        if row["row"] in limits:
-            checks.append((f"{row['row']} ({row['config']}) <= {limits[row['row']]}", f"{row['ratio']:.3f}",
-                           row["ratio"] <= limits[row["row"]]))  # fmt: skip
+    checks = [
+        (f"{row['row']} ({row['config']}) <= {limits[row['row']]}", f"{row['ratio']:.3f}",
+         row["ratio"] <= limits[row["row"]])
+        for row in speed["speed"]["rows"] if row["row"] in limits
+    ]  # fmt: skip
     writer = speed["writer"]["throughput"]["ratio"]
     checks.append(("synfer generate / bare pipeline >= 0.9", f"{writer:.3f}", writer >= 0.9))
     return checks
 
 
-def plot_all(generation: dict, downstream: dict, speed: dict, plots: Path) -> list[str]:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plots.mkdir(parents=True, exist_ok=True)
-    names = []
+    return plt
 
+
+def plot_generation(generation: dict, plots: Path) -> list[str]:
+    plt = _pyplot()
     rows = [r for r in generation["rows"] if not r["name"].startswith("real")]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, key, title in zip(axes, ("expression_accuracy", "au_mae", "frechet_distance"),
@@ -68,8 +82,12 @@ def plot_all(generation: dict, downstream: dict, speed: dict, plots: Path) -> li
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     fig.savefig(plots / "generation.png", dpi=110)
-    names.append("generation.png")
+    plt.close("all")
+    return ["generation.png"]
 
+
+def plot_downstream(downstream: dict, plots: Path) -> list[str]:
+    plt = _pyplot()
     rows = downstream["rows"]
     fig, ax = plt.subplots(figsize=(10, 4))
     colors = ["#777777" if r["labels"] is None else {"target": "#4878a8", "feranno": "#d68a3a", "vote": "#5a9e5a"}[r["labels"]] for r in rows]  # fmt: skip
@@ -81,7 +99,6 @@ def plot_all(generation: dict, downstream: dict, speed: dict, plots: Path) -> li
     ax.set_ylim(max(0.0, min(r["accuracy_mean"] for r in rows) - 0.1), 1.0)
     fig.tight_layout()
     fig.savefig(plots / "downstream.png", dpi=110)
-    names.append("downstream.png")
 
     fig, axes = plt.subplots(2, (len(rows) + 1) // 2, figsize=(2.8 * ((len(rows) + 1) // 2), 6.4))
     for ax, row in zip(axes.flat, rows):
@@ -95,8 +112,12 @@ def plot_all(generation: dict, downstream: dict, speed: dict, plots: Path) -> li
     fig.suptitle("confusion matrices on real test faces (rows: true, columns: predicted; seeds summed)", fontsize=9)
     fig.tight_layout()
     fig.savefig(plots / "confusion_matrices.png", dpi=110)
-    names.append("confusion_matrices.png")
+    plt.close("all")
+    return ["downstream.png", "confusion_matrices.png"]
 
+
+def plot_speed(speed: dict, plots: Path) -> list[str]:
+    plt = _pyplot()
     rows = [row for row in speed["speed"]["rows"] if speed_row_unit(row) == "s"]
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1))
     ax.barh([f"{r['config']}: {r['row']}" for r in rows], [r["ratio"] for r in rows], color="#4878a8")
@@ -105,17 +126,16 @@ def plot_all(generation: dict, downstream: dict, speed: dict, plots: Path) -> li
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(plots / "speed.png", dpi=110)
-    names.append("speed.png")
     plt.close("all")
-    return names
+    return ["speed.png"]
 
 
-def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) -> str:
-    generation, downstream, speed = results["generation"], results["downstream"], results["speed"]
+def render_header(results: dict, checks, config: SuiteConfig, run_dir: Path) -> list[str]:
+    """How the file was produced, the measurement models and the targets of the tables that ran."""
     judge = json.loads((run_dir / "judge" / "metrics.json").read_text())["test"]["original"]
     regressor = json.loads((run_dir / "au_regressor" / "metrics.json").read_text())["test"]
-    k = config.synthetic_factor
-    lines = [
+    skipped = [f"{number} ({name})" for number, name in TABLE_NAMES.items() if number not in results["tables"]]
+    return [
         "# Benchmark results",
         "",
         f"Produced by `python benchmarks/run_benchmarks.py{' --quick' if config.mode == 'quick' else ''}` "
@@ -131,12 +151,19 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         "(transformers MobileNetV2, width 0.5, depthwise-separable: another model family, trained on the true labels of FaceWorld seed 1, "
         "whose identities and faces the generator never saw) scores tables 1 and 5 beside the judge.",
         "",
+        *([f"Not run in this run (`--tables`): table {', '.join(skipped)}.", ""] if skipped else []),
         "## Targets",
         "",
         "| target | measured | met |",
         "|---|---|---|",
         *[f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in checks],
         "",
+    ]  # fmt: skip
+
+
+def render_generation(generation: dict, config: SuiteConfig) -> list[str]:
+    """Table 1's section of RESULTS.md."""
+    return [
         "## 1. Generation (paper Table 1)",
         "",
         f"The embedded default checkpoint, {config.per_expression} images per expression and row (same seeds in "
@@ -158,6 +185,13 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         "",
         "![generation](results/generation.png)",
         "",
+    ]  # fmt: skip
+
+
+def render_downstream(downstream: dict, config: SuiteConfig) -> list[str]:
+    """Table 2's section of RESULTS.md."""
+    k = config.synthetic_factor
+    return [
         "## 2. Downstream classifiers (the paper's headline)",
         "",
         f"N = {config.num_real}. Classifier: transformers ResNet [32, 64, 128] from scratch "
@@ -186,6 +220,12 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         "",
         "![confusion matrices](results/confusion_matrices.png)",
         "",
+    ]  # fmt: skip
+
+
+def render_speed(speed: dict, config: SuiteConfig) -> list[str]:
+    """Table 3's section of RESULTS.md."""
+    return [
         "## 3. Speed (ratios within one run)",
         "",
         "`benchmarks/bench_speed.py`: each row times baseline and candidate alternately after a warm-up and reports "
@@ -204,9 +244,21 @@ def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) ->
         "",
         "![speed](results/speed.png)",
         "",
-        *render_editing(results["editing"], config),
-        *render_hard_regime(results["hard_regime"], config),
-        *render_feranno(results["feranno"], config),
+    ]  # fmt: skip
+
+
+TABLE_NAMES = {1: "generation", 2: "downstream", 3: "speed", 4: "editing", 5: "hard regime", 6: "FERAnno"}
+RESULT_KEYS = {1: "generation", 2: "downstream", 3: "speed", 4: "editing", 5: "hard_regime", 6: "feranno"}
+RENDERERS = {1: render_generation, 2: render_downstream, 3: render_speed, 4: render_editing, 5: render_hard_regime,
+             6: render_feranno}  # fmt: skip
+
+
+def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) -> str:
+    """RESULTS.md: the header and targets, the section of each table in `results["tables"]`, and the stages."""
+    lines = render_header(results, checks, config, run_dir)
+    for number in sorted(results["tables"]):
+        lines += RENDERERS[number](results[RESULT_KEYS[number]], config)
+    lines += [
         "## Stages",
         "",
         "Each stage's result is cached under the run directory, so a file may combine stages of several resumed "

@@ -50,14 +50,17 @@ def labelled_rows(
 
 
 def downstream_rows(config: SuiteConfig) -> list[DownstreamRow]:
-    """Target and voted labels of each synthetic group (FERAnno's own labels are table 5's and 6's subject)."""
+    """Real N; voted labels of the SG groups (there the vote is FERAnno + target, which always keeps the target);
+    target and voted labels of the no-SG set, where the guide votes too. FERAnno's own labels are table 5's and 6's
+    subject."""
     k = config.synthetic_factor
-    return [DownstreamRow("real N", True, 0, None)] + labelled_rows((
-        (1, False, True, "synthetic N"),
-        (1, False, False, "synthetic N, no SG"),
-        (k, False, True, f"synthetic {k}N"),
-        (1, True, True, "real N + synthetic N"),
-    ), sources=("target", "vote"))  # fmt: skip
+    vote = ("vote",)
+    return [
+        DownstreamRow("real N", True, 0, None),
+        *labelled_rows(((1, False, True, "synthetic N"),), vote),
+        *labelled_rows(((1, False, False, "synthetic N, no SG"),), ("target", "vote")),
+        *labelled_rows(((k, False, True, f"synthetic {k}N"), (1, True, True, "real N + synthetic N")), vote),
+    ]
 
 
 def build_synthetic_set(config: SuiteConfig, work: Path, guided: bool) -> tuple[Path, dict]:

@@ -43,9 +43,10 @@ def downstream_targets(downstream: dict, config: SuiteConfig) -> list[tuple[str,
         ("real N + synthetic N (vote) >= real N + 2 points", f"{acc['real N + synthetic N (vote)']:.1%} vs {real:.1%}",
          acc["real N + synthetic N (vote)"] >= real + 0.02),
     ]  # fmt: skip
-    for group in ("synthetic N", "synthetic N, no SG", f"synthetic {k}N", "real N + synthetic N"):
-        vote, target = acc[f"{group} (vote)"], acc[f"{group} (target)"]
-        checks.append((f"{group}: voted labels beat target labels", f"{vote:.1%} vs {target:.1%}", vote > target))
+    vote, target = acc["synthetic N, no SG (vote)"], acc["synthetic N, no SG (target)"]
+    checks.append(
+        ("synthetic N, no SG: voted labels beat target labels", f"{vote:.1%} vs {target:.1%}", vote > target)
+    )
     return checks
 
 
@@ -201,9 +202,11 @@ def render_downstream(downstream: dict, config: SuiteConfig) -> list[str]:
         f"Synthetic = `generate_synthetic_dataset` with the default checkpoint ({config.num_real * k} images, seed 0, "
         f"{config.generation_steps} DDIM steps, CFG 5, lambda_g = {config.semantic_guidance_scale:g}); the N set is "
         "its first N images; `no SG` is the same plan's first N samples (same seeds, expressions and AUs) generated "
-        "without semantic guidance. Labels: the generation target, FERAnno (a separate `FERAnnoPipeline` pass of the "
-        "checkpoint's head) or the vote written by `synfer generate` (in-loop FERAnno + the checkpoint's guide "
-        "classifier + target, the paper's rule: unanimous labels kept, disputed ones replaced by the average). "
+        "without semantic guidance. Labels: the generation target or the vote written by `synfer generate` (the "
+        "paper's rule: unanimous labels kept, disputed ones replaced by the average). Its voters are in-loop FERAnno "
+        "and the target, plus the checkpoint's guide classifier on the no-SG set only: the guide does not vote on "
+        "images it steered, and FERAnno with the target alone always keeps the target, so on the SG set the vote "
+        "equals the target by construction and only its vote rows are trained. "
         "Test: all real FaceWorld test faces against their true labels, with the package's `evaluate` metric. "
         "Mean ± sample standard deviation over seeds.",
         "",

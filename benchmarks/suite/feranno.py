@@ -6,6 +6,8 @@ from pathlib import Path
 
 from .common import BENCHMARKS, CLASSIFIER, SuiteConfig, cached, load_script
 
+FERANNO_LEARNING_RATE = "3e-4"  # the embedded default's FERAnno recipe (examples/train_faceworld_default.sh)
+
 
 def table_feranno(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     """FERAnno (a new head on the embedded default's frozen UNet) and the suite's downstream ResNet, both trained on
@@ -19,6 +21,7 @@ def table_feranno(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
         "--num_train", str(config.feranno_num_train), "--num_test", str(config.num_test),
         "--steps", str(config.feranno_steps), "--batch_size", str(config.feranno_batch_size),
         "--longer_classifier_steps", str(suite_budget),
+        "--feranno_args", "--learning_rate", FERANNO_LEARNING_RATE,
     ]  # fmt: skip
     return cached(
         work / "feranno_vs_classifier.json",
@@ -34,7 +37,8 @@ def render_feranno(feranno: dict, config: SuiteConfig) -> list[str]:
         f"`benchmarks/eval_feranno_vs_classifier.py`: both models learn from the first {config.feranno_num_train} "
         "FaceWorld train faces with their annotated labels (10% noise) and are scored on the real test faces "
         "against their true and annotated labels. FERAnno: a new head on the embedded default's frozen UNet "
-        "(`examples/train_feranno.py`, t = 1, empty prompt); ResNet: the downstream recipe of table 2. The first two "
+        f"(`examples/train_feranno.py`, t = 1, empty prompt, learning rate {FERANNO_LEARNING_RATE} as for the default's "
+        "head); ResNet: the downstream recipe of table 2. The first two "
         f"rows see the same images ({config.feranno_steps} steps x {config.feranno_batch_size}); the last gives the "
         "ResNet table 2's budget. Train seconds are wall time on this machine: a FERAnno step runs the frozen VAE "
         "and UNet forward.",

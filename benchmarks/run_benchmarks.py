@@ -1,7 +1,8 @@
 """The benchmark suite in one command: the paper's tables on FaceWorld and the speed ratios.
 
-    python benchmarks/run_benchmarks.py            # full: about 3.5 h on 2 CPU cores from scratch (prerequisites
-                                                   # ~35 min; FaceWorld and the judges in runs/ are reused)
+    python benchmarks/run_benchmarks.py            # full: 3.5-6 h on 2 CPU cores from scratch, by the CPU
+                                                   # (prerequisites 35-45 min; FaceWorld and the judges in runs/
+                                                   # are reused)
     python benchmarks/run_benchmarks.py --tables 1 5 6   # some tables (RESULTS.md names those not run)
     python benchmarks/run_benchmarks.py --quick    # about 25 min: small sizes, one seed (checks the suite end to end)
     python benchmarks/run_benchmarks.py --editing-only   # table 4 alone (after its prerequisites)

@@ -1,9 +1,9 @@
 """The benchmark suite in one command: the paper's tables on FaceWorld and the speed ratios.
 
-    python benchmarks/run_benchmarks.py            # full: 3.5-6 h on 2 CPU cores from scratch, by the CPU
-                                                   # (prerequisites 35-45 min; FaceWorld and the judges in runs/
-                                                   # are reused)
-    python benchmarks/run_benchmarks.py --tables 1 5 6   # some tables (RESULTS.md names those not run)
+    python benchmarks/run_benchmarks.py            # full: 3-6 h on 2 CPU cores, by the CPU (FaceWorld in runs/
+                                                   # is reused)
+    python benchmarks/run_benchmarks.py --tables 1 5 6   # some tables; RESULTS.md gathers those recorded at this
+                                                   # code commit and names the rest
     python benchmarks/run_benchmarks.py --quick    # about 25 min: small sizes, one seed (checks the suite end to end)
     python benchmarks/run_benchmarks.py --editing-only   # table 4 alone (after its prerequisites)
 
@@ -33,11 +33,15 @@ Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):
    trained on the same annotated faces with the same images seen, and the ResNet at table 2's budget.
 
 The judge and the AU regressor are trained on real FaceWorld only (ResNet seeds 0 and 1, the commands of
-`examples/train_faceworld_default.sh`) and never take part in generation; the default checkpoint's guide is a
-deeper ResNet with seed 2. A second judge of another family (MobileNetV2, trained on the true labels of FaceWorld
-seed 1) scores tables 1 and 5 beside the first. Every stage stores its result under `--run-dir` and is skipped when that result
-exists, so a killed run resumes where it stopped (the synthetic set shard by shard); delete a stage's JSON to
-redo it.
+`examples/train_faceworld_default.sh`) and never take part in generation; the default checkpoint's guide is a deeper
+ResNet with seed 2. A second judge of another family (MobileNetV2, trained on the true labels of FaceWorld seed 1)
+scores tables 1 and 5 beside the first. The three are committed in `measurement_models/` with their recipe and
+copied into the run directory; they are trained only for another recipe (`--quick`). Every stage stores its result
+under `--run-dir` and is skipped when that result exists, so a killed run resumes where it stopped (the synthetic
+set shard by shard); delete a stage's JSON to redo it. Every finished table is recorded in
+`results/tables/table_N.json` with its code commit (`suite.common.git_commit`), sizes, date and machine; RESULTS.md
+gathers the tables recorded at the current code commit with the current sizes, so one suite run may span
+invocations, sessions and machines.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from suite.feranno import feranno_targets, table_feranno
 from suite.generation import table_generation
 from suite.hard_regime import hard_targets, table_hard_regime
 from suite.prerequisites import ensure_measurement_models
+from suite.records import gather_records, write_record
 from suite.report import (
     RESULT_KEYS,
     TABLE_NAMES,
@@ -116,25 +121,36 @@ def main(argv: list[str] | None = None) -> dict:
     ensure_measurement_models(config, run_dir, fer)
     if args.editing_only:
         return editing_only(config, run_dir, work, output_dir, fer)
-    tables = run_tables(set(args.tables), config, run_dir, work, fer)
-    results = {
-        "config": asdict(config),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads)",
+    provenance = {
         "commit": git_commit(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)",
+    }
+    results_dir = output_dir / "results"
+    computed = run_tables(set(args.tables), config, run_dir, work, fer)
+    for number, table in computed.items():
+        write_record(results_dir, number, table, config, provenance)
+    records = gather_records(results_dir, TABLE_NAMES, config, provenance["commit"])
+    records |= {number: {**provenance, "result": table} for number, table in computed.items()}
+    tables = {number: records[number]["result"] for number in sorted(records)}
+    results = {
+        "config": asdict(config),
+        **provenance,
         "tables": sorted(tables),
+        "measured": {number: {k: records[number][k] for k in ("date", "machine")} for number in sorted(records)},
         "stages": table_stages(tables),
         **{RESULT_KEYS[number]: table for number, table in tables.items()},
     }
     checks = [check for number in sorted(tables) for check in TARGETS[number](tables[number], config)]
-    plots_dir = output_dir / "results"
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    plots = [name for number in sorted(tables) if number in PLOTS for name in PLOTS[number](tables[number], plots_dir)]
-    (plots_dir / "benchmarks.json").write_text(json.dumps(results, indent=2))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    plots = [
+        name for number in sorted(tables) if number in PLOTS for name in PLOTS[number](tables[number], results_dir)
+    ]
+    (results_dir / "benchmarks.json").write_text(json.dumps(results, indent=2))
     (output_dir / "RESULTS.md").write_text(render_results(results, checks, config, run_dir))
     print_tables(checks)
-    print(f"\nwrote {output_dir / 'RESULTS.md'} and {', '.join(plots)} in {plots_dir}")
+    print(f"\nwrote {output_dir / 'RESULTS.md'} and {', '.join(plots)} in {results_dir}")
     return results
 
 

@@ -142,7 +142,8 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
     results = {"generation": generation, "downstream": downstream, "speed": speed, "editing": editing,
                "hard_regime": _hard_results({"hard: real N": (0.62, 0.0)}, 0.75), "feranno": _feranno_results(),
                "machine": "test CPU", "tables": [1, 2, 3, 4, 5, 6],
-               "commit": "abc", "date": "2026-11-28", "stages": {"table 1": {"stage_seconds": 1.0, "commit": "abc"}}}  # fmt: skip
+               "commit": "abc", "date": "2026-11-28", "stages": {"table 1": {"stage_seconds": 1.0, "commit": "abc"}},
+               "measured": {n: {"date": "2026-11-2" + str(7 + n // 4), "machine": "test CPU"} for n in range(1, 7)}}  # fmt: skip
     checks = _targets(generation, downstream, speed, config)
     text = report.render_results(results, checks, config, tmp_path)
     assert "--quick" in text and "FaceWorld" in text and "commit abc" in text and "- table 1: 1 s, commit abc" in text
@@ -153,12 +154,13 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
     assert "| target | 75.0% | 75.0% |" in text and "| hard: real N | 100 | 62.0% ± 0.0% |" in text
     assert "| semantic_guidance (tiny) <= 1.5 | 1.600 | **no** |" in text
     assert "| FERAnno | 4800 | 53.0% | 46.6% | 0.521 | 256 |" in text
-    assert "Not run in this run" not in text
+    assert "Not measured" not in text
+    assert "tables 1, 2, 3 on 2026-11-27 (test CPU); tables 4, 5, 6 on 2026-11-28 (test CPU)" in text
 
     subset = {**results, "tables": [1, 5, 6]}
     del subset["speed"], subset["downstream"], subset["editing"]
     text = report.render_results(subset, report.generation_targets(generation), config, tmp_path)
-    assert "Not run in this run (`--tables`): table 2 (downstream), 3 (speed), 4 (editing)." in text
+    assert "Not measured at this commit (`--tables` runs them): table 2 (downstream), 3 (speed), 4 (editing)." in text
     assert "## 1. Generation" in text and "## 5. Label rectification" in text and "## 6. FERAnno" in text
     assert "## 2. Downstream" not in text and "## 3. Speed" not in text and "## 4." not in text
 
@@ -182,11 +184,13 @@ def test_feranno_targets_compare_true_label_accuracy_at_both_budgets():
     }
 
 
-def test_main_runs_and_reports_only_the_selected_tables(tmp_path, monkeypatch):
+def _fake_suite(tmp_path, monkeypatch, commit="abc1234"):
+    """run_benchmarks with tables 1, 5 and 6 faked (their calls recorded), the others failing the test when called,
+    the measurement models' metrics in `tmp_path` and the code commit `commit`."""
     import run_benchmarks
 
     config, generation, _, _ = _results({"real N": 0.6})
-    stage = {"stage_seconds": 2.0, "commit": "abc"}
+    stage = {"stage_seconds": 2.0, "commit": commit}
     calls = []
     fakes = {
         "table_generation": lambda *a: {**generation, **stage},
@@ -198,11 +202,17 @@ def test_main_runs_and_reports_only_the_selected_tables(tmp_path, monkeypatch):
     for name in ("table_downstream", "table_editing", "table_speed"):
         monkeypatch.setattr(run_benchmarks, name, lambda *a, _name=name: pytest.fail(f"{_name} was not selected"))
     monkeypatch.setattr(run_benchmarks, "ensure_measurement_models", lambda *a: None)
+    monkeypatch.setattr(run_benchmarks, "git_commit", lambda: commit)
     for name, metrics in (("judge", {"test": {"original": {"clean_labels": {"accuracy": 0.97}}}}),
                           ("au_regressor", {"test": {"original": {"mae": 0.2},
                                                      "baseline_predict_train_mean": {"mae": 1.1}}})):  # fmt: skip
-        (tmp_path / name).mkdir()
+        (tmp_path / name).mkdir(exist_ok=True)
         (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    return run_benchmarks, calls
+
+
+def test_main_runs_and_reports_only_the_selected_tables(tmp_path, monkeypatch):
+    run_benchmarks, calls = _fake_suite(tmp_path, monkeypatch)
 
     results = run_benchmarks.main(["--quick", "--run-dir", str(tmp_path), "--tables", "6", "1", "5"])
 
@@ -216,3 +226,86 @@ def test_main_runs_and_reports_only_the_selected_tables(tmp_path, monkeypatch):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "table 2 (downstream), 3 (speed), 4 (editing)" in text and "| FERAnno >= stock classifier" in text
     assert (tmp_path / "results" / "generation.png").exists() and not (tmp_path / "results" / "speed.png").exists()
+
+
+def test_main_gathers_the_tables_recorded_at_the_same_code_commit(tmp_path, monkeypatch):
+    run_benchmarks, calls = _fake_suite(tmp_path, monkeypatch)
+    run_benchmarks.main(["--quick", "--run-dir", str(tmp_path), "--tables", "1"])
+    results = run_benchmarks.main(["--quick", "--run-dir", str(tmp_path), "--tables", "6"])
+
+    assert calls == ["table_generation", "table_feranno"]  # table 1 is gathered, not recomputed
+    assert results["tables"] == [1, 6] and results["generation"]["rows"][0]["name"] == "text only"
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## 1. Generation" in text and "## 6. FERAnno" in text and "code commit abc1234" in text
+
+    for commit in ("def5678", "abc1234-dirty"):  # another code commit, or uncommitted code changes
+        run_benchmarks, _ = _fake_suite(tmp_path, monkeypatch, commit)
+        results = run_benchmarks.main(["--quick", "--run-dir", str(tmp_path), "--tables", "6"])
+        assert results["tables"] == [6]
+        assert "## 1. Generation" not in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_git_commit_is_the_last_commit_that_changed_code(tmp_path):
+    import subprocess
+
+    def git(*args):
+        env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(tmp_path)}  # fmt: skip
+        return subprocess.run(["git", *args], cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
+
+    def commit(path, text):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+        git("add", path)
+        git("commit", "-q", "-m", path)
+        return git("rev-parse", "--short", "HEAD").stdout.strip()
+
+    git("init", "-q")
+    code = commit("src/model.py", "x = 1")
+    for path in ("benchmarks/results/tables/table_1.json", "benchmarks/RESULTS.md", "README.md", "docs/grid.png"):
+        commit(path, "results or prose")
+    assert common.git_commit(tmp_path) == code
+    (tmp_path / "README.md").write_text("edited")
+    assert common.git_commit(tmp_path) == code
+    (tmp_path / "src" / "model.py").write_text("x = 2")
+    assert common.git_commit(tmp_path) == code + "-dirty"
+    assert commit("src/model.py", "x = 3") != code
+
+
+def test_measurement_models_come_from_the_committed_copy_only_when_trained_by_the_same_recipe(tmp_path, monkeypatch):
+    from suite import prerequisites
+
+    committed = tmp_path / "committed"
+    monkeypatch.setattr(prerequisites, "MEASUREMENT_MODELS", committed)
+    monkeypatch.setattr(prerequisites, "ensure_faceworld", lambda path, world: rendered.append((path.name, world)))
+    rendered, trained = [], []
+
+    class FakeTrainer:
+        @staticmethod
+        def main(argv):
+            output = Path(argv[argv.index("--output_dir") + 1])
+            trained.append((output.name, argv[argv.index("--dataset_name") + 1]))
+            output.mkdir(parents=True)
+            (output / "metrics.json").write_text(json.dumps({"trained": output.name}))
+
+    recipes = prerequisites.measurement_recipes(common.FULL)
+    first = tmp_path / "first"
+    for name, recipe in recipes.items():  # train every model once by its recipe, then commit the judge alone
+        prerequisites.ensure_classifier(FakeTrainer, first / name, recipe, first / f"world_{recipe.world.seed}")
+    committed.mkdir()
+    (committed / "judge").mkdir()
+    for file in ("metrics.json", prerequisites.RECIPE_FILE):
+        (committed / "judge" / file).write_text((first / "judge" / file).read_text())
+    assert [name for name, _ in trained] == ["judge", "au_regressor", "second_judge"]
+    assert trained[2][1].endswith("world_1") and recipes["second_judge"].world.num_train == 10000
+
+    trained.clear()
+    second = tmp_path / "second"
+    prerequisites.ensure_classifier(FakeTrainer, second / "judge", recipes["judge"], second / "world_0")
+    assert trained == [] and json.loads((second / "judge" / "metrics.json").read_text()) == {"trained": "judge"}
+    assert not (second / "judge.copying").exists()
+
+    quick = prerequisites.measurement_recipes(common.QUICK)["judge"]  # another recipe: the committed judge won't do
+    prerequisites.ensure_classifier(FakeTrainer, tmp_path / "quick" / "judge", quick, tmp_path / "quick" / "world_0")
+    assert trained == [("judge", str(tmp_path / "quick" / "world_0"))]
+    assert rendered[-1] == ("world_0", quick.world)

@@ -96,17 +96,27 @@ def cached(path: Path, compute) -> dict:
     return result
 
 
-def git_commit() -> str:
-    """The checkout's short commit hash, `-dirty` when tracked files other than the suite's own outputs differ from
-    it, or "unknown" outside git."""
+NOT_CODE = (
+    ":(top,exclude)benchmarks/RESULTS.md",
+    ":(top,exclude)benchmarks/results",
+    ":(top,exclude)docs",
+    ":(top,exclude,glob)**/*.md",
+)
+"""What the code commit ignores: the suite's outputs, prose and pictures."""
+
+
+def git_commit(checkout: Path = BENCHMARKS) -> str:
+    """The code commit: the short hash of the last commit that changed anything outside `NOT_CODE`, `-dirty` when
+    tracked files outside it differ from that commit, or "unknown" outside git (`checkout`: a folder of the
+    repository). Commits of results or prose leave it
+    unchanged, so a suite run spread over several invocations stays at one commit."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=BENCHMARKS).stdout
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=checkout).stdout
 
     try:
-        outputs = (":(top,exclude)benchmarks/RESULTS.md", ":(top,exclude)benchmarks/results")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/", *outputs).strip()
-        return git("rev-parse", "--short", "HEAD").strip() + ("-dirty" if dirty else "")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/", *NOT_CODE).strip()
+        return git("log", "-1", "--format=%h", "--", ":/", *NOT_CODE).strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -140,19 +140,21 @@ def render_header(results: dict, checks, config: SuiteConfig, run_dir: Path) -> 
         "# Benchmark results",
         "",
         f"Produced by `python benchmarks/run_benchmarks.py{' --quick' if config.mode == 'quick' else ''}` "
-        f"({config.mode} mode) on {results['machine']}; rendered at commit {results['commit']}, {results['date']} "
-        "(the commit of each measurement is listed under Stages). "
+        f"({config.mode} mode) at code commit {results['commit']}: {render_measured(results['measured'])}; "
+        f"rendered {results['date']}. A run may span invocations and machines: the tables recorded in "
+        "`results/tables/` at this code commit with these sizes are gathered here. "
         "All quality numbers are measured on **FaceWorld** (the package's procedural benchmark world), not on real "
         "faces; speed rows name their weights. Regenerate this file with the same command.",
         "",
-        "Measurement models, trained on real FaceWorld only and never used in generation: the judge (ResNet "
+        "Measurement models (committed in `benchmarks/measurement_models/` with the recipe that trained them), "
+        "trained on real FaceWorld only and never used in generation: the judge (ResNet "
         f"[32, 64, 128], seed 0) reaches {judge['clean_labels']['accuracy']:.1%} on real test faces (clean labels); "
         f"the AU regressor (ResNet, seed 1) has AU MAE {regressor['original']['mae']:.3f} "
         f"(predicting the train mean: {regressor['baseline_predict_train_mean']['mae']:.3f}). The second judge "
         "(transformers MobileNetV2, width 0.5, depthwise-separable: another model family, trained on the true labels of FaceWorld seed 1, "
         "whose identities and faces the generator never saw) scores tables 1 and 5 beside the judge.",
         "",
-        *([f"Not run in this run (`--tables`): table {', '.join(skipped)}.", ""] if skipped else []),
+        *([f"Not measured at this commit (`--tables` runs them): table {', '.join(skipped)}.", ""] if skipped else []),
         "## Targets",
         "",
         "| target | measured | met |",
@@ -160,6 +162,17 @@ def render_header(results: dict, checks, config: SuiteConfig, run_dir: Path) -> 
         *[f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in checks],
         "",
     ]  # fmt: skip
+
+
+def render_measured(measured: dict) -> str:
+    """`tables 1, 6 on DATE (MACHINE); table 5 on ...`: when and where the gathered tables were measured."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for number, where in measured.items():
+        groups.setdefault((where["date"], where["machine"]), []).append(str(number))
+    return "; ".join(
+        f"table{'s' if len(numbers) > 1 else ''} {', '.join(numbers)} on {date} ({machine})"
+        for (date, machine), numbers in groups.items()
+    )
 
 
 def render_generation(generation: dict, config: SuiteConfig) -> list[str]:

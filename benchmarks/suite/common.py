@@ -53,7 +53,7 @@ class SuiteConfig:
 
 FULL = SuiteConfig(
     mode="full", num_train=20000, num_test=2000, measurement_steps=1500, per_expression=30, eval_steps=25,
-    num_real=1000, synthetic_factor=5, generation_steps=25, classifier_steps=800, seeds=(0, 1, 2),
+    num_real=500, synthetic_factor=5, generation_steps=25, classifier_steps=800, seeds=(0, 1, 2),
     speed_configs=("tiny", "sd15", "faceworld"), writer_memory_samples=500,
 )  # fmt: skip
 QUICK = SuiteConfig(

@@ -50,8 +50,10 @@ import argparse
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -128,9 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"({torch.get_num_threads()} threads)",
     }
     results_dir = output_dir / "results"
-    computed = run_tables(set(args.tables), config, run_dir, work, fer)
-    for number, table in computed.items():
-        write_record(results_dir, number, table, config, provenance)
+    record = partial(write_record, results_dir, config=config, provenance=provenance)
+    computed = run_tables(set(args.tables), config, run_dir, work, fer, record)
     records = gather_records(results_dir, TABLE_NAMES, config, provenance["commit"])
     records |= {number: {**provenance, "result": table} for number, table in computed.items()}
     tables = {number: records[number]["result"] for number in sorted(records)}
@@ -154,8 +155,11 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def run_tables(selected: set[int], config: SuiteConfig, run_dir: Path, work: Path, fer) -> dict[int, dict]:
-    """The selected tables' results by number, computed in `RUN_ORDER`."""
+def run_tables(
+    selected: set[int], config: SuiteConfig, run_dir: Path, work: Path, fer, record: Callable[[int, dict], None]
+) -> dict[int, dict]:
+    """The selected tables' results by number, computed in `RUN_ORDER`; `record(number, table)` as each finishes,
+    so a later table's failure, a kill or a session's end keeps the tables already measured."""
     compute = {
         1: lambda: table_generation(config, run_dir, work),
         2: lambda: table_downstream(config, run_dir, work, fer),
@@ -164,7 +168,11 @@ def run_tables(selected: set[int], config: SuiteConfig, run_dir: Path, work: Pat
         5: lambda: table_hard_regime(config, run_dir, work, fer),
         6: lambda: table_feranno(config, run_dir, work),
     }
-    return {number: compute[number]() for number in RUN_ORDER if number in selected}
+    tables = {}
+    for number in (number for number in RUN_ORDER if number in selected):
+        tables[number] = compute[number]()
+        record(number, tables[number])
+    return tables
 
 
 def table_stages(tables: dict[int, dict]) -> dict[str, dict]:

@@ -245,6 +245,21 @@ def test_main_gathers_the_tables_recorded_at_the_same_code_commit(tmp_path, monk
         assert "## 1. Generation" not in (tmp_path / "RESULTS.md").read_text()
 
 
+def test_a_table_is_recorded_as_soon_as_it_finishes(tmp_path, monkeypatch):
+    run_benchmarks, calls = _fake_suite(tmp_path, monkeypatch)
+
+    def killed(*args):
+        raise KeyboardInterrupt  # a kill or a session's end during table 5, after table 1 finished
+
+    monkeypatch.setattr(run_benchmarks, "table_hard_regime", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmarks.main(["--quick", "--run-dir", str(tmp_path), "--tables", "1", "5"])
+    assert sorted(p.name for p in (tmp_path / "results" / "tables").iterdir()) == ["table_1.json"]
+
+    results = run_benchmarks.main(["--quick", "--run-dir", str(tmp_path), "--tables", "6"])
+    assert results["tables"] == [1, 6] and calls == ["table_generation", "table_feranno"]
+
+
 def test_git_commit_is_the_last_commit_that_changed_code(tmp_path):
     import subprocess
 

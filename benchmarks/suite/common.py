@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -89,11 +89,21 @@ def cached(path: Path, compute) -> dict:
     start = time.perf_counter()
     result = compute()
     result = {**result, "stage_seconds": round(time.perf_counter() - start, 1), "commit": git_commit()}
+    write_json(path, result)
+    return result
+
+
+def write_json(path: Path, data: dict) -> None:
+    """`data` as JSON at `path`, atomically: a killed write leaves the previous file (or none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
+    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
-    return result
+
+
+def as_read_back(value):
+    """`value` as it reads back from JSON (tuples as lists, dataclasses as dicts), for comparing with a file."""
+    return json.loads(json.dumps(asdict(value) if is_dataclass(value) else value))
 
 
 NOT_CODE = (
@@ -108,8 +118,8 @@ NOT_CODE = (
 def git_commit(checkout: Path = BENCHMARKS) -> str:
     """The code commit: the short hash of the last commit that changed anything outside `NOT_CODE`, `-dirty` when
     tracked files outside it differ from that commit, or "unknown" outside git (`checkout`: a folder of the
-    repository). Commits of results or prose leave it
-    unchanged, so a suite run spread over several invocations stays at one commit."""
+    repository). Commits of results or prose leave it unchanged, so a suite run spread over several invocations stays
+    at one commit."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=checkout).stdout

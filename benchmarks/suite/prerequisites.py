@@ -16,7 +16,7 @@ from pathlib import Path
 
 from synfer_diffusers.cli import main as synfer_cli
 
-from .common import BENCHMARKS, SuiteConfig
+from .common import BENCHMARKS, SuiteConfig, as_read_back, write_json
 
 SECOND_JUDGE_WORLD_SEED = 1
 """The second judge learns from FaceWorld of this seed (other identities and faces than the seed-0 world of the
@@ -43,10 +43,6 @@ class Recipe:
     world: World
     options: tuple[str, ...]
 
-    def to_json(self) -> dict:
-        """The recipe as it reads back from its JSON file (tuples as lists)."""
-        return json.loads(json.dumps(asdict(self)))
-
 
 def ensure_faceworld(path: Path, world: World) -> None:
     if not (path / "README.md").exists():
@@ -66,7 +62,7 @@ def ensure_classifier(fer, path: Path, recipe: Recipe, world_path: Path) -> None
     if (path / "metrics.json").exists():
         return
     committed = MEASUREMENT_MODELS / path.name
-    if read_recipe(committed) == recipe.to_json():
+    if read_recipe(committed) == as_read_back(recipe):
         staging = path.with_name(path.name + ".copying")  # a killed copy never looks finished
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(committed, staging)
@@ -75,7 +71,7 @@ def ensure_classifier(fer, path: Path, recipe: Recipe, world_path: Path) -> None
         return
     ensure_faceworld(world_path, recipe.world)
     fer.main([*recipe.options, "--dataset_name", str(world_path), "--output_dir", str(path)])
-    (path / RECIPE_FILE).write_text(json.dumps(recipe.to_json(), indent=2))
+    write_json(path / RECIPE_FILE, asdict(recipe))
 
 
 def measurement_recipes(config: SuiteConfig) -> dict[str, Recipe]:

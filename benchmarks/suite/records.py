@@ -9,11 +9,10 @@ gathered."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import SuiteConfig
+from .common import SuiteConfig, as_read_back, write_json
 
 
 def record_path(results_dir: Path, number: int) -> Path:
@@ -22,23 +21,19 @@ def record_path(results_dir: Path, number: int) -> Path:
 
 def write_record(results_dir: Path, number: int, table: dict, config: SuiteConfig, provenance: dict) -> None:
     """`table`'s record (atomically: a killed write leaves the previous record)."""
-    path = record_path(results_dir, number)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"table": number, **provenance, "config": asdict(config), "result": table}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    write_json(
+        record_path(results_dir, number), {"table": number, **provenance, "config": asdict(config), "result": table}
+    )
 
 
 def gather_records(results_dir: Path, numbers, config: SuiteConfig, commit: str) -> dict[int, dict]:
     """The records of `numbers` measured at code commit `commit` (never a `-dirty` one) with `config`'s sizes."""
     if commit.endswith("-dirty") or commit == "unknown":
         return {}
-    sizes = json.loads(json.dumps(asdict(config)))  # tuples as lists, as the records read back
     records = {}
     for number in numbers:
         path = record_path(results_dir, number)
         record = json.loads(path.read_text()) if path.exists() else None
-        if record is not None and record["commit"] == commit and record["config"] == sizes:
+        if record is not None and record["commit"] == commit and record["config"] == as_read_back(config):
             records[number] = record
     return records

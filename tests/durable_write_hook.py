@@ -3,7 +3,9 @@
     python durable_write_hook.py MODE N LOG -- synfer-args...
 
 Events are the calls of `os.fsync` and `os.replace` (each atomic write of the writer makes three: fsync of the
-temporary file, the rename, fsync of the folder). Before event N the hook appends `N <call> <path>` to LOG, then
+temporary file, the rename, fsync of the folder). N is an event number, or `CALL:TEXT` for the first event of that
+call (`fsync` or `replace`) whose path contains TEXT (a kill point that does not depend on what an earlier,
+interrupted run left). Before event N the hook appends `N <call> <path>` to LOG, then
 - `kill`: SIGKILLs its own process (a kill -9 at that instant);
 - `pause`: waits until the file `LOG.release` exists, then goes on (the run holds its lock meanwhile);
 - `count`: does nothing; at exit LOG gets `total <number of events>`.
@@ -17,16 +19,22 @@ import time
 
 
 def main() -> None:
-    mode, target, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    mode, target, log = sys.argv[1], sys.argv[2], sys.argv[3]
     argv = sys.argv[sys.argv.index("--") + 1 :]
     count = 0
     original = {"fsync": os.fsync, "replace": os.replace}
 
     def event(call: str, path: str) -> None:
-        nonlocal count
+        nonlocal count, target
         count += 1
-        if count != target or mode == "count":
+        if target.isdigit():
+            hit = count == int(target)
+        else:
+            wanted, _, text = target.partition(":")
+            hit = call == wanted and text in path
+        if not hit or mode == "count":
             return
+        target = "done"  # only the first matching event
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"{count} {call} {path}\n")
         if mode == "kill":

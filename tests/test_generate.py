@@ -17,6 +17,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 
 from synfer_diffusers import EXPRESSIONS, AUSpace
 from synfer_diffusers.cli import main
@@ -261,19 +262,33 @@ def test_layout_images_from_a_dataset(reference, tmp_path):
 
 
 def test_feranno_pipelines_get_voted_labels(tmp_path):
-    from synfer_diffusers import FERAnnoHead, SynFERPipeline
+    """FERAnno and the target vote. The head is set to always say "happy" and the plan draws happy and sad, so both
+    branches of the paper's rule are exercised: unanimous rows (happy) get the target as a one-hot label with
+    agreement 1, split rows (sad) agreement 1/2 and no one-hot label."""
+    from synfer_diffusers import EXPRESSIONS, FERAnnoHead, SynFERPipeline
     from synfer_diffusers.tiny import make_tiny_components
 
     components = make_tiny_components(seed=0, sample_size=8)
-    pipe = SynFERPipeline(**components, feranno_head=FERAnnoHead.from_unet(components["unet"]))
-    config = SyntheticSetConfig(num_samples=4, shard_size=4, **SMALL)
-    generate_synthetic_dataset(config, tmp_path / "set", pipeline=pipe, batch_size=4, show_progress=False)
+    head = FERAnnoHead.from_unet(components["unet"])
+    final = head.classifier[-1]
+    with torch.no_grad():  # FERAnno says "happy" on every image, whatever the features
+        final.weight.zero_()
+        final.bias.fill_(-5.0)
+        final.bias[head.config.label2id["happy"]] = 5.0
+    pipe = SynFERPipeline(**components, feranno_head=head)
+    config = SyntheticSetConfig(num_samples=6, shard_size=6, expression_distribution={"happy": 0.5, "sad": 0.5}, **SMALL)
+    generate_synthetic_dataset(config, tmp_path / "set", pipeline=pipe, batch_size=6, show_progress=False)
     dataset = _load(tmp_path / "set")
     labeler = json.loads((tmp_path / "set" / "plan.json").read_text())["labeler"]
     assert labeler["name"] == "vote:feranno,target" and labeler["voting"]["use_target"]
     probs = np.asarray(dataset["label_probs"])
-    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5) and all(0.0 <= a <= 1.0 for a in dataset["agreement"])
-    for label, target, agreement, row in zip(dataset["label"], dataset["target_label"], dataset["agreement"], probs):
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    happy, sad = EXPRESSIONS.index("happy"), EXPRESSIONS.index("sad")
+    targets = list(dataset["target_label"])
+    assert set(targets) == {happy, sad}, targets  # both branches below run
+    for label, target, agreement, row in zip(dataset["label"], targets, dataset["agreement"], probs):
         assert label == int(row.argmax())
-        if agreement == 1.0:  # unanimous: FERAnno agrees with the target, one-hot label (the paper's rule)
-            assert label == target and row.max() == 1.0
+        if target == happy:  # unanimous: FERAnno agrees with the target, one-hot label (the paper's rule)
+            assert agreement == 1.0 and label == happy and row.max() == 1.0
+        else:  # FERAnno (happy) against the target (sad): split vote, not one-hot
+            assert agreement == 0.5 and row.max() < 1.0 and row[happy] > 0 and row[sad] > 0

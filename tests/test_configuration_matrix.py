@@ -75,12 +75,7 @@ these random weights. Kept as a known failure (strict: it must be fixed or re-me
 
 @pytest.mark.parametrize(
     "scheduler_class, prediction, space, cfg, eta",
-    [
-        pytest.param(*row, marks=pytest.mark.xfail(strict=True, reason="SG does not lower CE here: see SG_NOT_LOWER"))
-        if row == SG_NOT_LOWER
-        else row
-        for row in MATRIX
-    ],
+    MATRIX,
     ids=[f"{s.__name__}-{PREDICTIONS[p]}-{'ogau41' if a else 'disfa12'}-cfg{c}-eta{e}" for s, p, a, c, e in MATRIX],
 )
 def test_configuration(scheduler_class, prediction, space, cfg, eta):
@@ -115,7 +110,13 @@ def test_configuration(scheduler_class, prediction, space, cfg, eta):
         del pipe.guidance_loss
         losses[scale] = recorded
     assert len(losses[0.5]) == len(losses[0.0]) == STEPS - 1
-    assert np.mean(losses[0.5]) < np.mean(losses[0.0])
+    lowered = np.mean(losses[0.5]) < np.mean(losses[0.0])
+    if (scheduler_class, prediction, space, cfg, eta) == SG_NOT_LOWER:
+        # expected failure of this one assertion only (the checks above ran and passed); strict: if SG starts to
+        # lower the cross-entropy here, this fails and SG_NOT_LOWER should go
+        assert not lowered, "SG now lowers the cross-entropy on SG_NOT_LOWER: remove the expected failure"
+        pytest.xfail("SG does not lower CE here: see SG_NOT_LOWER")
+    assert lowered
 
 
 @pytest.mark.parametrize("layout_strength", [0.0, 0.1, 0.5, 1.0])

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
@@ -150,12 +151,23 @@ def generate(pipe, **kwargs):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_autoencoder_saves_a_loadable_model_with_measured_scaling(vae_dir):
+def test_autoencoder_saves_a_loadable_model_with_measured_scaling(vae_dir, faceworld_dir):
     from diffusers import AutoencoderKL
+
+    from synfer_diffusers.training.data import normalize_images, pixel_tensor
 
     vae = AutoencoderKL.from_pretrained(vae_dir)
     assert vae.config.down_block_types == ["DownEncoderBlock2D"] * 2
-    assert vae.config.scaling_factor != 0.18215  # measured on the data, not diffusers' default
+    # measured on the data: 1 / std of the saved model's posterior samples of the first num_scaling_images (8)
+    # training images, in batches of train_batch_size (4), noise seeded 0 (diffusers' default would be 0.18215)
+    train = datasets.load_dataset("parquet", data_files=sorted(map(str, (faceworld_dir / "data").glob("train-*"))),
+                                  split="train", cache_dir=str(faceworld_dir.parent / "hf_cache_scaling"))  # fmt: skip
+    images = torch.stack([pixel_tensor(train[i]["image"], RESOLUTION) for i in range(8)])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(normalize_images(chunk)).latent_dist.sample(generator=generator)
+                             for chunk in images.split(4)])  # fmt: skip
+    assert vae.config.scaling_factor == pytest.approx(1.0 / latents.std().item(), rel=1e-4)
     assert (vae_dir / "diffusion_pytorch_model.safetensors").exists()
     assert (vae_dir / "checkpoint-2" / "trainable_model_0.safetensors").exists()  # accelerator.save_state
     assert list((vae_dir / "validation").glob("reconstructions-*.png"))

@@ -89,9 +89,10 @@ def _train(launcher, log_dir, data, model, output_dir, batch_size):
 def test_two_torchrun_processes_train_like_one_at_the_same_global_batch(bench, tiny_sd, tmp_path):
     data = bench.write_image_dataset(tmp_path / "data", 24, 16)
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    # --standalone: the rendezvous picks a free port, so parallel runs (and a busy 29500) do not collide
     ranks = _train(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29531"], tmp_path / "two", data, tiny_sd,
-        tmp_path / "out2", batch_size=2,
+        [torchrun, "--standalone", "--nproc_per_node", "2"], tmp_path / "two", data, tiny_sd, tmp_path / "out2",
+        batch_size=2,
     )  # fmt: skip
     (single,) = _train([sys.executable], tmp_path / "one", data, tiny_sd, tmp_path / "out1", batch_size=4)
     assert [(r["process_index"], r["num_processes"]) for r in ranks] == [(0, 2), (1, 2)]

@@ -79,7 +79,9 @@ def configured_run(tmp_path_factory):
     @functools.wraps(original)  # keeps the call's signature, which `check_call` binds
     def spy(self, *args, **kwargs):
         calls.append({"kwargs": kwargs, "scheduler": self.scheduler, "dtype": self.unet.dtype, "device": self.device})
-        return original(self, *args, **kwargs)
+        output = original(self, *args, **kwargs)
+        calls[-1]["feranno_probabilities"] = output.feranno_probabilities.float().clone()  # FERAnno's vote
+        return output
 
     folder = tmp_path_factory.mktemp("configured") / "set"
     with pytest.MonkeyPatch.context() as patch:
@@ -119,11 +121,16 @@ def test_each_option_is_in_the_plan_and_the_card(configured_run):
 
 
 def test_voting_options_reach_the_labels(configured_run):
-    folder, _ = configured_run
+    folder, calls = configured_run
     probabilities = np.asarray(_load(folder)["label_probs"])
     # 'soft': the weighted mean of FERAnno (weight 2) and the one-hot target (weight 1), never one-hot
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5) and (probabilities.max(axis=1) < 1.0).all()
     assert (probabilities.max(axis=1) >= 1 / 3 - 1e-6).all()
+    # the weights are visible in every row: label_probs = (2 * FERAnno's probabilities + one-hot target) / 3
+    (call,) = calls
+    feranno = call["feranno_probabilities"].numpy()
+    target = np.eye(7)[np.asarray(_load(folder)["target_label"])]
+    np.testing.assert_allclose(probabilities, (2.0 * feranno + target) / 3.0, atol=1e-4)
 
     labeler = default_labeler(_feranno_pipeline(), voting=SyntheticSetConfig(**OPTIONS).voting_options())
     assert isinstance(labeler, VotingLabeler)

@@ -39,6 +39,29 @@ def test_default_loads_offline_and_generates_labelled_faces(monkeypatch):
     assert out.images.shape == (2, 64, 64, 3) and np.isfinite(out.images).all() and out.images.std() > 0.05
     assert out.feranno_probabilities.shape == (2, len(EXPRESSIONS))
     assert torch.allclose(out.feranno_probabilities.sum(-1), torch.ones(2), atol=1e-5)
+    # the faces show the requested expressions, by the benchmark's committed judge (1.2 MB; trained on FaceWorld
+    # labels, it takes no part in generation, guidance or voting), with its own preprocessing
+    judged = _judge((out.images * 255).round().astype(np.uint8))
+    assert [EXPRESSIONS[i] for i in judged.argmax(-1).tolist()] == ["happy", "surprise"], judged.softmax(-1)
+
+
+def _judge(images: np.ndarray) -> torch.Tensor:
+    """Logits of `benchmarks/measurement_models/judge` on uint8 images, as `examples/train_fer_classifier.py` scores."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModelForImageClassification
+
+    root = Path(__file__).resolve().parents[1]
+    if "train_fer_classifier" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("train_fer_classifier", root / "examples" / "train_fer_classifier.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    judge = AutoModelForImageClassification.from_pretrained(root / "benchmarks" / "measurement_models" / "judge")
+    with torch.no_grad():
+        return sys.modules["train_fer_classifier"].predict(judge, images)
 
 
 def test_default_edits_with_estimated_source_action_units():

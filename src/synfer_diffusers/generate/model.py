@@ -4,16 +4,15 @@ device), and its fingerprint for the plan."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import diffusers
 import torch
 from safetensors import SafetensorError
 
+from ..fingerprint import update_with_component
 from ..hub_utils import is_hub_repo_id
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from .config import DTYPES, SyntheticSetConfig, check_eta
@@ -82,35 +81,13 @@ def configure_pipeline(pipe: SynFERPipeline, config: SyntheticSetConfig, device:
     return pipe.to(device)
 
 
-def _update_with_component(digest: Any, component: Any) -> None:
-    """Feeds a component's public config, weights (a module) or vocabulary (a tokenizer) into `digest`."""
-    config = getattr(component, "config", None)
-    if config is not None:
-        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        public = {k: v for k, v in config.items() if not k.startswith("_")}  # private keys: paths, set order
-        digest.update(json.dumps(public, sort_keys=True, default=str).encode())
-    if isinstance(component, torch.nn.Module):
-        for key, tensor in component.state_dict().items():
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif hasattr(component, "get_vocab"):
-        digest.update(json.dumps(component.get_vocab(), sort_keys=True).encode())
-
-
-def module_fingerprint(module: Any) -> str:
-    """sha256 of one component (config and weights, or vocabulary), e.g. a voting classifier."""
-    digest = hashlib.sha256()
-    _update_with_component(digest, module)
-    return digest.hexdigest()
-
-
 def pipeline_fingerprint(pipe: SynFERPipeline) -> str:
     """sha256 over the components' public configs, weights and tokenizer vocabulary: the model's identity in a
     plan, the same in every process and wherever the checkpoint is stored."""
     digest = hashlib.sha256()
     for name, component in sorted(pipe.components.items()):
         digest.update(name.encode())
-        _update_with_component(digest, component)
+        update_with_component(digest, component)
     return digest.hexdigest()
 
 

@@ -127,6 +127,11 @@ def synthetic_features(num_aus: int, edit: bool = False) -> datasets.Features:
     return datasets.Features(features)
 
 
+def canonical_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """`plan` as it reads back from `plan.json` (tuples as lists, keys as strings), for comparisons."""
+    return json.loads(canonical_json(plan))
+
+
 def plan_fingerprint(plan: Mapping[str, Any]) -> str:
     """sha256 of the plan's canonical JSON; stored in every shard so shards of another plan are recognised."""
     return hashlib.sha256(canonical_json(plan).encode()).hexdigest()
@@ -185,7 +190,7 @@ class SyntheticSetWriter:
 
     def __init__(self, output_dir: str | os.PathLike, plan: Mapping[str, Any]):
         self.output_dir = Path(output_dir)
-        self.plan = json.loads(canonical_json(plan))
+        self.plan = canonical_plan(plan)
         self.features = synthetic_features(len(self.plan["au_space"]["names"]), edit="edit_source" in self.plan)
         self.fingerprint = plan_fingerprint(self.plan)
         self.shards = shard_specs(int(self.plan["num_samples"]), int(self.plan["shard_size"]))
@@ -383,6 +388,7 @@ class SyntheticSetWriter:
         manifest = {"file": spec.filename if rows else None, "start": spec.start, "end": spec.end,
                     "num_rows": rows, "sha256": hashlib.sha256(data).hexdigest() if rows else None,
                     "plan_fingerprint": self.fingerprint, **(relabel or {})}  # fmt: skip
+        self._make_dirs()  # a finished set's `.synfer/tmp` is gone: a relabel writes again
         writes = [(self._manifest_path(spec), canonical_json(manifest).encode())]
         if rows:
             writes.insert(0 if relabel is None else 1, (self.output_dir / spec.filename, data))
@@ -396,6 +402,26 @@ class SyntheticSetWriter:
                 error.errno, f"Could not write {spec.filename} in {self.output_dir} ({error.strerror or error}); "
                 "the shards written before it are complete: free space or fix permissions and rerun with --resume.",
             ) from error  # fmt: skip
+
+    def adopt_unmanifested_shards(self) -> None:
+        """Writes the manifest of every shard file that has none but belongs to this plan with the right sample ids
+        (a set downloaded from the Hub, whose `.synfer/` stayed with its maker, or a shard moved into place just
+        before a kill): such a file was moved in atomically, so it is complete."""
+        for spec in self.shards:
+            path = self.output_dir / spec.filename
+            if self._manifest_path(spec).is_file() or not path.is_file():
+                continue
+            try:
+                metadata = json.loads(pq.read_schema(path).metadata[_PARQUET_METADATA_KEY])
+                ids = self.read_shard(spec, ["sample_id"]).column("sample_id").to_pylist()
+            except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+                continue  # not this plan's shard: verification reports it
+            if metadata.get("plan_fingerprint") != self.fingerprint or not self._valid_ids(spec, ids):
+                continue
+            manifest = {"file": spec.filename, "start": spec.start, "end": spec.end, "num_rows": len(ids),
+                        "sha256": sha256_file(path), "plan_fingerprint": self.fingerprint}  # fmt: skip
+            self._make_dirs()
+            atomic_write_bytes(self._manifest_path(spec), canonical_json(manifest).encode(), self._tmp_dir)
 
     def read_shard(self, spec: ShardSpec, columns: Sequence[str] | None = None) -> pa.Table:
         """Shard `spec`'s table (all columns, or `columns`); an empty table for a shard whose rows were all dropped."""
@@ -571,6 +597,7 @@ __all__ = [
     "SyntheticSetWriter",
     "atomic_write_bytes",
     "canonical_json",
+    "canonical_plan",
     "plan_fingerprint",
     "sha256_file",
     "shard_specs",

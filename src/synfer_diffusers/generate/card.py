@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..facs import EXPRESSIONS, AUSpace
 from ..hub_utils import inherited_license, license_label, load_card_metadata, split_hub_ids
 from .labelers import Labeler
 from .model import DEFAULT_MODEL_DIR, TINY_MODEL_NAME
-from .relabel import RelabelSummary
+
+if TYPE_CHECKING:
+    from .relabel import RelabelSummary
 
 DEFAULT_CARD_DATA: dict[str, Any] = {
     "task_categories": ["image-classification", "text-to-image"],

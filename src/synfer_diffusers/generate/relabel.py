@@ -23,16 +23,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import PIL.Image
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
+from ..data.hub import check_push_target, push_synthetic_dataset
 from ..data.writer import (
     PLAN_FILE,
     WORK_DIR,
@@ -41,11 +44,17 @@ from ..data.writer import (
     SyntheticSetWriter,
     atomic_write_bytes,
     canonical_json,
+    canonical_plan,
     sha256_file,
 )
 from ..facs import EXPRESSIONS
-from ..labels import VoteBatch, Voter, VotingResult
+from ..hub_utils import load_card_metadata
+from ..labels import EnsembleVoter, GivenVoter, VoteBatch, Voter, VotingConfig, VotingResult, load_voter
+from ..labels.voters import TARGET_VOTER
+from .card import card_fields
+from .config import SyntheticSetConfig
 from .labelers import VotingLabeler
+from .lock import OutputLock
 
 RELABEL_DIR = f"{WORK_DIR}/relabel"
 JOURNAL_FILE = f"{RELABEL_DIR}/journal.json"
@@ -76,14 +85,16 @@ class RelabelSummary:
         return text
 
 
-def journal_plan(output_dir: str | Path) -> dict[str, Any] | None:
-    """The plan an interrupted label rewrite of `output_dir` is heading to, or `None` when none is."""
+def read_journal(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The journal of an interrupted label rewrite of `output_dir` (`from_plan`, `plan`: the plans before and after,
+    `labels`: the rewrite's key), or `None` when none is in progress."""
     path = Path(output_dir) / JOURNAL_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["plan"]
-    except (OSError, ValueError, KeyError) as error:
+        journal = json.loads(path.read_text(encoding="utf-8"))
+        return {"from_plan": journal["from_plan"], "plan": journal["plan"], "labels": journal["labels"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise ShardVerificationError(f"{path} is not a readable relabel journal ({error}).") from error
 
 
@@ -107,13 +118,13 @@ def rewrite_labels(
     result = labeler.relabel(rows["votes"], rows["target_label"])
     labels = labeler.labels(result)
     key = _labels_key(target.fingerprint, result)
-    _write_journal(target, key)
+    _write_journal(writer, target, key)
     offset = 0
     for spec in target.shards:
         count = rows["counts"][spec.index]
         table = _state_and_table(writer, target, spec, key)
         if table is not None:
-            _rewrite_shard(target, spec, table, labels, offset, key)
+            _rewrite_shard(target, spec, table, labels, rows["votes"], offset, key)
         offset += count
     if new_plan is not None:
         atomic_write_bytes(target.output_dir / PLAN_FILE, canonical_json(target.plan, indent=2).encode(),
@@ -188,9 +199,9 @@ def _labels_key(fingerprint: str, result: VotingResult) -> str:
     return digest.hexdigest()
 
 
-def _write_journal(target: SyntheticSetWriter, key: str) -> None:
+def _write_journal(writer: SyntheticSetWriter, target: SyntheticSetWriter, key: str) -> None:
     path = target.output_dir / JOURNAL_FILE
-    content = canonical_json({"plan": target.plan, "labels": key}).encode()
+    content = canonical_json({"from_plan": writer.plan, "plan": target.plan, "labels": key}).encode()
     if path.is_file() and path.read_bytes() == content:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,16 +227,23 @@ def _state_and_table(
 
 
 def _rewrite_shard(
-    target: SyntheticSetWriter, spec: ShardSpec, table: pa.Table, labels: Any, offset: int, key: str
+    target: SyntheticSetWriter,
+    spec: ShardSpec,
+    table: pa.Table,
+    labels: Any,
+    votes: list[list[dict[str, Any]]],
+    offset: int,
+    key: str,
 ) -> None:
-    """Replaces the label columns of `table` by rows `offset..` of `labels` and writes it under `target`'s plan."""
+    """Replaces the label columns of `table` by rows `offset..` of `labels` and its votes by those of `votes` (the
+    stored ones as read, plus any added voter's) and writes it under `target`'s plan."""
     count = table.num_rows
     values = {
         "label": labels.label[offset : offset + count],
         "label_probs": labels.label_probs[offset : offset + count].tolist(),
         "agreement": labels.agreement[offset : offset + count],
         "keep": labels.keep[offset : offset + count],
-        "votes": labels.votes[offset : offset + count],
+        "votes": votes[offset : offset + count],
     }
     for column in LABEL_COLUMNS:
         field = target.schema.field(column)
@@ -233,3 +251,137 @@ def _rewrite_shard(
     path = target.output_dir / spec.filename
     previous = sha256_file(path) if path.is_file() else None
     target.write_table(spec, table, relabel={"labels": key, "previous_sha256": previous})
+
+
+@dataclass
+class RelabelResult:
+    """What [`relabel_synthetic_dataset`] did: the set's folder, its [`RelabelSummary`] and the Hub `commit_url` if
+    pushed."""
+
+    output_dir: str
+    summary: RelabelSummary
+    commit_url: str | None = None
+
+
+RELABEL_OPTIONS = ("agreement_threshold", "voter_weights", "label_type", "aggregation", "discard_rule")
+"""The [`SyntheticSetConfig`] voting fields a relabel may change."""
+
+
+def relabel_synthetic_dataset(
+    output_dir: str | os.PathLike,
+    voters: Sequence[str | Voter] = (),
+    voting: Mapping[str, Any] | None = None,
+    push_to_hub: str | None = None,
+    token: str | None = None,
+    private: bool | None = None,
+    wait: bool = False,
+) -> RelabelResult:
+    r"""
+    Recomputes `label`, `label_probs`, `agreement` and `keep` of a finished synthetic set from its stored `votes`,
+    optionally with more voters (run once on the stored images, their votes stored like the others), without
+    regenerating an image.
+
+    Args:
+        output_dir (`str` or `os.PathLike`): the set's folder (written by `synfer generate`, or downloaded from the
+            Hub: shards without local manifests are verified against the plan and adopted).
+        voters (`list`): voters to add: `--voter` specs ([`~synfer_diffusers.labels.load_voter`]) or
+            [`~synfer_diffusers.labels.Voter`]s.
+        voting (`dict`, *optional*): new values of the voting fields [`RELABEL_OPTIONS`]; the others keep the plan's.
+        push_to_hub, token, private: publish the relabelled set (resumable, as `synfer generate --push-to-hub`).
+        wait (`bool`): wait for another run holding the folder's lock instead of raising.
+
+    Everything is checked before the folder is touched; a kill at any moment and a rerun give the same set as an
+    uninterrupted run (module docstring).
+
+    Returns:
+        [`RelabelResult`].
+
+    Example:
+
+    ```py
+    >>> from synfer_diffusers.generate.relabel import relabel_synthetic_dataset
+
+    >>> relabel_synthetic_dataset("outputs/demo", voting={"aggregation": "dawid_skene"}).summary.reliability
+    ```
+    """
+    writer, labeler, new_plan, added = _checked_relabel(output_dir, voters, voting)
+    if push_to_hub is not None:
+        token = check_push_target(push_to_hub, token)
+    with OutputLock(output_dir, wait=wait):
+        journal = read_journal(output_dir)
+        if journal is not None and journal["plan"] != canonical_plan(new_plan):
+            raise FileExistsError(
+                f"{output_dir} holds an interrupted relabel with other options; rerun that relabel to finish it."
+            )
+        card_data = _kept_card_data(output_dir)
+        writer.adopt_unmanifested_shards()
+        summary = rewrite_labels(writer, labeler, new_plan, added)
+        target = SyntheticSetWriter(output_dir, new_plan)
+        target.finalize(card_fields(target.plan, labeler, push_to_hub, summary), card_data)
+        finish_rewrite(output_dir)
+    commit_url = None
+    if push_to_hub is not None:
+        commit_url = push_synthetic_dataset(output_dir, push_to_hub, token=token, private=private)
+    return RelabelResult(str(output_dir), summary, commit_url)
+
+
+def _checked_relabel(
+    output_dir: str | os.PathLike, voters: Sequence[str | Voter], voting: Mapping[str, Any] | None
+) -> tuple[SyntheticSetWriter, VotingLabeler, dict[str, Any], list[Voter]]:
+    """The set's writer (under its plan before any interrupted relabel), the new labeller, the new plan and the
+    added voters; raises naming the field, and writes nothing."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        raise ValueError(f"`output_dir` {str(output_dir)!r} is not a folder.")
+    journal = read_journal(folder)
+    writer = SyntheticSetWriter.from_folder(folder) if journal is None else SyntheticSetWriter(folder, journal["from_plan"])
+    voting = dict(voting or {})
+    unknown = sorted(set(voting) - set(RELABEL_OPTIONS))
+    if unknown:
+        raise ValueError(f"`voting` fields {unknown} cannot be relabelled; these can: {list(RELABEL_OPTIONS)}.")
+    if writer.plan.get("drop_discarded"):
+        raise ValueError(
+            f"{output_dir} was made with `drop_discarded`: the dropped rows' votes are gone, so its labels cannot be "
+            "recomputed; regenerate it without --drop-discarded."
+        )
+    stored = _stored_voter_names(writer)
+    added = [voter if isinstance(voter, Voter) else load_voter(voter) for voter in voters]
+    options = {**{name: writer.plan[name] for name in RELABEL_OPTIONS}, **voting}
+    voting_config = SyntheticSetConfig(**{**_config_fields(writer.plan), **options}).voting_options()  # checked
+    replaced = {voter.name for voter in added}  # an added voter named like a stored one replaces its votes
+    kept = [GivenVoter(name) for name in stored if name != TARGET_VOTER and name not in replaced]
+    config = VotingConfig(probability_voters=(), use_target=TARGET_VOTER in stored, **voting_config)
+    labeler = VotingLabeler(EnsembleVoter([*kept, *added], config))
+    history = writer.plan.get("relabel", {}).get("from_labeler", writer.plan["labeler"])
+    new_plan = {**writer.plan, **options, "labeler": labeler.config,
+                "relabel": {"from_labeler": history, "added_voters": [v.config() for v in added]}}  # fmt: skip
+    return writer, labeler, new_plan, added
+
+
+def _config_fields(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The [`SyntheticSetConfig`] fields stored in a plan."""
+    return {item.name: plan[item.name] for item in fields(SyntheticSetConfig) if item.name in plan}
+
+
+def _kept_card_data(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The card metadata a relabel keeps (licence, tags, names, ...); the rest is recomputed from the shards."""
+    metadata = load_card_metadata(output_dir, repo_type="dataset") or {}
+    return {key: value for key, value in metadata.items() if key not in ("dataset_info", "configs", "size_categories")}
+
+
+def _stored_voter_names(writer: SyntheticSetWriter) -> list[str]:
+    """The voters of the set's first row (every row has the same); the set must have a `votes` column."""
+    for spec in writer.shards:
+        path = writer.output_dir / spec.filename
+        if not path.is_file():
+            continue
+        try:
+            names = pq.read_schema(path).names
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"{path} is not a readable parquet shard ({error}).") from error
+        if "votes" not in names:
+            raise ValueError(f"{path} has no `votes` column: not a synthetic set that can be relabelled.")
+        first = writer.read_shard(spec, ["votes"]).column("votes").to_pylist()
+        if first:
+            return [vote["voter"] for vote in first[0]]
+    raise ValueError(f"{writer.output_dir} holds no rows to relabel.")

@@ -25,7 +25,7 @@ from .labelers import Labeler, SampleLabels, changed_voting_options, default_lab
 from .lock import OutputLock
 from .model import configure_pipeline, resolve_pipeline
 from .plan import AUSource, LayoutSource, PlannedSample, build_plan, pipeline_inputs, plan_sample
-from .relabel import finish_rewrite, journal_plan, rewrite_labels
+from .relabel import finish_rewrite, read_journal, rewrite_labels
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,8 @@ def generate_synthetic_dataset(
         result = SyntheticSetResult(str(output_dir), config.num_samples, len(run.writer.shards), len(pending), False)
         if (rank == 0 or not distributed) and not run.writer.pending_shards():
             summary = rewrite_labels(run.writer, run.labeler) if run.labeler.needs_whole_set else None
+            if summary is not None:
+                logger.info(f"Process {rank + 1}/{world} finalised the labels: {summary.describe()}")
             fields = card_fields(run.writer.plan, run.labeler, push_to_hub, summary)
             run.writer.finalize(fields, {**DEFAULT_CARD_DATA, **(card_data or {})})
             finish_rewrite(output_dir)
@@ -224,8 +226,8 @@ def _checked_run(
     )
     plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs, layout_source, edit_plan)
     run = _Run(config, pipe, au_source, layout_source, edit_source, labeler, SyntheticSetWriter(output_dir, plan))
-    pending_rewrite = journal_plan(output_dir)
-    if pending_rewrite is not None and pending_rewrite != run.writer.plan:
+    journal = read_journal(output_dir)
+    if journal is not None and journal["plan"] != run.writer.plan:
         raise FileExistsError(
             f"{output_dir} holds an interrupted `synfer relabel`: rerun it to finish, or pass --overwrite."
         )

@@ -254,3 +254,24 @@ def test_two_torchrun_processes_finalise_once_and_equal_one_process(tmp_path, mo
     assert "Process 2/2: 1 of its 1 shards to write." in result.stderr
     assert result.stderr.count("finalised the labels") == 1 and "Process 1/2 finalised the labels" in result.stderr
     assert digests(tmp_path / "two") == digests(tmp_path / "one")
+
+
+def test_a_checkpoint_ships_voters_that_vote_by_default(tmp_path):
+    """`voters/<name>/` in a checkpoint folder: each classifier votes in `synfer generate` with no `--voter`, and the
+    card names it with its model family."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    model = tmp_path / "model"
+    SynFERPipeline(**make_tiny_components(seed=0, sample_size=8)).save_pretrained(model)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                          id2label=EXPRESSIONS.id2label, label2id=EXPRESSIONS.label2id)  # fmt: skip
+    ResNetForImageClassification(config).save_pretrained(model / "voters" / "independent")
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(model / "voters" / "independent")
+    config = SyntheticSetConfig(num_samples=2, shard_size=2, aggregation="dawid_skene", **SMALL)
+    generate_synthetic_dataset(config, tmp_path / "set", model=str(model), batch_size=2, show_progress=False,
+                               process_index=0, num_processes=1)  # fmt: skip
+    assert [v["voter"] for v in rows(tmp_path / "set")["votes"][0]] == ["independent", "target"]
+    plan = json.loads((tmp_path / "set" / "plan.json").read_text())
+    assert plan["labeler"]["voters"][0]["name"] == "independent" and plan["labeler"]["voters"][0]["fingerprint"]
+    assert "ensemble vote of independent (resnet), target" in (tmp_path / "set" / "README.md").read_text()

@@ -82,8 +82,9 @@ class VotingLabeler:
         weights = f", weights {config.weights}" if config.weights else ""
         discard = f", `keep` False by the {config.discard_rule!r} rule" if config.discard_rule != "none" else ""
         rule = {"paper": "the paper's weighted mean", "dawid_skene": "Dawid-Skene over the whole set"}
+        named = [f"{v.name} ({v.family})" if hasattr(v, "family") else v.name for v in voter.voters]
         self.description = (
-            f"ensemble vote of {', '.join(voters)} ({config.label_type} labels, aggregated by "
+            f"ensemble vote of {', '.join(named)} ({config.label_type} labels, aggregated by "
             f"{rule[config.aggregation]}, agreement threshold {config.agreement_threshold}{weights}{discard}); "
             "`agreement` is the weighted fraction of voters for the label; `votes` holds each voter's probabilities"
         )

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import diffusers
 import torch
+from huggingface_hub import snapshot_download
 from safetensors import SafetensorError
 
 from ..fingerprint import update_with_component
 from ..hub_utils import is_hub_repo_id
+from ..labels import ClassifierVoter
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from .config import DTYPES, SyntheticSetConfig, check_eta
 
@@ -62,6 +64,32 @@ def resolve_pipeline(model: str | None = None, dtype: torch.dtype | None = None)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"`model` {str(model)!r} could not be loaded as a SynFERPipeline: {reason}") from error
     return pipe, str(model)
+
+
+VOTERS_FOLDER = "voters"
+"""A checkpoint's folder of extra voters shipped with it: `voters/<name>/` holds a transformers image classifier
+(`config.json` with an `id2label` mappable onto `EXPRESSIONS`, safetensors weights, image processor)."""
+
+
+def checkpoint_voters(model: str | None = None) -> list[ClassifierVoter]:
+    """The voters a checkpoint ships in its `voters/` folder ([`VOTERS_FOLDER`]), named by their sub-folders, for
+    `model` (a folder or Hub repo id; `None`: the default checkpoint). `synfer generate` adds them to the vote."""
+    if model is None:
+        folder = default_model_dir()
+    elif is_hub_repo_id(str(model)) and not Path(model).is_dir():
+        try:
+            folder = Path(snapshot_download(str(model), allow_patterns=[f"{VOTERS_FOLDER}/**"]))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"`model` {str(model)!r}: its voters could not be read: {error}") from error
+    else:
+        folder = Path(model)
+    voters = []
+    for path in sorted((folder / VOTERS_FOLDER).glob("*/config.json")):
+        try:
+            voters.append(ClassifierVoter.from_pretrained(str(path.parent), name=path.parent.name))
+        except MODEL_LOAD_ERRORS as error:
+            raise ValueError(f"`model`: its voter {path.parent.name!r} could not be loaded: {error}") from error
+    return voters
 
 
 def configure_pipeline(pipe: SynFERPipeline, config: SyntheticSetConfig, device: torch.device) -> SynFERPipeline:

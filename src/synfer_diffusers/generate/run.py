@@ -23,7 +23,7 @@ from .config import DTYPES, SyntheticSetConfig, check_device
 from .edit_set import EditSource, edit_inputs, plan_edit_sample
 from .labelers import Labeler, SampleLabels, changed_voting_options, default_labeler
 from .lock import OutputLock
-from .model import configure_pipeline, resolve_pipeline
+from .model import checkpoint_voters, configure_pipeline, resolve_pipeline
 from .plan import AUSource, LayoutSource, PlannedSample, build_plan, pipeline_inputs, plan_sample
 from .relabel import finish_rewrite, read_journal, rewrite_labels
 
@@ -220,7 +220,8 @@ def _checked_run(
         edit_source = EditSource.from_dataset(config.edit_dataset, size, pipe)
         config = _edit_set_config(config, len(edit_source), pipe)
         edit_plan = {"name": edit_source.name, "fingerprint": edit_source.fingerprint, "num_faces": len(edit_source)}
-    voter_models = [load_voter(spec) for spec in voters]
+    shipped = checkpoint_voters(model) if pipeline is None else []
+    voter_models = [*shipped, *(load_voter(spec) for spec in voters)]
     labeler = labeler or default_labeler(
         pipe, voter_models, config.voting_options(), guided=config.semantic_guidance_scale > 0
     )

@@ -123,6 +123,11 @@ class ClassifierVoter:
     def from_spec(cls, spec: str) -> ClassifierVoter:
         return cls.from_pretrained(spec)
 
+    @property
+    def family(self) -> str:
+        """The model family (`model_type`, e.g. `resnet`), as the dataset card names it."""
+        return self.model.config.model_type
+
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "fingerprint": module_fingerprint(self.model),
                 "labels": self.index_map}  # fmt: skip

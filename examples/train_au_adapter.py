@@ -11,6 +11,13 @@ of the text ones). The loss is stage A's epsilon-MSE, now conditioned on text an
 - AU smoothing (FineFace): Gaussian noise (std 0.2) on the AU vector, clipped to its range, occasionally
   rounding to whole intensity levels instead.
 
+`--au_consistency_weight` (beyond the paper, after ControlNet++) adds an AU-consistency loss: at `t <=
+--au_consistency_max_timestep` the one-step estimate `x0_hat` is decoded by the frozen VAE and a frozen,
+differentiable AU estimator (`--au_estimator`, e.g. a checkpoint's `au_estimator`; never the model that will measure
+AU error) reads its AUs; their mean absolute error to the conditioning AUs is added to the loss with that weight.
+`--continue_adapter` continues training the adapter of an AU pipeline (e.g. the embedded default) instead of
+building a new one on a stage-A model.
+
 `--unet_training` chooses what trains besides the adapter:
 
 - `frozen` (default, **what the SynFER paper does**): only the adapter; the base UNet keeps its text-to-image
@@ -59,8 +66,10 @@ from torch import nn
 
 from synfer_diffusers import AUConditionedUNet2DConditionModel, AUSpace, SynFERPipeline
 from synfer_diffusers.training import (
+    AUConsistencyLoss,
     DiffusionTrainingConfig,
     ExampleTransform,
+    LossParts,
     StepRandom,
     TrainingSummary,
     add_training_noise,
@@ -114,6 +123,25 @@ class AUAdapterTrainingConfig(DiffusionTrainingConfig):
     au_round_prob: float = field(
         default=0.1, metadata={"help": "AU smoothing: probability a row is rounded to whole levels instead."}
     )
+    au_consistency_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the AU-consistency loss (AU estimator on the decoded x0_hat); 0: off."},
+    )
+    au_estimator: str | None = field(
+        default=None,
+        metadata={"help": "AU estimator for the consistency loss: a transformers image model with `au_names` "
+                          "(folder or Hub id); not the model that measures AU error."},
+    )  # fmt: skip
+    au_estimator_image_processor: str | None = field(
+        default=None, metadata={"help": "Its image processor (folder or Hub id); unset: `au_estimator`'s own."}
+    )
+    au_consistency_max_timestep: int = field(
+        default=400, metadata={"help": "The consistency loss applies at training timesteps t <= this."}
+    )
+    continue_adapter: bool = field(
+        default=False,
+        metadata={"help": "`pretrained_model_name_or_path` is an AU pipeline: continue training its adapter."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,6 +151,9 @@ class AUAdapterTrainingConfig(DiffusionTrainingConfig):
         check_positive(self, "au_encoder_hidden_dim", allow_none=True)
         check_positive(self, "au_noise_std", allow_zero=True)
         check_probability(self, "au_dropout_prob", "both_dropout_prob", "au_noise_prob", "au_round_prob")
+        check_positive(self, "au_consistency_weight", "au_consistency_max_timestep", allow_zero=True)
+        if self.au_consistency_weight > 0 and self.au_estimator is None:
+            raise ValueError("`au_consistency_weight` > 0 needs `au_estimator`.")
         total = self.text_dropout_prob + self.au_dropout_prob + self.both_dropout_prob
         if total > 1:
             raise ValueError(
@@ -152,12 +183,29 @@ class AUDenoiser(nn.Module):
 
 def load_stage_a(config: AUAdapterTrainingConfig) -> SynFERPipeline:
     pipe = SynFERPipeline.from_pretrained(config.pretrained_model_name_or_path)
-    if isinstance(pipe.unet, AUConditionedUNet2DConditionModel):
+    has_adapter = isinstance(pipe.unet, AUConditionedUNet2DConditionModel)
+    if has_adapter and not config.continue_adapter:
         raise ValueError(
-            "`pretrained_model_name_or_path` already has an AU adapter; pass the stage-A (text-only) pipeline, or "
-            "`--resume_from_checkpoint latest` to continue an interrupted adapter run."
+            "`pretrained_model_name_or_path` already has an AU adapter; pass the stage-A (text-only) pipeline, "
+            "`--continue_adapter` to train its adapter further, or `--resume_from_checkpoint latest` to continue an "
+            "interrupted adapter run."
         )
+    if config.continue_adapter and not has_adapter:
+        raise ValueError("`continue_adapter` needs an AU pipeline; `pretrained_model_name_or_path` has no AU adapter.")
     return pipe
+
+
+def build_au_unet(pipe: SynFERPipeline, au_space: AUSpace, config: AUAdapterTrainingConfig):
+    """The AU UNet to train: the pipeline's own with `--continue_adapter` (its AU space must be `au_space`), else a
+    new adapter around the stage-A UNet."""
+    if config.continue_adapter:
+        if pipe.unet.au_space != au_space:
+            raise ValueError(f"`au_space` {config.au_space!r} differs from the pipeline's {pipe.unet.au_space.names}.")
+        return pipe.unet
+    return AUConditionedUNet2DConditionModel.from_unet(
+        pipe.unet, au_space=au_space, num_au_tokens=config.num_au_tokens,
+        au_encoder_hidden_dim=config.au_encoder_hidden_dim,
+    )  # fmt: skip
 
 
 def configure_trainable(unet: AUConditionedUNet2DConditionModel, config: AUAdapterTrainingConfig) -> None:
@@ -199,12 +247,12 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     empty_ids = tokenize_captions(tokenizer, [""])
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # stage A's schedule, for training
 
-    unet = AUConditionedUNet2DConditionModel.from_unet(
-        pipe.unet,
-        au_space=au_space,
-        num_au_tokens=config.num_au_tokens,
-        au_encoder_hidden_dim=config.au_encoder_hidden_dim,
-    )
+    unet = build_au_unet(pipe, au_space, config)
+    consistency = None
+    if config.au_consistency_weight > 0:
+        consistency = AUConsistencyLoss.from_pretrained(
+            config.au_estimator, au_space, config.au_estimator_image_processor, config.au_consistency_max_timestep
+        ).to(accelerator.device)
     configure_trainable(unet, config)
     if config.unet_training != "full":  # the frozen base in the mixed-precision dtype, what trains in float32
         unet.to(dtype=frozen_weight_dtype(accelerator))
@@ -231,10 +279,13 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
         noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, random)
         with torch.no_grad():
             text_embeds = text_encoder(input_ids)[0]  # (B, L, D)
-        model_pred = model(
-            noisy_latents, timesteps, text_embeds, aus.to(accelerator.device), drop_au.to(accelerator.device)
-        )
-        return diffusion_loss(model_pred, latents, noise, timesteps, noise_scheduler, config.snr_gamma)
+        aus, drop_au = aus.to(accelerator.device), drop_au.to(accelerator.device)
+        model_pred = model(noisy_latents, timesteps, text_embeds, aus, drop_au)
+        loss = diffusion_loss(model_pred, latents, noise, timesteps, noise_scheduler, config.snr_gamma)
+        if consistency is None:
+            return loss
+        au_loss = consistency(noisy_latents, model_pred, timesteps, aus, ~drop_au, noise_scheduler, vae)
+        return LossParts(loss + config.au_consistency_weight * au_loss, {"diffusion": loss, "au_consistency": au_loss})
 
     def build_pipeline() -> SynFERPipeline:
         return SynFERPipeline(

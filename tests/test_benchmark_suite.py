@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from synfer_diffusers import EXPRESSIONS
@@ -56,7 +57,8 @@ def test_downstream_rows_cover_the_paper_table():
         "synthetic N, no SG (target)",
         "synthetic N, no SG (vote)",
     ]
-    assert len(rows) == 6 and len({r.key for r in rows}) == 6
+    assert [r.name for r in rows][4] == "synthetic N, no SG (dawid_skene)"
+    assert len(rows) == 7 and len({r.key for r in rows}) == 7
     assert all(r.key.replace("_", "").isalnum() for r in rows)
     assert {r.synthetic for r in rows} == {0, 1, common.FULL.synthetic_factor}
 
@@ -91,16 +93,17 @@ def _hard_results(accuracies: dict[str, tuple[float, float]], target_agreement: 
     runs = [_run(row.name, seed, accuracies.get(row.name, (0.5, 0.0))[0] + (2 * seed - 1) * accuracies.get(row.name, (0.5, 0.0))[1])
             for row in hard_regime.hard_rows(config) for seed in (0, 1)]  # fmt: skip
     rows = [{"name": row.name, **common.summarise_runs(runs, row.name)} for row in hard_regime.hard_rows(config)]
-    agreement = {judge: {"target": target_agreement, "feranno": 0.8, "vote": 0.85} for judge in hard_regime.JUDGES}
+    agreement = {judge: {"target": target_agreement, "feranno": 0.8, "vote": 0.85, "dawid_skene": 0.91}
+                 for judge in hard_regime.JUDGES}  # fmt: skip
     return {"rows": rows, "runs": runs, "label_agreement_with_judges": agreement, "votes_changed": 0.2,
             "num_synthetic": 350, "real_label_noise": 0.27}  # fmt: skip
 
 
 def test_hard_rows_are_real_and_unguided_synthetic_sets_with_each_label_source():
     rows = hard_regime.hard_rows(common.FULL)
-    assert len(rows) == 10 and len({r.key for r in rows}) == 10
+    assert len(rows) == 13 and len({r.key for r in rows}) == 13
     assert not any(r.guided for r in rows)  # the hard set is generated without semantic guidance
-    assert {r.labels for r in rows if r.synthetic} == {"target", "feranno", "vote"}
+    assert {r.labels for r in rows if r.synthetic} == {"target", "feranno", "vote", "dawid_skene"}
 
 
 def test_hard_targets_need_judge_disagreement_and_a_gap_beyond_the_seed_spread():
@@ -114,6 +117,18 @@ def test_hard_targets_need_judge_disagreement_and_a_gap_beyond_the_seed_spread()
     assert checks[f"hard: synthetic {k}N: voted labels beat target labels by more than the seed spread"] is False
     checks = {name: met for name, _, met in hard_regime.hard_targets(_hard_results(clear, 0.9), common.QUICK)}
     assert checks["hard: target disagrees with the judge on >= 20% of images"] is False
+    assert checks["hard: Dawid-Skene labels agree with the judge on >= 90% of images"] is True  # 0.91
+
+
+def test_hard_targets_compare_dawid_skene_with_feranno_and_the_vote():
+    k = common.QUICK.synthetic_factor
+    accuracies = {"hard: synthetic N (dawid_skene)": (0.70, 0.01), "hard: synthetic N (feranno)": (0.60, 0.01),
+                  "hard: synthetic N (vote)": (0.69, 0.02),
+                  f"hard: synthetic {k}N (dawid_skene)": (0.80, 0.01), f"hard: synthetic {k}N (vote)": (0.70, 0.01)}  # fmt: skip
+    checks = {name: met for name, _, met in hard_regime.hard_targets(_hard_results(accuracies, 0.75), common.QUICK)}
+    assert checks["hard: synthetic N: Dawid-Skene labels beat feranno labels by more than the seed spread"] is True
+    assert checks["hard: synthetic N: Dawid-Skene labels beat vote labels by more than the seed spread"] is False
+    assert checks[f"hard: synthetic {k}N: Dawid-Skene labels beat vote labels by more than the seed spread"] is True
 
 
 def test_stage_results_are_cached_atomically(tmp_path):
@@ -324,3 +339,24 @@ def test_measurement_models_come_from_the_committed_copy_only_when_trained_by_th
     prerequisites.ensure_classifier(FakeTrainer, tmp_path / "quick" / "judge", quick, tmp_path / "quick" / "world_0")
     assert trained == [("judge", str(tmp_path / "quick" / "world_0"))]
     assert rendered[-1] == ("world_0", quick.world)
+
+
+def test_au_sweep_statistics_and_their_target():
+    control = common.load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "eval_au_control.py")
+    levels = np.repeat(np.arange(6.0), 3)
+    assert control.spearman(levels, 2 * levels + 1) == pytest.approx(1.0)
+    assert control.spearman(levels, -levels) == pytest.approx(-1.0)
+    assert np.isnan(control.spearman(levels, np.zeros_like(levels)))  # an AU that never moves has no rank order
+    assert control.spearman(np.array([1.0, 2, 2, 3]), np.array([1.0, 3, 2, 4])) == pytest.approx(0.9487, abs=1e-4)
+    per_au = {"AU1": {"spearman": 0.95, "estimate_by_level": [0.1, 4.0], "leak": 0.1, "largest_leak": "AU2"},
+              "AU2": {"spearman": 0.85, "estimate_by_level": [0.1, 2.0], "leak": 0.3, "largest_leak": "AU1"}}
+    result = {"sweeps": {"levels": [0.0, 5.0], "seeds": [0], "per_au": per_au,
+                         "summary": {"min_spearman": 0.85, "min_spearman_au": "AU2", "mean_spearman": 0.9,
+                                     "mean_leak": 0.2}},
+              "per_au_error": {"ratio": 1.5, "per_au": {n: {"real": 0.2, "generated": 0.3, "ratio": 1.5}
+                                                        for n in per_au}}}  # fmt: skip
+    ((name, measured, met),) = report.au_control_targets(result)
+    assert met is False and "min 0.85 (AU2)" in measured
+    text = "\n".join(report.render_au_control(result))
+    assert "| AU2 | 0.200 | 0.300 | 1.50x | 0.85 | 0.1 / 2.0 | 0.30 | AU1 |" in text
+    assert report.au_control_targets(None) == [] and report.render_au_control(None) == []

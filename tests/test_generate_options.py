@@ -117,7 +117,7 @@ def test_each_option_is_in_the_plan_and_the_card(configured_run):
     assert plan["labeler"]["voting"]["weights"] == {"feranno": 2.0}
     card = (folder / "README.md").read_text()
     assert "DDIMScheduler" in card and "bfloat16 on cpu" in card and "eta 0.5" in card and "'a blurry photo'" in card
-    assert "soft labels, agreement threshold 0.5, weights {'feranno': 2.0}" in card and "'disagreement'" in card
+    assert "soft labels, aggregated by the paper's weighted mean, agreement threshold 0.5, weights {'feranno': 2.0}" in card and "'disagreement'" in card
 
 
 def test_voting_options_reach_the_labels(configured_run):

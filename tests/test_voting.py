@@ -81,7 +81,8 @@ def test_target_voter_weights_threshold_label_type_and_discard_rules():
 
 
 def test_classifier_voters_map_labels_and_vote_on_images():
-    resnet = ClassifierVoter(tiny_resnet(AFFECTNET8), processor(), name="resnet", label_mapping={"contempt": None})
+    resnet = ClassifierVoter(tiny_resnet(AFFECTNET8), processor(), name="resnet", label_mapping={"contempt": None},
+                             batch_size=2)  # fmt: skip
     torch.manual_seed(1)
     convnext_config = ConvNextConfig(
         num_channels=3,
@@ -95,8 +96,7 @@ def test_classifier_voters_map_labels_and_vote_on_images():
     images = faces(3)
     probabilities = resnet(images)
     assert probabilities.shape == (3, 7) and torch.allclose(probabilities.sum(-1), torch.ones(3))
-    result = EnsembleVoter([resnet, convnext])(images, probabilities={"feranno": one_hot("happy", "sad", "fear")},
-                                               batch_size=2)  # fmt: skip
+    result = EnsembleVoter([resnet, convnext])(images, probabilities={"feranno": one_hot("happy", "sad", "fear")})
     assert set(result.votes) == {"resnet", "convnext", "feranno"} and len(result.labels) == 3
     assert torch.allclose(result.voter_probabilities["resnet"], probabilities)
 

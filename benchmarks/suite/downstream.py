@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from synfer_diffusers import FERAnnoPipeline, SynFERPipeline
-from synfer_diffusers.generate import SyntheticSetConfig, default_model_dir, generate_synthetic_dataset
+from synfer_diffusers.generate import SyntheticSetConfig, VotingLabeler, default_model_dir, generate_synthetic_dataset
+from synfer_diffusers.labels import EnsembleVoter, VotingConfig
 
 from .common import (
     LABEL_SOURCES,
@@ -51,14 +52,14 @@ def labelled_rows(
 
 def downstream_rows(config: SuiteConfig) -> list[DownstreamRow]:
     """Real N; voted labels of the SG groups (there the vote is FERAnno + target, which always keeps the target);
-    target and voted labels of the no-SG set, where the guide votes too. FERAnno's own labels are table 5's and 6's
-    subject."""
+    target, voted and Dawid-Skene labels of the no-SG set, where the guide votes too. FERAnno's own labels are table
+    5's and 6's subject."""
     k = config.synthetic_factor
     vote = ("vote",)
     return [
         DownstreamRow("real N", True, 0, None),
         *labelled_rows(((1, False, True, "synthetic N"),), vote),
-        *labelled_rows(((1, False, False, "synthetic N, no SG"),), ("target", "vote")),
+        *labelled_rows(((1, False, False, "synthetic N, no SG"),), ("target", "vote", "dawid_skene")),
         *labelled_rows(((k, False, True, f"synthetic {k}N"), (1, True, True, "real N + synthetic N")), vote),
     ]
 
@@ -92,12 +93,25 @@ def write_set(set_config: SyntheticSetConfig, work: Path, name: str) -> tuple[Pa
 
 
 def load_synthetic_set(path: Path) -> dict[str, np.ndarray]:
-    """Images `(M, 64, 64, 3)` uint8 in sample order, with the target and voted labels."""
+    """Images `(M, 64, 64, 3)` uint8 in sample order, with the target and voted labels, and the labels Dawid-Skene
+    gives from the same stored votes (`synfer relabel --aggregation dawid_skene` without rewriting the set)."""
     import datasets
 
-    data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache"))
-    data = data.sort("sample_id").select_columns(["image", "target_label", "label"]).with_format("numpy")[:]
-    return {"image": np.asarray(data["image"]), "target": data["target_label"], "vote": data["label"]}
+    data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache")).sort("sample_id")
+    votes = data["votes"]
+    data = data.select_columns(["image", "target_label", "label"]).with_format("numpy")[:]
+    return {"image": np.asarray(data["image"]), "target": data["target_label"], "vote": data["label"],
+            "dawid_skene": dawid_skene_labels(votes, data["target_label"])}  # fmt: skip
+
+
+def dawid_skene_labels(votes: list[list[dict]], targets: np.ndarray) -> np.ndarray:
+    """Dawid-Skene labels of a set from its stored `votes` (every voter of the set, the target included)."""
+    names = [vote["voter"] for vote in votes[0]]
+    given = tuple(name for name in names if name != "target")
+    ensemble = EnsembleVoter(config=VotingConfig(probability_voters=given, use_target="target" in names,
+                                                 aggregation="dawid_skene"))  # fmt: skip
+    labeler = VotingLabeler(ensemble)
+    return labeler.relabel(votes, [int(t) for t in targets]).label_ids.numpy()
 
 
 def feranno_labels(images: np.ndarray, path: Path) -> tuple[np.ndarray, dict]:
@@ -154,7 +168,7 @@ def table_downstream(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dic
     agreement = {
         f"{name} {source}": float((labels[source] == labels["target"]).mean())
         for name, labels in (("SG", guided), ("no SG", unguided))
-        for source in ("feranno", "vote")
+        for source in ("feranno", "vote", "dawid_skene")
     }
     stages = {**guided_stages, **unguided_stages}
     stages["classifiers"] = classifier_stage(runs)

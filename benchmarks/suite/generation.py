@@ -1,4 +1,5 @@
-"""Table 1: generation (paper Table 1), by `eval_faceworld_generation.py`."""
+"""Table 1: generation (paper Table 1), by `eval_faceworld_generation.py`, and AU controllability (per-AU error and
+AU sweeps) by `eval_au_control.py`."""
 
 from __future__ import annotations
 
@@ -22,4 +23,15 @@ def table_generation(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
             "--steps", str(config.eval_steps),
         ])  # fmt: skip
 
-    return cached(path, compute)
+    generation = cached(path, compute)
+    control = load_script(BENCHMARKS / "eval_au_control.py")
+
+    def compute_control() -> dict:
+        return control.main([
+            "--model", str(default_model_dir()), "--au-regressor", str(run_dir / "au_regressor"),
+            "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
+            "--steps", str(config.eval_steps), "--sweep-seeds", *map(str, range(config.sweep_seeds)),
+            "--plot", str(BENCHMARKS / "results" / "au_sweeps.png"),
+        ])  # fmt: skip
+
+    return {**generation, "au_control": cached(work / "au_control.json", compute_control)}

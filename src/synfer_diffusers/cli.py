@@ -74,9 +74,7 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
         else:
             config.add_argument(flag.flag, dest=flag.name, type=_flag_value(flag.type, flag.flag),
                                 default=flag.default, help=flag.help, metavar=flag.metavar)  # fmt: skip
-    parser.add_argument("--voter", action="append", default=[], metavar="CLASSIFIER",
-                        help="An extra voting classifier (transformers image classifier folder or repo id); "
-                             "repeatable. FERAnno (when the model has a head) and the target always vote.")  # fmt: skip
+    parser.add_argument("--voter", action="append", default=[], metavar="[KIND:]SPEC", help=VOTER_HELP)
     parser.add_argument("--batch-size", type=int, default=8, help="Images per pipeline call (not part of the plan).")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="Complete an interrupted run of the same plan.")
@@ -110,6 +108,57 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+VOTER_HELP = (
+    "An extra voter, repeatable: 'classifier:PATH' (or a bare PATH: a transformers image classifier folder or repo "
+    "id), 'feranno:PATH' (a FERAnnoPipeline, a separate pass on the images) or 'callable:module.sub:function' "
+    "(images -> (B, 7) probabilities). FERAnno (when the model has a head) and the target always vote."
+)
+
+
+def add_relabel_parser(subparsers: argparse._SubParsersAction) -> None:
+    """`synfer relabel FOLDER`: recompute the labels of a finished synthetic set from its stored votes."""
+    from .generate import config_flags
+    from .generate.relabel import RELABEL_OPTIONS
+
+    parser = subparsers.add_parser(
+        "relabel",
+        help="recompute the labels of a finished synthetic set from its stored votes (optionally with new voters)",
+        description="Recompute label, label_probs, agreement and keep of a synthetic set folder (made by synfer "
+        "generate, or downloaded from the Hub) from its stored votes column, with another aggregation or voting "
+        "rule and optionally more voters (run once on the stored images, their votes stored like the others). No "
+        "image is regenerated. Rerun after a kill to finish.",
+    )
+    parser.add_argument("folder", metavar="FOLDER", help="The synthetic set's folder.")
+    parser.add_argument("--voter", action="append", default=[], metavar="[KIND:]SPEC",
+                        help=VOTER_HELP.replace(" FERAnno (when the model has a head) and the target always vote.",
+                                                " A voter named like a stored one replaces its votes."))  # fmt: skip
+    options = parser.add_argument_group("voting (default: the set's own)")
+    for flag in config_flags():
+        if flag.name in RELABEL_OPTIONS:
+            options.add_argument(flag.flag, dest=flag.name, type=_flag_value(flag.type, flag.flag), default=None,
+                                 help=flag.help, metavar=flag.metavar)  # fmt: skip
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
+                        help="Upload the relabelled dataset to this Hub dataset repo; rerun to resume.")  # fmt: skip
+    parser.add_argument("--private", action="store_true", default=None, help="Create the Hub repo as private.")
+    parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login).")
+    parser.add_argument("--wait", action="store_true",
+                        help="If another run is writing FOLDER, wait for it instead of exiting.")  # fmt: skip
+    parser.set_defaults(func=run_relabel)
+
+
+def run_relabel(args: argparse.Namespace) -> int:
+    from .generate.relabel import RELABEL_OPTIONS, relabel_synthetic_dataset
+
+    voting = {name: getattr(args, name) for name in RELABEL_OPTIONS if getattr(args, name) is not None}
+    result = relabel_synthetic_dataset(args.folder, voters=args.voter, voting=voting, push_to_hub=args.push_to_hub,
+                                       token=args.token, private=args.private, wait=args.wait)  # fmt: skip
+    summary = result.summary
+    logger.info(f"Relabelled {summary.num_rows} rows of {result.output_dir}: {summary.describe()}")
+    if result.commit_url:
+        logger.info(f"Pushed to {result.commit_url}")
+    return 0
+
+
 def add_faceworld_parser(subparsers: argparse._SubParsersAction) -> None:
     from .data.faceworld import add_faceworld_arguments
 
@@ -126,6 +175,7 @@ def add_build_fetext_parser(subparsers: argparse._SubParsersAction) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_generate_parser,
+    add_relabel_parser,
     add_faceworld_parser,
     add_build_fetext_parser,
 ]

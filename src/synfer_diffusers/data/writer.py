@@ -127,9 +127,14 @@ def synthetic_features(num_aus: int, edit: bool = False) -> datasets.Features:
     return datasets.Features(features)
 
 
+def canonical_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """`plan` as it reads back from `plan.json` (tuples as lists, keys as strings), for comparisons."""
+    return json.loads(canonical_json(plan))
+
+
 def plan_fingerprint(plan: Mapping[str, Any]) -> str:
     """sha256 of the plan's canonical JSON; stored in every shard so shards of another plan are recognised."""
-    return hashlib.sha256(_canonical_json(plan).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(plan).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -185,7 +190,7 @@ class SyntheticSetWriter:
 
     def __init__(self, output_dir: str | os.PathLike, plan: Mapping[str, Any]):
         self.output_dir = Path(output_dir)
-        self.plan = json.loads(_canonical_json(plan))
+        self.plan = canonical_plan(plan)
         self.features = synthetic_features(len(self.plan["au_space"]["names"]), edit="edit_source" in self.plan)
         self.fingerprint = plan_fingerprint(self.plan)
         self.shards = shard_specs(int(self.plan["num_samples"]), int(self.plan["shard_size"]))
@@ -264,7 +269,7 @@ class SyntheticSetWriter:
             self._remove_own_entries()
         self._make_dirs()
         if self.existing_plan() is None:
-            _atomic_write_bytes(self.output_dir / PLAN_FILE, _canonical_json(self.plan, indent=2).encode(),
+            atomic_write_bytes(self.output_dir / PLAN_FILE, canonical_json(self.plan, indent=2).encode(),
                                 self._tmp_dir)  # fmt: skip
 
     def pending_shards(self, shards: Sequence[ShardSpec] | None = None) -> list[ShardSpec]:
@@ -310,13 +315,14 @@ class SyntheticSetWriter:
         manifest = self._read_manifest(manifest_path)
         if manifest.get("plan_fingerprint") != self.fingerprint:
             raise ShardVerificationError(f"{manifest_path} belongs to another plan; remove it or pass --overwrite.")
-        if _sha256_file(path) != manifest.get("sha256"):
+        sha256 = sha256_file(path)
+        if sha256 != manifest.get("sha256") and sha256 != manifest.get("previous_sha256"):
             return "sha256 differs from its manifest"
         try:
             ids = parquet.read(columns=["sample_id"]).column("sample_id").to_pylist()
         except (OSError, pa.ArrowException) as error:
             return f"unreadable: {error}"
-        if len(ids) != manifest.get("num_rows") or not self._valid_ids(spec, ids):
+        if (len(ids) != manifest.get("num_rows") and sha256 == manifest.get("sha256")) or not self._valid_ids(spec, ids):
             return f"sample ids {ids[:1]}..{ids[-1:]} do not match [{spec.start}, {spec.end}) and its manifest"
         return None
 
@@ -361,27 +367,72 @@ class SyntheticSetWriter:
         under the shard's name and the error says so."""
         examples = [row.to_example() if isinstance(row, SyntheticRow) else dict(row) for row in rows]
         examples = [{name: example[name] for name in self.features} for example in examples]
-        ids = [int(example["sample_id"]) for example in examples]
+        table = pa.Table.from_pylist([self.features.encode_example(e) for e in examples], schema=self.schema)
+        self.write_table(spec, table)
+
+    def write_table(self, spec: ShardSpec, table: pa.Table, relabel: Mapping[str, Any] | None = None) -> None:
+        """Writes an encoded shard `table` (schema [`synthetic_features`]) as [`write_shard`] does.
+
+        `relabel` (`{"labels": key, "previous_sha256": sha256}`): the shard replaces one whose labels were rewritten
+        ([`~synfer_diffusers.generate.relabel`]). Its manifest, written *before* the shard, records both, so a kill
+        between the two leaves a shard that matches the manifest's `previous_sha256`: intact, its rewrite pending."""
+        ids = table.column("sample_id").to_pylist()
         if not self._valid_ids(spec, ids):
             raise ValueError(f"rows of {spec.filename} must have sample ids [{spec.start}, {spec.end}), got {ids}.")
-        table = pa.Table.from_pylist([self.features.encode_example(e) for e in examples], schema=self.schema)
-        metadata = {**self.schema.metadata, _PARQUET_METADATA_KEY: _canonical_json(
+        metadata = {**self.schema.metadata, _PARQUET_METADATA_KEY: canonical_json(
             {"plan_fingerprint": self.fingerprint, "start": spec.start, "end": spec.end}).encode()}  # fmt: skip
         buffer = io.BytesIO()
-        pq.write_table(table.replace_schema_metadata(metadata), buffer)
+        pq.write_table(table.cast(self.schema).replace_schema_metadata(metadata), buffer)
+        rows = len(ids)
         data = buffer.getvalue() if rows else None  # a shard whose rows were all dropped has no file
         manifest = {"file": spec.filename if rows else None, "start": spec.start, "end": spec.end,
-                    "num_rows": len(rows), "sha256": hashlib.sha256(data).hexdigest() if rows else None,
-                    "plan_fingerprint": self.fingerprint}  # fmt: skip
+                    "num_rows": rows, "sha256": hashlib.sha256(data).hexdigest() if rows else None,
+                    "plan_fingerprint": self.fingerprint, **(relabel or {})}  # fmt: skip
+        self._make_dirs()  # a finished set's `.synfer/tmp` is gone: a relabel writes again
+        writes = [(self._manifest_path(spec), canonical_json(manifest).encode())]
+        if rows:
+            writes.insert(0 if relabel is None else 1, (self.output_dir / spec.filename, data))
         try:
-            if rows:
-                _atomic_write_bytes(self.output_dir / spec.filename, data, self._tmp_dir)
-            _atomic_write_bytes(self._manifest_path(spec), _canonical_json(manifest).encode(), self._tmp_dir)
+            for path, content in writes:
+                atomic_write_bytes(path, content, self._tmp_dir)
+            if not rows:
+                (self.output_dir / spec.filename).unlink(missing_ok=True)
         except OSError as error:
             raise OSError(
                 error.errno, f"Could not write {spec.filename} in {self.output_dir} ({error.strerror or error}); "
                 "the shards written before it are complete: free space or fix permissions and rerun with --resume.",
             ) from error  # fmt: skip
+
+    def adopt_unmanifested_shards(self) -> None:
+        """Writes the manifest of every shard file that has none but belongs to this plan with the right sample ids
+        (a set downloaded from the Hub, whose `.synfer/` stayed with its maker, or a shard moved into place just
+        before a kill): such a file was moved in atomically, so it is complete."""
+        for spec in self.shards:
+            path = self.output_dir / spec.filename
+            if self._manifest_path(spec).is_file() or not path.is_file():
+                continue
+            try:
+                metadata = json.loads(pq.read_schema(path).metadata[_PARQUET_METADATA_KEY])
+                ids = self.read_shard(spec, ["sample_id"]).column("sample_id").to_pylist()
+            except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+                continue  # not this plan's shard: verification reports it
+            if metadata.get("plan_fingerprint") != self.fingerprint or not self._valid_ids(spec, ids):
+                continue
+            manifest = {"file": spec.filename, "start": spec.start, "end": spec.end, "num_rows": len(ids),
+                        "sha256": sha256_file(path), "plan_fingerprint": self.fingerprint}  # fmt: skip
+            self._make_dirs()
+            atomic_write_bytes(self._manifest_path(spec), canonical_json(manifest).encode(), self._tmp_dir)
+
+    def read_shard(self, spec: ShardSpec, columns: Sequence[str] | None = None) -> pa.Table:
+        """Shard `spec`'s table (all columns, or `columns`); an empty table for a shard whose rows were all dropped."""
+        path = self.output_dir / spec.filename
+        if not path.is_file():
+            return self.schema.empty_table().select(list(columns or self.schema.names))
+        return pq.read_table(path, columns=list(columns) if columns else None)
+
+    def manifest(self, spec: ShardSpec) -> dict[str, Any]:
+        """Shard `spec`'s manifest (`num_rows`, `sha256`, `plan_fingerprint`, and `labels` once relabelled)."""
+        return self._read_manifest(self._manifest_path(spec))
 
     def finalize(self, card_fields: Mapping[str, Any], card_data: Mapping[str, Any] | None = None) -> None:
         """Writes `preview.png` and the `README.md` card (YAML features, splits, configs + `card_fields` in the
@@ -390,9 +441,9 @@ class SyntheticSetWriter:
         pending = self.pending_shards()
         if pending:
             raise RuntimeError(f"{len(pending)} shards are not written yet, e.g. {pending[0].filename}.")
-        _atomic_write_bytes(self.output_dir / PREVIEW_FILE, _png_bytes(self.preview_grid()), self._tmp_dir)
+        atomic_write_bytes(self.output_dir / PREVIEW_FILE, _png_bytes(self.preview_grid()), self._tmp_dir)
         card = self.render_card(card_fields, card_data)
-        _atomic_write_bytes(self.output_dir / CARD_FILE, str(card).encode(), self._tmp_dir)
+        atomic_write_bytes(self.output_dir / CARD_FILE, str(card).encode(), self._tmp_dir)
         shutil.rmtree(self._tmp_dir, ignore_errors=True)
 
     def render_card(self, card_fields: Mapping[str, Any], card_data: Mapping[str, Any] | None = None) -> DatasetCard:
@@ -413,7 +464,7 @@ class SyntheticSetWriter:
         datasets.utils.metadata.MetadataConfigs(
             {"default": {"data_files": [{"split": SPLIT, "path": f"{DATA_DIR}/{SPLIT}-*"}]}}
         ).to_dataset_card_data(data)
-        fields = {"plan_json": _canonical_json(self.plan, indent=2), **text_fields}
+        fields = {"plan_json": canonical_json(self.plan, indent=2), **text_fields}
         return DatasetCard.from_template(data, template_str=model_card_template(self.card_template), **fields)
 
     def preview_grid(self, num_samples: int = PREVIEW_SAMPLES, columns: int = 8) -> PIL.Image.Image:
@@ -494,7 +545,7 @@ class SyntheticSetWriter:
                 path.unlink()
 
 
-def _atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:
+def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:
     """Writes `data` to a temporary file in `tmp_dir` (same filesystem), fsyncs it and moves it to `path`; on any
     error the temporary file is removed and `path` is untouched."""
     tmp = tmp_dir / f"{path.name}.{os.getpid()}.tmp"
@@ -514,7 +565,7 @@ def _atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:
         os.close(directory)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -528,7 +579,7 @@ def _png_bytes(image: PIL.Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _canonical_json(value: Any, indent: int | None = None) -> str:
+def canonical_json(value: Any, indent: int | None = None) -> str:
     return json.dumps(value, sort_keys=True, indent=indent, separators=None if indent else (",", ":"))
 
 
@@ -538,11 +589,17 @@ def _diff_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 
 __all__ = [
     "LOCK_FILE",
+    "PLAN_FILE",
+    "WORK_DIR",
     "ShardSpec",
     "ShardVerificationError",
     "SyntheticRow",
     "SyntheticSetWriter",
+    "atomic_write_bytes",
+    "canonical_json",
+    "canonical_plan",
     "plan_fingerprint",
+    "sha256_file",
     "shard_specs",
     "synthetic_features",
 ]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..facs import EXPRESSIONS, AUSpace
 from ..hub_utils import inherited_license, license_label, load_card_metadata, split_hub_ids
 from .labelers import Labeler
 from .model import DEFAULT_MODEL_DIR, TINY_MODEL_NAME
+
+if TYPE_CHECKING:
+    from .relabel import RelabelSummary
 
 DEFAULT_CARD_DATA: dict[str, Any] = {
     "task_categories": ["image-classification", "text-to-image"],
@@ -20,9 +23,13 @@ SOURCE_DATASET_FIELDS = ("au_dataset", "layout_dataset", "edit_dataset")
 """Plan fields naming datasets a set is made from (the card's `source_datasets` where they are Hub ids)."""
 
 
-def card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None) -> dict[str, Any]:
+def card_fields(
+    plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None, label_summary: RelabelSummary | None = None
+) -> dict[str, Any]:
     """Card metadata (the generating model's licence, read from its card; the AU and layout datasets as
-    `source_datasets` where they are on the Hub) and the template's text fields."""
+    `source_datasets` where they are on the Hub) and the template's text fields; `label_summary`: what a set-level
+    aggregation or a relabel did (the per-voter reliabilities it estimated, how many labels differ from the
+    targets)."""
     model = plan["model"]["name"]
     tiny = model == TINY_MODEL_NAME
     model_dir = DEFAULT_MODEL_DIR if model == "synfer_diffusers/default_model" else model
@@ -56,6 +63,7 @@ def card_fields(plan: Mapping[str, Any], labeler: Labeler, repo_id: str | None) 
         else ", ".join(f"{name} {p:.1%}" for name, p in distribution.items()),
         "au_policy_summary": au_policy,
         "labeler_description": labeler.description,
+        "label_summary": label_summary.describe() if label_summary is not None else None,
         "drop_discarded": plan["drop_discarded"],
         "edit_dataset": plan["edit_dataset"],
         "noise_warning": "made with tiny random weights (no embedded default checkpoint yet): the images are noise."

@@ -266,6 +266,12 @@ class SyntheticSetConfig:
         metadata={"help": "Voting: 'mixed' one-hot where agreed and averaged where not (paper), 'hard' always "
                           "one-hot, 'soft' always averaged."},
     )  # fmt: skip
+    aggregation: str = field(
+        default="paper",
+        metadata={"help": "Voting: 'paper' (SynFER: weighted mean of the voters' probabilities per image) or "
+                          "'dawid_skene' (each voter's confusion matrix estimated from the whole set by EM; labels "
+                          "are rewritten once every shard is written)."},
+    )  # fmt: skip
     discard_rule: str = field(
         default="none",
         metadata={"help": "Voting: rows marked keep=False: 'none', 'disagreement' (label not agreed) or "
@@ -385,6 +391,11 @@ class SyntheticSetConfig:
             for name, weight in self.voter_weights.items():
                 _check_number(f"voter_weights[{name!r}]", weight, 0.0)
         VotingConfig(use_target=True, **self.voting_options())  # the other fields keep VotingConfig's names
+        if self.drop_discarded and self.aggregation != "paper":
+            raise ValueError(
+                f"`drop_discarded` needs the 'paper' aggregation: {self.aggregation!r} labels the whole set at the end, "
+                "so rows are flagged keep=False rather than dropped (filter them when loading)."
+            )
 
     def voting_options(self) -> dict[str, Any]:
         """The [`VotingConfig`] fields this config sets (the labeller adds the voters)."""
@@ -392,6 +403,7 @@ class SyntheticSetConfig:
             "agreement_threshold": self.agreement_threshold,
             "weights": dict(self.voter_weights or {}),
             "label_type": self.label_type,
+            "aggregation": self.aggregation,
             "discard_rule": self.discard_rule,
         }
 

@@ -8,13 +8,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from ..facs import EXPRESSIONS
-from ..labels import ClassifierVoter, EnsembleVoter, VotingConfig
-from ..labels.voting import TARGET_VOTER
+from ..labels import ClassifierVoter, EnsembleVoter, VoteBatch, Voter, VotingConfig, VotingResult
+from ..labels.voters import TARGET_VOTER
 from ..pipelines.synfer.pipeline_output import SynFERPipelineOutput
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
-from .model import module_fingerprint
 
 
 @dataclass
@@ -34,11 +34,13 @@ class Labeler(Protocol):
     """Maps a generated batch (the pipeline output: PIL `images`, and `feranno_probabilities` when the pipeline
     has a `feranno_head`) and its target class ids to [`SampleLabels`]. `config` (JSON: everything that decides the
     labels, e.g. the voters' weight fingerprints and the voting rule) goes into the plan, so a resume with another
-    labelling is refused; `description` goes into the card."""
+    labelling is refused; `description` goes into the card. A labeller whose `needs_whole_set` is true labels
+    batches provisionally and gets the whole set's stored votes once every shard is written ([`relabel`])."""
 
     name: str
     description: str
     config: dict[str, Any]
+    needs_whole_set: bool
 
     def __call__(self, output: SynFERPipelineOutput, target_labels: list[int]) -> SampleLabels: ...
 
@@ -51,6 +53,7 @@ class TargetLabeler:
     description = (
         "the generation target (no pseudo-labeller): `label` = `target_label`, one-hot `label_probs`, `agreement` 1.0"
     )
+    needs_whole_set = False
 
     @property
     def config(self) -> dict[str, Any]:
@@ -65,41 +68,60 @@ class TargetLabeler:
 
 class VotingLabeler:
     """Labels rectified by an [`EnsembleVoter`]: FERAnno's in-loop probabilities (when the pipeline has a
-    `feranno_head`), the voter's classifiers on the images and, with `use_target`, the generation target.
-    `label_probs` are the voter's output (the paper's rule by default: one-hot where voters agree, averaged
-    probabilities where they disagree) and `agreement` its agreement score."""
+    `feranno_head`), the voter's voters on the images and, with `use_target`, the generation target. `label_probs`
+    are the voter's output (the paper's rule by default: one-hot where voters agree, averaged probabilities where
+    they disagree) and `agreement` its agreement score. With a set-level aggregation (Dawid-Skene) the batch labels
+    are provisional: [`relabel`] recomputes them from the whole set's votes."""
 
     def __init__(self, voter: EnsembleVoter):
         self.voter = voter
         voters = list(voter.voter_names)
         self.name = "vote:" + ",".join(voters)
         config = voter.config
+        self.needs_whole_set = config.aggregation != "paper"
         weights = f", weights {config.weights}" if config.weights else ""
         discard = f", `keep` False by the {config.discard_rule!r} rule" if config.discard_rule != "none" else ""
+        rule = {"paper": "the paper's weighted mean", "dawid_skene": "Dawid-Skene over the whole set"}
+        named = [f"{v.name} ({v.family})" if hasattr(v, "family") else v.name for v in voter.voters]
         self.description = (
-            f"ensemble vote of {', '.join(voters)} ({config.label_type} labels, agreement threshold "
-            f"{config.agreement_threshold}{weights}{discard}); `agreement` is the weighted fraction of voters for "
-            "the label; `votes` holds each voter's probabilities"
+            f"ensemble vote of {', '.join(named)} ({config.label_type} labels, aggregated by "
+            f"{rule[config.aggregation]}, agreement threshold {config.agreement_threshold}{weights}{discard}); "
+            "`agreement` is the weighted fraction of voters for the label; `votes` holds each voter's probabilities"
         )
         self.config = {
             "name": self.name,
             "voting": asdict(config),
-            "classifiers": [
-                {"name": c.name, "fingerprint": module_fingerprint(c.model), "labels": c.index_map}
-                for c in voter.classifiers
-            ],
+            "voters": [v.config() for v in voter.voters],
         }
 
     def __call__(self, output: SynFERPipelineOutput, target_labels: list[int]) -> SampleLabels:
-        probabilities = {}
-        if "feranno" in self.voter.config.probability_voters:
-            if output.feranno_probabilities is None:
-                raise ValueError("The voter expects FERAnno probabilities but the pipeline has no `feranno_head`.")
-            probabilities["feranno"] = output.feranno_probabilities
+        given = {}
+        if output.feranno_probabilities is not None:
+            given["feranno"] = output.feranno_probabilities
+        batch = VoteBatch(output.images, [EXPRESSIONS[i] for i in target_labels], given)
+        for name in self.voter.config.probability_voters:
+            if name not in given:
+                raise ValueError(f"The voter expects {name!r} probabilities but the pipeline gives none.")
+        return self.labels(self.voter.combine({v.name: v.vote(batch) for v in self.voter.voters}, batch.targets))
+
+    def relabel(self, votes: Sequence[Sequence[Mapping[str, Any]]], target_labels: Sequence[int]) -> VotingResult:
+        """The votes of a whole set (each row's stored `votes`: `[{"voter", "probs"}, ...]`) aggregated together."""
+        stored: dict[str, list] = {name: [] for name in self.voter.voter_names}
+        for i, row in enumerate(votes):
+            by_name = {vote["voter"]: vote["probs"] for vote in row}
+            missing = sorted(set(stored) - set(by_name))
+            if missing:
+                raise ValueError(f"row {i} has no stored votes of {missing}; its voters are {sorted(by_name)}.")
+            for name in stored:
+                stored[name].append(by_name[name])
         targets = [EXPRESSIONS[i] for i in target_labels]
-        result = self.voter(output.images, probabilities=probabilities, targets=targets)
+        return self.voter.combine({name: torch.tensor(rows) for name, rows in stored.items()}, targets)
+
+    @staticmethod
+    def labels(result: VotingResult) -> SampleLabels:
+        """The dataset columns of a [`VotingResult`]."""
         voter_probs = {name: p.float().tolist() for name, p in result.voter_probabilities.items()}
-        votes = [[{"voter": name, "probs": p[i]} for name, p in voter_probs.items()] for i in range(len(targets))]
+        votes = [[{"voter": name, "probs": p[i]} for name, p in voter_probs.items()] for i in range(len(result.labels))]
         return SampleLabels(
             label=result.label_ids.tolist(),
             label_probs=result.probabilities.numpy().astype(np.float32),
@@ -111,12 +133,12 @@ class VotingLabeler:
 
 def default_labeler(
     pipe: SynFERPipeline,
-    classifiers: Sequence[ClassifierVoter] = (),
+    voters: Sequence[Voter] = (),
     voting: Mapping[str, Any] | None = None,
     guided: bool = False,
 ) -> Labeler:
     """The target voted with FERAnno (when the pipeline has a `feranno_head`), the pipeline's guide classifier (when
-    it has a `guidance_classifier` and its image processor, as voter `"guide"`) and the given classifiers; the
+    it has a `guidance_classifier` and its image processor, as voter `"guide"`) and the given voters; the
     target alone ([`TargetLabeler`]) when there is nothing to vote with. With FERAnno and the target only, the
     paper's averaging rule always keeps the target label (a one-hot vote outweighs any one distribution), so a
     third opinion is what lets a vote overrule the target.
@@ -129,11 +151,8 @@ def default_labeler(
     [`SyntheticSetConfig.voting_options`]); other than the defaults they need something to vote with."""
     voting = dict(voting or {})
     if not guided and pipe.guidance_classifier is not None and pipe.guidance_image_processor is not None:
-        classifiers = [
-            ClassifierVoter(pipe.guidance_classifier, pipe.guidance_image_processor, name="guide"),
-            *classifiers,
-        ]
-    if pipe.feranno_head is None and not classifiers:
+        voters = [ClassifierVoter(pipe.guidance_classifier, pipe.guidance_image_processor, name="guide"), *voters]
+    if pipe.feranno_head is None and not voters:
         changed = changed_voting_options(voting)
         if changed:
             guide = "an unguided guide classifier" if guided else "a guide classifier"
@@ -144,7 +163,7 @@ def default_labeler(
         return TargetLabeler()
     probability_voters = ("feranno",) if pipe.feranno_head is not None else ()
     return VotingLabeler(
-        EnsembleVoter(classifiers, VotingConfig(probability_voters=probability_voters, use_target=True, **voting))
+        EnsembleVoter(voters, VotingConfig(probability_voters=probability_voters, use_target=True, **voting))
     )
 
 

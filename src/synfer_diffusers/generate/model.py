@@ -4,17 +4,18 @@ device), and its fingerprint for the plan."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import diffusers
 import torch
+from huggingface_hub import snapshot_download
 from safetensors import SafetensorError
 
+from ..fingerprint import update_with_component
 from ..hub_utils import is_hub_repo_id
+from ..labels import ClassifierVoter
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from .config import DTYPES, SyntheticSetConfig, check_eta
 
@@ -65,6 +66,32 @@ def resolve_pipeline(model: str | None = None, dtype: torch.dtype | None = None)
     return pipe, str(model)
 
 
+VOTERS_FOLDER = "voters"
+"""A checkpoint's folder of extra voters shipped with it: `voters/<name>/` holds a transformers image classifier
+(`config.json` with an `id2label` mappable onto `EXPRESSIONS`, safetensors weights, image processor)."""
+
+
+def checkpoint_voters(model: str | None = None) -> list[ClassifierVoter]:
+    """The voters a checkpoint ships in its `voters/` folder ([`VOTERS_FOLDER`]), named by their sub-folders, for
+    `model` (a folder or Hub repo id; `None`: the default checkpoint). `synfer generate` adds them to the vote."""
+    if model is None:
+        folder = default_model_dir()
+    elif is_hub_repo_id(str(model)) and not Path(model).is_dir():
+        try:
+            folder = Path(snapshot_download(str(model), allow_patterns=[f"{VOTERS_FOLDER}/**"]))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"`model` {str(model)!r}: its voters could not be read: {error}") from error
+    else:
+        folder = Path(model)
+    voters = []
+    for path in sorted((folder / VOTERS_FOLDER).glob("*/config.json")):
+        try:
+            voters.append(ClassifierVoter.from_pretrained(str(path.parent), name=path.parent.name))
+        except MODEL_LOAD_ERRORS as error:
+            raise ValueError(f"`model`: its voter {path.parent.name!r} could not be loaded: {error}") from error
+    return voters
+
+
 def configure_pipeline(pipe: SynFERPipeline, config: SyntheticSetConfig, device: torch.device) -> SynFERPipeline:
     """Gives `pipe` (in place) the config's sampler (`scheduler` built from the checkpoint's scheduler config; DDIM
     with `clip_sample=False`, as latents need), `dtype` and `device`, and checks that `prototype_intensity` fits the
@@ -82,35 +109,13 @@ def configure_pipeline(pipe: SynFERPipeline, config: SyntheticSetConfig, device:
     return pipe.to(device)
 
 
-def _update_with_component(digest: Any, component: Any) -> None:
-    """Feeds a component's public config, weights (a module) or vocabulary (a tokenizer) into `digest`."""
-    config = getattr(component, "config", None)
-    if config is not None:
-        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        public = {k: v for k, v in config.items() if not k.startswith("_")}  # private keys: paths, set order
-        digest.update(json.dumps(public, sort_keys=True, default=str).encode())
-    if isinstance(component, torch.nn.Module):
-        for key, tensor in component.state_dict().items():
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif hasattr(component, "get_vocab"):
-        digest.update(json.dumps(component.get_vocab(), sort_keys=True).encode())
-
-
-def module_fingerprint(module: Any) -> str:
-    """sha256 of one component (config and weights, or vocabulary), e.g. a voting classifier."""
-    digest = hashlib.sha256()
-    _update_with_component(digest, module)
-    return digest.hexdigest()
-
-
 def pipeline_fingerprint(pipe: SynFERPipeline) -> str:
     """sha256 over the components' public configs, weights and tokenizer vocabulary: the model's identity in a
     plan, the same in every process and wherever the checkpoint is stored."""
     digest = hashlib.sha256()
     for name, component in sorted(pipe.components.items()):
         digest.update(name.encode())
-        _update_with_component(digest, component)
+        update_with_component(digest, component)
     return digest.hexdigest()
 
 

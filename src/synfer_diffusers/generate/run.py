@@ -16,15 +16,16 @@ from tqdm.auto import tqdm
 from ..data.hub import check_push_target, push_synthetic_dataset
 from ..data.writer import SyntheticRow, SyntheticSetWriter
 from ..facs import EXPRESSIONS
-from ..labels import ClassifierVoter
+from ..labels import load_voter
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from .card import DEFAULT_CARD_DATA, card_fields
 from .config import DTYPES, SyntheticSetConfig, check_device
 from .edit_set import EditSource, edit_inputs, plan_edit_sample
 from .labelers import Labeler, SampleLabels, changed_voting_options, default_labeler
 from .lock import OutputLock
-from .model import MODEL_LOAD_ERRORS, configure_pipeline, resolve_pipeline
+from .model import checkpoint_voters, configure_pipeline, resolve_pipeline
 from .plan import AUSource, LayoutSource, PlannedSample, build_plan, pipeline_inputs, plan_sample
+from .relabel import finish_rewrite, read_journal, rewrite_labels
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +175,12 @@ def generate_synthetic_dataset(
             barrier()
         result = SyntheticSetResult(str(output_dir), config.num_samples, len(run.writer.shards), len(pending), False)
         if (rank == 0 or not distributed) and not run.writer.pending_shards():
-            fields = card_fields(run.writer.plan, run.labeler, push_to_hub)
+            summary = rewrite_labels(run.writer, run.labeler) if run.labeler.needs_whole_set else None
+            if summary is not None:
+                logger.info(f"Process {rank + 1}/{world} finalised the labels: {summary.describe()}")
+            fields = card_fields(run.writer.plan, run.labeler, push_to_hub, summary)
             run.writer.finalize(fields, {**DEFAULT_CARD_DATA, **(card_data or {})})
+            finish_rewrite(output_dir)
             result.complete = True
             if push_to_hub is not None:
                 result.commit_url = push_synthetic_dataset(output_dir, push_to_hub, token=token, private=private)
@@ -215,12 +220,18 @@ def _checked_run(
         edit_source = EditSource.from_dataset(config.edit_dataset, size, pipe)
         config = _edit_set_config(config, len(edit_source), pipe)
         edit_plan = {"name": edit_source.name, "fingerprint": edit_source.fingerprint, "num_faces": len(edit_source)}
-    voter_models = [_load_voter(path) for path in voters]
+    shipped = checkpoint_voters(model) if pipeline is None else []
+    voter_models = [*shipped, *(load_voter(spec) for spec in voters)]
     labeler = labeler or default_labeler(
         pipe, voter_models, config.voting_options(), guided=config.semantic_guidance_scale > 0
     )
     plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs, layout_source, edit_plan)
     run = _Run(config, pipe, au_source, layout_source, edit_source, labeler, SyntheticSetWriter(output_dir, plan))
+    journal = read_journal(output_dir)
+    if journal is not None and journal["plan"] != run.writer.plan:
+        raise FileExistsError(
+            f"{output_dir} holds an interrupted `synfer relabel`: rerun it to finish, or pass --overwrite."
+        )
     check = pipe.check_edit_call if edit_source is not None else pipe.check_call
     check(**run.inputs([run.plan(0)], pipeline_kwargs))
     return run
@@ -239,14 +250,6 @@ def _edit_set_config(config: SyntheticSetConfig, num_faces: int, pipe: SynFERPip
             f"{len(config.edit_expressions())} expressions = {available}."
         )
     return config
-
-
-def _load_voter(path: str) -> ClassifierVoter:
-    try:
-        return ClassifierVoter.from_pretrained(path)
-    except MODEL_LOAD_ERRORS as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"`voters`: {path!r} could not be loaded as an image classifier: {reason}") from error
 
 
 def _write_pending_shards(

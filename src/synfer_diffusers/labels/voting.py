@@ -3,21 +3,17 @@
 SynFER labels a generated face with FERAnno and external FER classifiers; "where they disagree, the label is
 replaced by the ensemble's averaged prediction" [paper]. Voter set, weights, thresholds and discard rules are not
 given [choice: configurable, defaults reproduce the paper's rule]. Every image keeps its soft probabilities, its
-agreement score and each voter's vote, so users can filter later.
+agreement score and each voter's vote, so users can filter later, or relabel the set from its votes.
 
-Voters:
+Voters ([`~synfer_diffusers.labels.voters.Voter`], see `voters.py`): transformers classifiers
+([`ClassifierVoter`], mapped onto [`EXPRESSIONS`] by name as for semantic guidance), FERAnno as a separate pass
+([`FERAnnoVoter`]), plain functions ([`CallableVoter`]), probabilities computed elsewhere
+(`VotingConfig.probability_voters`, default `("feranno",)`: FERAnno in the generation loop) and the generation
+target (`VotingConfig.use_target`, a one-hot vote that abstains for images without a target).
 
-- **transformers classifiers** ([`ClassifierVoter`]): any `AutoModelForImageClassification` whose `id2label` maps
-  onto [`EXPRESSIONS`] by name, as for semantic guidance ([`~synfer_diffusers.facs.map_classifier_labels`]:
-  case-insensitive, `label_mapping` renames other names; outputs mapped to `None`, e.g. AffectNet-8's "contempt",
-  are dropped before the softmax);
-- **voters with given probabilities** (`VotingConfig.probability_voters`, default `("feranno",)`): probabilities
-  over `EXPRESSIONS` computed elsewhere, e.g. by FERAnno in the generation loop or by
-  [`FERAnnoPipeline.label_latents`]. FERAnno carries its own label set (`id2label`) and is mapped onto
-  `EXPRESSIONS` by the same by-name mapping as the classifiers
-  ([`~synfer_diffusers.facs.classifier_expression_probabilities`], `feranno_label_mapping` for its renames);
-- **the generation target** (`VotingConfig.use_target`): a one-hot vote for the expression the image was generated
-  for; it abstains for images without a target.
+Aggregation (`VotingConfig.aggregation`, see `aggregation.py`): `"paper"`, the weighted mean of the voters'
+probabilities image by image, or `"dawid_skene"`, which estimates each voter's confusion matrix from all the images
+voted on together and weighs its votes by it.
 """
 
 from __future__ import annotations
@@ -28,62 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
-from ..facs import EXPRESSIONS, classifier_expression_probabilities, map_classifier_labels
+from ..facs import EXPRESSIONS
+from .aggregation import AGGREGATIONS, aggregate
+from .voters import TARGET_VOTER, GivenVoter, TargetVoter, VoteBatch, Voter
 
-__all__ = ["ClassifierVoter", "EnsembleVoter", "VotingConfig", "VotingResult"]
-
-TARGET_VOTER = "target"
-
-
-class ClassifierVoter:
-    r"""
-    A transformers image classifier as a voter: its logits reordered into `EXPRESSIONS` (unmapped outputs dropped),
-    then softmax.
-
-    Args:
-        model ([`~transformers.PreTrainedModel`]): an image classifier returning `logits` `(B, num_classes)` with an
-            `id2label` in its config.
-        image_processor: a transformers image processor; `image_processor(images, return_tensors="pt")` must give
-            the model's `pixel_values`.
-        name (`str`, *optional*): the voter's name in results and weights (default: `model.config.name_or_path`,
-            else its `model_type`).
-        label_mapping (`dict`, *optional*): renames the classifier's labels onto `EXPRESSIONS` (`None` drops an
-            output), see [`~synfer_diffusers.facs.map_classifier_labels`]; unmappable labels raise a `ValueError`.
-
-    Example:
-
-    ```py
-    >>> voter = ClassifierVoter.from_pretrained("runs/judge", name="resnet", label_mapping={"contempt": None})
-    ```
-    """
-
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        image_processor: Any,
-        name: str | None = None,
-        label_mapping: Mapping[str, str | None] | None = None,
-    ):
-        self.model = model.eval()
-        self.image_processor = image_processor
-        self.name = name or model.config.name_or_path or model.config.model_type
-        self.index_map = map_classifier_labels(model.config.id2label, label_mapping, field="label_mapping")
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str, name: str | None = None, label_mapping: Mapping[str, str | None] | None = None, **kwargs: Any
-    ) -> ClassifierVoter:
-        """Loads model and image processor with the Auto classes from a folder or a Hub repo id."""
-        model = AutoModelForImageClassification.from_pretrained(path, **kwargs)
-        return cls(model, AutoImageProcessor.from_pretrained(path), name=name, label_mapping=label_mapping)
-
-    @torch.no_grad()
-    def __call__(self, images: Any) -> torch.Tensor:  # (B, len(EXPRESSIONS))
-        pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
-        logits = self.model(pixel_values=pixel_values.to(self.model.device, self.model.dtype)).logits
-        return classifier_expression_probabilities(logits, self.index_map).cpu()  # (B, C) -> (B, 7)
+__all__ = ["EnsembleVoter", "VotingConfig", "VotingResult"]
 
 
 @dataclass
@@ -111,6 +57,12 @@ class VotingConfig:
         metadata={"help": "Output probabilities: 'mixed' one-hot where agreed and averaged where not (paper), "
                           "'hard' always one-hot, 'soft' always the averaged probabilities."},
     )  # fmt: skip
+    aggregation: Literal["paper", "dawid_skene"] = field(
+        default="paper",
+        metadata={"help": "'paper': weighted mean of the voters' probabilities per image (SynFER); 'dawid_skene': "
+                          "each voter's confusion matrix estimated from the whole set by EM (Dawid & Skene 1979), "
+                          "so a voter that keeps confusing two classes loses weight there."},
+    )  # fmt: skip
     discard_rule: Literal["none", "disagreement", "target_mismatch"] = field(
         default="none",
         metadata={"help": "Which images get keep=False: 'disagreement' where the label is not agreed, "
@@ -124,6 +76,8 @@ class VotingConfig:
             raise ValueError(f"`agreement_threshold` must be in [0, 1], got {threshold!r}.")
         if self.label_type not in ("mixed", "hard", "soft"):
             raise ValueError(f"`label_type` must be one of 'mixed', 'hard', 'soft', got {self.label_type!r}.")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"`aggregation` must be one of {list(AGGREGATIONS)}, got {self.aggregation!r}.")
         if self.discard_rule not in ("none", "disagreement", "target_mismatch"):
             raise ValueError(
                 f"`discard_rule` must be one of 'none', 'disagreement', 'target_mismatch', got {self.discard_rule!r}."
@@ -156,6 +110,8 @@ class VotingResult:
         keep (`torch.Tensor` `(N,)` bool): False where the discard rule drops the image.
         votes (`dict[str, list[str | None]]`): each voter's label per image (`None` where it abstains).
         voter_probabilities (`dict[str, torch.Tensor]`): each voter's `(N, 7)` probabilities.
+        reliability (`dict[str, float]`, *optional*): with `aggregation="dawid_skene"`, each voter's estimated
+            probability of voting the true class; `aggregation_details` holds its confusion matrices and class prior.
     """
 
     labels: list[str]
@@ -167,6 +123,8 @@ class VotingResult:
     keep: torch.Tensor
     votes: dict[str, list[str | None]]
     voter_probabilities: dict[str, torch.Tensor]
+    reliability: dict[str, float] | None = None
+    aggregation_details: dict[str, Any] = field(default_factory=dict)
 
     def agreement_with(self, reference: Sequence[str]) -> dict[str, float]:
         """Fraction of images on which each voter (where it votes) and the final label (`"voted"`) equal `reference`
@@ -194,12 +152,13 @@ class VotingResult:
 
 class EnsembleVoter:
     r"""
-    Rectifies expression labels by voting between FERAnno, transformers classifiers and, optionally, the
-    generation target.
+    Rectifies expression labels by voting between voters (FERAnno, transformers classifiers, any
+    [`~synfer_diffusers.labels.voters.Voter`]) and, optionally, the generation target.
 
     Args:
-        classifiers (`Sequence[ClassifierVoter]`, defaults to `()`): classifiers run on the images.
-        config ([`VotingConfig`], *optional*): voter names, weights, threshold, output and discard rule.
+        voters (`Sequence[Voter]`, defaults to `()`): voters run on each batch ([`ClassifierVoter`], ...).
+        config ([`VotingConfig`], *optional*): given-probability voters, target, weights, threshold, aggregation,
+            output and discard rule.
 
     A voter set that is empty, has repeated names, or is weighted by names it does not contain raises a
     `ValueError`.
@@ -219,21 +178,22 @@ class EnsembleVoter:
     ```
     """
 
-    def __init__(self, classifiers: Sequence[ClassifierVoter] = (), config: VotingConfig | None = None):
-        self.classifiers = list(classifiers)
+    def __init__(self, voters: Sequence[Voter] = (), config: VotingConfig | None = None):
         self.config = config or VotingConfig()
-        self.voter_names = [c.name for c in self.classifiers] + list(self.config.probability_voters)
+        for voter in voters:
+            if not isinstance(voter, Voter):
+                raise TypeError(f"`voters` must be Voters (name, config(), vote(batch)), got {type(voter).__name__}.")
+        self.voters: list[Voter] = [*voters, *(GivenVoter(name) for name in self.config.probability_voters)]
         if self.config.use_target:
-            self.voter_names.append(TARGET_VOTER)
+            self.voters.append(TargetVoter())
+        self.voter_names = [voter.name for voter in self.voters]
         if not self.voter_names:
             raise ValueError(
-                "EnsembleVoter has no voters: give `classifiers`, `config.probability_voters` or `config.use_target`."
+                "EnsembleVoter has no voters: give `voters`, `config.probability_voters` or `config.use_target`."
             )
         repeated = sorted({n for n in self.voter_names if self.voter_names.count(n) > 1})
         if repeated:
-            raise ValueError(
-                f"Voter names must be unique, got {repeated} more than once; set `ClassifierVoter(name=...)`."
-            )
+            raise ValueError(f"Voter names must be unique, got {repeated} more than once; give the voters names.")
         unknown = sorted(set(self.config.weights) - set(self.voter_names))
         if unknown:
             raise ValueError(f"`weights` name unknown voters {unknown}; the voters are {self.voter_names}.")
@@ -243,69 +203,73 @@ class EnsembleVoter:
         images: Any = None,
         probabilities: Mapping[str, torch.Tensor] | None = None,
         targets: Sequence[str | None] | None = None,
-        batch_size: int = 32,
     ) -> VotingResult:
         r"""
         Votes on a batch of images.
 
         Args:
-            images (list of PIL images, *optional*): what the classifiers see; required when there are classifiers.
+            images (list of PIL images, *optional*): what the image voters see; required when there are any.
             probabilities (`dict[str, torch.Tensor]`, *optional*): `(N, 7)` probabilities over `EXPRESSIONS` for every
                 name in `config.probability_voters`.
             targets (`list[str | None]`, *optional*): generation targets (expression names), required with
                 `use_target`; `None` entries abstain.
-            batch_size (`int`, defaults to 32): images per classifier forward pass.
 
         Returns:
             [`VotingResult`].
         """
-        voter_probabilities = self._given_probabilities(probabilities or {})
-        for classifier in self.classifiers:
-            if images is None:
-                raise ValueError(f"`images` are required: classifier {classifier.name!r} votes on them.")
-            chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-            voter_probabilities[classifier.name] = torch.cat([classifier(chunk) for chunk in chunks])
-        num_images = _common_size(voter_probabilities, targets)
-        present = {name: torch.ones(num_images, dtype=torch.bool) for name in voter_probabilities}
-        if self.config.use_target:
-            voter_probabilities[TARGET_VOTER], present[TARGET_VOTER] = _target_votes(targets, num_images)
-        return self._combine(voter_probabilities, present, targets)
-
-    def _given_probabilities(self, probabilities: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        probabilities = dict(probabilities or {})
         expected, given = set(self.config.probability_voters), set(probabilities)
         if expected != given:
             raise ValueError(f"`probabilities` must hold exactly the voters {sorted(expected)}, got {sorted(given)}.")
-        checked = {}
-        for name, values in probabilities.items():
-            values = torch.as_tensor(values, dtype=torch.float32).cpu()
-            if values.ndim != 2 or values.shape[1] != len(EXPRESSIONS):
-                raise ValueError(
-                    f"`probabilities[{name!r}]` must have shape (N, {len(EXPRESSIONS)}), got {tuple(values.shape)}."
-                )
-            if not torch.isfinite(values).all() or (values < 0).any():
-                raise ValueError(f"`probabilities[{name!r}]` must be finite and non-negative.")
-            checked[name] = values / values.sum(-1, keepdim=True).clamp_min(1e-12)
-        return checked
+        probabilities = {name: _checked_probabilities(name, values) for name, values in probabilities.items()}
+        batch = VoteBatch(images=images, targets=targets, probabilities=probabilities)
+        return self.combine({voter.name: voter.vote(batch) for voter in self.voters}, targets)
+
+    def combine(
+        self, voter_probabilities: Mapping[str, torch.Tensor], targets: Sequence[str | None] | None = None
+    ) -> VotingResult:
+        r"""
+        Aggregates votes already cast, e.g. those stored in a synthetic set's `votes` column.
+
+        Args:
+            voter_probabilities (`dict[str, torch.Tensor]`): `(N, 7)` non-negative probabilities over `EXPRESSIONS`
+                for every voter of this ensemble; a zero row abstains.
+            targets (`list[str | None]`, *optional*): generation targets, for the `target_mismatch` discard rule.
+
+        Returns:
+            [`VotingResult`].
+        """
+        missing = sorted(set(self.voter_names) - set(voter_probabilities))
+        if missing:
+            raise ValueError(f"Votes of voters {missing} are missing; the voters are {self.voter_names}.")
+        checked = {name: _checked_probabilities(name, voter_probabilities[name]) for name in self.voter_names}
+        sizes = {name: len(values) for name, values in checked.items()}
+        if targets is not None:
+            sizes["targets"] = len(targets)
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"Voters disagree on the number of images: {sizes}.")
+        return self._combine(checked, targets)
 
     def _combine(
         self,
-        voter_probabilities: dict[str, torch.Tensor],  # name -> (N, 7)
-        present: dict[str, torch.Tensor],  # name -> (N,) bool, False = abstains
+        voter_probabilities: dict[str, torch.Tensor],  # name -> (N, 7), rows summing to 1 or 0 (abstains)
         targets: Sequence[str | None] | None,
     ) -> VotingResult:
         names = self.voter_names
         stacked = torch.stack([voter_probabilities[n] for n in names], dim=1)  # (N, V, 7)
+        present = stacked.sum(-1) > 0  # (N, V)
         weights = torch.tensor([float(self.config.weights.get(n, 1.0)) for n in names])  # (V,)
-        weights = weights * torch.stack([present[n] for n in names], dim=1).float()  # (N, V)
-        total = weights.sum(1)  # (N,)
+        per_image = weights[None, :] * present.float()  # (N, V)
+        total = per_image.sum(1)  # (N,)
         if (total == 0).any():
             raise ValueError(
                 f"Image(s) {torch.nonzero(total == 0).flatten().tolist()[:5]} have no voter with weight > 0."
             )
-        ensemble = (weights[..., None] * stacked).sum(1) / total[:, None]  # (N, 7)
+        aggregated = aggregate(self.config.aggregation, stacked, present, weights, names)
+        ensemble = aggregated.probabilities  # (N, 7)
         label_ids = ensemble.argmax(-1)  # (N,)
         vote_ids = stacked.argmax(-1)  # (N, V)
-        agreement = (weights * (vote_ids == label_ids[:, None])).sum(1) / total
+        agreement = (per_image * (vote_ids == label_ids[:, None])).sum(1) / total
         agreed = agreement >= self.config.agreement_threshold - 1e-6
         one_hot = torch.nn.functional.one_hot(label_ids, len(EXPRESSIONS)).float()
         output = {"hard": one_hot, "soft": ensemble, "mixed": torch.where(agreed[:, None], one_hot, ensemble)}
@@ -313,11 +277,13 @@ class EnsembleVoter:
         if self.config.discard_rule == "disagreement":
             keep = agreed
         elif self.config.discard_rule == "target_mismatch":
+            if targets is None:
+                raise ValueError("`targets` are required with the 'target_mismatch' discard rule.")
             keep = torch.tensor(
                 [t is not None and EXPRESSIONS.index(t) == i for t, i in zip(targets, label_ids.tolist())]
             )
         votes = {
-            n: [EXPRESSIONS[i] if p else None for i, p in zip(vote_ids[:, v].tolist(), present[n].tolist())]
+            n: [EXPRESSIONS[i] if p else None for i, p in zip(vote_ids[:, v].tolist(), present[:, v].tolist())]
             for v, n in enumerate(names)
         }
         return VotingResult(
@@ -330,26 +296,16 @@ class EnsembleVoter:
             keep=keep,
             votes=votes,
             voter_probabilities={n: voter_probabilities[n] for n in names},
+            reliability=aggregated.reliability,
+            aggregation_details=aggregated.details,
         )
 
 
-def _common_size(voter_probabilities: Mapping[str, torch.Tensor], targets: Sequence[str | None] | None) -> int:
-    sizes = {name: len(values) for name, values in voter_probabilities.items()}
-    if targets is not None:
-        sizes["targets"] = len(targets)
-    if not sizes:
-        raise ValueError("Nothing to vote on: pass `images`, `probabilities` or `targets`.")
-    if len(set(sizes.values())) != 1:
-        raise ValueError(f"Voters disagree on the number of images: {sizes}.")
-    return next(iter(sizes.values()))
-
-
-def _target_votes(targets: Sequence[str | None] | None, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-hot `(N, 7)` target votes and `(N,)` presence (False where the target is `None`)."""
-    if targets is None:
-        raise ValueError("`targets` are required with `VotingConfig(use_target=True)`.")
-    votes = torch.zeros(num_images, len(EXPRESSIONS))
-    for i, name in enumerate(targets):
-        if name is not None:
-            votes[i, EXPRESSIONS.label_id(name, field=f"targets[{i}]")] = 1.0
-    return votes, torch.tensor([t is not None for t in targets])
+def _checked_probabilities(name: str, values: torch.Tensor) -> torch.Tensor:
+    """`values` as float32 `(N, 7)` rows summing to 1 (a zero row stays zero: the voter abstains)."""
+    values = torch.as_tensor(values, dtype=torch.float32).cpu()
+    if values.ndim != 2 or values.shape[1] != len(EXPRESSIONS):
+        raise ValueError(f"`probabilities[{name!r}]` must have shape (N, {len(EXPRESSIONS)}), got {tuple(values.shape)}.")
+    if not torch.isfinite(values).all() or (values < 0).any():
+        raise ValueError(f"`probabilities[{name!r}]` must be finite and non-negative.")
+    return values / values.sum(-1, keepdim=True).clamp_min(1e-12)

@@ -8,6 +8,7 @@
 - [`determinism`]: the batch of step `s` ([`BatchOrder`]) and every random draw of that step
   ([`step_generator`]) are functions of `(seed, s)`, so a resumed run repeats the uninterrupted one.
 - [`augmentation`]: FineFace's AU smoothing and IP-Adapter's condition dropout.
+- [`au_consistency`]: [`AUConsistencyLoss`], an AU estimator's error on the decoded one-step estimate.
 - [`diffusion`]: latents, forward noising, the epsilon / v loss (optional min-SNR weighting), the UNet LoRA.
 - [`checkpoints`]: diffusers-style `checkpoint-{step}` folders (`accelerator.save_state`), the last K kept.
 - [`loader`]: DataLoader batches with per-example transforms in workers, memory-mapped or streamed.
@@ -18,6 +19,7 @@
 This package imports the rest of `synfer_diffusers`, never `examples/`.
 """
 
+from .au_consistency import AUConsistencyLoss, denoised_estimate
 from .augmentation import condition_dropout_masks, smooth_action_units
 from .checkpoints import checkpoint_step, list_checkpoints, resolve_checkpoint, save_checkpoint
 from .config import (
@@ -67,10 +69,13 @@ from .diffusion import (
 )
 from .latent_cache import cache_latents, diffusion_training_batches, latent_cache_fingerprint
 from .loader import StepBatchSampler, load_train_split, resolve_max_train_steps, training_batches
-from .loop import TrainingSummary, finish_run, push_output_to_hub, run_training_loop
+from .loop import LossParts, TrainingSummary, finish_run, push_output_to_hub, run_training_loop
 from .validation import save_expression_grid, tile_images
 
 __all__ = [
+    "AUConsistencyLoss",
+    "LossParts",
+    "denoised_estimate",
     "add_training_noise",
     "add_unet_lora",
     "AnyDataset",

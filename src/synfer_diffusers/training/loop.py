@@ -30,11 +30,22 @@ from .determinism import StepRandom
 @dataclass
 class TrainingSummary:
     """What one call of [`run_training_loop`] did: the step it started from (> 0 after a resume), the step it
-    reached, and the loss of every optimizer step it ran (averaged over micro-batches and processes)."""
+    reached, the loss of every optimizer step it ran (averaged over micro-batches and processes) and, where the loss
+    has named parts ([`LossParts`]), each part's values the same way."""
 
     start_step: int
     final_step: int
     losses: list[float] = field(default_factory=list)
+    parts: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class LossParts:
+    """A loss with named parts, e.g. `LossParts(total, {"diffusion": d, "au_consistency": a})`: the loop optimises
+    `loss`, logs each part as `loss/<name>` and records it in [`TrainingSummary.parts`]."""
+
+    loss: torch.Tensor
+    parts: dict[str, torch.Tensor]
 
 
 def tracker_config(config: TrainingConfig) -> dict[str, Any]:
@@ -65,7 +76,7 @@ def run_training_loop(
     accelerator: Accelerator,
     config: TrainingConfig,
     batches: Callable[[int], Iterator[dict[str, torch.Tensor]]],
-    compute_loss: Callable[[dict[str, torch.Tensor], StepRandom], torch.Tensor],
+    compute_loss: Callable[[dict[str, torch.Tensor], StepRandom], torch.Tensor | LossParts],
     optimizer: torch.optim.Optimizer,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
     models: Mapping[str, nn.Module],
@@ -83,7 +94,8 @@ def run_training_loop(
     Args:
         batches: `start_micro_step -> iterator of this process's micro-batches` (see
             [`~synfer_diffusers.training.loader.training_batches`]).
-        compute_loss: `(micro-batch, random) -> scalar loss`; all its random draws must come from `random`.
+        compute_loss: `(micro-batch, random) -> scalar loss` (or [`LossParts`]); all its random draws must come
+            from `random`.
         models: the prepared models being trained (gradients are synchronised once per optimizer step).
         after_step: called with the number of completed steps after each optimizer step (e.g. an EMA update).
         validate: called on the main process every `config.validation_steps` steps and at the last step, under
@@ -100,13 +112,18 @@ def run_training_loop(
         total=config.max_train_steps, initial=start_step, desc=project, disable=not accelerator.is_local_main_process
     )
     for step in range(start_step, config.max_train_steps):
-        step_loss = 0.0
+        step_loss, step_parts = 0.0, {}
         for micro in range(accumulation):
             random = StepRandom(
                 config.seed, step, micro, accumulation, accelerator.process_index, accelerator.num_processes
             )
             with accelerator.accumulate(*models.values()):
                 loss = compute_loss(next(micro_batches), random)
+                if isinstance(loss, LossParts):
+                    for name, part in loss.parts.items():
+                        value = accelerator.gather(part.detach().float()[None]).mean().item() / accumulation
+                        step_parts[name] = step_parts.get(name, 0.0) + value
+                    loss = loss.loss
                 accelerator.backward(loss)
                 if config.max_grad_norm > 0 and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -118,8 +135,10 @@ def run_training_loop(
         if after_step is not None:
             after_step(done)
         summary.losses.append(step_loss)
+        for name, value in step_parts.items():
+            summary.parts.setdefault(name, []).append(value)
         summary.final_step = done
-        logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}
+        logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], **{f"loss/{n}": v for n, v in step_parts.items()}}
         accelerator.log(logs, step=done)
         progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{logs['lr']:.2e}")
         progress.update()

@@ -3,7 +3,9 @@ model on the Hub"."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
 
@@ -38,10 +41,26 @@ FERANNO_EXAMPLE_DOC_STRING = """
         ```
 """
 
+SYNFER_HEAD_COMPONENT = "feranno_head"
+"""The FERAnno head's component name in a `SynFERPipeline` checkpoint (`head` in a FERAnno one)."""
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "token")
+"""`from_pretrained` arguments that say where and how to read the repo (passed on to the head's own load)."""
+
 HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 """PIL modes that `convert("RGB")` would clip rather than convert: rejected."""
 
 FERAnnoImageInput = PIL.Image.Image | Sequence[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+@contextlib.contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """diffusers' logger at error level for the block (its notes on skipped components of a SynFER checkpoint)."""
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 @dataclass
@@ -111,6 +130,38 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
         for module in (vae, text_encoder, unet, head):
             module.eval()
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> FERAnnoPipeline:
+        r"""
+        As [`~diffusers.DiffusionPipeline.from_pretrained`], from a FERAnno repo or folder, or from a
+        [`SynFERPipeline`] checkpoint that carries a FERAnno head (its `feranno_head` component becomes `head`; the
+        SynFER-only components are not loaded).
+
+        Example:
+
+        ```py
+        >>> FERAnnoPipeline.from_pretrained("path/to/synfer-checkpoint")  # e.g. the embedded default
+        ```
+        """
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        index = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
+        if "head" in kwargs or "head" in index or SYNFER_HEAD_COMPONENT not in index:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        head = FERAnnoHead.from_pretrained(pretrained_model_name_or_path, subfolder=SYNFER_HEAD_COMPONENT, **hub_kwargs)
+        with _quiet_diffusers():  # the SynFER-only components it skips are expected, not a misconfiguration
+            return super().from_pretrained(pretrained_model_name_or_path, head=head, **kwargs)
+
+    @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs: Any) -> FERAnnoPipeline:
+        """As [`~diffusers.DiffusionPipeline.from_pipe`]; from a [`SynFERPipeline`] its `feranno_head` is the head."""
+        if "head" not in kwargs and "head" not in pipeline.components:
+            head = pipeline.components.get(SYNFER_HEAD_COMPONENT)
+            if head is None:
+                raise ValueError(f"{type(pipeline).__name__} has no FERAnno head: pass `head=`.")
+            kwargs["head"] = head
+        with _quiet_diffusers():
+            return super().from_pipe(pipeline, **kwargs)
 
     @property
     def resolution(self) -> int:

@@ -1,0 +1,79 @@
+"""Label aggregation in FaceWorld's hard regime, where labels go wrong: target, FERAnno, the paper's vote and
+Dawid-Skene over the same stored votes (issue 26), against both suite judges, and optionally downstream.
+
+The set is table 5's (the embedded default, AUs drawn from hard-regime train faces by annotated label, no semantic
+guidance, voted by FERAnno in the loop + the default's guide + the target), made once; every aggregation reads the
+same stored `votes` column, so the rows differ only by how the votes are combined. The judges are the suite's
+committed measurement models (neither shaped the images or voted). `--downstream` adds table 5's classifier at 1x
+(the first N images, `--seeds`) for FERAnno, vote and Dawid-Skene labels, tested on hard real test faces' true
+labels.
+
+    python benchmarks/eval_label_aggregation.py --run-dir runs/labels --num-samples 500 --downstream
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from suite.common import FULL, LABEL_SOURCES, load_real, load_script, run_classifiers, summarise_runs, write_json
+from suite.downstream import DownstreamRow, labelled_set, training_data, write_set
+from suite.hard_regime import JUDGES, agreement_with_judges, hard_set_config
+from suite.prerequisites import MEASUREMENT_MODELS, World, ensure_faceworld
+
+BENCHMARKS = Path(__file__).resolve().parent
+DOWNSTREAM_SOURCES = ("feranno", "vote", "dawid_skene")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, help="Work folder (FaceWorld, the set, classifiers); resumable.")
+    parser.add_argument("--num-samples", type=int, default=500, help="Images of the hard synthetic set.")
+    parser.add_argument("--downstream", action="store_true", help="Also train table 5's classifier at 1x.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(FULL.seeds), help="Classifier seeds.")
+    parser.add_argument("--output", default=str(BENCHMARKS / "results" / "label_aggregation.json"))
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    work = run_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    config = replace(FULL, seeds=tuple(args.seeds))
+    ensure_faceworld(run_dir / "faceworld_hard", World(0, config.hard_num_train, config.num_test, regime="hard"))
+    for judge in JUDGES:  # the committed measurement models, by the names table 5 reads
+        if not (run_dir / judge).exists():
+            os.symlink(MEASUREMENT_MODELS / judge, run_dir / judge)
+    set_config = replace(hard_set_config(config, run_dir), num_samples=args.num_samples)
+    path, generation = write_set(set_config, work, f"hard_synthetic_set_{args.num_samples}")
+    synthetic = labelled_set(path, work, f"_hard_{args.num_samples}")
+    synthetic.pop("feranno_stage")
+    fer = load_script(BENCHMARKS.parent / "examples" / "train_fer_classifier.py")
+    results = {
+        "num_samples": args.num_samples,
+        "generation_seconds": generation.get("stage_seconds"),
+        "commit": generation.get("commit"),
+        "label_agreement_with_judges": agreement_with_judges(synthetic, run_dir, fer),
+        "changed_from_target": {s: float((synthetic[s] != synthetic["target"]).mean()) for s in LABEL_SOURCES},
+    }
+    if args.downstream:
+        results["downstream"] = downstream(config, run_dir, work, synthetic, args.num_samples, fer)
+    write_json(Path(args.output), results)
+    print(json.dumps(results, indent=2))
+    return results
+
+
+def downstream(config, run_dir: Path, work: Path, synthetic: dict, num: int, fer) -> list[dict]:
+    rows = [DownstreamRow(f"hard: synthetic N ({source})", False, 1, source, guided=False) for source in DOWNSTREAM_SOURCES]
+    test = load_real(run_dir, "test", ("image", "clean_label"), world="faceworld_hard")
+    sets = {row.name: partial(training_data, row, num, {}, {False: synthetic}) for row in rows}
+    runs = run_classifiers(sets, test, work / f"label_aggregation_downstream_{num}", config, run_dir, fer)
+    return [{"name": row.name, **{k: v for k, v in summarise_runs(runs, row.name).items() if k != "confusion_matrix"}}
+            for row in rows]  # fmt: skip
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

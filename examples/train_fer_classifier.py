@@ -51,6 +51,8 @@ from transformers import (
     PreTrainedModel,
     ResNetConfig,
     ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
 )
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
@@ -59,7 +61,7 @@ from synfer_diffusers.hub_utils import write_model_card
 from synfer_diffusers.training import push_output_to_hub
 
 TASKS = ("expression", "action_units")
-ARCHITECTURES = ("resnet", "convnext", "mobilenet_v2")
+ARCHITECTURES = ("resnet", "convnext", "mobilenet_v2", "vit")
 AU_NAMES = AUSpace.disfa12().names
 IMAGE_SIZE = 64
 
@@ -84,6 +86,10 @@ class TrainFERConfig:
         default_factory=lambda: [1, 1, 1], metadata={"help": "Blocks per stage (resnet, convnext)."}
     )
     depth_multiplier: float = field(default=0.5, metadata={"help": "Channel multiplier of mobilenet_v2."})
+    patch_size: int = field(
+        default=8, metadata={"help": "vit: patch side in pixels (its width is the last of `hidden_sizes`, its "
+                                     "layers the sum of `depths`)."}
+    )  # fmt: skip
     max_train_steps: int = field(default=2000, metadata={"help": "Optimisation steps (one-cycle schedule over them)."})
     time_budget_s: float | None = field(
         default=None,
@@ -238,6 +244,13 @@ def build_model(config: TrainFERConfig) -> PreTrainedModel:
             layer_type="basic", **head,
         )  # fmt: skip
         model_class = ResNetForImageClassification
+    elif config.architecture == "vit":  # attention over patches, no convolution past the patch embedding
+        width = config.hidden_sizes[-1]
+        model_config = ViTConfig(
+            image_size=IMAGE_SIZE, patch_size=config.patch_size, hidden_size=width, num_hidden_layers=sum(config.depths),
+            num_attention_heads=max(1, width // 32), intermediate_size=2 * width, **head,
+        )  # fmt: skip
+        model_class = ViTForImageClassification
     elif config.architecture == "mobilenet_v2":  # depthwise-separable inverted residuals: another model family
         model_config = MobileNetV2Config(
             image_size=IMAGE_SIZE, depth_multiplier=config.depth_multiplier, classifier_dropout_prob=0.2, **head

@@ -77,9 +77,10 @@ from suite.report import (
     render_results,
     speed_targets,
 )
+from suite.representation import representation_targets, table_representation
 from suite.speed import table_speed
 
-RUN_ORDER = (1, 5, 6, 2, 4, 3)  # the label-rectification tables early, the speed ratios last
+RUN_ORDER = (1, 5, 6, 2, 7, 4, 3)  # the label-rectification tables early, the speed ratios last
 TARGETS = {
     1: lambda table, config: generation_targets(table),
     2: downstream_targets,
@@ -87,6 +88,7 @@ TARGETS = {
     4: editing_targets,
     5: hard_targets,
     6: lambda table, config: feranno_targets(table),
+    7: representation_targets,
 }
 PLOTS = {1: plot_generation, 2: plot_downstream, 3: plot_speed, 4: lambda table, plots: [plot_editing(table, plots)]}
 
@@ -167,6 +169,7 @@ def run_tables(
         4: lambda: table_editing(config, run_dir, work, fer),
         5: lambda: table_hard_regime(config, run_dir, work, fer),
         6: lambda: table_feranno(config, run_dir, work),
+        7: lambda: table_representation(config, run_dir, work),
     }
     tables = {}
     for number in (number for number in RUN_ORDER if number in selected):

@@ -11,7 +11,7 @@ import pytest
 from synfer_diffusers import EXPRESSIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from suite import common, feranno, hard_regime, report  # noqa: E402  (the suite package lives beside its script)
+from suite import common, feranno, hard_regime, report, representation  # noqa: E402  (the suite package lives beside its script)
 from suite.downstream import downstream_rows  # noqa: E402
 
 
@@ -156,9 +156,10 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
                                        "test_all_attributes": 0.34}}  # fmt: skip
     results = {"generation": generation, "downstream": downstream, "speed": speed, "editing": editing,
                "hard_regime": _hard_results({"hard: real N": (0.62, 0.0)}, 0.75), "feranno": _feranno_results(),
-               "machine": "test CPU", "tables": [1, 2, 3, 4, 5, 6],
+               "representation": _representation_results((0.50, 0.01), (0.56, 0.01)),
+               "machine": "test CPU", "tables": [1, 2, 3, 4, 5, 6, 7],
                "commit": "abc", "date": "2026-11-28", "stages": {"table 1": {"stage_seconds": 1.0, "commit": "abc"}},
-               "measured": {n: {"date": "2026-11-2" + str(7 + n // 4), "machine": "test CPU"} for n in range(1, 7)}}  # fmt: skip
+               "measured": {n: {"date": "2026-11-2" + str(7 + n // 4), "machine": "test CPU"} for n in range(1, 8)}}  # fmt: skip
     checks = _targets(generation, downstream, speed, config)
     text = report.render_results(results, checks, config, tmp_path)
     assert "--quick" in text and "FaceWorld" in text and "commit abc" in text and "- table 1: 1 s, commit abc" in text
@@ -170,14 +171,41 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
     assert "| semantic_guidance (tiny) <= 1.5 | 1.600 | **no** |" in text
     assert "| FERAnno | 4800 | 53.0% | 46.6% | 0.521 | 256 |" in text
     assert "Not measured" not in text
-    assert "tables 1, 2, 3 on 2026-11-27 (test CPU); tables 4, 5, 6 on 2026-11-28 (test CPU)" in text
+    assert "tables 1, 2, 3 on 2026-11-27 (test CPU); tables 4, 5, 6, 7 on 2026-11-28 (test CPU)" in text
+    assert "| real N + synthetic N | 200 | 56.0% ± 1.4% |" in text
 
     subset = {**results, "tables": [1, 5, 6]}
-    del subset["speed"], subset["downstream"], subset["editing"]
+    del subset["speed"], subset["downstream"], subset["editing"], subset["representation"]
     text = report.render_results(subset, report.generation_targets(generation), config, tmp_path)
-    assert "Not measured at this commit (`--tables` runs them): table 2 (downstream), 3 (speed), 4 (editing)." in text
+    assert ("Not measured at this commit (`--tables` runs them): table 2 (downstream), 3 (speed), 4 (editing), "
+            "7 (representation).") in text  # fmt: skip
     assert "## 1. Generation" in text and "## 5. Label rectification" in text and "## 6. FERAnno" in text
     assert "## 2. Downstream" not in text and "## 3. Speed" not in text and "## 4." not in text
+
+
+def _representation_results(real: tuple[float, float], both: tuple[float, float]) -> dict:
+    """Table 7 with two seeds per row at `mean -/+ spread`."""
+    runs = [{"row": row.name, "seed": seed, "accuracy": value[0] + (2 * seed - 1) * value[1], "stage_seconds": 1.0,
+             "commit": "abc"}
+            for row in representation.representation_rows(common.QUICK) for seed in (0, 1)
+            for value in [{"real N": real, "real N + synthetic N": both}.get(row.name, (0.4, 0.0))]]  # fmt: skip
+    rows = []
+    for row in representation.representation_rows(common.QUICK):
+        accuracy = np.array([r["accuracy"] for r in runs if r["row"] == row.name])
+        rows.append({"name": row.name, "images": 100 * (row.real + row.synthetic), "seeds": 2,
+                     "accuracy_mean": float(accuracy.mean()), "accuracy_std": float(accuracy.std(ddof=1))})  # fmt: skip
+    return {"rows": rows, "runs": runs, "stages": {}}
+
+
+def test_representation_rows_and_target():
+    names = [row.name for row in representation.representation_rows(common.FULL)]
+    assert names == ["real N", "synthetic N", f"synthetic {common.FULL.synthetic_factor}N", "real N + synthetic N"]
+    ((_, measured, met),) = representation.representation_targets(_representation_results((0.5, 0.01), (0.56, 0.01)),
+                                                                   common.QUICK)  # fmt: skip
+    assert met is True and "56.0% vs 50.0%" in measured
+    ((_, _, met),) = representation.representation_targets(_representation_results((0.5, 0.05), (0.53, 0.01)),
+                                                           common.QUICK)  # fmt: skip
+    assert met is False  # a 3-point gain inside a 7-point spread
 
 
 def _feranno_results() -> dict:

@@ -42,6 +42,9 @@ class SuiteConfig:
     writer_memory_samples: int  # table 3: images of the writer's memory run
     semantic_guidance_scale: float = 12.0  # lambda_g (default interval 2), chosen in the issue-4 sweep
     sweep_seeds: int = 4  # table 1: seeds of each AU sweep (every AU of the space at every level 0..5)
+    ssl_steps: int = 600  # table 7: SimCLR pretraining steps of each row
+    ssl_batch_size: int = 128  # table 7: images per SimCLR step (x 2 views)
+    probe_num_train: int = 2000  # table 7: labelled real faces of every linear probe
     edit_faces: int = 10  # table 4: FaceWorld source faces, each edited into the 7 expressions
     edit_num_real: int = 42  # table 4 downstream: M real faces, + their 6M edits or + 6M generated images
     identity_steps: int = 800  # table 4: training steps of the identity classifier
@@ -62,7 +65,7 @@ QUICK = SuiteConfig(
     num_real=140, synthetic_factor=2, generation_steps=10, classifier_steps=60, seeds=(0,),
     speed_configs=("tiny",), writer_memory_samples=100, edit_faces=2, edit_num_real=14, identity_steps=60,
     hard_num_train=700, hard_num_real=70, feranno_num_train=140, feranno_steps=4, feranno_batch_size=8,
-    sweep_seeds=1,
+    sweep_seeds=1, ssl_steps=10, ssl_batch_size=16, probe_num_train=140,
 )  # fmt: skip
 CLASSIFIER = {"architecture": "resnet", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "train_batch_size": 64}
 LABEL_SOURCES = ("target", "feranno", "vote", "dawid_skene")

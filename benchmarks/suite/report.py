@@ -13,6 +13,7 @@ from .common import NOT_RECORDED, SuiteConfig
 from .editing import render_editing
 from .feranno import render_feranno
 from .hard_regime import render_hard_regime
+from .representation import render_representation
 from .speed import speed_row_unit, speed_row_value
 
 
@@ -307,10 +308,12 @@ def render_speed(speed: dict, config: SuiteConfig) -> list[str]:
     ]  # fmt: skip
 
 
-TABLE_NAMES = {1: "generation", 2: "downstream", 3: "speed", 4: "editing", 5: "hard regime", 6: "FERAnno"}
-RESULT_KEYS = {1: "generation", 2: "downstream", 3: "speed", 4: "editing", 5: "hard_regime", 6: "feranno"}
+TABLE_NAMES = {1: "generation", 2: "downstream", 3: "speed", 4: "editing", 5: "hard regime", 6: "FERAnno",
+               7: "representation"}  # fmt: skip
+RESULT_KEYS = {1: "generation", 2: "downstream", 3: "speed", 4: "editing", 5: "hard_regime", 6: "feranno",
+               7: "representation"}  # fmt: skip
 RENDERERS = {1: render_generation, 2: render_downstream, 3: render_speed, 4: render_editing, 5: render_hard_regime,
-             6: render_feranno}  # fmt: skip
+             6: render_feranno, 7: render_representation}  # fmt: skip
 
 
 def render_results(results: dict, checks, config: SuiteConfig, run_dir: Path) -> str:

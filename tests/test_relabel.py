@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from huggingface_hub import DatasetCard
 
 from synfer_diffusers import FERAnnoHead, SynFERPipeline
 from synfer_diffusers.cli import main as cli
@@ -105,6 +106,9 @@ def test_relabel_recomputes_labels_from_stored_votes_with_an_added_voter(paper_s
     assert set(result.summary.reliability) == {"feranno", "contrarian", "target"}
     card = (folder / "README.md").read_text()
     assert "Dawid-Skene" in card and "estimated probability that each voter's vote is right: feranno" in card
+    metadata = DatasetCard.load(folder / "README.md").data
+    assert metadata.annotations_creators == ["machine-generated"] and metadata.pretty_name  # kept by the relabel
+    assert metadata.license == DatasetCard.load(paper_set / "README.md").data.license
     assert not (folder / JOURNAL_FILE).exists()
     # relabelling again with the paper's rule from the new stored votes gives the paper's labels of those votes
     relabel_synthetic_dataset(folder, voting={"aggregation": "paper"})

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from .relabel import RelabelSummary
 
 DEFAULT_CARD_DATA: dict[str, Any] = {
+    "pretty_name": "SynFER synthetic facial-expression dataset",
+    "language": ["en"],  # the prompts
+    "annotations_creators": ["machine-generated"],  # target, FERAnno and classifier labels
     "task_categories": ["image-classification", "text-to-image"],
     "tags": ["synfer", "synthetic", "facial-expression-recognition", "action-units"],
 }

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageClassification
 
-from synfer_diffusers import SynFERPipeline
+from synfer_diffusers import EXPRESSIONS, SynFERPipeline
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
@@ -89,15 +89,20 @@ def sweep(pipe: SynFERPipeline, regressor, fer, levels, seeds, steps, guidance_s
     return {"levels": list(levels), "seeds": list(seeds), "per_au": results, "summary": summary}, strips
 
 
-def per_au_error(pipe, regressor, fer, faceworld: str, per_expression: int, steps: int, guidance_scale: float) -> dict:
-    """Per-AU absolute error of the regressor on real test faces and on "+ AUs" images, and their ratio."""
+def per_au_error(
+    pipe, regressor, fer, faceworld: str, per_expression: int, steps: int, guidance_scale: float, judges=(), **kwargs
+) -> dict:
+    """Per-AU absolute error of the regressor on real test faces and on "+ AUs" images (pipeline arguments
+    `kwargs`), their ratio, and each of `judges`' expression accuracy on those images."""
     import datasets
 
     test = datasets.load_dataset(faceworld, split="test").with_format("numpy")
     real = fer.evaluate_au_regressor(regressor, fer.images_to_tensor(test["image"]), np.asarray(test["action_units"]))
-    images, _, requested, _ = generate(pipe, per_expression, steps, guidance_scale, batch_size=35)
+    images, targets, requested, _ = generate(pipe, per_expression, steps, guidance_scale, batch_size=35, **kwargs)
     generated = fer.evaluate_au_regressor(regressor, images, requested.numpy())
+    labels = [EXPRESSIONS.index(t) for t in targets]
     return {
+        "expression_accuracy": [fer.evaluate_expression_classifier(j, images, labels)["accuracy"] for j in judges],
         "real_mae": real["mae"], "generated_mae": generated["mae"], "ratio": generated["mae"] / real["mae"],
         "per_au": {name: {"real": real["mae_per_au"][name], "generated": generated["mae_per_au"][name],
                           "ratio": generated["mae_per_au"][name] / max(real["mae_per_au"][name], 1e-6)}
@@ -134,6 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sweep-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--pipeline-kwargs", type=json.loads, default={},
+                        help="more pipeline arguments as JSON, e.g. '{\"au_scale\": 1.5}'")  # fmt: skip
+    parser.add_argument("--judge", nargs="*", default=[], help="expression judges scoring the + AUs images")
     parser.add_argument("--plot", default=None, help="PNG of the sweep strips")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -141,13 +149,14 @@ def main(argv: list[str] | None = None) -> dict:
     fer = load_example("train_fer_classifier")
     regressor = AutoModelForImageClassification.from_pretrained(args.au_regressor).eval()
     pipe = SynFERPipeline.from_pretrained(args.model)
+    judges = [AutoModelForImageClassification.from_pretrained(path).eval() for path in args.judge]
     result = {
         "args": vars(args),
         "per_au_error": per_au_error(pipe, regressor, fer, args.faceworld, args.per_expression, args.steps,
-                                     args.guidance_scale),  # fmt: skip
+                                     args.guidance_scale, judges, **args.pipeline_kwargs),  # fmt: skip
     }
     result["sweeps"], strips = sweep(pipe, regressor, fer, args.levels, args.sweep_seeds, args.steps,
-                                     args.guidance_scale)  # fmt: skip
+                                     args.guidance_scale, **args.pipeline_kwargs)  # fmt: skip
     if args.plot:
         plot_strips(strips, args.levels, args.plot)
     print(f"{'AU':6} {'real MAE':>9} {'gen MAE':>8} {'ratio':>6} {'spearman':>9} {'leak':>6}")
@@ -155,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
         s = result["sweeps"]["per_au"][name]
         print(f"{name:6} {error['real']:9.3f} {error['generated']:8.3f} {error['ratio']:6.2f} {s['spearman']:9.3f} "
               f"{s['leak']:6.3f}")  # fmt: skip
-    print(json.dumps(result["sweeps"]["summary"]), f"ratio {result['per_au_error']['ratio']:.2f}")
+    print(json.dumps(result["sweeps"]["summary"]), f"ratio {result['per_au_error']['ratio']:.2f}",
+          "expression accuracy", result["per_au_error"]["expression_accuracy"])  # fmt: skip
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -150,6 +150,17 @@ def stage_summary(stages: dict[str, dict]) -> dict[str, dict]:
     }
 
 
+def beats_beyond_spread(target: str, ours: dict, theirs: dict) -> tuple[str, str, bool]:
+    """`(target, measured, met)`: summarised row `ours` beats row `theirs` by more than the larger seed standard
+    deviation (a one-seed row has no spread to beat, so the target is not met)."""
+    spread = max(ours["accuracy_std"], theirs["accuracy_std"])
+    several = min(ours["seeds"], theirs["seeds"]) > 1
+    measured = f"{ours['accuracy_mean']:.1%} vs {theirs['accuracy_mean']:.1%} " + (
+        f"(spread {spread:.1%})" if several else "(one seed: no spread)"
+    )
+    return target, measured, several and ours["accuracy_mean"] - theirs["accuracy_mean"] > spread
+
+
 def summarise_runs(runs: list[dict], name: str) -> dict:
     """Mean and sample standard deviation over the seeds of row `name`, mean per-class recall, summed confusion
     matrix."""

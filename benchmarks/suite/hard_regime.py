@@ -21,6 +21,7 @@ from synfer_diffusers.generate import SyntheticSetConfig
 from .common import (
     LABEL_SOURCES,
     SuiteConfig,
+    beats_beyond_spread,
     classifier_stage,
     load_real,
     run_classifiers,
@@ -98,27 +99,12 @@ def hard_targets(hard: dict, config: SuiteConfig) -> list[tuple[str, str, bool]]
     checks.append(("hard: Dawid-Skene labels agree with the judge on >= 90% of images", f"{dawid_skene:.1%}",
                    dawid_skene >= 0.9))  # fmt: skip
     for group in ("hard: synthetic N", f"hard: synthetic {config.synthetic_factor}N"):
-        ours = rows[f"{group} (dawid_skene)"]
+        rule = rows[f"{group} (dawid_skene)"]
         for other in ("feranno", "vote"):
-            theirs = rows[f"{group} ({other})"]
-            spread = max(ours["accuracy_std"], theirs["accuracy_std"])
-            several = min(ours["seeds"], theirs["seeds"]) > 1
-            checks.append((
-                f"{group}: Dawid-Skene labels beat {other} labels by more than the seed spread",
-                f"{ours['accuracy_mean']:.1%} vs {theirs['accuracy_mean']:.1%} "
-                + (f"(spread {spread:.1%})" if several else "(one seed: no spread)"),
-                several and ours["accuracy_mean"] - theirs["accuracy_mean"] > spread,
-            ))  # fmt: skip
-    for group in ("hard: synthetic N", f"hard: synthetic {config.synthetic_factor}N"):
-        vote, target = rows[f"{group} (vote)"], rows[f"{group} (target)"]
-        spread = max(vote["accuracy_std"], target["accuracy_std"])
-        several = min(vote["seeds"], target["seeds"]) > 1  # one seed has no spread to beat
-        checks.append((
-            f"{group}: voted labels beat target labels by more than the seed spread",
-            f"{vote['accuracy_mean']:.1%} vs {target['accuracy_mean']:.1%} "
-            + (f"(spread {spread:.1%})" if several else "(one seed: no spread)"),
-            several and vote["accuracy_mean"] - target["accuracy_mean"] > spread,
-        ))  # fmt: skip
+            target = f"{group}: Dawid-Skene labels beat {other} labels by more than the seed spread"
+            checks.append(beats_beyond_spread(target, rule, rows[f"{group} ({other})"]))
+        target = f"{group}: voted labels beat target labels by more than the seed spread"
+        checks.append(beats_beyond_spread(target, rows[f"{group} (vote)"], rows[f"{group} (target)"]))
     return checks
 
 

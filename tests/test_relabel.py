@@ -279,3 +279,14 @@ def test_a_checkpoint_ships_voters_that_vote_by_default(tmp_path):
     plan = json.loads((tmp_path / "set" / "plan.json").read_text())
     assert plan["labeler"]["voters"][0]["name"] == "independent" and plan["labeler"]["voters"][0]["fingerprint"]
     assert "ensemble vote of independent (resnet), target" in (tmp_path / "set" / "README.md").read_text()
+
+
+def test_a_set_without_its_local_manifests_relabels_like_the_original(paper_set, tmp_path):
+    """A set downloaded from the Hub has its plan, shards and card but not `.synfer/` (manifests stay with its
+    maker): its shards are verified against the plan and adopted, and the relabel equals the original folder's."""
+    original, downloaded = tmp_path / "original", tmp_path / "downloaded"
+    shutil.copytree(paper_set, original)
+    shutil.copytree(paper_set, downloaded, ignore=shutil.ignore_patterns(".synfer"))
+    for folder in (original, downloaded):
+        relabel_synthetic_dataset(folder, voting={"aggregation": "dawid_skene"})
+    assert digests(downloaded) == digests(original)

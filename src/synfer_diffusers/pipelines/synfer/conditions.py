@@ -68,15 +68,22 @@ def sample_prototype_action_units(
     space: AUSpace, expression: str, generator: torch.Generator | None, intensity: float | None, jitter: float
 ) -> torch.Tensor:  # (num_aus,)
     """EMFACS prototype of `expression` (its AUs and their left/right variants at `intensity`, see
-    [`expression_prototype`]) with Gaussian intensity jitter (std `jitter`) on its active AUs, drawn from `generator`
-    on its own device (torch's global RNG for `None`) and clipped to the space's range. Occurrence spaces get no
-    jitter (their prototypes are 0/1 by default)."""
+    [`expression_prototype`]) with seeded intensity jitter on its active AUs, drawn from `generator` on its own device
+    (torch's global RNG for `None`). Occurrence spaces get no jitter (their prototypes are 0/1 by default).
+
+    Each active AU of prototype value `v` becomes `v + clip(sigma z, -d, d)` with `z` standard normal: a Gaussian of
+    std `sigma = min(jitter, d / 2)` truncated symmetrically to `v ± d`, where `d = min(v - floor, max - v)` is the
+    room to the range's edges (`floor = min(0.5, v / 2)`, so the AU stays active). The distribution is symmetric
+    around `v`, so its mean is the requested intensity, and narrows near the edges (no jitter at the range's top);
+    away from them (e.g. the default 3.0 of 0-5 with jitter 0.5) it is the plain Gaussian."""
     prototype = torch.tensor(list(expression_prototype(expression, space, intensity).values()))
     if space.kind == "occurrence" or jitter == 0:
         return prototype
     device = generator.device if generator is not None else None
-    noise = randn_tensor(prototype.shape, generator=generator, device=device).cpu() * jitter
-    return torch.where(prototype > 0, (prototype + noise).clamp(0.5, space.max_value), prototype)
+    room = torch.minimum(prototype - torch.clamp(prototype / 2, max=0.5), space.max_value - prototype)  # d
+    std = torch.clamp(room / 2, max=jitter)
+    noise = randn_tensor(prototype.shape, generator=generator, device=device).cpu() * std
+    return torch.where(prototype > 0, prototype + torch.maximum(torch.minimum(noise, room), -room), prototype)
 
 
 def plan_image_condition(

@@ -68,7 +68,8 @@ class InversionMixin:
         latents = self.encode_image_latents(images)
         au_kwargs = {"au_embeds": au_embeds, "au_scale": au_scale} if au_embeds is not None else {}
         latents = self.ddim_invert(latents, timesteps, text_embeds, au_kwargs, start_alpha_cumprod)
-        return scheduler_sample(self.scheduler, latents, inversion_levels(self.scheduler, timesteps)[1][0])
+        levels = inversion_levels(self.scheduler, timesteps.to(latents.device))[1]
+        return scheduler_sample(self.scheduler, latents, levels[0]) if len(levels) else latents  # no step: clean
 
     def invert_layout(
         self, images: torch.Tensor, timesteps: torch.Tensor, au_scale: float = 1.0

@@ -239,10 +239,16 @@ def test_edit_callbacks_receive_the_tensors_they_name_and_interrupt(tiny_compone
     shapes = seen[0][1]
     assert shapes["latents"] == (1, 4, 8, 8) and shapes["prompt_embeds"][0] == 1
     assert shapes["negative_prompt_embeds"] == shapes["prompt_embeds"] and shapes["au_embeds"][0] == 1
-    zeroed = pipe.edit(**_edit_kwargs(callback_on_step_end=lambda p, i, t, k: {"latents": torch.zeros_like(k["latents"])}))
+    zeroed = pipe.edit(
+        **_edit_kwargs(callback_on_step_end=lambda p, i, t, k: {"latents": torch.zeros_like(k["latents"])})
+    )
     assert torch.equal(zeroed.images, torch.zeros_like(zeroed.images))
     seen.clear()
-    pipe.edit(**_edit_kwargs(callback_on_step_end=lambda p, i, t, k: (seen.append((i, {})), _interrupt_after(1)(p, i, t, k))[1]))
+    pipe.edit(
+        **_edit_kwargs(
+            callback_on_step_end=lambda p, i, t, k: (seen.append((i, {})), _interrupt_after(1)(p, i, t, k))[1]
+        )
+    )
     assert [i for i, _ in seen] == [0, 1]
     with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
         pipe.check_edit_call(**_edit_kwargs(callback_on_step_end_tensor_inputs=["noise"]))

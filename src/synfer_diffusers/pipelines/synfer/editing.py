@@ -5,25 +5,39 @@ enriched with its AUs, and its AU tokens) to the noise level that `edit_strength
 the *target* condition (the same caption enriched with the target expression and AUs, and the target AU tokens). The
 inversion and the regeneration differ only in the condition, so what the condition does not describe (the person, the
 background) is meant to come back from the inverted noise; `edit_strength` trades how far the expression may move
-against how much of the source is kept. The source's AUs are given or estimated by the pipeline's optional AU
+against how much of the source is kept. The contract: with the target condition equal to the source's and `guidance_scale <= 1`, an
+edit returns its source up to the sampler's own discretisation error, on every deterministic diffusers sampler
+(`tests/test_sampling_core.py`); an image of a batch equals the image edited alone (with per-image generators).
+
+`edit` is a composition of the pipeline's sampling core (`sampling.py`: timesteps, the denoising loop with callbacks
+and `interrupt`, guidance, FERAnno labels) and its inversion (`inversion.py`), so that generation, layout
+initialisation and editing cannot drift apart. The source's AUs are given or estimated by the pipeline's optional AU
 estimator (an AU regressor, [`~synfer_diffusers.annotators.AUEstimator`]).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import replace_example_docstring
 
 from ...annotators import AUEstimator
-from ...facs import EXPRESSIONS, AUSpace, expression_prototype
+from ...facs import EXPRESSIONS
 from .checks import bind_call, check_sampling_inputs, is_number
-from .conditions import AUInput, GeneratorInput, plan_image_condition
+from .conditions import (
+    AUInput,
+    EditBatch,
+    GeneratorInput,
+    au_delta_to_tensor,
+    broadcast_au_rows,
+    broadcast_to_images,
+    check_expression_agrees,
+    edit_batch_size,
+    plan_image_condition,
+)
 from .inversion import LayoutImageInput
 from .pipeline_output import SynFEREditOutput
 from .semantic_guidance import DEFAULT_SG_INTERVAL, DEFAULT_SG_WINDOW
@@ -60,93 +74,6 @@ EDIT_EXAMPLE_DOC_STRING = """
         >>> out.images[0].save("surprise.png"); out.action_units[0], out.source_action_units[0]
         ```
 """
-
-
-@dataclass
-class EditBatch:
-    """An edit call's inputs resolved to one entry per image (`N` images)."""
-
-    images: torch.Tensor  # (N, 3, H, W) in [-1, 1]
-    target_expressions: list[str | None]
-    target_action_units: torch.Tensor | None  # (N, num_aus): absolute targets, or None
-    target_action_unit_delta: torch.Tensor | None  # (N, num_aus): signed changes from the source, or None
-    source_action_units: torch.Tensor | None  # (N, num_aus), or None: estimated
-    source_prompts: list[str | None]
-    prompts: list[str | None]
-
-    @property
-    def num_images(self) -> int:
-        return self.images.shape[0]
-
-
-def au_delta_to_tensor(space: AUSpace, delta: AUInput, field: str = "target_action_unit_delta") -> torch.Tensor:
-    """Signed AU changes (one dict, a list of dicts, or a `(batch, num_aus)` / `(num_aus,)` array) -> a validated
-    `(batch, num_aus)` float32 tensor; each change lies in `[-max, max]` of the space."""
-    if isinstance(delta, np.ndarray):
-        delta = torch.from_numpy(delta)
-    if isinstance(delta, torch.Tensor):
-        values = delta.detach().cpu().float()
-        values = values[None] if values.ndim == 1 else values
-        if values.ndim != 2 or values.shape[1] != space.num_aus:
-            raise ValueError(f"`{field}` must have shape (batch, {space.num_aus}), got {tuple(values.shape)}.")
-    else:
-        rows = [delta] if isinstance(delta, Mapping) else delta
-        if not isinstance(rows, list) or not rows or not all(isinstance(r, Mapping) for r in rows):
-            raise TypeError(f"`{field}` must be an AU dict, a non-empty list of AU dicts, or a tensor.")
-        values = torch.zeros(len(rows), space.num_aus)
-        for i, row in enumerate(rows):
-            for name, value in row.items():
-                values[i, space.index(name, field)] = float(value)
-    bad = ~torch.isfinite(values) | (values.abs() > space.max_value)
-    if bad.any():
-        raise ValueError(
-            f"`{field}` values must be finite changes in [-{space.max_value:g}, {space.max_value:g}], got "
-            f"{values[bad][0].item()}."
-        )
-    return values
-
-
-def check_expression_agrees(space: AUSpace, expression: str, action_units: torch.Tensor, field: str) -> None:
-    """An expression and a target AU vector `(num_aus,)` contradict when an AU of the expression's EMFACS prototype
-    (in `space`) is 0 in the vector, or, for a prototype without AUs (neutral), when any AU is active."""
-    prototype = expression_prototype(expression, space)
-    active = {name for name, value in zip(space.names, action_units.tolist()) if value > 0}
-    required = {name for name, value in prototype.items() if value > 0}
-    missing = sorted(required - active, key=space.names.index)
-    if missing or (not required and active):
-        detail = f"its prototype AUs {missing} are 0" if missing else f"it has no active AUs, got {sorted(active)}"
-        raise ValueError(f"`target_expression` {expression!r} contradicts `{field}`: {detail}.")
-
-
-def _broadcast_to_images(value, num_images: int, field: str) -> list:
-    """A value for all images, or a list with one per image."""
-    if not isinstance(value, list):
-        return [value] * num_images
-    if len(value) != num_images:
-        raise ValueError(f"`{field}` has {len(value)} entries for {num_images} images.")
-    return value
-
-
-def _broadcast_au_rows(rows: torch.Tensor | None, num_images: int, field: str) -> torch.Tensor | None:
-    if rows is None or rows.shape[0] == num_images:
-        return rows
-    if rows.shape[0] == 1:
-        return rows.expand(num_images, -1)
-    raise ValueError(f"`{field}` has {rows.shape[0]} rows for {num_images} images.")
-
-
-def _edit_batch_size(image, values: Mapping[str, object], au_rows: Mapping[str, torch.Tensor | None]) -> int:
-    """The number of images: the common length of the list inputs (and AU inputs of more than one row); one image, in
-    a list or not, is broadcast to all, as `layout_image` in [`~SynFERPipeline.__call__`]."""
-    sizes = {"image": len(image)} if isinstance(image, list) and len(image) != 1 else {}
-    sizes.update({k: len(v) for k, v in values.items() if isinstance(v, list)})
-    sizes.update({k: v.shape[0] for k, v in au_rows.items() if v is not None and v.shape[0] > 1})
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"Batch sizes of the inputs do not match: {sizes}.")
-    size = next(iter(sizes.values()), 1)
-    if size < 1:
-        raise ValueError(f"Inputs must not be empty lists, got {sizes}.")
-    return size
 
 
 class EditingMixin:
@@ -252,9 +179,9 @@ class EditingMixin:
             if source_action_units is not None else None,
         }  # fmt: skip
         texts = {"target_expression": target_expression, "source_prompt": source_prompt, "prompt": prompt}
-        num_images = _edit_batch_size(image, texts, au_rows)
-        rows = {field: _broadcast_au_rows(value, num_images, field) for field, value in au_rows.items()}
-        expressions = _broadcast_to_images(target_expression, num_images, "target_expression")
+        num_images = edit_batch_size(image, texts, au_rows)
+        rows = {field: broadcast_au_rows(value, num_images, field) for field, value in au_rows.items()}
+        expressions = broadcast_to_images(target_expression, num_images, "target_expression")
         for i, name in enumerate(expressions):
             if name is not None:
                 field = f"target_expression[{i}]" if isinstance(target_expression, list) else "target_expression"
@@ -263,8 +190,8 @@ class EditingMixin:
                     check_expression_agrees(space, name, rows["target_action_units"][i], "target_action_units")
         if rows["target_action_units"] is None and rows["target_action_unit_delta"] is None and None in expressions:
             raise ValueError(f"`target_expression[{expressions.index(None)}]` is None and no target AUs are given.")
-        source_prompts = _broadcast_to_images(source_prompt, num_images, "source_prompt")
-        prompts = _broadcast_to_images(prompt, num_images, "prompt")
+        source_prompts = broadcast_to_images(source_prompt, num_images, "source_prompt")
+        prompts = broadcast_to_images(prompt, num_images, "prompt")
         for field, values in (("source_prompt", source_prompts), ("prompt", prompts)):
             for i, text in enumerate(values):
                 if text is not None and not isinstance(text, str):

@@ -16,7 +16,6 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLo
 from diffusers.models.lora import adjust_lora_scale_text_encoder
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, StableDiffusionMixin
 from diffusers.utils import USE_PEFT_BACKEND, replace_example_docstring, scale_lora_layers, unscale_lora_layers
-from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
 
@@ -26,8 +25,8 @@ from ...models.feature_extraction import UNetFeatureRecorder
 from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
 from ..hub_mixin import ModelCardPipelineMixin
-from .checks import bind_call, check_sampling_inputs, is_number
-from .conditions import AUInput, GeneratorInput, plan_conditions, resolve_batch
+from .checks import bind_call, check_sampling_inputs, is_count, is_number
+from .conditions import AUInput, GeneratorInput, per_image, plan_conditions, resolve_batch
 from .editing import EditingMixin
 from .inversion import InversionMixin, LayoutImageInput
 from .pipeline_output import SynFERPipelineOutput
@@ -87,8 +86,11 @@ class SynFERPipeline(
         tokenizer ([`~transformers.CLIPTokenizer`]): its tokenizer.
         unet ([`AUConditionedUNet2DConditionModel`] or [`~diffusers.UNet2DConditionModel`]): denoiser; a plain
             UNet gives a text-only model (no AU control).
-        scheduler ([`DDIMScheduler`] or [`DPMSolverMultistepScheduler`]): for latents, DDIM's `clip_sample`
-            must be off.
+        scheduler ([`DDIMScheduler`], [`DPMSolverMultistepScheduler`] or another diffusers sampler): DDIM's
+            `clip_sample` must be off. Layout initialisation and editing follow each sampler's own rules (its order,
+            begin index and sigma space; see `sampling.py` and `inversion.py`): DDIM, DPM-Solver, UniPC, Euler, Heun,
+            LMS and KDPM2 retrace an inversion; an ancestral sampler (Euler ancestral) adds fresh noise at every
+            step, so edits with it keep less of the source.
         guidance_classifier ([`~transformers.PreTrainedModel`], *optional*): an image classifier
             (`AutoModelForImageClassification`) whose `id2label` maps onto `EXPRESSIONS`, used for semantic
             guidance. Keep it different from any classifier used to measure results.
@@ -398,7 +400,7 @@ class SynFERPipeline(
             self, num_inference_steps, height, width, guidance_scale, au_scale, output_type, semantic_guidance,
             guidance_label_mapping, label_with_feranno, feranno_label_mapping, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        if not is_count(num_images_per_prompt):
             raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}.")
         if action_units is not None and self.au_space is None:
             raise ValueError(
@@ -423,29 +425,6 @@ class SynFERPipeline(
             raise ValueError("Pass either `latents` or `layout_image`, not both.")
         if not is_number(layout_strength) or not 0 <= layout_strength <= 1:
             raise ValueError(f"`layout_strength` must be in [0, 1], got {layout_strength!r}.")
-
-    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_latents
-    def prepare_latents(
-        self,
-        batch_size: int,
-        num_channels_latents: int,
-        height: int,
-        width: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        generator: GeneratorInput,
-        latents: torch.Tensor | None = None,
-    ) -> torch.Tensor:  # (N, C, H / f, W / f), scaled by the scheduler's initial noise sigma
-        shape = (batch_size, num_channels_latents, int(height) // self.vae_scale_factor, int(width) // self.vae_scale_factor)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"`generator` list has {len(generator)} entries for {batch_size} images.")
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
-        else:
-            latents = latents.to(device=device, dtype=dtype)
-        return latents * self.scheduler.init_noise_sigma
 
     def check_call(self, **kwargs: Any) -> None:
         """Checks the arguments of a call (`pipe.check_call(**kwargs)` for `pipe(**kwargs)`) without computing
@@ -544,8 +523,9 @@ class SynFERPipeline(
                 embeddings used instead of `negative_prompt`.
             layout_image (image or list of images, *optional*): layout initialisation (SynFER): each image (PIL,
                 array or tensor, exactly `height` x `width`; one for all images, one per prompt, or one per image)
-                is encoded and DDIM-inverted under the null condition (prompt `""`, null AU tokens, no CFG) to the
-                noise level of step `(1 - layout_strength) * num_inference_steps`, and denoising starts there.
+                is encoded and DDIM-inverted under the null condition (prompt `""`, null AU tokens at `au_scale`, no
+                CFG) to the noise level of step `(1 - layout_strength) * num_inference_steps` (whole sampler steps),
+                scaled into the sampler's space, and denoising starts there.
             layout_strength (`float` in [0, 1], defaults to 1.0): 1.0 inverts all the way (the paper's layout
                 initialisation); smaller values keep more of the layout image and run fewer denoising steps.
             semantic_guidance_scale (`float`, defaults to 0.0): lambda_g of SynFER's semantic guidance; 0 disables it.
@@ -569,8 +549,9 @@ class SynFERPipeline(
                 guide would downsample the decoded image anyway); "full" decodes at full size.
             guidance_label_mapping (`dict`, *optional*): renames the guide's labels onto `EXPRESSIONS`
                 (see `synfer_diffusers.facs.map_classifier_labels`).
-            label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each image
-                (`feranno_probabilities` in the output; see the class docstring).
+            label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each returned
+                image (`feranno_probabilities` in the output, also after an interrupt; see the class docstring); needs
+                unfused attention projections.
             feranno_label_mapping (`dict`, *optional*): renames the FERAnno head's labels (`id2label`) onto
                 `EXPRESSIONS`, `None` drops an output (e.g. `{"contempt": None}`), exactly as for the guide and for
                 voting classifiers (see `synfer_diffusers.facs.map_classifier_labels`).
@@ -644,8 +625,8 @@ class SynFERPipeline(
             text_condition = {
                 "prompt": used_prompts,
                 "num_images_per_prompt": 1,
-                "negative_prompt": _per_image(negatives, num_images_per_prompt),
-                "negative_prompt_embeds": _per_image(negative_prompt_embeds, num_images_per_prompt),
+                "negative_prompt": per_image(negatives, num_images_per_prompt),
+                "negative_prompt_embeds": per_image(negative_prompt_embeds, num_images_per_prompt),
             }
         else:
             text_condition = {
@@ -707,35 +688,3 @@ class SynFERPipeline(
             images=images, expressions=image_expressions, action_units=au_dicts, prompts=used_prompts, seeds=seeds,
             feranno_probabilities=feranno_probabilities,
         )  # fmt: skip
-
-    def last_step_is_feranno_pass(
-        self,
-        timesteps: torch.Tensor,
-        negatives: list[str] | None,
-        negative_prompt_embeds_given: bool,
-        au_scale: float,
-    ) -> bool:
-        """Whether the unconditional half of the last denoising step is exactly FERAnno's training pass (the head's
-        timestep, the head's prompt, the null AU condition at scale 1, no attention kwargs), so that the head can read
-        its features for free. Otherwise (CFG off, another negative prompt, DPM-Solver or "trailing" spacing whose last
-        step is not the head's t, `au_scale != 1`, no step left) the labels come from one FERAnno pass on the final
-        latents, so that `feranno_probabilities` mean the same thing on every configuration."""
-        head = self.feranno_head.config
-        return (
-            len(timesteps) > 0
-            and int(timesteps[-1]) == head.timestep
-            and self.do_classifier_free_guidance
-            and not negative_prompt_embeds_given
-            and all(n == head.prompt for n in (negatives or [""]))
-            and au_scale == 1
-            and not self.cross_attention_kwargs
-        )
-
-
-def _per_image(values: list[str] | torch.Tensor | None, num_images_per_prompt: int) -> list[str] | torch.Tensor | None:
-    """Per-prompt values (a list or a `(batch, ...)` tensor) repeated for each image of their prompt."""
-    if values is None or num_images_per_prompt == 1:
-        return values
-    if isinstance(values, torch.Tensor):
-        return values.repeat_interleave(num_images_per_prompt, dim=0)
-    return [v for v in values for _ in range(num_images_per_prompt)]

@@ -157,7 +157,8 @@ def uses_sigma_space(scheduler: SchedulerMixin) -> bool:
 
 
 def inversion_levels(
-    scheduler: SchedulerMixin, timesteps: torch.Tensor  # the schedule's last `len(timesteps)` timesteps
+    scheduler: SchedulerMixin,
+    timesteps: torch.Tensor,  # the schedule's last `len(timesteps)` timesteps
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (S,), (S,)
     """
     The noise levels that the denoising steps of `timesteps` start from, as `(timesteps, abar)`: one per step of
@@ -182,7 +183,9 @@ def inversion_levels(
 
 
 def scheduler_sample(
-    scheduler: SchedulerMixin, sample: torch.Tensor, alpha_prod_t: torch.Tensor  # (N, C, h, w) x_t, ()
+    scheduler: SchedulerMixin,
+    sample: torch.Tensor,
+    alpha_prod_t: torch.Tensor,  # (N, C, h, w) x_t, ()
 ) -> torch.Tensor:  # (N, C, h, w)
     """A variance-preserving `x_t` at `abar_t` as the sampler's state (the inverse of
     [`variance_preserving_sample`]): `x_t / sqrt(abar_t) = x_0 + sigma eps` in sigma space, else `x_t` itself."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from ...facs import classifier_expression_probabilities
 from ...models.feature_extraction import UNetFeatures
@@ -83,6 +84,29 @@ class SamplingMixin:
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(t_start)
         return self.scheduler.timesteps[t_start:]
+
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_latents
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_channels_latents: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: GeneratorInput,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # (N, C, H / f, W / f), scaled by the scheduler's initial noise sigma
+        shape = (batch_size, num_channels_latents, int(height) // self.vae_scale_factor, int(width) // self.vae_scale_factor)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"`generator` list has {len(generator)} entries for {batch_size} images.")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
 
     # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_extra_step_kwargs
     def prepare_extra_step_kwargs(self, generator, eta):
@@ -198,6 +222,29 @@ class SamplingMixin:
                     tensors.update({k: v for k, v in callback_outputs.items() if k in tensors})
                 progress_bar.update()
         return tensors["latents"]
+
+    def last_step_is_feranno_pass(
+        self,
+        timesteps: torch.Tensor,
+        negatives: list[str] | None,
+        negative_prompt_embeds_given: bool,
+        au_scale: float,
+    ) -> bool:
+        """Whether the unconditional half of the last denoising step is exactly FERAnno's training pass (the head's
+        timestep, the head's prompt, the null AU condition at scale 1, no attention kwargs), so that the head can read
+        its features for free. Otherwise (CFG off, another negative prompt, DPM-Solver or "trailing" spacing whose last
+        step is not the head's t, `au_scale != 1`, no step left) the labels come from one FERAnno pass on the final
+        latents, so that `feranno_probabilities` mean the same thing on every configuration."""
+        head = self.feranno_head.config
+        return (
+            len(timesteps) > 0
+            and int(timesteps[-1]) == head.timestep
+            and self.do_classifier_free_guidance
+            and not negative_prompt_embeds_given
+            and all(n == head.prompt for n in (negatives or [""]))
+            and au_scale == 1
+            and not self.cross_attention_kwargs
+        )
 
     def feranno_probabilities(
         self,

@@ -289,7 +289,10 @@ class EditingMixin:
         generator: GeneratorInput = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[Any, int, int, dict], dict] | None = None,
+        callback_on_step_end: Callable[[Any, int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> SynFEREditOutput | tuple:
         r"""
@@ -341,7 +344,7 @@ class EditingMixin:
             feranno_label_mapping (`dict`, *optional*): renames the head's labels onto `EXPRESSIONS`, as in
                 [`~SynFERPipeline.__call__`].
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): draws the prototype jitter; a list
-                gives one per image, so image `i` of a batch equals image `i` edited alone. The DDIM steps draw nothing.
+                gives one per image, so image `i` of a batch equals image `i` edited alone. A deterministic sampler's steps draw nothing.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): else return `(images, expressions, action_units, prompts, seeds,
                 feranno_probabilities, source_action_units)`.

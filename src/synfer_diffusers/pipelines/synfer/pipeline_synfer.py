@@ -651,8 +651,9 @@ class SynFERPipeline(
         # 8. Prepare extra step kwargs, semantic guidance and the in-loop FERAnno recorder
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         guidance = self.plan_semantic_guidance(
-            image_expressions, guidance_label_mapping, *semantic_guidance[:3], semantic_guidance_interval,
-            semantic_guidance_decode, latents.shape[-2:], len(timesteps), device,
+            image_expressions, guidance_label_mapping, semantic_guidance_scale, semantic_guidance_window,
+            semantic_guidance_normalization, semantic_guidance_interval, semantic_guidance_decode, latents.shape[-2:],
+            len(timesteps), device,
         )  # fmt: skip
         label = self.feranno_head is not None and label_with_feranno
         label_in_loop = label and self.last_step_is_feranno_pass(

@@ -97,7 +97,12 @@ class SamplingMixin:
         generator: GeneratorInput,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:  # (N, C, H / f, W / f), scaled by the scheduler's initial noise sigma
-        shape = (batch_size, num_channels_latents, int(height) // self.vae_scale_factor, int(width) // self.vae_scale_factor)
+        shape = (
+            batch_size,
+            num_channels_latents,
+            int(height) // self.vae_scale_factor,
+            int(width) // self.vae_scale_factor,
+        )
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"`generator` list has {len(generator)} entries for {batch_size} images.")
         if latents is None:

@@ -5,35 +5,42 @@ enriched with its AUs, and its AU tokens) to the noise level that `edit_strength
 the *target* condition (the same caption enriched with the target expression and AUs, and the target AU tokens). The
 inversion and the regeneration differ only in the condition, so what the condition does not describe (the person, the
 background) is meant to come back from the inverted noise; `edit_strength` trades how far the expression may move
-against how much of the source is kept. The source's AUs are given or estimated by the pipeline's optional AU
+against how much of the source is kept. The contract: with the target condition equal to the source's and `guidance_scale <= 1`, an
+edit returns its source up to the sampler's own discretisation error, on every deterministic diffusers sampler
+(`tests/test_sampling_core.py`); an image of a batch equals the image edited alone (with per-image generators).
+
+`edit` is a composition of the pipeline's sampling core (`sampling.py`: timesteps, the denoising loop with callbacks
+and `interrupt`, guidance, FERAnno labels) and its inversion (`inversion.py`), so that generation, layout
+initialisation and editing cannot drift apart. The source's AUs are given or estimated by the pipeline's optional AU
 estimator (an AU regressor, [`~synfer_diffusers.annotators.AUEstimator`]).
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import replace_example_docstring
 
 from ...annotators import AUEstimator
-from ...facs import EXPRESSIONS, AUSpace, expression_prototype
-from .conditions import AUInput, GeneratorInput, plan_image_condition
-from .layout_initialisation import LayoutImageInput
-from .pipeline_feranno import FERAnnoPipeline
-from .pipeline_output import OUTPUT_TYPES, SynFEREditOutput
-from .prediction import combine_guidance
-from .semantic_guidance import (
-    DEFAULT_SG_INTERVAL,
-    DEFAULT_SG_WINDOW,
-    check_semantic_guidance_inputs,
-    semantic_guidance_gradient_steps,
+from ...facs import EXPRESSIONS
+from .checks import bind_call, check_sampling_inputs, is_number
+from .conditions import (
+    AUInput,
+    EditBatch,
+    GeneratorInput,
+    au_delta_to_tensor,
+    broadcast_au_rows,
+    broadcast_to_images,
+    check_expression_agrees,
+    edit_batch_size,
+    plan_image_condition,
 )
+from .inversion import LayoutImageInput
+from .pipeline_output import SynFEREditOutput
+from .semantic_guidance import DEFAULT_SG_INTERVAL, DEFAULT_SG_WINDOW
 
 DEFAULT_EDIT_STRENGTH = 1.0
 DEFAULT_EDIT_GUIDANCE_SCALE = 2.0
@@ -69,112 +76,24 @@ EDIT_EXAMPLE_DOC_STRING = """
 """
 
 
-@dataclass
-class EditBatch:
-    """An edit call's inputs resolved to one entry per image (`N` images)."""
-
-    images: torch.Tensor  # (N, 3, H, W) in [-1, 1]
-    target_expressions: list[str | None]
-    target_action_units: torch.Tensor | None  # (N, num_aus): absolute targets, or None
-    target_action_unit_delta: torch.Tensor | None  # (N, num_aus): signed changes from the source, or None
-    source_action_units: torch.Tensor | None  # (N, num_aus), or None: estimated
-    source_prompts: list[str | None]
-    prompts: list[str | None]
-
-    @property
-    def num_images(self) -> int:
-        return self.images.shape[0]
-
-
-def au_delta_to_tensor(space: AUSpace, delta: AUInput, field: str = "target_action_unit_delta") -> torch.Tensor:
-    """Signed AU changes (one dict, a list of dicts, or a `(batch, num_aus)` / `(num_aus,)` array) -> a validated
-    `(batch, num_aus)` float32 tensor; each change lies in `[-max, max]` of the space."""
-    if isinstance(delta, np.ndarray):
-        delta = torch.from_numpy(delta)
-    if isinstance(delta, torch.Tensor):
-        values = delta.detach().cpu().float()
-        values = values[None] if values.ndim == 1 else values
-        if values.ndim != 2 or values.shape[1] != space.num_aus:
-            raise ValueError(f"`{field}` must have shape (batch, {space.num_aus}), got {tuple(values.shape)}.")
-    else:
-        rows = [delta] if isinstance(delta, Mapping) else delta
-        if not isinstance(rows, list) or not rows or not all(isinstance(r, Mapping) for r in rows):
-            raise TypeError(f"`{field}` must be an AU dict, a non-empty list of AU dicts, or a tensor.")
-        values = torch.zeros(len(rows), space.num_aus)
-        for i, row in enumerate(rows):
-            for name, value in row.items():
-                values[i, space.index(name, field)] = float(value)
-    bad = ~torch.isfinite(values) | (values.abs() > space.max_value)
-    if bad.any():
-        raise ValueError(
-            f"`{field}` values must be finite changes in [-{space.max_value:g}, {space.max_value:g}], got "
-            f"{values[bad][0].item()}."
-        )
-    return values
-
-
-def check_expression_agrees(space: AUSpace, expression: str, action_units: torch.Tensor, field: str) -> None:
-    """An expression and a target AU vector `(num_aus,)` contradict when an AU of the expression's EMFACS prototype
-    (in `space`) is 0 in the vector, or, for a prototype without AUs (neutral), when any AU is active."""
-    prototype = expression_prototype(expression, space)
-    active = {name for name, value in zip(space.names, action_units.tolist()) if value > 0}
-    required = {name for name, value in prototype.items() if value > 0}
-    missing = sorted(required - active, key=space.names.index)
-    if missing or (not required and active):
-        detail = f"its prototype AUs {missing} are 0" if missing else f"it has no active AUs, got {sorted(active)}"
-        raise ValueError(f"`target_expression` {expression!r} contradicts `{field}`: {detail}.")
-
-
-def _broadcast_to_images(value, num_images: int, field: str) -> list:
-    """A value for all images, or a list with one per image."""
-    if not isinstance(value, list):
-        return [value] * num_images
-    if len(value) != num_images:
-        raise ValueError(f"`{field}` has {len(value)} entries for {num_images} images.")
-    return value
-
-
-def _broadcast_au_rows(rows: torch.Tensor | None, num_images: int, field: str) -> torch.Tensor | None:
-    if rows is None or rows.shape[0] == num_images:
-        return rows
-    if rows.shape[0] == 1:
-        return rows.expand(num_images, -1)
-    raise ValueError(f"`{field}` has {rows.shape[0]} rows for {num_images} images.")
-
-
-def _edit_batch_size(image, values: Mapping[str, object], au_rows: Mapping[str, torch.Tensor | None]) -> int:
-    """The number of images: the common length of the list inputs (and AU inputs of more than one row)."""
-    sizes = {"image": len(image)} if isinstance(image, list) else {}
-    sizes.update({k: len(v) for k, v in values.items() if isinstance(v, list)})
-    sizes.update({k: v.shape[0] for k, v in au_rows.items() if v is not None and v.shape[0] > 1})
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"Batch sizes of the inputs do not match: {sizes}.")
-    size = next(iter(sizes.values()), 1)
-    if size < 1:
-        raise ValueError(f"Inputs must not be empty lists, got {sizes}.")
-    return size
-
-
 class EditingMixin:
-    """Expression editing for a [`SynFERPipeline`] (its `vae`, `unet`, `scheduler`, `image_processor`,
-    `encode_prompt`, `ddim_invert`, `predict_noise_branches`, `encode_au_condition` and optional `au_estimator`)."""
+    """Expression editing for a [`SynFERPipeline`]: a composition of its sampling core ([`SamplingMixin`]:
+    `get_timesteps`, `encode_au_condition`, `plan_semantic_guidance`, `denoise`, `feranno_probabilities`,
+    `decode_latents`), its inversion ([`InversionMixin`]: `preprocess_layout_images`, `invert_images`), `encode_prompt`
+    and its optional `au_estimator`."""
 
     def check_edit_call(self, **kwargs: Any) -> None:
         """Checks the arguments of an edit (`pipe.check_edit_call(**kwargs)` for `pipe.edit(**kwargs)`) without running
         the UNet: unknown names, [`check_edit_inputs`] and [`resolve_edit_batch`]. Raises what the edit would raise
         first."""
-        try:
-            bound = inspect.signature(self.edit).bind(**kwargs)
-        except TypeError as error:
-            raise ValueError(f"Not an argument of {type(self).__name__}.edit: {error}") from None
-        bound.apply_defaults()
-        a = bound.arguments
+        a = bind_call(self.edit, kwargs)
         native = self.unet.config.sample_size * self.vae_scale_factor
         height, width = a["height"] or native, a["width"] or native
         self.check_edit_inputs(
             a["target_expression"], a["target_action_units"], a["target_action_unit_delta"], a["source_action_units"],
             a["edit_strength"], a["num_inference_steps"], a["guidance_scale"], a["au_scale"], height, width,
-            a["output_type"], a["inversion_condition"], a["semantic_guidance_scale"],
+            a["output_type"], a["inversion_condition"], a["semantic_guidance_scale"], a["guidance_label_mapping"],
+            a["label_with_feranno"], a["feranno_label_mapping"], a["callback_on_step_end_tensor_inputs"] or ["latents"],
         )  # fmt: skip
         self.resolve_edit_batch(
             a["image"], a["target_expression"], a["target_action_units"], a["target_action_unit_delta"],
@@ -195,13 +114,24 @@ class EditingMixin:
         height: int,
         width: int,
         output_type: str,
-        inversion_condition: str = "source",
-        semantic_guidance_scale: float | None = None,
+        inversion_condition: str,
+        semantic_guidance_scale: float | None,
+        guidance_label_mapping: Mapping[str, str | None] | None,
+        label_with_feranno: bool,
+        feranno_label_mapping: Mapping[str, str | None] | None,
+        callback_on_step_end_tensor_inputs: list[str],
     ) -> None:
-        """Raises a concise error naming the first invalid argument of [`edit`] (batch contents are checked by
-        [`resolve_edit_batch`])."""
+        """Raises a concise error naming the first invalid argument of [`edit`]: those of every sampling call
+        ([`~checks.check_sampling_inputs`], shared with [`~SynFERPipeline.__call__`]), then editing's own (batch
+        contents are checked by [`resolve_edit_batch`])."""
         if self.au_space is None:
             raise ValueError("`edit` needs a UNet with an AU adapter (AUConditionedUNet2DConditionModel).")
+        semantic_guidance = (self.edit_semantic_guidance_scale(semantic_guidance_scale), DEFAULT_SG_WINDOW, "global",
+                             DEFAULT_SG_INTERVAL, "guide_size")  # fmt: skip
+        check_sampling_inputs(
+            self, num_inference_steps, height, width, guidance_scale, au_scale, output_type, semantic_guidance,
+            guidance_label_mapping, label_with_feranno, feranno_label_mapping, callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
         given = [name for name, value in (("target_action_units", target_action_units),
                  ("target_action_unit_delta", target_action_unit_delta)) if value is not None]  # fmt: skip
         if len(given) > 1:
@@ -210,37 +140,16 @@ class EditingMixin:
             raise ValueError(
                 "Give a target: `target_expression`, `target_action_units` or `target_action_unit_delta`."
             )
-        number = isinstance(edit_strength, (int, float)) and not isinstance(edit_strength, bool)
-        if not number or not math.isfinite(edit_strength) or not 0 < edit_strength <= 1:
+        if not is_number(edit_strength) or not 0 < edit_strength <= 1:
             raise ValueError(f"`edit_strength` must be in (0, 1], got {edit_strength!r}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
         if round(num_inference_steps * edit_strength) < 1:
             raise ValueError(
                 f"`edit_strength` {edit_strength} of {num_inference_steps} `num_inference_steps` runs no step; "
-                f"use at least {0.5 / num_inference_steps:.3g}."
+                f"use {1 / num_inference_steps:.3g} or more (one step)."
             )
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
-        if not isinstance(au_scale, (int, float)) or not math.isfinite(au_scale):
-            raise ValueError(f"`au_scale` must be a finite number, got {au_scale!r}.")
-        if height % self.vae_scale_factor or width % self.vae_scale_factor:
-            raise ValueError(
-                f"`height` and `width` must be divisible by {self.vae_scale_factor} (the VAE scale), got {height}x{width}."
-            )
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if inversion_condition not in INVERSION_CONDITIONS:
             raise ValueError(
                 f"`inversion_condition` must be one of {INVERSION_CONDITIONS}, got {inversion_condition!r}."
-            )
-        semantic_guidance_scale = self.edit_semantic_guidance_scale(semantic_guidance_scale)
-        check_semantic_guidance_inputs(
-            semantic_guidance_scale, DEFAULT_SG_WINDOW, "global", DEFAULT_SG_INTERVAL, "guide_size"
-        )
-        if semantic_guidance_scale > 0 and self.guidance_classifier is None:
-            raise ValueError(
-                "`semantic_guidance_scale` > 0 needs a `guidance_classifier` component (pass one to the pipeline)."
             )
         if source_action_units is None:
             self.source_au_estimator()  # raises when there is none
@@ -270,9 +179,9 @@ class EditingMixin:
             if source_action_units is not None else None,
         }  # fmt: skip
         texts = {"target_expression": target_expression, "source_prompt": source_prompt, "prompt": prompt}
-        num_images = _edit_batch_size(image, texts, au_rows)
-        rows = {field: _broadcast_au_rows(value, num_images, field) for field, value in au_rows.items()}
-        expressions = _broadcast_to_images(target_expression, num_images, "target_expression")
+        num_images = edit_batch_size(image, texts, au_rows)
+        rows = {field: broadcast_au_rows(value, num_images, field) for field, value in au_rows.items()}
+        expressions = broadcast_to_images(target_expression, num_images, "target_expression")
         for i, name in enumerate(expressions):
             if name is not None:
                 field = f"target_expression[{i}]" if isinstance(target_expression, list) else "target_expression"
@@ -281,8 +190,8 @@ class EditingMixin:
                     check_expression_agrees(space, name, rows["target_action_units"][i], "target_action_units")
         if rows["target_action_units"] is None and rows["target_action_unit_delta"] is None and None in expressions:
             raise ValueError(f"`target_expression[{expressions.index(None)}]` is None and no target AUs are given.")
-        source_prompts = _broadcast_to_images(source_prompt, num_images, "source_prompt")
-        prompts = _broadcast_to_images(prompt, num_images, "prompt")
+        source_prompts = broadcast_to_images(source_prompt, num_images, "source_prompt")
+        prompts = broadcast_to_images(prompt, num_images, "prompt")
         for field, values in (("source_prompt", source_prompts), ("prompt", prompts)):
             for i, text in enumerate(values):
                 if text is not None and not isinstance(text, str):
@@ -369,6 +278,7 @@ class EditingMixin:
         guidance_scale: float = DEFAULT_EDIT_GUIDANCE_SCALE,
         au_scale: float = 1.0,
         semantic_guidance_scale: float | None = None,
+        guidance_label_mapping: Mapping[str, str | None] | None = None,
         height: int | None = None,
         width: int | None = None,
         prototype_intensity: float | None = None,
@@ -379,6 +289,11 @@ class EditingMixin:
         generator: GeneratorInput = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> SynFEREditOutput | tuple:
         r"""
         Edits the expression of faces, keeping the rest of the image: DDIM inversion of each source under its own
@@ -417,6 +332,8 @@ class EditingMixin:
                 during the target denoising, as in [`~SynFERPipeline.__call__`] (its default window and interval; > 0
                 needs a `guidance_classifier`); images without a target expression are not guided. Default: 12.0
                 (`DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE`) where the pipeline has a guide, else 0.
+            guidance_label_mapping (`dict`, *optional*): renames the guide's labels onto `EXPRESSIONS`, as in
+                [`~SynFERPipeline.__call__`].
             height, width (`int`, *optional*): the image size; default from the UNet.
             prototype_intensity (`float`, *optional*), au_jitter (`float`, defaults to 0.5): the target expression's
                 prototype AUs, as in [`~SynFERPipeline.__call__`].
@@ -427,10 +344,14 @@ class EditingMixin:
             feranno_label_mapping (`dict`, *optional*): renames the head's labels onto `EXPRESSIONS`, as in
                 [`~SynFERPipeline.__call__`].
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): draws the prototype jitter; a list
-                gives one per image, so image `i` of a batch equals image `i` edited alone. The DDIM steps draw nothing.
+                gives one per image, so image `i` of a batch equals image `i` edited alone. A deterministic sampler's steps draw nothing.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): else return `(images, expressions, action_units, prompts, seeds,
                 feranno_probabilities, source_action_units)`.
+            callback_on_step_end (`Callable`, [`PipelineCallback`] or [`MultiPipelineCallbacks`], *optional*),
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): as in [`~SynFERPipeline.__call__`], called
+                after each step of the target denoising (`prompt_embeds`: the target text embedding); setting
+                `pipe._interrupt` ends it.
 
         Examples:
 
@@ -438,6 +359,10 @@ class EditingMixin:
             [`SynFEREditOutput`] or `tuple`: per image, the edit, its target expression (`None` for AU targets
             without one), target AUs, target prompt, seed, and the source AUs (given or estimated).
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+
         # 0. Default height and width to unet
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
@@ -446,20 +371,14 @@ class EditingMixin:
         self.check_edit_inputs(
             target_expression, target_action_units, target_action_unit_delta, source_action_units, edit_strength,
             num_inference_steps, guidance_scale, au_scale, height, width, output_type, inversion_condition,
-            semantic_guidance_scale,
+            semantic_guidance_scale, guidance_label_mapping, label_with_feranno, feranno_label_mapping,
+            callback_on_step_end_tensor_inputs,
         )  # fmt: skip
-        semantic_guidance_scale = self.edit_semantic_guidance_scale(semantic_guidance_scale)
-        label = self.feranno_head is not None and label_with_feranno
-        if label:
-            self.feranno_head.expression_index_map(feranno_label_mapping)  # a bad mapping fails before any work
         batch = self.resolve_edit_batch(
             image, target_expression, target_action_units, target_action_unit_delta, source_action_units,
             source_prompt, prompt, height, width,
         )  # fmt: skip
-        self._guidance_scale = guidance_scale
-        self._clip_skip = None
-        self._cross_attention_kwargs = None
-        self._interrupt = False
+        self.start_call(guidance_scale)
         device = self._execution_device
 
         # 2. Source AUs: given or estimated
@@ -474,13 +393,9 @@ class EditingMixin:
 
         # 4. Prepare timesteps: the last `edit_strength` share of the schedule
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        timesteps = timesteps[len(timesteps) - round(len(timesteps) * edit_strength) :]
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(num_inference_steps - len(timesteps))
+        timesteps = self.get_timesteps(num_inference_steps, edit_strength)
 
         # 5. Encode the source and target conditions
-        has_au = [True] * batch.num_images
         inverted_prompts = source_prompts if inversion_condition == "source" else [""] * batch.num_images
         source_text = self.encode_prompt(inverted_prompts, device, 1, False)[0]  # (N, L, D)
         has_source_au = [inversion_condition == "source"] * batch.num_images
@@ -488,47 +403,31 @@ class EditingMixin:
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompts, device, 1, self.do_classifier_free_guidance
         )  # (N, L, D) each
-        au_embeds = self.encode_au_condition(target_aus, has_au, device)
+        au_embeds = self.encode_au_condition(target_aus, [True] * batch.num_images, device)
 
-        # 6. Invert the sources under their own condition
-        latents = self.encode_image_latents(batch.images.to(device))
-        end_level = float(getattr(self.scheduler, "final_alpha_cumprod", 1.0))  # where DDIM's last step lands
-        au_kwargs = {"au_embeds": source_au, "au_scale": au_scale}
-        latents = self.ddim_invert(latents, timesteps, source_text, au_kwargs, start_alpha_cumprod=end_level)
+        # 6. Invert the sources under their own condition, from where the scheduler's last step ends
+        end_level = float(getattr(self.scheduler, "final_alpha_cumprod", 1.0))
+        latents = self.invert_images(
+            batch.images.to(device), timesteps, source_text, source_au, au_scale, start_alpha_cumprod=end_level
+        )
 
         # 7. Denoise under the target condition, with semantic guidance toward the target expressions
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
-        guided_steps: set[int] = set()
-        if semantic_guidance_scale > 0 and any(e is not None for e in batch.target_expressions):
-            guide = self.prepare_semantic_guidance(
-                batch.target_expressions, None, "guide_size", latents.shape[-2:], device
-            )
-            guided_steps = semantic_guidance_gradient_steps(len(timesteps), DEFAULT_SG_WINDOW, DEFAULT_SG_INTERVAL)
-        self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                negative = negative_prompt_embeds if self.do_classifier_free_guidance else None
-                if i in guided_steps:
-                    noise_uncond, noise_cond, prompt_embeds = self.guided_noise_branches(
-                        latents, t, prompt_embeds, negative, au_embeds, au_scale, guide, semantic_guidance_scale,
-                        "global",
-                    )  # fmt: skip
-                else:
-                    noise_uncond, noise_cond = self.predict_noise_branches(
-                        latents, t, prompt_embeds, negative, au_embeds, au_scale
-                    )
-                noise_pred = combine_guidance(noise_uncond, noise_cond, self.guidance_scale)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
-                progress_bar.update()
+        guided = any(e is not None for e in batch.target_expressions)
+        guidance = self.plan_semantic_guidance(
+            batch.target_expressions, guidance_label_mapping,
+            self.edit_semantic_guidance_scale(semantic_guidance_scale) if guided else 0.0, DEFAULT_SG_WINDOW, "global",
+            DEFAULT_SG_INTERVAL, "guide_size", latents.shape[-2:], len(timesteps), device,
+        )  # fmt: skip
+        latents = self.denoise(
+            latents, timesteps, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale,
+            self.prepare_extra_step_kwargs(generator, 0.0), guidance, callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
 
-        # 8. FERAnno labels: one pass on the final latents, as `__call__` labels when the loop cannot
+        # 8. FERAnno labels: one pass on the returned latents
         feranno_probabilities = None
-        if label:
-            annotator = FERAnnoPipeline(**self.base_components, head=self.feranno_head)
-            annotator.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
-            feranno_probabilities = annotator.label_latents(
-                latents, generator, label_mapping=feranno_label_mapping
-            ).to(latents.device)
+        if self.feranno_head is not None and label_with_feranno:
+            feranno_probabilities = self.feranno_probabilities(latents, generator, feranno_label_mapping)
 
         # 9. Decode and report each image's source and target condition
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)

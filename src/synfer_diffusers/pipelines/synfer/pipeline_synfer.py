@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,29 +16,22 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLo
 from diffusers.models.lora import adjust_lora_scale_text_encoder
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, StableDiffusionMixin
 from diffusers.utils import USE_PEFT_BACKEND, replace_example_docstring, scale_lora_layers, unscale_lora_layers
-from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ...facs import EXPRESSIONS, AUSpace, classifier_expression_probabilities
+from ...facs import EXPRESSIONS, AUSpace
 from ...loaders.au_adapter import AUAdapterLoaderMixin
-from ...models.feature_extraction import UNetFeatureRecorder, UNetFeatures
+from ...models.feature_extraction import UNetFeatureRecorder
 from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
 from ..hub_mixin import ModelCardPipelineMixin
-from .conditions import AUInput, GeneratorInput, plan_conditions, resolve_batch
+from .checks import bind_call, check_sampling_inputs, is_count, is_number
+from .conditions import AUInput, GeneratorInput, per_image, plan_conditions, resolve_batch
 from .editing import EditingMixin
-from .layout_initialisation import LayoutImageInput, LayoutInitialisationMixin
-from .pipeline_feranno import FERAnnoPipeline
-from .pipeline_output import OUTPUT_TYPES, SynFERPipelineOutput
-from .prediction import combine_guidance
-from .semantic_guidance import (
-    DEFAULT_SG_INTERVAL,
-    DEFAULT_SG_WINDOW,
-    SemanticGuidanceMixin,
-    check_semantic_guidance_inputs,
-    semantic_guidance_gradient_steps,
-)
+from .inversion import InversionMixin, LayoutImageInput
+from .pipeline_output import SynFERPipelineOutput
+from .sampling import SamplingMixin
+from .semantic_guidance import DEFAULT_SG_INTERVAL, DEFAULT_SG_WINDOW, SemanticGuidanceMixin
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +64,9 @@ class SynFERPipeline(
     TextualInversionLoaderMixin,
     StableDiffusionLoraLoaderMixin,
     AUAdapterLoaderMixin,
+    SamplingMixin,
     SemanticGuidanceMixin,
-    LayoutInitialisationMixin,
+    InversionMixin,
     EditingMixin,
 ):
     r"""
@@ -94,8 +86,11 @@ class SynFERPipeline(
         tokenizer ([`~transformers.CLIPTokenizer`]): its tokenizer.
         unet ([`AUConditionedUNet2DConditionModel`] or [`~diffusers.UNet2DConditionModel`]): denoiser; a plain
             UNet gives a text-only model (no AU control).
-        scheduler ([`DDIMScheduler`] or [`DPMSolverMultistepScheduler`]): for latents, DDIM's `clip_sample`
-            must be off.
+        scheduler ([`DDIMScheduler`], [`DPMSolverMultistepScheduler`] or another diffusers sampler): DDIM's
+            `clip_sample` must be off. Layout initialisation and editing follow each sampler's own rules (its order,
+            begin index and sigma space; see `sampling.py` and `inversion.py`): DDIM, DPM-Solver, UniPC, Euler, Heun,
+            LMS and KDPM2 retrace an inversion; an ancestral sampler (Euler ancestral) adds fresh noise at every
+            step, so edits with it keep less of the source.
         guidance_classifier ([`~transformers.PreTrainedModel`], *optional*): an image classifier
             (`AutoModelForImageClassification`) whose `id2label` maps onto `EXPRESSIONS`, used for semantic
             guidance. Keep it different from any classifier used to measure results.
@@ -124,8 +119,6 @@ class SynFERPipeline(
     ]  # fmt: skip
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "au_embeds"]
     model_card_template = "synfer_pipeline.md"
-    _cross_attention_kwargs: dict[str, Any] | None = None
-    _interrupt = False
 
     def __init__(
         self,
@@ -393,24 +386,22 @@ class SynFERPipeline(
         layout_image: LayoutImageInput | list[LayoutImageInput] | None,
         layout_strength: float,
         semantic_guidance: tuple[float, tuple[float, float], str, int, str],
+        guidance_label_mapping: Mapping[str, str | None] | None,
+        label_with_feranno: bool,
+        feranno_label_mapping: Mapping[str, str | None] | None,
         output_type: str,
         callback_on_step_end_tensor_inputs: list[str],
         num_inference_steps: int,
     ) -> None:
-        """Raises a concise error naming the first invalid argument; `semantic_guidance` is `(scale, window,
-        normalization, interval, decode)`."""
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
-        if height % self.vae_scale_factor or width % self.vae_scale_factor:
-            raise ValueError(
-                f"`height` and `width` must be divisible by {self.vae_scale_factor} (the VAE scale), got {height}x{width}."
-            )
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        """Raises a concise error naming the first invalid argument: those of every sampling call
+        ([`~checks.check_sampling_inputs`], shared with [`edit`]), then generation's own; `semantic_guidance` is
+        `(scale, window, normalization, interval, decode)`."""
+        check_sampling_inputs(
+            self, num_inference_steps, height, width, guidance_scale, au_scale, output_type, semantic_guidance,
+            guidance_label_mapping, label_with_feranno, feranno_label_mapping, callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        if not is_count(num_images_per_prompt):
             raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}.")
-        if not isinstance(au_scale, (int, float)) or not math.isfinite(au_scale):
-            raise ValueError(f"`au_scale` must be a finite number, got {au_scale!r}.")
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
         if action_units is not None and self.au_space is None:
             raise ValueError(
                 "`action_units` were given but the UNet has no AU adapter; use AUConditionedUNet2DConditionModel."
@@ -432,105 +423,22 @@ class SynFERPipeline(
                 )
         if layout_image is not None and latents is not None:
             raise ValueError("Pass either `latents` or `layout_image`, not both.")
-        if not isinstance(layout_strength, (int, float)) or not 0 <= layout_strength <= 1:
+        if not is_number(layout_strength) or not 0 <= layout_strength <= 1:
             raise ValueError(f"`layout_strength` must be in [0, 1], got {layout_strength!r}.")
-        check_semantic_guidance_inputs(*semantic_guidance)
-        if semantic_guidance[0] > 0 and self.guidance_classifier is None:
-            raise ValueError(
-                "`semantic_guidance_scale` > 0 needs a `guidance_classifier` component (pass one to the pipeline)."
-            )
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, got {sorted(unknown)}."
-            )
-
-    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_latents
-    def prepare_latents(
-        self,
-        batch_size: int,
-        num_channels_latents: int,
-        height: int,
-        width: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        generator: GeneratorInput,
-        latents: torch.Tensor | None = None,
-    ) -> torch.Tensor:  # (N, C, H / f, W / f), scaled by the scheduler's initial noise sigma
-        shape = (batch_size, num_channels_latents, int(height) // self.vae_scale_factor, int(width) // self.vae_scale_factor)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"`generator` list has {len(generator)} entries for {batch_size} images.")
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
-        else:
-            latents = latents.to(device=device, dtype=dtype)
-        return latents * self.scheduler.init_noise_sigma
-
-    # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_extra_step_kwargs
-    def prepare_extra_step_kwargs(self, generator, eta):
-        # prepare extra kwargs for the scheduler step, since not all schedulers have the same signature
-        # eta (η) is only used with the DDIMScheduler, it will be ignored for other schedulers.
-        # eta corresponds to η in DDIM paper: https://huggingface.co/papers/2010.02502
-        # and should be between [0, 1]
-
-        accepts_eta = "eta" in set(inspect.signature(self.scheduler.step).parameters.keys())
-        extra_step_kwargs = {}
-        if accepts_eta:
-            extra_step_kwargs["eta"] = eta
-
-        # check if the scheduler accepts generator
-        accepts_generator = "generator" in set(inspect.signature(self.scheduler.step).parameters.keys())
-        if accepts_generator:
-            extra_step_kwargs["generator"] = generator
-        return extra_step_kwargs
-
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def clip_skip(self) -> int | None:
-        return self._clip_skip
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        """Read at every step, so a callback that sets `pipe._guidance_scale` (e.g. `SDCFGCutoffCallback`) switches
-        classifier-free guidance off for the remaining steps."""
-        return self._guidance_scale > 1
-
-    @property
-    def cross_attention_kwargs(self) -> dict[str, Any] | None:
-        return self._cross_attention_kwargs
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        return self._interrupt
 
     def check_call(self, **kwargs: Any) -> None:
         """Checks the arguments of a call (`pipe.check_call(**kwargs)` for `pipe(**kwargs)`) without computing
         anything: unknown names, [`check_inputs`], the batch resolution (sizes, expressions, AU values against the AU
         space) and `prototype_intensity` against the AU space. Raises what the call would raise first."""
-        try:
-            bound = inspect.signature(self.__call__).bind(**kwargs)
-        except TypeError as error:
-            raise ValueError(f"Not an argument of {type(self).__name__}.__call__: {error}") from None
-        bound.apply_defaults()
-        a = bound.arguments
-        semantic_guidance = tuple(a[f"semantic_guidance_{name}"] for name in SEMANTIC_GUIDANCE_ARGUMENTS)
+        a = bind_call(self.__call__, kwargs)
         native = self.unet.config.sample_size * self.vae_scale_factor
         self.check_inputs(
             a["prompt"], a["height"] or native, a["width"] or native, a["num_images_per_prompt"], a["au_scale"],
             a["guidance_scale"], a["action_units"], a["negative_prompt"], a["prompt_embeds"],
-            a["negative_prompt_embeds"], a["latents"], a["layout_image"], a["layout_strength"], semantic_guidance,
-            a["output_type"], a["callback_on_step_end_tensor_inputs"] or ["latents"], a["num_inference_steps"],
+            a["negative_prompt_embeds"], a["latents"], a["layout_image"], a["layout_strength"],
+            tuple(a[f"semantic_guidance_{name}"] for name in SEMANTIC_GUIDANCE_ARGUMENTS), a["guidance_label_mapping"],
+            a["label_with_feranno"], a["feranno_label_mapping"], a["output_type"],
+            a["callback_on_step_end_tensor_inputs"] or ["latents"], a["num_inference_steps"],
         )  # fmt: skip
         resolve_batch(
             self.au_space, a["prompt"], a["expression"], a["action_units"], a["negative_prompt"], a["prompt_embeds"],
@@ -615,8 +523,9 @@ class SynFERPipeline(
                 embeddings used instead of `negative_prompt`.
             layout_image (image or list of images, *optional*): layout initialisation (SynFER): each image (PIL,
                 array or tensor, exactly `height` x `width`; one for all images, one per prompt, or one per image)
-                is encoded and DDIM-inverted under the null condition (prompt `""`, null AU tokens, no CFG) to the
-                noise level of step `(1 - layout_strength) * num_inference_steps`, and denoising starts there.
+                is encoded and DDIM-inverted under the null condition (prompt `""`, null AU tokens at `au_scale`, no
+                CFG) to the noise level of step `(1 - layout_strength) * num_inference_steps` (whole sampler steps),
+                scaled into the sampler's space, and denoising starts there.
             layout_strength (`float` in [0, 1], defaults to 1.0): 1.0 inverts all the way (the paper's layout
                 initialisation); smaller values keep more of the layout image and run fewer denoising steps.
             semantic_guidance_scale (`float`, defaults to 0.0): lambda_g of SynFER's semantic guidance; 0 disables it.
@@ -640,8 +549,9 @@ class SynFERPipeline(
                 guide would downsample the decoded image anyway); "full" decodes at full size.
             guidance_label_mapping (`dict`, *optional*): renames the guide's labels onto `EXPRESSIONS`
                 (see `synfer_diffusers.facs.map_classifier_labels`).
-            label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each image
-                (`feranno_probabilities` in the output; see the class docstring).
+            label_with_feranno (`bool`, defaults to True): with a `feranno_head` component, label each returned
+                image (`feranno_probabilities` in the output, also after an interrupt; see the class docstring); needs
+                unfused attention projections.
             feranno_label_mapping (`dict`, *optional*): renames the FERAnno head's labels (`id2label`) onto
                 `EXPRESSIONS`, `None` drops an output (e.g. `{"contempt": None}`), exactly as for the guide and for
                 voting classifiers (see `synfer_diffusers.facs.map_classifier_labels`).
@@ -680,12 +590,10 @@ class SynFERPipeline(
         self.check_inputs(
             prompt, height, width, num_images_per_prompt, au_scale, guidance_scale, action_units, negative_prompt,
             prompt_embeds, negative_prompt_embeds, latents, layout_image, layout_strength, semantic_guidance,
-            output_type, callback_on_step_end_tensor_inputs, num_inference_steps,
+            guidance_label_mapping, label_with_feranno, feranno_label_mapping, output_type,
+            callback_on_step_end_tensor_inputs, num_inference_steps,
         )  # fmt: skip
-        self._guidance_scale = guidance_scale
-        self._clip_skip = clip_skip
-        self._cross_attention_kwargs = cross_attention_kwargs
-        self._interrupt = False
+        self.start_call(guidance_scale, clip_skip, cross_attention_kwargs)
 
         # 2. Define call parameters
         batch_size, prompts, expressions, au_values, negatives = resolve_batch(
@@ -717,8 +625,8 @@ class SynFERPipeline(
             text_condition = {
                 "prompt": used_prompts,
                 "num_images_per_prompt": 1,
-                "negative_prompt": _per_image(negatives, num_images_per_prompt),
-                "negative_prompt_embeds": _per_image(negative_prompt_embeds, num_images_per_prompt),
+                "negative_prompt": per_image(negatives, num_images_per_prompt),
+                "negative_prompt_embeds": per_image(negative_prompt_embeds, num_images_per_prompt),
             }
         else:
             text_condition = {
@@ -734,74 +642,37 @@ class SynFERPipeline(
         )  # fmt: skip  # (N, L, D) each
         au_embeds = self.encode_au_condition(au_matrix, has_au, device)  # (N, T, D) or None
 
-        # 7. Layout initialisation: start from the DDIM inversion of real faces instead of noise
+        # 7. Layout initialisation: start from the inversion of real faces (null condition) instead of noise
         if layout_image is not None:
             images = self.preprocess_layout_images(layout_image, batch_size, num_images_per_prompt, height, width)
-            timesteps = timesteps[len(timesteps) - round(len(timesteps) * layout_strength) :]
-            latents = self.invert_layout(images.to(device), timesteps).to(prompt_embeds.dtype)
-            if hasattr(self.scheduler, "set_begin_index"):
-                self.scheduler.set_begin_index(num_inference_steps - len(timesteps))
+            timesteps = self.get_timesteps(num_inference_steps, layout_strength)
+            latents = self.invert_layout(images.to(device), timesteps, au_scale).to(prompt_embeds.dtype)
 
         # 8. Prepare extra step kwargs, semantic guidance and the in-loop FERAnno recorder
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-        guided_steps: set[int] = set()
-        if semantic_guidance_scale > 0:
-            guide = self.prepare_semantic_guidance(
-                image_expressions, guidance_label_mapping, semantic_guidance_decode, latents.shape[-2:], device
-            )
-            guided_steps = semantic_guidance_gradient_steps(
-                len(timesteps), semantic_guidance_window, semantic_guidance_interval
-            )
+        guidance = self.plan_semantic_guidance(
+            image_expressions, guidance_label_mapping, semantic_guidance_scale, semantic_guidance_window,
+            semantic_guidance_normalization, semantic_guidance_interval, semantic_guidance_decode, latents.shape[-2:],
+            len(timesteps), device,
+        )  # fmt: skip
         label = self.feranno_head is not None and label_with_feranno
-        feranno_index_map = self.feranno_head.expression_index_map(feranno_label_mapping) if label else None
         label_in_loop = label and self.last_step_is_feranno_pass(
             timesteps, negatives, negative_prompt_embeds_given, au_scale
         )
         recorder = UNetFeatureRecorder(self.unet) if label_in_loop else contextlib.nullcontext()
 
         # 9. Denoising loop
-        self._num_timesteps = len(timesteps)
-        with recorder, self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                negative = negative_prompt_embeds if self.do_classifier_free_guidance else None
-                if i in guided_steps:
-                    noise_uncond, noise_cond, prompt_embeds = self.guided_noise_branches(
-                        latents, t, prompt_embeds, negative, au_embeds, au_scale, guide, semantic_guidance_scale,
-                        semantic_guidance_normalization,
-                    )  # fmt: skip
-                else:
-                    noise_uncond, noise_cond = self.predict_noise_branches(
-                        latents, t, prompt_embeds, negative, au_embeds, au_scale
-                    )
-                noise_pred = combine_guidance(noise_uncond, noise_cond, self.guidance_scale)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+        with recorder:
+            latents = self.denoise(
+                latents, timesteps, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, extra_step_kwargs,
+                guidance, callback_on_step_end, callback_on_step_end_tensor_inputs,
+            )  # fmt: skip
+            features = recorder.features() if label_in_loop and not self.interrupt else None
 
-                if callback_on_step_end is not None:
-                    step_tensors = {
-                        "latents": latents, "prompt_embeds": prompt_embeds,
-                        "negative_prompt_embeds": negative_prompt_embeds, "au_embeds": au_embeds,
-                    }  # fmt: skip
-                    callback_kwargs = {k: step_tensors[k] for k in callback_on_step_end_tensor_inputs}
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
-                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
-                    negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
-                    au_embeds = callback_outputs.pop("au_embeds", au_embeds)
-                progress_bar.update()
-            features = recorder.features() if label_in_loop else None
-
-        # 10. FERAnno labels: from the last step where it is FERAnno's own pass, else one pass on the final latents
+        # 10. FERAnno labels of the returned latents
         feranno_probabilities = None
-        if label and features is not None and features.batch_size == 2 * num_images:
-            feranno_probabilities = self.feranno_label(features, num_images, feranno_index_map)
-        elif label:
-            annotator = FERAnnoPipeline(**self.base_components, head=self.feranno_head)
-            annotator.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
-            feranno_probabilities = annotator.label_latents(
-                latents, generator, label_mapping=feranno_label_mapping
-            ).to(latents.device)
+        if label:
+            feranno_probabilities = self.feranno_probabilities(latents, generator, feranno_label_mapping, features)
 
         # 11. Decode and report each image's condition
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)
@@ -818,86 +689,3 @@ class SynFERPipeline(
             images=images, expressions=image_expressions, action_units=au_dicts, prompts=used_prompts, seeds=seeds,
             feranno_probabilities=feranno_probabilities,
         )  # fmt: skip
-
-    def last_step_is_feranno_pass(
-        self,
-        timesteps: torch.Tensor,
-        negatives: list[str] | None,
-        negative_prompt_embeds_given: bool,
-        au_scale: float,
-    ) -> bool:
-        """Whether the unconditional half of the last denoising step is exactly FERAnno's training pass (the head's
-        timestep, the head's prompt, the null AU condition at scale 1, no attention kwargs), so that the head can read
-        its features for free. Otherwise (CFG off, another negative prompt, DPM-Solver or "trailing" spacing whose last
-        step is not the head's t, `au_scale != 1`, no step left) the labels come from one FERAnno pass on the final
-        latents, so that `feranno_probabilities` mean the same thing on every configuration."""
-        head = self.feranno_head.config
-        return (
-            len(timesteps) > 0
-            and int(timesteps[-1]) == head.timestep
-            and self.do_classifier_free_guidance
-            and not negative_prompt_embeds_given
-            and all(n == head.prompt for n in (negatives or [""]))
-            and au_scale == 1
-            and not self.cross_attention_kwargs
-        )
-
-    def feranno_label(
-        self, features: UNetFeatures, num_images: int, index_map: list[int | None]
-    ) -> torch.Tensor:  # (N, 7) probabilities
-        """FERAnno probabilities over `EXPRESSIONS` from the features of the last UNet call, the head's labels
-        mapped by name with `index_map` ([`FERAnnoHead.expression_index_map`]) as for any classifier; with CFG that
-        call's batch is `[uncond; cond]` and the unconditional half (prompt `""` + null AU, FERAnno's training
-        condition) is read."""
-        if features.batch_size == 2 * num_images:
-            features = features.select(slice(None, num_images))
-        return classifier_expression_probabilities(self.feranno_head(features).logits, index_map)
-
-    def encode_au_condition(
-        self, au_matrix: torch.Tensor | None, has_au: list[bool], device: torch.device
-    ) -> torch.Tensor | None:  # (N, T, D)
-        """AU tokens per image; rows without an AU condition get the null AU tokens."""
-        if au_matrix is None:
-            return None
-        drop = torch.tensor([not keep for keep in has_au], device=device)
-        return self.unet.encode_action_units(au_matrix.to(device), drop_mask=drop)
-
-    def predict_noise_branches(
-        self,
-        latents: torch.Tensor,  # (N, C, h, w)
-        t: torch.Tensor,
-        prompt_embeds: torch.Tensor | None,  # (N, L, D); None: no conditional branch
-        negative_prompt_embeds: torch.Tensor | None,  # (N, L, D); None: no unconditional branch (CFG off)
-        au_embeds: torch.Tensor | None,  # (N, T, D) conditional AU tokens; None for a UNet without AU adapter
-        au_scale: float,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # (N, C, h, w) each
-        """The unconditional (negative prompt + null AU) and conditional (prompt + AU tokens) noise predictions of the
-        branches asked for, in one UNet call (batch `[uncond; cond]`)."""
-        branches = [(negative_prompt_embeds, "null"), (prompt_embeds, "cond")]
-        branches = [(text, kind) for text, kind in branches if text is not None]
-        model_input = self.scheduler.scale_model_input(torch.cat([latents] * len(branches)), t)
-        text = torch.cat([embeds for embeds, _ in branches])
-        au_kwargs = {}
-        if au_embeds is not None:
-            null = self.unet.encode_action_units(None, batch_size=au_embeds.shape[0]).to(au_embeds)
-            tokens = torch.cat([null if kind == "null" else au_embeds for _, kind in branches])
-            au_kwargs = {"au_embeds": tokens, "au_scale": au_scale}
-        noise_pred = self.unet(
-            model_input, t, encoder_hidden_states=text, cross_attention_kwargs=self.cross_attention_kwargs,
-            return_dict=False, **au_kwargs,
-        )[0].chunk(len(branches))  # fmt: skip
-        predictions = dict(zip([kind for _, kind in branches], noise_pred))
-        return predictions.get("null"), predictions.get("cond")
-
-    def decode_latents(self, latents: torch.Tensor, output_type: str) -> Any:
-        image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]  # (N, 3, H, W)
-        return self.image_processor.postprocess(image, output_type=output_type)
-
-
-def _per_image(values: list[str] | torch.Tensor | None, num_images_per_prompt: int) -> list[str] | torch.Tensor | None:
-    """Per-prompt values (a list or a `(batch, ...)` tensor) repeated for each image of their prompt."""
-    if values is None or num_images_per_prompt == 1:
-        return values
-    if isinstance(values, torch.Tensor):
-        return values.repeat_interleave(num_images_per_prompt, dim=0)
-    return [v for v in values for _ in range(num_images_per_prompt)]

@@ -142,12 +142,54 @@ def variance_preserving_sample(
     True
     ```
     """
-    if scheduler.init_noise_sigma > 1:
+    if uses_sigma_space(scheduler):
         sample = scheduler.scale_model_input(sample, timestep)  # sets `step_index` on the step's first call
         sigma = scheduler.sigmas[scheduler.step_index].to(sample.device)
         return sample, 1 / (sigma**2 + 1)
     timestep = torch.as_tensor(timestep, device=sample.device).long()
     return sample, scheduler.alphas_cumprod.to(sample.device)[timestep]
+
+
+def uses_sigma_space(scheduler: SchedulerMixin) -> bool:
+    """Whether the sampler's state is `x_0 + sigma eps` (Euler, Euler ancestral, Heun, LMS, KDPM2: initial noise of
+    standard deviation `init_noise_sigma > 1`) rather than the variance-preserving `x_t`."""
+    return scheduler.init_noise_sigma > 1
+
+
+def inversion_levels(
+    scheduler: SchedulerMixin,
+    timesteps: torch.Tensor,  # the schedule's last `len(timesteps)` timesteps
+) -> tuple[torch.Tensor, torch.Tensor]:  # (S,), (S,)
+    """
+    The noise levels that the denoising steps of `timesteps` start from, as `(timesteps, abar)`: one per step of
+    `scheduler.order` timesteps (a second-order step's pair starts at its first timestep), descending. `abar` is
+    `alphas_cumprod[t]`, or `1 / (sigma^2 + 1)` with the step's own sigma for a sampler in sigma space (exact also
+    where its timesteps are not integers).
+
+    Args:
+        scheduler ([`~diffusers.SchedulerMixin`]): the sampler, with its timesteps set.
+        timesteps (`torch.Tensor`): the end of `scheduler.timesteps` that is denoised (cut at a step's start).
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: the steps' first timesteps and their `abar`, float32.
+    """
+    order = scheduler.order
+    starts = timesteps[::order]
+    if uses_sigma_space(scheduler):
+        first = len(scheduler.timesteps) - len(timesteps)  # the cut, an index into the whole schedule
+        sigmas = scheduler.sigmas[first : first + len(timesteps) : order].to(timesteps.device)
+        return starts, 1 / (sigmas.float() ** 2 + 1)
+    return starts, scheduler.alphas_cumprod.to(timesteps.device)[starts.long()]
+
+
+def scheduler_sample(
+    scheduler: SchedulerMixin,
+    sample: torch.Tensor,
+    alpha_prod_t: torch.Tensor,  # (N, C, h, w) x_t, ()
+) -> torch.Tensor:  # (N, C, h, w)
+    """A variance-preserving `x_t` at `abar_t` as the sampler's state (the inverse of
+    [`variance_preserving_sample`]): `x_t / sqrt(abar_t) = x_0 + sigma eps` in sigma space, else `x_t` itself."""
+    return sample / alpha_prod_t.sqrt() if uses_sigma_space(scheduler) else sample
 
 
 def combine_guidance(

@@ -164,6 +164,17 @@ class SemanticGuide:
     decode_size: tuple[int, int] | None
 
 
+@dataclass
+class SemanticGuidanceSchedule:
+    """Semantic guidance of one denoising loop: the guide, lambda_g, the gradient's normalisation and the indices of
+    the steps whose conditional pass also takes a gradient ([`semantic_guidance_gradient_steps`])."""
+
+    guide: SemanticGuide
+    scale: float
+    normalization: str
+    steps: set[int]
+
+
 @contextlib.contextmanager
 def frozen_parameters(*modules: torch.nn.Module | None) -> Iterator[None]:
     """Sets `requires_grad=False` on the parameters of `modules` (None: skipped) and restores each one's flag on exit,
@@ -248,6 +259,26 @@ class SemanticGuidanceMixin:
             preprocessing=preprocessing,
             decode_size=guidance_decode_size(image_size, tuple(latent_size), self.vae_scale_factor, decode),
         )
+
+    def plan_semantic_guidance(
+        self,
+        expressions: list[str | None],
+        label_mapping: Mapping[str, str | None] | None,
+        scale: float,
+        window: tuple[float, float],
+        normalization: str,
+        interval: int,
+        decode: str,
+        latent_size: tuple[int, int],
+        num_steps: int,
+        device: torch.device,
+    ) -> SemanticGuidanceSchedule | None:
+        """The [`SemanticGuidanceSchedule`] of a loop of `num_steps` steps, or `None` for `scale == 0`."""
+        if scale == 0:
+            return None
+        guide = self.prepare_semantic_guidance(expressions, label_mapping, decode, latent_size, device)
+        steps = semantic_guidance_gradient_steps(num_steps, window, interval)
+        return SemanticGuidanceSchedule(guide, scale, normalization, steps)
 
     def guidance_loss(self, images: torch.Tensor, guide: SemanticGuide) -> torch.Tensor:
         """Cross-entropy of the guide on images in [0, 1] `(N, 3, H, W)`, preprocessed in torch as its image processor

@@ -758,10 +758,12 @@ class SynFERPipeline(
             timesteps, negatives, negative_prompt_embeds_given, au_scale
         )
         recorder = UNetFeatureRecorder(self.unet) if label_in_loop else contextlib.nullcontext()
+        # AU keys/values once per call, not per step (absent from the code file of a checkpoint saved before it)
+        cached_au_attention = getattr(self.unet, "cached_au_attention", contextlib.nullcontext)
 
         # 9. Denoising loop
         self._num_timesteps = len(timesteps)
-        with recorder, self.progress_bar(total=len(timesteps)) as progress_bar:
+        with recorder, cached_au_attention(), self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue

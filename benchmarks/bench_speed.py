@@ -185,11 +185,12 @@ def bare_unet_loop(pipe: SynFERPipeline, prompt: str, aus: dict, steps: int, bat
     size = pipe.unet.config.sample_size
     latents = torch.randn(batch, 4, size, size, generator=torch.Generator().manual_seed(0)).to(text.dtype)
     pipe.scheduler.set_timesteps(steps)
-    for t in pipe.scheduler.timesteps:
-        noise = pipe.unet(torch.cat([latents, latents]), t, torch.cat([null_text, text]),
-                          au_embeds=torch.cat([null_au, au_tokens])).sample  # fmt: skip
-        uncond, cond = noise.chunk(2)
-        latents = pipe.scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
+    with pipe.unet.cached_au_attention():
+        for t in pipe.scheduler.timesteps:
+            noise = pipe.unet(torch.cat([latents, latents]), t, torch.cat([null_text, text]),
+                              au_embeds=torch.cat([null_au, au_tokens])).sample  # fmt: skip
+            uncond, cond = noise.chunk(2)
+            latents = pipe.scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
     pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
 
 

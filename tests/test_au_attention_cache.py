@@ -6,7 +6,7 @@ The uncached reference is the same pipeline with the scope replaced by a no-op; 
 `to_k_au` calls, so that a cache that is never used cannot pass."""
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from unittest import mock
 
 import numpy as np
@@ -27,7 +27,7 @@ def pipe(tiny_components):
 
 
 @contextlib.contextmanager
-def _count_au_projections(unet) -> list[int]:
+def _count_au_projections(unet) -> Iterator[list[int]]:
     """Counts calls of every `to_k_au` (one per layer per computation of the AU keys)."""
     calls = [0]
     layers = [m for m in unet.modules() if hasattr(m, "to_k_au")]

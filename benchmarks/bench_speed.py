@@ -117,13 +117,21 @@ def build_components(
     return cast, base_unet.to(config.dtype).eval(), guide.to(config.dtype), processor, head
 
 
+def synchronize() -> None:
+    """Waits for queued CUDA work (a call that returns device tensors returns before its kernels finish)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def median_ratio(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int) -> dict[str, float]:
     baseline(), candidate()  # warm-up
     base_times, cand_times = [], []
     for _ in range(repeats):
         for fn, times in ((baseline, base_times), (candidate, cand_times)):
+            synchronize()
             start = time.perf_counter()
             fn()
+            synchronize()
             times.append(time.perf_counter() - start)
     base, cand = statistics.median(base_times), statistics.median(cand_times)
     return {"unit": "s", "baseline": base, "candidate": cand, "ratio": cand / base}
@@ -183,18 +191,22 @@ def bare_unet_loop(pipe: SynFERPipeline, prompt: str, aus: dict, steps: int, bat
     au_tokens = pipe.unet.encode_action_units(pipe.au_space.to_tensor([aus] * batch))
     null_au = pipe.unet.encode_action_units(None, batch_size=batch)
     size = pipe.unet.config.sample_size
-    latents = torch.randn(batch, 4, size, size, generator=torch.Generator().manual_seed(0)).to(text.dtype)
+    latents = torch.randn(batch, 4, size, size, generator=torch.Generator().manual_seed(0)).to(device, text.dtype)
     pipe.scheduler.set_timesteps(steps)
-    for t in pipe.scheduler.timesteps:
-        noise = pipe.unet(torch.cat([latents, latents]), t, torch.cat([null_text, text]),
-                          au_embeds=torch.cat([null_au, au_tokens])).sample  # fmt: skip
-        uncond, cond = noise.chunk(2)
-        latents = pipe.scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
+    with pipe.unet.cached_au_attention():
+        for t in pipe.scheduler.timesteps:
+            noise = pipe.unet(torch.cat([latents, latents]), t, torch.cat([null_text, text]),
+                              au_embeds=torch.cat([null_au, au_tokens])).sample  # fmt: skip
+            uncond, cond = noise.chunk(2)
+            latents = pipe.scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
     pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
 
 
-def measure(config: BenchConfig, rows: tuple[str, ...] = ROWS) -> list[dict]:
-    components, base_unet, guide, processor, head = build_components(config)
+def make_pairs(
+    config: BenchConfig, built: tuple[dict, UNet2DConditionModel, torch.nn.Module, object, FERAnnoHead]
+) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
+    """Each row's (baseline, candidate) calls on the components `built` by [`build_components`] (on any device)."""
+    components, base_unet, guide, processor, head = built
     plain = SynFERPipeline(**components)
     guided = SynFERPipeline(**components, guidance_classifier=guide, guidance_image_processor=processor)
     labelled = SynFERPipeline(**components, feranno_head=head)
@@ -244,10 +256,20 @@ def measure(config: BenchConfig, rows: tuple[str, ...] = ROWS) -> list[dict]:
         with weights_left_trainable():
             guided_call()
 
+    return {**pairs, "sg_memory_frozen": (unfrozen_call, guided_call)}
+
+
+def measure(
+    config: BenchConfig,
+    rows: tuple[str, ...] = ROWS,
+    built: tuple[dict, UNet2DConditionModel, torch.nn.Module, object, FERAnnoHead] | None = None,
+) -> list[dict]:
+    """The `rows` of `config`, on components `built` by [`build_components`] (built here when None)."""
+    pairs = make_pairs(config, built or build_components(config))
     results = []
     for row in rows:
         if row == "sg_memory_frozen":
-            measured = peak_ratio(unfrozen_call, guided_call)
+            measured = peak_ratio(*pairs[row])
         else:
             measured = median_ratio(*pairs[row], config.repeats)
         results.append({"config": config.name, "row": row, "dtype": str(config.dtype).removeprefix("torch."),

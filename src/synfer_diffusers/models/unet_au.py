@@ -11,11 +11,16 @@ and `c_au` are `num_au_tokens` tokens made from the AU vector by a small MLP wit
 Null AU condition (classifier-free guidance and condition dropout): a learned set of tokens
 `au_null_tokens`, initialised at zero. Zero tokens give zero AU keys/values, so at initialisation the null
 condition adds exactly nothing; it is a different condition from "all AUs at intensity 0" (a neutral face).
+
+The AU tokens of a sampling run do not change across denoising steps, so neither do `K_au`, `V_au`: inside
+[`AUConditionedUNet2DConditionModel.cached_au_attention`] they are computed once per distinct AU-token tensor and
+reused by every later step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -60,6 +65,8 @@ class AUConditioning(NamedTuple):
     text: torch.Tensor  # (B, L, D) text tokens
     au_tokens: torch.Tensor  # (B, T, D) AU tokens
     au_scale: float
+    au_key_values: Mapping[Attention, tuple[torch.Tensor, torch.Tensor]] | None = None
+    """Each `attn2`'s AU key and value `(B, H, T, d)` for `au_tokens`, precomputed; None: computed by the processor."""
 
 
 class AUEncoder(nn.Module):
@@ -106,9 +113,9 @@ class AUAttnProcessor2_0:
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        au_tokens, au_scale = None, 0.0
+        au_tokens, au_scale, au_key_values = None, 0.0, None
         if isinstance(encoder_hidden_states, AUConditioning):
-            encoder_hidden_states, au_tokens, au_scale = encoder_hidden_states
+            encoder_hidden_states, au_tokens, au_scale, au_key_values = encoder_hidden_states
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -141,9 +148,9 @@ class AUAttnProcessor2_0:
         hidden_states = _attention(query, key, value, attention_mask, self.slice_size)  # (B, H, N, d)
 
         if au_tokens is not None and au_scale != 0:
-            au_key = _split_heads(attn.to_k_au(au_tokens), attn.heads, head_dim)  # (B, H, T, d)
-            au_value = _split_heads(attn.to_v_au(au_tokens), attn.heads, head_dim)
-            hidden_states = hidden_states + au_scale * _attention(query, au_key, au_value, None, self.slice_size)
+            au_key, au_value = au_key_values[attn] if au_key_values is not None else au_key_value(attn, au_tokens)
+            au_hidden_states = _attention(query, au_key, au_value, None, self.slice_size)  # (B, H, N, d)
+            hidden_states = torch.add(hidden_states, au_hidden_states, alpha=au_scale)  # one pass: no mul, then add
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
@@ -164,6 +171,53 @@ class FusedAUAttnProcessor2_0(AUAttnProcessor2_0):
 
 def _split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     return x.view(x.shape[0], -1, heads, head_dim).transpose(1, 2)  # (B, L, H*d) -> (B, H, L, d)
+
+
+def au_key_value(attn: Attention, au_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`K_au = W'_k c_au`, `V_au = W'_v c_au` of one `attn2` layer: AU tokens `(B, T, D)` -> `(B, H, T, d)` each."""
+    head_dim = attn.to_k_au.out_features // attn.heads
+    return (
+        _split_heads(attn.to_k_au(au_tokens), attn.heads, head_dim),
+        _split_heads(attn.to_v_au(au_tokens), attn.heads, head_dim),
+    )
+
+
+class _AUKeyValueCache:
+    """The AU keys and values of every `attn2` layer for the last few AU-token tensors of one
+    [`~AUConditionedUNet2DConditionModel.cached_au_attention`] scope.
+
+    An entry is found by the tokens' values (`torch.equal` against a copy taken when it was made, so tokens changed
+    in place miss) and by the identity, version counter and storage of every AU projection weight (so an optimizer
+    step, `load_state_dict`, `copy_`, a move to another dtype or device or a swapped parameter misses). A sampling
+    call needs at most three entries (`[null; cond]` with CFG, `cond` alone and `null` alone in semantic-guidance
+    steps); the oldest is dropped beyond `max_entries`.
+    """
+
+    max_entries = 4
+
+    def __init__(self, layers: list[Attention]):
+        self.layers = layers
+        self.entries: list[tuple[torch.Tensor, list[tuple[torch.Tensor, int, int]], dict]] = []
+
+    def key_values(self, au_tokens: torch.Tensor) -> dict[Attention, tuple[torch.Tensor, torch.Tensor]] | None:
+        """Every layer's `(K_au, V_au)` for `au_tokens` `(B, T, D)`, from the cache or computed and stored; None
+        where caching does not apply: an AU projection that is not a plain `nn.Linear` (e.g. a LoRA-wrapped one,
+        whose output also depends on adapter state), or a gradient that must flow through the keys and values."""
+        projections = [proj for attn in self.layers for proj in (attn.to_k_au, attn.to_v_au)]
+        if any(type(proj) is not nn.Linear for proj in projections):
+            return None
+        if torch.is_grad_enabled() and (au_tokens.requires_grad or any(p.weight.requires_grad for p in projections)):
+            return None
+        weights = [(p.weight, p.weight._version, p.weight.data_ptr()) for p in projections]
+        for tokens, entry_weights, key_values in self.entries:
+            same_weights = all(a[0] is b[0] and a[1:] == b[1:] for a, b in zip(weights, entry_weights))
+            same_tokens = (tokens.shape, tokens.dtype, tokens.device) == (au_tokens.shape, au_tokens.dtype,
+                                                                          au_tokens.device)  # fmt: skip
+            if same_weights and same_tokens and torch.equal(tokens, au_tokens):
+                return key_values
+        key_values = {attn: au_key_value(attn, au_tokens) for attn in self.layers}
+        self.entries = [*self.entries[1 - self.max_entries :], (au_tokens.detach().clone(), weights, key_values)]
+        return key_values
 
 
 def _attention(
@@ -333,6 +387,7 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
             attn.to_k_au = nn.Linear(cross_attention_dim, attn.to_k.out_features, bias=False)
             attn.to_v_au = nn.Linear(cross_attention_dim, attn.to_v.out_features, bias=False)
         self.set_attn_processor(AttnProcessor2_0())
+        self._au_cache: _AUKeyValueCache | None = None
 
     @property
     def au_space(self) -> AUSpace:
@@ -410,6 +465,31 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
         """Plain attention for self-attention layers; [`AUAttnProcessor2_0`] for cross-attention layers."""
         self.set_attn_processor(AttnProcessor())
 
+    @contextlib.contextmanager
+    def cached_au_attention(self) -> Iterator[None]:
+        """Within this context (a sampling loop), each `attn2`'s AU keys and values are computed once per distinct
+        AU-token tensor and reused by later calls, instead of at every denoising step; outputs are unchanged. The
+        cache is keyed on the tokens' values and the AU weights (see `_AUKeyValueCache`), so it cannot go stale; it
+        is skipped where a gradient must flow to the AU projections or tokens (training), and dropped on exit.
+        Nested scopes share the outer one's cache.
+
+        Example:
+
+        ```py
+        >>> with unet.cached_au_attention():
+        ...     for t in scheduler.timesteps:
+        ...         noise = unet(latents, t, text_embeds, au_embeds=au_tokens).sample  # K_au, V_au from step 1
+        ```
+        """
+        if self._au_cache is not None:
+            yield
+            return
+        self._au_cache = _AUKeyValueCache(self._cross_attention_layers())
+        try:
+            yield
+        finally:
+            self._au_cache = None
+
     def trainable_au_parameters(self) -> list[nn.Parameter]:
         """The adapter's parameters (AU encoder, null tokens, per-layer AU key/value), for adapter-only training."""
         return [p for name, p in self.named_parameters() if is_au_parameter(name)]
@@ -465,7 +545,8 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
             if au_embeds is None:
                 au_embeds = self.encode_action_units(action_units, batch_size=sample.shape[0])
             au_embeds = au_embeds.to(encoder_hidden_states.dtype)
-            encoder_hidden_states = AUConditioning(encoder_hidden_states, au_embeds, float(au_scale))
+            key_values = self._au_cache.key_values(au_embeds) if self._au_cache is not None else None
+            encoder_hidden_states = AUConditioning(encoder_hidden_states, au_embeds, float(au_scale), key_values)
         return super().forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
 
 

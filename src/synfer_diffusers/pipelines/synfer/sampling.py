@@ -10,6 +10,7 @@ more entry there and one more term in [`SamplingMixin.guided_model_output`].
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -210,7 +211,9 @@ class SamplingMixin:
         self._num_timesteps = len(timesteps)
         tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
                    "negative_prompt_embeds": negative_prompt_embeds, "au_embeds": au_embeds}  # fmt: skip
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        # AU keys/values once per call, not per step (a UNet class from an older checkpoint's code lacks the method)
+        cached_au_attention = getattr(self.unet, "cached_au_attention", contextlib.nullcontext)
+        with cached_au_attention(), self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue

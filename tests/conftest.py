@@ -11,6 +11,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from synthetic_sets import reference, tiny_stand_in_as_default  # noqa: E402, F401  (fixtures of the generate tests)
+from training_chain import (  # noqa: E402, F401  (the tiny training chain, once per session)
+    faceworld_dir,
+    gate_models,
+    stage_a_dir,
+    stage_a_run,
+    vae_dir,
+    vae_run,
+)
 
 # OMP_NUM_THREADS, when set, wins: two torch processes with 2 threads each on 2 cores slow each other tenfold.
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))

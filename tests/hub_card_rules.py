@@ -36,10 +36,17 @@ TASKS = frozenset(
     any-to-any other""".split()
 )
 SIZE_CATEGORIES = frozenset(
-    "n<1K 1K<n<10K 10K<n<100K 100K<n<1M 1M<n<10M 10M<n<100M 100M<n<1B 1B<n<10B 10B<n<100B 100B<n<1T n>1T".split()
+    "unknown n<1K 1K<n<10K 10K<n<100K 100K<n<1M 1M<n<10M 10M<n<100M 100M<n<1B 1B<n<10B 10B<n<100B 100B<n<1T n>1T"
+    .split()
 )
+"""As `datasets` ships them (`datasets/utils/resources/size_categories.json`; `test_hub_server_strict.py` checks)."""
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _FEATURE_TYPES = ("dtype", "list", "sequence", "struct", "large_list")
+_DTYPE = re.compile(  # the Arrow types of `datasets.Value` and the media features, as a card's `dtype` names them
+    r"^(null|bool|u?int(8|16|32|64)|float(16|32|64)|date(32|64)|(large_)?(string|binary)|string_view|binary_view"
+    r"|time32\[(s|ms)\]|time64\[(us|ns)\]|timestamp\[(s|ms|us|ns)(, tz=[^\]]+)?\]|duration\[(s|ms|us|ns)\]"
+    r"|decimal(128|256)\(\d+, -?\d+\)|image|audio|video|pdf)$"
+)
 
 Check = Callable[[str, Any], list[str]]
 
@@ -116,6 +123,8 @@ def _feature(key: str, value: Any) -> list[str]:
     if not isinstance(value, dict):
         return [f'"{key}" must be of type object']
     errors = _string(f"{key}.name", value.get("name"))
+    if isinstance(value.get("dtype"), str) and not _DTYPE.match(value["dtype"]):
+        errors.append(f'"{key}.dtype" is not a known feature type: {value["dtype"]!r}')
     if not any(kind in value for kind in _FEATURE_TYPES):
         errors.append(f'"{key}" must contain at least one of [{", ".join(_FEATURE_TYPES)}]')
     return errors

@@ -59,11 +59,14 @@ def tiny_stand_in_as_default(tmp_path_factory):
         yield
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_stand_in_as_default):
-    """An uninterrupted one-process run: 6 samples in 3 shards."""
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """An uninterrupted one-process run of the tiny stand-in: 6 samples in 3 shards, made once per session (every
+    module that uses it only reads or copies it). The stand-in's name, not its folder, is what the set records."""
     folder = tmp_path_factory.mktemp("reference") / "set"
-    result = _generate(folder, process_index=0, num_processes=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SYNFER_DEFAULT_MODEL", str(tmp_path_factory.mktemp("no_default_model")))
+        result = _generate(folder, process_index=0, num_processes=1)
     assert result.complete and result.shards_written == 3
     return folder
 

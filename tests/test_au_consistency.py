@@ -10,17 +10,8 @@ from transformers import ResNetConfig, ResNetForImageClassification, ViTImagePro
 from synfer_diffusers import AUConditionedUNet2DConditionModel, AUSpace
 from synfer_diffusers.tiny import make_tiny_components
 from synfer_diffusers.training import AUConsistencyLoss, denoised_estimate
-from test_training_examples import (  # noqa: F401  (module fixtures: the tiny FaceWorld -> VAE -> stage A chain)
-    assert_fails_before_training,
-    faceworld_dir,
-    gate_models,
-    pretrained_settings,
-    run,
-    stage_a_dir,
-    stage_a_run,
-    vae_dir,
-    vae_run,
-)
+from test_training_examples import assert_fails_before_training
+from training_chain import pretrained_settings, run  # the chain's fixtures: session-scoped, conftest.py
 
 
 def tiny_estimator(names, seed=0):

@@ -6,12 +6,10 @@ for byte whatever checkpoint the package embeds (`tests/test_default_model.py` c
 """
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import datasets
@@ -31,7 +29,7 @@ from synfer_diffusers.generate import (
     resolve_pipeline,
     sample_seed,
 )
-from synthetic_sets import CLI_ARGS, SMALL, _assert_same_dataset, _generate, _load, _shard_digests
+from synthetic_sets import CLI_ARGS, SMALL, _assert_same_dataset, _generate, _load, _shard_digests, subprocess_env
 
 DISFA = AUSpace.disfa12()
 pytestmark = pytest.mark.usefixtures("tiny_stand_in_as_default")
@@ -119,20 +117,18 @@ def test_two_processes_give_the_same_dataset(reference, tmp_path):
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(reference, tmp_path):
-    folder = tmp_path / "set"
+    folder, log = tmp_path / "set", tmp_path / "kills.log"
     args = ["generate", "--output-dir", str(folder), "--num-samples", "6", "--shard-size", "2", "--batch-size", "2",
             *CLI_ARGS]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    process = subprocess.Popen([sys.executable, "-m", "synfer_diffusers.cli", *args], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    manifest = folder / ".synfer" / "shards" / "00000.json"
-    deadline = time.monotonic() + 180
-    while not manifest.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert manifest.exists(), process.stderr.read().decode()[-2000:]
-    assert not (folder / "README.md").exists(), "killed too late: the run had finished"
+    # killed at a deterministic instant (`durable_write_hook.py`): renaming the second shard's manifest, so the
+    # first shard is complete and the run is not (no race between polling for a file and the run finishing)
+    hook = Path(__file__).parent / "durable_write_hook.py"
+    process = subprocess.run([sys.executable, str(hook), "kill", "replace:/.synfer/shards/00001", str(log), "--",
+                              *args], env=subprocess_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
+    assert (folder / ".synfer" / "shards" / "00000.json").exists()
+    assert not (folder / ".synfer" / "shards" / "00001.json").exists()
+    assert not (folder / "README.md").exists()
 
     with pytest.raises(SystemExit) as error:  # the same command without --resume is refused
         main(args)

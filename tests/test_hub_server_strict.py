@@ -231,3 +231,55 @@ def _client(workdir: Path) -> dict:
 
 if __name__ == "__main__":
     print(json.dumps(_client(Path(sys.argv[1]))))
+
+
+def _library_errors(card: str) -> list[str]:
+    """The fields of `card`'s metadata that the `datasets` library's own readers refuse: `configs` (its
+    `MetadataConfigs` check of `data_files`), `dataset_info` (`DatasetInfo._from_yaml_dict`, features included) and
+    `size_categories` (the list `datasets` ships, `datasets/utils/resources/size_categories.json`)."""
+    import datasets
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard
+
+    data = DatasetCard(card).data
+    errors = []
+    for field, read in (("configs", MetadataConfigs.from_dataset_card_data),
+                        ("dataset_info", DatasetInfosDict.from_dataset_card_data)):  # fmt: skip
+        try:
+            read(data)
+        except Exception:  # noqa: BLE001  (any refusal of the library's reader)
+            errors.append(field)
+    sizes = json.loads((Path(datasets.__file__).parent / "utils/resources/size_categories.json").read_text())
+    if not set(data.get("size_categories") or []) <= set(sizes):
+        errors.append("size_categories")
+    return errors
+
+
+def test_card_rules_agree_with_the_libraries_statement_of_the_hub_rules(reference):
+    """The server's rules (`hub_card_rules.py`) are checked against rules they did not write: each field of a card
+    that the `datasets` library's readers refuse, the server refuses; the server's size categories are the ones
+    `datasets` ships; and the dataset card `synfer generate` writes passes both."""
+    import datasets
+    from hub_card_rules import SIZE_CATEGORIES, card_errors
+
+    shipped = json.loads((Path(datasets.__file__).parent / "utils/resources/size_categories.json").read_text())
+    assert SIZE_CATEGORIES == set(shipped)
+    written = (reference / "README.md").read_text(encoding="utf-8")
+    assert _library_errors(written) == [] and card_errors(written, "dataset") == []
+    assert _library_errors(GOOD_CARD) == [] and card_errors(GOOD_CARD, "dataset") == []
+    bad = {  # one field broken at a time, in the ways the library refuses
+        "configs": "configs:\n- config_name: default\n  data_files: 3\n",
+        "configs ": "configs:\n- config_name: default\n  data_files:\n  - split: train\n",
+        "dataset_info": "dataset_info:\n  features:\n  - name: image\n    dtype: no-such-type\n",
+        "dataset_info ": "dataset_info:\n  features: 3\n",
+        "size_categories": "size_categories: [huge]\n",
+    }
+    for field, yaml_text in bad.items():
+        card = f"---\n{yaml_text}---\n# A card\n"
+        assert _library_errors(card) == [field.strip()], (field, _library_errors(card))
+        assert any(f'"{field.strip()}' in error for error in card_errors(card, "dataset")), (field, card_errors(card))
+    for dtype in ("float32", "int64", "uint8", "bool", "string", "large_string", "image", "audio", "timestamp[ms]",
+                  "float128", "int3", "str", "no-such-type"):  # fmt: skip
+        card = f"---\ndataset_info:\n  features:\n  - name: x\n    dtype: {dtype}\n---\n# A card\n"
+        assert bool(_library_errors(card)) == bool(card_errors(card, "dataset")), (dtype, card_errors(card))

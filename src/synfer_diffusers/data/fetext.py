@@ -79,6 +79,7 @@ from ..annotators import (
 from ..facs import EXPRESSIONS, AUSpace
 from ..hub_utils import inherited_license, license_label, load_card_metadata, split_hub_ids
 from ..training import expression_label_ids, load_training_dataset, tile_images, validate_columns
+from ..training.data import is_local_path
 from .writer import SyntheticSetWriter
 
 logger = logging.getLogger(__name__)
@@ -379,7 +380,10 @@ def load_source(
     if isinstance(source, datasets.Dataset):
         dataset = source.select(range(min(max_samples, len(source)))) if max_samples is not None else source
     else:
-        dataset = load_training_dataset(str(source), split, max_samples)
+        try:
+            dataset = load_training_dataset(str(source), split, max_samples)
+        except ValueError as error:  # named for the training scripts' option: here it is `dataset`
+            raise ValueError(str(error).replace("`dataset_name`", "`dataset`", 1)) from error
     required = {config.image_column: "images (--image-column)"}
     for name, what in (("label_column", "expression labels"), ("description_column", "descriptions"),
                        ("face_box_column", "face boxes")):  # fmt: skip
@@ -457,10 +461,20 @@ def build_fetext_dataset(
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 0):
+        raise ValueError(f"`max_samples` must be a non-negative integer or None, got {max_samples!r}.")
+    if not isinstance(source, datasets.Dataset) and is_local_path(str(source)):
+        if not os.path.isdir(os.path.expanduser(str(source))):  # before loading any model
+            raise ValueError(f"`dataset`: no dataset folder at {str(source)!r}.")
     space = config.space
-    au_estimator = au_estimator or AUEstimator.from_pretrained(
-        config.au_estimator, space, config.au_fill_missing, config.occurrence_threshold
-    )
+    if au_estimator is None:
+        try:
+            au_estimator = AUEstimator.from_pretrained(
+                config.au_estimator, space, config.au_fill_missing, config.occurrence_threshold
+            )
+        except (OSError, ValueError) as error:  # a missing folder, an unknown or unreachable repo, a bad config
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"`au_estimator` {config.au_estimator!r} could not be loaded: {reason}") from error
     if au_estimator.au_space != space:
         raise ValueError(
             f"`au_estimator` maps onto {au_estimator.au_space.names}, not the `au_space` {config.au_space!r}."

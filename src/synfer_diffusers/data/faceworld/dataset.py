@@ -204,8 +204,13 @@ def write_faceworld_splits(
     """
     if rows_per_shard < 1:
         raise ValueError(f"`rows_per_shard` must be positive, got {rows_per_shard}.")
+    for name, value in (("num_train", num_train), ("num_test", num_test)):  # before anything in the folder changes
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
     config = _resolve_config(config)
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"`output_dir` {str(output_dir)!r} is not a folder.")
     data_dir = output_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     for stale in data_dir.glob("*.parquet"):

@@ -48,9 +48,11 @@ OPTIONS = {
     "voter_weights": {"feranno": 2.0},
     "label_type": "soft",
     "discard_rule": "disagreement",
+    "au_guidance_scale": 4.0,
 }
 """Every option at a value other than its default."""
-CALL_OPTIONS = ("eta", "semantic_guidance_window", "semantic_guidance_interval", "semantic_guidance_normalization")
+CALL_OPTIONS = ("eta", "semantic_guidance_window", "semantic_guidance_interval", "semantic_guidance_normalization",
+                "au_guidance_scale")  # fmt: skip
 
 
 def _feranno_pipeline() -> SynFERPipeline:
@@ -116,7 +118,7 @@ def test_each_option_is_in_the_plan_and_the_card(configured_run):
     assert voting == {"agreement_threshold": 0.5, "label_type": "soft", "discard_rule": "disagreement"}
     assert plan["labeler"]["voting"]["weights"] == {"feranno": 2.0}
     card = (folder / "README.md").read_text()
-    assert "DDIMScheduler" in card and "bfloat16 on cpu" in card and "eta 0.5" in card and "'a blurry photo'" in card
+    assert "DDIMScheduler" in card and "bfloat16 on cpu" in card and "eta 0.5" in card and "AU guidance scale 4.0" in card and "'a blurry photo'" in card
     assert "soft labels, aggregated by the paper's weighted mean, agreement threshold 0.5, weights {'feranno': 2.0}" in card and "'disagreement'" in card
 
 
@@ -369,7 +371,7 @@ def test_cli_flags_parse_into_the_config(captured, tmp_path):
              "--semantic-guidance-interval", "1", "--semantic-guidance-normalization", "per_token",
              "--agreement-threshold", "0.5", "--voter-weights", "feranno=2", "--label-type", "soft",
              "--discard-rule", "disagreement", "--semantic-guidance-scale", "3",
-             "--prototype-intensity", "4"]  # fmt: skip
+             "--prototype-intensity", "4", "--au-guidance-scale", "4"]  # fmt: skip
     assert main(["generate", "--output-dir", str(tmp_path / "out"), *flags]) == 0
     config, kwargs = captured[0]
     for name, value in OPTIONS.items():
@@ -392,6 +394,7 @@ def test_cli_flags_parse_into_the_config(captured, tmp_path):
         (["--semantic-guidance-window", "0.8,0.2"], "`semantic_guidance_window` must be"),
         (["--voter-weights", "feranno"], "`--voter-weights` must be 'name=value,...'"),
         (["--discard-rule", "all"], "`discard_rule` must be one of"),
+        (["--au-guidance-scale", "-1"], "`au_guidance_scale` must be >= 0.0"),
     ],
 )
 def test_cli_reports_bad_option_values_in_one_line(argv, message, tmp_path, capsys):

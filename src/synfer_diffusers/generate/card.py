@@ -80,6 +80,7 @@ def _sampling_summary(plan: Mapping[str, Any]) -> str:
         f"{plan['num_inference_steps']} steps of {plan['scheduler_class']}",
         f"guidance scale {plan['guidance_scale']}",
         f"AU scale {plan['au_scale']}",
+        *([f"AU guidance scale {plan['au_guidance_scale']}"] if plan.get("au_guidance_scale") is not None else []),
         f"{plan['dtype']} on {plan['device_type']}",
     ]
     if plan["negative_prompt"]:

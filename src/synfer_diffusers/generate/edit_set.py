@@ -132,6 +132,7 @@ def edit_inputs(
         "edit_strength": config.edit_strength,
         "num_inference_steps": config.num_inference_steps,
         "guidance_scale": config.guidance_scale,
+        "au_guidance_scale": config.au_guidance_scale,
         "semantic_guidance_scale": config.semantic_guidance_scale,
         "au_scale": config.au_scale,
         "height": config.height,

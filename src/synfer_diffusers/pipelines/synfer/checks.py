@@ -43,6 +43,7 @@ def check_sampling_inputs(
     width: int,
     guidance_scale: float,
     au_scale: float,
+    au_guidance_scale: float | None,
     output_type: str,
     semantic_guidance: tuple[float, tuple[float, float], str, int, str],
     guidance_label_mapping: Mapping[str, str | None] | None,
@@ -62,6 +63,11 @@ def check_sampling_inputs(
         raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
     if not is_number(au_scale):
         raise ValueError(f"`au_scale` must be a finite number, got {au_scale!r}.")
+    if au_guidance_scale is not None:
+        if not is_number(au_guidance_scale) or au_guidance_scale < 0:
+            raise ValueError(f"`au_guidance_scale` must be None or a finite number >= 0, got {au_guidance_scale!r}.")
+        if pipe.au_space is None:
+            raise ValueError("`au_guidance_scale` needs a UNet with an AU adapter (AUConditionedUNet2DConditionModel).")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
     check_semantic_guidance_inputs(*semantic_guidance)

@@ -94,6 +94,7 @@ class EditingMixin:
             a["edit_strength"], a["num_inference_steps"], a["guidance_scale"], a["au_scale"], height, width,
             a["output_type"], a["inversion_condition"], a["semantic_guidance_scale"], a["guidance_label_mapping"],
             a["label_with_feranno"], a["feranno_label_mapping"], a["callback_on_step_end_tensor_inputs"] or ["latents"],
+            a["au_guidance_scale"],
         )  # fmt: skip
         self.resolve_edit_batch(
             a["image"], a["target_expression"], a["target_action_units"], a["target_action_unit_delta"],
@@ -120,6 +121,7 @@ class EditingMixin:
         label_with_feranno: bool,
         feranno_label_mapping: Mapping[str, str | None] | None,
         callback_on_step_end_tensor_inputs: list[str],
+        au_guidance_scale: float | None = None,
     ) -> None:
         """Raises a concise error naming the first invalid argument of [`edit`]: those of every sampling call
         ([`~checks.check_sampling_inputs`], shared with [`~SynFERPipeline.__call__`]), then editing's own (batch
@@ -129,8 +131,9 @@ class EditingMixin:
         semantic_guidance = (self.edit_semantic_guidance_scale(semantic_guidance_scale), DEFAULT_SG_WINDOW, "global",
                              DEFAULT_SG_INTERVAL, "guide_size")  # fmt: skip
         check_sampling_inputs(
-            self, num_inference_steps, height, width, guidance_scale, au_scale, output_type, semantic_guidance,
-            guidance_label_mapping, label_with_feranno, feranno_label_mapping, callback_on_step_end_tensor_inputs,
+            self, num_inference_steps, height, width, guidance_scale, au_scale, au_guidance_scale, output_type,
+            semantic_guidance, guidance_label_mapping, label_with_feranno, feranno_label_mapping,
+            callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         given = [name for name, value in (("target_action_units", target_action_units),
                  ("target_action_unit_delta", target_action_unit_delta)) if value is not None]  # fmt: skip
@@ -276,6 +279,7 @@ class EditingMixin:
         inversion_condition: str = "source",
         num_inference_steps: int = 50,
         guidance_scale: float = DEFAULT_EDIT_GUIDANCE_SCALE,
+        au_guidance_scale: float | None = None,
         au_scale: float = 1.0,
         semantic_guidance_scale: float | None = None,
         guidance_label_mapping: Mapping[str, str | None] | None = None,
@@ -327,6 +331,8 @@ class EditingMixin:
             guidance_scale (`float`, defaults to 2.0): classifier-free guidance of the target denoising (negative
                 prompt `""` + null AU); `<= 1` disables it, so that with the target equal to the source the
                 denoising retraces the inversion (but the expression rarely changes).
+            au_guidance_scale (`float`, *optional*): the target AU condition's own guidance scale in the target
+                denoising, as in [`~SynFERPipeline.__call__`] (`None`: guided with the text, two branches).
             au_scale (`float`, defaults to 1.0): weight of the AU cross-attention branch in both passes.
             semantic_guidance_scale (`float`, *optional*): SynFER's semantic guidance toward each target expression
                 during the target denoising, as in [`~SynFERPipeline.__call__`] (its default window and interval; > 0
@@ -372,13 +378,13 @@ class EditingMixin:
             target_expression, target_action_units, target_action_unit_delta, source_action_units, edit_strength,
             num_inference_steps, guidance_scale, au_scale, height, width, output_type, inversion_condition,
             semantic_guidance_scale, guidance_label_mapping, label_with_feranno, feranno_label_mapping,
-            callback_on_step_end_tensor_inputs,
+            callback_on_step_end_tensor_inputs, au_guidance_scale,
         )  # fmt: skip
         batch = self.resolve_edit_batch(
             image, target_expression, target_action_units, target_action_unit_delta, source_action_units,
             source_prompt, prompt, height, width,
         )  # fmt: skip
-        self.start_call(guidance_scale)
+        self.start_call(guidance_scale, au_guidance_scale=au_guidance_scale)
         device = self._execution_device
 
         # 2. Source AUs: given or estimated

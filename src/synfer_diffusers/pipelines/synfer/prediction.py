@@ -193,7 +193,15 @@ def scheduler_sample(
 
 
 def combine_guidance(
-    uncond: torch.Tensor | None, cond: torch.Tensor, guidance_scale: float
+    branches: dict[str, torch.Tensor], guidance_scale: float, au_guidance_scale: float | None = None
 ) -> torch.Tensor:  # (N, C, h, w)
-    """Classifier-free guidance `uncond + w (cond - uncond)`; `cond` alone without an unconditional branch."""
-    return cond if uncond is None else uncond + guidance_scale * (cond - uncond)
+    """Classifier-free guidance over the UNet's branches (each `(N, C, h, w)`): `"null"` (negative prompt + null AU
+    tokens; absent without CFG), `"cond"` (prompt + AU tokens) and, with AU guidance, `"text"` (prompt + null AU
+    tokens). Without `"text"`: `null + w (cond - null)` (text and AUs guided together), or `cond` alone. With it:
+    `null + w (text - null) + w_au (cond - text)`, a separate scale for the AU condition (`text + w_au (cond - text)`
+    without CFG)."""
+    cond, null, text = branches["cond"], branches.get("null"), branches.get("text")
+    if text is None:
+        return cond if null is None else null + guidance_scale * (cond - null)
+    base = text if null is None else null + guidance_scale * (text - null)
+    return base + au_guidance_scale * (cond - text)

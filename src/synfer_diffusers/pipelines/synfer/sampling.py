@@ -3,16 +3,16 @@ initialisation and expression editing (`editing.py`): timesteps and strength by 
 conditional and unconditional branches, classifier-free and semantic guidance, the denoising loop with step callbacks
 and `interrupt`, FERAnno labels of the returned latents, and decoding.
 
-A step's model output is `combine_guidance(uncond, cond, guidance_scale)` over the branches of one batched UNet call
-([`SamplingMixin.predict_noise_branches`]); a further guidance branch (e.g. one for the AU condition alone) is one
-more entry there and one more term in [`SamplingMixin.guided_model_output`].
+A step's model output is `combine_guidance(branches, guidance_scale, au_guidance_scale)` over the branches of one
+batched UNet call ([`SamplingMixin.predict_noise_branches`]): `"null"` (negative prompt + null AU tokens, under CFG),
+`"text"` (prompt + null AU tokens, with AU guidance) and `"cond"` (prompt + AU tokens).
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ class SamplingMixin:
     `_guidance_scale`, `_clip_skip`, `_cross_attention_kwargs` and `_interrupt` first ([`start_call`])."""
 
     _guidance_scale: float = 1.0
+    _au_guidance_scale: float | None = None
     _clip_skip: int | None = None
     _cross_attention_kwargs: dict[str, Any] | None = None
     _interrupt = False
@@ -42,6 +43,11 @@ class SamplingMixin:
     @property
     def guidance_scale(self) -> float:
         return self._guidance_scale
+
+    @property
+    def au_guidance_scale(self) -> float | None:
+        """The AU condition's own guidance scale, or `None` where it is guided with the text (two branches)."""
+        return self._au_guidance_scale
 
     @property
     def clip_skip(self) -> int | None:
@@ -66,10 +72,15 @@ class SamplingMixin:
         return self._interrupt
 
     def start_call(
-        self, guidance_scale: float, clip_skip: int | None = None, cross_attention_kwargs: dict[str, Any] | None = None
+        self,
+        guidance_scale: float,
+        clip_skip: int | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        au_guidance_scale: float | None = None,
     ) -> None:
         """Sets the state a call's loop and callbacks read (and clears an earlier call's `interrupt`)."""
         self._guidance_scale = guidance_scale
+        self._au_guidance_scale = au_guidance_scale
         self._clip_skip = clip_skip
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
@@ -141,32 +152,37 @@ class SamplingMixin:
         drop = torch.tensor([not keep for keep in has_au], device=device)
         return self.unet.encode_action_units(au_matrix.to(device), drop_mask=drop)
 
+    def guidance_branches(self) -> tuple[str, ...]:
+        """The UNet branches a step combines: `"null"` under CFG, `"text"` with AU guidance, and `"cond"`."""
+        return (("null",) if self.do_classifier_free_guidance else ()) + (
+            ("text",) if self.au_guidance_scale is not None else ()
+        ) + ("cond",)
+
     def predict_noise_branches(
         self,
         latents: torch.Tensor,  # (N, C, h, w)
         t: torch.Tensor,
-        prompt_embeds: torch.Tensor | None,  # (N, L, D); None: no conditional branch
-        negative_prompt_embeds: torch.Tensor | None,  # (N, L, D); None: no unconditional branch (CFG off)
+        prompt_embeds: torch.Tensor | None,  # (N, L, D), for the "text" and "cond" branches
+        negative_prompt_embeds: torch.Tensor | None,  # (N, L, D), for the "null" branch
         au_embeds: torch.Tensor | None,  # (N, T, D) conditional AU tokens; None for a UNet without AU adapter
         au_scale: float,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # (N, C, h, w) each
-        """The unconditional (negative prompt + null AU) and conditional (prompt + AU tokens) noise predictions of the
-        branches asked for, in one UNet call (batch `[uncond; cond]`)."""
-        branches = [(negative_prompt_embeds, "null"), (prompt_embeds, "cond")]
-        branches = [(text, kind) for text, kind in branches if text is not None]
+        branches: Sequence[str] = ("null", "cond"),
+    ) -> dict[str, torch.Tensor]:  # branch -> (N, C, h, w)
+        """The noise predictions of `branches`, in one UNet call (their batches concatenated in that order):
+        `"null"` (negative prompt + null AU tokens), `"text"` (prompt + null AU tokens) and `"cond"` (prompt + AU
+        tokens). A UNet without AU adapter has no AU tokens: `"text"` is then `"cond"`."""
+        text = {"null": negative_prompt_embeds, "text": prompt_embeds, "cond": prompt_embeds}
         model_input = self.scheduler.scale_model_input(torch.cat([latents] * len(branches)), t)
-        text = torch.cat([embeds for embeds, _ in branches])
         au_kwargs = {}
         if au_embeds is not None:
             null = self.unet.encode_action_units(None, batch_size=au_embeds.shape[0]).to(au_embeds)
-            tokens = torch.cat([null if kind == "null" else au_embeds for _, kind in branches])
+            tokens = torch.cat([au_embeds if branch == "cond" else null for branch in branches])
             au_kwargs = {"au_embeds": tokens, "au_scale": au_scale}
         noise_pred = self.unet(
-            model_input, t, encoder_hidden_states=text, cross_attention_kwargs=self.cross_attention_kwargs,
-            return_dict=False, **au_kwargs,
+            model_input, t, encoder_hidden_states=torch.cat([text[branch] for branch in branches]),
+            cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False, **au_kwargs,
         )[0].chunk(len(branches))  # fmt: skip
-        predictions = dict(zip([kind for _, kind in branches], noise_pred))
-        return predictions.get("null"), predictions.get("cond")
+        return dict(zip(branches, noise_pred))
 
     def guided_model_output(
         self,
@@ -181,15 +197,17 @@ class SamplingMixin:
     ) -> tuple[torch.Tensor, torch.Tensor]:  # (N, C, h, w), (N, L, D)
         """One step's model output under classifier-free guidance (while `do_classifier_free_guidance`), and the
         text embedding for the later steps, moved by semantic guidance at its gradient steps."""
-        negative = negative_prompt_embeds if self.do_classifier_free_guidance else None
+        branches = self.guidance_branches()
         if semantic_guidance is not None and step in semantic_guidance.steps:
-            uncond, cond, prompt_embeds = self.guided_noise_branches(
-                latents, t, prompt_embeds, negative, au_embeds, au_scale, semantic_guidance.guide,
-                semantic_guidance.scale, semantic_guidance.normalization,
+            predictions, prompt_embeds = self.guided_noise_branches(
+                latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, branches,
+                semantic_guidance.guide, semantic_guidance.scale, semantic_guidance.normalization,
             )  # fmt: skip
         else:
-            uncond, cond = self.predict_noise_branches(latents, t, prompt_embeds, negative, au_embeds, au_scale)
-        return combine_guidance(uncond, cond, self.guidance_scale), prompt_embeds
+            predictions = self.predict_noise_branches(
+                latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, branches
+            )
+        return combine_guidance(predictions, self.guidance_scale, self.au_guidance_scale), prompt_embeds
 
     def denoise(
         self,
@@ -262,10 +280,11 @@ class SamplingMixin:
         features: UNetFeatures | None = None,
     ) -> torch.Tensor:  # (N, 7)
         """FERAnno's probabilities over `EXPRESSIONS` for the returned latents: from `features` of the last step
-        where its unconditional CFG half was FERAnno's own pass (batch `[uncond; cond]` of `2 N`), else from one
+        where its unconditional CFG branch was FERAnno's own pass (the first `N` of a batch of `2 N`, or `3 N` with AU
+        guidance), else from one
         [`FERAnnoPipeline`] pass on the latents (also after an interrupt, whose last features are stale)."""
         num_images = latents.shape[0]
-        if features is not None and features.batch_size == 2 * num_images:
+        if features is not None and features.batch_size in (2 * num_images, 3 * num_images):  # "null" comes first
             index_map = self.feranno_head.expression_index_map(label_mapping)
             logits = self.feranno_head(features.select(slice(None, num_images))).logits
             return classifier_expression_probabilities(logits, index_map)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import PIL.Image
@@ -235,7 +235,7 @@ def guidance_decode_size(
 class SemanticGuidanceMixin:
     """Semantic guidance for a pipeline with `vae`, `unet`, `scheduler`, `guidance_classifier`,
     `guidance_image_processor`, `vae_scale_factor` and a `predict_noise_branches(latents, t, prompt_embeds,
-    negative_prompt_embeds, au_embeds, au_scale) -> (uncond | None, cond)` method."""
+    negative_prompt_embeds, au_embeds, au_scale, branches) -> {branch: prediction}` method."""
 
     def prepare_semantic_guidance(
         self,
@@ -308,7 +308,7 @@ class SemanticGuidanceMixin:
         as the scheduler's `prediction_type` says), for the caller's CFG combination."""
         with torch.enable_grad(), frozen_parameters(self.unet, self.vae, self.guidance_classifier):
             text = prompt_embeds.detach().requires_grad_(True)
-            _, model_output = self.predict_noise_branches(latents, t, text, None, au_embeds, au_scale)  # (N, C, h, w)
+            model_output = self.predict_noise_branches(latents, t, text, None, au_embeds, au_scale, ("cond",))["cond"]
             sample, alpha_prod_t = variance_preserving_sample(self.scheduler, latents, t)
             prediction_type = self.scheduler.config.prediction_type
             x0_hat = predicted_original_sample(model_output, sample, alpha_prod_t, prediction_type)  # (N, C, h, w)
@@ -330,16 +330,21 @@ class SemanticGuidanceMixin:
         negative_prompt_embeds: torch.Tensor | None,  # (N, L, D), None without CFG
         au_embeds: torch.Tensor | None,  # (N, T, D)
         au_scale: float,
+        branches: Sequence[str],
         guide: SemanticGuide,
         semantic_guidance_scale: float,
         normalization: str,
-    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:  # (N, C, h, w) or None, (N, C, h, w), (N, L, D)
-        """A guided step's `(model_output_uncond | None, model_output_cond, updated prompt_embeds)`: the conditional
-        pass with gradients ([`semantic_guidance_step`]), then the unconditional one without (under CFG)."""
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # branch -> (N, C, h, w), (N, L, D)
+        """A guided step's branch predictions and updated `prompt_embeds`: `"cond"` from the pass with gradients
+        ([`semantic_guidance_step`]), the other `branches` (`"null"` under CFG, `"text"` with AU guidance, with this
+        step's text embedding) in one pass without."""
         noise_cond, updated = self.semantic_guidance_step(
             latents, t, prompt_embeds, au_embeds, au_scale, guide, semantic_guidance_scale, normalization
         )
-        noise_uncond = None
-        if negative_prompt_embeds is not None:
-            noise_uncond = self.predict_noise_branches(latents, t, None, negative_prompt_embeds, au_embeds, au_scale)[0]
-        return noise_uncond, noise_cond, updated
+        others = [branch for branch in branches if branch != "cond"]
+        predictions = (
+            self.predict_noise_branches(latents, t, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, others)
+            if others
+            else {}
+        )
+        return {**predictions, "cond": noise_cond}, updated

@@ -30,6 +30,7 @@ from synfer_diffusers.generate import (
     plan_sample,
     sample_rows,
 )
+from synfer_diffusers.generate.config import parse_label_mapping
 from synfer_diffusers.pipelines.synfer.pipeline_output import SynFERPipelineOutput
 from synfer_diffusers.tiny import make_tiny_components
 
@@ -402,3 +403,30 @@ def test_cli_reports_bad_option_values_in_one_line(argv, message, tmp_path, caps
         main(["generate", "--output-dir", str(tmp_path / "out"), *argv, *CLI_ARGS])
     assert error.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_guide_whose_labels_need_mapping_guides_and_votes_with_guidance_label_mapping(tmp_path):
+    """A guide with AffectNet-8 style names: refused up front without `guidance_label_mapping` (naming it), and with
+    it (as `--guidance-label-mapping` parses it) it guides the set and votes, the mapping in the plan."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    names = ["Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+    torch.manual_seed(0)
+    guide = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                                      layer_type="basic", id2label=dict(enumerate(names)),
+                                                      label2id={n: i for i, n in enumerate(names)}))  # fmt: skip
+    pipe = _feranno_pipeline()
+    pipe.register_modules(guidance_classifier=guide.eval(),
+                          guidance_image_processor=ViTImageProcessorPil(size={"height": 16, "width": 16}))  # fmt: skip
+    with pytest.raises(ValueError, match="guidance_label_mapping"):
+        _generate(tmp_path / "unmapped", pipe, semantic_guidance_scale=1.0)
+    assert not (tmp_path / "unmapped").exists()
+    mapping = parse_label_mapping("Happiness=happy,Sadness=sad,Contempt=")
+    assert mapping == {"Happiness": "happy", "Sadness": "sad", "Contempt": None}
+    result = _generate(tmp_path / "mapped", pipe, semantic_guidance_scale=1.0, guidance_label_mapping=mapping)
+    assert result.complete
+    plan = json.loads((tmp_path / "mapped" / "plan.json").read_text())
+    assert plan["guidance_label_mapping"] == mapping
+    unguided = _generate(tmp_path / "voted", pipe, guidance_label_mapping=mapping)  # no SG: the guide votes
+    assert unguided.complete and "guide" in [v["voter"] for v in _load(tmp_path / "voted")["votes"][0]]

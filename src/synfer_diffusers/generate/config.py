@@ -122,6 +122,17 @@ def parse_voter_weights(text: str) -> dict[str, float]:
     return parse_named_numbers(text, "--voter-weights")
 
 
+def parse_label_mapping(text: str) -> dict[str, str | None]:
+    """`"Happiness=happy,Contempt="` -> `{"Happiness": "happy", "Contempt": None}` (an empty name drops the label)."""
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        label, separator, name = item.partition("=")
+        if not separator or not label.strip():
+            raise ValueError(f"`--guidance-label-mapping` must be 'label=expression,...', got {text!r}.")
+        mapping[label.strip()] = name.strip() or None
+    return mapping
+
+
 def parse_window(text: str) -> tuple[float, float]:
     """`"0.6,1.0"` -> `(0.6, 1.0)`; the range itself is checked by the config."""
     try:
@@ -255,6 +266,12 @@ class SyntheticSetConfig:
         default="global",
         metadata={"help": f"Gradient normalisation of semantic guidance: one of {', '.join(SG_NORMALIZATIONS)}."},
     )
+    guidance_label_mapping: dict[str, str | None] | None = field(
+        default=None,
+        metadata={"help": "Renames the guide classifier's labels onto the seven expressions for semantic guidance "
+                          "and the guide's vote, e.g. 'Happiness=happy,Contempt=' (empty: drop that output).",
+                  "parse": parse_label_mapping, "metavar": "LABEL=EXPRESSION,..."},
+    )  # fmt: skip
     agreement_threshold: float = field(
         default=1.0,
         metadata={"help": "Voting: a label is agreed when voters weighing at least this fraction vote for it "
@@ -324,6 +341,13 @@ class SyntheticSetConfig:
         _check_number("au_scale", self.au_scale)
         if self.au_guidance_scale is not None:
             _check_number("au_guidance_scale", self.au_guidance_scale, 0.0)
+        if self.guidance_label_mapping is not None:
+            if not isinstance(self.guidance_label_mapping, Mapping):
+                raise ValueError(f"`guidance_label_mapping` must be a dict label -> expression or None, got "
+                                 f"{self.guidance_label_mapping!r}.")  # fmt: skip
+            for label, name in self.guidance_label_mapping.items():
+                if name is not None:
+                    EXPRESSIONS.label_id(name, field=f"guidance_label_mapping[{label!r}]")
         _check_number("layout_strength", self.layout_strength, 0.0)
         if self.layout_strength > 1:
             raise ValueError(f"`layout_strength` must be in [0, 1], got {self.layout_strength!r}.")

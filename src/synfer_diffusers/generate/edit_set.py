@@ -134,6 +134,7 @@ def edit_inputs(
         "guidance_scale": config.guidance_scale,
         "au_guidance_scale": config.au_guidance_scale,
         "semantic_guidance_scale": config.semantic_guidance_scale,
+        "guidance_label_mapping": config.guidance_label_mapping,
         "au_scale": config.au_scale,
         "height": config.height,
         "width": config.width,

@@ -136,6 +136,7 @@ def default_labeler(
     voters: Sequence[Voter] = (),
     voting: Mapping[str, Any] | None = None,
     guided: bool = False,
+    guide_label_mapping: Mapping[str, str | None] | None = None,
 ) -> Labeler:
     """The target voted with FERAnno (when the pipeline has a `feranno_head`), the pipeline's guide classifier (when
     it has a `guidance_classifier` and its image processor, as voter `"guide"`) and the given voters; the
@@ -147,11 +148,15 @@ def default_labeler(
     images until the guide agreed with their targets, so its vote would echo the target rather than judge the image.
     Independent classifiers (`voters`) still vote.
 
+    `guide_label_mapping` renames the guide's labels onto `EXPRESSIONS` (as for semantic guidance).
+
     `voting` holds [`VotingConfig`] fields (threshold, weights, label type, discard rule; see
     [`SyntheticSetConfig.voting_options`]); other than the defaults they need something to vote with."""
     voting = dict(voting or {})
     if not guided and pipe.guidance_classifier is not None and pipe.guidance_image_processor is not None:
-        voters = [ClassifierVoter(pipe.guidance_classifier, pipe.guidance_image_processor, name="guide"), *voters]
+        guide = ClassifierVoter(pipe.guidance_classifier, pipe.guidance_image_processor, name="guide",
+                                label_mapping=guide_label_mapping)  # fmt: skip
+        voters = [guide, *voters]
     if pipe.feranno_head is None and not voters:
         changed = changed_voting_options(voting)
         if changed:

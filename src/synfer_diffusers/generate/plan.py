@@ -196,6 +196,7 @@ def pipeline_inputs(
         "semantic_guidance_window": config.semantic_guidance_window,
         "semantic_guidance_interval": config.semantic_guidance_interval,
         "semantic_guidance_normalization": config.semantic_guidance_normalization,
+        "guidance_label_mapping": config.guidance_label_mapping,
         "generator": [torch.Generator().manual_seed(s.seed) for s in samples],
         "output_type": "pil",
         **layout,

@@ -223,7 +223,8 @@ def _checked_run(
     shipped = checkpoint_voters(model) if pipeline is None else []
     voter_models = [*shipped, *(load_voter(spec) for spec in voters)]
     labeler = labeler or default_labeler(
-        pipe, voter_models, config.voting_options(), guided=config.semantic_guidance_scale > 0
+        pipe, voter_models, config.voting_options(), guided=config.semantic_guidance_scale > 0,
+        guide_label_mapping=config.guidance_label_mapping,
     )
     plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs, layout_source, edit_plan)
     run = _Run(config, pipe, au_source, layout_source, edit_source, labeler, SyntheticSetWriter(output_dir, plan))

@@ -6,10 +6,10 @@ inside a shard write, between a shard and its manifest, inside the card and the 
 Every final folder is compared byte for byte with the uninterrupted `reference` run.
 """
 
-import random
-import signal
 import logging
 import os
+import random
+import signal
 import subprocess
 import sys
 import threading

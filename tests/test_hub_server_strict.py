@@ -261,6 +261,7 @@ def test_card_rules_agree_with_the_libraries_statement_of_the_hub_rules(referenc
     that the `datasets` library's readers refuse, the server refuses; the server's size categories are the ones
     `datasets` ships; and the dataset card `synfer generate` writes passes both."""
     import datasets
+
     from hub_card_rules import SIZE_CATEGORIES, card_errors
 
     shipped = json.loads((Path(datasets.__file__).parent / "utils/resources/size_categories.json").read_text())

@@ -8,13 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_training_examples import faceworld_dir, load_example, run  # noqa: F401  (module fixture)
+from training_chain import load_example, run  # `faceworld_dir`: the session fixture of conftest.py
 
 SETTINGS = dict(dataset_name=None, resolution=32, train_batch_size=8, hidden_sizes=[8, 16], depths=[1, 1],
                 projection_dim=16, learning_rate=3e-3, checkpointing_steps=2)  # fmt: skip
 
 
-def settings(faceworld_dir, **overrides):  # noqa: F811
+def settings(faceworld_dir, **overrides):
     return {**SETTINGS, "dataset_name": faceworld_dir, **overrides}
 
 
@@ -25,7 +25,7 @@ def test_nt_xent_is_low_when_each_view_finds_its_partner():
     assert ssl.nt_xent(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), 0.1) > 1.0
 
 
-def test_contrastive_loss_falls_and_resume_repeats_the_run(faceworld_dir, tmp_path):  # noqa: F811
+def test_contrastive_loss_falls_and_resume_repeats_the_run(faceworld_dir, tmp_path):
     whole = run("train_ssl", tmp_path / "whole", **settings(faceworld_dir, max_train_steps=12))
     assert sum(whole.losses[-3:]) < sum(whole.losses[:3]), whole.losses
     run("train_ssl", tmp_path / "split", **settings(faceworld_dir, max_train_steps=6))
@@ -36,7 +36,7 @@ def test_contrastive_loss_falls_and_resume_repeats_the_run(faceworld_dir, tmp_pa
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_linear_probe_scores_the_saved_encoder(faceworld_dir, tmp_path):  # noqa: F811
+def test_linear_probe_scores_the_saved_encoder(faceworld_dir, tmp_path):
     run("train_ssl", tmp_path, **settings(faceworld_dir, max_train_steps=2, probe_dataset=faceworld_dir,
                                           probe_num_train=24, probe_steps=50))  # fmt: skip
     probe = json.loads((tmp_path / "probe.json").read_text())
@@ -47,7 +47,7 @@ def test_linear_probe_scores_the_saved_encoder(faceworld_dir, tmp_path):  # noqa
 @pytest.mark.parametrize(("overrides", "match"), [({"temperature": 0}, "temperature"),
                                                   ({"crop_scale": 1.5}, "crop_scale"),
                                                   ({"hidden_sizes": [8], "depths": [1, 1]}, "hidden_sizes")])  # fmt: skip
-def test_bad_options_are_refused_before_training(faceworld_dir, tmp_path, overrides, match):  # noqa: F811
+def test_bad_options_are_refused_before_training(faceworld_dir, tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         run("train_ssl", tmp_path, **settings(faceworld_dir, max_train_steps=2, **overrides))
     assert not any(tmp_path.iterdir())

@@ -24,6 +24,15 @@ from training_chain import (  # noqa: E402, F401  (the tiny training chain, once
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """In-process scripts set torch's thread count (`train_fer_classifier.py --num_threads 1`): restored after each
+    test, so a session fixture and a later test that compare float results run with the same number of threads."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_configure(config):
     # Also declared in setup.cfg; registered here so the marker exists whatever the rootdir.
     config.addinivalue_line("markers", 'slow: takes more than a few seconds on a 2-core CPU (-m "not slow")')

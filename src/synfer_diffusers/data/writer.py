@@ -39,7 +39,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..facs import EXPRESSIONS
 from ..hub_utils import DATASET_CARD_DATA_KEYS, model_card_template, size_category, split_card_fields
+from .files import atomic_write_bytes, canonical_json, png_bytes, sha256_file
+from .schema import SyntheticRow, synthetic_features
 
 logger = logging.getLogger(__name__)
 
@@ -71,60 +73,6 @@ LOCK_FILE = f"{WORK_DIR}/lock"
 
 class ShardVerificationError(RuntimeError):
     """A file in the dataset folder that this plan did not write (another plan's shard, an unknown file)."""
-
-
-@dataclass
-class SyntheticRow:
-    """One row of a synthetic SynFER set; its fields are the columns of [`synthetic_features`], in order.
-
-    `image` (PNG), `text` (the prompt the image was generated from), `action_units` (the AU condition in the model's
-    AU order), `target_label` (the generation target, a class id), `label` / `label_probs` / `agreement` (the
-    rectified label, its class distribution and the voters' weighted agreement), `keep` (False where the voting
-    discard rule drops the image), `votes` (each voter's `{"voter": name, "probs": 7 probabilities}`), `seed` (the
-    image's seed) and `sample_id` (its index in the plan); in an edit set (a plan with `edit_source`) also
-    `source_id` (the source face's row in the edit dataset) and `source_image_sha256` (the sha256 of its stored image
-    file), `None` elsewhere and not written.
-    """
-
-    image: PIL.Image.Image
-    text: str
-    action_units: list[float]
-    target_label: int
-    label: int
-    label_probs: list[float]
-    agreement: float
-    keep: bool
-    votes: list[dict[str, Any]]
-    seed: int
-    sample_id: int
-    source_id: int | None = None
-    source_image_sha256: str | None = None
-
-    def to_example(self) -> dict[str, Any]:
-        return {item.name: getattr(self, item.name) for item in fields(self)}
-
-
-def synthetic_features(num_aus: int, edit: bool = False) -> datasets.Features:
-    """Features of a synthetic SynFER set whose AU vectors have `num_aus` entries: the columns of
-    [`SyntheticRow`], the source columns (`source_id`, `source_image_sha256`) only for an `edit` set."""
-    classes = datasets.ClassLabel(names=list(EXPRESSIONS))
-    probabilities = datasets.List(datasets.Value("float32"), length=len(EXPRESSIONS))
-    features = {
-        "image": datasets.Image(),
-        "text": datasets.Value("string"),
-        "action_units": datasets.List(datasets.Value("float32"), length=num_aus),
-        "target_label": classes,
-        "label": classes,
-        "label_probs": probabilities,
-        "agreement": datasets.Value("float32"),
-        "keep": datasets.Value("bool"),
-        "votes": datasets.List({"voter": datasets.Value("string"), "probs": probabilities}),
-        "seed": datasets.Value("int64"),
-        "sample_id": datasets.Value("int64"),
-    }
-    if edit:
-        features.update({"source_id": datasets.Value("int64"), "source_image_sha256": datasets.Value("string")})
-    return datasets.Features(features)
 
 
 def canonical_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
@@ -441,7 +389,7 @@ class SyntheticSetWriter:
         pending = self.pending_shards()
         if pending:
             raise RuntimeError(f"{len(pending)} shards are not written yet, e.g. {pending[0].filename}.")
-        atomic_write_bytes(self.output_dir / PREVIEW_FILE, _png_bytes(self.preview_grid()), self._tmp_dir)
+        atomic_write_bytes(self.output_dir / PREVIEW_FILE, png_bytes(self.preview_grid()), self._tmp_dir)
         card = self.render_card(card_fields, card_data)
         atomic_write_bytes(self.output_dir / CARD_FILE, str(card).encode(), self._tmp_dir)
         shutil.rmtree(self._tmp_dir, ignore_errors=True)
@@ -545,44 +493,6 @@ class SyntheticSetWriter:
                 path.unlink()
 
 
-def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """Writes `data` to a temporary file in `tmp_dir` (same filesystem), fsyncs it and moves it to `path`; on any
-    error the temporary file is removed and `path` is untouched."""
-    tmp = tmp_dir / f"{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _png_bytes(image: PIL.Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def canonical_json(value: Any, indent: int | None = None) -> str:
-    return json.dumps(value, sort_keys=True, indent=indent, separators=None if indent else (",", ":"))
-
-
 def _diff_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
@@ -595,11 +505,8 @@ __all__ = [
     "ShardVerificationError",
     "SyntheticRow",
     "SyntheticSetWriter",
-    "atomic_write_bytes",
-    "canonical_json",
     "canonical_plan",
     "plan_fingerprint",
-    "sha256_file",
     "shard_specs",
     "synthetic_features",
 ]

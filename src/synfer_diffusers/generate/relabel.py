@@ -35,18 +35,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from ..data.files import atomic_write_bytes, canonical_json, sha256_file
 from ..data.hub import check_push_target, push_synthetic_dataset
-from ..data.writer import (
-    PLAN_FILE,
-    WORK_DIR,
-    ShardSpec,
-    ShardVerificationError,
-    SyntheticSetWriter,
-    atomic_write_bytes,
-    canonical_json,
-    canonical_plan,
-    sha256_file,
-)
+from ..data.writer import PLAN_FILE, WORK_DIR, ShardSpec, ShardVerificationError, SyntheticSetWriter, canonical_plan
 from ..facs import EXPRESSIONS
 from ..hub_utils import load_card_metadata
 from ..labels import EnsembleVoter, GivenVoter, VoteBatch, Voter, VotingConfig, VotingResult, load_voter

@@ -1,7 +1,8 @@
 """The benchmark suite in one command: the paper's tables on FaceWorld and the speed ratios.
 
-    python benchmarks/run_benchmarks.py            # full: 3-6 h on 2 CPU cores, by the CPU (FaceWorld in runs/
-                                                   # is reused)
+    python benchmarks/run_benchmarks.py            # full: 3-6 h on 2 CPU cores before table 7 and the AU-control
+                                                   # and Dawid-Skene rows were added (not yet timed); FaceWorld in
+                                                   # runs/ is reused
     python benchmarks/run_benchmarks.py --tables 1 5 6   # some tables; RESULTS.md gathers those recorded at this
                                                    # code commit and names the rest
     python benchmarks/run_benchmarks.py --quick    # about 25 min: small sizes, one seed (checks the suite end to end)
@@ -12,11 +13,12 @@ Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):
 1. **Generation** (paper Table 1): expression accuracy by the judge, AU error by the AU regressor and Fréchet
    distance in the judge's feature space, for text only, + AUs and + AUs + semantic guidance
    (`eval_faceworld_generation.py` on the embedded default checkpoint; the text-only row is its own frozen base
-   UNet, i.e. the stage-A model).
+   UNet, i.e. the stage-A model); and AU controllability (`eval_au_control.py`: per-AU error generated vs real,
+   AU sweeps with Spearman and leak).
 2. **Downstream** (the paper's headline): a ResNet classifier trained on real FaceWorld (N images, annotated
    labels), on synthetic sets from `generate_synthetic_dataset` (N and 5N images) and on real N + synthetic N,
    with synthetic labels from the generation target, from FERAnno or from the vote (FERAnno + the checkpoint's
-   guide classifier + target, what `synfer generate` writes); tested on real FaceWorld test faces against their true (clean) labels with the
+   guide classifier + target, what `synfer generate` writes), and Dawid-Skene labels from the no-SG set's votes; tested on real FaceWorld test faces against their true (clean) labels with the
    package's `evaluate` metric (accuracy, macro-F1, per-class recall, confusion matrix); several seeds.
 3. **Speed**: `bench_speed.py` (every ratio, tiny and SD 1.5-size random weights and the FaceWorld default) and
    `bench_generate_writer.py` (`synfer generate` vs bare pipeline calls).
@@ -27,10 +29,12 @@ Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):
    many generated images. `--editing-only` runs this table alone into `results/editing.json`.
 5. **Label rectification in the hard regime** (issue 16): a synthetic set whose AUs come from hard-regime FaceWorld
    faces by annotated label (so targets go wrong as with a real AU-annotated dataset), its target / FERAnno / vote
-   labels scored against both judges, and downstream classifiers on hard real N, synthetic N and kN and both, tested
-   on the hard regime's real test faces.
+   labels (and Dawid-Skene's, from the same stored votes) scored against both judges, and downstream classifiers on
+   hard real N, synthetic N and kN and both, tested on the hard regime's real test faces.
 6. **FERAnno vs a stock classifier** (issue 16): `eval_feranno_vs_classifier.py`, FERAnno and the downstream ResNet
    trained on the same annotated faces with the same images seen, and the ResNet at table 2's budget.
+7. **Representation learning** (issue 32): SimCLR (`examples/train_ssl.py`) on real N, synthetic N and kN and real
+   + synthetic images, each encoder probed linearly on the same real labelled faces.
 
 The judge and the AU regressor are trained on real FaceWorld only (ResNet seeds 0 and 1, the commands of
 `examples/train_faceworld_default.sh`) and never take part in generation; the default checkpoint's guide is a deeper

@@ -44,7 +44,7 @@ from ..labels import EnsembleVoter, GivenVoter, VoteBatch, Voter, VotingConfig, 
 from ..labels.voters import TARGET_VOTER
 from .card import card_fields
 from .config import SyntheticSetConfig
-from .labelers import VotingLabeler
+from .labelers import SampleLabels, VotingLabeler
 from .lock import OutputLock
 
 RELABEL_DIR = f"{WORK_DIR}/relabel"
@@ -113,9 +113,9 @@ def rewrite_labels(
     offset = 0
     for spec in target.shards:
         count = rows["counts"][spec.index]
-        table = _state_and_table(writer, target, spec, key)
-        if table is not None:
-            _rewrite_shard(target, spec, table, labels, rows["votes"], offset, key)
+        current = _state_and_table(writer, target, spec, key)
+        if current is not None:
+            _rewrite_shard(target, spec, *current, labels, rows["votes"], offset, key)
         offset += count
     if new_plan is not None:
         atomic_write_bytes(target.output_dir / PLAN_FILE, canonical_json(target.plan, indent=2).encode(),
@@ -201,9 +201,9 @@ def _write_journal(writer: SyntheticSetWriter, target: SyntheticSetWriter, key: 
 
 def _state_and_table(
     writer: SyntheticSetWriter, target: SyntheticSetWriter, spec: ShardSpec, key: str
-) -> pa.Table | None:
-    """`None` when shard `spec` already holds this rewrite; else its current table (checked to be the shard its
-    manifest names, or the previous file of an interrupted rewrite)."""
+) -> tuple[pa.Table, str | None] | None:
+    """`None` when shard `spec` already holds this rewrite; else its current table and file sha256 (checked to be
+    the shard its manifest names, or the previous file of an interrupted rewrite)."""
     manifest = writer.manifest(spec)
     path = writer.output_dir / spec.filename
     sha256 = sha256_file(path) if path.is_file() else None
@@ -214,20 +214,22 @@ def _state_and_table(
         raise ShardVerificationError(
             f"{path} does not match its manifest: the set is damaged; regenerate it with `synfer generate --resume`."
         )
-    return writer.read_shard(spec)
+    return writer.read_shard(spec), sha256
 
 
 def _rewrite_shard(
     target: SyntheticSetWriter,
     spec: ShardSpec,
     table: pa.Table,
-    labels: Any,
+    previous_sha256: str | None,
+    labels: SampleLabels,
     votes: list[list[dict[str, Any]]],
     offset: int,
     key: str,
 ) -> None:
-    """Replaces the label columns of `table` by rows `offset..` of `labels` and its votes by those of `votes` (the
-    stored ones as read, plus any added voter's) and writes it under `target`'s plan."""
+    """Replaces the label columns of `table` (the shard file of sha256 `previous_sha256`) by rows `offset..` of
+    `labels` and its votes by those of `votes` (the stored ones as read, plus any added voter's) and writes it under
+    `target`'s plan."""
     count = table.num_rows
     values = {
         "label": labels.label[offset : offset + count],
@@ -239,9 +241,7 @@ def _rewrite_shard(
     for column in LABEL_COLUMNS:
         field = target.schema.field(column)
         table = table.set_column(table.schema.get_field_index(column), field, pa.array(values[column], field.type))
-    path = target.output_dir / spec.filename
-    previous = sha256_file(path) if path.is_file() else None
-    target.write_table(spec, table, relabel={"labels": key, "previous_sha256": previous})
+    target.write_table(spec, table, relabel={"labels": key, "previous_sha256": previous_sha256})
 
 
 @dataclass

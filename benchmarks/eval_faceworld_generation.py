@@ -32,7 +32,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from synfer_diffusers import EXPRESSIONS, FERAnnoPipeline, SynFERPipeline
-from synfer_diffusers.generate import DTYPES, default_labeler
+from synfer_diffusers.generate import DTYPES, default_labeler, torch_dtype
 from synfer_diffusers.metrics.frechet import frechet_distance
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         name = name if dtype_name == "float32" else f"{name} [{dtype_name}]"
         start = time.perf_counter()
         images, targets, requested_aus, feranno = generate(
-            pipe.to(dtype=DTYPES[dtype_name]), args.per_expression, args.steps, args.guidance_scale,
+            pipe.to(dtype=torch_dtype(dtype_name)), args.per_expression, args.steps, args.guidance_scale,
             args.batch_size, **kwargs,
         )  # fmt: skip
         if feranno is not None:

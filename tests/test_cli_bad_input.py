@@ -1,5 +1,5 @@
 """`synfer faceworld` and `synfer build-fetext` refuse bad input through the `synfer` entry point: exit 2, one line
-naming the flag's field, nothing written, the inputs byte-identical.
+naming the flag, nothing written, the inputs byte-identical.
 
 The cases call the console script's entry point object (`importlib.metadata`: `synfer = synfer_diffusers.cli:main`)
 in this process; one case runs the installed `synfer` script as a real process (exit status and stderr across the
@@ -40,10 +40,10 @@ def small_faceworld(tmp_path_factory):
 
 
 FACEWORLD_CASES = {
-    "negative-num-train": (["--num-train", "-1"], "`num_train` must be a non-negative integer"),
-    "negative-num-test": (["--num-test", "-2"], "`num_test` must be a non-negative integer"),
-    "resolution": (["--resolution", "100"], "`resolution` must be 64 or 128"),
-    "label-noise": (["--label-noise", "1.5"], "`label_noise` must be a probability"),
+    "negative-num-train": (["--num-train", "-1"], "`--num-train` must be an int >= 0"),
+    "negative-num-test": (["--num-test", "-2"], "`--num-test` must be an int >= 0"),
+    "resolution": (["--resolution", "100"], "`--resolution` must be 64 or 128"),
+    "label-noise": (["--label-noise", "1.5"], "`--label-noise` must be a number in [0, 1]"),
 }  # fmt: skip
 
 
@@ -61,7 +61,7 @@ def test_faceworld_bad_input(case, target, small_faceworld, tmp_path, capsys):
 def test_faceworld_output_dir_that_is_a_file(tmp_path, capsys):
     (tmp_path / "file").write_text("mine")
     line = _refused(["faceworld", "--output-dir", str(tmp_path / "file"), "--num-train", "4", "--num-test", "2"], capsys)
-    assert "`output_dir`" in line and "is not a folder" in line, line
+    assert "`--output-dir`" in line and "is not a folder" in line, line
     assert (tmp_path / "file").read_text() == "mine"
 
 
@@ -73,11 +73,11 @@ def _fetext_args(tmp_path, **overrides):
 
 
 FETEXT_CASES = {
-    "missing-dataset-folder": ({"--dataset": "{tmp}/missing"}, "`dataset`: no dataset folder at"),
-    "unloadable-estimator": ({}, "`au_estimator` '{tmp}/no-estimator' could not be loaded"),
-    "shard-size": ({"--shard-size": "0"}, "`shard_size` must be a positive integer"),
-    "max-samples": ({"--max-samples": "-3"}, "`max_samples` must be a non-negative integer"),
-    "face-box-margin": ({"--face-box-margin": "2"}, "`face_box_margin` must be in [0, 1]"),
+    "missing-dataset-folder": ({"--dataset": "{tmp}/missing"}, "`--dataset`: no dataset folder at"),
+    "unloadable-estimator": ({}, "`--au-estimator` '{tmp}/no-estimator' could not be loaded"),
+    "shard-size": ({"--shard-size": "0"}, "`--shard-size` must be an int >= 1"),
+    "max-samples": ({"--max-samples": "-3"}, "`--max-samples` must be an int >= 0 or None"),
+    "face-box-margin": ({"--face-box-margin": "2"}, "`--face-box-margin` must be a number in [0, 1]"),
 }  # fmt: skip
 
 
@@ -99,4 +99,4 @@ def test_the_installed_synfer_script_refuses_in_one_line(tmp_path):
                             env=subprocess_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     lines = [line for line in result.stderr.splitlines() if "error:" in line]
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    assert "`num_train` must be a non-negative integer" in lines[0] and not (tmp_path / "out").exists()
+    assert "`--num-train` must be an int >= 0" in lines[0] and not (tmp_path / "out").exists()

@@ -1,6 +1,5 @@
 """FEText builder (`synfer build-fetext`): annotators, the build, resume, bad input. Tiny models built in code."""
 
-import argparse
 import os
 
 import datasets
@@ -23,10 +22,10 @@ from transformers import (
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 from synfer_diffusers.annotators import AUEstimator, CaptionBatch, ModelCaptioner, TemplateCaptioner
+from synfer_diffusers.cli import build_parser
 from synfer_diffusers.data.faceworld import build_faceworld_dataset
 from synfer_diffusers.data.fetext import (
     FETextConfig,
-    add_build_fetext_arguments,
     build_fetext_dataset,
     fetext_features,
     laplacian_variance,
@@ -63,7 +62,7 @@ def faces():
 
 
 def parse(argv):
-    return add_build_fetext_arguments(argparse.ArgumentParser()).parse_args(argv)
+    return build_parser().parse_args(["build-fetext", *argv])
 
 
 def test_build_resume_and_plan_checks(tmp_path, estimator_dir, faces):

@@ -1,6 +1,6 @@
 """Bad input to `synfer generate` and `generate_synthetic_dataset` is refused before anything is written.
 
-Each case runs the CLI in-process (exit 2, one `error:` line naming the field, no traceback) and, where the input
+Each case runs the CLI in-process (exit 2, one `error:` line naming the flag, no traceback) and, where the input
 exists in the API, the API (one of the CLI's user errors); before and after, every file of the output path is
 hashed: a refused run leaves it exactly as it was (absent, a file, a foreign folder, or a set with a damaged plan
 or manifest).
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from synfer_diffusers.cli import USER_ERRORS, main
-from synfer_diffusers.generate import DEFAULT_MODEL_DIR, SyntheticSetConfig, config_flags, generate_synthetic_dataset
+from synfer_diffusers.dataclass_cli import field_flag
+from synfer_diffusers.generate import DEFAULT_MODEL_DIR, SyntheticSetConfig, generate_synthetic_dataset
 from synthetic_sets import REFERENCE_ARGS, SMALL, folder_snapshot
 
 pytestmark = pytest.mark.usefixtures("tiny_stand_in_as_default")
@@ -42,40 +43,40 @@ def broken_models(tmp_path_factory):
 
 # (case id, extra CLI flags, expected text of the one error line); {models} is the broken-models folder
 CLI_CASES = [
-    ("height-not-divisible", ["--height", "15"], "`height` and `width` must be divisible"),
-    ("width-too-large", ["--width", "100000"], "`width` must be at most"),
-    ("height-zero", ["--height", "0"], "`height` must be a positive int"),
-    ("steps-zero", ["--num-inference-steps", "0"], "`num_inference_steps` must be an int >= 1"),
+    ("height-not-divisible", ["--height", "15"], "`--height` and `--width` must be divisible"),
+    ("width-too-large", ["--width", "100000"], "`--width` must be at most"),
+    ("height-zero", ["--height", "0"], "`--height` must be an int >= 1 or None"),
+    ("steps-zero", ["--num-inference-steps", "0"], "`--num-inference-steps` must be an int >= 1"),
     ("steps-not-a-number", ["--num-inference-steps", "many"], "--num-inference-steps"),
-    ("guidance-negative", ["--guidance-scale", "-1"], "`guidance_scale` must be >= 0"),
-    ("sg-negative", ["--semantic-guidance-scale", "-1"], "`semantic_guidance_scale`"),
+    ("guidance-negative", ["--guidance-scale", "-1"], "`--guidance-scale` must be a number >= 0"),
+    ("sg-negative", ["--semantic-guidance-scale", "-1"], "`--semantic-guidance-scale`"),
     ("sg-without-guide", ["--semantic-guidance-scale", "1"], "needs a `guidance_classifier`"),
-    ("sg-window", ["--semantic-guidance-window", "0.9,0.1"], "`semantic_guidance_window`"),
-    ("au-scale-nan", ["--au-scale", "nan"], "`au_scale` must be a finite number"),
-    ("prototype-intensity", ["--prototype-intensity", "9"], "`prototype_intensity` must be a number in [0, 5]"),
-    ("expression-unknown", ["--expressions", "joy=1"], "`expression_distribution` must be one of"),
+    ("sg-window", ["--semantic-guidance-window", "0.9,0.1"], "`--semantic-guidance-window`"),
+    ("au-scale-nan", ["--au-scale", "nan"], "`--au-scale` must be a number"),
+    ("prototype-intensity", ["--prototype-intensity", "9"], "`--prototype-intensity` must be a number in [0, 5]"),
+    ("expression-unknown", ["--expressions", "joy=1"], "`--expressions` must be one of"),
     ("expressions-sum", ["--expressions", "happy=0.7,sad=0.2"], "must sum to 1"),
-    ("au-policy", ["--au-policy", "random"], "`au_policy` must be one of"),
-    ("au-dataset-missing", ["--au-policy", "dataset"], "`au_dataset` must be given"),
-    ("au-dataset-unreadable", ["--au-policy", "dataset", "--au-dataset", "{tmp}/no_such_set"], "`au_dataset`"),
+    ("au-policy", ["--au-policy", "random"], "`--au-policy` must be one of"),
+    ("au-dataset-missing", ["--au-policy", "dataset"], "`--au-dataset` must be given"),
+    ("au-dataset-unreadable", ["--au-policy", "dataset", "--au-dataset", "{tmp}/no_such_set"], "`--au-dataset`"),
     ("descriptions-missing", ["--descriptions-file", "{tmp}/none.txt"], "`--descriptions-file`"),
-    ("descriptions-empty", ["--descriptions-file", "{tmp}/empty.txt"], "`descriptions` must be a non-empty list"),
-    ("scheduler", ["--scheduler", "PNDMScheduler"], "`scheduler` must be one of"),
-    ("dtype", ["--dtype", "float64"], "`dtype` must be one of"),
-    ("device", ["--device", "tpu"], "`device` must be"),
-    ("eta-without-ddim", ["--scheduler", "EulerDiscreteScheduler", "--eta", "0.5"], "`eta` > 0 needs"),
-    ("voting", ["--label-type", "fuzzy"], "`label_type` must be one of"),
-    ("model-missing", ["--model", "{models}/no_such_model"], "`model`"),
+    ("descriptions-empty", ["--descriptions-file", "{tmp}/empty.txt"], "`--descriptions-file` must be a non-empty list"),
+    ("scheduler", ["--scheduler", "PNDMScheduler"], "`--scheduler` must be one of"),
+    ("dtype", ["--dtype", "float64"], "`--dtype` must be one of"),
+    ("device", ["--device", "tpu"], "`--device` must be"),
+    ("eta-without-ddim", ["--scheduler", "EulerDiscreteScheduler", "--eta", "0.5"], "`--eta` > 0 needs"),
+    ("voting", ["--label-type", "fuzzy"], "argument --label-type/--label_type: invalid choice"),
+    ("model-missing", ["--model", "{models}/no_such_model"], "`--model`"),
     ("model-empty", ["--model", "{models}/empty"], "has no model_index.json"),
-    ("model-truncated", ["--model", "{models}/truncated"], "`model`"),
-    ("model-broken-index", ["--model", "{models}/broken_index"], "`model`"),
-    ("model-wrong-types", ["--model", "{models}/wrong_types"], "`model`"),
-    ("voter-missing", ["--voter", "{tmp}/no_such_classifier"], "`voters`"),
-    ("layout-missing", ["--layout-dataset", "{tmp}/no_such_faces"], "`layout_dataset`"),
-    ("shard-size", ["--shard-size", "0"], "`shard_size` must be an int >= 1"),
-    ("batch-size", ["--batch-size", "0"], "`batch_size` must be an int >= 1"),
-    ("repo-id", ["--push-to-hub", "not a repo"], "`push_to_hub`"),
-    ("resume-and-overwrite", ["--resume", "--overwrite"], "not allowed with argument"),
+    ("model-truncated", ["--model", "{models}/truncated"], "`--model`"),
+    ("model-broken-index", ["--model", "{models}/broken_index"], "`--model`"),
+    ("model-wrong-types", ["--model", "{models}/wrong_types"], "`--model`"),
+    ("voter-missing", ["--voter", "{tmp}/no_such_classifier"], "`--voter`"),
+    ("layout-missing", ["--layout-dataset", "{tmp}/no_such_faces"], "`--layout-dataset`"),
+    ("shard-size", ["--shard-size", "0"], "`--shard-size` must be an int >= 1"),
+    ("batch-size", ["--batch-size", "0"], "`--batch-size` must be an int >= 1"),
+    ("repo-id", ["--push-to-hub", "not a repo"], "`--push-to-hub`"),
+    ("resume-and-overwrite", ["--resume", "--overwrite"], "`--resume` and `--overwrite` exclude each other"),
 ]
 
 
@@ -169,5 +170,4 @@ def test_every_config_field_is_a_flag(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = capsys.readouterr().out
-    assert [f.name for f in config_flags()] == [f.name for f in fields(SyntheticSetConfig)]
-    assert [f.flag for f in config_flags() if f.flag not in text] == []
+    assert [field_flag(f) for f in fields(SyntheticSetConfig) if field_flag(f) not in text] == []

@@ -31,7 +31,7 @@ from transformers import pipeline as transformers_pipeline
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from .facs import AUSpace, describe_au
-from .prompts import enrich_prompt
+from .prompts import DEFAULT_CAPTION_PROMPT, enrich_prompt
 
 __all__ = [
     "DEFAULT_CAPTION_PROMPT",
@@ -41,14 +41,6 @@ __all__ = [
     "ModelCaptioner",
     "TemplateCaptioner",
 ]
-
-DEFAULT_CAPTION_PROMPT = (
-    "Describe this face in one or two sentences: the person's apparent age, gender, hair and accessories, the "
-    "facial expression and the emotion it shows, and the facial muscle movements that form it (brows, eyelids, "
-    "cheeks, nose, lips, mouth opening, jaw)."
-)
-"""Caption prompt in the style SynFER used with ShareGPT-4V (expression and facial-muscle detail); its exact
-wording is not published, so this one is the package's choice."""
 
 OCCURRENCE_PROBABILITY_THRESHOLD = 0.5
 """A multi-label AU output counts as present at probability >= 0.5 (the threshold used with OpenGraphAU)."""

@@ -1,7 +1,8 @@
 """FACS vocabulary: action-unit spaces, the seven expression classes and their EMFACS prototypes.
 
 This module imports nothing from the rest of the package, so every other module (models, data,
-pipelines) can depend on it.
+pipelines) can depend on it; torch and numpy are imported by the functions that take tensors, so the command line
+reads the vocabulary without loading them.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 AU_DESCRIPTIONS: dict[str, str] = {
     "AU1": "inner brow raiser",
@@ -207,7 +209,7 @@ class AUSpace:
                 f"`{field}` must have shape (batch, {self.num_aus}) for this AU space, got {tuple(values.shape)}."
             )
         values = values.float()
-        if not torch.isfinite(values).all():
+        if not values.isfinite().all():
             raise ValueError(f"`{field}` contains NaN or inf values.")
         if values.numel() and (values.min() < 0 or values.max() > self.max_value):
             bad = values[(values < 0) | (values > self.max_value)][0].item()
@@ -230,6 +232,9 @@ class AUSpace:
     ) -> torch.Tensor:
         """Converts one AU dict, a list of AU dicts, or a `(batch, num_aus)` / `(num_aus,)` array to a
         validated `(batch, num_aus)` float32 tensor."""
+        import numpy as np
+        import torch
+
         if isinstance(action_units, np.ndarray):
             action_units = torch.from_numpy(action_units)
         if isinstance(action_units, torch.Tensor):
@@ -246,6 +251,8 @@ class AUSpace:
 
     def to_dicts(self, values: torch.Tensor | np.ndarray) -> list[dict[str, float]]:
         """`(batch, num_aus)` values -> one `{name: value}` dict per row."""
+        import torch
+
         values = torch.as_tensor(values, dtype=torch.float32)
         values = values[None] if values.ndim == 1 else values
         values = self.validate_tensor(values)

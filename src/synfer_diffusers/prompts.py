@@ -1,5 +1,6 @@
 """FEText-style prompt enrichment: a coarse description plus a target expression (and AUs) -> a detailed
-prompt (SynFER Fig. 1; the paper uses an LLM, this package uses documented templates).
+prompt (SynFER Fig. 1; the paper uses an LLM, this package uses documented templates), and the prompt of a
+model captioner ([`DEFAULT_CAPTION_PROMPT`]).
 
 Both FaceWorld captions and `SynFERPipeline` use these templates, so a model trained on FaceWorld reads the
 same wording at sampling time. Imports only `facs`.
@@ -10,6 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .facs import EXPRESSIONS, describe_au
+
+DEFAULT_CAPTION_PROMPT = (
+    "Describe this face in one or two sentences: the person's apparent age, gender, hair and accessories, the "
+    "facial expression and the emotion it shows, and the facial muscle movements that form it (brows, eyelids, "
+    "cheeks, nose, lips, mouth opening, jaw)."
+)
+"""Caption prompt in the style SynFER used with ShareGPT-4V (expression and facial-muscle detail); its exact
+wording is not published, so this one is the package's choice."""
 
 EXPRESSION_PHRASES: dict[str, tuple[str, ...]] = {
     "neutral": ("a neutral expression", "a calm, relaxed face", "an expressionless face"),

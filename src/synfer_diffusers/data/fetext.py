@@ -51,7 +51,6 @@ or `pipelines/`.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -59,27 +58,22 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 import numpy as np
 import PIL.Image
 from tqdm.auto import tqdm
 
-from ..annotators import (
-    DEFAULT_CAPTION_PROMPT,
-    AUEstimator,
-    CaptionBatch,
-    Captioner,
-    ModelCaptioner,
-    TemplateCaptioner,
-)
+from ..annotators import AUEstimator, CaptionBatch, Captioner, ModelCaptioner, TemplateCaptioner
 from ..facs import EXPRESSIONS, AUSpace
 from ..hub_utils import inherited_license, license_label, load_card_metadata, split_hub_ids
 from ..training import expression_label_ids, load_training_dataset, tile_images, validate_columns
 from ..training.data import is_local_path
+from ..value_checks import check_int
+from .fetext_config import AU_SPACE_PRESETS, FETextConfig
 from .writer import SyntheticSetWriter
 
 logger = logging.getLogger(__name__)
@@ -90,133 +84,15 @@ __all__ = [
     "FETextConfig",
     "FETextResult",
     "FETextWriter",
-    "add_build_fetext_arguments",
     "build_fetext_dataset",
     "fetext_features",
     "laplacian_variance",
     "prepare_image",
-    "run_build_fetext",
 ]
 
-AU_SPACE_PRESETS = {"disfa12": AUSpace.disfa12, "opengraphau41": AUSpace.opengraphau41}
-"""AU spaces selectable by name (`--au-space`)."""
 CARD_TEMPLATE = "fetext_dataset.md"
-BAD_IMAGE_POLICIES = ("skip", "error")
 SKIP_REASONS = ("unreadable", "too_small", "blurry")
 _PREVIEW_SIZE = 64
-
-
-@dataclass
-class FETextConfig:
-    """Everything that determines an FEText set besides its source (all of it is stored in the plan).
-
-    Example:
-
-    ```py
-    >>> config = FETextConfig(au_estimator="runs/fetext_au_estimator", label_column="label", image_size=64)
-    ```
-    """
-
-    au_estimator: str = field(
-        metadata={
-            "help": "AU estimator: folder or Hub id of a transformers image model with one output per AU "
-            "(`config.au_names` or `id2label` name the AUs; problem_type regression or "
-            "multi_label_classification)."
-        },
-    )
-    au_space: str = field(
-        default="disfa12", metadata={"help": f"AU space of `action_units`: {list(AU_SPACE_PRESETS)}."}
-    )
-    au_fill_missing: float | None = field(
-        default=None,
-        metadata={
-            "help": "Value of AUs of `au_space` the estimator does not predict; default: such AUs are an error."
-        },
-    )
-    occurrence_threshold: float = field(
-        default=1.0, metadata={"help": "Intensity at or above which an AU counts as present in an occurrence space."}
-    )
-    captioner: str = field(
-        default="template",
-        metadata={
-            "help": "'template' (captions from label and AUs, offline) or the folder / Hub id of a "
-            "transformers image-text-to-text model."
-        },
-    )
-    caption_prompt: str | None = field(
-        default=DEFAULT_CAPTION_PROMPT,
-        metadata={
-            "help": "Prompt of a model captioner (expression and facial-muscle detail); None for models that "
-            "take no prompt."
-        },
-    )
-    caption_max_new_tokens: int = field(default=77, metadata={"help": "Length limit of model captions, in tokens."})
-    caption_seed: int = field(default=0, metadata={"help": "Seed of the template captioner's wording choices."})
-    image_column: str = field(default="image", metadata={"help": "Column of the source holding the images."})
-    label_column: str | None = field(
-        default=None,
-        metadata={"help": "Column of expression labels (ClassLabel or strings naming EXPRESSIONS); None: unlabelled."},
-    )
-    description_column: str | None = field(
-        default=None,
-        metadata={
-            "help": "Column with a coarse description per image for the template captioner "
-            "(default: 'a photo of a face')."
-        },
-    )
-    face_box_column: str | None = field(
-        default=None,
-        metadata={
-            "help": "Column with a face box [x0, y0, x1, y1] in pixels per image (e.g. from a face detector); "
-            "the image is cropped to it (plus `face_box_margin`)."
-        },
-    )
-    face_box_margin: float = field(
-        default=0.2, metadata={"help": "Margin added on each side of a face box, as a fraction of its size."}
-    )
-    center_crop: bool = field(default=False, metadata={"help": "Crop a centre square (after any face box crop)."})
-    image_size: int | None = field(
-        default=None, metadata={"help": "Resize images to this square side (after cropping); None keeps their size."}
-    )
-    min_image_size: int = field(
-        default=32, metadata={"help": "Images (after cropping) whose shorter side is below this are too small."}
-    )
-    min_sharpness: float | None = field(
-        default=None,
-        metadata={
-            "help": "Blur filter: minimum variance of the Laplacian of the grey image (0-255 units, after "
-            "resizing); None disables it."
-        },
-    )
-    bad_images: Literal["skip", "error"] = field(
-        default="skip",
-        metadata={
-            "help": "Unreadable, too small or blurry images: 'skip' (leave out and count) or 'error' (stop "
-            "before writing)."
-        },
-    )
-    shard_size: int = field(default=1000, metadata={"help": "Rows per parquet shard (fixes the shard grid)."})
-
-    def __post_init__(self) -> None:
-        if self.au_space not in AU_SPACE_PRESETS:
-            raise ValueError(f"`au_space` must be one of {list(AU_SPACE_PRESETS)}, got {self.au_space!r}.")
-        if self.bad_images not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"`bad_images` must be one of {list(BAD_IMAGE_POLICIES)}, got {self.bad_images!r}.")
-        for name in ("caption_max_new_tokens", "min_image_size", "shard_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
-        if self.image_size is not None and self.image_size < 1:
-            raise ValueError(f"`image_size` must be a positive integer or None, got {self.image_size}.")
-        if self.min_sharpness is not None and self.min_sharpness < 0:
-            raise ValueError(f"`min_sharpness` must be non-negative or None, got {self.min_sharpness}.")
-        if not 0.0 <= self.face_box_margin <= 1.0:
-            raise ValueError(f"`face_box_margin` must be in [0, 1], got {self.face_box_margin}.")
-        if self.caption_prompt == "":
-            self.caption_prompt = None
-
-    @property
-    def space(self) -> AUSpace:
-        return AU_SPACE_PRESETS[self.au_space]()
 
 
 @dataclass
@@ -459,10 +335,8 @@ def build_fetext_dataset(
     ['image', 'text', 'action_units', 'label']
     ```
     """
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 0):
-        raise ValueError(f"`max_samples` must be a non-negative integer or None, got {max_samples!r}.")
+    check_int("batch_size", batch_size, 1)
+    check_int("max_samples", max_samples, 0, optional=True)
     if not isinstance(source, datasets.Dataset) and is_local_path(str(source)):
         if not os.path.isdir(os.path.expanduser(str(source))):  # before loading any model
             raise ValueError(f"`dataset`: no dataset folder at {str(source)!r}.")
@@ -570,68 +444,3 @@ def _card_fields(
         "config": plan["config"], "expressions": list(EXPRESSIONS),
         "plan_json": json.dumps(plan, indent=2, sort_keys=True),
     }  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Command line: `synfer build-fetext`
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _config_help(name: str) -> str:
-    return next(f.metadata["help"] for f in fields(FETextConfig) if f.name == name)
-
-
-def add_build_fetext_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Registers the `synfer build-fetext` arguments on `parser` and sets `func` to [`run_build_fetext`]."""
-    parser.description = (
-        "Turn face images (an image folder, an imagefolder/parquet folder or a Hub dataset) into an FEText-style "
-        "training set: captions, action units in an AU space, labels when known, provenance, dataset card."
-    )
-    parser.add_argument("--dataset", required=True, help="Image folder, dataset folder or Hub dataset id.")
-    parser.add_argument("--split", default="train", help="Split of --dataset to read.")
-    parser.add_argument("--max-samples", type=int, default=None, help="Read only the first N rows of the split.")
-    parser.add_argument("--source-name", default=None, help="Name in the `source` column (default: --dataset).")
-    parser.add_argument("--output-dir", required=True, help="Dataset folder to write.")
-    parser.add_argument("--au-estimator", required=True, help=_config_help("au_estimator"))
-    parser.add_argument("--au-space", default="disfa12", choices=list(AU_SPACE_PRESETS), help=_config_help("au_space"))
-    parser.add_argument("--au-fill-missing", type=float, default=None, help=_config_help("au_fill_missing"))
-    parser.add_argument("--occurrence-threshold", type=float, default=1.0, help=_config_help("occurrence_threshold"))
-    parser.add_argument("--captioner", default="template", help=_config_help("captioner"))
-    parser.add_argument("--caption-prompt", default=DEFAULT_CAPTION_PROMPT,
-                        help=_config_help("caption_prompt") + " Pass '' for none.")  # fmt: skip
-    parser.add_argument("--caption-max-new-tokens", type=int, default=77, help=_config_help("caption_max_new_tokens"))
-    parser.add_argument("--caption-seed", type=int, default=0, help=_config_help("caption_seed"))
-    parser.add_argument("--image-column", default="image", help=_config_help("image_column"))
-    parser.add_argument("--label-column", default=None, help=_config_help("label_column"))
-    parser.add_argument("--description-column", default=None, help=_config_help("description_column"))
-    parser.add_argument("--face-box-column", default=None, help=_config_help("face_box_column"))
-    parser.add_argument("--face-box-margin", type=float, default=0.2, help=_config_help("face_box_margin"))
-    parser.add_argument("--center-crop", action="store_true", help=_config_help("center_crop"))
-    parser.add_argument("--image-size", type=int, default=None, help=_config_help("image_size"))
-    parser.add_argument("--min-image-size", type=int, default=32, help=_config_help("min_image_size"))
-    parser.add_argument("--min-sharpness", type=float, default=None, help=_config_help("min_sharpness"))
-    parser.add_argument("--bad-images", default="skip", choices=BAD_IMAGE_POLICIES, help=_config_help("bad_images"))
-    parser.add_argument("--shard-size", type=int, default=1000, help=_config_help("shard_size"))
-    parser.add_argument("--batch-size", type=int, default=32, help="Images per annotator call (not part of the plan).")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="Complete an interrupted run of the same plan.")
-    mode.add_argument("--overwrite", action="store_true", help="Replace a folder that holds another plan.")
-    parser.add_argument("--license", default=None, help="Licence in the dataset card's metadata (e.g. cc-by-nc-4.0).")
-    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
-    parser.set_defaults(func=run_build_fetext)
-    return parser
-
-
-def run_build_fetext(args: argparse.Namespace) -> int:
-    """Runs `synfer build-fetext` from parsed arguments; returns the exit code."""
-    config = FETextConfig(**{f.name: getattr(args, f.name) for f in fields(FETextConfig)})
-    result = build_fetext_dataset(
-        args.dataset, args.output_dir, config, split=args.split, max_samples=args.max_samples,
-        source_name=args.source_name, batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite,
-        card_data={"license": args.license} if args.license else None, show_progress=not args.no_progress,
-    )  # fmt: skip
-    logger.info(
-        f"Wrote {result.num_samples} of {result.num_source_rows} images ({result.num_shards_written} of "
-        f"{result.num_shards} shards this run) to {result.output_dir}; skipped {result.skipped}."
-    )
-    return 0

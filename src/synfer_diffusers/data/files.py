@@ -1,5 +1,5 @@
 """Durable file writes and canonical JSON: what every folder the package writes (synthetic sets, their manifests,
-relabel journals) relies on to be complete or absent after a kill."""
+relabel journals) relies on to be complete or absent after a kill, and the error for a file no plan wrote."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from typing import Any
 
 import PIL.Image
 
-__all__ = ["atomic_write_bytes", "canonical_json", "png_bytes", "sha256_file"]
+__all__ = ["ShardVerificationError", "atomic_write_bytes", "canonical_json", "png_bytes", "sha256_file"]
+
+
+class ShardVerificationError(RuntimeError):
+    """A file in the dataset folder that this plan did not write (another plan's shard, an unknown file)."""
 
 
 def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:

@@ -52,7 +52,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..facs import EXPRESSIONS
 from ..hub_utils import DATASET_CARD_DATA_KEYS, model_card_template, size_category, split_card_fields
-from .files import atomic_write_bytes, canonical_json, png_bytes, sha256_file
+from .files import ShardVerificationError, atomic_write_bytes, canonical_json, png_bytes, sha256_file
 from .schema import SyntheticRow, synthetic_features
 
 logger = logging.getLogger(__name__)
@@ -69,10 +69,6 @@ _PARQUET_METADATA_KEY = b"synfer"
 _OWN_ENTRIES = (PLAN_FILE, DATA_DIR, WORK_DIR, CARD_FILE, PREVIEW_FILE)
 LOCK_FILE = f"{WORK_DIR}/lock"
 """The lock file of a run (and `lock.<part>` of a run split by hand); removing `.synfer/` keeps these."""
-
-
-class ShardVerificationError(RuntimeError):
-    """A file in the dataset folder that this plan did not write (another plan's shard, an unknown file)."""
 
 
 def canonical_plan(plan: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,70 +28,29 @@ An **edit set** (`edit_dataset`, `edit_set`) plans sample `i` as source face `i 
 
 Several processes (`accelerate launch`, `torchrun`) split the shards round-robin: process `p` of `K` writes shards
 `p, p + K, ...`; the main process writes the card once all are done. The result equals a one-process run.
+
+Names are imported lazily: [`SyntheticSetConfig`] loads no torch (the command line's help reads it).
 """
 
-from .card import DEFAULT_CARD_DATA, card_fields
-from .config import (
-    AU_POLICIES,
-    DEFAULT_DESCRIPTIONS,
-    DTYPES,
-    MAX_IMAGE_SIZE_FACTOR,
-    SCHEDULERS,
-    ConfigFlag,
-    SyntheticSetConfig,
-    config_flags,
-)
-from .edit_set import EditSource, edit_inputs, plan_edit_sample
-from .labelers import Labeler, SampleLabels, TargetLabeler, VotingLabeler, default_labeler
-from .lock import FolderLockedError, OutputLock
-from .model import (
-    DEFAULT_MODEL_DIR,
-    DEFAULT_MODEL_ENV,
-    TINY_MODEL_NAME,
-    configure_pipeline,
-    default_model_dir,
-    pipeline_fingerprint,
-    resolve_pipeline,
-)
-from .plan import AUSource, LayoutSource, PlannedSample, build_plan, pipeline_inputs, plan_sample, sample_seed
-from .run import SyntheticSetResult, generate_synthetic_dataset, sample_rows
+from ..lazy_imports import lazy_namespace
 
-__all__ = [
-    "AUSource",
-    "AU_POLICIES",
-    "ConfigFlag",
-    "DEFAULT_CARD_DATA",
-    "DEFAULT_DESCRIPTIONS",
-    "DEFAULT_MODEL_DIR",
-    "DEFAULT_MODEL_ENV",
-    "DTYPES",
-    "EditSource",
-    "FolderLockedError",
-    "Labeler",
-    "LayoutSource",
-    "MAX_IMAGE_SIZE_FACTOR",
-    "OutputLock",
-    "PlannedSample",
-    "SCHEDULERS",
-    "SampleLabels",
-    "SyntheticSetConfig",
-    "SyntheticSetResult",
-    "TINY_MODEL_NAME",
-    "TargetLabeler",
-    "VotingLabeler",
-    "build_plan",
-    "card_fields",
-    "config_flags",
-    "configure_pipeline",
-    "default_labeler",
-    "default_model_dir",
-    "edit_inputs",
-    "generate_synthetic_dataset",
-    "pipeline_fingerprint",
-    "pipeline_inputs",
-    "plan_edit_sample",
-    "plan_sample",
-    "resolve_pipeline",
-    "sample_rows",
-    "sample_seed",
-]
+_import_structure = {
+    "card": ["DEFAULT_CARD_DATA", "card_fields"],
+    "config": [
+        "AU_POLICIES", "DEFAULT_DESCRIPTIONS", "DTYPES", "MAX_IMAGE_SIZE_FACTOR", "SCHEDULERS", "VOTING_FIELDS",
+        "SyntheticSetConfig", "torch_dtype",
+    ],
+    "edit_set": ["EditSource", "edit_inputs", "plan_edit_sample"],
+    "labelers": ["Labeler", "SampleLabels", "TargetLabeler", "VotingLabeler", "default_labeler"],
+    "lock": ["FolderLockedError", "OutputLock"],
+    "model": [
+        "DEFAULT_MODEL_DIR", "DEFAULT_MODEL_ENV", "TINY_MODEL_NAME", "configure_pipeline", "default_model_dir",
+        "pipeline_fingerprint", "resolve_pipeline",
+    ],
+    "plan": [
+        "AUSource", "LayoutSource", "PlannedSample", "build_plan", "pipeline_inputs", "plan_sample", "sample_seed",
+    ],
+    "run": ["SyntheticSetResult", "generate_synthetic_dataset", "sample_rows"],
+}  # fmt: skip
+
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _import_structure)

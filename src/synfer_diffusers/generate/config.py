@@ -1,8 +1,10 @@
 """[`SyntheticSetConfig`]: everything that determines a synthetic set's samples, checked field by field.
 
 Each field's metadata carries its `help` and, where the command line spells it differently from the field, how
-(`flag`, `parse`): the `synfer generate` options are built from these fields ([`config_flags`]), so a new field is a
-new flag with no second list to keep in step.
+(`flag`, `parse`, `metavar`, `cli_default`): the `synfer generate` options are built from these fields
+([`~synfer_diffusers.dataclass_cli.add_dataclass_arguments`]), so a new field is a new flag with no second list to
+keep in step. The voting fields take their help from [`VotingConfig`]'s. This module loads no torch or diffusers
+(the command line's help reads it); the checks that need them import them.
 """
 
 from __future__ import annotations
@@ -10,28 +12,28 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import diffusers
 import numpy as np
-import torch
 
 from ..facs import EXPRESSIONS
-from ..labels import VotingConfig
-from ..pipelines.synfer.editing import (
+from ..labels.config import Aggregation, DiscardRule, LabelType, VotingConfig
+from ..pipelines.synfer.options import (
     DEFAULT_EDIT_GUIDANCE_SCALE,
     DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE,
     DEFAULT_EDIT_STRENGTH,
-)
-from ..pipelines.synfer.semantic_guidance import (
     DEFAULT_SG_INTERVAL,
     DEFAULT_SG_WINDOW,
     SG_DECODES,
     SG_NORMALIZATIONS,
     check_semantic_guidance_inputs,
 )
+from ..value_checks import check_int, check_number
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_DESCRIPTIONS: tuple[str, ...] = (
     "a photo of a young woman",
@@ -54,7 +56,8 @@ SCHEDULERS = (
     "UniPCMultistepScheduler",
 )
 """Samplers `scheduler` may name (diffusers classes, built from the checkpoint's scheduler config)."""
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
+"""Names `dtype` may take, torch's own ([`torch_dtype`])."""
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 DEFAULT_NUM_SAMPLES = 64
 """`num_samples` of a generated set when none is given."""
@@ -64,9 +67,23 @@ MAX_IMAGE_SIZE_FACTOR = 4
 """`height` and `width` are at most this many times the model's native image size (2048 px for a 512 px model)."""
 
 
+VOTING_FIELDS = ("agreement_threshold", "voter_weights", "label_type", "aggregation", "discard_rule")
+"""The fields of [`SyntheticSetConfig`] that configure voting ([`SyntheticSetConfig.voting_options`]); `synfer
+relabel` can change them."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a [`DTYPES`] name."""
+    import torch
+
+    return getattr(torch, name)
+
+
 def check_device(name: str) -> torch.device:
     """`name` (`"cpu"`, `"cuda"`, `"cuda:N"` or `"mps"`) as a `torch.device`; a `ValueError` naming `device` when it
     is malformed or not available on this machine."""
+    import torch
+
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
@@ -120,6 +137,11 @@ def parse_expression_distribution(text: str) -> dict[str, float] | None:
 
 def parse_voter_weights(text: str) -> dict[str, float]:
     return parse_named_numbers(text, "--voter-weights")
+
+
+def voting_help(name: str, detail: str = "") -> str:
+    """The help of a [`VotingConfig`] field, for the [`SyntheticSetConfig`] field that sets it."""
+    return f"Voting: {VotingConfig.__dataclass_fields__[name].metadata['help']}{detail}"
 
 
 def parse_label_mapping(text: str) -> dict[str, str | None]:
@@ -272,33 +294,20 @@ class SyntheticSetConfig:
                           "and the guide's vote, e.g. 'Happiness=happy,Contempt=' (empty: drop that output).",
                   "parse": parse_label_mapping, "metavar": "LABEL=EXPRESSION,..."},
     )  # fmt: skip
-    agreement_threshold: float = field(
-        default=1.0,
-        metadata={"help": "Voting: a label is agreed when voters weighing at least this fraction vote for it "
-                          "(1.0: unanimity, the paper's rule)."},
-    )  # fmt: skip
+    agreement_threshold: float = field(default=1.0, metadata={"help": voting_help("agreement_threshold")})
     voter_weights: dict[str, float] | None = field(
         default=None,
-        metadata={"help": "Voting: weight per voter name ('feranno', 'guide', 'target', a classifier's name); "
-                          "others weigh 1, 0 silences a voter. E.g. 'feranno=2,target=1' or a JSON object.",
+        metadata={"help": voting_help("weights", " Voters: 'feranno', 'guide', 'target', a classifier's name; e.g. "
+                                                 "'feranno=2,target=1' or a JSON object."),
                   "parse": parse_voter_weights, "metavar": "NAME=WEIGHT,..."},
     )  # fmt: skip
-    label_type: str = field(
-        default="mixed",
-        metadata={"help": "Voting: 'mixed' one-hot where agreed and averaged where not (paper), 'hard' always "
-                          "one-hot, 'soft' always averaged."},
-    )  # fmt: skip
-    aggregation: str = field(
+    label_type: LabelType = field(default="mixed", metadata={"help": voting_help("label_type")})
+    aggregation: Aggregation = field(
         default="paper",
-        metadata={"help": "Voting: 'paper' (SynFER: weighted mean of the voters' probabilities per image) or "
-                          "'dawid_skene' (each voter's confusion matrix estimated from the whole set by EM; labels "
-                          "are rewritten once every shard is written)."},
+        metadata={"help": voting_help("aggregation", " With 'dawid_skene' the labels are rewritten once every shard "
+                                                     "is written.")},
     )  # fmt: skip
-    discard_rule: str = field(
-        default="none",
-        metadata={"help": "Voting: rows marked keep=False: 'none', 'disagreement' (label not agreed) or "
-                          "'target_mismatch' (label differs from the target)."},
-    )  # fmt: skip
+    discard_rule: DiscardRule = field(default="none", metadata={"help": voting_help("discard_rule")})
     edit_dataset: str | None = field(
         default=None,
         metadata={"help": "Folder or Hub id of source faces (an `image` column; optional `text` captions and "
@@ -324,23 +333,17 @@ class SyntheticSetConfig:
             self.semantic_guidance_scale = 0.0  # an edit set's follows the model's guide (run.py)
         if not isinstance(self.drop_discarded, bool):
             raise ValueError(f"`drop_discarded` must be a bool, got {self.drop_discarded!r}.")
-        for name, minimum in (("num_samples", 1), ("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):
-            value = getattr(self, name)
-            if name == "num_samples" and value is None:  # an edit set's: every face x expression
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        check_int("num_samples", self.num_samples, 1, optional=self.edit_dataset is not None)  # None: every face
+        for name, minimum in (("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):
+            check_int(name, getattr(self, name), minimum)
         for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
-        if self.prototype_intensity is not None:  # the range is the model's AU space's, checked once it is known
-            _check_number("prototype_intensity", self.prototype_intensity, 0.0)
-        for name, minimum in (("au_jitter", 0.0), ("guidance_scale", 0.0)):
-            _check_number(name, getattr(self, name), minimum)
-        _check_number("au_scale", self.au_scale)
-        if self.au_guidance_scale is not None:
-            _check_number("au_guidance_scale", self.au_guidance_scale, 0.0)
+            check_int(name, getattr(self, name), 1, optional=True)
+        # the range of prototype_intensity is the model's AU space's, checked once it is known
+        for name in ("prototype_intensity", "au_guidance_scale"):
+            check_number(name, getattr(self, name), 0, optional=True)
+        for name in ("au_jitter", "guidance_scale"):
+            check_number(name, getattr(self, name), 0)
+        check_number("au_scale", self.au_scale)
         if self.guidance_label_mapping is not None:
             if not isinstance(self.guidance_label_mapping, Mapping):
                 raise ValueError(f"`guidance_label_mapping` must be a dict label -> expression or None, got "
@@ -348,9 +351,7 @@ class SyntheticSetConfig:
             for label, name in self.guidance_label_mapping.items():
                 if name is not None:
                     EXPRESSIONS.label_id(name, field=f"guidance_label_mapping[{label!r}]")
-        _check_number("layout_strength", self.layout_strength, 0.0)
-        if self.layout_strength > 1:
-            raise ValueError(f"`layout_strength` must be in [0, 1], got {self.layout_strength!r}.")
+        check_number("layout_strength", self.layout_strength, 0, 1)
         if self.expression_distribution is not None:
             self.expression_distribution = _check_distribution(self.expression_distribution)
         if self.au_policy not in AU_POLICIES:
@@ -369,9 +370,7 @@ class SyntheticSetConfig:
         self._check_edit()
 
     def _check_edit(self) -> None:
-        _check_number("edit_strength", self.edit_strength)
-        if not 0 < self.edit_strength <= 1:
-            raise ValueError(f"`edit_strength` must be in (0, 1], got {self.edit_strength!r}.")
+        check_number("edit_strength", self.edit_strength, 0, 1, open_minimum=True)
         if self.edit_dataset is None:
             return
         if not isinstance(self.edit_dataset, str) or not self.edit_dataset:
@@ -402,10 +401,10 @@ class SyntheticSetConfig:
             check_device(self.device)
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
             raise ValueError(f"`negative_prompt` must be a string or None, got {self.negative_prompt!r}.")
-        _check_number("eta", self.eta, 0.0)
-        if self.eta > 1:
-            raise ValueError(f"`eta` must be in [0, 1], got {self.eta!r}.")
+        check_number("eta", self.eta, 0, 1)
         if self.scheduler is not None:
+            import diffusers
+
             check_eta(self.eta, getattr(diffusers, self.scheduler))
         scale = 0.0 if self.semantic_guidance_scale is None else self.semantic_guidance_scale  # None: an edit set's
         check_semantic_guidance_inputs(
@@ -420,7 +419,7 @@ class SyntheticSetConfig:
                 raise ValueError(f"`voter_weights` must be a dict voter name -> weight, got {self.voter_weights!r}.")
             self.voter_weights = {str(name): weight for name, weight in self.voter_weights.items()}
             for name, weight in self.voter_weights.items():
-                _check_number(f"voter_weights[{name!r}]", weight, 0.0)
+                check_number(f"voter_weights[{name!r}]", weight, 0)
         VotingConfig(use_target=True, **self.voting_options())  # the other fields keep VotingConfig's names
         if self.drop_discarded and self.aggregation != "paper":
             raise ValueError(
@@ -457,13 +456,6 @@ class SyntheticSetConfig:
         return np.array([self.expression_distribution.get(name, 0.0) for name in EXPRESSIONS])
 
 
-def _check_number(name: str, value: Any, minimum: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
-
-
 def _check_distribution(distribution: Mapping[str, float]) -> dict[str, float]:
     if not isinstance(distribution, Mapping) or not distribution:
         raise ValueError(
@@ -471,46 +463,8 @@ def _check_distribution(distribution: Mapping[str, float]) -> dict[str, float]:
         )
     for name, probability in distribution.items():
         EXPRESSIONS.label_id(name, field="expression_distribution")
-        _check_number(f"expression_distribution[{name!r}]", probability, 0.0)
+        check_number(f"expression_distribution[{name!r}]", probability, 0)
     total = sum(distribution.values())
     if not math.isclose(total, 1.0, abs_tol=1e-6):
         raise ValueError(f"`expression_distribution` must sum to 1, got {total:g}.")
     return {name: float(distribution[name]) for name in EXPRESSIONS if name in distribution}
-
-
-
-
-@dataclass(frozen=True)
-class ConfigFlag:
-    """How a [`SyntheticSetConfig`] field appears on the command line."""
-
-    name: str  # the field
-    flag: str  # e.g. "--num-samples"
-    type: Callable[[str], Any]  # text -> field value
-    default: Any  # the flag's default (text for parsed fields)
-    help: str
-    metavar: str | None = None
-
-
-def config_flags() -> list[ConfigFlag]:
-    """One command-line flag per [`SyntheticSetConfig`] field: `--field-name` (or the field's `flag`), converted by
-    its `parse` function (else from its annotation: int, float, str, or a bool switch), defaulting to the field's
-    default (or its `cli_default` text)."""
-    flags = []
-    for item in fields(SyntheticSetConfig):
-        metadata = item.metadata
-        annotation = str(item.type)
-        if "parse" in metadata:
-            convert = metadata["parse"]
-        elif annotation.startswith("bool"):
-            convert = bool
-        else:
-            convert = int if annotation.startswith("int") else float if annotation.startswith("float") else str
-        default = metadata.get("cli_default", item.default)
-        if "parse" in metadata and isinstance(default, tuple):
-            default = ",".join(str(value) for value in default)
-        flags.append(ConfigFlag(
-            item.name, metadata.get("flag", "--" + item.name.replace("_", "-")), convert, default, metadata["help"],
-            metadata.get("metavar"),
-        ))  # fmt: skip
-    return flags

@@ -17,7 +17,7 @@ from ..fingerprint import update_with_component
 from ..hub_utils import is_hub_repo_id
 from ..labels import ClassifierVoter
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
-from .config import DTYPES, SyntheticSetConfig, check_eta
+from .config import SyntheticSetConfig, check_eta, torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def configure_pipeline(pipe: SynFERPipeline, config: SyntheticSetConfig, device:
         latent_options = {"clip_sample": False} if scheduler_class is diffusers.DDIMScheduler else {}
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **latent_options)
     check_eta(config.eta, type(pipe.scheduler))
-    dtype = DTYPES[config.dtype]
+    dtype = torch_dtype(config.dtype)
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
     if any(parameter.dtype != dtype for module in modules for parameter in module.parameters()):
         pipe.to(dtype=dtype)

@@ -43,7 +43,7 @@ from ..hub_utils import load_card_metadata
 from ..labels import EnsembleVoter, GivenVoter, VoteBatch, Voter, VotingConfig, VotingResult, load_voter
 from ..labels.voters import TARGET_VOTER
 from .card import card_fields
-from .config import SyntheticSetConfig
+from .config import VOTING_FIELDS, SyntheticSetConfig
 from .labelers import SampleLabels, VotingLabeler
 from .lock import OutputLock
 
@@ -254,10 +254,6 @@ class RelabelResult:
     commit_url: str | None = None
 
 
-RELABEL_OPTIONS = ("agreement_threshold", "voter_weights", "label_type", "aggregation", "discard_rule")
-"""The [`SyntheticSetConfig`] voting fields a relabel may change."""
-
-
 def relabel_synthetic_dataset(
     output_dir: str | os.PathLike,
     voters: Sequence[str | Voter] = (),
@@ -277,7 +273,7 @@ def relabel_synthetic_dataset(
             Hub: shards without local manifests are verified against the plan and adopted).
         voters (`list`): voters to add: `--voter` specs ([`~synfer_diffusers.labels.load_voter`]) or
             [`~synfer_diffusers.labels.Voter`]s.
-        voting (`dict`, *optional*): new values of the voting fields [`RELABEL_OPTIONS`]; the others keep the plan's.
+        voting (`dict`, *optional*): new values of the voting fields [`VOTING_FIELDS`]; the others keep the plan's.
         push_to_hub, token, private: publish the relabelled set (resumable, as `synfer generate --push-to-hub`).
         wait (`bool`): wait for another run holding the folder's lock instead of raising.
 
@@ -327,9 +323,9 @@ def _checked_relabel(
     journal = read_journal(folder)
     writer = SyntheticSetWriter.from_folder(folder) if journal is None else SyntheticSetWriter(folder, journal["from_plan"])
     voting = dict(voting or {})
-    unknown = sorted(set(voting) - set(RELABEL_OPTIONS))
+    unknown = sorted(set(voting) - set(VOTING_FIELDS))
     if unknown:
-        raise ValueError(f"`voting` fields {unknown} cannot be relabelled; these can: {list(RELABEL_OPTIONS)}.")
+        raise ValueError(f"`voting` fields {unknown} cannot be relabelled; these can: {list(VOTING_FIELDS)}.")
     if writer.plan.get("drop_discarded"):
         raise ValueError(
             f"{output_dir} was made with `drop_discarded`: the dropped rows' votes are gone, so its labels cannot be "
@@ -337,7 +333,7 @@ def _checked_relabel(
         )
     stored = _stored_voter_names(writer)
     added = [voter if isinstance(voter, Voter) else load_voter(voter) for voter in voters]
-    options = {**{name: writer.plan[name] for name in RELABEL_OPTIONS}, **voting}
+    options = {**{name: writer.plan[name] for name in VOTING_FIELDS}, **voting}
     voting_config = SyntheticSetConfig(**{**_config_fields(writer.plan), **options}).voting_options()  # checked
     replaced = {voter.name for voter in added}  # an added voter named like a stored one replaces its votes
     kept = [GivenVoter(name) for name in stored if name != TARGET_VOTER and name not in replaced]

@@ -18,8 +18,9 @@ from ..data.writer import SyntheticRow, SyntheticSetWriter
 from ..facs import EXPRESSIONS
 from ..labels import load_voter
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
+from ..value_checks import check_int
 from .card import DEFAULT_CARD_DATA, card_fields
-from .config import DTYPES, SyntheticSetConfig, check_device
+from .config import SyntheticSetConfig, check_device, torch_dtype
 from .edit_set import EditSource, edit_inputs, plan_edit_sample
 from .labelers import Labeler, SampleLabels, changed_voting_options, default_labeler
 from .lock import OutputLock
@@ -147,8 +148,7 @@ def generate_synthetic_dataset(
     """
     if not isinstance(config, SyntheticSetConfig):
         raise TypeError(f"`config` must be a SyntheticSetConfig, got {type(config).__name__}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+    check_int("batch_size", batch_size, 1)
     if resume and overwrite:
         raise ValueError("`resume` and `overwrite` exclude each other: pick one.")
     if push_to_hub is not None:
@@ -205,7 +205,7 @@ def _checked_run(
     if pipeline is not None:
         pipe, model_name = pipeline, str(getattr(pipeline, "name_or_path", None) or "custom")
     else:
-        pipe, model_name = resolve_pipeline(model, DTYPES[config.dtype])
+        pipe, model_name = resolve_pipeline(model, torch_dtype(config.dtype))
     if pipe.au_space is None:
         raise ValueError("`model` has no AU adapter (AUConditionedUNet2DConditionModel): cannot record action units.")
     configure_pipeline(pipe, config, device)
@@ -321,10 +321,8 @@ def _process_layout(
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
         state = PartialState(cpu=True) if launched and not torch.cuda.is_available() else PartialState()
         return state.process_index, state.num_processes, state.wait_for_everyone, state.device
-    if not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"`num_processes` must be an int >= 1, got {num_processes!r}.")
-    if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
-        raise ValueError(f"`process_index` must be an int in [0, {num_processes}), got {process_index!r}.")
+    check_int("num_processes", num_processes, 1)
+    check_int("process_index", process_index, 0, num_processes - 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return process_index, num_processes, lambda: None, device
 

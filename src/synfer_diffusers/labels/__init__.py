@@ -1,35 +1,17 @@
 """Label rectification: voters (FERAnno, FER classifiers, functions, the generation target), their aggregation (the
-paper's weighted mean or Dawid-Skene) and ensemble voting."""
+paper's weighted mean or Dawid-Skene) and ensemble voting. Names are imported lazily: [`VotingConfig`] loads no
+torch."""
 
-from .aggregation import AGGREGATIONS, AggregationResult, dawid_skene, weighted_mean
-from .voters import (
-    VOTER_KINDS,
-    CallableVoter,
-    ClassifierVoter,
-    FERAnnoVoter,
-    GivenVoter,
-    TargetVoter,
-    VoteBatch,
-    Voter,
-    load_voter,
-)
-from .voting import EnsembleVoter, VotingConfig, VotingResult
+from ..lazy_imports import lazy_namespace
 
-__all__ = [
-    "AGGREGATIONS",
-    "AggregationResult",
-    "CallableVoter",
-    "ClassifierVoter",
-    "EnsembleVoter",
-    "FERAnnoVoter",
-    "GivenVoter",
-    "TargetVoter",
-    "VOTER_KINDS",
-    "VoteBatch",
-    "Voter",
-    "VotingConfig",
-    "VotingResult",
-    "dawid_skene",
-    "load_voter",
-    "weighted_mean",
-]
+_import_structure = {
+    "aggregation": ["AggregationResult", "dawid_skene", "weighted_mean"],
+    "config": ["AGGREGATIONS", "VotingConfig"],
+    "voters": [
+        "VOTER_KINDS", "CallableVoter", "ClassifierVoter", "FERAnnoVoter", "GivenVoter", "TargetVoter", "VoteBatch",
+        "Voter", "load_voter",
+    ],
+    "voting": ["EnsembleVoter", "VotingResult"],
+}  # fmt: skip
+
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _import_structure)

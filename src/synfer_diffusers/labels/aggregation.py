@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["AGGREGATIONS", "AggregationResult", "aggregate", "dawid_skene", "weighted_mean"]
+from .config import AGGREGATIONS
 
-AGGREGATIONS = ("paper", "dawid_skene")
+__all__ = ["AGGREGATIONS", "AggregationResult", "aggregate", "dawid_skene", "weighted_mean"]
 
 
 @dataclass

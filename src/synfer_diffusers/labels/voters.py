@@ -28,6 +28,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Pr
 
 from ..facs import EXPRESSIONS, classifier_expression_probabilities, map_classifier_labels
 from ..fingerprint import module_fingerprint
+from .config import TARGET_VOTER
 
 __all__ = [
     "CallableVoter",
@@ -41,8 +42,6 @@ __all__ = [
     "Voter",
     "load_voter",
 ]
-
-TARGET_VOTER = "target"
 
 
 @dataclass

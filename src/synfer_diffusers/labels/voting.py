@@ -18,82 +18,18 @@ voted on together and weighs its votes by it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from ..facs import EXPRESSIONS
-from .aggregation import AGGREGATIONS, aggregate
+from .aggregation import aggregate
+from .config import VotingConfig
 from .voters import TARGET_VOTER, GivenVoter, TargetVoter, VoteBatch, Voter
 
 __all__ = ["EnsembleVoter", "VotingConfig", "VotingResult"]
-
-
-@dataclass
-class VotingConfig:
-    """How the votes are combined. The defaults are the paper's rule: a unanimous label is kept as a hard label,
-    a disputed one is replaced by the ensemble's averaged probabilities; nothing is discarded."""
-
-    probability_voters: tuple[str, ...] = field(
-        default=("feranno",),
-        metadata={"help": "Names of voters whose probabilities over EXPRESSIONS are passed to the call (FERAnno)."},
-    )
-    use_target: bool = field(
-        default=False, metadata={"help": f"Add the generation target as a one-hot voter named {TARGET_VOTER!r}."}
-    )
-    weights: dict[str, float] = field(
-        default_factory=dict, metadata={"help": "Weight per voter name (others weigh 1); 0 silences a voter."}
-    )
-    agreement_threshold: float = field(
-        default=1.0,
-        metadata={"help": "An image's label is agreed when voters weighing at least this fraction vote for it "
-                          "(1.0: unanimity, the paper's rule)."},
-    )  # fmt: skip
-    label_type: Literal["mixed", "hard", "soft"] = field(
-        default="mixed",
-        metadata={"help": "Output probabilities: 'mixed' one-hot where agreed and averaged where not (paper), "
-                          "'hard' always one-hot, 'soft' always the averaged probabilities."},
-    )  # fmt: skip
-    aggregation: Literal["paper", "dawid_skene"] = field(
-        default="paper",
-        metadata={"help": "'paper': weighted mean of the voters' probabilities per image (SynFER); 'dawid_skene': "
-                          "each voter's confusion matrix estimated from the whole set by EM (Dawid & Skene 1979), "
-                          "so a voter that keeps confusing two classes loses weight there."},
-    )  # fmt: skip
-    discard_rule: Literal["none", "disagreement", "target_mismatch"] = field(
-        default="none",
-        metadata={"help": "Which images get keep=False: 'disagreement' where the label is not agreed, "
-                          "'target_mismatch' where the final label differs from the generation target."},
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        self.probability_voters = tuple(self.probability_voters)
-        threshold = self.agreement_threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"`agreement_threshold` must be in [0, 1], got {threshold!r}.")
-        if self.label_type not in ("mixed", "hard", "soft"):
-            raise ValueError(f"`label_type` must be one of 'mixed', 'hard', 'soft', got {self.label_type!r}.")
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"`aggregation` must be one of {list(AGGREGATIONS)}, got {self.aggregation!r}.")
-        if self.discard_rule not in ("none", "disagreement", "target_mismatch"):
-            raise ValueError(
-                f"`discard_rule` must be one of 'none', 'disagreement', 'target_mismatch', got {self.discard_rule!r}."
-            )
-        if self.discard_rule == "target_mismatch" and not self.use_target:
-            raise ValueError(
-                "`discard_rule` 'target_mismatch' needs `use_target=True` (targets are passed to voting)."
-            )
-        for name, weight in self.weights.items():
-            if (
-                isinstance(weight, bool)
-                or not isinstance(weight, (int, float))
-                or not math.isfinite(weight)
-                or weight < 0
-            ):
-                raise ValueError(f"`weights[{name!r}]` must be a finite number >= 0, got {weight!r}.")
 
 
 @dataclass

@@ -47,61 +47,25 @@ python -m synfer_diffusers.data.faceworld --output-dir runs/faceworld --num-trai
 python -m synfer_diffusers.data.faceworld --output-dir runs/faceworld_hard --regime hard --seed 0  # the hard regime
 ```
 
-Modules: `config` (constants, features, [`FaceWorldConfig`] and its regimes), `sampling`, `statistics`,
-`rendering`, `captions`, `dataset` (datasets, parquet splits with a card, the command line).
+Modules: `config` (constants, [`FaceWorldConfig`] and its regimes), `features` (the dataset features),
+`sampling`, `statistics`, `rendering`, `captions`, `dataset` (datasets, parquet splits with a card). Names are
+imported lazily: `synfer faceworld --help` reads [`FaceWorldConfig`] without loading torch or datasets.
 """
 
-# Names marked F401 are not in `__all__` but stay importable from here, as from the former single module.
-from .captions import faceworld_captions
-from .config import (
-    AGE_GROUPS,
-    AU_NAMES,
-    AU_SPACE,  # noqa: F401
-    EYE_COLOURS,
-    FACEWORLD_CONFUSABLE_PAIRS,
-    FACEWORLD_EXTRA_PROTOTYPE_AUS,
-    FACEWORLD_FEATURES,
-    FACEWORLD_OPTIONAL_PROTOTYPE_AUS,
-    FACEWORLD_REGIMES,
-    GENDERS,
-    HAIR_COLOURS,
-    HAIR_STYLES,
-    SUBTLE_PEAK_INTENSITY,
-    FaceWorldConfig,
-)
-from .dataset import (
-    SAMPLES_PER_CHUNK,  # noqa: F401
-    add_faceworld_arguments,  # noqa: F401
-    build_faceworld_dataset,
-    main,
-    run_faceworld,  # noqa: F401
-    write_faceworld_splits,
-)
-from .rendering import render_action_units, render_faces
-from .sampling import faceworld_expression_prototypes, sample_faceworld_attributes
-from .statistics import faceworld_label_statistics
+from ...lazy_imports import lazy_namespace
 
-__all__ = [
-    "AGE_GROUPS",
-    "AU_NAMES",
-    "EYE_COLOURS",
-    "FACEWORLD_CONFUSABLE_PAIRS",
-    "FACEWORLD_EXTRA_PROTOTYPE_AUS",
-    "FACEWORLD_FEATURES",
-    "FACEWORLD_OPTIONAL_PROTOTYPE_AUS",
-    "FACEWORLD_REGIMES",
-    "GENDERS",
-    "HAIR_COLOURS",
-    "HAIR_STYLES",
-    "SUBTLE_PEAK_INTENSITY",
-    "FaceWorldConfig",
-    "build_faceworld_dataset",
-    "faceworld_captions",
-    "faceworld_expression_prototypes",
-    "faceworld_label_statistics",
-    "main",
-    "render_action_units",
-    "render_faces",
-    "sample_faceworld_attributes",
-    "write_faceworld_splits",
-]
+_import_structure = {
+    "captions": ["faceworld_captions"],
+    "config": [
+        "AGE_GROUPS", "AU_NAMES", "AU_SPACE", "EYE_COLOURS", "FACEWORLD_CONFUSABLE_PAIRS", "FACEWORLD_EXTRA_PROTOTYPE_AUS",
+        "FACEWORLD_OPTIONAL_PROTOTYPE_AUS", "FACEWORLD_REGIMES", "GENDERS", "HAIR_COLOURS", "HAIR_STYLES",
+        "SUBTLE_PEAK_INTENSITY", "FaceWorldConfig",
+    ],
+    "dataset": ["SAMPLES_PER_CHUNK", "build_faceworld_dataset", "main", "write_faceworld_splits"],
+    "features": ["FACEWORLD_FEATURES"],
+    "rendering": ["render_action_units", "render_faces"],
+    "sampling": ["faceworld_expression_prototypes", "sample_faceworld_attributes"],
+    "statistics": ["faceworld_label_statistics"],
+}  # fmt: skip
+
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _import_structure)

@@ -8,7 +8,8 @@ import numpy as np
 
 from ...facs import EXPRESSIONS
 from ...prompts import enrich_prompt
-from .config import AU_NAMES, FaceWorldConfig, _face_rows
+from .config import AU_NAMES, FaceWorldConfig
+from .features import _face_rows
 
 _PERSON_WORDS = {
     ("young", "woman"): ("a young woman", "a girl", "a young lady"),

@@ -1,14 +1,15 @@
-"""FaceWorld constants, the dataset features and [`FaceWorldConfig`]."""
+"""FaceWorld constants and [`FaceWorldConfig`] (no torch or datasets: the command line reads its help)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
-import datasets
 import numpy as np
 
 from ...facs import EXPRESSIONS, AUSpace
+from ...value_checks import check_number
 
 AU_SPACE = AUSpace.disfa12()
 AU_NAMES: tuple[str, ...] = AU_SPACE.names
@@ -54,7 +55,8 @@ def _confusable_partners() -> np.ndarray:
 
 _PARTNERS = _confusable_partners()
 
-FACEWORLD_REGIMES = ("standard", "hard")
+Regime = Literal["standard", "hard"]
+FACEWORLD_REGIMES: tuple[str, ...] = get_args(Regime)
 """Names accepted by [`FaceWorldConfig.from_regime`]: `FaceWorldConfig()` and [`FaceWorldConfig.hard`]."""
 
 SUBTLE_PEAK_INTENSITY = 2.0
@@ -67,64 +69,28 @@ _SKIN_TONES = np.array(
      (180, 120, 85), (150, 98, 68), (118, 76, 54), (92, 60, 44)], dtype=np.float32,
 )  # fmt: skip
 
-FACEWORLD_FEATURES = datasets.Features(
-    {
-        "image": datasets.Image(),
-        "text": datasets.Value("string"),
-        "action_units": datasets.List(datasets.Value("float32"), length=len(AU_NAMES)),
-        "label": datasets.ClassLabel(names=list(EXPRESSIONS)),
-        "clean_label": datasets.ClassLabel(names=list(EXPRESSIONS)),
-        "is_blend": datasets.Value("bool"),
-        "age_group": datasets.Value("string"),
-        "gender": datasets.Value("string"),
-        "skin_tone": datasets.Value("int32"),
-        "hair_style": datasets.Value("string"),
-        "hair_colour": datasets.Value("string"),
-        "eye_colour": datasets.Value("string"),
-        "glasses": datasets.Value("bool"),
-        "beard": datasets.Value("bool"),
-        "face_width": datasets.Value("float32"),
-        "face_height": datasets.Value("float32"),
-        "background_top": datasets.List(datasets.Value("uint8"), length=3),
-        "background_bottom": datasets.List(datasets.Value("uint8"), length=3),
-        "brightness": datasets.Value("float32"),
-        "light_gradient": datasets.Value("float32"),
-        "rotation_degrees": datasets.Value("float32"),
-        "shift_x": datasets.Value("float32"),
-        "shift_y": datasets.Value("float32"),
-        "scale": datasets.Value("float32"),
-        "noise_std": datasets.Value("float32"),
-        "seed": datasets.Value("int64"),
-        "sample_id": datasets.Value("int64"),
-    }
-)
-"""Features of a FaceWorld dataset. Every attribute column is kept, so a row can be rendered again with
-[`render_faces`]."""
-
-_ATTRIBUTE_KEYS = tuple(k for k in FACEWORLD_FEATURES if k not in ("image", "text"))
-
-
-def _check_probability(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`{name}` must be a probability in [0, 1], got {value}.")
-
-
 def _check_range(name: str, value: Sequence[float], low: float, high: float) -> None:
     if len(value) != 2 or not low <= value[0] <= value[1] <= high:
         raise ValueError(f"`{name}` must be a pair (min, max) with {low} <= min <= max <= {high}, got {value}.")
 
 
+def parse_per_expression(text: str) -> float | tuple[float, ...]:
+    """`"0.3"` -> 0.3, one number per expression `"0,0.25,0.5,0.3,0.45,0.45,0.45"` -> a tuple (command line)."""
+    values = tuple(float(value) for value in text.split(","))
+    return values[0] if len(values) == 1 else values
+
+
 def _check_per_expression(name: str, value: float | Sequence[float]) -> float | tuple[float, ...]:
     """A probability, or one probability per expression (returned as a tuple of floats)."""
     if np.ndim(value) == 0:
-        _check_probability(name, float(value))
+        check_number(name, value, 0, 1)
         return float(value)
     if len(value) != len(EXPRESSIONS):
         raise ValueError(
             f"`{name}` must be one probability or {len(EXPRESSIONS)} (order {list(EXPRESSIONS)}), got {value}."
         )
-    for probability in value:
-        _check_probability(name, float(probability))
+    for i, probability in enumerate(value):
+        check_number(f"{name}[{i}]", probability, 0, 1)
     return tuple(float(p) for p in value)
 
 
@@ -180,7 +146,9 @@ class FaceWorldConfig:
         default=0.0,
         metadata={
             "help": "Probability that a face's expression is subtle: its prototype AUs are drawn from "
-            "`subtle_intensity_range` instead; one number, or one per EXPRESSIONS (in their order)."
+            "`subtle_intensity_range` instead; one number, or one per EXPRESSIONS (in their order).",
+            "parse": parse_per_expression,
+            "metavar": "P[,P,...]",
         },
     )
     subtle_intensity_range: tuple[float, float] = field(
@@ -308,9 +276,8 @@ class FaceWorldConfig:
             "blend_probability", "blend_partner_probability", "caption_expression_probability",
             "caption_action_unit_probability",
         ):  # fmt: skip
-            _check_probability(name, getattr(self, name))
-        if self.ambiguous_label_noise is not None:
-            _check_probability("ambiguous_label_noise", self.ambiguous_label_noise)
+            check_number(name, getattr(self, name), 0, 1)
+        check_number("ambiguous_label_noise", self.ambiguous_label_noise, 0, 1, optional=True)
         self.subtle_probability = _check_per_expression("subtle_probability", self.subtle_probability)
         if self.expression_probabilities is not None:
             probabilities = np.asarray(self.expression_probabilities, dtype=np.float64)
@@ -329,34 +296,6 @@ class FaceWorldConfig:
         _check_range("blend_weight_range", self.blend_weight_range, 0.0, 0.499)
         _check_range("scale_range", self.scale_range, 0.5, 1.5)
         _check_range("brightness_range", self.brightness_range, 0.2, 2.0)
-        if not 0.0 <= self.background_au_max <= 5.0:
-            raise ValueError(f"`background_au_max` must be in [0, 5], got {self.background_au_max}.")
-        if not 0.0 <= self.max_rotation_degrees <= 45.0:
-            raise ValueError(f"`max_rotation_degrees` must be in [0, 45], got {self.max_rotation_degrees}.")
-        if not 0.0 <= self.max_shift <= 0.2:
-            raise ValueError(f"`max_shift` must be in [0, 0.2], got {self.max_shift}.")
-        if not 0.0 <= self.max_light_gradient <= 0.5:
-            raise ValueError(f"`max_light_gradient` must be in [0, 0.5], got {self.max_light_gradient}.")
-        if not 0.0 <= self.max_noise_std <= 64.0:
-            raise ValueError(f"`max_noise_std` must be in [0, 64], got {self.max_noise_std}.")
-
-
-def _face_rows(attributes: Mapping[str, np.ndarray]) -> list[dict]:
-    """The attribute columns as one dict per face, after checking the keys and the AU range."""
-    missing = [
-        key
-        for key in _ATTRIBUTE_KEYS
-        if key not in ("label", "clean_label", "is_blend", "sample_id") and key not in attributes
-    ]
-    if missing:
-        raise ValueError(f"`attributes` lacks the keys {missing}; build them with `sample_faceworld_attributes`.")
-    action_units = np.asarray(attributes["action_units"], dtype=np.float32)
-    num = len(action_units)
-    if action_units.shape != (num, len(AU_NAMES)) or not np.isfinite(action_units).all():
-        raise ValueError(
-            f"`attributes['action_units']` must be finite with shape (N, {len(AU_NAMES)}), got {action_units.shape}."
-        )
-    if action_units.size and (action_units.min() < 0 or action_units.max() > 5):
-        raise ValueError("`attributes['action_units']` must lie in [0, 5].")
-    columns = {key: np.asarray(value) for key, value in attributes.items() if key in _ATTRIBUTE_KEYS}
-    return [{key: column[i] for key, column in columns.items()} for i in range(num)]
+        for name, maximum in (("background_au_max", 5), ("max_rotation_degrees", 45), ("max_shift", 0.2),
+                              ("max_light_gradient", 0.5), ("max_noise_std", 64)):  # fmt: skip
+            check_number(name, getattr(self, name), 0, maximum)

@@ -1,10 +1,10 @@
-"""FaceWorld datasets: `datasets.Dataset` builds, parquet splits with a dataset card, and the command line."""
+"""FaceWorld datasets: `datasets.Dataset` builds and parquet splits with a dataset card."""
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,16 +14,16 @@ from datasets.utils import tqdm as hf_tqdm
 from PIL import Image
 
 from ...facs import EXPRESSIONS
+from ...value_checks import check_int
 from .captions import faceworld_captions
 from .config import (
-    _ATTRIBUTE_KEYS,
     AU_NAMES,
     FACEWORLD_CONFUSABLE_PAIRS,
-    FACEWORLD_FEATURES,
     FACEWORLD_REGIMES,
     SUBTLE_PEAK_INTENSITY,
     FaceWorldConfig,
 )
+from .features import _ATTRIBUTE_KEYS, FACEWORLD_FEATURES
 from .rendering import render_faces
 from .sampling import faceworld_expression_prototypes, sample_faceworld_attributes
 from .statistics import faceworld_label_statistics
@@ -72,8 +72,7 @@ def build_faceworld_dataset(
     ((64, 64), 12)
     ```
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
-        raise ValueError(f"`num_samples` must be a non-negative integer, got {num_samples!r}.")
+    check_int("num_samples", num_samples, 0)
     if split not in _SPLIT_KEYS:
         raise ValueError(f"`split` must be one of {list(_SPLIT_KEYS)}, got {split!r}.")
     config = _resolve_config(config)
@@ -202,11 +201,9 @@ def write_faceworld_splits(
     >>> hard = write_faceworld_splits("runs/faceworld_hard", 20_000, 2_000, config="hard")  # doctest: +SKIP
     ```
     """
-    if rows_per_shard < 1:
-        raise ValueError(f"`rows_per_shard` must be positive, got {rows_per_shard}.")
+    check_int("rows_per_shard", rows_per_shard, 1)
     for name, value in (("num_train", num_train), ("num_test", num_test)):  # before anything in the folder changes
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+        check_int(name, value, 0)
     config = _resolve_config(config)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -227,39 +224,8 @@ def write_faceworld_splits(
     return splits
 
 
-def add_faceworld_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Registers the `synfer faceworld` arguments on `parser` and sets `func` to [`run_faceworld`]."""
-    parser.description = "Write FaceWorld train/test splits as parquet + dataset card."
-    parser.add_argument("--output-dir", required=True, help="Folder to write data/*.parquet and README.md into.")
-    parser.add_argument("--num-train", type=int, default=20_000, help="Number of train faces.")
-    parser.add_argument("--num-test", type=int, default=2_000, help="Number of test faces.")
-    parser.add_argument("--seed", type=int, default=0, help="Dataset seed.")
-    parser.add_argument("--resolution", type=int, default=64, help="64 or 128.")
-    parser.add_argument(
-        "--regime",
-        choices=FACEWORLD_REGIMES,
-        default="standard",
-        help="Label/AU/nuisance settings: `standard` (FaceWorldConfig()) or `hard` (FaceWorldConfig.hard()).",
-    )
-    parser.add_argument(
-        "--label-noise", type=float, default=None, help="Annotator label-noise rate (default: the regime's)."
-    )
-    parser.set_defaults(func=run_faceworld)
-    return parser
-
-
-def run_faceworld(args: argparse.Namespace) -> int:
-    """Writes the splits described by parsed `synfer faceworld` arguments; returns the exit code."""
-    overrides = {"resolution": args.resolution}
-    if args.label_noise is not None:
-        overrides["label_noise"] = args.label_noise
-    config = FaceWorldConfig.from_regime(args.regime, **overrides)
-    splits = write_faceworld_splits(args.output_dir, args.num_train, args.num_test, args.seed, config)
-    print(f"Wrote {', '.join(f'{len(d)} {s}' for s, d in splits.items())} faces to {args.output_dir}")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m synfer_diffusers.data.faceworld --output-dir D ...` (the same as `synfer faceworld ...`)."""
-    parser = add_faceworld_arguments(argparse.ArgumentParser())
-    return run_faceworld(parser.parse_args(argv))
+    """`python -m synfer_diffusers.data.faceworld --output-dir D ...`: the same as `synfer faceworld ...`."""
+    from ...cli import main as cli_main
+
+    return cli_main(["faceworld", *(sys.argv[1:] if argv is None else argv)])

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .config import _AU, _SKIN_TONES, AU_NAMES, FaceWorldConfig, _face_rows
+from .config import _AU, _SKIN_TONES, AU_NAMES, FaceWorldConfig
+from .features import _face_rows
 from .sampling import sample_faceworld_attributes
 
 # Colours (RGB).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...facs import EXPRESSIONS, expression_prototype
+from ...value_checks import check_int
 from .config import (
     _AU,
     _PARTNERS,
@@ -170,8 +171,7 @@ def sample_faceworld_attributes(
     (4, 12)
     ```
     """
-    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 0:
-        raise ValueError(f"`num` must be a non-negative integer, got {num!r}.")
+    check_int("num", num, 0)
     config = config or FaceWorldConfig()
     rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
     action_units, label, clean_label, is_blend = _sample_expressions_and_action_units(num, rng, config)

@@ -1,5 +1,11 @@
-from .pipeline_feranno import FERAnnoPipeline, FERAnnoPipelineOutput
-from .pipeline_output import SynFEREditOutput, SynFERPipelineOutput
-from .pipeline_synfer import SynFERPipeline
+"""The SynFER pipelines, imported lazily so that `pipelines.synfer.options` loads no torch."""
 
-__all__ = ["FERAnnoPipeline", "FERAnnoPipelineOutput", "SynFEREditOutput", "SynFERPipeline", "SynFERPipelineOutput"]
+from ...lazy_imports import lazy_namespace
+
+_import_structure = {
+    "pipeline_feranno": ["FERAnnoPipeline", "FERAnnoPipelineOutput"],
+    "pipeline_output": ["SynFEREditOutput", "SynFERPipelineOutput"],
+    "pipeline_synfer": ["SynFERPipeline"],
+}
+
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _import_structure)

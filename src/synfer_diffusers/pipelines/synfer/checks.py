@@ -11,7 +11,7 @@ from typing import Any
 
 from ...facs import map_classifier_labels
 from .pipeline_output import OUTPUT_TYPES
-from .semantic_guidance import check_semantic_guidance_inputs
+from .options import check_semantic_guidance_inputs
 
 
 def is_number(value: Any) -> bool:

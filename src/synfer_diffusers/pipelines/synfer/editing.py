@@ -40,17 +40,14 @@ from .conditions import (
 )
 from .inversion import LayoutImageInput
 from .pipeline_output import SynFEREditOutput
-from .semantic_guidance import DEFAULT_SG_INTERVAL, DEFAULT_SG_WINDOW
+from .options import (
+    DEFAULT_EDIT_GUIDANCE_SCALE,
+    DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE,
+    DEFAULT_EDIT_STRENGTH,
+    DEFAULT_SG_INTERVAL,
+    DEFAULT_SG_WINDOW,
+)
 
-DEFAULT_EDIT_STRENGTH = 1.0
-DEFAULT_EDIT_GUIDANCE_SCALE = 2.0
-DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE = 12.0
-"""Defaults of [`EditingMixin.edit`] (and of edit sets), measured on FaceWorld (`benchmarks/eval_faceworld_editing.py`,
-10 faces x 7 expressions, 25 steps, the embedded default): strength 1.0, CFG 2 and semantic guidance 12 toward the
-target expression (where the pipeline has a guide; none without) beat the earlier CFG 3 without guidance on every
-measure (expression 83% vs 81% by the judge, identity attributes 67% vs 61%, L1 to the ground truth 0.050 vs 0.061).
-CFG 3 with guidance 12 changes the expression more often (93%) but keeps less of the person (56%); CFG 1 keeps the
-person (78-79%) but not the expression (53-60%); CFG 5 and strength 0.9 keep less of the person."""
 INVERSION_CONDITIONS = ("source", "null")
 """What [`EditingMixin.edit`] inverts the source under: its own condition (caption + its AUs) or the null condition
 (`""` + the null AU tokens)."""

@@ -31,7 +31,8 @@ from .editing import EditingMixin
 from .inversion import InversionMixin, LayoutImageInput
 from .pipeline_output import SynFERPipelineOutput
 from .sampling import SamplingMixin
-from .semantic_guidance import DEFAULT_SG_INTERVAL, DEFAULT_SG_WINDOW, SemanticGuidanceMixin
+from .options import DEFAULT_SG_INTERVAL, DEFAULT_SG_WINDOW
+from .semantic_guidance import SemanticGuidanceMixin
 
 logger = logging.getLogger(__name__)
 

@@ -27,11 +27,6 @@ from transformers.image_processing_utils import BaseImageProcessor
 from ...facs import EXPRESSIONS, classifier_logits_to_expressions, map_classifier_labels
 from .prediction import predicted_original_sample, variance_preserving_sample
 
-SG_NORMALIZATIONS = ("global", "per_token")
-SG_DECODES = ("guide_size", "full")
-DEFAULT_SG_WINDOW = (0.6, 1.0)
-DEFAULT_SG_INTERVAL = 2
-"""Defaults of `semantic_guidance_window` / `semantic_guidance_interval` (generation; edits always use them)."""
 
 
 # PIL resampling filter -> `F.interpolate` mode (Lanczos: bicubic, the closest); the others: bilinear
@@ -188,23 +183,6 @@ def frozen_parameters(*modules: torch.nn.Module | None) -> Iterator[None]:
     finally:
         for parameter, flag in zip(parameters, flags):
             parameter.requires_grad_(flag)
-
-
-def check_semantic_guidance_inputs(
-    scale: float, window: tuple[float, float], normalization: str, interval: int, decode: str
-) -> None:
-    """Raises a `ValueError` naming the first invalid semantic-guidance argument."""
-    if not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale >= 0):
-        raise ValueError(f"`semantic_guidance_scale` must be a finite number >= 0, got {scale!r}.")
-    bounds = tuple(window) if isinstance(window, (tuple, list)) else ()
-    if len(bounds) != 2 or not all(isinstance(w, (int, float)) and 0 <= w <= 1 for w in bounds) or bounds[0] >= bounds[1]:
-        raise ValueError(f"`semantic_guidance_window` must be (start, end) with 0 <= start < end <= 1, got {window!r}.")
-    if normalization not in SG_NORMALIZATIONS:
-        raise ValueError(f"`semantic_guidance_normalization` must be one of {SG_NORMALIZATIONS}, got {normalization!r}.")
-    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-        raise ValueError(f"`semantic_guidance_interval` must be an int >= 1, got {interval!r}.")
-    if decode not in SG_DECODES:
-        raise ValueError(f"`semantic_guidance_decode` must be one of {SG_DECODES}, got {decode!r}.")
 
 
 def semantic_guidance_steps(num_steps: int, window: tuple[float, float]) -> set[int]:

@@ -120,7 +120,7 @@ def test_edit_sets_guide_by_default_where_the_model_has_a_guide(tmp_path, faces)
         ({"layout_dataset": "x"}, r"an edit set does not use \['layout_dataset'\]"),
         ({"semantic_guidance_window": (0.5, 1.0)}, r"an edit set does not use \['semantic_guidance_window'\]"),
         ({"semantic_guidance_scale": 1.0}, "`semantic_guidance_scale` > 0 needs a `guidance_classifier`"),
-        ({"edit_strength": 0.0}, r"`edit_strength` must be in \(0, 1\]"),
+        ({"edit_strength": 0.0}, r"`edit_strength` must be a number in \(0, 1\]"),
         ({"num_samples": 5}, "`num_samples` 5 exceeds the edit set's 2 faces x 2 expressions = 4"),
     ],
 )

@@ -208,11 +208,11 @@ def test_au_vectors_from_a_dataset(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--num-samples", "0"], "`num_samples` must be an int >= 1"),
+        (["--num-samples", "0"], "`--num-samples` must be an int >= 1"),
         (["--expressions", "happy=0.7,sad=0.2"], "must sum to 1"),
-        (["--expressions", "joy=1"], "`expression_distribution` must be one of"),
+        (["--expressions", "joy=1"], "`--expressions` must be one of"),
         (["--expressions", "happy"], "`--expressions` must be"),
-        (["--push-to-hub", "not a repo"], "`push_to_hub`"),
+        (["--push-to-hub", "not a repo"], "`--push-to-hub`"),
     ],
 )
 def test_cli_reports_bad_input_in_one_line(argv, message, tmp_path, capsys):

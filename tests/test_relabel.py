@@ -205,8 +205,8 @@ def break_votes(folder):
     [
         (lambda f: None, ["--voter", "callable:no_such_module:f"], "could not be loaded as a callable voter"),
         (lambda f: None, ["--voter", "/no/such/classifier"], "could not be loaded as a classifier voter"),
-        (lambda f: None, ["--aggregation", "majority"], "`aggregation` must be one of"),
-        (lambda f: None, ["--agreement-threshold", "2"], "agreement_threshold"),
+        (lambda f: None, ["--aggregation", "majority"], "argument --aggregation: invalid choice: 'majority'"),
+        (lambda f: None, ["--agreement-threshold", "2"], "`--agreement-threshold` must be a number in [0, 1]"),
         (lambda f: (f / "plan.json").unlink(), [], "holds no plan.json: not a synthetic set"),
         (break_votes, [], "has no `votes` column"),
     ],

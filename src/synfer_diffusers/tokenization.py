@@ -26,6 +26,8 @@ from collections.abc import Iterable
 
 from transformers import CLIPTokenizer
 
+from .value_checks import check_int
+
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 END_OF_WORD = "</w>"
@@ -179,10 +181,8 @@ def train_clip_tokenizer(
     if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(f"`vocab_size` must be an int >= {MIN_VOCAB_SIZE} (512 byte symbols + 2 special tokens), "
                          f"got {vocab_size!r}.")  # fmt: skip
-    if not isinstance(model_max_length, int) or model_max_length < 2:
-        raise ValueError(f"`model_max_length` must be an int >= 2, got {model_max_length!r}.")
-    if not isinstance(min_frequency, int) or min_frequency < 1:
-        raise ValueError(f"`min_frequency` must be an int >= 1, got {min_frequency!r}.")
+    check_int("model_max_length", model_max_length, 2)
+    check_int("min_frequency", min_frequency, 1)
 
     merges = learn_bpe_merges(_count_words(corpus), vocab_size - MIN_VOCAB_SIZE, min_frequency)
     vocab = clip_vocab_from_merges(merges)

@@ -25,6 +25,7 @@ from huggingface_hub.utils import validate_repo_id
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from ..hub_utils import call_with_retries
+from ..value_checks import check_int
 from .writer import CARD_FILE, DATA_DIR, PLAN_FILE, SyntheticSetWriter
 
 logger = logging.getLogger(__name__)
@@ -83,8 +84,8 @@ def push_synthetic_dataset(
     ```
     """
     token = check_push_target(repo_id, token)
-    if max_commit_bytes < 1 or max_commit_files < 2:
-        raise ValueError("`max_commit_bytes` must be >= 1 and `max_commit_files` >= 2.")
+    check_int("max_commit_bytes", max_commit_bytes, 1)
+    check_int("max_commit_files", max_commit_files, 2)
     folder = Path(folder)
     writer = SyntheticSetWriter.from_folder(folder)
     if writer.pending_shards() or not (folder / CARD_FILE).is_file():

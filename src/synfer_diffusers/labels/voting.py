@@ -27,7 +27,7 @@ import torch
 from ..facs import EXPRESSIONS
 from .aggregation import aggregate
 from .config import VotingConfig
-from .voters import TARGET_VOTER, GivenVoter, TargetVoter, VoteBatch, Voter
+from .voters import GivenVoter, TargetVoter, VoteBatch, Voter
 
 __all__ = ["EnsembleVoter", "VotingConfig", "VotingResult"]
 

@@ -36,6 +36,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..facs import EXPRESSIONS, map_classifier_labels
+from ..value_checks import check_int, check_number
 from .feature_extraction import UNetFeatures, decoder_layout
 
 __all__ = ["FERAnnoHead", "FERAnnoHeadOutput", "ModelMixin"]
@@ -133,19 +134,15 @@ class FERAnnoHead(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"`feature_channels` must be a non-empty list of positive ints, got {feature_channels!r}."
             )
-        for name, value in (("num_attention_maps", num_attention_maps), ("num_fusion_layers", num_fusion_layers)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
+        for name, value in (("num_attention_maps", num_attention_maps), ("num_fusion_layers", num_fusion_layers),
+                            ("tokens_per_side", tokens_per_side)):  # fmt: skip
+            check_int(name, value, 1)
         if not isinstance(hidden_dim, int) or hidden_dim < 1 or hidden_dim % num_heads:
             raise ValueError(
                 f"`hidden_dim` must be a positive multiple of `num_heads` ({num_heads}), got {hidden_dim!r}."
             )
-        if not isinstance(tokens_per_side, int) or tokens_per_side < 1:
-            raise ValueError(f"`tokens_per_side` must be an int >= 1, got {tokens_per_side!r}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}.")
-        if not isinstance(timestep, int) or timestep < 0:
-            raise ValueError(f"`timestep` must be an int >= 0, got {timestep!r}.")
+        check_number("dropout", dropout, 0, 1, open_maximum=True)
+        check_int("timestep", timestep, 0)
         grid = tokens_per_side**2
         self.feature_proj = nn.ModuleList(nn.Conv2d(c, hidden_dim, kernel_size=1) for c in feature_channels)
         self.feature_norm = nn.LayerNorm(hidden_dim)

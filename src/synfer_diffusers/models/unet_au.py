@@ -38,6 +38,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2
 from torch import nn
 
 from ..facs import AUSpace
+from ..value_checks import check_int
 
 __all__ = [
     "AUAttnProcessor2_0",
@@ -374,8 +375,7 @@ class AUConditionedUNet2DConditionModel(UNet2DConditionModel):
             raise ValueError(f"`cross_attention_dim` must be one int for AU conditioning, got {cross_attention_dim}.")
         if encoder_hid_dim_type is not None:
             raise ValueError("`encoder_hid_dim_type` must be None: AU tokens take the place of added encoder tokens.")
-        if num_au_tokens < 1:
-            raise ValueError(f"`num_au_tokens` must be >= 1, got {num_au_tokens}.")
+        check_int("num_au_tokens", num_au_tokens, 1)
         space = AUSpace.from_config(au_space) if au_space is not None else AUSpace.disfa12()
         self.register_to_config(au_space=space.to_config())
         self._au_space = space

@@ -341,13 +341,25 @@ def _top_level_bindings(module: _Module) -> Iterator[tuple[str, Any]]:
 
 
 def _top_level_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
-    """Statements that run at import time, including those inside top-level `if`, `try` and `with` blocks."""
+    """Statements that run at import time, including those inside top-level `if`, `try` and `with` blocks (not
+    `if TYPE_CHECKING:` imports, which never run)."""
     for statement in body:
+        if _is_type_checking_block(statement):
+            continue
         yield statement
         if isinstance(statement, (ast.If, ast.Try, ast.With, ast.AsyncWith, ast.For, ast.While)):
             nested = [*statement.body, *getattr(statement, "orelse", []), *getattr(statement, "finalbody", [])]
             nested += [s for handler in getattr(statement, "handlers", []) for s in handler.body]
             yield from _top_level_statements(nested)
+
+
+def _is_type_checking_block(statement: ast.stmt) -> bool:
+    if not isinstance(statement, ast.If):
+        return False
+    test = statement.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _target_names(target: ast.expr) -> Iterator[str]:

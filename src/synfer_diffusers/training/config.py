@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -19,26 +18,8 @@ from torch import nn
 from transformers import HfArgumentParser
 
 from ..facs import EXPRESSIONS
+from ..value_checks import check_int, check_positive, check_probability
 from .checkpoints import resolve_checkpoint
-
-
-def check_positive(config: Any, *names: str, allow_zero: bool = False, allow_none: bool = False) -> None:
-    """Raises a `ValueError` naming the first field of `config` that is not > 0 (or >= 0 with `allow_zero`)."""
-    for name in names:
-        value = getattr(config, name)
-        if value is None and allow_none:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-            raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
-        if value < 0 or (value == 0 and not allow_zero):
-            raise ValueError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value!r}.")
-
-
-def check_probability(config: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"`{name}` must be a probability in [0, 1], got {value!r}.")
 
 
 def check_existing_path(config: Any, *names: str) -> None:
@@ -127,15 +108,15 @@ class TrainingConfig:
         for name in ("output_dir", "dataset_name", "dataset_split", "image_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"`{name}` must be a non-empty string, got {getattr(self, name)!r}.")
-        integers = ("resolution", "train_batch_size", "gradient_accumulation_steps", "num_train_epochs")
-        integers += ("checkpointing_steps", "validation_steps", "shuffle_buffer_size")
-        check_positive(self, *integers, "learning_rate")
-        check_positive(self, "lr_warmup_steps", "adam_weight_decay", "max_grad_norm", allow_zero=True)
-        check_positive(self, "dataloader_num_workers", allow_zero=True)
-        check_positive(self, "max_train_samples", "max_train_steps", "checkpoints_total_limit", allow_none=True)
-        for name in (*integers, "dataloader_num_workers"):
-            if not isinstance(getattr(self, name), int):
-                raise ValueError(f"`{name}` must be an integer, got {getattr(self, name)!r}.")
+        for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+                     "checkpointing_steps", "validation_steps", "shuffle_buffer_size"):  # fmt: skip
+            check_int(name, getattr(self, name), 1)
+        for name in ("max_train_samples", "max_train_steps", "checkpoints_total_limit"):
+            check_int(name, getattr(self, name), 1, optional=True)
+        check_int("lr_warmup_steps", self.lr_warmup_steps, 0)
+        check_int("dataloader_num_workers", self.dataloader_num_workers, 0)
+        check_positive(self, "learning_rate")
+        check_positive(self, "adam_weight_decay", "max_grad_norm", allow_zero=True)
         resolve_checkpoint(self.output_dir, self.resume_from_checkpoint)  # a named checkpoint must exist
 
 

@@ -5,23 +5,13 @@ keyword arguments without computing anything."""
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...facs import map_classifier_labels
-from .pipeline_output import OUTPUT_TYPES
+from ...value_checks import check_int, check_number
 from .options import check_semantic_guidance_inputs
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float, not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def is_count(value: Any) -> bool:
-    """An int >= 1, not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+from .pipeline_output import OUTPUT_TYPES
 
 
 def bind_call(method: Callable[..., Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,19 +43,15 @@ def check_sampling_inputs(
 ) -> None:
     """Raises a concise error naming the first invalid argument among those every sampling call of `pipe` (a
     [`SynFERPipeline`]) takes; `semantic_guidance` is `(scale, window, normalization, interval, decode)`."""
-    if not is_count(num_inference_steps):
-        raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
+    check_int("num_inference_steps", num_inference_steps, 1)
     if height % pipe.vae_scale_factor or width % pipe.vae_scale_factor:
         raise ValueError(
             f"`height` and `width` must be divisible by {pipe.vae_scale_factor} (the VAE scale), got {height}x{width}."
         )
-    if not is_number(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
-    if not is_number(au_scale):
-        raise ValueError(f"`au_scale` must be a finite number, got {au_scale!r}.")
+    check_number("guidance_scale", guidance_scale, 0)
+    check_number("au_scale", au_scale)
+    check_number("au_guidance_scale", au_guidance_scale, 0, optional=True)
     if au_guidance_scale is not None:
-        if not is_number(au_guidance_scale) or au_guidance_scale < 0:
-            raise ValueError(f"`au_guidance_scale` must be None or a finite number >= 0, got {au_guidance_scale!r}.")
         if pipe.au_space is None:
             raise ValueError("`au_guidance_scale` needs a UNet with an AU adapter (AUConditionedUNet2DConditionModel).")
     if output_type not in OUTPUT_TYPES:

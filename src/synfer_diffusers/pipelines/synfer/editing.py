@@ -26,7 +26,8 @@ from diffusers.utils import replace_example_docstring
 
 from ...annotators import AUEstimator
 from ...facs import EXPRESSIONS
-from .checks import bind_call, check_sampling_inputs, is_number
+from ...value_checks import check_number
+from .checks import bind_call, check_sampling_inputs
 from .conditions import (
     AUInput,
     EditBatch,
@@ -39,7 +40,6 @@ from .conditions import (
     plan_image_condition,
 )
 from .inversion import LayoutImageInput
-from .pipeline_output import SynFEREditOutput
 from .options import (
     DEFAULT_EDIT_GUIDANCE_SCALE,
     DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE,
@@ -47,6 +47,7 @@ from .options import (
     DEFAULT_SG_INTERVAL,
     DEFAULT_SG_WINDOW,
 )
+from .pipeline_output import SynFEREditOutput
 
 INVERSION_CONDITIONS = ("source", "null")
 """What [`EditingMixin.edit`] inverts the source under: its own condition (caption + its AUs) or the null condition
@@ -140,8 +141,7 @@ class EditingMixin:
             raise ValueError(
                 "Give a target: `target_expression`, `target_action_units` or `target_action_unit_delta`."
             )
-        if not is_number(edit_strength) or not 0 < edit_strength <= 1:
-            raise ValueError(f"`edit_strength` must be in (0, 1], got {edit_strength!r}.")
+        check_number("edit_strength", edit_strength, 0, 1, open_minimum=True)
         if round(num_inference_steps * edit_strength) < 1:
             raise ValueError(
                 f"`edit_strength` {edit_strength} of {num_inference_steps} `num_inference_steps` runs no step; "

@@ -25,6 +25,7 @@ from ...image_utils import resize_and_center_crop
 from ...models.feature_extraction import UNetFeatureRecorder, UNetFeatures
 from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
+from ...value_checks import check_int
 from ..hub_mixin import ModelCardPipelineMixin
 from .conditions import GeneratorInput
 
@@ -273,7 +274,7 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
         channels = self.unet.config.in_channels
         if latents.ndim != 4 or latents.shape[0] == 0 or latents.shape[1] != channels:
             raise ValueError(f"`latents` must have shape (N >= 1, {channels}, h, w), got {tuple(latents.shape)}.")
-        _check_batch_size(batch_size)
+        check_int("batch_size", batch_size, 1)
         noisy = self.prepare_noisy_latents(latents.to(self._execution_device), generator)  # (N, C, h, w)
         logits = []
         with self.progress_bar(total=-(-len(noisy) // batch_size)) as progress_bar:
@@ -340,7 +341,7 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
         Returns:
             [`FERAnnoPipelineOutput`] or `tuple`.
         """
-        _check_batch_size(batch_size)
+        check_int("batch_size", batch_size, 1)
         pixel_values = self.prepare_images(images)
         latents = torch.cat([self.encode_images(batch) for batch in pixel_values.split(batch_size)])  # (B, C, h, w)
         probabilities = self.latent_logits(latents, generator, batch_size).softmax(-1)  # (B, num_labels)
@@ -390,11 +391,6 @@ def randn_on_generator_device(
     first = generator[0] if isinstance(generator, list) else generator
     draw_device = device if first is None else first.device
     return randn_tensor(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
-
-
-def _check_batch_size(batch_size: Any) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
 
 
 def _array_to_tensor(array: np.ndarray) -> torch.Tensor:  # (B, 3, H, W) in [0, 1]

@@ -24,14 +24,15 @@ from ...loaders.au_adapter import AUAdapterLoaderMixin
 from ...models.feature_extraction import UNetFeatureRecorder
 from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
+from ...value_checks import check_int, check_number
 from ..hub_mixin import ModelCardPipelineMixin
-from .checks import bind_call, check_sampling_inputs, is_count, is_number
+from .checks import bind_call, check_sampling_inputs
 from .conditions import AUInput, GeneratorInput, per_image, plan_conditions, resolve_batch
 from .editing import EditingMixin
 from .inversion import InversionMixin, LayoutImageInput
+from .options import DEFAULT_SG_INTERVAL, DEFAULT_SG_WINDOW
 from .pipeline_output import SynFERPipelineOutput
 from .sampling import SamplingMixin
-from .options import DEFAULT_SG_INTERVAL, DEFAULT_SG_WINDOW
 from .semantic_guidance import SemanticGuidanceMixin
 
 logger = logging.getLogger(__name__)
@@ -403,8 +404,7 @@ class SynFERPipeline(
             semantic_guidance, guidance_label_mapping, label_with_feranno, feranno_label_mapping,
             callback_on_step_end_tensor_inputs,
         )  # fmt: skip
-        if not is_count(num_images_per_prompt):
-            raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}.")
+        check_int("num_images_per_prompt", num_images_per_prompt, 1)
         if action_units is not None and self.au_space is None:
             raise ValueError(
                 "`action_units` were given but the UNet has no AU adapter; use AUConditionedUNet2DConditionModel."
@@ -426,8 +426,7 @@ class SynFERPipeline(
                 )
         if layout_image is not None and latents is not None:
             raise ValueError("Pass either `latents` or `layout_image`, not both.")
-        if not is_number(layout_strength) or not 0 <= layout_strength <= 1:
-            raise ValueError(f"`layout_strength` must be in [0, 1], got {layout_strength!r}.")
+        check_number("layout_strength", layout_strength, 0, 1)
 
     def check_call(self, **kwargs: Any) -> None:
         """Checks the arguments of a call (`pipe.check_call(**kwargs)` for `pipe(**kwargs)`) without computing

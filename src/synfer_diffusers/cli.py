@@ -275,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of `synfer <command>` (its help, its flag table)."""
+    (subparsers,) = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    return subparsers.choices[command]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `synfer` console script; returns the exit code."""
     parser = build_parser()

@@ -31,6 +31,7 @@ __all__ = [
     "add_dataclass_arguments",
     "dataclass_values",
     "field_flag",
+    "flag_table",
     "name_flags",
 ]
 
@@ -171,3 +172,18 @@ def name_flags(message: str, flags: Mapping[str, str]) -> str:
     """`message` with each field of `flags` quoted in it (`` `expression_distribution` ``,
     `` `voter_weights['x']` ``) replaced by its flag (`` `--expressions` ``)."""
     return _FIELD_NAME.sub(lambda match: "`" + flags.get(match.group(1), match.group(1)), message)
+
+
+def flag_table(parser: argparse.ArgumentParser) -> str:
+    """A markdown table of `parser`'s arguments (flag and metavar, help with the default), as the README lists
+    them."""
+    rows = ["| flag | meaning |", "|---|---|"]
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        choices = "{" + ",".join(map(str, action.choices)) + "}" if action.choices else None
+        metavar = "" if action.nargs == 0 else f" {action.metavar or choices or action.dest.upper()}"
+        flag = (action.option_strings[0] if action.option_strings else "") + metavar
+        meaning = action.help.replace("%%", "%").replace("|", "\\|")
+        rows.append(f"| `{flag.strip()}` | {meaning} |")
+    return "\n".join(rows) + "\n"

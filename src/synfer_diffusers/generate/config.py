@@ -141,7 +141,8 @@ def parse_voter_weights(text: str) -> dict[str, float]:
 
 def voting_help(name: str, detail: str = "") -> str:
     """The help of a [`VotingConfig`] field, for the [`SyntheticSetConfig`] field that sets it."""
-    return f"Voting: {VotingConfig.__dataclass_fields__[name].metadata['help']}{detail}"
+    text = VotingConfig.__dataclass_fields__[name].metadata["help"]
+    return f"Voting: {text[0].lower()}{text[1:]}{detail}"
 
 
 def parse_label_mapping(text: str) -> dict[str, str | None]:

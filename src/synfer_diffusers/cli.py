@@ -127,6 +127,11 @@ class FaceWorldOptions(OutputOptions):
     )  # fmt: skip
 
 
+def _card_data(args: argparse.Namespace) -> dict[str, str] | None:
+    """The dataset card's metadata given on the command line (`--license`)."""
+    return {"license": args.license} if args.license else None
+
+
 def _add_command(
     subparsers: argparse._SubParsersAction, name: str, help: str, description: str, func: Callable[..., int],
     sections: Sequence[tuple[str | None, type, dict]],
@@ -163,7 +168,7 @@ def run_generate(args: argparse.Namespace) -> int:
         config, args.output_dir, model=args.model,
         voters=args.voters, batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite,
         push_to_hub=args.push_to_hub, token=args.token, private=args.private,
-        card_data={"license": args.license} if args.license else None, show_progress=not args.no_progress,
+        card_data=_card_data(args), show_progress=not args.no_progress,
         wait=args.wait,
     )  # fmt: skip
     if result.complete:
@@ -243,7 +248,7 @@ def run_build_fetext(args: argparse.Namespace) -> int:
     result = build_fetext_dataset(
         args.dataset, args.output_dir, config, split=args.split,
         max_samples=args.max_samples, source_name=args.source_name, batch_size=args.batch_size, resume=args.resume,
-        overwrite=args.overwrite, card_data={"license": args.license} if args.license else None,
+        overwrite=args.overwrite, card_data=_card_data(args),
         show_progress=not args.no_progress,
     )  # fmt: skip
     logger.info(

@@ -197,7 +197,7 @@ def test_text_to_image_lora_output_has_a_card(faceworld_dir, tmp_path):
     argv = [
         "--pretrained_model_name_or_path", str(stage_a), "--dataset_name", str(faceworld_dir),
         "--output_dir", str(tmp_path / "lora"), "--resolution", "16", "--train_batch_size", "4",
-        "--max_train_steps", "1", "--lora_rank", "4", "--validation_expressions", "happy",
+        "--max_train_steps", "1", "--rank", "4", "--validation_expressions", "happy",
         "--num_validation_identities", "1", "--validation_inference_steps", "1",
     ]  # fmt: skip
     load_example("train_text_to_image").main(argv)

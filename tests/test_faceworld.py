@@ -6,6 +6,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from huggingface_hub import DatasetCard  # noqa: E402
 
 from synfer_diffusers.data.faceworld import (  # noqa: E402
     AU_NAMES,

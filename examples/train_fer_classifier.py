@@ -45,7 +45,6 @@ from tqdm.auto import tqdm
 from transformers import (
     ConvNextConfig,
     ConvNextForImageClassification,
-    HfArgumentParser,
     MobileNetV2Config,
     MobileNetV2ForImageClassification,
     PreTrainedModel,
@@ -60,7 +59,7 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 
 from synfer_diffusers.facs import EXPRESSIONS, AUSpace
 from synfer_diffusers.hub_utils import write_model_card
-from synfer_diffusers.training import push_output_to_hub
+from synfer_diffusers.training import parse_config, push_output_to_hub
 
 TASKS = ("expression", "action_units")
 ARCHITECTURES = ("resnet", "convnext", "mobilenet_v2", "vit", "regnet")
@@ -487,7 +486,7 @@ def _headline(metrics: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Parses flags, checks the data, trains, evaluates and saves; returns the metrics."""
-    (config,) = HfArgumentParser(TrainFERConfig).parse_args_into_dataclasses(args=argv)
+    config = parse_config(TrainFERConfig, argv, description=__doc__.splitlines()[0])
     torch.set_num_threads(config.num_threads)
     splits = load_splits(config)  # every data error surfaces here, before training
     model, summary = train(config, splits)

@@ -1,4 +1,5 @@
-"""A Hugging Face Hub-compatible HTTP server for tests, standard library only (see docs/hf-notes.md).
+"""A Hugging Face Hub-compatible HTTP server for tests, standard library only (the endpoints the real clients call are
+listed below).
 
 It carries the real clients (`huggingface_hub`, `datasets`, `diffusers`) through what this package uses:
 `whoami-v2`, `repos/create` / `repos/delete`, `preupload` (parquet/safetensors/bin and large files answered as

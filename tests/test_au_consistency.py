@@ -5,7 +5,7 @@ and an estimator that cannot read the UNet's AUs is refused before training."""
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessorPil
 
 from synfer_diffusers import AUConditionedUNet2DConditionModel, AUSpace
 from synfer_diffusers.tiny import make_tiny_components
@@ -27,7 +27,7 @@ def estimator_dir(tmp_path_factory):
     """A tiny AU regressor over DISFA-12 in reversed order (the loss must map outputs by name) with its processor."""
     path = tmp_path_factory.mktemp("au_estimator")
     tiny_estimator(list(reversed(AUSpace.disfa12().names))).save_pretrained(path)
-    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(path)
     return path
 
 
@@ -95,7 +95,7 @@ def test_script_records_the_consistency_loss_and_resume_repeats_it(
 def test_an_estimator_that_cannot_read_the_unets_aus_is_refused(faceworld_dir, stage_a_dir, tmp_path):  # noqa: F811
     other = tmp_path / "occurrence_estimator"
     tiny_estimator(["AU1", "AU2", "AU99"]).save_pretrained(other)
-    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(other)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(other)
     settings = consistency_settings(faceworld_dir, stage_a_dir, other)
     (tmp_path / "out").mkdir()
     assert_fails_before_training("train_au_adapter", tmp_path / "out", settings, r"`au_estimator` cannot read")

@@ -245,7 +245,7 @@ def test_text_to_image_lora_output_has_a_card(faceworld_dir, tmp_path):
     argv = [
         "--pretrained_model_name_or_path", str(stage_a), "--dataset_name", str(faceworld_dir),
         "--output_dir", str(tmp_path / "lora"), "--resolution", "16", "--train_batch_size", "4",
-        "--max_train_steps", "1", "--lora_rank", "4", "--validation_expressions", "happy",
+        "--max_train_steps", "1", "--rank", "4", "--validation_expressions", "happy",
         "--num_validation_identities", "1", "--validation_inference_steps", "1",
     ]  # fmt: skip
     load_example("train_text_to_image").main(argv)
@@ -301,15 +301,16 @@ def test_synthetic_dataset_card(tiny_components, tmp_path, sd15_finetune):
     assert metadata["task_categories"] == ["image-classification", "text-to-image"]
     assert metadata["size_categories"] == ["n<1K"] and {"synfer", "synthetic"} <= set(metadata["tags"])
     assert metadata["configs"][0]["data_files"] == [{"split": "train", "path": "data/train-*"}]
-    assert metadata["dataset_info"]["splits"][0]["num_examples"] == 2 and "source_datasets" not in metadata
+    assert metadata["dataset_info"]["splits"][0]["num_examples"] == 2 and metadata["source_datasets"] == ["original"]
     assert metadata["license"] == SD15_LICENSE
+    assert "## Who is in the data\n\nSynthetic persons only" in text
     assert f"`{tmp_path / 'model'}` is released under `{SD15_LICENSE}`" in text
 
     # The card fields of this plan: the generating model's licence; Hub AU datasets as source datasets.
     writer = SyntheticSetWriter.from_folder(out)
     plan = {**writer.plan, "au_policy": "dataset", "au_dataset": "user/aus", "au_source": {"name": "user/aus"}}
     card = writer.render_card(card_fields(plan, TargetLabeler(), None))
-    assert card.data.license == SD15_LICENSE and card.data.source_datasets == ["user/aus"]
+    assert card.data.license == SD15_LICENSE and card.data.source_datasets == ["original", "extended|user/aus"]
 
 
 def test_fetext_dataset_card_inherits_the_source_licence(faceworld_dir, tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+import fork_server
 from synfer_diffusers.generate import SyntheticSetConfig, generate_synthetic_dataset
 
 SMALL = {"num_inference_steps": 2, "height": 16, "width": 16}
@@ -100,4 +101,6 @@ def folder_snapshot(folder) -> dict[str, str] | None:
 
 
 def run_cli(args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, **kwargs)
+    """`args` run with [`subprocess_env`], output captured as text; by a pre-imported `fork_server` (a process of
+    its own without an interpreter start-up) when `args[0]` is `sys.executable`."""
+    return fork_server.run(args, env=subprocess_env(), capture_output=True, text=True, **kwargs)

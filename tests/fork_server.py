@@ -10,15 +10,19 @@ its exit status (`-N` for signal N), so a test can `kill -9` a real process at a
 `-signal.SIGKILL`.
 
 What the modules read from the environment at import time (the HF libraries' endpoint, cache folders and offline
-switches, OpenMP's thread count) is fixed in a server: [`ForkServer.for_env`] keeps one server per environment
-(every variable but `SYNFER_*` ones, read at call time, and pytest's `PYTEST_*`), so a command sees what a fresh
-interpreter with its environment would.
+switches) is fixed in a server: [`ForkServer.for_env`] keeps one server per environment (every variable but
+`SYNFER_*` and `GRADIO_*` ones, read at call time, pytest's `PYTEST_*`, `PYTHONPATH`, put on `sys.path` as the
+interpreter does, and `OMP_NUM_THREADS`), so a command sees what a fresh interpreter with its environment would. A server runs no torch operation (OpenMP has started no thread when it
+forks) and starts without `OMP_NUM_THREADS`; a command's `OMP_NUM_THREADS` is set by `torch.set_num_threads`.
 
     process = Popen([sys.executable, "-m", "synfer_diffusers.cli", ...], env=env, stdout=PIPE, stderr=PIPE)
     result = run([sys.executable, script, ...], env=env, capture_output=True, text=True, timeout=300)
 
-A command whose first argument is not `sys.executable`, or that runs `-m torch.distributed.run`'s workers, starts
-its own interpreters as before.
+A launcher that starts its workers itself (`torchrun`) gets them forked when it runs `python fork_server.py --exec
+ARGS...` instead of `python ARGS...`, with [`launcher_env`]: that relay (no heavy import) has its `python ARGS...`
+forked by the launcher's server, with the relay's stdio, folder and environment (the launcher's `RANK`,
+`MASTER_PORT`, ...), forwards SIGTERM / SIGINT to it and exits as it did. A command whose first argument is not
+`sys.executable` starts its own interpreter as before.
 """
 
 from __future__ import annotations
@@ -39,9 +43,16 @@ from pathlib import Path
 
 PRELOAD = ("torch", "numpy", "PIL.Image", "transformers", "diffusers", "datasets", "synfer_diffusers.cli")
 """Modules a server imports before it serves (the package and the HF stack: nearly all of a start-up)."""
+BASE = ("torch", "numpy", "PIL.Image", "pyarrow", "pandas", "scipy", "safetensors.torch")
+"""Modules that read no `HF_*` variable: for commands whose HF variables differ from test to test (a Hub client's
+endpoint and `HF_HOME`), which import the HF stack themselves."""
 PIPE, DEVNULL, STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
-_CALL_TIME_ENV = ("SYNFER_", "PYTEST_")
+_SOCKET_ENV = "FORK_SERVER_SOCKET"
+"""The socket of the server of a relay (`python fork_server.py --exec ARGS`)."""
+_CALL_TIME_ENV = ("SYNFER_", "PYTEST_", "OMP_NUM_THREADS", "GRADIO_", "PYTHONPATH", _SOCKET_ENV)
 """Prefixes of variables read at call time, not import time: they do not select a server."""
+_HF_ENV = ("HF_", "HUGGINGFACE_")
+"""Prefixes of the HF libraries' variables: they select no [`BASE`] server."""
 
 
 class ForkServer:
@@ -49,18 +60,21 @@ class ForkServer:
 
     _servers: dict[tuple[tuple[str, str], ...], ForkServer] = {}
 
-    def __init__(self, env: dict[str, str], preload: tuple[str, ...] = PRELOAD):
-        self.socket_path = os.path.join(tempfile.mkdtemp(prefix="fork_server_"), "socket")
-        self.process = subprocess.Popen([sys.executable, __file__, self.socket_path, *preload], env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    def __init__(self, env: dict[str, str] | None, preload: tuple[str, ...] = PRELOAD, socket_path: str | None = None):
+        """Starts a server with `env` importing `preload`, or (`env=None`) connects to the one at `socket_path`."""
+        self.socket_path = socket_path or os.path.join(tempfile.mkdtemp(prefix="fork_server_"), "socket")
+        self.process = None if env is None else subprocess.Popen(
+            [sys.executable, __file__, self.socket_path, *preload], env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE)  # fmt: skip
         self._ready = threading.Lock()
-        self._started = False
+        self._started = env is None
 
     @classmethod
-    def for_env(cls, env: dict[str, str]) -> ForkServer:
-        key = tuple(sorted((k, v) for k, v in env.items() if not k.startswith(_CALL_TIME_ENV)))
+    def for_env(cls, env: dict[str, str], preload: tuple[str, ...] = PRELOAD) -> ForkServer:
+        call_time = _CALL_TIME_ENV + (_HF_ENV if preload == BASE else ())
+        key = (preload, tuple(sorted((k, v) for k, v in env.items() if not k.startswith(call_time))))
         if key not in cls._servers:
-            cls._servers[key] = cls(dict(key))
+            cls._servers[key] = cls(dict(key[1]), preload)
         return cls._servers[key]
 
     def connect(self) -> socket.socket:
@@ -80,6 +94,11 @@ class ForkServer:
         self.process.wait()
 
 
+def launcher_env(env: dict[str, str], preload: tuple[str, ...] = PRELOAD) -> dict[str, str]:
+    """`env` with the socket of its server, for a launcher whose workers run `python fork_server.py --exec ARGS`."""
+    return {**env, _SOCKET_ENV: ForkServer.for_env(env, preload).socket_path}
+
+
 @atexit.register
 def _stop_servers() -> None:
     for server in ForkServer._servers.values():
@@ -89,9 +108,11 @@ def _stop_servers() -> None:
 class Popen:
     """A [`subprocess.Popen`] look-alike for `[sys.executable, ...]` commands run by a [`ForkServer`]: `pid`,
     `args`, `returncode`, `stdin` / `stdout` / `stderr` (for `PIPE`), `poll`, `wait`, `communicate`,
-    `send_signal`, `kill`, `terminate`."""
+    `send_signal`, `kill`, `terminate`; `preload` selects the server's modules ([`PRELOAD`] or [`BASE`]), or
+    `server` is the one to use."""
 
-    def __init__(self, args, env=None, cwd=None, stdin=None, stdout=None, stderr=None, text=False):
+    def __init__(self, args, env=None, cwd=None, stdin=None, stdout=None, stderr=None, text=False, preload=PRELOAD,
+                 server: ForkServer | None = None):  # fmt: skip
         if args[0] != sys.executable:
             raise ValueError(f"only `sys.executable` commands can be forked, not {args[0]!r}")
         self.args, self.returncode = list(args), None
@@ -100,7 +121,7 @@ class Popen:
         ours, theirs = [], []
         for name, spec, mode in (("stdin", stdin, "w"), ("stdout", stdout, "r"), ("stderr", stderr, "r")):
             theirs.append(self._child_fd(spec, mode, name, ours, theirs, text))
-        self._connection = ForkServer.for_env(env).connect()
+        self._connection = (server or ForkServer.for_env(env, preload)).connect()
         request = json.dumps({"argv": self.args[1:], "env": env, "cwd": os.fspath(cwd or os.getcwd())}).encode()
         socket.send_fds(self._connection, [struct.pack("!Q", len(request))], theirs)
         self._connection.sendall(request)
@@ -219,6 +240,19 @@ def run(args, *, input=None, capture_output: bool = False, timeout: float | None
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
 
+def _relay(argv: list[str]) -> None:
+    """`python fork_server.py --exec ARGS...`: `python ARGS...` forked by the server of `$FORK_SERVER_SOCKET`."""
+    process = Popen([sys.executable, *argv], stdin=0, stdout=1, stderr=2,
+                    server=ForkServer(None, socket_path=os.environ[_SOCKET_ENV]))  # fmt: skip
+    for forwarded in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(forwarded, lambda number, frame: process.send_signal(number))
+    code = process.wait()
+    if code < 0:  # killed by a signal: so is the relay
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
+
+
 # The server side: `python fork_server.py SOCKET MODULE...`.
 
 
@@ -281,6 +315,8 @@ def _command(request: dict, fds: list[int]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    if "OMP_NUM_THREADS" in os.environ and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     code = _exit_code(_run_argv, request["argv"])
     sys.stdout.flush()
     sys.stderr.flush()
@@ -291,6 +327,7 @@ def _run_argv(argv: list[str]) -> None:
     import runpy
     import types
 
+    sys.path[1:1] = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
     if argv[0] == "-m":
         sys.argv, sys.path[0] = argv[1:], os.getcwd()
         sys.modules.pop(argv[1], None)  # preloaded; as in a fresh interpreter, it runs once, as `__main__`
@@ -326,4 +363,4 @@ def _exit_code(function, *args) -> int:
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1], sys.argv[2:])
+    _relay(sys.argv[2:]) if sys.argv[1] == "--exec" else _serve(sys.argv[1], sys.argv[2:])

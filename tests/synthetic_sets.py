@@ -100,7 +100,7 @@ def folder_snapshot(folder) -> dict[str, str] | None:
             for p in sorted(folder.rglob("*"))}  # fmt: skip
 
 
-def run_cli(args, **kwargs) -> subprocess.CompletedProcess:
-    """`args` run with [`subprocess_env`], output captured as text; by a pre-imported `fork_server` (a process of
-    its own without an interpreter start-up) when `args[0]` is `sys.executable`."""
-    return fork_server.run(args, env=subprocess_env(), capture_output=True, text=True, **kwargs)
+def run_cli(args, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """`args` run with `env` (default [`subprocess_env`]), output captured as text; by a pre-imported `fork_server`
+    (a process of its own without an interpreter start-up) when `args[0]` is `sys.executable`."""
+    return fork_server.run(args, env=env or subprocess_env(), capture_output=True, text=True, **kwargs)

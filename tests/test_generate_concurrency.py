@@ -158,11 +158,12 @@ def test_locks_exclude_a_second_run_and_share_between_hand_split_parts(tmp_path)
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_split_the_shards(reference, tmp_path):
-    """Two real processes (`torchrun --nproc_per_node 2`): each writes its own shards, the set equals one process's."""
+    """Two real processes (`torchrun --nproc_per_node 2`): each writes its own shards, the set equals one process's.
+    The launcher and its two workers are forks of a `fork_server` (the workers through its `--exec` relay)."""
     folder = tmp_path / "set"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "synfer_diffusers.cli", *cli_command(folder)[3:]]  # fmt: skip
-    result = run_cli(command, timeout=400)
+               fork_server.__file__, "--exec", "-m", "synfer_diffusers.cli", *cli_command(folder)[3:]]  # fmt: skip
+    result = run_cli(command, env=fork_server.launcher_env(subprocess_env()), timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Process 1/2: 2 of its 2 shards to write." in result.stderr  # shards 0 and 2
     assert "Process 2/2: 1 of its 1 shards to write." in result.stderr  # shard 1

@@ -40,7 +40,13 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTImageProcessorPil,
+)
 
 from synfer_diffusers import (
     EXPRESSIONS,
@@ -111,7 +117,7 @@ def build_components(
     guide_config.id2label = EXPRESSIONS.id2label
     guide_config.label2id = EXPRESSIONS.label2id
     guide = ResNetForImageClassification(guide_config).eval()
-    processor = ViTImageProcessor(size={"height": guide_size, "width": guide_size})
+    processor = ViTImageProcessorPil(size={"height": guide_size, "width": guide_size})
     cast = {k: v.to(config.dtype) if isinstance(v, torch.nn.Module) else v for k, v in components.items()}
     head = FERAnnoHead.from_unet(cast["unet"]).to(config.dtype)
     return cast, base_unet.to(config.dtype).eval(), guide.to(config.dtype), processor, head

@@ -164,7 +164,7 @@ def sd15_rows(steps: int, workdir: Path, lora_rank: int) -> dict:
     data = write_image_dataset(workdir / "sd15-data", 16, 512)
     argv = fine_tune_argv(data, model, workdir / "sd15-out", 512, steps, 1, 1)
     argv += ["--gradient_checkpointing", "--snr_gamma", "5.0", "--text_dropout_prob", "0.1"]
-    argv += ["--lora_rank", str(lora_rank)] if lora_rank else []
+    argv += ["--rank", str(lora_rank)] if lora_rank else []
     measured = run_measured(ROOT / "examples" / "train_text_to_image.py", argv)
     return {"sd15_recipe": {"steps": steps, "lora_rank": lora_rank, **measured}}
 
@@ -222,7 +222,7 @@ def cache_rows(model_kind: str, resolution: int, steps: int, batch: int, workdir
     if model_kind == "sd15":
         model, extra = (
             save_sd15_size_pipeline(workdir / "cache-model"),
-            ["--gradient_checkpointing", "--lora_rank", "4"],
+            ["--gradient_checkpointing", "--rank", "4"],
         )
     else:
         model, extra = save_tiny_stable_diffusion(workdir / "cache-model"), []

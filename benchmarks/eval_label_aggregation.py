@@ -8,7 +8,13 @@ committed measurement models (neither shaped the images or voted). `--downstream
 (the first N images, `--seeds`) for FERAnno, vote and Dawid-Skene labels, tested on hard real test faces' true
 labels.
 
+`--voter KIND:SPEC` (repeatable, as `synfer relabel --voter`) adds voters to a copy of the set with
+`relabel_synthetic_dataset` (run once on the stored images, their votes stored like the others) and reports, from the
+copy's stored votes, each aggregation with every voter and without the guide (the voters of a semantically guided
+set, on which the guide does not vote), so a new voter is measured before it joins the default.
+
     python benchmarks/eval_label_aggregation.py --run-dir runs/labels --num-samples 500 --downstream
+    python benchmarks/eval_label_aggregation.py --run-dir runs/labels --voter classifier:runs/voter_convnext
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from suite.common import FULL, LABEL_SOURCES, load_real, load_script, run_classifiers, summarise_runs, write_json
-from suite.downstream import DownstreamRow, labelled_set, training_data, write_set
+from suite.downstream import DownstreamRow, labelled_set, load_synthetic_set, training_data, voted_labels, write_set
 from suite.hard_regime import JUDGES, agreement_with_judges, hard_set_config
 from suite.prerequisites import MEASUREMENT_MODELS, World, ensure_faceworld
 
@@ -36,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-samples", type=int, default=500, help="Images of the hard synthetic set.")
     parser.add_argument("--downstream", action="store_true", help="Also train table 5's classifier at 1x.")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(FULL.seeds), help="Classifier seeds.")
+    parser.add_argument("--voter", action="append", default=[], help="A voter to add (`synfer relabel --voter`).")
     parser.add_argument("--output", default=str(BENCHMARKS / "results" / "label_aggregation.json"))
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
@@ -58,11 +66,38 @@ def main(argv: list[str] | None = None) -> dict:
         "label_agreement_with_judges": agreement_with_judges(synthetic, run_dir, fer),
         "changed_from_target": {s: float((synthetic[s] != synthetic["target"]).mean()) for s in LABEL_SOURCES},
     }
+    if args.voter:
+        results["added_voters"] = added_voter_rows(path, work, args.voter, synthetic, run_dir, fer)
     if args.downstream:
         results["downstream"] = downstream(config, run_dir, work, synthetic, args.num_samples, fer)
     write_json(Path(args.output), results)
     print(json.dumps(results, indent=2))
     return results
+
+
+def added_voter_rows(path: Path, work: Path, voters: list[str], synthetic: dict, run_dir: Path, fer) -> dict:
+    """Agreement with both judges, and the share changed from the target, of each aggregation of a copy of the set
+    with `voters` added, with every voter and without the guide."""
+    from synfer_diffusers.generate.relabel import relabel_synthetic_dataset
+
+    copy = work / f"{path.name}_plus_{len(voters)}_voters"
+    if not (copy / "README.md").exists() or (copy / "relabel.journal.json").exists():
+        if not copy.exists():
+            shutil.copytree(path, copy)
+        relabel_synthetic_dataset(copy, voters=voters)  # resumable: a rerun after a kill finishes the same rewrite
+    stored = load_synthetic_set(copy)
+    names = tuple(vote["voter"] for vote in stored["votes"][0])
+    subsets = {"all": names, "without guide": tuple(name for name in names if name != "guide")}
+    labels = {"target": stored["target"], "feranno": synthetic["feranno"], "image": stored["image"]}
+    for subset, members in subsets.items():
+        for aggregation in ("paper", "dawid_skene"):
+            labels[f"{aggregation} ({subset})"] = voted_labels(stored["votes"], stored["target"], aggregation, members)
+    sources = [key for key in labels if key != "image"]
+    return {
+        "voters": list(names),
+        "label_agreement_with_judges": agreement_with_judges(labels, run_dir, fer, sources),
+        "changed_from_target": {s: float((labels[s] != labels["target"]).mean()) for s in sources},
+    }
 
 
 def downstream(config, run_dir: Path, work: Path, synthetic: dict, num: int, fer) -> list[dict]:

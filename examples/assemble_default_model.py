@@ -12,6 +12,13 @@ and rewrites its card, whose Training section gains the estimator's AU MAE on Fa
 
     python examples/assemble_default_model.py --add_au_estimator --au_estimator runs/au_estimator
 
+`--add_voter NAME=PATH` adds an expression classifier (`train_fer_classifier.py --task expression`) as a voter of
+`synfer generate`: saved (safetensors, with its image processor) to the checkpoint's `voters/NAME/`, which
+`checkpoint_voters` reads, and named in the card's Training section with its model family and its accuracy on
+FaceWorld test faces (no other file changes):
+
+    python examples/assemble_default_model.py --add_voter regnet=runs/voter_regnet
+
 `--card_only` rewrites only the card (`README.md`) of the checkpoint already in `--output_dir`, from the package's
 current template, keeping its Training and Evaluation sections unless `--training` / `--evaluation` are given; the
 weights are not touched:
@@ -112,6 +119,50 @@ def with_au_estimator(training: str, path: str) -> str:
     return f"{kept} {au_estimator_sentence(path)}"
 
 
+def voter_sentence(name: str, path: str) -> str:
+    """The card's sentence on the voter `name` from `path` (a `train_fer_classifier.py --task expression` folder),
+    with its family and its accuracy on clean FaceWorld test labels from its `metrics.json`."""
+    with open(os.path.join(path, "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(path, "training_config.json")) as f:
+        recipe = json.load(f)
+    accuracy = metrics["test"]["original"]["clean_labels"]
+    return (
+        f"Voter `{name}` of `synfer generate` (`voters/{name}`: transformers {metrics['architecture']}, "
+        f"{metrics['num_parameters']:,} parameters, {metrics['steps']} steps, seed {recipe['seed']}, trained on "
+        f"`{os.path.basename(recipe['dataset_name'].rstrip('/'))}`; {accuracy['accuracy']:.1%} on "
+        f"{accuracy['num_samples']} clean FaceWorld test labels)."
+    )
+
+
+def with_voter(training: str, name: str, path: str) -> str:
+    """`training` (a card's Training text) with the sentence on voter `name`, replacing an earlier one."""
+    kept = re.sub(rf" ?Voter `{re.escape(name)}` of `synfer generate`.*?test labels\)\.", "", training)
+    return f"{kept} {voter_sentence(name, path)}"
+
+
+def add_voter(folder: str, spec: str) -> None:
+    """Adds the voter of `spec` (`NAME=PATH`, `--add_voter`) to the checkpoint in `folder`: the classifier and its
+    image processor saved into `voters/NAME/` through a staging folder, and its sentence in the card."""
+    name, _, path = spec.partition("=")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path:
+        raise ValueError(f"`add_voter` must be NAME=PATH with a plain folder name, got {spec!r}.")
+    model = AutoModelForImageClassification.from_pretrained(path)
+    if list(model.config.id2label.values()) != list(EXPRESSIONS):
+        raise ValueError(f"`add_voter` {path!r}: its labels {list(model.config.id2label.values())} are not "
+                         f"{list(EXPRESSIONS)}.")  # fmt: skip
+    target = os.path.join(folder, "voters", name)
+    staging = f"{target}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    AutoImageProcessor.from_pretrained(path).save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    with open(os.path.join(folder, "README.md"), encoding="utf-8") as f:
+        current = f.read()
+    rewrite_card(folder, with_voter(card_section(current, "Training") or "", name, path), None)
+
+
 AU_ESTIMATOR_COMPONENTS = ("au_estimator", "au_estimator_image_processor")
 
 
@@ -194,6 +245,8 @@ def main(argv: list[str] | None = None) -> str:
                         "--pipeline, or with --add_au_estimator)")  # fmt: skip
     parser.add_argument("--add_au_estimator", action="store_true",
                         help="add --au_estimator to --output_dir's checkpoint, leaving its other components")  # fmt: skip
+    parser.add_argument("--add_voter", metavar="NAME=PATH",
+                        help="add an expression classifier folder as the voter NAME of --output_dir's checkpoint")  # fmt: skip
     parser.add_argument("--card_only", action="store_true", help="rewrite only the card of --output_dir's checkpoint")
     parser.add_argument("--evaluation", default=None, help="JSON of benchmarks/eval_faceworld_generation.py")
     parser.add_argument("--training", default=None, help="text for the card's Training section")
@@ -206,6 +259,10 @@ def main(argv: list[str] | None = None) -> str:
         rewrite_card(args.output_dir, args.training, evaluation_markdown(args.evaluation))
         print(f"Wrote {args.output_dir}/README.md")
         return args.output_dir
+    if args.add_voter:
+        add_voter(args.output_dir, args.add_voter)
+        print(f"Added voter {args.add_voter} to {args.output_dir} ({folder_size_mb(args.output_dir):.1f} MB)")
+        return args.output_dir
     if args.add_au_estimator:
         if args.au_estimator is None:
             parser.error("--add_au_estimator needs --au_estimator")
@@ -214,7 +271,7 @@ def main(argv: list[str] | None = None) -> str:
         return args.output_dir
     missing = [f"--{name}" for name in ("pipeline", "guide", "feranno", "au_estimator") if getattr(args, name) is None]
     if missing:
-        parser.error(f"{', '.join(missing)} required (unless --card_only or --add_au_estimator)")
+        parser.error(f"{', '.join(missing)} required (unless --card_only, --add_au_estimator or --add_voter)")
 
     pipe = SynFERPipeline.from_pretrained(args.pipeline)
     head = FERAnnoPipeline.from_pretrained(args.feranno).head

@@ -31,6 +31,8 @@ The output folder is a `SynFERPipeline` (AU UNet) that `SynFERPipeline.from_pret
 mixed-precision dtype while what trains stays in float32 (`cast_training_params`). `--cache_latents` encodes
 the images with the VAE once (a cache keyed by dataset, resolution and VAE, shared with stage A). Rerun with
 `--resume_from_checkpoint latest` after a kill to continue from the newest checkpoint with the same losses.
+diffusers' options keep their meaning (see `train_text_to_image.py`); `--prediction_type` also changes the saved
+scheduler.
 
 FaceWorld on a 2-core CPU (after stage A in `runs/stage_a`; ~20 min):
 
@@ -60,7 +62,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from diffusers import DDPMScheduler
 from diffusers.training_utils import cast_training_params
 from torch import nn
 
@@ -74,6 +75,7 @@ from synfer_diffusers.training import (
     TrainingSummary,
     add_training_noise,
     add_unet_lora,
+    apply_unet_memory_options,
     check_existing_path,
     check_positive,
     check_probability,
@@ -94,6 +96,7 @@ from synfer_diffusers.training import (
     tokenize_captions,
     training_card_text,
     training_latents,
+    training_noise_scheduler,
     validate_action_units_column,
 )
 
@@ -115,7 +118,7 @@ class AUAdapterTrainingConfig(DiffusionTrainingConfig):
         default="frozen",
         metadata={"help": "Besides the adapter: nothing (the paper), a LoRA on the base UNet (FineFace), or all."},
     )
-    lora_rank: int = field(default=4, metadata={"help": "LoRA rank for `--unet_training lora`."})
+    rank: int = field(default=4, metadata={"help": "LoRA rank for `--unet_training lora` (was `--lora_rank`)."})
     au_dropout_prob: float = field(default=0.05, metadata={"help": "Probability of dropping only the AUs."})
     both_dropout_prob: float = field(default=0.05, metadata={"help": "Probability of dropping text and AUs."})
     au_noise_std: float = field(default=0.2, metadata={"help": "AU smoothing: std of the Gaussian noise."})
@@ -147,7 +150,7 @@ class AUAdapterTrainingConfig(DiffusionTrainingConfig):
         super().__post_init__()
         if is_local_path(self.pretrained_model_name_or_path):
             check_existing_path(self, "pretrained_model_name_or_path")
-        check_positive(self, "num_au_tokens", "lora_rank")
+        check_positive(self, "num_au_tokens", "rank")
         check_positive(self, "au_encoder_hidden_dim", allow_none=True)
         check_positive(self, "au_noise_std", allow_zero=True)
         check_probability(self, "au_dropout_prob", "both_dropout_prob", "au_noise_prob", "au_round_prob")
@@ -182,7 +185,12 @@ class AUDenoiser(nn.Module):
 
 
 def load_stage_a(config: AUAdapterTrainingConfig) -> SynFERPipeline:
-    pipe = SynFERPipeline.from_pretrained(config.pretrained_model_name_or_path)
+    """The stage-A pipeline (`--revision` / `--variant`), its scheduler predicting `--prediction_type` if given."""
+    pipe = SynFERPipeline.from_pretrained(
+        config.pretrained_model_name_or_path, revision=config.revision, variant=config.variant
+    )
+    if config.prediction_type:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=config.prediction_type)
     has_adapter = isinstance(pipe.unet, AUConditionedUNet2DConditionModel)
     if has_adapter and not config.continue_adapter:
         raise ValueError(
@@ -215,7 +223,7 @@ def configure_trainable(unet: AUConditionedUNet2DConditionModel, config: AUAdapt
         return
     unet.freeze_base()
     if config.unet_training == "lora":
-        add_unet_lora(unet, config.lora_rank, config.lora_alpha)  # peft freezes all but LoRA: unfreeze the adapter
+        add_unet_lora(unet, config.rank, config.lora_alpha)  # peft freezes all but LoRA: unfreeze the adapter
         for param in unet.trainable_au_parameters():
             param.requires_grad_(True)
 
@@ -227,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     dataset = load_train_split(
         config,
         {
-            config.text_column: "captions (--text_column)",
+            config.caption_column: "captions (--caption_column)",
             config.au_column: f"{au_space.num_aus} AU values per row (--au_column)",
         },
         accelerator.num_processes,
@@ -240,12 +248,11 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
             f"`resolution` {config.resolution} differs from the stage-A model's "
             f"{pipe.unet.config.sample_size * pipe.vae_scale_factor} px."
         )
-    transform = ExampleTransform(
-        config.image_column, config.resolution, text_column=config.text_column, tokenizer=tokenizer,
-        au_column=config.au_column, au_space=au_space,
-    )  # fmt: skip
+    transform = ExampleTransform.from_config(
+        config, text_column=config.caption_column, tokenizer=tokenizer, au_column=config.au_column, au_space=au_space
+    )
     empty_ids = tokenize_captions(tokenizer, [""])
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # stage A's schedule, for training
+    noise_scheduler = training_noise_scheduler(pipe.scheduler.config)  # stage A's schedule, for training
 
     unet = build_au_unet(pipe, au_space, config)
     consistency = None
@@ -257,8 +264,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     if config.unet_training != "full":  # the frozen base in the mixed-precision dtype, what trains in float32
         unet.to(dtype=frozen_weight_dtype(accelerator))
         cast_training_params(unet, dtype=torch.float32)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+    apply_unet_memory_options(unet, config)
     vae.requires_grad_(False).to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
     text_encoder.requires_grad_(False).to(accelerator.device, dtype=frozen_weight_dtype(accelerator))
     batches = diffusion_training_batches(dataset, transform, config, accelerator, vae)
@@ -276,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
         )
         input_ids = drop_captions(batch["input_ids"], drop_text, empty_ids).to(accelerator.device)
         latents = training_latents(batch, vae, random)  # (B, C, h, w)
-        noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, random)
+        noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, random, config.noise_offset)
         with torch.no_grad():
             text_embeds = text_encoder(input_ids)[0]  # (B, L, D)
         aus, drop_au = aus.to(accelerator.device), drop_au.to(accelerator.device)
@@ -314,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
             config.output_dir,
             model_card={
                 "base_model": config.pretrained_model_name_or_path,
-                "datasets": [config.dataset_name],
+                "datasets": [config.dataset_source],
                 "training": training_card_text(config, "train_au_adapter.py"),
             },
         )

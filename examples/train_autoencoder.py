@@ -62,9 +62,9 @@ from synfer_diffusers.training import (
     expression_label_ids,
     finish_run,
     load_action_units,
+    load_config_split,
     load_images,
     load_train_split,
-    load_training_dataset,
     make_optimizer,
     normalize_images,
     parse_config,
@@ -295,7 +295,7 @@ def load_test_data(config: AutoencoderTrainingConfig) -> tuple[torch.Tensor | No
     """Test images (uint8) and, for the gate, their validated labels and AUs; all checked before training."""
     if not config.test_split:
         return None, {}
-    test_set = load_training_dataset(config.dataset_name, config.test_split, config.num_test_images)
+    test_set = load_config_split(config, config.test_split, config.num_test_images)
     required = {config.image_column: "images (--image_column)"}
     if config.judge_path:
         required[config.label_column] = "expression labels for the judge (--label_column)"
@@ -321,7 +321,7 @@ def model_card_fields(vae: AutoencoderKL, config: AutoencoderTrainingConfig, rep
         numbers = ", ".join(f"`{k}` {v:.4g}" if isinstance(v, float) else f"`{k}` {v}" for k, v in report.items())
         evaluation = f"On the `{config.test_split}` split (PSNR and, with the gate, `gate.json`): {numbers}."
     return {
-        "datasets": [config.dataset_name],
+        "datasets": [config.dataset_source],
         "parameters": sum(p.numel() for p in vae.parameters()),
         "resolution": config.resolution,
         "latent_shape": f"{vae.config.latent_channels}x{latent_side}x{latent_side}",
@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     test_images, gate_data = load_test_data(config)
     gate_models = load_gate_models(config)  # fail now, not after training, if the gate cannot run
     batches = training_batches(
-        train_set, ExampleTransform(config.image_column, config.resolution), config, accelerator.process_index,
+        train_set, ExampleTransform.from_config(config), config, accelerator.process_index,
         accelerator.num_processes,
     )  # fmt: skip
     preview = test_images[:8] if test_images is not None else first_images(train_set, config, 8)

@@ -8,7 +8,7 @@
 #   2. judge + AU regressor (measurement only)  7. AU estimator for edits without source AUs (4-stage ResNet, seed 3)
 #   3. autoencoder 64 -> 32x32x4, gated         8. FERAnno head on the stage-B UNet
 #   4. stage A: text-to-image from scratch      9. evaluation on FaceWorld, then assembly into the package
-#   5. stage B: AU adapter on the frozen stage-A UNet
+#   5. stage B: AU adapter on the frozen stage-A UNet   10. independent voter (RegNet) on FaceWorld seed 2
 # Longer training: raise STAGE_A_STEPS / STAGE_B_STEPS (the stages resume from their last checkpoint).
 # Run one torch job at a time on a 2-core machine: two concurrent jobs slow each other several-fold.
 set -euo pipefail
@@ -68,3 +68,13 @@ $PYTHON benchmarks/eval_faceworld_generation.py --model "$RUN/stage_b" --text-on
 
 $PYTHON examples/assemble_default_model.py --pipeline "$RUN/stage_b" --guide "$RUN/guide" --feranno "$RUN/feranno" \
     --au_estimator "$RUN/au_estimator" --evaluation "$RUN/eval/generation.json" --output_dir src/synfer_diffusers/default_model
+
+# An independent voter for `synfer generate`: another model family (RegNet) than the ResNet guide and the suite's
+# ResNet and MobileNetV2 judges, trained on FaceWorld seed 2 (its identities and faces: neither the generator's seed 0
+# nor the second judge's seed 1), so guided sets get a vote that can overrule the target.
+unless_exists "$RUN/faceworld_seed2/README.md" \
+    $PYTHON -m synfer_diffusers.cli faceworld --output-dir "$RUN/faceworld_seed2" --num-train 20000 --num-test 2000 --seed 2
+unless_exists "$RUN/voter_regnet/metrics.json" \
+    $PYTHON examples/train_fer_classifier.py --dataset_name "$RUN/faceworld_seed2" --output_dir "$RUN/voter_regnet" \
+    --task expression --architecture regnet --max_train_steps 1500 --seed 4
+$PYTHON examples/assemble_default_model.py --add_voter "regnet=$RUN/voter_regnet" --output_dir src/synfer_diffusers/default_model

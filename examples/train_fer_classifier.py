@@ -45,10 +45,11 @@ from tqdm.auto import tqdm
 from transformers import (
     ConvNextConfig,
     ConvNextForImageClassification,
-    HfArgumentParser,
     MobileNetV2Config,
     MobileNetV2ForImageClassification,
     PreTrainedModel,
+    RegNetConfig,
+    RegNetForImageClassification,
     ResNetConfig,
     ResNetForImageClassification,
     ViTConfig,
@@ -58,10 +59,10 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 
 from synfer_diffusers.facs import EXPRESSIONS, AUSpace
 from synfer_diffusers.hub_utils import write_model_card
-from synfer_diffusers.training import push_output_to_hub
+from synfer_diffusers.training import parse_config, push_output_to_hub
 
 TASKS = ("expression", "action_units")
-ARCHITECTURES = ("resnet", "convnext", "mobilenet_v2", "vit")
+ARCHITECTURES = ("resnet", "convnext", "mobilenet_v2", "vit", "regnet")
 AU_NAMES = AUSpace.disfa12().names
 IMAGE_SIZE = 64
 
@@ -80,10 +81,10 @@ class TrainFERConfig:
         default="label", metadata={"help": "Expression column to train on (`label` = annotated, noisy)."}
     )
     hidden_sizes: list[int] = field(
-        default_factory=lambda: [32, 64, 128], metadata={"help": "Stage widths (resnet, convnext)."}
+        default_factory=lambda: [32, 64, 128], metadata={"help": "Stage widths (resnet, convnext, regnet)."}
     )
     depths: list[int] = field(
-        default_factory=lambda: [1, 1, 1], metadata={"help": "Blocks per stage (resnet, convnext)."}
+        default_factory=lambda: [1, 1, 1], metadata={"help": "Blocks per stage (resnet, convnext, regnet)."}
     )
     depth_multiplier: float = field(default=0.5, metadata={"help": "Channel multiplier of mobilenet_v2."})
     patch_size: int = field(
@@ -251,6 +252,12 @@ def build_model(config: TrainFERConfig) -> PreTrainedModel:
             num_attention_heads=max(1, width // 32), intermediate_size=2 * width, **head,
         )  # fmt: skip
         model_class = ViTForImageClassification
+    elif config.architecture == "regnet":  # RegNetX: grouped-convolution bottlenecks (16-channel groups)
+        model_config = RegNetConfig(
+            embedding_size=config.hidden_sizes[0] // 2, hidden_sizes=config.hidden_sizes, depths=config.depths,
+            groups_width=16, layer_type="x", **head,
+        )  # fmt: skip
+        model_class = RegNetForImageClassification
     elif config.architecture == "mobilenet_v2":  # depthwise-separable inverted residuals: another model family
         model_config = MobileNetV2Config(
             image_size=IMAGE_SIZE, depth_multiplier=config.depth_multiplier, classifier_dropout_prob=0.2, **head
@@ -479,7 +486,7 @@ def _headline(metrics: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Parses flags, checks the data, trains, evaluates and saves; returns the metrics."""
-    (config,) = HfArgumentParser(TrainFERConfig).parse_args_into_dataclasses(args=argv)
+    config = parse_config(TrainFERConfig, argv, description=__doc__.splitlines()[0])
     torch.set_num_threads(config.num_threads)
     splits = load_splits(config)  # every data error surfaces here, before training
     model, summary = train(config, splits)

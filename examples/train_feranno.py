@@ -57,9 +57,9 @@ from synfer_diffusers.training import (
     finish_run,
     frozen_weight_dtype,
     is_local_path,
+    load_config_split,
     load_images,
     load_train_split,
-    load_training_dataset,
     make_optimizer,
     normalize_images,
     parse_config,
@@ -109,7 +109,7 @@ def load_eval_split(
     memory; `--max_eval_samples` bounds it), labels matched by name; data errors name the column."""
     if config.eval_split is None:
         return None
-    dataset = load_training_dataset(config.dataset_name, config.eval_split, config.max_eval_samples)
+    dataset = load_config_split(config, config.eval_split, config.max_eval_samples)
     validate_columns(
         dataset, {config.image_column: "images (--image_column)", config.label_column: "expressions (--label_column)"}
     )
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     )
     label_names = dataset_label_names(dataset, config.label_column)
     labels = ExpressionLabels.from_dataset(dataset, config.label_column, label_names)
-    transform = ExampleTransform(config.image_column, config.resolution, labels=labels)
+    transform = ExampleTransform.from_config(config, labels=labels)
     batches = training_batches(dataset, transform, config, accelerator.process_index, accelerator.num_processes)
     evaluation_set = load_eval_split(config, label_names)
     pipe = build_pipeline(config, label_names)
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
             module.to(torch.float32)
         model_card = {
             "base_model": config.pretrained_model,
-            "datasets": [config.dataset_name],
+            "datasets": [config.dataset_source],
             "metrics": ["accuracy", "f1"],
             "training": training_card_text(config, "train_feranno.py"),
             "evaluation": evaluation_text(history),

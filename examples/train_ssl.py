@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     config = parse_config(SSLTrainingConfig, argv, description=__doc__.splitlines()[0])
     accelerator = prepare_run(config)
     dataset = load_train_split(config, {}, accelerator.num_processes)
-    transform = ExampleTransform(config.image_column, config.resolution)
+    transform = ExampleTransform.from_config(config)
     batches = training_batches(dataset, transform, config, accelerator.process_index, accelerator.num_processes)
     model = SimCLRModel(config)
     optimizer, lr_scheduler = make_optimizer(config, list(model.parameters()))

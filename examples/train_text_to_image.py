@@ -8,7 +8,7 @@ for classifier-free guidance). Any dataset with an image and a text column works
 Two starting points:
 
 - `--pretrained_model_name_or_path`: a `SynFERPipeline` or Stable Diffusion folder / Hub id. The UNet is
-  fine-tuned, fully or, with `--lora_rank N`, as a peft LoRA on its attention projections (saved in diffusers'
+  fine-tuned, fully or, with `--rank N`, as a peft LoRA on its attention projections (saved in diffusers'
   LoRA format with a model card: `SynFERPipeline.from_pretrained(base).load_lora_weights(output_dir)`). The card
   names the base model and inherits its licence (SD 1.5's `creativeml-openrail-m`, for example).
 - From scratch (the FaceWorld default model): `--vae_path` (from `examples/train_autoencoder.py`), a CLIP
@@ -25,7 +25,11 @@ stream), `--gradient_accumulation_steps`, `--report_to tensorboard`, `accelerato
 `--checkpointing_steps` (the newest `--checkpoints_total_limit` kept), `--use_ema` with diffusers' `EMAModel`,
 a LoRA base held in the mixed-precision dtype (`cast_training_params` keeps the LoRA weights in float32),
 `--cache_latents` (the VAE posterior of every image computed once, shared with `train_au_adapter.py`), and
-`--push_to_hub` / `--hub_model_id`. Kill it any time; rerun with `--resume_from_checkpoint latest` to continue
+`--push_to_hub` / `--hub_model_id`. diffusers' data and speed options keep their meaning there: `--train_data_dir`
+(an imagefolder with `metadata.jsonl`), `--center_crop` (else random crops), `--random_flip`, `--noise_offset`,
+`--prediction_type` (`v_prediction`: the loss targets the velocity and the saved scheduler predicts it),
+`--revision` / `--variant` of the pretrained model, `--allow_tf32`, `--use_8bit_adam` and
+`--enable_xformers_memory_efficient_attention`. Kill it any time; rerun with `--resume_from_checkpoint latest` to continue
 with the same loss trajectory.
 
 FaceWorld from scratch on a 2-core CPU (64 px, 32x32x4 latents, 4.2M-parameter UNet, ~35 min):
@@ -47,7 +51,7 @@ accelerate launch examples/train_text_to_image.py \
     --train_batch_size 16 --gradient_checkpointing --learning_rate 1e-5 --lr_warmup_steps 500 \
     --max_train_steps 20000 --snr_gamma 5.0 --text_dropout_prob 0.1 --use_ema --checkpointing_steps 2000 \
     --dataloader_num_workers 8 --report_to tensorboard --resume_from_checkpoint latest
-# LoRA instead of a full fine-tune: add --lora_rank 64 --learning_rate 1e-4 (drop --use_ema).
+# LoRA instead of a full fine-tune: add --rank 64 --learning_rate 1e-4 (drop --use_ema).
 ```
 """
 
@@ -77,6 +81,7 @@ from synfer_diffusers.training import (
     TrainingSummary,
     add_training_noise,
     add_unet_lora,
+    apply_unet_memory_options,
     check_existing_path,
     check_positive,
     condition_dropout_masks,
@@ -95,6 +100,7 @@ from synfer_diffusers.training import (
     tokenize_captions,
     training_card_text,
     training_latents,
+    training_noise_scheduler,
 )
 
 UNET_BLOCK_PAIRS = {"DownBlock2D": "UpBlock2D", "CrossAttnDownBlock2D": "CrossAttnUpBlock2D"}
@@ -112,7 +118,9 @@ class TextToImageTrainingConfig(DiffusionTrainingConfig):
     text_dropout_prob: float = field(
         default=0.1, metadata={"help": "Probability of replacing a caption by '' (for classifier-free guidance)."}
     )
-    lora_rank: int = field(default=0, metadata={"help": "> 0: train a LoRA of this rank instead of the full UNet."})
+    rank: int = field(
+        default=0, metadata={"help": "> 0: train a LoRA of this rank instead of the full UNet (was `--lora_rank`)."}
+    )
     train_text_encoder: bool = field(default=False, metadata={"help": "Train the text encoder jointly."})
     use_ema: bool = field(
         default=False,
@@ -143,11 +151,11 @@ class TextToImageTrainingConfig(DiffusionTrainingConfig):
         check_existing_path(self, "vae_path")
         if self.pretrained_model_name_or_path and is_local_path(self.pretrained_model_name_or_path):
             check_existing_path(self, "pretrained_model_name_or_path")
-        check_positive(self, "lora_rank", allow_zero=True)
-        if self.lora_rank and self.vae_path:
-            raise ValueError("`lora_rank` needs `pretrained_model_name_or_path`: a LoRA adapts a trained UNet.")
-        if self.lora_rank and self.train_text_encoder:
-            raise ValueError("`train_text_encoder` is not supported with `lora_rank` (only LoRA weights are saved).")
+        check_positive(self, "rank", allow_zero=True)
+        if self.rank and self.vae_path:
+            raise ValueError("`rank` needs `pretrained_model_name_or_path`: a LoRA adapts a trained UNet.")
+        if self.rank and self.train_text_encoder:
+            raise ValueError("`train_text_encoder` is not supported with `rank` (only LoRA weights are saved).")
         check_positive(self, "ema_decay", "tokenizer_vocab_size", "max_text_length", "text_encoder_width")
         check_positive(
             self, "text_encoder_layers", "text_encoder_heads", "unet_layers_per_block", "unet_attention_heads"
@@ -200,28 +208,28 @@ def build_unet(config: TextToImageTrainingConfig, latent_size: int, latent_chann
     )
 
 
-def stable_diffusion_noise_scheduler() -> DDPMScheduler:
-    """Stable Diffusion's training schedule (scaled-linear betas 0.00085 -> 0.012, 1000 steps, epsilon)."""
-    return DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-    )  # fmt: skip
+STABLE_DIFFUSION_SCHEDULE = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon"
+)
+"""Stable Diffusion's training schedule (scaled-linear betas 0.00085 -> 0.012, 1000 steps, epsilon): from scratch."""
 
 
 def load_components(config: TextToImageTrainingConfig, dataset: AnyDataset) -> dict:
     """`vae`, `tokenizer`, `text_encoder`, `unet` and the training `noise_scheduler`: from the pretrained pipeline,
     or built from scratch around `--vae_path` (the tokenizer is then trained on the dataset's captions)."""
     if config.pretrained_model_name_or_path:
-        pipe = SynFERPipeline.from_pretrained(config.pretrained_model_name_or_path)
+        pipe = SynFERPipeline.from_pretrained(
+            config.pretrained_model_name_or_path, revision=config.revision, variant=config.variant
+        )
         components = {k: getattr(pipe, k) for k in ("vae", "tokenizer", "text_encoder", "unet")}
-        return {**components, "noise_scheduler": DDPMScheduler.from_config(pipe.scheduler.config)}
+        return {**components, "noise_scheduler": training_noise_scheduler(pipe.scheduler.config, config.prediction_type)}
     vae = AutoencoderKL.from_pretrained(config.vae_path)
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     if config.resolution % scale:
         raise ValueError(
             f"`resolution` {config.resolution} must be divisible by the VAE's downsampling factor {scale}."
         )
-    captions = (row[config.text_column] for row in dataset.select_columns([config.text_column]))
+    captions = (row[config.caption_column] for row in dataset.select_columns([config.caption_column]))
     tokenizer = train_clip_tokenizer(
         captions, vocab_size=config.tokenizer_vocab_size, model_max_length=config.max_text_length
     )
@@ -230,7 +238,7 @@ def load_components(config: TextToImageTrainingConfig, dataset: AnyDataset) -> d
         "tokenizer": tokenizer,
         "text_encoder": build_text_encoder(config, tokenizer),
         "unet": build_unet(config, config.resolution // scale, vae.config.latent_channels),
-        "noise_scheduler": stable_diffusion_noise_scheduler(),
+        "noise_scheduler": training_noise_scheduler(STABLE_DIFFUSION_SCHEDULE, config.prediction_type),
     }
 
 
@@ -251,24 +259,21 @@ def configure_trainable(
     if not config.train_text_encoder:
         text_encoder.to(accelerator.device, dtype=weight_dtype)
     unet.requires_grad_(True)
-    if config.lora_rank:
-        add_unet_lora(unet, config.lora_rank, config.lora_alpha)  # freezes everything but the LoRA weights
+    if config.rank:
+        add_unet_lora(unet, config.rank, config.lora_alpha)  # freezes everything but the LoRA weights
         unet.to(accelerator.device, dtype=weight_dtype)
         cast_training_params(unet, dtype=torch.float32)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+    apply_unet_memory_options(unet, config)
 
 
 def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     config = parse_config(TextToImageTrainingConfig, argv, description=__doc__.splitlines()[0])
     accelerator = prepare_run(config)
-    dataset = load_train_split(config, {config.text_column: "captions (--text_column)"}, accelerator.num_processes)
+    dataset = load_train_split(config, {config.caption_column: "captions (--caption_column)"}, accelerator.num_processes)
     components = load_components(config, dataset)
     vae, tokenizer, text_encoder, unet = (components[k] for k in ("vae", "tokenizer", "text_encoder", "unet"))
     noise_scheduler = components["noise_scheduler"]
-    transform = ExampleTransform(
-        config.image_column, config.resolution, text_column=config.text_column, tokenizer=tokenizer
-    )
+    transform = ExampleTransform.from_config(config, text_column=config.caption_column, tokenizer=tokenizer)
     empty_ids = tokenize_captions(tokenizer, [""])
 
     configure_trainable(unet, text_encoder, vae, config, accelerator)
@@ -288,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
         drop_text, _ = condition_dropout_masks(len(batch["input_ids"]), random, text_prob=config.text_dropout_prob)
         input_ids = drop_captions(batch["input_ids"], drop_text, empty_ids).to(accelerator.device)
         latents = training_latents(batch, vae, random)  # (B, C, h, w)
-        noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, random)
+        noisy_latents, noise, timesteps = add_training_noise(latents, noise_scheduler, random, config.noise_offset)
         with torch.set_grad_enabled(config.train_text_encoder):
             text_embeds = text_encoder(input_ids)[0]  # (B, L, D)
         model_pred = unet(noisy_latents, timesteps, text_embeds).sample
@@ -348,10 +353,10 @@ def save_outputs(config: TextToImageTrainingConfig, pipeline: SynFERPipeline, em
     pipeline.to(torch.float32)
     model_card = {
         "base_model": config.pretrained_model_name_or_path,  # None from scratch
-        "datasets": [config.dataset_name],
+        "datasets": [config.dataset_source],
         "training": training_card_text(config, "train_text_to_image.py"),
     }
-    if config.lora_rank:
+    if config.rank:
         lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipeline.unet))
         SynFERPipeline.save_lora_weights(config.output_dir, unet_lora_layers=lora_layers)
         lora = pipeline.unet.peft_config["default"]
@@ -360,7 +365,7 @@ def save_outputs(config: TextToImageTrainingConfig, pipeline: SynFERPipeline, em
         )
     else:
         pipeline.save_pretrained(config.output_dir, model_card=model_card)
-    print(f"Saved {'LoRA weights' if config.lora_rank else 'the pipeline'} to {config.output_dir}.")
+    print(f"Saved {'LoRA weights' if config.rank else 'the pipeline'} to {config.output_dir}.")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
 """Shared test setup: offline Hugging Face libraries, 2 CPU threads, tiny components built in code."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
-# Read by huggingface_hub / datasets at import time: set before anything imports them.
+# Read by huggingface_hub / datasets / diffusers at import time: set before anything imports them. Remote-code
+# modules go to a folder of this session (not ~/.cache), shared with the CLI subprocesses, which then share one
+# `fork_server` environment.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="hf_modules_")
+atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

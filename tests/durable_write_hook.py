@@ -8,7 +8,7 @@ call (`fsync` or `replace`) whose path contains TEXT (a kill point that does not
 interrupted run left). Before event N the hook appends `N <call> <path>` to LOG, then
 - `kill`: SIGKILLs its own process (a kill -9 at that instant);
 - `pause`: waits until the file `LOG.release` exists, then goes on (the run holds its lock meanwhile);
-- `count`: does nothing; at exit LOG gets `total <number of events>`.
+- `count`: LOG gets every event (`N <call> <path>`), and `total <number of events>` at exit.
 """
 
 import atexit
@@ -27,12 +27,16 @@ def main() -> None:
     def event(call: str, path: str) -> None:
         nonlocal count, target
         count += 1
+        if mode == "count":
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"{count} {call} {path}\n")
+            return
         if target.isdigit():
             hit = count == int(target)
         else:
             wanted, _, text = target.partition(":")
             hit = call == wanted and text in path
-        if not hit or mode == "count":
+        if not hit:
             return
         target = "done"  # only the first matching event
         with open(log, "a", encoding="utf-8") as f:

@@ -1,4 +1,5 @@
-"""A Hugging Face Hub-compatible HTTP server for tests, standard library only (see docs/hf-notes.md).
+"""A Hugging Face Hub-compatible HTTP server for tests, standard library only (the endpoints the real clients call are
+listed below).
 
 It carries the real clients (`huggingface_hub`, `datasets`, `diffusers`) through what this package uses:
 `whoami-v2`, `repos/create` / `repos/delete`, `preupload` (parquet/safetensors/bin and large files answered as
@@ -139,7 +140,8 @@ def client_env(
 ) -> dict[str, str]:
     """Environment of a client subprocess of `server`: this process's, online, with the variables the clients need
     (read by the HF libraries at import time), its own `HF_HOME` cache and `HF_TOKEN=token` (none if `None`)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN")}
+    dropped = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", "HF_MODULES_CACHE")  # modules: under `hf_home`
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_HOME=hf_home, HF_HUB_DISABLE_PROGRESS_BARS="1",
                OMP_NUM_THREADS=str(threads), **({"HF_TOKEN": token} if token else {}))  # fmt: skip
     return env

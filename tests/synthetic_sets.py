@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+import fork_server
 from synfer_diffusers.generate import SyntheticSetConfig, generate_synthetic_dataset
 
 SMALL = {"num_inference_steps": 2, "height": 16, "width": 16}
@@ -99,5 +100,7 @@ def folder_snapshot(folder) -> dict[str, str] | None:
             for p in sorted(folder.rglob("*"))}  # fmt: skip
 
 
-def run_cli(args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, **kwargs)
+def run_cli(args, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """`args` run with `env` (default [`subprocess_env`]), output captured as text; by a pre-imported `fork_server`
+    (a process of its own without an interpreter start-up) when `args[0]` is `sys.executable`."""
+    return fork_server.run(args, env=env or subprocess_env(), capture_output=True, text=True, **kwargs)

@@ -5,7 +5,7 @@ and an estimator that cannot read the UNet's AUs is refused before training."""
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessorPil
 
 from synfer_diffusers import AUConditionedUNet2DConditionModel, AUSpace
 from synfer_diffusers.tiny import make_tiny_components
@@ -27,7 +27,7 @@ def estimator_dir(tmp_path_factory):
     """A tiny AU regressor over DISFA-12 in reversed order (the loss must map outputs by name) with its processor."""
     path = tmp_path_factory.mktemp("au_estimator")
     tiny_estimator(list(reversed(AUSpace.disfa12().names))).save_pretrained(path)
-    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(path)
     return path
 
 
@@ -74,6 +74,20 @@ def test_consistency_loss_reaches_the_adapter_and_falls_when_optimised(estimator
     assert zero.item() == 0.0 and zero.requires_grad
 
 
+def test_an_estimator_stored_in_float16_is_read_in_float32(tmp_path):
+    """The embedded default stores its AU estimator in float16; the loss reads float32 decoded images."""
+    space = AUSpace.disfa12()
+    tiny_estimator(list(space.names)).half().save_pretrained(tmp_path)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    loss_fn = AUConsistencyLoss.from_pretrained(str(tmp_path), space, max_timestep=999)
+    assert {p.dtype for p in loss_fn.estimator.parameters()} == {torch.float32}
+    parts = make_tiny_components(seed=0)
+    latents = torch.randn(2, 4, 8, 8)
+    loss = loss_fn(latents, torch.randn(2, 4, 8, 8), torch.tensor([10, 20]), torch.ones(2, space.num_aus),
+                   torch.tensor([True, True]), DDPMScheduler(), parts["vae"])  # fmt: skip
+    assert torch.isfinite(loss)
+
+
 def consistency_settings(faceworld_dir, stage_a_dir, estimator_dir, **overrides):  # noqa: F811
     return pretrained_settings(faceworld_dir, stage_a_dir, au_consistency_weight=1.0, au_estimator=estimator_dir,
                                au_consistency_max_timestep=999, **overrides)  # fmt: skip
@@ -95,7 +109,7 @@ def test_script_records_the_consistency_loss_and_resume_repeats_it(
 def test_an_estimator_that_cannot_read_the_unets_aus_is_refused(faceworld_dir, stage_a_dir, tmp_path):  # noqa: F811
     other = tmp_path / "occurrence_estimator"
     tiny_estimator(["AU1", "AU2", "AU99"]).save_pretrained(other)
-    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(other)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(other)
     settings = consistency_settings(faceworld_dir, stage_a_dir, other)
     (tmp_path / "out").mkdir()
     assert_fails_before_training("train_au_adapter", tmp_path / "out", settings, r"`au_estimator` cannot read")

@@ -98,7 +98,8 @@ def test_main_job_without_model_uses_the_default(tmp_path, monkeypatch):
     assert len(dataset) == 3 and dataset[0]["image"].size == (64, 64)
     plan = json.loads((folder / "plan.json").read_text())
     assert plan["model"]["name"] == "synfer_diffusers/default_model"
-    assert plan["labeler"]["name"] == "vote:guide,feranno,target"
+    assert plan["labeler"]["name"] == "vote:guide,regnet,feranno,target"  # the shipped independent voter votes
+    assert "regnet" in {vote["voter"] for vote in dataset[0]["votes"]}
 
 
 def test_plain_from_pretrained_of_the_fp16_default_runs_without_a_dtype():

@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessorPil
 
 from synfer_diffusers import EXPRESSIONS, AUSpace, SynFERPipeline
 from synfer_diffusers.models.feranno import FERAnnoHead
@@ -25,13 +25,13 @@ from synfer_demo import FERANNO, GUIDE, NO_EXPRESSION, SynFERDemo, action_units_
 SMALL = {"num_inference_steps": 2, "guidance_scale": 3.0}
 
 
-def tiny_guide(size: int = 16) -> tuple[ResNetForImageClassification, ViTImageProcessor]:
+def tiny_guide(size: int = 16) -> tuple[ResNetForImageClassification, ViTImageProcessorPil]:
     torch.manual_seed(0)
     config = ResNetConfig(
         num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
         id2label=EXPRESSIONS.id2label, label2id=EXPRESSIONS.label2id,
     )  # fmt: skip
-    processor = ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    processor = ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.25] * 3)
     return ResNetForImageClassification(config).eval(), processor
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+import fork_server  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a browser and an app process with the embedded default, about 30 s
 
@@ -55,10 +56,10 @@ def app_url(tmp_path_factory):
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", GRADIO_ANALYTICS_ENABLED="False")
     log_path = tmp_path_factory.mktemp("demo_app") / "app.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen(
+        process = fork_server.Popen(
             [sys.executable, str(ROOT / "demo" / "app.py"), "--port", str(port), "--steps", str(STEPS)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=env, stdout=log, stderr=fork_server.STDOUT,
+        )  # fmt: skip  (a fork of the pre-imported server: no 8-12 s interpreter start-up)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180

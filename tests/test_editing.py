@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
-from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessorPil
 
 from synfer_diffusers import EXPRESSIONS, AUSpace, SynFEREditOutput, SynFERPipeline
 from synfer_diffusers.pipelines.synfer.editing import DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE
@@ -24,7 +24,7 @@ def make_au_regressor(seed=0, size=16):
         problem_type="regression",
     )  # fmt: skip
     config.au_names = names
-    processor = ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     return ResNetForImageClassification(config).eval(), processor
 
 

@@ -6,6 +6,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from huggingface_hub import DatasetCard  # noqa: E402
 
 from synfer_diffusers.data.faceworld import (  # noqa: E402
     AU_NAMES,
@@ -142,7 +143,10 @@ def test_render_action_units_uses_the_given_action_units():
 
 def test_write_splits_and_load_dataset_round_trip(tmp_path):
     main(["--output-dir", str(tmp_path), "--num-train", "30", "--num-test", "12", "--seed", "3"])
-    assert (tmp_path / "README.md").read_text().startswith("---")
+    card = DatasetCard.load(tmp_path / "README.md")
+    assert card.data.source_datasets == ["original"] and "synthetic" in card.data.tags
+    assert card.data.annotations_creators == ["machine-generated"] and card.data.language == ["en"]
+    assert "Who is in the data: nobody." in card.text
     loaded = datasets.load_dataset(str(tmp_path))
     assert {split: len(d) for split, d in loaded.items()} == {"train": 30, "test": 12}
     assert loaded["train"].features == FACEWORLD_FEATURES and loaded["test"].features == FACEWORLD_FEATURES

@@ -8,7 +8,6 @@ for byte whatever checkpoint the package embeds (`tests/test_default_model.py` c
 import json
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from synfer_diffusers.generate import (
     resolve_pipeline,
     sample_seed,
 )
-from synthetic_sets import CLI_ARGS, SMALL, _assert_same_dataset, _generate, _load, _shard_digests, subprocess_env
+from synthetic_sets import CLI_ARGS, SMALL, _assert_same_dataset, _generate, _load, _shard_digests, run_cli
 
 DISFA = AUSpace.disfa12()
 pytestmark = pytest.mark.usefixtures("tiny_stand_in_as_default")
@@ -123,8 +122,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(reference, tmp_path):
     # killed at a deterministic instant (`durable_write_hook.py`): renaming the second shard's manifest, so the
     # first shard is complete and the run is not (no race between polling for a file and the run finishing)
     hook = Path(__file__).parent / "durable_write_hook.py"
-    process = subprocess.run([sys.executable, str(hook), "kill", "replace:/.synfer/shards/00001", str(log), "--",
-                              *args], env=subprocess_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    process = run_cli([sys.executable, str(hook), "kill", "replace:/.synfer/shards/00001", str(log), "--", *args],
+                      timeout=300)
     assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
     assert (folder / ".synfer" / "shards" / "00000.json").exists()
     assert not (folder / ".synfer" / "shards" / "00001.json").exists()

@@ -2,8 +2,9 @@
 a stale lock, hand-split processes, and two real processes under `torchrun`.
 
 Kills and pauses land on the writer's durable-write events (`durable_write_hook.py`: every fsync and rename, so
-inside a shard write, between a shard and its manifest, inside the card and the preview) and at random times.
-Every final folder is compared byte for byte with the uninterrupted `reference` run.
+inside a shard write, between a shard and its manifest, inside the card and the preview), chosen by kind or at random
+from the event count. Every final folder is compared byte for byte with the uninterrupted `reference` run. The CLI
+processes are forks of a pre-imported `fork_server` (real processes, without an interpreter start-up each).
 """
 
 import logging
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import fork_server
 from synfer_diffusers.cli import main as cli_main
 from synfer_diffusers.generate import FolderLockedError, OutputLock
 from synthetic_sets import _assert_same_dataset, cli_command, run_cli, subprocess_env
@@ -35,6 +37,17 @@ def _killed_at(log: Path) -> list[str]:
     return [line.split(" ", 2)[2] for line in log.read_text().splitlines()] if log.exists() else []
 
 
+def _random_event_before_the_last_shard(folder: Path, log: Path, rng: random.Random) -> int:
+    """A random event number of an uninterrupted run (counted in `folder`), before the last shard's first write: 1
+    is the first write of all (nothing written yet, as a kill while loading)."""
+    counted = run_cli(_hooked("count", 0, log, folder), timeout=300)
+    assert counted.returncode == 0, counted.stderr[-2000:]
+    *events, total = log.read_text().splitlines()
+    assert total == f"total {len(events)}", total
+    last_shard = next(i for i, event in enumerate(events, 1) if "train-00002" in event)
+    return rng.randint(1, last_shard - 1)
+
+
 # Deterministic kill points, each the first event of that kind in its run (whatever earlier runs left):
 KILL_POINTS = (
     "fsync:/.synfer/tmp/train-",  # inside a shard write: its temporary file, before the rename
@@ -47,15 +60,13 @@ KILL_POINTS = (
 
 @pytest.mark.slow
 def test_kill_9_at_many_instants_then_resume_equals_an_uninterrupted_run(reference, tmp_path):
-    """A kill -9 at a random time (loading or generating), then a `--resume` killed at each of `KILL_POINTS` in
-    turn, then a `--resume` that finishes: the folder equals the uninterrupted `reference`, card included."""
+    """A kill -9 at a random write event (before the last shard), then a `--resume` killed at each of `KILL_POINTS`
+    in turn, then a `--resume` that finishes: the folder equals the uninterrupted `reference`, card included."""
     folder, log = tmp_path / "set", tmp_path / "kills.log"
-    rng = random.Random(0)
-    started = time.monotonic()
-    timed = subprocess.Popen(cli_command(folder), env=subprocess_env(), stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(1.0, 3.0))  # a kill at a random time (loading or generating; before the last shard)
-    timed.send_signal(signal.SIGKILL)
-    assert timed.wait() == -signal.SIGKILL, f"finished within {time.monotonic() - started:.1f} s"
+    event = _random_event_before_the_last_shard(tmp_path / "counted", tmp_path / "count.log", random.Random(0))
+    first = run_cli(_hooked("kill", event, log, folder), timeout=300)
+    assert first.returncode == -signal.SIGKILL and len(_killed_at(log)) == 1, first.stderr[-2000:]
+    log.unlink()
     for point in KILL_POINTS:
         result = run_cli(_hooked("kill", point, log, folder, "--resume"), timeout=300)
         assert result.returncode == -signal.SIGKILL, (point, result.stderr[-2000:])
@@ -77,8 +88,8 @@ def test_a_second_run_on_a_folder_is_refused_or_waits(reference, tmp_path, capsy
     in `/proc/locks`, not after a sleep. Released, both finish and the set equals the reference. The second runs
     are in-process `synfer` calls (no interpreter start-up)."""
     folder, log = tmp_path / "set", tmp_path / "pause.log"
-    first = subprocess.Popen(_hooked("pause", 4, log, folder), env=subprocess_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = fork_server.Popen(_hooked("pause", 4, log, folder), env=subprocess_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         _second_runs_refused_or_waiting(first, folder, log, capsys)
     finally:
@@ -88,7 +99,7 @@ def test_a_second_run_on_a_folder_is_refused_or_waits(reference, tmp_path, capsy
     _assert_same_dataset(folder, reference)
 
 
-def _second_runs_refused_or_waiting(first: subprocess.Popen, folder: Path, log: Path, capsys) -> None:
+def _second_runs_refused_or_waiting(first: fork_server.Popen, folder: Path, log: Path, capsys) -> None:
     _wait_for(lambda: log.exists() or first.poll() is not None)
     assert first.poll() is None, first.stderr.read()[-2000:]  # paused at its 4th write, holding the lock
     lock_inode = (folder / ".synfer" / "lock").stat().st_ino
@@ -121,7 +132,7 @@ def _second_runs_refused_or_waiting(first: subprocess.Popen, folder: Path, log: 
 @pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_taken_over(reference, tmp_path, caplog):
     folder, log = tmp_path / "set", tmp_path / "pause.log"
-    holder = subprocess.Popen(_hooked("pause", 4, log, folder), env=subprocess_env(), stderr=subprocess.DEVNULL)
+    holder = fork_server.Popen(_hooked("pause", 4, log, folder), env=subprocess_env(), stderr=subprocess.DEVNULL)
     _wait_for(lambda: log.exists() or holder.poll() is not None)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
@@ -147,11 +158,12 @@ def test_locks_exclude_a_second_run_and_share_between_hand_split_parts(tmp_path)
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_split_the_shards(reference, tmp_path):
-    """Two real processes (`torchrun --nproc_per_node 2`): each writes its own shards, the set equals one process's."""
+    """Two real processes (`torchrun --nproc_per_node 2`): each writes its own shards, the set equals one process's.
+    The launcher and its two workers are forks of a `fork_server` (the workers through its `--exec` relay)."""
     folder = tmp_path / "set"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "synfer_diffusers.cli", *cli_command(folder)[3:]]  # fmt: skip
-    result = run_cli(command, timeout=400)
+               fork_server.__file__, "--exec", "-m", "synfer_diffusers.cli", *cli_command(folder)[3:]]  # fmt: skip
+    result = run_cli(command, env=fork_server.launcher_env(subprocess_env()), timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Process 1/2: 2 of its 2 shards to write." in result.stderr  # shards 0 and 2
     assert "Process 2/2: 1 of its 1 shards to write." in result.stderr  # shard 1

@@ -8,12 +8,12 @@ JSON line of observations for the assertions below. Checks that need no network 
 """
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import fork_server
 from hub_server import arm_fault, client_env
 
 HERE = Path(__file__).resolve().parent
@@ -31,8 +31,8 @@ def client_run(hub, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("hub_client")
     env = client_env(hub, str(workdir / "hf_home"), threads=2)
     hub.fail("commit", times=1)  # the first dataset commit fails: the push must retry
-    result = subprocess.run([sys.executable, __file__, str(workdir)], env=env, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    result = fork_server.run([sys.executable, __file__, str(workdir)], env=env, capture_output=True, text=True,
+                             timeout=300, preload=fork_server.BASE)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -8,7 +8,6 @@ one JSON line of observations; what only the server sees (request times, upload 
 
 import base64
 import json
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import fork_server
 from hub_server import arm_fault, client_env
 
 OTHER_TOKEN = "hf_other_token"  # user "someone-else" in hub_server.TOKENS
@@ -64,8 +64,8 @@ configs:
 @pytest.fixture(scope="module")
 def observed(hub, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("strict_client")
-    result = subprocess.run([sys.executable, __file__, str(workdir)], env=client_env(hub, str(workdir / "hf_home")),
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = fork_server.run([sys.executable, __file__, str(workdir)], env=client_env(hub, str(workdir / "hf_home")),
+                             capture_output=True, text=True, timeout=120, preload=fork_server.BASE)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

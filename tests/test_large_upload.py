@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import fork_server
 from hub_server import arm_fault, client_env
 
 LARGE_REPO = "tester/large-set"
@@ -49,13 +50,13 @@ def _row(i: int, seed: int) -> dict:
             "sample_id": i}  # fmt: skip
 
 
-def run_client(hub, workdir: Path, steps: list[dict], **popen) -> subprocess.Popen:
+def run_client(hub, workdir: Path, steps: list[dict], **popen) -> fork_server.Popen:
     env = client_env(hub, str(workdir / "hf_home"))
-    return subprocess.Popen([sys.executable, __file__, json.dumps(steps)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)  # fmt: skip
+    return fork_server.Popen([sys.executable, __file__, json.dumps(steps)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preload=fork_server.BASE, **popen)  # fmt: skip
 
 
-def results(process: subprocess.Popen, timeout: float = 300) -> list[dict]:
+def results(process: fork_server.Popen, timeout: float = 300) -> list[dict]:
     stdout, stderr = process.communicate(timeout=timeout)
     assert process.returncode == 0, stdout[-3000:] + stderr[-5000:]
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]

@@ -1,5 +1,7 @@
 """The package's evaluate metric: loads offline by path, is importable, and computes what it documents."""
 
+import os
+
 import evaluate
 import pytest
 
@@ -43,3 +45,20 @@ def test_bad_inputs_raise(kwargs, match):
     inputs = {"predictions": PREDICTIONS, "references": REFERENCES, **kwargs}
     with pytest.raises(ValueError, match=match):
         FERMetrics().compute(**inputs)
+
+
+def test_metric_folder_is_a_space_whose_app_launches_the_metric_widget(monkeypatch):
+    import runpy
+
+    import evaluate.utils
+    import yaml
+
+    card = open(os.path.join(FER_METRICS_PATH, "README.md"), encoding="utf-8").read()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["sdk"] == "gradio" and metadata["app_file"] == "app.py"
+    assert {"evaluate", "metric"} <= set(metadata["tags"])
+    launched = []
+    monkeypatch.setattr(evaluate.utils, "launch_gradio_widget", launched.append)
+    runpy.run_path(os.path.join(FER_METRICS_PATH, metadata["app_file"]), run_name="__main__")
+    (module,) = launched
+    assert module.compute(predictions=[0, 1], references=[0, 0])["accuracy"] == 0.5

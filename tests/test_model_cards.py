@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from transformers import AutoModelForImageClassification
 
 from synfer_diffusers import EXPRESSIONS, FERAnnoHead, FERAnnoPipeline, SynFERPipeline
 from synfer_diffusers.hub_utils import base_model_card_data, render_model_card
@@ -183,6 +185,52 @@ def test_assembly_adds_an_au_estimator_and_leaves_the_other_components(faceworld
     assert text.count("AU estimator for `pipe.edit(source_action_units=None)`") == 1 and f"AU MAE {mae:.3f}" in text
 
 
+def test_assembly_adds_a_voter_that_generate_reads(faceworld_dir, tmp_path):
+    """`assemble_default_model.py --add_voter NAME=PATH`: the classifier lands in `voters/NAME/` (safetensors),
+    `checkpoint_voters` loads it under that name with the same weights, no other file but the card changes, and the
+    card names it once with its measured accuracy (also when added again); a classifier of other labels is refused."""
+    from synfer_diffusers.generate.model import checkpoint_voters
+    from synfer_diffusers.tiny import make_tiny_components
+
+    assemble = load_example("assemble_default_model")
+    classifier = tmp_path / "regnet"
+    load_example("train_fer_classifier").main([
+        "--dataset_name", str(faceworld_dir), "--output_dir", str(classifier), "--architecture", "regnet",
+        "--hidden_sizes", "16", "32", "--depths", "1", "1", "--max_train_steps", "1", "--train_batch_size", "4",
+        "--num_threads", "1", "--seed", "4",
+    ])  # fmt: skip
+    folder = tmp_path / "default"
+    SynFERPipeline(**make_tiny_components(seed=0)).save_pretrained(
+        folder, model_card=assemble.default_model_card("Trained on FaceWorld.", None)
+    )
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    for _ in range(2):
+        assemble.main(["--add_voter", f"regnet={classifier}", "--output_dir", str(folder)])
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert {p for p in before if after[p] != before[p]} == {Path("README.md")}
+    assert {p for p in set(after) - set(before)} == {
+        Path("voters/regnet") / name for name in ("config.json", "model.safetensors", "preprocessor_config.json")
+    }
+    (voter,) = checkpoint_voters(str(folder))
+    trained = AutoModelForImageClassification.from_pretrained(classifier)
+    assert voter.name == "regnet" and all(
+        torch.equal(a, b) for a, b in zip(voter.model.state_dict().values(), trained.state_dict().values())
+    )
+    accuracy = json.loads((classifier / "metrics.json").read_text())["test"]["original"]["clean_labels"]["accuracy"]
+    _, text = card_parts(folder)
+    assert text.count("Voter `regnet` of `synfer generate`") == 1 and f"{accuracy:.1%} on" in text
+
+    estimator = tmp_path / "au_estimator"  # an AU regressor: not an expression classifier
+    load_example("train_fer_classifier").main([
+        "--dataset_name", str(faceworld_dir), "--output_dir", str(estimator), "--task", "action_units",
+        "--hidden_sizes", "8", "--depths", "1", "--max_train_steps", "1", "--train_batch_size", "4",
+        "--num_threads", "1",
+    ])  # fmt: skip
+    with pytest.raises(ValueError, match="`add_voter`.*are not"):
+        assemble.main(["--add_voter", f"au={estimator}", "--output_dir", str(folder)])
+    assert not (folder / "voters" / "au").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Training outputs (examples/), tiny
 # ----------------------------------------------------------------------------------------------------------
@@ -197,7 +245,7 @@ def test_text_to_image_lora_output_has_a_card(faceworld_dir, tmp_path):
     argv = [
         "--pretrained_model_name_or_path", str(stage_a), "--dataset_name", str(faceworld_dir),
         "--output_dir", str(tmp_path / "lora"), "--resolution", "16", "--train_batch_size", "4",
-        "--max_train_steps", "1", "--lora_rank", "4", "--validation_expressions", "happy",
+        "--max_train_steps", "1", "--rank", "4", "--validation_expressions", "happy",
         "--num_validation_identities", "1", "--validation_inference_steps", "1",
     ]  # fmt: skip
     load_example("train_text_to_image").main(argv)
@@ -253,15 +301,16 @@ def test_synthetic_dataset_card(tiny_components, tmp_path, sd15_finetune):
     assert metadata["task_categories"] == ["image-classification", "text-to-image"]
     assert metadata["size_categories"] == ["n<1K"] and {"synfer", "synthetic"} <= set(metadata["tags"])
     assert metadata["configs"][0]["data_files"] == [{"split": "train", "path": "data/train-*"}]
-    assert metadata["dataset_info"]["splits"][0]["num_examples"] == 2 and "source_datasets" not in metadata
+    assert metadata["dataset_info"]["splits"][0]["num_examples"] == 2 and metadata["source_datasets"] == ["original"]
     assert metadata["license"] == SD15_LICENSE
+    assert "## Who is in the data\n\nSynthetic persons only" in text
     assert f"`{tmp_path / 'model'}` is released under `{SD15_LICENSE}`" in text
 
     # The card fields of this plan: the generating model's licence; Hub AU datasets as source datasets.
     writer = SyntheticSetWriter.from_folder(out)
     plan = {**writer.plan, "au_policy": "dataset", "au_dataset": "user/aus", "au_source": {"name": "user/aus"}}
     card = writer.render_card(card_fields(plan, TargetLabeler(), None))
-    assert card.data.license == SD15_LICENSE and card.data.source_datasets == ["user/aus"]
+    assert card.data.license == SD15_LICENSE and card.data.source_datasets == ["original", "extended|user/aus"]
 
 
 def test_fetext_dataset_card_inherits_the_source_licence(faceworld_dir, tmp_path):

@@ -1,10 +1,12 @@
-"""The README's stock-diffusers and AU-adapter examples run as written.
+"""The README's Python examples run as written.
 
-Each Python block preceded by `<!-- readme-test: NAME -->` in README.md is run verbatim in a fresh interpreter, in one
-working folder (the blocks share the files they write); blocks run one after the other in one interpreter each get
-fresh globals, as a script (`__name__ == "__main__"`), so one block's imports and names never serve another.
-`stock-load` runs in its own interpreter with `synfer_diffusers` made unimportable (a `sys.meta_path` finder
-installed before the block), as for a user who only has diffusers.
+Every Python block of README.md is marked: `<!-- readme-test: NAME -->` blocks are run verbatim, and a block that
+cannot run offline in a test says why in `<!-- readme-not-run: REASON -->`. Each marked block is run verbatim in a
+process of its own (a fork of the pre-imported `fork_server`), in one working folder (the blocks share the files they
+write); blocks run one after the other in one process each get fresh globals, as a script (`__name__ ==
+"__main__"`), so one block's imports and names never serve another. `stock-load` runs in a fresh interpreter with
+`synfer_diffusers` made unimportable (a `sys.meta_path` finder installed before the block), as for a user who only
+has diffusers.
 """
 
 import os
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import PIL.Image
 import pytest
+
+import fork_server
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -50,29 +54,44 @@ for code in sys.argv[1:]:
 """Runs each argument as a script, one after the other, each with fresh globals."""
 
 
-def _run(cwd: Path, *blocks: str) -> None:
-    """Runs `blocks` in order in one fresh interpreter in `cwd` (one interpreter start-up, 8-12 s, for all)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_MODULES_CACHE": str(cwd / "modules")}
-    result = subprocess.run([sys.executable, "-c", SCRIPTS, *blocks], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
+def _run(cwd: Path, *blocks: str, fresh: bool = False) -> None:
+    """Runs `blocks` in order in one process in `cwd`: a fork of the pre-imported server, or with `fresh` a new
+    interpreter (8-12 s of imports) that has imported nothing the blocks do not import."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run = subprocess.run if fresh else fork_server.run
+    result = run([sys.executable, "-c", SCRIPTS, *blocks], cwd=cwd, env=env, capture_output=True, text=True,
+                 timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def test_readme_marks_the_examples():
-    assert {"stock-save", "stock-load", "adapter", "edit"} <= set(readme_blocks())
+NOT_RUN = re.compile(r"<!-- readme-not-run: ([^>]+) -->\n```python\n")
 
 
-@pytest.mark.slow  # two interpreters, each importing the HF stack, running the embedded default three times
+def test_every_python_block_is_run_or_says_why_not():
+    text = README.read_text(encoding="utf-8")
+    blocks = text.count("```python\n")
+    assert len(readme_blocks()) + len(NOT_RUN.findall(text)) == blocks
+    assert {"python", "default-controls", "stock-save", "stock-load", "adapter", "edit"} <= set(readme_blocks())
+
+
+@pytest.mark.slow  # one forked process; the embedded default samples 2 images in 25 steps
+def test_python_examples_run_as_written(tmp_path):
+    blocks = readme_blocks()
+    _run(tmp_path, blocks["python"], blocks["default-controls"])
+    assert (tmp_path / "ckpt" / "model_index.json").is_file()
+
+
+@pytest.mark.slow  # running the embedded default three times; one fresh interpreter importing the HF stack
 def test_stock_diffusers_and_adapter_routes_run_as_written(tmp_path):
     blocks = readme_blocks()
     _run(tmp_path, blocks["stock-save"], blocks["adapter"])  # the adapter block does not read what stock-load writes
     assert (tmp_path / "synfer-faceworld" / "pipeline_synfer.py").is_file()
     assert (tmp_path / "faceworld-au-adapter" / "au_adapter.safetensors").is_file()
-    _run(tmp_path, BLOCK_PACKAGE + blocks["stock-load"])  # its own interpreter: synfer_diffusers never imported
+    _run(tmp_path, BLOCK_PACKAGE + blocks["stock-load"], fresh=True)  # synfer_diffusers never imported
     assert (tmp_path / "happy.png").is_file()
 
 
-@pytest.mark.slow  # one interpreter importing the HF stack, 28 edits by the embedded default
+@pytest.mark.slow  # 28 edits by the embedded default
 def test_edit_example_runs_as_written(tmp_path):
     _run(tmp_path, readme_blocks()["edit"])
     assert PIL.Image.open(tmp_path / "edit_grid.png").size == (512, 256)

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 from huggingface_hub import DatasetCard
 
+import fork_server
 from synfer_diffusers import FERAnnoHead, SynFERPipeline
 from synfer_diffusers.cli import main as cli
 from synfer_diffusers.facs import EXPRESSIONS
@@ -249,10 +249,11 @@ def test_two_torchrun_processes_finalise_once_and_equal_one_process(tmp_path, mo
             "--voter", "callable:test_relabel:contrarian"]  # fmt: skip
     assert cli(["generate", "--output-dir", str(tmp_path / "one"), *args]) == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "synfer_diffusers.cli", "generate", "--output-dir", str(tmp_path / "two"), *args]  # fmt: skip
+               fork_server.__file__, "--exec", "-m", "synfer_diffusers.cli", "generate", "--output-dir",
+               str(tmp_path / "two"), *args]  # fmt: skip  (the launcher and its workers: forks of a `fork_server`)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    result = fork_server.run(command, env=fork_server.launcher_env(env), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Process 1/2: 2 of its 2 shards to write." in result.stderr
     assert "Process 2/2: 1 of its 1 shards to write." in result.stderr

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import fork_server  # noqa: E402
 from hub_server import client_env  # noqa: E402
 
 
@@ -253,10 +253,10 @@ def clients(hub, workdir):
     for mode in ("publish", "stock"):
         # separate caches (`stock` downloads for itself); this process's thread count, so that kernels sum alike
         env = client_env(hub, str(workdir / f"hf_home_{mode}"), threads=torch.get_num_threads())
-        result = subprocess.run([sys.executable, __file__, mode, str(workdir)], env=env, capture_output=True,
-                                text=True, timeout=600)  # fmt: skip
+        result = fork_server.run([sys.executable, __file__, mode, str(workdir)], env=env, capture_output=True,
+                                 text=True, timeout=600, preload=fork_server.BASE)  # fmt: skip
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-8000:]
-        observations[mode] = json.loads(result.stdout.strip().splitlines()[-1])
+        observations[mode] = {**json.loads(result.stdout.strip().splitlines()[-1]), "stderr": result.stderr}
     return observations
 
 
@@ -297,6 +297,14 @@ def test_stock_diffusers_loads_from_the_hub_and_from_a_folder(clients, expected,
     for source in ("hub", "folder"):
         for name in ("images", "feranno_probabilities", "labels"):
             np.testing.assert_allclose(np.load(workdir / f"stock_{source}_{name}.npy"), expected[name], atol=1e-6)
+
+
+@pytest.mark.slow  # the two client subprocesses, each importing the HF stack
+def test_stock_loads_print_no_type_or_torchvision_warning(clients):
+    """A stock load warns about nothing a user can act on: no `Expected types for feranno_head` (the head's class
+    is defined in its component file and again in the pipeline file) and no torchvision fallback."""
+    stderr = clients["stock"]["stderr"]
+    assert "Expected types" not in stderr and "torchvision" not in stderr, stderr[-3000:]
 
 
 @pytest.mark.slow  # the two client subprocesses, each importing the HF stack

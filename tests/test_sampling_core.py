@@ -119,12 +119,12 @@ def test_layout_at_au_scale_zero_is_the_base_unet(tiny_components):
 
 
 def _guide_pipeline(components, id2label):
-    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessorPil
 
     torch.manual_seed(1)
     config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
                           id2label=dict(enumerate(id2label)), label2id={n: i for i, n in enumerate(id2label)})  # fmt: skip
-    processor = ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     pipe = SynFERPipeline(**components, guidance_classifier=ResNetForImageClassification(config).eval(),
                           guidance_image_processor=processor)  # fmt: skip
     pipe.set_progress_bar_config(disable=True)

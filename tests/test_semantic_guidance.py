@@ -12,7 +12,6 @@ from transformers import (
     ConvNextImageProcessorPil,
     ResNetConfig,
     ResNetForImageClassification,
-    ViTImageProcessor,
     ViTImageProcessorPil,
 )
 
@@ -34,7 +33,7 @@ def make_guide(labels=GUIDE_LABELS, seed=0, size=24):
         num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
         id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
     )  # fmt: skip
-    processor = ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    processor = ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.25] * 3)
     return ResNetForImageClassification(config).eval(), processor
 
 

@@ -34,7 +34,8 @@ def faceworld_dir(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "task, architecture",
-    [("expression", "resnet"), ("expression", "convnext"), ("expression", "mobilenet_v2"), ("expression", "vit"), ("action_units", "resnet")],
+    [("expression", "resnet"), ("expression", "convnext"), ("expression", "mobilenet_v2"), ("expression", "vit"),
+     ("expression", "regnet"), ("action_units", "resnet")],
 )
 def test_trains_a_few_steps_and_saves_a_loadable_model(faceworld_dir, tmp_path, task, architecture):
     output_dir = tmp_path / "model"

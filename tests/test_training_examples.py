@@ -124,7 +124,7 @@ def test_text_to_image_lora_loads_with_load_lora_weights(faceworld_dir, stage_a_
     from synfer_diffusers import SynFERPipeline
 
     run("train_text_to_image", tmp_path, **pretrained_settings(
-        faceworld_dir, stage_a_dir, lora_rank=4, learning_rate=1e-2, max_train_steps=1
+        faceworld_dir, stage_a_dir, rank=4, learning_rate=1e-2, max_train_steps=1
     ))  # fmt: skip
     assert (tmp_path / "pytorch_lora_weights.safetensors").exists()
     pipe = SynFERPipeline.from_pretrained(stage_a_dir)
@@ -139,7 +139,7 @@ def test_lora_checkpoints_hold_only_the_lora_and_resume_without_unrestricted_unp
 ):
     from safetensors.torch import load_file
 
-    settings = pretrained_settings(faceworld_dir, stage_a_dir, lora_rank=4, learning_rate=1e-2, max_train_steps=3)
+    settings = pretrained_settings(faceworld_dir, stage_a_dir, rank=4, learning_rate=1e-2, max_train_steps=3)
     whole = run("train_text_to_image", tmp_path / "whole", **settings)
     run("train_text_to_image", tmp_path / "cut", **{**settings, "max_train_steps": 1})
     checkpoint = load_file(tmp_path / "cut" / "checkpoint-1" / "trainable_model_0.safetensors")
@@ -236,8 +236,8 @@ BAD_AUTOENCODER = [
 BAD_TEXT_TO_IMAGE = [
     ({"vae_path": None}, "exactly one"),
     ({"dataset_name": "/no/such/dataset"}, "dataset_name"),
-    ({"text_column": "caption"}, "caption"),
-    ({"lora_rank": 4}, "lora_rank"),
+    ({"caption_column": "caption"}, "caption"),
+    ({"rank": 4}, "rank"),
     ({"unet_down_block_types": ["DownBlock2D", "DownBlock2D"]}, "CrossAttnDownBlock2D"),
     ({"validation_expressions": ["happy", "joyful"]}, "validation_expressions"),
 ]
@@ -389,7 +389,7 @@ def test_lora_under_mixed_precision_trains_float32_weights_over_a_bf16_base(
     AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one state per process
     try:
         summary = run("train_text_to_image", tmp_path, **pretrained_settings(
-            faceworld_dir, stage_a_dir, lora_rank=4, mixed_precision="bf16", max_train_steps=1
+            faceworld_dir, stage_a_dir, rank=4, mixed_precision="bf16", max_train_steps=1
         ))  # fmt: skip
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)

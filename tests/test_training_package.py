@@ -1,5 +1,7 @@
 """The shared pieces of the training examples (`synfer_diffusers.training`), without any model."""
 
+from types import SimpleNamespace
+
 import datasets
 import numpy as np
 import PIL.Image
@@ -9,11 +11,13 @@ from torch.utils.data import DataLoader
 
 from synfer_diffusers import AUSpace
 from synfer_diffusers.training import (
+    AugmentationDraws,
     BatchOrder,
     ExampleTransform,
     ExpressionLabels,
     StepBatchSampler,
     StepRandom,
+    StepRows,
     condition_dropout_masks,
     list_checkpoints,
     resolve_checkpoint,
@@ -51,7 +55,7 @@ def test_batch_order_covers_an_epoch_and_the_sampler_resumes_at_a_micro_step():
     order = BatchOrder(num_samples=10, batch_size=3, seed=0)
     epoch = torch.cat([order.indices(step) for step in range(3)])
     assert len(set(epoch.tolist())) == 9 and torch.equal(order.indices(4), BatchOrder(10, 3, 0).indices(4))
-    assert list(StepBatchSampler(order, 2, 5)) == [order.indices(s).tolist() for s in (2, 3, 4)]
+    assert list(StepBatchSampler(order, 2, 5)) == [[(s, i) for i in order.indices(s).tolist()] for s in (2, 3, 4)]
     halves = [BatchOrder(10, 2, 0, process_index=p, num_processes=2).indices(1) for p in (0, 1)]
     assert sorted(torch.cat(halves).tolist()) == sorted(BatchOrder(10, 4, 0).indices(1).tolist())
 
@@ -73,8 +77,9 @@ def test_example_transform_decodes_rows_in_dataloader_workers():
         "image", 8, au_column="aus", au_space=AUSpace.disfa12(), labels=ExpressionLabels.from_dataset(dataset, "label")
     )
     order = BatchOrder(6, 3, seed=0)
+    draws = AugmentationDraws(SimpleNamespace(seed=0, gradient_accumulation_steps=1), 0, 1)
     loader = DataLoader(
-        dataset.with_transform(transform), batch_sampler=StepBatchSampler(order, 0, 2), num_workers=2,
+        StepRows(dataset, transform, draws), batch_sampler=StepBatchSampler(order, 0, 2), num_workers=2,
         collate_fn=lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]},
     )  # fmt: skip
     batches = list(loader)

@@ -8,11 +8,12 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import fork_server
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "train_text_to_image.py"
@@ -73,17 +74,17 @@ def _train(launcher, log_dir, data, model, output_dir, batch_size):
         "--validation_expressions", "happy", "--validation_inference_steps", "1", "--learning_rate", "1e-2",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [*launcher, "-c", DRIVER] if launcher == [sys.executable] else [*launcher, "driver.py"]
+    command = [*launcher, "-c", DRIVER] if launcher == [sys.executable] else [*launcher, fork_server.__file__,
+                                                                               "--exec", "driver.py"]  # fmt: skip
     if launcher != [sys.executable]:
         (log_dir / "driver.py").write_text(DRIVER)
-    result = subprocess.run(
-        [*command, str(EXAMPLE), str(log_dir), *argv], cwd=log_dir, env=env, capture_output=True, text=True
-    )
+    result = fork_server.run([*command, str(EXAMPLE), str(log_dir), *argv], cwd=log_dir,
+                             env=fork_server.launcher_env(env), capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     return [json.loads(path.read_text()) for path in sorted(log_dir.glob("rank-*.json"))]
 
 
-@pytest.mark.slow  # three interpreters importing the HF stack
+@pytest.mark.slow  # torchrun's interpreter; its two workers and the one-process run: forks of a `fork_server`
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")  # fmt: skip
 def test_two_torchrun_processes_train_like_one_at_the_same_global_batch(bench, tiny_sd, tmp_path):
@@ -116,12 +117,8 @@ def test_push_to_hub_uploads_the_model_and_its_card_without_checkpoints(hub, tmp
         "--num_scaling_images", "4", "--num_test_images", "4", "--push_to_hub", "--hub_model_id", "tester/tiny-vae",
     ]  # fmt: skip
     env = {**client_env(hub, str(tmp_path / "hf_home")), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "train_autoencoder.py"), *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    result = fork_server.run([sys.executable, str(ROOT / "examples" / "train_autoencoder.py"), *argv], env=env,
+                             capture_output=True, text=True, preload=fork_server.BASE)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     files = hub.files("model", "tester/tiny-vae")
     assert {"README.md", "config.json", "diffusion_pytorch_model.safetensors"} <= set(files)

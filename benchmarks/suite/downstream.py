@@ -93,25 +93,29 @@ def write_set(set_config: SyntheticSetConfig, work: Path, name: str) -> tuple[Pa
 
 
 def load_synthetic_set(path: Path) -> dict[str, np.ndarray]:
-    """Images `(M, 64, 64, 3)` uint8 in sample order, with the target and voted labels, and the labels Dawid-Skene
-    gives from the same stored votes (`synfer relabel --aggregation dawid_skene` without rewriting the set)."""
+    """Images `(M, 64, 64, 3)` uint8 in sample order, with the target and voted labels, the labels Dawid-Skene
+    gives from the same stored votes (`synfer relabel --aggregation dawid_skene` without rewriting the set), and the
+    stored votes themselves under `"votes"`."""
     import datasets
 
     data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache")).sort("sample_id")
     votes = data["votes"]
     data = data.select_columns(["image", "target_label", "label"]).with_format("numpy")[:]
     return {"image": np.asarray(data["image"]), "target": data["target_label"], "vote": data["label"],
-            "dawid_skene": dawid_skene_labels(votes, data["target_label"])}  # fmt: skip
+            "dawid_skene": voted_labels(votes, data["target_label"], "dawid_skene"), "votes": votes}  # fmt: skip
 
 
-def dawid_skene_labels(votes: list[list[dict]], targets: np.ndarray) -> np.ndarray:
-    """Dawid-Skene labels of a set from its stored `votes` (every voter of the set, the target included)."""
-    names = [vote["voter"] for vote in votes[0]]
+def voted_labels(
+    votes: list[list[dict]], targets: np.ndarray, aggregation: str, voters: tuple[str, ...] | None = None
+) -> np.ndarray:
+    """The labels `aggregation` gives from a set's stored `votes`, counting only `voters` (default: every voter of
+    the set, the target included)."""
+    names = voters or tuple(vote["voter"] for vote in votes[0])
     given = tuple(name for name in names if name != "target")
     ensemble = EnsembleVoter(config=VotingConfig(probability_voters=given, use_target="target" in names,
-                                                 aggregation="dawid_skene"))  # fmt: skip
-    labeler = VotingLabeler(ensemble)
-    return labeler.relabel(votes, [int(t) for t in targets]).label_ids.numpy()
+                                                 aggregation=aggregation))  # fmt: skip
+    kept = [[vote for vote in row if vote["voter"] in names] for row in votes]
+    return VotingLabeler(ensemble).relabel(kept, [int(t) for t in targets]).label_ids.numpy()
 
 
 def feranno_labels(images: np.ndarray, path: Path) -> tuple[np.ndarray, dict]:

@@ -9,6 +9,7 @@ Semantic guidance is off: it would steer each image toward its (possibly wrong) 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -51,13 +52,15 @@ def hard_set_config(config: SuiteConfig, run_dir: Path) -> SyntheticSetConfig:
     )  # fmt: skip
 
 
-def agreement_with_judges(synthetic: dict[str, np.ndarray], run_dir: Path, fer) -> dict[str, dict[str, float]]:
+def agreement_with_judges(
+    synthetic: dict[str, np.ndarray], run_dir: Path, fer, sources: Sequence[str] = LABEL_SOURCES
+) -> dict[str, dict[str, float]]:
     """How often each label source equals each judge's label on the synthetic images, by judge."""
     agreement = {}
     for name in JUDGES:
         judge = AutoModelForImageClassification.from_pretrained(run_dir / name).eval()
         judged = fer.predict(judge, synthetic["image"]).argmax(dim=1).numpy()
-        agreement[name] = {source: float((synthetic[source] == judged).mean()) for source in LABEL_SOURCES}
+        agreement[name] = {source: float((synthetic[source] == judged).mean()) for source in sources}
     return agreement
 
 

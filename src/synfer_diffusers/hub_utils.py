@@ -76,10 +76,12 @@ TEMPLATE_CARD_DATA: dict[str, dict[str, Any]] = {
     "feranno.md": {"pipeline_tag": "image-classification"},
     "fer_classifier.md": {"library_name": "transformers"},
     "autoencoder.md": {"tags": [*DEFAULT_CARD_DATA["tags"], "autoencoder"]},
+    "au_adapter.md": {"library_name": None},
 }
 """What every card of a template is, over `DEFAULT_CARD_DATA`: a `SynFERPipeline` is text-to-image, its LoRA
 weights too, a `FERAnnoPipeline` an image classifier, `examples/train_fer_classifier.py`'s models transformers
-checkpoints (their `pipeline_tag` depends on the task), `examples/train_autoencoder.py`'s an autoencoder."""
+checkpoints (their `pipeline_tag` depends on the task), `examples/train_autoencoder.py`'s an autoencoder. An AU
+adapter names no `library_name`: diffusers cannot load it without `synfer_diffusers`."""
 
 _SIZE_BOUNDS = ("1K", "10K", "100K", "1M", "10M", "100M", "1B", "10B", "100B", "1T")
 

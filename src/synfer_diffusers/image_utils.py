@@ -8,11 +8,23 @@ import PIL.Image
 
 def resize_and_center_crop(image: PIL.Image.Image, size: int) -> np.ndarray:  # (size, size, 3) uint8
     """RGB, shorter side resized to `size` (bicubic), centre-cropped to `size` x `size`."""
+    return resize_and_crop(image, size)
+
+
+def resize_and_crop(
+    image: PIL.Image.Image, size: int, position: tuple[float, float] | None = None
+) -> np.ndarray:  # (size, size, 3) uint8
+    """RGB, shorter side resized to `size` (bicubic), cropped to `size` x `size`: at the centre, or where
+    `position = (u, v)` in [0, 1)^2 puts it (`u` of the `width - size + 1` possible left edges, `v` of the top
+    edges; uniform `u, v` give a uniform random crop, as torchvision's `RandomCrop`)."""
     image = image.convert("RGB")
     if image.size != (size, size):
         scale = size / min(image.size)
         resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
         image = image.resize(resized, PIL.Image.Resampling.BICUBIC)
-        left, top = (image.width - size) // 2, (image.height - size) // 2
+        if position is None:
+            left, top = (image.width - size) // 2, (image.height - size) // 2
+        else:
+            left, top = int((image.width - size + 1) * position[0]), int((image.height - size + 1) * position[1])
         image = image.crop((left, top, left + size, top + size))
     return np.asarray(image)

@@ -49,8 +49,11 @@ def card_fields(
         au_policy = f"AU vector of a random row of `{plan['au_source']['name']}` with the target label"
     return {
         **inherited_license(model_card),
-        "source_datasets": split_hub_ids([plan[k] for k in SOURCE_DATASET_FIELDS if plan[k]])[0] or None,
+        # the Hub's convention: `original` for newly made data, `extended|<id>` for data made from a Hub dataset
+        "source_datasets": ["original"]
+        + [f"extended|{d}" for d in split_hub_ids([plan[k] for k in SOURCE_DATASET_FIELDS if plan[k]])[0]],
         "model_license": license_label(model_card),
+        "source_note": plan["edit_dataset"] and f"the faces of an edit set are edits of `{plan['edit_dataset']}`'s images",
         "repo_id": repo_id,
         "num_samples": plan["num_samples"],
         "master_seed": plan["seed"],

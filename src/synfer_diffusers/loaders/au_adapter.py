@@ -154,7 +154,6 @@ def _card_fields(adapter: Mapping[str, Any], license: str | None) -> dict[str, A
     config = adapter["config"]
     space = AUSpace.from_config(config["au_space"])
     return {
-        "library_name": "diffusers",
         "tags": AU_ADAPTER_TAGS,
         "base_model": config["base_model"],
         "license": license,

@@ -62,13 +62,23 @@ from .diffusion import (
     LORA_TARGET_MODULES,
     add_training_noise,
     add_unet_lora,
+    apply_unet_memory_options,
     diffusion_loss,
     encode_latents,
     sample_posterior,
     training_latents,
+    training_noise_scheduler,
 )
 from .latent_cache import cache_latents, diffusion_training_batches, latent_cache_fingerprint
-from .loader import StepBatchSampler, load_train_split, resolve_max_train_steps, training_batches
+from .loader import (
+    AugmentationDraws,
+    StepBatchSampler,
+    StepRows,
+    load_config_split,
+    load_train_split,
+    resolve_max_train_steps,
+    training_batches,
+)
 from .loop import LossParts, TrainingSummary, finish_run, push_output_to_hub, run_training_loop
 from .validation import save_expression_grid, tile_images
 
@@ -78,6 +88,8 @@ __all__ = [
     "denoised_estimate",
     "add_training_noise",
     "add_unet_lora",
+    "apply_unet_memory_options",
+    "AugmentationDraws",
     "AnyDataset",
     "BatchOrder",
     "cache_latents",
@@ -104,6 +116,7 @@ __all__ = [
     "latent_cache_fingerprint",
     "launched_on_cpus",
     "list_checkpoints",
+    "load_config_split",
     "load_train_split",
     "load_action_units",
     "load_images",
@@ -125,11 +138,13 @@ __all__ = [
     "smooth_action_units",
     "StepBatchSampler",
     "StepRandom",
+    "StepRows",
     "tile_images",
     "tokenize_captions",
     "training_batches",
     "training_card_text",
     "training_latents",
+    "training_noise_scheduler",
     "TrainingConfig",
     "TrainingSummary",
     "validate_action_units_column",

@@ -64,9 +64,10 @@ class AUConsistencyLoss(nn.Module):
     def from_pretrained(
         cls, name_or_path: str, au_space: AUSpace, image_processor: str | None = None, max_timestep: int = 400
     ) -> AUConsistencyLoss:
-        """Loads the estimator and its image processor (default: from the same folder or repo)."""
+        """Loads the estimator in float32 (it reads float32 decoded images; checkpoints such as the embedded default
+        store it in float16) and its image processor (default: from the same folder or repo)."""
         try:
-            model = AutoModelForImageClassification.from_pretrained(name_or_path)
+            model = AutoModelForImageClassification.from_pretrained(name_or_path, dtype=torch.float32)
             processor = AutoImageProcessor.from_pretrained(image_processor or name_or_path)
         except (OSError, ValueError) as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -3,17 +3,21 @@ the command-line parser, the `Accelerator` and the optimizer every example share
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shlex
+import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
+from diffusers.utils import is_bitsandbytes_available, is_xformers_available
 from torch import nn
 from transformers import HfArgumentParser
 
@@ -35,12 +39,27 @@ class TrainingConfig:
     """Options every training example shares. Subclasses add their own fields and extend `__post_init__`."""
 
     output_dir: str = field(metadata={"help": "Folder for the trained model, `checkpoint-*` folders and images."})
-    dataset_name: str = field(
-        metadata={"help": "A local dataset folder (parquet / imagefolder layout, or `save_to_disk`) or a Hub id."}
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A local dataset folder (parquet / imagefolder layout, or `save_to_disk`) or a Hub id."},
+    )
+    train_data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of `dataset_name` (diffusers' option): a folder read by the `imagefolder` builder, images "
+            "with a `metadata.jsonl` / `metadata.csv` giving the other columns (captions, labels, AUs)."
+        },
     )
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     image_column: str = field(default="image", metadata={"help": "Column holding the images (`Image` feature)."})
-    resolution: int = field(default=64, metadata={"help": "Images are resized and centre-cropped to this side."})
+    resolution: int = field(
+        default=64, metadata={"help": "Images are resized (shorter side) to this side, then cropped to a square."}
+    )
+    center_crop: bool = field(
+        default=False,
+        metadata={"help": "Crop the centre of each resized image; unset: a random crop (diffusers' meaning)."},
+    )
+    random_flip: bool = field(default=False, metadata={"help": "Flip each training image horizontally with p = 0.5."})
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N rows (quick runs, debugging)."}
     )
@@ -74,6 +93,10 @@ class TrainingConfig:
         default=False,
         metadata={"help": "Recompute activations in the backward pass to save memory (GPU, large models)."},
     )
+    allow_tf32: bool = field(
+        default=False, metadata={"help": "Allow TF32 matmuls on Ampere or newer GPUs (faster, slightly less exact)."}
+    )
+    use_8bit_adam: bool = field(default=False, metadata={"help": "bitsandbytes' 8-bit AdamW (needs bitsandbytes)."})
     mixed_precision: Literal["no", "fp16", "bf16"] = field(
         default="no", metadata={"help": "accelerate mixed precision; frozen models are cast to this dtype."}
     )
@@ -104,8 +127,22 @@ class TrainingConfig:
         default=None, metadata={"help": "Hub repo id to push to (default: the output folder's name)."}
     )
 
+    deprecated_options: ClassVar[dict[str, str]] = {}
+    """Old option -> its new name (`--old value` still works, with a `FutureWarning`)."""
+
+    @property
+    def dataset_source(self) -> str:
+        """The training data: `dataset_name`, or else `train_data_dir`."""
+        return self.dataset_name or self.train_data_dir
+
     def __post_init__(self) -> None:
-        for name in ("output_dir", "dataset_name", "dataset_split", "image_column"):
+        if (self.dataset_name is None) == (self.train_data_dir is None):
+            raise ValueError("Give exactly one of `dataset_name` and `train_data_dir`.")
+        if self.use_8bit_adam and not is_bitsandbytes_available():
+            raise ValueError("`use_8bit_adam` needs bitsandbytes: `pip install bitsandbytes`.")
+        for name in ("output_dir", "dataset_name", "train_data_dir", "dataset_split", "image_column"):
+            if getattr(self, name) is None and name in ("dataset_name", "train_data_dir"):
+                continue
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"`{name}` must be a non-empty string, got {getattr(self, name)!r}.")
         for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
@@ -124,7 +161,11 @@ class TrainingConfig:
 class DiffusionTrainingConfig(TrainingConfig):
     """Options shared by the two UNet stages (text-to-image fine-tune and AU adapter)."""
 
-    text_column: str = field(default="text", metadata={"help": "Column holding the captions."})
+    deprecated_options: ClassVar[dict[str, str]] = {"text_column": "caption_column", "lora_rank": "rank"}
+
+    caption_column: str = field(
+        default="text", metadata={"help": "Column holding the captions (formerly `--text_column`)."}
+    )
     text_dropout_prob: float = field(
         default=0.05, metadata={"help": "Probability of replacing a caption by '' (for classifier-free guidance)."}
     )
@@ -132,14 +173,39 @@ class DiffusionTrainingConfig(TrainingConfig):
         default=None,
         metadata={"help": "Min-SNR loss weighting gamma (Hang et al. 2023; 5.0 is usual); unset: plain MSE."},
     )
-    lora_rank: int = field(default=4, metadata={"help": "Rank of the UNet LoRA layers, where LoRA is used."})
+    rank: int = field(
+        default=4, metadata={"help": "Rank of the UNet LoRA layers, where LoRA is used (formerly `--lora_rank`)."}
+    )
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; unset: equal to the rank."})
     cache_latents: bool = field(
         default=False,
-        metadata={"help": "Encode every image with the VAE once into a latent cache reused by later runs and stages."},
+        metadata={
+            "help": "Encode every image's centre crop with the VAE once into a latent cache reused by later runs "
+            "and stages (random crops and flips cannot be cached)."
+        },
     )
     latent_cache_dir: str | None = field(
         default=None, metadata={"help": "Folder of latent caches; unset: `synfer_latents` in the datasets cache."}
+    )
+    noise_offset: float = field(
+        default=0.0,
+        metadata={"help": "Offset noise (Lin et al. 2023): add this scale times a per-channel N(0, 1) to the noise."},
+    )
+    prediction_type: Literal["epsilon", "v_prediction"] | None = field(
+        default=None,
+        metadata={
+            "help": "What the UNet learns to predict, for the loss and the saved scheduler; unset: the base "
+            "scheduler's `prediction_type` (epsilon from scratch)."
+        },
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "Git revision (branch, tag, commit) of a pretrained model on the Hub."}
+    )
+    variant: str | None = field(
+        default=None, metadata={"help": "Weights variant of the pretrained model's files, e.g. `fp16`."}
+    )
+    enable_xformers_memory_efficient_attention: bool = field(
+        default=False, metadata={"help": "xformers' memory-efficient attention in the UNet (CUDA GPU, xformers)."}
     )
     validation_prompt: str = field(
         default="a photo of a face", metadata={"help": "Coarse description for the validation grid."}
@@ -156,26 +222,70 @@ class DiffusionTrainingConfig(TrainingConfig):
         check_probability(self, "text_dropout_prob")
         check_positive(self, "snr_gamma", allow_none=True)
         check_positive(self, "num_validation_identities", "validation_inference_steps")
-        check_positive(self, "lora_rank", allow_zero=True)
+        check_positive(self, "rank", allow_zero=True)
         check_positive(self, "lora_alpha", allow_none=True)
+        check_positive(self, "noise_offset", allow_zero=True)
         check_positive(self, "validation_guidance_scale", allow_zero=True)
         if self.cache_latents and self.streaming:
             raise ValueError("`cache_latents` needs a memory-mapped dataset: drop `streaming` (or the cache).")
+        if self.cache_latents and self.random_flip:
+            raise ValueError("`cache_latents` stores one encoding per image: drop `random_flip` (or the cache).")
+        if self.enable_xformers_memory_efficient_attention and not is_xformers_available():
+            raise ValueError("`enable_xformers_memory_efficient_attention` needs xformers: `pip install xformers`.")
+        if self.enable_xformers_memory_efficient_attention and not torch.cuda.is_available():
+            raise ValueError("`enable_xformers_memory_efficient_attention` needs a CUDA GPU; none is available.")
         if not self.validation_expressions:
             raise ValueError("`validation_expressions` must name at least one expression.")
         for i, name in enumerate(self.validation_expressions):
             EXPRESSIONS.label_id(name, field=f"validation_expressions[{i}]")
 
 
-C = TypeVar("C", bound=TrainingConfig)
+C = TypeVar("C")
+
+
+class ConfigParser(HfArgumentParser):
+    """transformers' `HfArgumentParser` (one `--field` per dataclass field, help from its metadata) whose errors are
+    one line, `prog: error: ...`, with exit status 2 (argparse prints its whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_config(config_class: type[C], argv: Sequence[str] | None = None, description: str | None = None) -> C:
-    """Command line -> `config_class` (one `--field` per dataclass field, help text from its metadata). Invalid
-    values raise the config's `ValueError`; unknown options exit with argparse's usage message."""
-    parser = HfArgumentParser(config_class, description=description)
-    (config,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
-    return config
+    """Command line -> `config_class` ([`ConfigParser`]).
+
+    An unknown option ends the program with one line naming it (and the closest known option) and exit status 2,
+    as a missing or mistyped value does. Invalid values raise the config's `ValueError`; read from the command line
+    (`argv` None) they end the program the same way. Options in `config_class.deprecated_options` are renamed with
+    a `FutureWarning`.
+    """
+    parser = ConfigParser(config_class, description=description)
+    args = _renamed_options(config_class, list(sys.argv[1:] if argv is None else argv))
+    namespace, unknown = parser.parse_known_args(args=args)
+    if unknown:
+        known = [option for action in parser._actions for option in action.option_strings]
+        close = difflib.get_close_matches(unknown[0].split("=", 1)[0], known, n=1)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{f'; did you mean {close[0]}?' if close else ''}")
+    try:
+        return config_class(**vars(namespace))
+    except ValueError as error:
+        if argv is not None:
+            raise
+        parser.error(str(error))
+
+
+def _renamed_options(config_class: type, args: list[str]) -> list[str]:
+    """`args` with each deprecated `--old` (or `--old=value`) replaced by its new name, warning once per option."""
+    deprecated = getattr(config_class, "deprecated_options", {})
+    renamed = []
+    for arg in args:
+        name, equals, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name in deprecated:
+            new = deprecated[name]
+            warnings.warn(f"`--{name}` is deprecated; use `--{new}` (diffusers' name).", FutureWarning, stacklevel=3)
+            arg = f"--{new}{equals}{value}"
+        renamed.append(arg)
+    return renamed
 
 
 def launched_on_cpus() -> bool:
@@ -198,6 +308,8 @@ def prepare_run(config: TrainingConfig) -> Accelerator:
         ),
         cpu=launched_on_cpus(),
     )
+    if config.allow_tf32:  # as diffusers' examples: TF32 for matmuls on Ampere and newer GPUs
+        torch.backends.cuda.matmul.allow_tf32 = True
     set_seed(config.seed)
     return accelerator
 
@@ -210,10 +322,17 @@ def frozen_weight_dtype(accelerator: Accelerator) -> torch.dtype:
 def make_optimizer(
     config: TrainingConfig, parameters: list[nn.Parameter]
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW over `parameters` and the configured learning-rate schedule (stepped once per optimizer step)."""
+    """AdamW (bitsandbytes' 8-bit AdamW with `--use_8bit_adam`) over `parameters` and the configured learning-rate
+    schedule (stepped once per optimizer step)."""
     if not parameters:
         raise ValueError("Nothing to train: no parameter requires a gradient.")
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+    if config.use_8bit_adam:
+        import bitsandbytes
+
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    else:
+        optimizer_class = torch.optim.AdamW
+    optimizer = optimizer_class(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     lr_scheduler = get_scheduler(
         config.lr_scheduler,
         optimizer,
@@ -243,6 +362,6 @@ def training_card_text(config: TrainingConfig, script: str) -> str:
     settings = json.dumps(asdict(config), indent=2)
     command = shlex.join(["accelerate", "launch", f"examples/{script}", *command_line_options(config)])
     return (
-        f"Trained with `examples/{script}` for {config.max_train_steps} steps on `{config.dataset_name}` "
+        f"Trained with `examples/{script}` for {config.max_train_steps} steps on `{config.dataset_source}` "
         f"(split `{config.dataset_split}`):\n\n```bash\n{command}\n```\n\n```json\n{settings}\n```"
     )

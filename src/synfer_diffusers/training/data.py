@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -17,7 +18,11 @@ from transformers import PreTrainedTokenizerBase
 
 from ..facs import EXPRESSIONS, AUSpace, ExpressionVocabulary
 from ..hub_utils import is_hub_repo_id
-from ..image_utils import resize_and_center_crop
+from .determinism import StepRandom
+
+if TYPE_CHECKING:
+    from .config import TrainingConfig
+from ..image_utils import resize_and_crop
 
 
 def is_local_path(name_or_path: str) -> bool:
@@ -30,7 +35,7 @@ AnyDataset = datasets.Dataset | datasets.IterableDataset
 
 
 def load_training_dataset(
-    name_or_path: str, split: str, max_samples: int | None = None, streaming: bool = False
+    name_or_path: str, split: str, max_samples: int | None = None, streaming: bool = False, imagefolder: bool = False
 ) -> AnyDataset:
     """Loads one split of a dataset, memory-mapped (a `Dataset`) or streamed (an `IterableDataset`).
 
@@ -44,13 +49,21 @@ def load_training_dataset(
         max_samples: keep only the first `max_samples` rows.
         streaming: return an `IterableDataset` (`load_dataset(..., streaming=True)`; a `save_to_disk` folder is
             turned into one with `to_iterable_dataset`).
+        imagefolder: `name_or_path` is a local folder for the `imagefolder` builder (diffusers' `--train_data_dir`:
+            images and a `metadata.jsonl` / `metadata.csv`); errors then name `train_data_dir`.
     """
-    if is_local_path(name_or_path):
+    option = "train_data_dir" if imagefolder else "dataset_name"
+    if imagefolder or is_local_path(name_or_path):
         path = os.path.expanduser(name_or_path)
         if not os.path.isdir(path):
-            raise ValueError(f"`dataset_name`: no dataset folder at {name_or_path!r}.")
+            raise ValueError(f"`{option}`: no dataset folder at {name_or_path!r}.")
         saved_to_disk = any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
-        loaded = datasets.load_from_disk(path) if saved_to_disk else datasets.load_dataset(path, streaming=streaming)
+        if imagefolder:
+            loaded = datasets.load_dataset("imagefolder", data_dir=path, streaming=streaming)
+        elif saved_to_disk:
+            loaded = datasets.load_from_disk(path)
+        else:
+            loaded = datasets.load_dataset(path, streaming=streaming)
     else:
         try:
             loaded = datasets.load_dataset(name_or_path, streaming=streaming)
@@ -67,7 +80,7 @@ def load_training_dataset(
     if max_samples is not None:
         loaded = loaded.take(max_samples) if streaming else loaded.select(range(min(max_samples, len(loaded))))
     if (len(loaded) if isinstance(loaded, datasets.Dataset) else first_row(loaded)) in (0, None):
-        raise ValueError(f"`dataset_name`: split {split!r} of {name_or_path!r} is empty.")
+        raise ValueError(f"`{option}`: split {split!r} of {name_or_path!r} is empty.")
     return loaded
 
 
@@ -203,8 +216,13 @@ def validate_image_column(dataset: AnyDataset, column: str) -> None:
         raise ValueError(f"Column {column!r} must be an `Image` feature, got {feature}.")
 
 
-def pixel_tensor(image: Image.Image, resolution: int) -> torch.Tensor:  # (3, R, R) uint8
-    return torch.from_numpy(resize_and_center_crop(image, resolution).copy()).permute(2, 0, 1)
+def pixel_tensor(
+    image: Image.Image, resolution: int, position: tuple[float, float] | None = None, flip: bool = False
+) -> torch.Tensor:  # (3, R, R) uint8
+    """The image resized and cropped (centre, or at `position`: see [`resize_and_crop`]), flipped left-right with
+    `flip`."""
+    pixels = torch.from_numpy(resize_and_crop(image, resolution, position).copy()).permute(2, 0, 1)
+    return pixels.flip(-1) if flip else pixels
 
 
 @dataclass
@@ -212,7 +230,9 @@ class ExampleTransform:
     """The per-example transform of training rows (`Dataset.with_transform`, or `IterableDataset.map(batched=True)`),
     run in DataLoader workers: a batch dict of columns -> a batch dict of tensors.
 
-    Outputs `pixel_values` (uint8 `(3, R, R)`, resized and centre-cropped), or with `cached_latents` the
+    Outputs `pixel_values` (uint8 `(3, R, R)`, resized, then centre-cropped with `center_crop` or else cropped at
+    random, and flipped left-right with p = 0.5 with `random_flip`, as diffusers' examples; the draws come from the
+    micro-batch's `random`, so they are a function of the seed and the step), or with `cached_latents` the
     `latent_mean` / `latent_std` columns of a latent cache (float32 `(C, h, w)`), and, for the columns
     configured, `input_ids` (the tokenizer's padded ids), `action_units` (float32, width, NaN/inf and range
     checked against `au_space`) and `labels` ([`ExpressionLabels`] ids).
@@ -220,6 +240,8 @@ class ExampleTransform:
 
     image_column: str
     resolution: int
+    center_crop: bool = True
+    random_flip: bool = False
     cached_latents: bool = False
     text_column: str | None = None
     tokenizer: PreTrainedTokenizerBase | None = None
@@ -234,14 +256,28 @@ class ExampleTransform:
         names = [*images, self.text_column, self.au_column, self.labels and self.labels.column]
         return [name for name in names if name]
 
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+    @classmethod
+    def from_config(cls, config: TrainingConfig, **columns: Any) -> ExampleTransform:
+        """The transform of a training run: its image column, resolution, `--center_crop` and `--random_flip`, plus
+        the given column settings (`text_column=...`, `au_column=...`, ...)."""
+        return cls(
+            config.image_column, config.resolution, center_crop=config.center_crop, random_flip=config.random_flip,
+            **columns,
+        )  # fmt: skip
+
+    @property
+    def draws_randomly(self) -> bool:
+        """Whether [`__call__`] needs the micro-batch's [`StepRandom`] (random crops or flips of images)."""
+        return not self.cached_latents and (self.random_flip or not self.center_crop)
+
+    def __call__(self, batch: dict[str, list], random: StepRandom | None = None) -> dict[str, list]:
         if self.cached_latents:
             out = {
                 name: list(torch.from_numpy(np.asarray(batch[name], np.float32)))
                 for name in ("latent_mean", "latent_std")
             }
         else:
-            out = {"pixel_values": [pixel_tensor(image, self.resolution) for image in batch[self.image_column]]}
+            out = {"pixel_values": self.pixel_values(batch[self.image_column], random)}
         if self.text_column is not None:
             out["input_ids"] = list(tokenize_captions(self.tokenizer, batch[self.text_column]))
         if self.au_column is not None:
@@ -249,6 +285,16 @@ class ExampleTransform:
         if self.labels is not None:
             out["labels"] = list(self.labels(batch[self.labels.column]))
         return out
+
+    def pixel_values(self, images: list[Image.Image], random: StepRandom | None) -> list[torch.Tensor]:
+        if not self.draws_randomly:
+            return [pixel_tensor(image, self.resolution) for image in images]
+        flips = (random.rand((len(images),)) < 0.5).tolist()  # drawn either way: one draw order for every setting
+        positions = random.rand((len(images), 2)).tolist()
+        if self.center_crop:
+            positions = [None] * len(images)
+        flips = flips if self.random_flip else [False] * len(images)
+        return [pixel_tensor(image, self.resolution, *options) for image, options in zip(images, zip(positions, flips))]
 
     def action_units(self, rows: list[Sequence[float]]) -> torch.Tensor:  # (B, num_aus)
         widths = sorted({len(row) for row in rows} - {self.au_space.num_aus})

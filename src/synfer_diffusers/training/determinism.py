@@ -27,6 +27,10 @@ def _generator(*entropy: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+AUGMENTATION_STREAM = 2
+"""[`StepRandom`] stream of the image augmentations (random crops and flips), independent of the loss's draws."""
+
+
 class StepRandom:
     """Every random draw of one micro-batch (noise, timesteps, dropout masks, AU smoothing, posterior samples).
 
@@ -36,6 +40,8 @@ class StepRandom:
     from the CPU generator of `(seed, step)` and returns this micro-batch's and process's rows. So 1 process with
     batch `K * A * B`, `K` processes with batch `A * B`, or `K` processes accumulating `A` micro-batches of `B`
     draw the same numbers for the same rows; with one process and no accumulation this is a plain draw.
+    `stream` separates independent sequences of one step: 1 for the loss, [`AUGMENTATION_STREAM`] for the image
+    augmentations drawn in DataLoader workers.
     """
 
     def __init__(
@@ -46,10 +52,19 @@ class StepRandom:
         accumulation: int = 1,
         process_index: int = 0,
         num_processes: int = 1,
+        stream: int = 1,
     ):
-        self.generator = _generator(seed, step, 1)
+        self.generator = _generator(seed, step, stream)
         self.micro_batch, self.accumulation = micro_batch, accumulation
         self.process_index, self.num_processes = process_index, num_processes
+
+    @classmethod
+    def for_micro_step(
+        cls, seed: int, micro_step: int, accumulation: int, process_index: int, num_processes: int, stream: int
+    ) -> StepRandom:
+        """The draws of micro-batch `micro_step` counted over the whole run (`step * accumulation + micro`)."""
+        step, micro = divmod(micro_step, accumulation)
+        return cls(seed, step, micro, accumulation, process_index, num_processes, stream)
 
     def _draw(self, sample: Callable[..., torch.Tensor], shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         rows = shape[0] * self.num_processes  # one micro-batch over all processes

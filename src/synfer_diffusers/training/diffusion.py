@@ -11,6 +11,7 @@ from diffusers.training_utils import compute_snr
 from peft import LoraConfig
 from torch import nn
 
+from .config import DiffusionTrainingConfig
 from .data import normalize_images
 from .determinism import StepRandom
 
@@ -45,14 +46,33 @@ def sample_posterior(latent_dist: DiagonalGaussianDistribution, random: StepRand
 
 
 def add_training_noise(
-    latents: torch.Tensor, scheduler: DDPMScheduler, random: StepRandom
+    latents: torch.Tensor, scheduler: DDPMScheduler, random: StepRandom, noise_offset: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward diffusion at uniformly drawn timesteps (DDPM eq. 4): `x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`.
+    With `noise_offset` (offset noise, as diffusers' examples) `eps` gets `noise_offset * N(0, 1)` added per sample
+    and channel `(B, C, 1, 1)`, so the model learns to shift a latent's mean (very dark or bright images).
     Returns `(x_t, eps, t)`."""
     noise = random.randn(latents.shape).to(latents)
     timesteps = random.randint(scheduler.config.num_train_timesteps, latents.shape[0])
     timesteps = timesteps.to(latents.device)
+    if noise_offset:  # drawn after the timesteps: without an offset every other draw is unchanged
+        noise = noise + noise_offset * random.randn((*latents.shape[:2], 1, 1)).to(latents)
     return scheduler.add_noise(latents, noise, timesteps), noise, timesteps
+
+
+def training_noise_scheduler(scheduler_config: dict, prediction_type: str | None = None) -> DDPMScheduler:
+    """The DDPM training schedule of a pipeline's scheduler config, predicting `prediction_type` (`--prediction_type`,
+    as diffusers' examples set it on the noise scheduler) or, unset, what the config predicts."""
+    override = {"prediction_type": prediction_type} if prediction_type else {}
+    return DDPMScheduler.from_config(scheduler_config, **override)
+
+
+def apply_unet_memory_options(unet: nn.Module, config: DiffusionTrainingConfig) -> None:
+    """`--gradient_checkpointing` and `--enable_xformers_memory_efficient_attention` on the UNet to train."""
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if config.enable_xformers_memory_efficient_attention:
+        unet.enable_xformers_memory_efficient_attention()
 
 
 def diffusion_loss(

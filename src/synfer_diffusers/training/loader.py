@@ -32,18 +32,19 @@ from .data import (
     validate_columns,
     validate_image_column,
 )
-from .determinism import BatchOrder
+from .determinism import AUGMENTATION_STREAM, BatchOrder, StepRandom
 
 
-class StepBatchSampler(Sampler[list[int]]):
-    """Yields the row indices of micro-batches `start, start + 1, ..., stop - 1` of a [`BatchOrder`]."""
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields micro-batches `start, start + 1, ..., stop - 1` of a [`BatchOrder`] as `(micro_step, row index)`
+    keys (the micro-step tells [`StepRows`] which augmentation draws the batch gets)."""
 
     def __init__(self, order: BatchOrder, start: int, stop: int):
         self.order, self.start, self.stop = order, start, stop
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for micro_step in range(self.start, self.stop):
-            yield self.order.indices(micro_step).tolist()
+            yield [(micro_step, index) for index in self.order.indices(micro_step).tolist()]
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -71,6 +72,36 @@ def resolve_max_train_steps(config: TrainingConfig, dataset: AnyDataset, num_pro
     return steps
 
 
+class AugmentationDraws:
+    """`micro_step -> StepRandom` of the image augmentations of that micro-batch on this process (see
+    [`StepRandom.for_micro_step`]); picklable, for DataLoader workers."""
+
+    def __init__(self, config: TrainingConfig, process_index: int, num_processes: int):
+        self.seed, self.accumulation = config.seed, config.gradient_accumulation_steps
+        self.process_index, self.num_processes = process_index, num_processes
+
+    def __call__(self, micro_step: int) -> StepRandom:
+        return StepRandom.for_micro_step(
+            self.seed, micro_step, self.accumulation, self.process_index, self.num_processes, AUGMENTATION_STREAM
+        )
+
+
+class StepRows(torch.utils.data.Dataset):
+    """A memory-mapped dataset read one micro-batch at a time by `(micro_step, row index)` keys: the rows are
+    decoded by the transform with that micro-step's augmentation draws."""
+
+    def __init__(self, rows: datasets.Dataset, transform: ExampleTransform, draws: AugmentationDraws):
+        self.rows, self.transform, self.draws = rows, transform, draws
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        micro_step = keys[0][0]
+        batch = self.transform(self.rows[[index for _, index in keys]], self.draws(micro_step))
+        return [dict(zip(batch, values)) for values in zip(*batch.values())]
+
+
 def _collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
 
@@ -82,9 +113,10 @@ def training_batches(
     outputs), from that micro-step to the end of training."""
     stop = config.max_train_steps * config.gradient_accumulation_steps
     workers = {"num_workers": config.dataloader_num_workers, "collate_fn": _collate}
+    draws = AugmentationDraws(config, process_index, num_processes)
     if isinstance(dataset, datasets.Dataset):
         order = BatchOrder(len(dataset), config.train_batch_size, config.seed, process_index, num_processes)
-        rows = dataset.select_columns(transform.columns).with_transform(transform)
+        rows = StepRows(dataset.select_columns(transform.columns), transform, draws)
 
         def mapped(start: int) -> Iterator[dict[str, torch.Tensor]]:
             return iter(DataLoader(rows, batch_sampler=StepBatchSampler(order, start, stop), **workers))
@@ -95,9 +127,13 @@ def training_batches(
     stream = stream.shuffle(seed=config.seed, buffer_size=config.shuffle_buffer_size).repeat(None)
 
     def streamed(start: int) -> Iterator[dict[str, torch.Tensor]]:
+        def decode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+            return transform(batch, draws(start + indices[0] // config.train_batch_size))
+
         rows = stream.skip(start * config.train_batch_size).map(
-            transform, batched=True, batch_size=config.train_batch_size, remove_columns=transform.columns
-        )
+            decode, with_indices=True, batched=True, batch_size=config.train_batch_size,
+            remove_columns=transform.columns,
+        )  # fmt: skip
         loader = DataLoader(rows, batch_size=config.train_batch_size, **workers)
         return (batch for _, batch in zip(range(stop - start), loader))
 
@@ -112,12 +148,20 @@ def load_train_split(config: TrainingConfig, required: Mapping[str, str], num_pr
     Args:
         required: `{column: what it must hold}` besides the image column.
     """
-    dataset = load_training_dataset(
-        config.dataset_name, config.dataset_split, config.max_train_samples, config.streaming
-    )
+    dataset = load_config_split(config, config.dataset_split, config.max_train_samples, config.streaming)
     validate_columns(dataset, {config.image_column: "images (--image_column)", **required})
     validate_image_column(dataset, config.image_column)
     if isinstance(dataset, datasets.Dataset):  # the global batch must fit: BatchOrder raises otherwise
         BatchOrder(len(dataset), config.train_batch_size, config.seed, num_processes=num_processes)
     config.max_train_steps = resolve_max_train_steps(config, dataset, num_processes)
     return dataset
+
+
+def load_config_split(
+    config: TrainingConfig, split: str, max_samples: int | None = None, streaming: bool = False
+) -> AnyDataset:
+    """One split of the configured data: `--dataset_name`, or `--train_data_dir` through the `imagefolder` builder
+    (see [`load_training_dataset`])."""
+    return load_training_dataset(
+        config.dataset_source, split, max_samples, streaming, imagefolder=config.train_data_dir is not None
+    )

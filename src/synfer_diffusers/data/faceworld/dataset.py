@@ -123,6 +123,12 @@ def _dataset_card(num_train: int, num_test: int, seed: int, config: FaceWorldCon
     return f"""---
 license: cc0-1.0
 pretty_name: FaceWorld
+language:
+- en
+annotations_creators:
+- machine-generated
+source_datasets:
+- original
 task_categories:
 - image-classification
 - text-to-image
@@ -138,6 +144,9 @@ Procedurally rendered {config.resolution}x{config.resolution} faces with known D
 intensities (0-5), seven expression labels and FEText-style captions, made by
 `synfer_diffusers.data.faceworld` (seed {seed}; {num_train} train and {num_test} test faces, drawn from
 different random streams), in the `{_regime_name(config)}` regime (`FaceWorldConfig.from_regime`).
+
+Who is in the data: nobody. Every face is drawn by a procedural renderer from sampled attributes (face shape, skin
+tone, hair, eyes, glasses, beard); no photograph or real person went into it, and no face depicts one.
 
 Columns: `image`, `text` (caption), `action_units` (12 floats in the order {", ".join(AU_NAMES)}),
 `label` (annotated expression, with annotator noise), `clean_label` (true expression), `is_blend` (an ambiguous

@@ -1,7 +1,8 @@
 """FER metrics: accuracy, macro-F1, per-class recall and the confusion matrix of a multi-class classifier.
 
 A self-contained `evaluate` module (numpy, datasets and evaluate only), so it loads offline by path:
-`evaluate.load("path/to/fer_metrics")`, and can be pushed to the Hub as a metric Space unchanged.
+`evaluate.load("path/to/fer_metrics")`; with `app.py` and `README.md` (the Space card) this folder is a metric
+Space as evaluate's template makes one.
 """
 
 import datasets

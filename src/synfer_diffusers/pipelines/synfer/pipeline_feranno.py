@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, ModelMixin, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
@@ -121,8 +121,11 @@ class FERAnnoPipeline(ModelCardPipelineMixin, DiffusionPipeline):
         tokenizer: CLIPTokenizer | PreTrainedTokenizerBase,
         unet: AUConditionedUNet2DConditionModel | UNet2DConditionModel,
         scheduler: SchedulerMixin,
-        head: FERAnnoHead,
+        head: ModelMixin,
     ):
+        # `head` is a [`FERAnnoHead`], annotated by its diffusers base class: in a checkpoint's code files the head
+        # comes from its component file and the pipeline file holds another copy of the class, so diffusers' type
+        # check of a stock load (`trust_remote_code=True`) would warn about an exact class
         super().__init__()
         head.check_unet(unet)
         self.register_modules(

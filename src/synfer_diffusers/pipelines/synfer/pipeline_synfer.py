@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, ModelMixin, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
@@ -22,7 +22,6 @@ from transformers.image_processing_utils import BaseImageProcessor
 from ...facs import EXPRESSIONS, AUSpace
 from ...loaders.au_adapter import AUAdapterLoaderMixin
 from ...models.feature_extraction import UNetFeatureRecorder
-from ...models.feranno import FERAnnoHead
 from ...models.unet_au import AUConditionedUNet2DConditionModel
 from ...value_checks import check_int, check_number
 from ..hub_mixin import ModelCardPipelineMixin
@@ -131,7 +130,7 @@ class SynFERPipeline(
         scheduler: DDIMScheduler | DPMSolverMultistepScheduler,
         guidance_classifier: PreTrainedModel | None = None,
         guidance_image_processor: BaseImageProcessor | None = None,
-        feranno_head: FERAnnoHead | None = None,
+        feranno_head: ModelMixin | None = None,  # a FERAnnoHead (see `FERAnnoPipeline.__init__`)
         au_estimator: PreTrainedModel | None = None,
         au_estimator_image_processor: BaseImageProcessor | None = None,
     ):

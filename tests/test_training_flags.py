@@ -71,7 +71,7 @@ def test_a_bad_value_on_the_command_line_ends_with_one_line_naming_the_flag(tmp_
         script.main()
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("train_au_adapter.py: error: `noise_offset` must be >= 0")
+    assert line.startswith("train_au_adapter.py: error: `noise_offset` must be a number >= 0")
     assert not (tmp_path / "out").exists()
 
 

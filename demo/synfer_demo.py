@@ -27,6 +27,7 @@ from synfer_diffusers.facs import describe_au
 from synfer_diffusers.generate import resolve_pipeline
 from synfer_diffusers.image_utils import resize_and_center_crop
 from synfer_diffusers.labels import ClassifierVoter
+from synfer_diffusers.value_checks import check_int
 
 MODEL_ENV = "SYNFER_DEMO_MODEL"
 """Environment variable naming the checkpoint (a folder or Hub repo id) when `--model` is not given."""
@@ -198,8 +199,7 @@ class SynFERDemo:
         the same seed: returns the frames side by side (left: 0) and the AU's value in each."""
         with page_errors():
             self.au_space.index(au_name, "au_name")
-            if not isinstance(num_frames, int) or num_frames < 2:
-                raise ValueError(f"`num_frames` must be an int >= 2, got {num_frames!r}.")
+            check_int("num_frames", num_frames, 2)
         values = np.linspace(0.0, self.au_space.max_value, num_frames).round(3).tolist()
         rows = [{**action_units, au_name: value} for value in values]
         kwargs = self._call_kwargs(description, expression, au_scale, semantic_guidance_scale, num_inference_steps,

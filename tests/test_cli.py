@@ -132,6 +132,17 @@ def test_generate_has_one_flag_per_config_field():
     assert [field_flag(item) for item in fields(SyntheticSetConfig) if field_flag(item) not in flags] == []
 
 
+def test_faceworld_flags_override_single_settings_of_the_regime(monkeypatch):
+    """Flags left out keep the regime's values; given ones (a tuple as 'a,b') replace them."""
+    import synfer_diffusers.data.faceworld as faceworld
+
+    written = {}
+    monkeypatch.setattr(faceworld, "write_faceworld_splits", lambda *args: written.update(config=args[4]) or {})
+    assert main(["faceworld", "--output-dir", "out", "--regime", "hard", "--scale-range", "0.9,1.1",
+                 "--subtle-probability", "0.5"]) == 0  # fmt: skip
+    assert written["config"] == faceworld.FaceWorldConfig.hard(scale_range=(0.9, 1.1), subtle_probability=0.5)
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_lists_every_flag_as_the_parser_does(command):
     """The README's table of `synfer <command>` equals the one generated from the parser."""

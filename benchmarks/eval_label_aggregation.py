@@ -22,6 +22,7 @@ set, on which the guide does not vote), so a new voter is measured before it joi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -102,19 +103,26 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def added_voter_rows(path: Path, work: Path, voters: list[str], synthetic: dict, run_dir: Path, fer) -> dict:
-    """Agreement with both judges, and the share changed from the target, of each aggregation of a copy of the set
-    with `voters` added, with every voter and without the guide."""
-    from synfer_diffusers.generate.relabel import relabel_synthetic_dataset
+    """Agreement with both judges, and the share changed from the target, of each added voter alone and of each
+    aggregation of a copy of the set with `voters` added, with every voter and without the guide."""
+    from synfer_diffusers.generate.relabel import read_journal, relabel_synthetic_dataset
 
-    copy = work / f"{path.name}_plus_{len(voters)}_voters"
-    if not (copy / "README.md").exists() or (copy / "relabel.journal.json").exists():
-        if not copy.exists():
-            shutil.copytree(path, copy)
-        relabel_synthetic_dataset(copy, voters=voters)  # resumable: a rerun after a kill finishes the same rewrite
+    key = hashlib.sha256("\n".join(voters).encode()).hexdigest()[:8]
+    copy = work / f"{path.name}_plus_voters_{key}"
+    if not copy.exists():
+        shutil.copytree(path, copy.with_suffix(".tmp"))
+        os.replace(copy.with_suffix(".tmp"), copy)
     stored = load_synthetic_set(copy)
+    if read_journal(copy) is not None or len(stored["votes"][0]) == len(load_synthetic_set(path)["votes"][0]):
+        relabel_synthetic_dataset(copy, voters=voters)  # resumable: a rerun after a kill finishes the same rewrite
+        stored = load_synthetic_set(copy)
     names = tuple(vote["voter"] for vote in stored["votes"][0])
+    added = names[len(load_synthetic_set(path)["votes"][0]) :]
     subsets = {"all": names, "without guide": tuple(name for name in names if name != "guide")}
     labels = {"target": stored["target"], "feranno": synthetic["feranno"], "image": stored["image"]}
+    for name in added:
+        labels[f"voter {name}"] = np.array([np.argmax(next(v["probs"] for v in row if v["voter"] == name))
+                                            for row in stored["votes"]])  # fmt: skip
     for subset, members in subsets.items():
         for aggregation in ("paper", "dawid_skene"):
             labels[f"{aggregation} ({subset})"] = voted_labels(stored["votes"], stored["target"], aggregation, members)

@@ -54,7 +54,7 @@ def _flag_value(convert: Callable[[str], Any], flag: str) -> Callable[[str], Any
 def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
     """`synfer generate`: plan, generate, label and write a synthetic dataset folder (see `generate/`). One flag
     per [`SyntheticSetConfig`] field ([`config_flags`]), plus the run's own options."""
-    from .generate import config_flags
+    from .generate import DEFAULT_QUEUE_DEPTH, config_flags
 
     parser = subparsers.add_parser(
         "generate",
@@ -76,6 +76,10 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> None:
                                 default=flag.default, help=flag.help, metavar=flag.metavar)  # fmt: skip
     parser.add_argument("--voter", action="append", default=[], metavar="[KIND:]SPEC", help=VOTER_HELP)
     parser.add_argument("--batch-size", type=int, default=8, help="Images per pipeline call (not part of the plan).")
+    parser.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH, metavar="K",
+                        help="Batches the CPU work after each pipeline call (PIL conversion, votes, PNG encoding, shard "
+                             "writes) may fall behind, done by a background thread while the next batch denoises; "
+                             "0: synchronous. Not part of the plan: the set is the same.")  # fmt: skip
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="Complete an interrupted run of the same plan.")
     mode.add_argument("--overwrite", action="store_true", help="Replace a folder that holds another plan.")
@@ -99,7 +103,7 @@ def run_generate(args: argparse.Namespace) -> int:
         SyntheticSetConfig(**values), args.output_dir, model=args.model, voters=args.voter,
         batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
         token=args.token, private=args.private, card_data={"license": args.license} if args.license else None,
-        show_progress=not args.no_progress, wait=args.wait,
+        show_progress=not args.no_progress, wait=args.wait, queue_depth=args.queue_depth,
     )  # fmt: skip
     if result.complete:
         logger.info(f"Wrote {result.num_samples} samples in {result.num_shards} shards to {result.output_dir}")

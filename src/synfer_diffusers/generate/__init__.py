@@ -18,7 +18,9 @@ This is the one package that ties the pipeline to the data writer (`data/` never
    semantic guidance on) and the target ([`VotingLabeler`]), or takes the target alone ([`TargetLabeler`]) when there is nothing to vote with; extra
    pipeline arguments (those the config does not set) go through `pipeline_kwargs`; both are recorded in the plan.
 4. **Write** shards with [`~synfer_diffusers.data.writer.SyntheticSetWriter`] (atomic, verified on resume), then
-   the card and preview, then optionally push to the Hub.
+   the card and preview, then optionally push to the Hub. Steps 3 and 4 (and the PIL conversion) run in a bounded
+   background stage (`background`: one thread, `queue_depth` batches behind) that overlaps with the next batch's
+   denoising; the set is byte-identical to a synchronous run.
 
 Before anything is written, everything is checked (config, model, sources, voters, a dry resolution of the
 pipeline's inputs, the folder's state), and the folder is locked for the run ([`OutputLock`]).
@@ -30,6 +32,7 @@ Several processes (`accelerate launch`, `torchrun`) split the shards round-robin
 `p, p + K, ...`; the main process writes the card once all are done. The result equals a one-process run.
 """
 
+from .background import DEFAULT_QUEUE_DEPTH, BackgroundStage, sample_rows
 from .card import DEFAULT_CARD_DATA, card_fields
 from .config import (
     AU_POLICIES,
@@ -42,7 +45,7 @@ from .config import (
     config_flags,
 )
 from .edit_set import EditSource, edit_inputs, plan_edit_sample
-from .labelers import Labeler, SampleLabels, TargetLabeler, VotingLabeler, default_labeler
+from .labelers import GeneratedOutput, Labeler, SampleLabels, TargetLabeler, VotingLabeler, default_labeler
 from .lock import FolderLockedError, OutputLock
 from .model import (
     DEFAULT_MODEL_DIR,
@@ -54,19 +57,22 @@ from .model import (
     resolve_pipeline,
 )
 from .plan import AUSource, LayoutSource, PlannedSample, build_plan, pipeline_inputs, plan_sample, sample_seed
-from .run import SyntheticSetResult, generate_synthetic_dataset, sample_rows
+from .run import SyntheticSetResult, generate_synthetic_dataset
 
 __all__ = [
     "AUSource",
     "AU_POLICIES",
+    "BackgroundStage",
     "ConfigFlag",
     "DEFAULT_CARD_DATA",
     "DEFAULT_DESCRIPTIONS",
     "DEFAULT_MODEL_DIR",
     "DEFAULT_MODEL_ENV",
+    "DEFAULT_QUEUE_DEPTH",
     "DTYPES",
     "EditSource",
     "FolderLockedError",
+    "GeneratedOutput",
     "Labeler",
     "LayoutSource",
     "MAX_IMAGE_SIZE_FACTOR",

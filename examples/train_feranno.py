@@ -91,6 +91,7 @@ class FERAnnoTrainingConfig(TrainingConfig):
     dropout: float = field(default=0.1, metadata={"help": "Head dropout."})
     timestep: int = field(default=1, metadata={"help": "Diffusion timestep of the UNet pass (the paper's t ~ 1)."})
     prompt: str = field(default="", metadata={"help": "Prompt of the UNet pass ('' = CFG's unconditional branch)."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,6 +101,8 @@ class FERAnnoTrainingConfig(TrainingConfig):
         check_positive(self, "eval_batch_size", "hidden_dim", "tokens_per_side", "num_heads", "num_fusion_layers")
         check_positive(self, "max_eval_samples", allow_none=True)
         check_positive(self, "timestep", "dropout", allow_zero=True)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}.")
 
 
 def load_eval_split(
@@ -194,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
             features = pipe.unet_features(noisy)
         with random.global_rng():  # the head's dropout masks, the same in a resumed run
             logits = model(features).logits  # (B, num_labels)
-        return F.cross_entropy(logits.float(), batch["labels"].to(logits.device))
+        return F.cross_entropy(
+            logits.float(), batch["labels"].to(logits.device), label_smoothing=config.label_smoothing
+        )
 
     history_path = os.path.join(config.output_dir, EVALUATION_FILE)
     history = {}

@@ -5,7 +5,7 @@
 Events are the calls of `os.fsync` and `os.replace` (each atomic write of the writer makes three: fsync of the
 temporary file, the rename, fsync of the folder). N is an event number, or `CALL:TEXT` for the first event of that
 call (`fsync` or `replace`) whose path contains TEXT (a kill point that does not depend on what an earlier,
-interrupted run left). Before event N the hook appends `N <call> <path>` to LOG, then
+interrupted run left). Before event N the hook appends `N <call> <path> <thread name>` to LOG, then
 - `kill`: SIGKILLs its own process (a kill -9 at that instant);
 - `pause`: waits until the file `LOG.release` exists, then goes on (the run holds its lock meanwhile);
 - `count`: LOG gets every event (`N <call> <path>`), and `total <number of events>` at exit.
@@ -15,6 +15,7 @@ import atexit
 import os
 import signal
 import sys
+import threading
 import time
 
 
@@ -40,7 +41,7 @@ def main() -> None:
             return
         target = "done"  # only the first matching event
         with open(log, "a", encoding="utf-8") as f:
-            f.write(f"{count} {call} {path}\n")
+            f.write(f"{count} {call} {path} {threading.current_thread().name}\n")
         if mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         while not os.path.exists(log + ".release"):

@@ -281,6 +281,19 @@ def test_train_feranno_resumes_with_the_same_losses_and_a_bit_equal_head(tiny_co
         script.main([*cut, "--max_train_steps", "1", "--resolution", "32", "--output_dir", str(tmp_path / "bad")])
 
 
+def test_train_feranno_label_smoothing_is_the_smoothed_cross_entropy(tiny_components, labelled_images, tmp_path):
+    """`--label_smoothing` reaches the loss: the same seed's first loss differs from the plain run's and stays
+    finite; a value outside [0, 1) is refused naming the field."""
+    script = _train_script()
+    options = _train_options(tmp_path, tiny_components, labelled_images, tmp_path / "plain")
+    plain = script.main([*options, "--max_train_steps", "1"])
+    options = _train_options(tmp_path, tiny_components, labelled_images, tmp_path / "smooth")
+    smooth = script.main([*options, "--max_train_steps", "1", "--label_smoothing", "0.5"])
+    assert np.isfinite(smooth.losses[0]) and smooth.losses[0] != plain.losses[0]
+    with pytest.raises(ValueError, match="`label_smoothing`"):
+        script.main([*options, "--max_train_steps", "1", "--label_smoothing", "1.0"])
+
+
 def test_train_feranno_takes_an_affectnet8_label_set_and_votes_by_name(tiny_components, tmp_path):
     from synfer_diffusers import EnsembleVoter
     from synfer_diffusers.labels import VotingConfig

@@ -34,7 +34,7 @@ def _hooked(mode: str, event: int | str, log: Path, folder: Path, *extra: str) -
 
 
 def _killed_at(log: Path) -> list[str]:
-    return [line.split(" ", 2)[2] for line in log.read_text().splitlines()] if log.exists() else []
+    return [line.split(" ")[2] for line in log.read_text().splitlines()] if log.exists() else []  # the path
 
 
 def _random_event_before_the_last_shard(folder: Path, log: Path, rng: random.Random) -> int:

@@ -31,7 +31,7 @@ from .dataclass_cli import (
     dataclass_values,
     name_flags,
 )
-from .generate.config import VOTING_FIELDS, SyntheticSetConfig
+from .generate.config import DEFAULT_QUEUE_DEPTH, VOTING_FIELDS, SyntheticSetConfig
 
 logger = logging.getLogger("synfer_diffusers")
 
@@ -97,6 +97,12 @@ class GenerateOptions(HubOptions, VoterOptions, FolderOptions, OutputOptions):
         metadata={"help": "SynFERPipeline folder or Hub repo id; None: the embedded default checkpoint."},
     )
     batch_size: int = field(default=8, metadata={"help": "Images per pipeline call (not part of the plan)."})
+    queue_depth: int = field(
+        default=DEFAULT_QUEUE_DEPTH,
+        metadata={"help": "Batches the CPU work after each pipeline call (PIL conversion, votes, PNG encoding, shard "
+                          "writes) may fall behind, done by a background thread while the next batch denoises; 0: "
+                          "synchronous. Not part of the plan: the set is the same.", "metavar": "K"},
+    )  # fmt: skip
 
 
 @dataclass(kw_only=True)
@@ -165,11 +171,10 @@ def run_generate(args: argparse.Namespace) -> int:
     from .generate import generate_synthetic_dataset
 
     result = generate_synthetic_dataset(
-        config, args.output_dir, model=args.model,
-        voters=args.voters, batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite,
-        push_to_hub=args.push_to_hub, token=args.token, private=args.private,
-        card_data=_card_data(args), show_progress=not args.no_progress,
-        wait=args.wait,
+        config, args.output_dir, model=args.model, voters=args.voters, batch_size=args.batch_size,
+        resume=args.resume, overwrite=args.overwrite, push_to_hub=args.push_to_hub, token=args.token,
+        private=args.private, card_data=_card_data(args), show_progress=not args.no_progress, wait=args.wait,
+        queue_depth=args.queue_depth,
     )  # fmt: skip
     if result.complete:
         logger.info(f"Wrote {result.num_samples} samples in {result.num_shards} shards to {result.output_dir}")

@@ -309,10 +309,17 @@ class SyntheticSetWriter:
         """Encodes `rows` (sample ids `spec.start..spec.end - 1`, in order; with `drop_discarded` an increasing
         subset) and writes the shard atomically, then its manifest. On failure (full disk, ...) nothing is left
         under the shard's name and the error says so."""
+        self.write_encoded(spec, self.encode_rows(rows))
+
+    def encode_rows(self, rows: Sequence[SyntheticRow | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """`rows` as the shard stores them (images PNG-encoded): a shard's rows can be encoded batch by batch as
+        they come, then written together with [`write_encoded`]."""
         examples = [row.to_example() if isinstance(row, SyntheticRow) else dict(row) for row in rows]
-        examples = [{name: example[name] for name in self.features} for example in examples]
-        table = pa.Table.from_pylist([self.features.encode_example(e) for e in examples], schema=self.schema)
-        self.write_table(spec, table)
+        return [self.features.encode_example({name: example[name] for name in self.features}) for example in examples]
+
+    def write_encoded(self, spec: ShardSpec, encoded: Sequence[Mapping[str, Any]]) -> None:
+        """Writes rows encoded by [`encode_rows`] as [`write_shard`] does."""
+        self.write_table(spec, pa.Table.from_pylist(list(encoded), schema=self.schema))
 
     def write_table(self, spec: ShardSpec, table: pa.Table, relabel: Mapping[str, Any] | None = None) -> None:
         """Writes an encoded shard `table` (schema [`synthetic_features`]) as [`write_shard`] does.

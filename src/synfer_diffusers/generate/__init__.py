@@ -18,7 +18,9 @@ This is the one package that ties the pipeline to the data writer (`data/` never
    semantic guidance on) and the target ([`VotingLabeler`]), or takes the target alone ([`TargetLabeler`]) when there is nothing to vote with; extra
    pipeline arguments (those the config does not set) go through `pipeline_kwargs`; both are recorded in the plan.
 4. **Write** shards with [`~synfer_diffusers.data.writer.SyntheticSetWriter`] (atomic, verified on resume), then
-   the card and preview, then optionally push to the Hub.
+   the card and preview, then optionally push to the Hub. Steps 3 and 4 (and the PIL conversion) run in a bounded
+   background stage (`background`: one thread, `queue_depth` batches behind) that overlaps with the next batch's
+   denoising; the set is byte-identical to a synchronous run.
 
 Before anything is written, everything is checked (config, model, sources, voters, a dry resolution of the
 pipeline's inputs, the folder's state), and the folder is locked for the run ([`OutputLock`]).
@@ -35,13 +37,14 @@ Names are imported lazily: [`SyntheticSetConfig`] loads no torch (the command li
 from ..lazy_imports import lazy_namespace
 
 _import_structure = {
+    "background": ["BackgroundStage", "sample_rows"],
     "card": ["DEFAULT_CARD_DATA", "card_fields"],
     "config": [
-        "AU_POLICIES", "DEFAULT_DESCRIPTIONS", "DTYPES", "MAX_IMAGE_SIZE_FACTOR", "SCHEDULERS", "VOTING_FIELDS",
-        "SyntheticSetConfig", "torch_dtype",
+        "AU_POLICIES", "DEFAULT_DESCRIPTIONS", "DEFAULT_QUEUE_DEPTH", "DTYPES", "MAX_IMAGE_SIZE_FACTOR", "SCHEDULERS",
+        "VOTING_FIELDS", "SyntheticSetConfig", "torch_dtype",
     ],
     "edit_set": ["EditSource", "edit_inputs", "plan_edit_sample"],
-    "labelers": ["Labeler", "SampleLabels", "TargetLabeler", "VotingLabeler", "default_labeler"],
+    "labelers": ["GeneratedOutput", "Labeler", "SampleLabels", "TargetLabeler", "VotingLabeler", "default_labeler"],
     "lock": ["FolderLockedError", "OutputLock"],
     "model": [
         "DEFAULT_MODEL_DIR", "DEFAULT_MODEL_ENV", "TINY_MODEL_NAME", "configure_pipeline", "default_model_dir",
@@ -50,7 +53,7 @@ _import_structure = {
     "plan": [
         "AUSource", "LayoutSource", "PlannedSample", "build_plan", "pipeline_inputs", "plan_sample", "sample_seed",
     ],
-    "run": ["SyntheticSetResult", "generate_synthetic_dataset", "sample_rows"],
+    "run": ["SyntheticSetResult", "generate_synthetic_dataset"],
 }  # fmt: skip
 
 __getattr__, __dir__, __all__ = lazy_namespace(__name__, _import_structure)

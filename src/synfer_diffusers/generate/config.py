@@ -63,6 +63,9 @@ DEFAULT_NUM_SAMPLES = 64
 """`num_samples` of a generated set when none is given."""
 DEFAULT_GUIDANCE_SCALE = 5.0
 """`guidance_scale` of a generated set when none is given."""
+DEFAULT_QUEUE_DEPTH = 2
+"""Batches that `synfer generate` lets its background stage fall behind by default (a run option, not in the
+plan)."""
 MAX_IMAGE_SIZE_FACTOR = 4
 """`height` and `width` are at most this many times the model's native image size (2048 px for a 512 px model)."""
 
@@ -178,7 +181,8 @@ def read_descriptions_file(path: str) -> list[str]:
 class SyntheticSetConfig:
     r"""
     Everything that determines a synthetic set's samples (stored in `plan.json`): what is drawn, how it is sampled
-    (scheduler, dtype, device, negative prompt, eta, semantic guidance) and how it is labelled (voting options of the
+    (scheduler, dtype, device, compile and memory format, which round differently, negative prompt, eta, semantic
+    guidance) and how it is labelled (voting options of the
     default labeller). Values are checked here, naming the field; those that depend on the model (`prototype_intensity`
     against its AU space, `eta` against its own scheduler) once it is loaded, before anything is written.
 
@@ -265,6 +269,16 @@ class SyntheticSetConfig:
         metadata={"help": "'cpu', 'cuda', 'cuda:N' or 'mps'; None: accelerate's device for this process (with "
                           "several processes, 'cuda' is each process's own GPU)."},
     )  # fmt: skip
+    compile: bool = field(
+        default=False,
+        metadata={"help": "Regional torch.compile of the UNet's repeated blocks (diffusers' compile_repeated_blocks): "
+                          "the first calls compile (slow), later ones run faster; refused where torch cannot compile "
+                          "(no C++ compiler, no Triton)."},
+    )  # fmt: skip
+    channels_last: bool = field(
+        default=False, metadata={"help": "UNet and VAE weights in the channels_last memory format (faster convolutions "
+                                         "on GPUs and some CPUs)."},
+    )  # fmt: skip
     negative_prompt: str | None = field(
         default=None, metadata={"help": "The unconditional prompt of classifier-free guidance; None: ''."}
     )
@@ -332,8 +346,9 @@ class SyntheticSetConfig:
             self.guidance_scale = DEFAULT_GUIDANCE_SCALE if self.edit_dataset is None else DEFAULT_EDIT_GUIDANCE_SCALE
         if self.semantic_guidance_scale is None and self.edit_dataset is None:
             self.semantic_guidance_scale = 0.0  # an edit set's follows the model's guide (run.py)
-        if not isinstance(self.drop_discarded, bool):
-            raise ValueError(f"`drop_discarded` must be a bool, got {self.drop_discarded!r}.")
+        for name in ("drop_discarded", "compile", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
         check_int("num_samples", self.num_samples, 1, optional=self.edit_dataset is not None)  # None: every face
         for name, minimum in (("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):
             check_int(name, getattr(self, name), minimum)

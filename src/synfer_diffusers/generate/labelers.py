@@ -30,9 +30,18 @@ class SampleLabels:
     votes: list[list[dict[str, Any]]]
 
 
+@dataclass
+class GeneratedOutput(SynFERPipelineOutput):
+    """A pipeline output as `synfer generate` hands it to its labeller: `images` as PIL (byte for byte what
+    `output_type="pil"` gives) and `pixel_values`, the same images as the pipeline made them, `(B, 3, H, W)` in
+    [0, 1] on its device, for voters that read tensors."""
+
+    pixel_values: torch.Tensor | None = None
+
+
 class Labeler(Protocol):
     """Maps a generated batch (the pipeline output: PIL `images`, and `feranno_probabilities` when the pipeline
-    has a `feranno_head`) and its target class ids to [`SampleLabels`]. `config` (JSON: everything that decides the
+    has a `feranno_head`; in `synfer generate` a [`GeneratedOutput`]) and its target class ids to [`SampleLabels`]. `config` (JSON: everything that decides the
     labels, e.g. the voters' weight fingerprints and the voting rule) goes into the plan, so a resume with another
     labelling is refused; `description` goes into the card. A labeller whose `needs_whole_set` is true labels
     batches provisionally and gets the whole set's stored votes once every shard is written ([`relabel`])."""
@@ -98,7 +107,8 @@ class VotingLabeler:
         given = {}
         if output.feranno_probabilities is not None:
             given["feranno"] = output.feranno_probabilities
-        batch = VoteBatch(output.images, [EXPRESSIONS[i] for i in target_labels], given)
+        pixel_values = output.pixel_values if isinstance(output, GeneratedOutput) else None
+        batch = VoteBatch(output.images, [EXPRESSIONS[i] for i in target_labels], given, pixel_values)
         for name in self.voter.config.probability_voters:
             if name not in given:
                 raise ValueError(f"The voter expects {name!r} probabilities but the pipeline gives none.")

@@ -94,7 +94,9 @@ def checkpoint_voters(model: str | None = None) -> list[ClassifierVoter]:
 
 def configure_pipeline(pipe: SynFERPipeline, config: SyntheticSetConfig, device: torch.device) -> SynFERPipeline:
     """Gives `pipe` (in place) the config's sampler (`scheduler` built from the checkpoint's scheduler config; DDIM
-    with `clip_sample=False`, as latents need), `dtype` and `device`, and checks that `prototype_intensity` fits the
+    with `clip_sample=False`, as latents need), `dtype`, `device`, `channels_last` memory format (UNet and VAE) and
+    `compile` (the UNet's repeated blocks, `compile_repeated_blocks`, after [`check_compile`]; a pipeline compiled
+    before stays compiled), and checks that `prototype_intensity` fits the
     model's AU space and `eta` the scheduler. Returns `pipe`."""
     pipe.au_space.prototype_value(config.prototype_intensity, field="prototype_intensity")
     if config.scheduler is not None:
@@ -106,7 +108,31 @@ def configure_pipeline(pipe: SynFERPipeline, config: SyntheticSetConfig, device:
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
     if any(parameter.dtype != dtype for module in modules for parameter in module.parameters()):
         pipe.to(dtype=dtype)
-    return pipe.to(device)
+    pipe.to(device)
+    if config.channels_last:
+        for module in (pipe.unet, pipe.vae):
+            module.to(memory_format=torch.channels_last)
+    if config.compile:
+        check_compile(device)
+        pipe.unet.compile_repeated_blocks()
+    return pipe
+
+
+def _compile_probe(x: torch.Tensor) -> torch.Tensor:
+    return torch.sin(x) * 2 + 1
+
+
+def check_compile(device: torch.device) -> None:
+    """Refuses `compile` where torch cannot compile for `device` (no C++ compiler for the CPU, no Triton for a GPU,
+    an unsupported Python): a tiny function is compiled and run there first (a few seconds, once per process); a
+    `ValueError` naming `compile` (`--compile`) and torch's reason otherwise."""
+    try:
+        torch.compile(_compile_probe, dynamic=False)(torch.ones(2, device=device))
+    except Exception as error:  # torch raises InductorError, BackendCompilerFailed, RuntimeError, ... here
+        reason = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ValueError(
+            f"`compile`: torch cannot compile for {device.type} on this machine ({reason}); run without it."
+        ) from error
 
 
 def pipeline_fingerprint(pipe: SynFERPipeline) -> str:

@@ -9,18 +9,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..data.hub import check_push_target, push_synthetic_dataset
-from ..data.writer import SyntheticRow, SyntheticSetWriter
-from ..facs import EXPRESSIONS
+from ..data.writer import SyntheticSetWriter
 from ..labels import load_voter
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from ..value_checks import check_int
+from .background import BackgroundStage, GeneratedBatch, ShardAssembler
 from .card import DEFAULT_CARD_DATA, card_fields
-from .config import SyntheticSetConfig, check_device, torch_dtype
+from .config import DEFAULT_QUEUE_DEPTH, SyntheticSetConfig, check_device, torch_dtype
 from .edit_set import EditSource, edit_inputs, plan_edit_sample
 from .labelers import Labeler, SampleLabels, changed_voting_options, default_labeler
 from .lock import OutputLock
@@ -70,9 +69,10 @@ class _Run:
         return pipeline_inputs(self.config, samples, pipeline_kwargs)
 
     def generate(self, samples: Sequence[PlannedSample], pipeline_kwargs: Mapping[str, Any] | None) -> Any:
-        """The pipeline's output for `samples`: `pipe.edit` in an edit set, else `pipe(...)`."""
+        """The pipeline's output for `samples`: `pipe.edit` in an edit set, else `pipe(...)`, its images as tensors
+        (`output_type="pt"`: the background stage converts them, [`ShardAssembler`])."""
         call = self.pipe.edit if self.edit_source is not None else self.pipe
-        return call(**self.inputs(samples, pipeline_kwargs))
+        return call(**{**self.inputs(samples, pipeline_kwargs), "output_type": "pt"})
 
 
 def generate_synthetic_dataset(
@@ -94,6 +94,7 @@ def generate_synthetic_dataset(
     num_processes: int | None = None,
     show_progress: bool = True,
     wait: bool = False,
+    queue_depth: int = DEFAULT_QUEUE_DEPTH,
 ) -> SyntheticSetResult:
     r"""
     Generates, labels and writes a synthetic facial-expression dataset folder (and optionally publishes it).
@@ -127,6 +128,10 @@ def generate_synthetic_dataset(
         show_progress (`bool`, defaults to True): a progress bar with rate and ETA.
         wait (`bool`, defaults to False): when another run holds the folder's lock, wait for it instead of raising
             [`FolderLockedError`].
+        queue_depth (`int`, defaults to 2): batches the CPU work after each pipeline call (PIL conversion, votes,
+            PNG encoding, shard writes) may fall behind, done meanwhile by a background thread
+            ([`BackgroundStage`]) so that it overlaps with the next batch's denoising; at most this many generated
+            batches wait in memory. 0: all on the calling thread. Not part of the plan: the set is byte-identical.
 
     Everything is checked before the folder is touched (the config, the model, the sources, the voters, one dry
     resolution of the pipeline's inputs, the folder's state): bad input raises and leaves the folder as it was.
@@ -149,6 +154,7 @@ def generate_synthetic_dataset(
     if not isinstance(config, SyntheticSetConfig):
         raise TypeError(f"`config` must be a SyntheticSetConfig, got {type(config).__name__}.")
     check_int("batch_size", batch_size, 1)
+    check_int("queue_depth", queue_depth, 0)
     if resume and overwrite:
         raise ValueError("`resume` and `overwrite` exclude each other: pick one.")
     if push_to_hub is not None:
@@ -170,7 +176,8 @@ def generate_synthetic_dataset(
         run.writer.prepare(resume=resume, overwrite=overwrite, is_main_process=rank == 0)
         if distributed and rank == 0:
             barrier()
-        pending = _write_pending_shards(config, run, batch_size, pipeline_kwargs, rank, world, show_progress)
+        pending = _write_pending_shards(config, run, batch_size, pipeline_kwargs, rank, world, show_progress,
+                                        queue_depth)  # fmt: skip
         if distributed:
             barrier()
         result = SyntheticSetResult(str(output_dir), config.num_samples, len(run.writer.shards), len(pending), False)
@@ -261,8 +268,10 @@ def _write_pending_shards(
     rank: int,
     world: int,
     show_progress: bool,
+    queue_depth: int,
 ) -> list:
-    """Generates and writes this process's pending shards (`rank::world`); returns them."""
+    """Generates this process's pending shards (`rank::world`) and has a [`BackgroundStage`] `queue_depth` batches
+    deep label and write them; returns them once all are written."""
     writer = run.writer
     mine = writer.shards[rank::world]
     pending = writer.pending_shards(mine)
@@ -271,42 +280,17 @@ def _write_pending_shards(
     logger.info(f"Process {rank + 1}/{world}: {len(pending)} of its {len(mine)} shards to write.")
     with tqdm(total=total, initial=done, unit="img", desc=f"synfer generate [{rank + 1}/{world}]",
               disable=not show_progress, position=rank, dynamic_ncols=True) as progress:  # fmt: skip
-        for spec in pending:
-            rows = []
-            for ids in _chunks(spec.sample_ids, batch_size):
-                samples = [run.plan(i) for i in ids]
-                output = run.generate(samples, pipeline_kwargs)
-                labels = run.labeler(output, [EXPRESSIONS.label_id(s.expression) for s in samples])
-                rows.extend(sample_rows(samples, output.images, labels, config.drop_discarded))
-                progress.update(len(samples))
-            writer.write_shard(spec, rows)
+        assembler = ShardAssembler(writer, run.labeler, run.pipe.image_processor.numpy_to_pil, config.drop_discarded)
+        with BackgroundStage(assembler, queue_depth) as stage:
+            for spec in pending:
+                batches = list(_chunks(spec.sample_ids, batch_size))
+                for number, ids in enumerate(batches, 1):
+                    samples = [run.plan(i) for i in ids]
+                    output = run.generate(samples, pipeline_kwargs)
+                    pixels = run.pipe.image_processor.pt_to_numpy(output.images)
+                    stage.submit(GeneratedBatch(spec, samples, output, pixels, last=number == len(batches)))
+                    progress.update(len(samples))
     return pending
-
-
-def sample_rows(
-    samples: Sequence[PlannedSample], images: Sequence[Any], labels: SampleLabels, drop_discarded: bool = False
-) -> list[SyntheticRow]:
-    """The dataset rows of a generated, labelled batch: the plan's prompt and AU vector, the labels and votes (and an
-    edited sample's source face); rows marked `keep=False` are left out with `drop_discarded`."""
-    rows = [
-        SyntheticRow(
-            image=images[i],
-            text=sample.prompt,
-            action_units=np.asarray(sample.action_units, dtype=np.float32).tolist(),
-            target_label=EXPRESSIONS.label_id(sample.expression),
-            label=int(labels.label[i]),
-            label_probs=labels.label_probs[i].tolist(),
-            agreement=float(labels.agreement[i]),
-            keep=bool(labels.keep[i]),
-            votes=labels.votes[i],
-            seed=sample.seed,
-            sample_id=sample.sample_id,
-            source_id=sample.source.source_id if sample.source is not None else None,
-            source_image_sha256=sample.source.image_sha256 if sample.source is not None else None,
-        )
-        for i, sample in enumerate(samples)
-    ]
-    return [row for row in rows if row.keep or not drop_discarded]
 
 
 def _process_layout(

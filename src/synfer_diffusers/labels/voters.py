@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -28,6 +28,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Pr
 
 from ..facs import EXPRESSIONS, classifier_expression_probabilities, map_classifier_labels
 from ..fingerprint import module_fingerprint
+from ..pipelines.synfer.semantic_guidance import GuidePreprocessing
 from .config import TARGET_VOTER
 
 __all__ = [
@@ -47,12 +48,14 @@ __all__ = [
 @dataclass
 class VoteBatch:
     """What voters may look at for a batch of `B` images: `images` (PIL), `targets` (expression names, `None` where an
-    image has none) and `probabilities` that were computed elsewhere, by voter name (e.g. `{"feranno": (B, 7)}` from
-    the generation loop)."""
+    image has none), `probabilities` that were computed elsewhere, by voter name (e.g. `{"feranno": (B, 7)}` from
+    the generation loop) and, optionally, `pixel_values`: the same images as the pipeline made them, `(B, 3, H, W)`
+    in [0, 1] on its device, which voters that read tensors ([`ClassifierVoter`]) take instead of the PIL images."""
 
     images: Sequence[Any] | None = None
     targets: Sequence[str | None] | None = None
     probabilities: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    pixel_values: torch.Tensor | None = None
 
     def require_images(self, voter: str) -> Sequence[Any]:
         if self.images is None:
@@ -74,7 +77,9 @@ class Voter(Protocol):
 class ClassifierVoter:
     r"""
     A transformers image classifier as a voter: its logits reordered into `EXPRESSIONS` (unmapped outputs dropped),
-    then softmax.
+    then softmax. Given a batch's `pixel_values` (the pipeline's tensors), it preprocesses them in torch on their
+    device as its image processor would ([`GuidePreprocessing`], as semantic guidance does; within about 1/255 of
+    the processor's PIL result) instead of re-encoding PIL images; its `config()` records that preprocessing.
 
     Args:
         model ([`~transformers.PreTrainedModel`]): an image classifier returning `logits` `(B, num_classes)` with an
@@ -109,6 +114,10 @@ class ClassifierVoter:
         self.name = name or model.config.name_or_path or model.config.model_type
         self.index_map = map_classifier_labels(model.config.id2label, label_mapping, field="label_mapping")
         self.batch_size = batch_size
+        try:
+            self.preprocessing = GuidePreprocessing.from_processor(image_processor)
+        except ValueError:  # a `size` of another form: this voter reads the PIL images (config: None)
+            self.preprocessing = None
 
     @classmethod
     def from_pretrained(
@@ -129,16 +138,23 @@ class ClassifierVoter:
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "fingerprint": module_fingerprint(self.model),
-                "labels": self.index_map}  # fmt: skip
+                "labels": self.index_map,
+                "tensor_preprocessing": asdict(self.preprocessing) if self.preprocessing is not None else None}  # fmt: skip
 
     @torch.no_grad()
     def __call__(self, images: Any) -> torch.Tensor:  # (B, len(EXPRESSIONS))
-        pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
+        """Probabilities of PIL `images`, or of pipeline tensors `(B, 3, H, W)` in [0, 1] (where its image
+        processor has a torch equivalent, `preprocessing`)."""
+        if isinstance(images, torch.Tensor) and self.preprocessing is not None:
+            pixel_values = self.preprocessing(images.to(self.model.device, torch.float32))
+        else:
+            pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
         logits = self.model(pixel_values=pixel_values.to(self.model.device, self.model.dtype)).logits
         return classifier_expression_probabilities(logits, self.index_map).cpu()  # (B, C) -> (B, 7)
 
     def vote(self, batch: VoteBatch) -> torch.Tensor:  # (B, 7)
-        images = batch.require_images(self.name)
+        tensors = batch.pixel_values is not None and self.preprocessing is not None
+        images = batch.pixel_values if tensors else batch.require_images(self.name)
         return torch.cat([self(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)])
 
 

@@ -60,6 +60,7 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 from synfer_diffusers.facs import EXPRESSIONS, AUSpace
 from synfer_diffusers.hub_utils import write_model_card
 from synfer_diffusers.training import parse_config, push_output_to_hub
+from synfer_diffusers.value_checks import check_int, check_number, check_positive
 
 TASKS = ("expression", "action_units")
 ARCHITECTURES = ("resnet", "convnext", "mobilenet_v2", "vit", "regnet")
@@ -116,18 +117,15 @@ class TrainFERConfig:
             raise ValueError(f"`task` must be one of {list(TASKS)}, got {self.task!r}.")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"`architecture` must be one of {list(ARCHITECTURES)}, got {self.architecture!r}.")
-        if not self.depth_multiplier > 0:
-            raise ValueError(f"`depth_multiplier` must be > 0, got {self.depth_multiplier}.")
+        check_positive(self, "depth_multiplier")
         if not self.hidden_sizes or len(self.hidden_sizes) != len(self.depths):
             raise ValueError(
                 f"`hidden_sizes` and `depths` must be non-empty lists of the same length, got {self.hidden_sizes} "
                 f"and {self.depths}."
             )
         for name in ("max_train_steps", "train_batch_size", "eval_batch_size", "num_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}.")
+            check_int(name, getattr(self, name), 1)
+        check_number("label_smoothing", self.label_smoothing, 0, 1, open_maximum=True)
 
     @property
     def target_columns(self) -> tuple[str, ...]:

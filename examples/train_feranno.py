@@ -44,6 +44,7 @@ from synfer_diffusers.metrics import load_fer_metric
 from synfer_diffusers.models.feranno import FERAnnoHead
 from synfer_diffusers.pipelines.synfer.pipeline_feranno import FERAnnoPipeline, noise_to_timestep
 from synfer_diffusers.pipelines.synfer.pipeline_synfer import SynFERPipeline
+from synfer_diffusers.value_checks import check_number
 from synfer_diffusers.training import (
     ExampleTransform,
     ExpressionLabels,
@@ -101,8 +102,7 @@ class FERAnnoTrainingConfig(TrainingConfig):
         check_positive(self, "eval_batch_size", "hidden_dim", "tokens_per_side", "num_heads", "num_fusion_layers")
         check_positive(self, "max_eval_samples", allow_none=True)
         check_positive(self, "timestep", "dropout", allow_zero=True)
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}.")
+        check_number("label_smoothing", self.label_smoothing, 0, 1, open_maximum=True)
 
 
 def load_eval_split(

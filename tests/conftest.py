@@ -1,6 +1,7 @@
 """Shared test setup: offline Hugging Face libraries, 2 CPU threads, tiny components built in code."""
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
@@ -38,6 +39,22 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _restore_library_log_levels():
+    """diffusers' harness (test_pipeline_conformance) sets levels on child loggers such as
+    `diffusers.pipelines.pipeline_utils` and leaves them: restored after each test, so a later test that checks what
+    a load prints sees the levels a user has."""
+    levels = {name: log.level for name, log in _library_loggers()}
+    yield
+    for name, log in _library_loggers():
+        log.setLevel(levels.get(name, logging.NOTSET))
+
+
+def _library_loggers() -> list[tuple[str, logging.Logger]]:
+    return [(name, log) for name, log in list(logging.root.manager.loggerDict.items())
+            if isinstance(log, logging.Logger) and name.split(".")[0] in ("diffusers", "transformers")]  # fmt: skip
 
 
 def pytest_configure(config):

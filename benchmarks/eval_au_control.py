@@ -29,10 +29,16 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from synfer_diffusers import EXPRESSIONS, SynFERPipeline
+from synfer_diffusers.evaluation import (
+    evaluate_au_regressor,
+    evaluate_expression_classifier,
+    images_to_tensor,
+    predict,
+)
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
-from eval_faceworld_generation import generate, load_example  # noqa: E402
+from eval_faceworld_generation import generate  # noqa: E402
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -53,7 +59,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def sweep(pipe: SynFERPipeline, regressor, fer, levels, seeds, steps, guidance_scale, **kwargs) -> dict:
+def sweep(pipe: SynFERPipeline, regressor, levels, seeds, steps, guidance_scale, **kwargs) -> dict:
     """Each AU raised over `levels` (others at 0) at `seeds`; the regressor's estimates and per-AU statistics."""
     names = list(pipe.au_space.names)
     pipe.set_progress_bar_config(disable=True)
@@ -67,7 +73,7 @@ def sweep(pipe: SynFERPipeline, regressor, fer, levels, seeds, steps, guidance_s
                        generator=[torch.Generator().manual_seed(s) for s in seeds], num_inference_steps=steps,
                        guidance_scale=guidance_scale, output_type="pt", **kwargs)  # fmt: skip
             batch = out.images.float().clamp(0, 1)
-            estimate = fer.predict(regressor, batch).clamp(0, 5).numpy()  # (S, num_aus)
+            estimate = predict(regressor, batch).clamp(0, 5).numpy()  # (S, num_aus)
             requested += [level] * len(seeds)
             estimated.append(estimate)
             images.append(batch[0])
@@ -90,19 +96,19 @@ def sweep(pipe: SynFERPipeline, regressor, fer, levels, seeds, steps, guidance_s
 
 
 def per_au_error(
-    pipe, regressor, fer, faceworld: str, per_expression: int, steps: int, guidance_scale: float, judges=(), **kwargs
+    pipe, regressor, faceworld: str, per_expression: int, steps: int, guidance_scale: float, judges=(), **kwargs
 ) -> dict:
     """Per-AU absolute error of the regressor on real test faces and on "+ AUs" images (pipeline arguments
     `kwargs`), their ratio, and each of `judges`' expression accuracy on those images."""
     import datasets
 
     test = datasets.load_dataset(faceworld, split="test").with_format("numpy")
-    real = fer.evaluate_au_regressor(regressor, fer.images_to_tensor(test["image"]), np.asarray(test["action_units"]))
+    real = evaluate_au_regressor(regressor, images_to_tensor(test["image"]), np.asarray(test["action_units"]))
     images, targets, requested, _ = generate(pipe, per_expression, steps, guidance_scale, batch_size=35, **kwargs)
-    generated = fer.evaluate_au_regressor(regressor, images, requested.numpy())
+    generated = evaluate_au_regressor(regressor, images, requested.numpy())
     labels = [EXPRESSIONS.index(t) for t in targets]
     return {
-        "expression_accuracy": [fer.evaluate_expression_classifier(j, images, labels)["accuracy"] for j in judges],
+        "expression_accuracy": [evaluate_expression_classifier(j, images, labels)["accuracy"] for j in judges],
         "real_mae": real["mae"], "generated_mae": generated["mae"], "ratio": generated["mae"] / real["mae"],
         "per_au": {name: {"real": real["mae_per_au"][name], "generated": generated["mae_per_au"][name],
                           "ratio": generated["mae_per_au"][name] / max(real["mae_per_au"][name], 1e-6)}
@@ -146,16 +152,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    fer = load_example("train_fer_classifier")
     regressor = AutoModelForImageClassification.from_pretrained(args.au_regressor).eval()
     pipe = SynFERPipeline.from_pretrained(args.model)
     judges = [AutoModelForImageClassification.from_pretrained(path).eval() for path in args.judge]
     result = {
         "args": vars(args),
-        "per_au_error": per_au_error(pipe, regressor, fer, args.faceworld, args.per_expression, args.steps,
+        "per_au_error": per_au_error(pipe, regressor, args.faceworld, args.per_expression, args.steps,
                                      args.guidance_scale, judges, **args.pipeline_kwargs),  # fmt: skip
     }
-    result["sweeps"], strips = sweep(pipe, regressor, fer, args.levels, args.sweep_seeds, args.steps,
+    result["sweeps"], strips = sweep(pipe, regressor, args.levels, args.sweep_seeds, args.steps,
                                      args.guidance_scale, **args.pipeline_kwargs)  # fmt: skip
     if args.plot:
         plot_strips(strips, args.levels, args.plot)

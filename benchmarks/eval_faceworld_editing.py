@@ -39,11 +39,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from eval_faceworld_generation import judge_features, load_example
+from eval_faceworld_generation import judge_features
 from faceworld_identity import encode_attributes, identity_scores, load_identity_classifier
 
 from synfer_diffusers import EXPRESSIONS, SynFERPipeline, expression_prototype
 from synfer_diffusers.data.faceworld import render_faces, sample_faceworld_attributes
+from synfer_diffusers.evaluation import evaluate_au_regressor, evaluate_expression_classifier
 from synfer_diffusers.generate import DEFAULT_MODEL_DIR
 
 NUM_EXPRESSIONS = len(EXPRESSIONS)
@@ -166,7 +167,6 @@ class Judges:
     judge: object | None
     regressor: object | None
     identity: object | None
-    fer: object  # examples/train_fer_classifier.py as a module
 
     @torch.no_grad()
     def score(self, name: str, images: torch.Tensor, tasks: EditTasks, seconds: float) -> Row:
@@ -175,18 +175,18 @@ class Judges:
         judged = {"judge_distance_to_ground_truth": None, "expression_accuracy": None, "au_mae": None}
         if self.judge is not None:
             labels = [EXPRESSIONS.index(n) for n in tasks.names]
-            judged["expression_accuracy"] = self.fer.evaluate_expression_classifier(self.judge, images, labels)[
+            judged["expression_accuracy"] = evaluate_expression_classifier(self.judge, images, labels)[
                 "accuracy"
             ]
-            features, truth_features = (judge_features(self.judge, x, self.fer) for x in (images, truth))
+            features, truth_features = (judge_features(self.judge, x) for x in (images, truth))
             judged["judge_distance_to_ground_truth"] = float((features - truth_features).norm(dim=1).mean())
         if self.regressor is not None:
-            judged["au_mae"] = self.fer.evaluate_au_regressor(self.regressor, images, tasks.target_aus)["mae"]
+            judged["au_mae"] = evaluate_au_regressor(self.regressor, images, tasks.target_aus)["mae"]
         identity = dict.fromkeys(("identity_attribute_accuracy", "identity_all_attributes", "identity_cosine"))
         if self.identity is not None:
             classes = self.identity.config.identity_attributes
             codes = encode_attributes(tasks.attributes, classes).repeat_interleave(NUM_EXPRESSIONS, 0)
-            identity = identity_scores(self.identity, images, sources, codes, self.fer)
+            identity = identity_scores(self.identity, images, sources, codes)
         return Row(
             name, len(images), (images - truth).abs().mean().item(), (images - sources).abs().mean().item(),
             **judged, **identity, seconds=seconds,
@@ -202,7 +202,7 @@ def load_judges(args: argparse.Namespace) -> Judges:
     identity = None
     if args.identity_classifier:
         identity = load_identity_classifier(Path(args.identity_classifier), args.faceworld, args.identity_steps)
-    return Judges(load(args.judge), load(args.au_regressor), identity, load_example("train_fer_classifier"))
+    return Judges(load(args.judge), load(args.au_regressor), identity)
 
 
 def print_table(rows: list[Row]) -> None:

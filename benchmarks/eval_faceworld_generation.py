@@ -19,11 +19,9 @@ FaceWorld only and are never used in generation.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -32,19 +30,15 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from synfer_diffusers import EXPRESSIONS, FERAnnoPipeline, SynFERPipeline
+from synfer_diffusers.evaluation import (
+    evaluate_au_regressor,
+    evaluate_expression_classifier,
+    images_to_tensor,
+    predict,
+    to_pixel_values,
+)
 from synfer_diffusers.generate import DTYPES, default_labeler, torch_dtype
 from synfer_diffusers.metrics.frechet import frechet_distance
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
-
-
-def load_example(name: str):
-    """Imports `examples/<name>.py` (the judge's own preprocessing and evaluation live there)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass
@@ -59,11 +53,11 @@ class Row:
 
 
 @torch.no_grad()
-def judge_features(judge, images: torch.Tensor, fer) -> torch.Tensor:  # (N, D) pooled last hidden state
+def judge_features(judge, images: torch.Tensor) -> torch.Tensor:  # (N, D) pooled last hidden state
     """The judge's penultimate features (globally pooled last stage), for the Fréchet distance."""
     feats = []
     for batch in images.split(256):
-        hidden = judge(pixel_values=fer.to_pixel_values(batch), output_hidden_states=True).hidden_states[-1]
+        hidden = judge(pixel_values=to_pixel_values(batch), output_hidden_states=True).hidden_states[-1]
         feats.append(hidden.mean(dim=(2, 3)))
     return torch.cat(feats)
 
@@ -94,25 +88,25 @@ def generate(
     return torch.cat(images), targets, requested, probabilities
 
 
-def agreement_with_judge(pipe, judge, images, targets, feranno, fer, guided: bool) -> dict[str, float]:
+def agreement_with_judge(pipe, judge, images, targets, feranno, guided: bool) -> dict[str, float]:
     """How often the generation target, FERAnno, the pipeline's guide (if any) and the voted label (the voters and
     rule of `synfer generate`'s default labeler) equal the judge's label on the generated images `(N, 3, H, W)`."""
-    judged = [EXPRESSIONS[i] for i in fer.predict(judge, images).argmax(dim=1).tolist()]
+    judged = [EXPRESSIONS[i] for i in predict(judge, images).argmax(dim=1).tolist()]
     voter = default_labeler(pipe, guided=guided).voter
     pil_images = pipe.image_processor.numpy_to_pil(pipe.image_processor.pt_to_numpy(images))
     return voter(pil_images, probabilities={"feranno": feranno}, targets=targets).agreement_with(judged)
 
 
-def score(name, images, targets, aus, judges, regressor, real_features, fer, seconds) -> Row:
+def score(name, images, targets, aus, judges, regressor, real_features, seconds) -> Row:
     """A row's numbers; `judges` = (judge, second judge or None)."""
     labels = [EXPRESSIONS.index(t) for t in targets]
     judge, second = judges
-    accuracy = fer.evaluate_expression_classifier(judge, images, labels)["accuracy"]
+    accuracy = evaluate_expression_classifier(judge, images, labels)["accuracy"]
     second_accuracy = (
-        None if second is None else fer.evaluate_expression_classifier(second, images, labels)["accuracy"]
+        None if second is None else evaluate_expression_classifier(second, images, labels)["accuracy"]
     )
-    au_mae = fer.evaluate_au_regressor(regressor, images, aus.numpy())["mae"]
-    distance = frechet_distance(judge_features(judge, images, fer), real_features)
+    au_mae = evaluate_au_regressor(regressor, images, aus.numpy())["mae"]
+    distance = frechet_distance(judge_features(judge, images), real_features)
     return Row(name, len(images), accuracy, au_mae, distance, seconds, second_accuracy)
 
 
@@ -146,15 +140,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     import datasets
 
-    fer = load_example("train_fer_classifier")
     judge = AutoModelForImageClassification.from_pretrained(args.judge).eval()
     second = AutoModelForImageClassification.from_pretrained(args.second_judge).eval() if args.second_judge else None
     judges = (judge, second)
     regressor = AutoModelForImageClassification.from_pretrained(args.au_regressor).eval()
     test = datasets.load_dataset(args.faceworld, split="test").with_format("numpy")
-    real_images = fer.images_to_tensor(test["image"])
-    real_features = judge_features(judge, real_images, fer)
-    real_train = fer.images_to_tensor(
+    real_images = images_to_tensor(test["image"])
+    real_features = judge_features(judge, real_images)
+    real_train = images_to_tensor(
         datasets.load_dataset(args.faceworld, split="train")
         .select(range(len(real_images)))
         .with_format("numpy")["image"]
@@ -162,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     real = score("real test faces (judge reference; FD vs real train)", real_images,
                  [EXPRESSIONS[i] for i in np.asarray(test["clean_label"])], torch.from_numpy(np.asarray(test["action_units"])), judges,
-                 regressor, judge_features(judge, real_train, fer), fer, 0.0)  # fmt: skip
+                 regressor, judge_features(judge, real_train), 0.0)  # fmt: skip
     rows = [real]
     pipe = SynFERPipeline.from_pretrained(args.model)
     if args.guide:
@@ -185,9 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
         )  # fmt: skip
         if feranno is not None:
             guided = kwargs.get("semantic_guidance_scale", 0) > 0
-            label_agreement[name] = agreement_with_judge(pipe, judge, images, targets, feranno, fer, guided)
+            label_agreement[name] = agreement_with_judge(pipe, judge, images, targets, feranno, guided)
         seconds = time.perf_counter() - start
-        rows.append(score(name, images, targets, requested_aus, judges, regressor, real_features, fer, seconds))
+        rows.append(score(name, images, targets, requested_aus, judges, regressor, real_features, seconds))
     if args.text_only:
         # Same seeds and expressions as the AU rows, so the AUs those rows requested are what this image should show.
         start = time.perf_counter()
@@ -202,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         seconds = time.perf_counter() - start
         rows.insert(
-            1, score("text only", images, targets, requested_aus, judges, regressor, real_features, fer, seconds)
+            1, score("text only", images, targets, requested_aus, judges, regressor, real_features, seconds)
         )
 
     print(f"{'row':55} {'n':>5} {'expr acc':>9} {'AU MAE':>7} {'FD':>8} {'s':>7}")

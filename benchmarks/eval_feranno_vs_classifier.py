@@ -41,9 +41,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from suite.common import load_script
+from suite.common import run_example
 
+from synfer_diffusers import FERAnnoPipeline
+from synfer_diffusers.evaluation import predict
 from synfer_diffusers.metrics import load_fer_metric
+from synfer_diffusers.training import parse_config
+from synfer_diffusers.training.fer_classifier import TrainFERConfig, load_splits, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "src" / "synfer_diffusers" / "default_model"
@@ -82,7 +86,6 @@ def score(predictions: torch.Tensor, clean: Sequence[int], noisy: Sequence[int],
 
 
 def run_feranno(args: argparse.Namespace, test: dict) -> dict:
-    feranno = load_script(ROOT / "examples" / "train_feranno.py")
     output_dir = os.path.join(args.output_dir, "feranno")
     argv = [
         "--pretrained_model", args.model, "--dataset_name", args.faceworld, "--output_dir", output_dir,
@@ -91,29 +94,30 @@ def run_feranno(args: argparse.Namespace, test: dict) -> dict:
         "--eval_split", "", "--seed", str(args.seed), *args.feranno_args,
     ]  # fmt: skip
     start = time.perf_counter()
-    feranno.main(argv)
+    run_example("train_feranno", argv)
     seconds = time.perf_counter() - start
-    config = feranno.parse_config(feranno.FERAnnoTrainingConfig, argv)
-    pipe = feranno.FERAnnoPipeline.from_pretrained(output_dir)
+    pipe = FERAnnoPipeline.from_pretrained(output_dir)
+    pipe.set_progress_bar_config(disable=True)
     images = torch.from_numpy(test["image"]).permute(0, 3, 1, 2).contiguous()  # (M, 3, 64, 64) uint8
-    predictions = feranno.predict_labels(pipe, images, config)
+    generator = torch.Generator().manual_seed(args.seed)  # the noise of `train_feranno.py --seed` at its batch 64
+    predictions = pipe(images.float() / 255, batch_size=64, generator=generator).label_ids
     row = score(predictions, test["clean_label"], test["label"], pipe.head.labels)
     return {"name": "FERAnno", **row, "images_seen": args.steps * args.batch_size, "seconds": round(seconds, 1),
             "recipe": shlex.join(argv[:4] + argv[6:])}  # fmt: skip
 
 
-def run_classifier(args: argparse.Namespace, classifier, splits: dict, steps: int) -> dict:
+def run_classifier(args: argparse.Namespace, splits: dict, steps: int) -> dict:
     argv = [
         "--dataset_name", args.faceworld, "--output_dir", os.path.join(args.output_dir, f"classifier_{steps}"),
         *CLASSIFIER_RECIPE, "--max_train_steps", str(steps), "--train_batch_size", str(args.batch_size),
         "--max_train_samples", str(args.num_train), "--max_test_samples", str(args.num_test), "--num_threads", "1",
         "--seed", str(args.seed),
     ]  # fmt: skip
-    (config,) = classifier.HfArgumentParser(classifier.TrainFERConfig).parse_args_into_dataclasses(args=argv)
+    config = parse_config(TrainFERConfig, argv)
     start = time.perf_counter()
-    model, _ = classifier.train(config, splits)
+    model, _ = train(config, splits)
     seconds = time.perf_counter() - start
-    predictions = classifier.predict(model, splits["test"]["image"]).argmax(-1)
+    predictions = predict(model, splits["test"]["image"]).argmax(-1)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     row = score(predictions, splits["test"]["clean_label"], splits["test"]["label"], label_names)
     return {"name": f"ResNet 32-64-128 (stock), {steps} steps", **row, "images_seen": steps * args.batch_size,
@@ -124,14 +128,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Trains both models with the same data and budget and scores them; returns `{"rows": [...], "settings"}` and
     writes it to `output_dir/results.json`."""
     args = parse_args(argv)
-    classifier = load_script(ROOT / "examples" / "train_fer_classifier.py")
-    (data_config,) = classifier.HfArgumentParser(classifier.TrainFERConfig).parse_args_into_dataclasses(
-        args=["--dataset_name", args.faceworld, "--output_dir", args.output_dir, "--max_train_samples",
+    data_config = parse_config(
+        TrainFERConfig,
+        ["--dataset_name", args.faceworld, "--output_dir", args.output_dir, "--max_train_samples",
               str(args.num_train), "--max_test_samples", str(args.num_test)]
     )  # fmt: skip
-    splits = classifier.load_splits(data_config)  # the same rows for both models
-    rows = [run_classifier(args, classifier, splits, args.steps), run_feranno(args, splits["test"])]
-    rows += [run_classifier(args, classifier, splits, steps) for steps in args.longer_classifier_steps]
+    splits = load_splits(data_config)  # the same rows for both models
+    rows = [run_classifier(args, splits, args.steps), run_feranno(args, splits["test"])]
+    rows += [run_classifier(args, splits, steps) for steps in args.longer_classifier_steps]
     settings = {key: value for key, value in vars(args).items() if key != "feranno_args"}
     result = {"rows": rows, "settings": {**settings, "feranno_args": args.feranno_args}}
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from suite.common import FULL, LABEL_SOURCES, load_real, load_script, run_classifiers, summarise_runs, write_json
+from suite.common import FULL, LABEL_SOURCES, load_real, run_classifiers, summarise_runs, write_json
 from suite.downstream import (
     DownstreamRow,
     labelled_set,
@@ -83,26 +83,25 @@ def main(argv: list[str] | None = None) -> dict:
     path, generation = write_set(set_config, work, f"{name}_synthetic_set_{args.num_samples}")
     synthetic = labelled_set(path, work, f"_{name}_{args.num_samples}")
     synthetic.pop("feranno_stage")
-    fer = load_script(BENCHMARKS.parent / "examples" / "train_fer_classifier.py")
     results = {
         "regime": args.regime,
         "guided": args.guided,
         "num_samples": args.num_samples,
         "generation_seconds": generation.get("stage_seconds"),
         "commit": generation.get("commit"),
-        "label_agreement_with_judges": agreement_with_judges(synthetic, run_dir, fer),
+        "label_agreement_with_judges": agreement_with_judges(synthetic, run_dir),
         "changed_from_target": {s: float((synthetic[s] != synthetic["target"]).mean()) for s in LABEL_SOURCES},
     }
     if args.voter:
-        results["added_voters"] = added_voter_rows(path, work, args.voter, synthetic, run_dir, fer)
+        results["added_voters"] = added_voter_rows(path, work, args.voter, synthetic, run_dir)
     if args.downstream:
-        results["downstream"] = downstream(config, run_dir, work, synthetic, args.num_samples, fer)
+        results["downstream"] = downstream(config, run_dir, work, synthetic, args.num_samples)
     write_json(Path(args.output), results)
     print(json.dumps(results, indent=2))
     return results
 
 
-def added_voter_rows(path: Path, work: Path, voters: list[str], synthetic: dict, run_dir: Path, fer) -> dict:
+def added_voter_rows(path: Path, work: Path, voters: list[str], synthetic: dict, run_dir: Path) -> dict:
     """Agreement with both judges, and the share changed from the target, of each added voter alone and of each
     aggregation of a copy of the set with `voters` added, with every voter and without the guide."""
     from synfer_diffusers.generate.relabel import read_journal, relabel_synthetic_dataset
@@ -129,16 +128,16 @@ def added_voter_rows(path: Path, work: Path, voters: list[str], synthetic: dict,
     sources = [key for key in labels if key != "image"]
     return {
         "voters": list(names),
-        "label_agreement_with_judges": agreement_with_judges(labels, run_dir, fer, sources),
+        "label_agreement_with_judges": agreement_with_judges(labels, run_dir, sources),
         "changed_from_target": {s: float((labels[s] != labels["target"]).mean()) for s in sources},
     }
 
 
-def downstream(config, run_dir: Path, work: Path, synthetic: dict, num: int, fer) -> list[dict]:
+def downstream(config, run_dir: Path, work: Path, synthetic: dict, num: int) -> list[dict]:
     rows = [DownstreamRow(f"hard: synthetic N ({source})", False, 1, source, guided=False) for source in DOWNSTREAM_SOURCES]
     test = load_real(run_dir, "test", ("image", "clean_label"), world="faceworld_hard")
     sets = {row.name: partial(training_data, row, num, {}, {False: synthetic}) for row in rows}
-    runs = run_classifiers(sets, test, work / f"label_aggregation_downstream_{num}", config, run_dir, fer)
+    runs = run_classifiers(sets, test, work / f"label_aggregation_downstream_{num}", config, run_dir)
     return [{"name": row.name, **{k: v for k, v in summarise_runs(runs, row.name).items() if k != "confusion_matrix"}}
             for row in rows]  # fmt: skip
 

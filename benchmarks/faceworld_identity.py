@@ -24,8 +24,11 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from eval_faceworld_generation import judge_features, load_example
+from eval_faceworld_generation import judge_features
 from transformers import AutoModelForImageClassification, PreTrainedModel, ResNetConfig, ResNetForImageClassification
+
+from synfer_diffusers.evaluation import predict, to_pixel_values
+from synfer_diffusers.training.fer_classifier import augment
 
 IDENTITY_ATTRIBUTES = ("age_group", "gender", "skin_tone", "hair_style", "hair_colour", "eye_colour", "glasses", "beard")
 """FaceWorld's identity columns with discrete values (the face's width, height and render seed are the rest)."""
@@ -62,17 +65,17 @@ def build_identity_classifier(classes: dict[str, list[str]]) -> ResNetForImageCl
 
 
 @torch.no_grad()
-def predict_attributes(model: PreTrainedModel, images: torch.Tensor, fer) -> torch.Tensor:  # (N, A)
+def predict_attributes(model: PreTrainedModel, images: torch.Tensor) -> torch.Tensor:  # (N, A)
     """Predicted class index of each identity attribute for `(N, 3, H, W)` images in [0, 1] (or uint8)."""
-    return torch.stack([block.argmax(dim=1) for block in split_logits(model, fer.predict(model, images))], dim=1)
+    return torch.stack([block.argmax(dim=1) for block in split_logits(model, predict(model, images))], dim=1)
 
 
-def identity_scores(model: PreTrainedModel, images: torch.Tensor, sources: torch.Tensor, source_attributes, fer) -> dict:
+def identity_scores(model: PreTrainedModel, images: torch.Tensor, sources: torch.Tensor, source_attributes) -> dict:
     """How much of the source person `images` keep (`images[i]` against `sources[i]`, both `(N, 3, H, W)` in [0, 1],
     `source_attributes` `(N, A)` the sources' true classes): the share of attributes read correctly, the share of
     images with every attribute right, and the mean cosine similarity of the identity features."""
-    correct = predict_attributes(model, images, fer) == source_attributes
-    cosine = F.cosine_similarity(judge_features(model, images, fer), judge_features(model, sources, fer), dim=1)
+    correct = predict_attributes(model, images) == source_attributes
+    cosine = F.cosine_similarity(judge_features(model, images), judge_features(model, sources), dim=1)
     return {
         "identity_attribute_accuracy": float(correct.float().mean()),
         "identity_all_attributes": float(correct.all(dim=1).float().mean()),
@@ -92,7 +95,6 @@ def train_identity_classifier(
 ) -> PreTrainedModel:
     """Trains on the `train` split of a FaceWorld folder (AdamW 3e-3, one-cycle, augmentation), saves the model
     (safetensors) and `metrics.json` (per-attribute accuracy on the `test` split) to `output_dir`."""
-    fer = load_example("train_fer_classifier")
     images, columns = _split(faceworld, "train")
     classes = attribute_classes(columns)
     targets = encode_attributes(columns, classes)
@@ -104,8 +106,8 @@ def train_identity_classifier(
     start = time.perf_counter()
     for step in range(steps):
         batch = torch.randint(len(images), (batch_size,), generator=generator)
-        pixels = fer.augment(images[batch].float() / 255.0, generator)
-        blocks = split_logits(model, model(pixel_values=fer.to_pixel_values(pixels)).logits)
+        pixels = augment(images[batch].float() / 255.0, generator)
+        blocks = split_logits(model, model(pixel_values=to_pixel_values(pixels)).logits)
         loss = sum(F.cross_entropy(block, targets[batch, i]) for i, block in enumerate(blocks))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -115,7 +117,7 @@ def train_identity_classifier(
             print(f"identity classifier step {step}: loss {loss.item():.3f}", flush=True)
     model.eval()
     test_images, test_columns = _split(faceworld, "test")
-    correct = predict_attributes(model, test_images, fer) == encode_attributes(test_columns, classes)
+    correct = predict_attributes(model, test_images) == encode_attributes(test_columns, classes)
     metrics = {
         "steps": steps, "seed": seed, "train_seconds": round(time.perf_counter() - start, 1),
         "test_attribute_accuracy": dict(zip(IDENTITY_ATTRIBUTES, correct.float().mean(dim=0).tolist())),

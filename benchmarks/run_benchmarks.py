@@ -61,7 +61,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from suite.common import BENCHMARKS, EXAMPLES, FULL, QUICK, SuiteConfig, git_commit, load_script
+from suite.common import BENCHMARKS, FULL, QUICK, SuiteConfig, git_commit
 from suite.downstream import table_downstream
 from suite.editing import editing_targets, plot_editing, render_editing, table_editing
 from suite.feranno import feranno_targets, table_feranno
@@ -124,11 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
     work = run_dir / "benchmarks" / f"{config.mode}_n{config.num_real}"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    fer = load_script(EXAMPLES / "train_fer_classifier.py")
 
-    ensure_measurement_models(config, run_dir, fer)
+    ensure_measurement_models(config, run_dir)
     if args.editing_only:
-        return editing_only(config, run_dir, work, output_dir, fer)
+        return editing_only(config, run_dir, work, output_dir)
     provenance = {
         "commit": git_commit(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     results_dir = output_dir / "results"
     record = partial(write_record, results_dir, config=config, provenance=provenance)
-    computed = run_tables(set(args.tables), config, run_dir, work, fer, record)
+    computed = run_tables(set(args.tables), config, run_dir, work, record)
     records = gather_records(results_dir, TABLE_NAMES, config, provenance["commit"])
     records |= {number: {**provenance, "result": table} for number, table in computed.items()}
     tables = {number: records[number]["result"] for number in sorted(records)}
@@ -162,16 +161,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run_tables(
-    selected: set[int], config: SuiteConfig, run_dir: Path, work: Path, fer, record: Callable[[int, dict], None]
+    selected: set[int], config: SuiteConfig, run_dir: Path, work: Path, record: Callable[[int, dict], None]
 ) -> dict[int, dict]:
     """The selected tables' results by number, computed in `RUN_ORDER`; `record(number, table)` as each finishes,
     so a later table's failure, a kill or a session's end keeps the tables already measured."""
     compute = {
         1: lambda: table_generation(config, run_dir, work),
-        2: lambda: table_downstream(config, run_dir, work, fer),
+        2: lambda: table_downstream(config, run_dir, work),
         3: lambda: table_speed(config, work),
-        4: lambda: table_editing(config, run_dir, work, fer),
-        5: lambda: table_hard_regime(config, run_dir, work, fer),
+        4: lambda: table_editing(config, run_dir, work),
+        5: lambda: table_hard_regime(config, run_dir, work),
         6: lambda: table_feranno(config, run_dir, work),
         7: lambda: table_representation(config, run_dir, work),
     }
@@ -200,10 +199,10 @@ def table_stages(tables: dict[int, dict]) -> dict[str, dict]:
     return stages
 
 
-def editing_only(config: SuiteConfig, run_dir: Path, work: Path, output_dir: Path, fer) -> dict:
+def editing_only(config: SuiteConfig, run_dir: Path, work: Path, output_dir: Path) -> dict:
     """`--editing-only`: table 4 alone, into `results/editing.json` (with its config, commit and targets) and
     `results/editing.png`; its section of RESULTS.md is printed."""
-    editing = table_editing(config, run_dir, work, fer)
+    editing = table_editing(config, run_dir, work)
     checks = editing_targets(editing, config)
     result = {"config": asdict(config), "commit": git_commit(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "targets": [{"target": n, "measured": v, "met": met} for n, v, met in checks], **editing}  # fmt: skip

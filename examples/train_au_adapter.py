@@ -107,8 +107,9 @@ class AUAdapterTrainingConfig(DiffusionTrainingConfig):
         metadata={"help": "The stage-A SynFERPipeline (text-only UNet): a folder or Hub id."}
     )
     au_column: str = field(default="action_units", metadata={"help": "Column holding the AU vector of each image."})
-    au_space: Literal["disfa12", "opengraphau41"] = field(
-        default="disfa12", metadata={"help": "AU vocabulary of `au_column` (DISFA-12 intensities, OpenGraphAU-41)."}
+    au_space: str = field(
+        default="disfa12",
+        metadata={"help": "AU vocabulary of `au_column` (an `AUSpace` preset).", "choices": AUSpace.presets()},
     )
     num_au_tokens: int = field(default=4, metadata={"help": "AU tokens made by the AU encoder."})
     au_encoder_hidden_dim: int | None = field(
@@ -150,6 +151,7 @@ class AUAdapterTrainingConfig(DiffusionTrainingConfig):
         super().__post_init__()
         if is_local_path(self.pretrained_model_name_or_path):
             check_existing_path(self, "pretrained_model_name_or_path")
+        AUSpace.from_preset(self.au_space)
         check_positive(self, "num_au_tokens", "rank")
         check_positive(self, "au_encoder_hidden_dim", allow_none=True)
         check_positive(self, "au_noise_std", allow_zero=True)
@@ -231,7 +233,7 @@ def configure_trainable(unet: AUConditionedUNet2DConditionModel, config: AUAdapt
 def main(argv: Sequence[str] | None = None) -> TrainingSummary:
     config = parse_config(AUAdapterTrainingConfig, argv, description=__doc__.splitlines()[0])
     accelerator = prepare_run(config)
-    au_space = getattr(AUSpace, config.au_space)()
+    au_space = AUSpace.from_preset(config.au_space)
     dataset = load_train_split(
         config,
         {

@@ -32,11 +32,9 @@ Rerun with `--resume_from_checkpoint latest` after a kill to continue with the s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -49,6 +47,7 @@ from PIL import Image
 from torch import nn
 from transformers import AutoModelForImageClassification
 
+from synfer_diffusers.evaluation import evaluate_au_regressor, evaluate_expression_classifier
 from synfer_diffusers.facs import EXPRESSIONS, AUSpace
 from synfer_diffusers.hub_utils import write_model_card
 from synfer_diffusers.training import (
@@ -117,8 +116,9 @@ class AutoencoderTrainingConfig(TrainingConfig):
     )
     label_column: str = field(default="label", metadata={"help": "Expression column of the test split (gate)."})
     au_column: str = field(default="action_units", metadata={"help": "AU column of the test split (gate)."})
-    au_space: Literal["disfa12", "opengraphau41"] = field(
-        default="disfa12", metadata={"help": "AU space of au_column."}
+    au_space: str = field(
+        default="disfa12",
+        metadata={"help": "AU space of au_column (an `AUSpace` preset).", "choices": AUSpace.presets()},
     )
     min_judge_ratio: float = field(default=0.95, metadata={"help": "Gate: judge accuracy reconstructions/originals."})
     max_au_mae_ratio: float = field(default=1.1, metadata={"help": "Gate: AU MAE reconstructions/originals."})
@@ -127,6 +127,7 @@ class AutoencoderTrainingConfig(TrainingConfig):
         super().__post_init__()
         if not self.block_out_channels:
             raise ValueError("`block_out_channels` must list at least one channel count.")
+        AUSpace.from_preset(self.au_space)
         check_positive(self, "layers_per_block", "latent_channels", "norm_num_groups", "num_scaling_images")
         check_positive(self, "num_test_images", "min_judge_ratio", "max_au_mae_ratio")
         check_positive(self, "kl_weight", "edge_loss_weight", allow_zero=True)
@@ -226,17 +227,6 @@ def save_reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Ten
     tile_images(rows, row_labels=["real", "recon"]).save(path)
 
 
-def load_fer_example():
-    """`examples/train_fer_classifier.py`, imported by path, for its `evaluate_expression_classifier` and
-    `evaluate_au_regressor`."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_fer_classifier.py")
-    spec = importlib.util.spec_from_file_location("train_fer_classifier", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # its dataclasses look the module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
 def load_gate_models(config: AutoencoderTrainingConfig) -> dict:
     """The judge and/or AU regressor (transformers image models), checked before training: the judge's classes
     must be the [`EXPRESSIONS`] in order, the regressor must have one output per AU."""
@@ -249,7 +239,7 @@ def load_gate_models(config: AutoencoderTrainingConfig) -> dict:
         models["judge"] = judge
     if config.au_regressor_path:
         regressor = AutoModelForImageClassification.from_pretrained(config.au_regressor_path)
-        num_aus = getattr(AUSpace, config.au_space)().num_aus
+        num_aus = AUSpace.from_preset(config.au_space).num_aus
         if regressor.config.num_labels != num_aus:
             raise ValueError(
                 f"`au_regressor_path`: the regressor has {regressor.config.num_labels} outputs, not {num_aus}."
@@ -266,20 +256,19 @@ def run_gate(
     reconstructions: torch.Tensor,
 ) -> dict:
     """Judge accuracy and AU error on originals vs reconstructions (uint8), their ratios and the verdict."""
-    fer = load_fer_example()
     result: dict = {"num_images": len(originals)}
     passed = True
     if "judge" in models:
         labels = gate_data["labels"]
-        original = fer.evaluate_expression_classifier(models["judge"], originals, labels)["accuracy"]
-        reconstructed = fer.evaluate_expression_classifier(models["judge"], reconstructions, labels)["accuracy"]
+        original = evaluate_expression_classifier(models["judge"], originals, labels)["accuracy"]
+        reconstructed = evaluate_expression_classifier(models["judge"], reconstructions, labels)["accuracy"]
         ratio = reconstructed / max(original, 1e-8)
         result.update(judge_accuracy_original=original, judge_accuracy_reconstructed=reconstructed, judge_ratio=ratio)
         passed &= ratio >= config.min_judge_ratio
     if "au_regressor" in models:
         aus = gate_data["action_units"]
-        original = fer.evaluate_au_regressor(models["au_regressor"], originals, aus)["mae"]
-        reconstructed = fer.evaluate_au_regressor(models["au_regressor"], reconstructions, aus)["mae"]
+        original = evaluate_au_regressor(models["au_regressor"], originals, aus)["mae"]
+        reconstructed = evaluate_au_regressor(models["au_regressor"], reconstructions, aus)["mae"]
         ratio = reconstructed / max(original, 1e-8)
         result.update(au_mae_original=original, au_mae_reconstructed=reconstructed, au_mae_ratio=ratio)
         passed &= ratio <= config.max_au_mae_ratio
@@ -306,7 +295,7 @@ def load_test_data(config: AutoencoderTrainingConfig) -> tuple[torch.Tensor | No
     if config.judge_path:
         gate_data["labels"] = expression_label_ids(test_set, config.label_column)
     if config.au_regressor_path:
-        au_space = getattr(AUSpace, config.au_space)()
+        au_space = AUSpace.from_preset(config.au_space)
         validate_action_units_column(test_set, config.au_column, au_space)
         gate_data["action_units"] = load_action_units(test_set, config.au_column, au_space)
     return load_images(test_set, config.image_column, config.resolution, desc="Test images"), gate_data

@@ -338,18 +338,19 @@ def test_measurement_models_come_from_the_committed_copy_only_when_trained_by_th
     monkeypatch.setattr(prerequisites, "ensure_faceworld", lambda path, world: rendered.append((path.name, world)))
     rendered, trained = [], []
 
-    class FakeTrainer:
-        @staticmethod
-        def main(argv):
-            output = Path(argv[argv.index("--output_dir") + 1])
-            trained.append((output.name, argv[argv.index("--dataset_name") + 1]))
-            output.mkdir(parents=True)
-            (output / "metrics.json").write_text(json.dumps({"trained": output.name}))
+    def fake_run_example(name, argv):
+        assert name == "train_fer_classifier"
+        output = Path(argv[argv.index("--output_dir") + 1])
+        trained.append((output.name, argv[argv.index("--dataset_name") + 1]))
+        output.mkdir(parents=True)
+        (output / "metrics.json").write_text(json.dumps({"trained": output.name}))
+
+    monkeypatch.setattr(prerequisites, "run_example", fake_run_example)
 
     recipes = prerequisites.measurement_recipes(common.FULL)
     first = tmp_path / "first"
     for name, recipe in recipes.items():  # train every model once by its recipe, then commit the judge alone
-        prerequisites.ensure_classifier(FakeTrainer, first / name, recipe, first / f"world_{recipe.world.seed}")
+        prerequisites.ensure_classifier(first / name, recipe, first / f"world_{recipe.world.seed}")
     committed.mkdir()
     (committed / "judge").mkdir()
     for file in ("metrics.json", prerequisites.RECIPE_FILE):
@@ -359,18 +360,19 @@ def test_measurement_models_come_from_the_committed_copy_only_when_trained_by_th
 
     trained.clear()
     second = tmp_path / "second"
-    prerequisites.ensure_classifier(FakeTrainer, second / "judge", recipes["judge"], second / "world_0")
+    prerequisites.ensure_classifier(second / "judge", recipes["judge"], second / "world_0")
     assert trained == [] and json.loads((second / "judge" / "metrics.json").read_text()) == {"trained": "judge"}
     assert not (second / "judge.copying").exists()
 
     quick = prerequisites.measurement_recipes(common.QUICK)["judge"]  # another recipe: the committed judge won't do
-    prerequisites.ensure_classifier(FakeTrainer, tmp_path / "quick" / "judge", quick, tmp_path / "quick" / "world_0")
+    prerequisites.ensure_classifier(tmp_path / "quick" / "judge", quick, tmp_path / "quick" / "world_0")
     assert trained == [("judge", str(tmp_path / "quick" / "world_0"))]
     assert rendered[-1] == ("world_0", quick.world)
 
 
 def test_au_sweep_statistics_and_their_target():
-    control = common.load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "eval_au_control.py")
+    import eval_au_control as control
+
     levels = np.repeat(np.arange(6.0), 3)
     assert control.spearman(levels, 2 * levels + 1) == pytest.approx(1.0)
     assert control.spearman(levels, -levels) == pytest.approx(-1.0)

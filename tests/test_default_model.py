@@ -47,21 +47,17 @@ def test_default_loads_offline_and_generates_labelled_faces(monkeypatch):
 
 def _judge(images: np.ndarray) -> torch.Tensor:
     """Logits of `benchmarks/measurement_models/judge` on uint8 images, as `examples/train_fer_classifier.py` scores."""
-    import importlib.util
-    import sys
     from pathlib import Path
 
     from transformers import AutoModelForImageClassification
 
-    root = Path(__file__).resolve().parents[1]
-    if "train_fer_classifier" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train_fer_classifier", root / "examples" / "train_fer_classifier.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-    judge = AutoModelForImageClassification.from_pretrained(root / "benchmarks" / "measurement_models" / "judge")
+    from synfer_diffusers.evaluation import predict
+
+    judge = AutoModelForImageClassification.from_pretrained(
+        Path(__file__).resolve().parents[1] / "benchmarks" / "measurement_models" / "judge"
+    )
     with torch.no_grad():
-        return sys.modules["train_fer_classifier"].predict(judge, images)
+        return predict(judge, images)
 
 
 def test_default_edits_with_estimated_source_action_units():

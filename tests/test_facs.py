@@ -17,6 +17,33 @@ def test_presets_have_the_documented_names():
     assert describe_au("AUR12") == "right lip corner puller"
 
 
+def test_au_space_presets_are_one_registry_that_the_cli_the_scripts_and_fetext_read(monkeypatch):
+    """`AUSpace.presets()` is the only list of AU-space names: `synfer build-fetext --au-space` and the training
+    scripts' `--au_space` offer exactly it, and a preset added to the registry is accepted by FEText's config."""
+    from synfer_diffusers import facs
+    from synfer_diffusers.cli import command_parser
+    from synfer_diffusers.data.fetext_config import FETextConfig
+    from synfer_diffusers.training.config import ConfigParser
+    from training_chain import load_example
+
+    assert AUSpace.presets() == ("disfa12", "opengraphau41")
+    assert [AUSpace.from_preset(name) for name in AUSpace.presets()] == [AUSpace.disfa12(), AUSpace.opengraphau41()]
+    with pytest.raises(ValueError, match=r"`au_space` must be one of \['disfa12', 'opengraphau41'\], got 'disfa13'"):
+        AUSpace.from_preset("disfa13")
+
+    def choices(parser) -> tuple:
+        (action,) = [a for a in parser._actions if a.dest == "au_space"]
+        return tuple(action.choices)
+
+    assert choices(command_parser("build-fetext")) == AUSpace.presets()
+    for script, config_class in (("train_au_adapter", "AUAdapterTrainingConfig"),
+                                 ("train_autoencoder", "AutoencoderTrainingConfig")):  # fmt: skip
+        assert choices(ConfigParser(getattr(load_example(script), config_class))) == AUSpace.presets(), script
+
+    monkeypatch.setitem(facs._PRESETS, "disfa2", (("AU6", "AU12"), "intensity"))
+    assert FETextConfig(au_estimator="x", au_space="disfa2").space == AUSpace(("AU6", "AU12"))
+
+
 def test_config_round_trip_is_json():
     space = AUSpace.opengraphau41()
     assert AUSpace.from_config(json.loads(json.dumps(space.to_config()))) == space

@@ -128,3 +128,36 @@ def test_wheel_ships_package_data(tmp_path, pyproject):
     assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "synfer = synfer_diffusers.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def _package_imports(path: Path) -> set[str]:
+    """The `synfer_diffusers` modules a file imports, as absolute names (relative imports resolved)."""
+    import ast
+
+    package = ".".join(path.relative_to(ROOT / "src").with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            module = f"{base}.{node.module}" if node.level and node.module else (base if node.level else node.module)
+            names |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+    return {name for name in names if name and name.startswith("synfer_diffusers")}
+
+
+def test_storage_imports_no_training_models_or_pipelines():
+    """`data/` (FaceWorld, FEText, the writer, the Hub publisher) stands on its own: dataset loading lives there and
+    `training/` re-imports it, never the other way round."""
+    forbidden = ("synfer_diffusers.training", "synfer_diffusers.models", "synfer_diffusers.pipelines")
+    for path in sorted((ROOT / "src" / "synfer_diffusers" / "data").rglob("*.py")):
+        bad = sorted(name for name in _package_imports(path) if name.startswith(forbidden))
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_no_script_is_imported_by_path():
+    """The package, the examples and the benchmarks share code through the package (or the benchmark modules beside
+    the suite), never by loading a script from its path."""
+    for folder in ("src", "examples", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            assert "spec_from_file_location" not in path.read_text(), path.relative_to(ROOT)

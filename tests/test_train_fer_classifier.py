@@ -12,8 +12,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForImageClassification  # noqa: E402
 
+from synfer_diffusers import evaluation  # noqa: E402
 from synfer_diffusers.data.faceworld import AU_NAMES, build_faceworld_dataset, write_faceworld_splits  # noqa: E402
 from synfer_diffusers.facs import EXPRESSIONS  # noqa: E402
+from synfer_diffusers.training import fer_classifier  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_fer_classifier.py"
 _spec = importlib.util.spec_from_file_location("train_fer_classifier", SCRIPT)
@@ -56,12 +58,12 @@ def test_trains_a_few_steps_and_saves_a_loadable_model(faceworld_dir, tmp_path, 
     images = np.stack([np.asarray(image) for image in test["image"]])
     if task == "expression":
         assert model.config.id2label == EXPRESSIONS.id2label
-        result = trainer.evaluate_expression_classifier(model, images, test["clean_label"])
+        result = evaluation.evaluate_expression_classifier(model, images, test["clean_label"])
         assert result["accuracy"] == pytest.approx(saved["test"]["original"]["clean_labels"]["accuracy"])
         assert np.sum(result["confusion_matrix"]) == 12
     else:
         assert model.config.problem_type == "regression" and model.config.num_labels == 12
-        result = trainer.evaluate_au_regressor(model, images, test["action_units"])
+        result = evaluation.evaluate_au_regressor(model, images, test["action_units"])
         assert result["mae"] == pytest.approx(saved["test"]["original"]["mae"], abs=1e-5)
         assert set(result["mae_per_au"]) == set(AU_NAMES)
         assert "baseline_predict_train_mean" in saved["test"]
@@ -73,14 +75,14 @@ def _assert_trained(faceworld_dir, output_dir, argv) -> None:
     initial one."""
     from transformers import HfArgumentParser
 
-    (config,) = HfArgumentParser(trainer.TrainFERConfig).parse_args_into_dataclasses(args=argv)
+    (config,) = HfArgumentParser(fer_classifier.TrainFERConfig).parse_args_into_dataclasses(args=argv)
     torch.manual_seed(config.seed)
-    initial = trainer.build_model(config)
+    initial = fer_classifier.build_model(config)
     trained = AutoModelForImageClassification.from_pretrained(output_dir)
     initial_weights = dict(initial.named_parameters())
     moved = [name for name, p in trained.named_parameters() if p.ndim > 1 and not torch.equal(p, initial_weights[name])]
     assert moved and len(moved) == sum(p.ndim > 1 for p in initial.parameters()), moved
-    splits = trainer.load_splits(config)
+    splits = fer_classifier.load_splits(config)
     images = torch.from_numpy(splits["train"]["image"]).permute(0, 3, 1, 2).float() / 255.0
     column = config.label_column if config.task == "expression" else "action_units"
     targets = torch.from_numpy(splits["train"][column])
@@ -92,7 +94,7 @@ def _assert_trained(faceworld_dir, output_dir, argv) -> None:
             if isinstance(module, torch.nn.Dropout):
                 module.eval()
         with torch.no_grad():
-            return trainer._loss(config, model(pixel_values=trainer.to_pixel_values(images)).logits, targets)
+            return fer_classifier._loss(config, model(pixel_values=evaluation.to_pixel_values(images)).logits, targets)
 
     assert loss(trained) < loss(initial)
 
@@ -126,8 +128,8 @@ def test_rejects_a_dataset_without_the_needed_column_before_training(tmp_path):
 
 def test_degradations():
     images = torch.rand(2, 3, 64, 64)
-    assert torch.allclose(trainer.gaussian_blur(images, 0.0), images, atol=1e-5)
-    assert trainer.gaussian_blur(images, 1.0).std() < images.std()
-    assert trainer.downscale_upscale(images).shape == images.shape
-    augmented = trainer.augment(images, torch.Generator().manual_seed(0))
+    assert torch.allclose(evaluation.gaussian_blur(images, 0.0), images, atol=1e-5)
+    assert evaluation.gaussian_blur(images, 1.0).std() < images.std()
+    assert evaluation.downscale_upscale(images).shape == images.shape
+    augmented = fer_classifier.augment(images, torch.Generator().manual_seed(0))
     assert augmented.shape == images.shape and 0 <= augmented.min() and augmented.max() <= 1

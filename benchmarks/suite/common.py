@@ -3,7 +3,6 @@ loading."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 
 from synfer_diffusers import EXPRESSIONS
+from synfer_diffusers.evaluation import predict
+from synfer_diffusers.training.fer_classifier import TrainFERConfig, train
 
 BENCHMARKS = Path(__file__).resolve().parents[1]
 EXAMPLES = BENCHMARKS.parent / "examples"
@@ -77,13 +78,10 @@ def row_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name.replace("+", "plus")).strip("_")
 
 
-def load_script(path: Path):
-    """Imports a benchmark or example script as a module (its functions are reused, not copied)."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+def run_example(name: str, argv: list[str]) -> None:
+    """Runs `examples/{name}.py` with `argv` in a child process, as a user types it (the examples are scripts, not
+    modules); its output goes to this process's streams and a failure raises `CalledProcessError`."""
+    subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), *argv], check=True)
 
 
 def cached(path: Path, compute) -> dict:
@@ -180,16 +178,16 @@ def summarise_runs(runs: list[dict], name: str) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def train_and_test(name: str, data: dict[str, np.ndarray], seed: int, config, run_dir, test, fer, metric) -> dict:
+def train_and_test(name: str, data: dict[str, np.ndarray], seed: int, config, run_dir, test, metric) -> dict:
     """One downstream classifier (`CLASSIFIER`, `config.classifier_steps` steps) trained on `data` and scored on the
     real test faces' (`test`) clean labels."""
-    train_config = fer.TrainFERConfig(
+    train_config = TrainFERConfig(
         dataset_name=str(run_dir / "faceworld"), output_dir=str(run_dir / "unused"), task="expression",
         max_train_steps=config.classifier_steps, seed=seed, **CLASSIFIER,
     )  # fmt: skip
-    model, summary = fer.train(train_config, {"train": data})
+    model, summary = train(train_config, {"train": data})
     with torch.no_grad():
-        predictions = fer.predict(model, test["image"]).argmax(dim=1).numpy()
+        predictions = predict(model, test["image"]).argmax(dim=1).numpy()
     scores = metric.compute(predictions=predictions, references=test["clean_label"], label_names=list(EXPRESSIONS))
     return {"row": name, "seed": seed, "num_train": len(data["label"]), **summary, **scores}
 
@@ -200,7 +198,6 @@ def run_classifiers(
     folder: Path,
     config,
     run_dir,
-    fer,
     suffix: str = "",
 ) -> list[dict]:
     """`train_and_test` of each named training set (built when its runs are not cached yet) for every seed of
@@ -212,7 +209,7 @@ def run_classifiers(
         paths = {seed: folder / f"{row_key(name)}{suffix}_seed{seed}.json" for seed in config.seeds}
         data = None if all(path.exists() for path in paths.values()) else build()
         for seed, path in paths.items():
-            runs.append(cached(path, lambda: train_and_test(name, data, seed, config, run_dir, test, fer, metric)))
+            runs.append(cached(path, lambda: train_and_test(name, data, seed, config, run_dir, test, metric)))
     return runs
 
 

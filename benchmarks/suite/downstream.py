@@ -162,13 +162,13 @@ def training_data(row: DownstreamRow, num_real: int, real: dict, synthetic: dict
     return {"image": np.concatenate([p[0] for p in parts]), "label": np.concatenate([p[1] for p in parts])}
 
 
-def table_downstream(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dict:
+def table_downstream(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     (guided, guided_stages), (unguided, unguided_stages) = (prepare_synthetic(config, work, g) for g in (True, False))
     synthetic = {True: guided, False: unguided}
     real = load_real(run_dir, "train", ("image", "label"), config.num_real)
     test = load_real(run_dir, "test", ("image", "clean_label"))
     sets = {row.name: partial(training_data, row, config.num_real, real, synthetic) for row in downstream_rows(config)}
-    runs = run_classifiers(sets, test, work / "downstream", config, run_dir, fer)
+    runs = run_classifiers(sets, test, work / "downstream", config, run_dir)
     agreement = {
         f"{name} {source}": float((labels[source] == labels["target"]).mean())
         for name, labels in (("SG", guided), ("no SG", unguided))

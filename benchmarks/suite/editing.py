@@ -14,12 +14,10 @@ from synfer_diffusers.generate import SyntheticSetConfig
 from synfer_diffusers.pipelines.synfer.editing import DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE
 
 from .common import (
-    BENCHMARKS,
     SuiteConfig,
     cached,
     classifier_stage,
     load_real,
-    load_script,
     run_classifiers,
     stage_summary,
     summarise_runs,
@@ -29,11 +27,11 @@ from .downstream import load_synthetic_set, synthetic_set_config, write_set
 EDIT_ROWS = ("real M", "real M + edits (vote)", "real M + generated (vote)")
 
 
-def table_editing(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dict:
+def table_editing(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     """Edits of FaceWorld faces against their ground-truth renders (`eval_faceworld_editing.py`, with the judge,
     the AU regressor and an identity classifier trained here), and the downstream row: real M + edits of those M
     faces into the other expressions vs real M + as many generated images."""
-    evaluation = load_script(BENCHMARKS / "eval_faceworld_editing.py")
+    import eval_faceworld_editing as evaluation  # the benchmark script beside the suite (on sys.path)
 
     strength, guidance, sg, _ = default_edit_settings()
     common = ["--num-faces", str(config.edit_faces), "--steps", str(config.eval_steps), "--guidance-scales",
@@ -54,7 +52,7 @@ def table_editing(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dict:
         return {"rows": list(rows.values())}
 
     evaluated = cached(work / "editing_eval.json", compute)
-    downstream, stages = editing_downstream(config, run_dir, work, fer)
+    downstream, stages = editing_downstream(config, run_dir, work)
     identity = json.loads((run_dir / "identity_classifier" / "metrics.json").read_text())
     return {"rows": evaluated["rows"], "identity_classifier": identity, "downstream": downstream,
             "stages": stage_summary({"edit evaluation": evaluated, **stages})}  # fmt: skip
@@ -75,7 +73,7 @@ def write_edit_sources(run_dir: Path, work: Path, count: int) -> Path:
     return folder
 
 
-def editing_downstream(config: SuiteConfig, run_dir: Path, work: Path, fer) -> tuple[list[dict], dict[str, dict]]:
+def editing_downstream(config: SuiteConfig, run_dir: Path, work: Path) -> tuple[list[dict], dict[str, dict]]:
     """Rows `EDIT_ROWS` over `config.seeds`: the edit set (`synfer generate --edit-dataset` of the M faces, every
     expression, its defaults) keeps each face's edits into the six expressions other than its annotated label; the
     generated set is the suite's synthetic plan's first 6M samples (table 2's images). Both carry voted labels."""
@@ -95,7 +93,7 @@ def editing_downstream(config: SuiteConfig, run_dir: Path, work: Path, fer) -> t
     }  # fmt: skip
     test = load_real(run_dir, "test", ("image", "clean_label"))
     sets = {name: lambda name=name: data[name] for name in EDIT_ROWS}
-    runs = run_classifiers(sets, test, work / "editing_downstream", config, run_dir, fer, suffix=f"_m{count}")
+    runs = run_classifiers(sets, test, work / "editing_downstream", config, run_dir, suffix=f"_m{count}")
     rows = [{"name": name, **summarise_runs(runs, name)} for name in EDIT_ROWS]
     stages = {"edit set": edit_stage, "generated set": fresh_stage, "edit classifiers": classifier_stage(runs)}
     return rows, stages

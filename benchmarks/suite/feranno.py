@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import BENCHMARKS, CLASSIFIER, SuiteConfig, cached, load_script
+from .common import CLASSIFIER, SuiteConfig, cached
 
 FERANNO_LEARNING_RATE = "3e-4"  # the embedded default's FERAnno recipe (examples/train_faceworld_default.sh)
 
@@ -13,6 +13,8 @@ def table_feranno(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     """FERAnno (a new head on the embedded default's frozen UNet) and the suite's downstream ResNet, both trained on
     the first `feranno_num_train` annotated (noisy) train faces for `feranno_steps` steps of `feranno_batch_size`
     images, plus the ResNet at the suite's own classifier budget; scored on the real test faces."""
+    import eval_feranno_vs_classifier  # the benchmark script beside the suite (on sys.path)
+
     suite_budget = (
         config.classifier_steps * CLASSIFIER["train_batch_size"] // config.feranno_batch_size
     )  # table 2 images seen
@@ -25,7 +27,7 @@ def table_feranno(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     ]  # fmt: skip
     return cached(
         work / "feranno_vs_classifier.json",
-        lambda: load_script(BENCHMARKS / "eval_feranno_vs_classifier.py").main(argv),
+        lambda: eval_feranno_vs_classifier.main(argv),
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoModelForImageClassification
 
+from synfer_diffusers.evaluation import predict
 from synfer_diffusers.generate import SyntheticSetConfig
 
 from .common import (
@@ -53,18 +54,18 @@ def hard_set_config(config: SuiteConfig, run_dir: Path) -> SyntheticSetConfig:
 
 
 def agreement_with_judges(
-    synthetic: dict[str, np.ndarray], run_dir: Path, fer, sources: Sequence[str] = LABEL_SOURCES
+    synthetic: dict[str, np.ndarray], run_dir: Path, sources: Sequence[str] = LABEL_SOURCES
 ) -> dict[str, dict[str, float]]:
     """How often each label source equals each judge's label on the synthetic images, by judge."""
     agreement = {}
     for name in JUDGES:
         judge = AutoModelForImageClassification.from_pretrained(run_dir / name).eval()
-        judged = fer.predict(judge, synthetic["image"]).argmax(dim=1).numpy()
+        judged = predict(judge, synthetic["image"]).argmax(dim=1).numpy()
         agreement[name] = {source: float((synthetic[source] == judged).mean()) for source in sources}
     return agreement
 
 
-def table_hard_regime(config: SuiteConfig, run_dir: Path, work: Path, fer) -> dict:
+def table_hard_regime(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     """Label accuracy of target, FERAnno and vote against both judges on the hard set, the share of labels the vote
     changed, and downstream classifiers on hard real N / synthetic N, kN / both, tested on hard real test faces'
     true labels."""
@@ -75,13 +76,13 @@ def table_hard_regime(config: SuiteConfig, run_dir: Path, work: Path, fer) -> di
     test = load_real(run_dir, "test", ("image", "clean_label"), world="faceworld_hard")
     rows = hard_rows(config)
     sets = {row.name: partial(training_data, row, config.hard_num_real, real, {False: synthetic}) for row in rows}
-    runs = run_classifiers(sets, test, work / "hard_downstream", config, run_dir, fer)
+    runs = run_classifiers(sets, test, work / "hard_downstream", config, run_dir)
     stages = {"hard synthetic set": generation, "hard FERAnno labels": labelling,
               "hard classifiers": classifier_stage(runs)}  # fmt: skip
     return {
         "rows": [{**asdict(row), **summarise_runs(runs, row.name)} for row in rows],
         "runs": runs,
-        "label_agreement_with_judges": agreement_with_judges(synthetic, run_dir, fer),
+        "label_agreement_with_judges": agreement_with_judges(synthetic, run_dir),
         "votes_changed": float((synthetic["vote"] != synthetic["target"]).mean()),
         "dawid_skene_changed": float((synthetic["dawid_skene"] != synthetic["target"]).mean()),
         "num_synthetic": len(synthetic["target"]),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from synfer_diffusers.cli import main as synfer_cli
 
-from .common import BENCHMARKS, SuiteConfig, as_read_back, write_json
+from .common import BENCHMARKS, SuiteConfig, as_read_back, run_example, write_json
 
 SECOND_JUDGE_WORLD_SEED = 1
 """The second judge learns from FaceWorld of this seed (other identities and faces than the seed-0 world of the
@@ -55,7 +55,7 @@ def read_recipe(model: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def ensure_classifier(fer, path: Path, recipe: Recipe, world_path: Path) -> None:
+def ensure_classifier(path: Path, recipe: Recipe, world_path: Path) -> None:
     """The measurement model at `path`: kept when it holds a finished run, else copied from the committed model of
     the same name when that was trained by `recipe`, else trained by `recipe` (rendering its FaceWorld at
     `world_path` first)."""
@@ -70,7 +70,7 @@ def ensure_classifier(fer, path: Path, recipe: Recipe, world_path: Path) -> None
         print(f"== committed measurement model: {committed} -> {path}")
         return
     ensure_faceworld(world_path, recipe.world)
-    fer.main([*recipe.options, "--dataset_name", str(world_path), "--output_dir", str(path)])
+    run_example("train_fer_classifier", [*recipe.options, "--dataset_name", str(world_path), "--output_dir", str(path)])
     write_json(path / RECIPE_FILE, asdict(recipe))
 
 
@@ -88,11 +88,11 @@ def measurement_recipes(config: SuiteConfig) -> dict[str, Recipe]:
     }  # fmt: skip
 
 
-def ensure_measurement_models(config: SuiteConfig, run_dir: Path, fer) -> None:
+def ensure_measurement_models(config: SuiteConfig, run_dir: Path) -> None:
     """FaceWorld (seed 0), the three measurement models of `measurement_recipes` and the hard regime's FaceWorld
     (seed 0). None of the models takes part in generation or voting."""
     ensure_faceworld(run_dir / "faceworld", World(0, config.num_train, config.num_test))
     for name, recipe in measurement_recipes(config).items():
         world_path = run_dir / ("faceworld" if recipe.world.seed == 0 else f"faceworld_seed{recipe.world.seed}")
-        ensure_classifier(fer, run_dir / name, recipe, world_path)
+        ensure_classifier(run_dir / name, recipe, world_path)
     ensure_faceworld(run_dir / "faceworld_hard", World(0, config.hard_num_train, config.num_test, regime="hard"))

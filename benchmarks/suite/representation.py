@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import EXAMPLES, SuiteConfig, beats_beyond_spread, cached, load_real, load_script, stage_summary
+from .common import SuiteConfig, beats_beyond_spread, cached, load_real, run_example, stage_summary
 from .downstream import build_synthetic_set, load_synthetic_set
 
 
@@ -52,7 +52,6 @@ def write_images(images: np.ndarray, folder: Path) -> None:
 
 
 def table_representation(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
-    ssl = load_script(EXAMPLES / "train_ssl.py")
     path, generation = build_synthetic_set(config, work, guided=True)
     synthetic = load_synthetic_set(path)["image"]
     real = load_real(run_dir, "train", ("image",), config.num_real)["image"]
@@ -64,12 +63,12 @@ def table_representation(config: SuiteConfig, run_dir: Path, work: Path) -> dict
 
             def compute(folder=folder, seed=seed) -> dict:
                 output = folder / f"seed{seed}"
-                ssl.main(["--dataset_name", str(folder / "images"), "--output_dir", str(output), "--seed", str(seed),
+                run_example("train_ssl", ["--dataset_name", str(folder / "images"), "--output_dir", str(output), "--seed", str(seed),
                           "--max_train_steps", str(config.ssl_steps), "--train_batch_size", str(config.ssl_batch_size),
                           "--learning_rate", "1e-3", "--checkpointing_steps", str(max(1, config.ssl_steps // 4)),
                           "--resume_from_checkpoint", "latest", "--probe_dataset", str(run_dir / "faceworld"),
                           "--probe_num_train", str(config.probe_num_train)])  # fmt: skip
-                return json.loads((output / ssl.PROBE_FILE).read_text())
+                return json.loads((output / "probe.json").read_text())
 
             runs.append({"row": row.name, "seed": seed, **cached(folder / f"probe_seed{seed}.json", compute)})
     rows = []

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import BENCHMARKS, SuiteConfig, cached, load_script
+from .common import SuiteConfig, cached
 
 
 def table_speed(config: SuiteConfig, work: Path) -> dict:
+    import bench_generate_writer  # the benchmark scripts beside the suite (on sys.path)
+    import bench_speed
+
     speed = cached(
         work / "speed.json",
-        lambda: {"rows": load_script(BENCHMARKS / "bench_speed.py").main(["--configs", *config.speed_configs])},
+        lambda: {"rows": bench_speed.main(["--configs", *config.speed_configs])},
     )
     writer = cached(
         work / "generate_writer.json",
-        lambda: load_script(BENCHMARKS / "bench_generate_writer.py").main(
+        lambda: bench_generate_writer.main(
             ["--memory-samples", str(config.writer_memory_samples)]
         ),
     )

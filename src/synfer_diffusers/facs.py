@@ -57,6 +57,12 @@ _OPENGRAPHAU_MAIN = (
 _OPENGRAPHAU_SIDED = tuple(f"AU{side}{n}" for n in (1, 2, 4, 6, 10, 12, 14) for side in ("L", "R"))
 
 AUKind = Literal["intensity", "occurrence"]
+_PRESETS: dict[str, tuple[tuple[str, ...], AUKind]] = {
+    "disfa12": (_DISFA12, "intensity"),
+    "opengraphau41": (_OPENGRAPHAU_MAIN + _OPENGRAPHAU_SIDED, "occurrence"),
+}
+"""AU spaces selectable by name (`AUSpace.from_preset`, `--au_space`): a new entry here reaches the command line,
+the training scripts and FEText."""
 _MAX_VALUE: dict[str, float] = {"intensity": 5.0, "occurrence": 1.0}
 _PROTOTYPE_VALUE: dict[str, float] = {"intensity": 3.0, "occurrence": 1.0}  # FACS "C"; present
 
@@ -141,12 +147,24 @@ class AUSpace:
     @classmethod
     def disfa12(cls) -> AUSpace:
         """The 12 DISFA AUs with intensities 0-5 (the set FineFace uses)."""
-        return cls(_DISFA12, "intensity")
+        return cls.from_preset("disfa12")
 
     @classmethod
     def opengraphau41(cls) -> AUSpace:
         """The 41 binary outputs of OpenGraphAU (27 AUs plus 14 left/right variants), as in the paper."""
-        return cls(_OPENGRAPHAU_MAIN + _OPENGRAPHAU_SIDED, "occurrence")
+        return cls.from_preset("opengraphau41")
+
+    @staticmethod
+    def presets() -> tuple[str, ...]:
+        """Names of the registered AU spaces, as `--au_space` / `--au-space` accept them."""
+        return tuple(_PRESETS)
+
+    @classmethod
+    def from_preset(cls, name: str, field: str = "au_space") -> AUSpace:
+        """The registered AU space `name` (see [`AUSpace.presets`]); a `ValueError` naming `field` otherwise."""
+        if name not in _PRESETS:
+            raise ValueError(f"`{field}` must be one of {list(_PRESETS)}, got {name!r}.")
+        return cls(*_PRESETS[name])
 
     @property
     def num_aus(self) -> int:

@@ -1,9 +1,12 @@
-"""Image helpers shared by pipelines and training code (PIL and numpy only)."""
+"""Image helpers shared by pipelines, storage and training code (PIL and numpy only)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import PIL.Image
+import PIL.ImageDraw
 
 
 def resize_and_center_crop(image: PIL.Image.Image, size: int) -> np.ndarray:  # (size, size, 3) uint8
@@ -28,3 +31,17 @@ def resize_and_crop(
             left, top = int((image.width - size + 1) * position[0]), int((image.height - size + 1) * position[1])
         image = image.crop((left, top, left + size, top + size))
     return np.asarray(image)
+
+
+def tile_images(rows: Sequence[Sequence[PIL.Image.Image]], row_labels: Sequence[str] | None = None) -> PIL.Image.Image:
+    """Tiles equally sized images into a grid (one list per row), with an optional label left of each row."""
+    width, height = rows[0][0].size
+    margin = 8 + 6 * max(map(len, row_labels)) if row_labels else 0
+    grid = PIL.Image.new("RGB", (margin + width * max(map(len, rows)), height * len(rows)), "white")
+    draw = PIL.ImageDraw.Draw(grid)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid.paste(image.convert("RGB"), (margin + c * width, r * height))
+        if row_labels:
+            draw.text((4, r * height + height // 2 - 5), row_labels[r], fill="black")
+    return grid

@@ -45,7 +45,7 @@ synfer build-fetext --dataset runs/faceworld --split test --label-column label \
 One process writes all shards (no `accelerate` split yet); annotation dominates the cost, the scan decodes each
 image once more.
 
-This module imports `facs`, `training`, `annotators`, `data.writer` and the HF libraries, never `models/`
+This module imports `facs`, `annotators`, `data.loading`, `data.writer` and the HF libraries, never `models/`
 or `pipelines/`.
 """
 
@@ -70,16 +70,15 @@ from tqdm.auto import tqdm
 from ..annotators import AUEstimator, CaptionBatch, Captioner, ModelCaptioner, TemplateCaptioner
 from ..facs import EXPRESSIONS, AUSpace
 from ..hub_utils import inherited_license, license_label, load_card_metadata, split_hub_ids
-from ..training import expression_label_ids, load_training_dataset, tile_images, validate_columns
-from ..training.data import is_local_path
+from ..image_utils import tile_images
 from ..value_checks import check_int
-from .fetext_config import AU_SPACE_PRESETS, FETextConfig
+from .fetext_config import FETextConfig
+from .loading import expression_label_ids, is_local_path, load_training_dataset, validate_columns
 from .writer import SyntheticSetWriter
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AU_SPACE_PRESETS",
     "BadImageError",
     "FETextConfig",
     "FETextResult",

@@ -10,10 +10,8 @@ from ..facs import AUSpace
 from ..prompts import DEFAULT_CAPTION_PROMPT
 from ..value_checks import check_int, check_number
 
-__all__ = ["AU_SPACE_PRESETS", "BAD_IMAGE_POLICIES", "FETextConfig"]
+__all__ = ["BAD_IMAGE_POLICIES", "FETextConfig"]
 
-AU_SPACE_PRESETS = {"disfa12": AUSpace.disfa12, "opengraphau41": AUSpace.opengraphau41}
-"""AU spaces selectable by name (`--au-space`)."""
 BadImagePolicy = Literal["skip", "error"]
 BAD_IMAGE_POLICIES: tuple[str, ...] = get_args(BadImagePolicy)
 
@@ -38,7 +36,7 @@ class FETextConfig:
     )
     au_space: str = field(
         default="disfa12",
-        metadata={"help": f"AU space of `action_units`: {list(AU_SPACE_PRESETS)}.", "choices": tuple(AU_SPACE_PRESETS)},
+        metadata={"help": "AU space of `action_units` (an `AUSpace` preset).", "choices": AUSpace.presets()},
     )
     au_fill_missing: float | None = field(
         default=None,
@@ -111,8 +109,7 @@ class FETextConfig:
     shard_size: int = field(default=1000, metadata={"help": "Rows per parquet shard (fixes the shard grid)."})
 
     def __post_init__(self) -> None:
-        if self.au_space not in AU_SPACE_PRESETS:
-            raise ValueError(f"`au_space` must be one of {list(AU_SPACE_PRESETS)}, got {self.au_space!r}.")
+        AUSpace.from_preset(self.au_space)
         if self.bad_images not in BAD_IMAGE_POLICIES:
             raise ValueError(f"`bad_images` must be one of {list(BAD_IMAGE_POLICIES)}, got {self.bad_images!r}.")
         for name in ("caption_max_new_tokens", "min_image_size", "shard_size"):
@@ -125,4 +122,4 @@ class FETextConfig:
 
     @property
     def space(self) -> AUSpace:
-        return AU_SPACE_PRESETS[self.au_space]()
+        return AUSpace.from_preset(self.au_space)

@@ -3,8 +3,9 @@
 - [`config`]: [`TrainingConfig`] / [`DiffusionTrainingConfig`], dataclasses whose fields carry their help text
   and are checked in `__post_init__`; [`parse_config`] (transformers' `HfArgumentParser`), [`prepare_run`] (the
   `Accelerator`), [`make_optimizer`].
-- [`data`]: [`load_training_dataset`] (a local folder or a Hub id) and the column checks, which raise a
-  `ValueError` naming the column before anything trains.
+- [`data`]: the per-example transform of training rows; it re-exports [`load_training_dataset`] (a local folder
+  or a Hub id) and the column checks of `synfer_diffusers.data.loading`, which raise a `ValueError` naming the
+  column before anything trains.
 - [`determinism`]: the batch of step `s` ([`BatchOrder`]) and every random draw of that step
   ([`step_generator`]) are functions of `(seed, s)`, so a resumed run repeats the uninterrupted one.
 - [`augmentation`]: FineFace's AU smoothing and IP-Adapter's condition dropout.
@@ -19,6 +20,24 @@
 This package imports the rest of `synfer_diffusers`, never `examples/`.
 """
 
+from ..data.loading import (
+    AnyDataset,
+    ExpressionLabels,
+    dataset_columns,
+    dataset_label_names,
+    expression_label_ids,
+    first_row,
+    is_local_path,
+    load_action_units,
+    load_images,
+    load_training_dataset,
+    num_examples,
+    pixel_tensor,
+    validate_action_units_column,
+    validate_columns,
+    validate_image_column,
+)
+from ..image_utils import tile_images
 from .au_consistency import AUConsistencyLoss, denoised_estimate
 from .augmentation import condition_dropout_masks, smooth_action_units
 from .checkpoints import checkpoint_step, list_checkpoints, resolve_checkpoint, save_checkpoint
@@ -36,27 +55,7 @@ from .config import (
     prepare_run,
     training_card_text,
 )
-from .data import (
-    AnyDataset,
-    ExampleTransform,
-    ExpressionLabels,
-    dataset_columns,
-    dataset_label_names,
-    drop_captions,
-    expression_label_ids,
-    first_row,
-    is_local_path,
-    load_action_units,
-    load_images,
-    load_training_dataset,
-    normalize_images,
-    num_examples,
-    pixel_tensor,
-    tokenize_captions,
-    validate_action_units_column,
-    validate_columns,
-    validate_image_column,
-)
+from .data import ExampleTransform, drop_captions, normalize_images, tokenize_captions
 from .determinism import BatchOrder, StepRandom
 from .diffusion import (
     LORA_TARGET_MODULES,
@@ -80,7 +79,7 @@ from .loader import (
     training_batches,
 )
 from .loop import LossParts, TrainingSummary, finish_run, push_output_to_hub, run_training_loop
-from .validation import save_expression_grid, tile_images
+from .validation import save_expression_grid
 
 __all__ = [
     "AUConsistencyLoss",

@@ -26,8 +26,9 @@ from accelerate import Accelerator
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
+from ..data.loading import AnyDataset, pixel_tensor
 from .config import DiffusionTrainingConfig
-from .data import AnyDataset, ExampleTransform, normalize_images, pixel_tensor
+from .data import ExampleTransform, normalize_images
 from .loader import training_batches
 
 SHARD_ROWS = 1024

@@ -23,15 +23,9 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, Sampler
 
+from ..data.loading import AnyDataset, load_training_dataset, num_examples, validate_columns, validate_image_column
 from .config import TrainingConfig
-from .data import (
-    AnyDataset,
-    ExampleTransform,
-    load_training_dataset,
-    num_examples,
-    validate_columns,
-    validate_image_column,
-)
+from .data import ExampleTransform
 from .determinism import AUGMENTATION_STREAM, BatchOrder, StepRandom
 
 

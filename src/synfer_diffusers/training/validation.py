@@ -1,4 +1,4 @@
-"""Validation images: image grids and the expressions x identities grid of a `SynFERPipeline`."""
+"""Validation images: the expressions x identities grid of a `SynFERPipeline`."""
 
 from __future__ import annotations
 
@@ -7,21 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-
-def tile_images(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] | None = None) -> Image.Image:
-    """Tiles equally sized images into a grid (one list per row), with an optional label left of each row."""
-    width, height = rows[0][0].size
-    margin = 8 + 6 * max(map(len, row_labels)) if row_labels else 0
-    grid = Image.new("RGB", (margin + width * max(map(len, rows)), height * len(rows)), "white")
-    draw = ImageDraw.Draw(grid)
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            grid.paste(image.convert("RGB"), (margin + c * width, r * height))
-        if row_labels:
-            draw.text((4, r * height + height // 2 - 5), row_labels[r], fill="black")
-    return grid
+from ..image_utils import tile_images
 
 
 def save_expression_grid(

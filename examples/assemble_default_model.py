@@ -40,10 +40,11 @@ import re
 import shutil
 
 import torch
+from huggingface_hub import EvalResult
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from synfer_diffusers import EXPRESSIONS, FERAnnoPipeline, SynFERPipeline
-from synfer_diffusers.hub_utils import write_model_card
+from synfer_diffusers.hub_utils import card_section, write_model_card
 from synfer_diffusers.training import tile_images
 
 MAX_SIZE_MB = 20.0
@@ -90,14 +91,40 @@ def evaluation_markdown(path: str | None) -> str | None:
 
 def default_model_card(training: str | None, evaluation: str | None) -> dict:
     """The default's card fields, over its pipeline's `model_card_fields()`. It has no base model (trained from
-    scratch) and FaceWorld is not on the Hub: the card's text names its training data, its metadata does not."""
+    scratch) and FaceWorld is not on the Hub: the card's text names its training data, its metadata does not; its
+    `model-index` holds the generated rows of the Evaluation table ([`evaluation_results`])."""
     return {
         "model_name": "synfer_diffusers embedded default (FaceWorld, 64x64)",
         "datasets": ["FaceWorld (synfer_diffusers.data.faceworld, seed 0, 20k train)"],
         "training": training or "Trained on FaceWorld by `examples/train_faceworld_default.sh` (autoencoder, stage A, "
         "stage B, guide, FERAnno, AU estimator).",
         "evaluation": evaluation,
+        "eval_results": evaluation_results(evaluation),
     }
+
+
+EVALUATION_METRICS = (  # the Evaluation table's metric columns: (model-index type, name), in column order
+    ("accuracy", "expression accuracy (FaceWorld judge)"),
+    ("mae", "AU MAE (FaceWorld AU regressor)"),
+    ("frechet_distance", "Fréchet distance to real FaceWorld faces (judge features)"),
+)
+
+
+def evaluation_results(evaluation: str | None) -> list[EvalResult] | None:
+    """The `model-index` entries of the Evaluation table ([`evaluation_markdown`]): each metric of each generated
+    row (the real-faces reference row is left out), on the FaceWorld test faces; None without a table."""
+    row = r"^\| (.+?) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$"  # name, images, the metric columns
+    rows = re.findall(row, evaluation or "", flags=re.MULTILINE)
+    results = [
+        EvalResult(
+            task_type="text-to-image", dataset_type="faceworld", dataset_name="FaceWorld (synfer_diffusers, seed 0)",
+            dataset_split="test", metric_type=metric, metric_name=f"{name}: {label}", metric_value=float(value),
+        )  # fmt: skip
+        for name, _, *values in rows
+        if not name.startswith("real ")
+        for (metric, label), value in zip(EVALUATION_METRICS, values)
+    ]
+    return results or None
 
 
 def au_estimator_sentence(path: str) -> str:
@@ -202,12 +229,6 @@ def add_au_estimator(folder: str, path: str, training: str | None, storage_dtype
         f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
     os.replace(os.path.join(staging, "README.md"), os.path.join(folder, "README.md"))
     shutil.rmtree(staging)
-
-
-def card_section(card: str, heading: str) -> str | None:
-    """The text of the `## {heading}` section of a rendered card, or None."""
-    match = re.search(rf"^## {re.escape(heading)}\n\n(.*?)\n*(?=^## |\Z)", card, flags=re.DOTALL | re.MULTILINE)
-    return match.group(1) if match else None
 
 
 def rewrite_card(folder: str, training: str | None, evaluation: str | None) -> None:

@@ -36,8 +36,7 @@ TASKS = frozenset(
     any-to-any other""".split()
 )
 SIZE_CATEGORIES = frozenset(
-    "unknown n<1K 1K<n<10K 10K<n<100K 100K<n<1M 1M<n<10M 10M<n<100M 100M<n<1B 1B<n<10B 10B<n<100B 100B<n<1T n>1T"
-    .split()
+    "unknown n<1K 1K<n<10K 10K<n<100K 100K<n<1M 1M<n<10M 10M<n<100M 100M<n<1B 1B<n<10B 10B<n<100B 100B<n<1T n>1T".split()
 )
 """As `datasets` ships them (`datasets/utils/resources/size_categories.json`; `test_hub_server_strict.py` checks)."""
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -165,7 +164,25 @@ DATASET_RULES: dict[str, Check] = {
     "dataset_info": _one_or_list(_DATASET_INFO),
     "configs": _list_of(_CONFIG),
 }
+
+
+def _number(key: str, value: Any) -> list[str]:
+    return [] if isinstance(value, (int, float)) and not isinstance(value, bool) else [f'"{key}" must be a number']
+
+
+_MODEL_INDEX = _mapping(  # the Hub's model-index schema: results of a model, each on a task and a dataset
+    {
+        "name": _string,
+        "results": _list_of(_mapping({
+            "task": _mapping({"type": _one_of(TASKS), "name": _string}, required=("type",)),
+            "dataset": _mapping({"type": _string, "name": _string, "split": _string}, required=("type", "name")),
+            "metrics": _list_of(_mapping({"type": _string, "value": _number, "name": _string}, required=("type", "value"))),
+        }, required=("task", "dataset", "metrics"))),
+    },
+    required=("name", "results"),
+)  # fmt: skip
 MODEL_RULES: dict[str, Check] = {
+    "model-index": _list_of(_MODEL_INDEX),
     "base_model": _one_or_list(_repo_id),
     "datasets": _list_of(_string),
     "library_name": _string,

@@ -155,6 +155,51 @@ def test_embedded_default_card_is_what_the_card_code_renders():
     assert str(render_model_card(pipe.model_card_template, {**pipe.model_card_fields(), **fields})) == current
 
 
+def test_embedded_default_card_indexes_its_faceworld_numbers_and_tells_how_to_load_it():
+    """The default's `model-index` holds every number of its Evaluation table's generated rows, on FaceWorld (the
+    Hub's schema, as the strict test Hub checks it); its Usage has an install line and the stock-diffusers route."""
+    import re
+
+    from hub_card_rules import card_errors
+
+    from synfer_diffusers.generate import DEFAULT_MODEL_DIR
+
+    readme = (DEFAULT_MODEL_DIR / "README.md").read_text(encoding="utf-8")
+    assert card_errors(readme) == []
+    metadata, text = card_parts(DEFAULT_MODEL_DIR)
+    (index,) = metadata["model-index"]
+    (result,) = index["results"]
+    assert "FaceWorld" in result["dataset"]["name"] and result["dataset"]["split"] == "test"
+    assert all("FaceWorld" in metric["name"] for metric in result["metrics"])
+    indexed = {(m["name"].split(": ")[0], m["type"]): m["value"] for m in result["metrics"]}
+    table = re.findall(r"^\| (\+ AUs[^|]*|text only) \| \d+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
+    assert len(table) == 3 and indexed == {
+        (row.strip(), metric): float(value)
+        for row, *values in table
+        for metric, value in zip(("accuracy", "mae", "frechet_distance"), values)
+    }
+    assert "pip install synfer-diffusers" in text
+    assert 'DiffusionPipeline.from_pretrained("path/to/this/checkpoint", trust_remote_code=True)' in text
+
+
+def test_resaving_the_embedded_default_keeps_its_training_evaluation_and_model_index(tmp_path):
+    """`SynFERPipeline.from_pretrained(default).save_pretrained(folder)` writes the card's recorded sections and its
+    `model-index` again instead of "Not recorded"; a pipeline built in code records none."""
+    from synfer_diffusers.generate import DEFAULT_MODEL_DIR
+    from synfer_diffusers.hub_utils import card_section
+
+    SynFERPipeline.from_pretrained(DEFAULT_MODEL_DIR).save_pretrained(tmp_path / "resaved")
+    original, resaved = (
+        Path(folder, "README.md").read_text(encoding="utf-8") for folder in (DEFAULT_MODEL_DIR, tmp_path / "resaved")
+    )
+    for heading in ("Training", "Evaluation"):
+        assert card_section(original, heading) is not None and card_section(resaved, heading) == card_section(
+            original, heading
+        )
+    assert card_parts(tmp_path / "resaved")[0]["model-index"] == card_parts(DEFAULT_MODEL_DIR)[0]["model-index"]
+    assert "Not recorded" not in resaved and "No evaluation recorded" not in resaved
+
+
 def test_assembly_adds_an_au_estimator_and_leaves_the_other_components(faceworld_dir, tmp_path):
     """`assemble_default_model.py --add_au_estimator`: the estimator's folders and `model_index.json` entries are
     added, no other component file changes, the estimator maps onto the UNet's AUs, and the card states its measured

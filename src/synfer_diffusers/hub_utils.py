@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -48,8 +49,13 @@ LICENSE_KEYS = ("license", "license_name", "license_link")
 
 CARD_DATA_KEYS = (
     *LICENSE_KEYS, "base_model", "datasets", "tags", "library_name", "pipeline_tag", "metrics", "labels",
+    "eval_results",
 )  # fmt: skip
-"""Fields of a model card that go into its YAML metadata rather than its text."""
+"""Fields of a model card that go into its YAML metadata rather than its text (`eval_results`, a list of
+huggingface_hub `EvalResult`s, becomes the `model-index`, named by the `model_name` field)."""
+
+RECORDED_CARD_SECTIONS = ("Training", "Evaluation")
+"""Sections of a model card that record what the weights cannot tell (how they were trained, what they measured)."""
 
 DATASET_CARD_DATA_KEYS = (
     *LICENSE_KEYS, "tags", "task_categories", "task_ids", "size_categories", "source_datasets", "pretty_name",
@@ -236,6 +242,8 @@ def render_model_card(template_name: str, fields: Mapping[str, Any]) -> ModelCar
     ```
     """
     metadata, text_fields = split_card_fields(fields, CARD_DATA_KEYS)
+    if "eval_results" in metadata:
+        metadata["model_name"] = text_fields.get("model_name")  # the model-index's name: the card's title
     base_model = metadata.pop("base_model", None)
     base_data = base_model_card_data(base_model) if base_model is not None else {}
     datasets = metadata.pop("datasets", None)
@@ -249,6 +257,26 @@ def render_model_card(template_name: str, fields: Mapping[str, Any]) -> ModelCar
     return ModelCard.from_template(
         ModelCardData(**data), template_str=model_card_template(template_name), **text_fields
     )
+
+
+def card_section(card: str, heading: str) -> str | None:
+    """The text of the `## {heading}` section of a rendered card, or None."""
+    match = re.search(rf"^## {re.escape(heading)}\n\n(.*?)\n*(?=^## |\Z)", card, flags=re.DOTALL | re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def recorded_card_fields(folder: str | os.PathLike) -> dict[str, Any]:
+    """What the card of a saved checkpoint (`folder/README.md`) records that its weights cannot tell: the text of its
+    `RECORDED_CARD_SECTIONS` (`training`, `evaluation`) and its `model-index` (`model_name`, `eval_results`), as
+    card fields; empty where there is no card. Saving the loaded checkpoint again renders them as they were."""
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        return {}
+    card = ModelCard.load(path, ignore_metadata_errors=True)
+    fields = {heading.lower(): card_section(card.text, heading) for heading in RECORDED_CARD_SECTIONS}
+    if card.data.eval_results:
+        fields.update(model_name=card.data.model_name, eval_results=card.data.eval_results)
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def write_model_card(folder: str | os.PathLike, template_name: str, fields: Mapping[str, Any]) -> str:

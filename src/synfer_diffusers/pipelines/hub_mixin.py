@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from huggingface_hub import snapshot_download
 
-from ..hub_utils import push_folder_to_hub, write_model_card
+from ..hub_utils import push_folder_to_hub, recorded_card_fields, write_model_card
 from .remote_code import PACKAGE, package_config, write_code_files
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,11 @@ class ModelCardPipelineMixin:
         Without `dtype` (or the deprecated `torch_dtype`), every component loads in float32, whatever dtype its
         weights were stored in: transformers keeps the stored dtype (an fp16 text encoder stays fp16) where diffusers
         loads its models in float32, and mixed dtypes fail at the first matmul. Pass `dtype=torch.float16` (or a
-        per-component dict, as diffusers allows) for half precision."""
+        per-component dict, as diffusers allows) for half precision.
+
+        The checkpoint's card's Training and Evaluation sections and its `model-index` are kept in
+        `recorded_card_fields`, so `save_pretrained` writes them again (pass `model_card={"training": ...,
+        "evaluation": ...}` there once the weights have changed)."""
         if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
             kwargs["dtype"] = torch.float32
         if not os.path.isdir(pretrained_model_name_or_path):
@@ -56,7 +60,9 @@ class ModelCardPipelineMixin:
                 cache_dir=kwargs.get("cache_dir"),
                 local_files_only=kwargs.get("local_files_only", False),
             )
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe.recorded_card_fields = recorded_card_fields(pretrained_model_name_or_path)
+        return pipe
 
     @classmethod
     def load_config(cls, *args: Any, **kwargs: Any) -> Any:
@@ -83,12 +89,14 @@ class ModelCardPipelineMixin:
         **kwargs: Any,
     ) -> None:
         """[`DiffusionPipeline.save_pretrained`] (safetensors) plus the code files for stock diffusers (see the class
-        docstring) and a `README.md` model card; `model_card` adds or overrides its fields (`base_model`,
-        `datasets`, `metrics`, `license`, `training`, `evaluation`, ...). With `push_to_hub`, the folder is then
+        docstring) and a `README.md` model card: the pipeline's own facts, the sections recorded by the card it was
+        loaded from (`recorded_card_fields`), and `model_card`, which adds or overrides fields (`base_model`,
+        `datasets`, `metrics`, `license`, `training`, `evaluation`, `eval_results`, ...). With `push_to_hub`, the folder is then
         uploaded to `repo_id` (default: the folder's name)."""
         super().save_pretrained(save_directory, **kwargs)
         write_code_files(save_directory, type(self))
-        fields = {**self.model_card_fields(), **(model_card or {})}
+        recorded = getattr(self, "recorded_card_fields", {})  # pipelines built in code have none
+        fields = {**self.model_card_fields(), **recorded, **(model_card or {})}
         try:
             write_model_card(save_directory, self.model_card_template, fields)
         except ModuleNotFoundError as error:

@@ -92,7 +92,7 @@ def test_folder_loads_with_the_exact_features_and_card(tmp_path):
     ]
     assert metadata["dataset_info"]["splits"][0]["num_examples"] == 5
     assert [f["name"] for f in metadata["dataset_info"]["features"]] == list(synthetic_features(12))
-    assert "## Intended use and limits" in card and "## Licence" in card and '"shard_size": 2' in card
+    assert "## Limitations" in card and "## Licence" in card and '"shard_size": 2' in card
     assert PIL.Image.open(tmp_path / "preview.png").size == (8 * 8, 8 + 12)
     assert not (tmp_path / ".synfer" / "tmp").exists()
 

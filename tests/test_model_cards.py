@@ -358,6 +358,42 @@ def test_synthetic_dataset_card(tiny_components, tmp_path, sd15_finetune):
     assert card.data.license == SD15_LICENSE and card.data.source_datasets == ["original", "extended|user/aus"]
 
 
+def test_synthetic_dataset_card_counts_the_people_the_plan_asked_for_and_states_its_limits(tiny_components, tmp_path):
+    """The card's people table counts, per coarse description and target expression, exactly the rows generated (each
+    prompt starts with its description); its Limitations name the voters, the aggregation and FaceWorld."""
+    import datasets
+
+    from synfer_diffusers.generate import SyntheticSetConfig, generate_synthetic_dataset
+
+    SynFERPipeline(**tiny_components).save_pretrained(tmp_path / "model")
+    descriptions = ["a photo of a child", "a photo of an old man with glasses"]
+    config = SyntheticSetConfig(
+        num_samples=9, shard_size=9, num_inference_steps=1, descriptions=descriptions,
+        expression_distribution={"happy": 0.5, "sad": 0.5},
+    )  # fmt: skip
+    generate_synthetic_dataset(
+        config, tmp_path / "set", model=str(tmp_path / "model"), batch_size=9, show_progress=False
+    )
+    _, text = card_parts(tmp_path / "set")
+    rows = datasets.load_dataset(str(tmp_path / "set"), split="train", cache_dir=str(tmp_path / ".cache"))
+    names = rows.features["target_label"].names
+    generated = [
+        (d, names[t])
+        for text_, t in zip(rows["text"], rows["target_label"])
+        for d in descriptions
+        if text_.startswith(d)
+    ]
+    assert len(generated) == 9
+    header = "| description | " + " | ".join(EXPRESSIONS) + " | all |"
+    assert header in text
+    for description in descriptions:
+        counts = [sum(1 for g in generated if g == (description, e)) for e in EXPRESSIONS]
+        assert f"| {description} | {' | '.join(map(str, counts))} | {sum(counts)} |" in text
+    limitations = text.split("## Limitations")[1]
+    assert "synthetic" in limitations.lower() and "FaceWorld" in limitations
+    assert "the generation target (no pseudo-labeller)" in limitations  # the labeller of a model with no voters
+
+
 def test_fetext_dataset_card_inherits_the_source_licence(faceworld_dir, tmp_path):
     from transformers import ResNetConfig, ResNetForImageClassification
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
@@ -376,5 +412,6 @@ def test_fetext_dataset_card_inherits_the_source_licence(faceworld_dir, tmp_path
     assert metadata["license"] == "cc0-1.0"  # FaceWorld's, from its card
     assert metadata["task_categories"] == ["text-to-image", "image-classification"]
     assert metadata["size_categories"] == ["n<1K"] and {"fetext", "synfer"} <= set(metadata["tags"])
-    assert "source_datasets" not in metadata and "dataset_info" in metadata  # the source is a local folder
+    assert metadata["source_datasets"] == ["original"] and "dataset_info" in metadata  # the source is a local folder
+    assert f"## Who is in the data\n\nThe people of the source `{faceworld_dir}`" in text
     assert f"`{faceworld_dir}`: `cc0-1.0` (read from" in text

@@ -425,15 +425,17 @@ def _annotate(
 def _card_fields(
     plan: Mapping[str, Any], source_name: str, source: str | os.PathLike | datasets.Dataset
 ) -> dict[str, Any]:
-    """Card metadata (the source's licence, read from its card; the source as `source_datasets` if on the Hub) and
-    the template's text fields."""
+    """Card metadata (the source's licence, read from its card; `source_datasets`: the source if on the Hub, else
+    `original`) and the template's text fields."""
     space = plan["au_space"]
     labelled = plan["config"]["label_column"] is not None
     in_memory = isinstance(source, datasets.Dataset)
     source_card = None if in_memory else load_card_metadata(source, repo_type="dataset")
+    hub_sources = [] if in_memory else split_hub_ids(source)[0]
     return {
         **inherited_license(source_card),
-        "source_datasets": None if in_memory else split_hub_ids(source)[0] or None,
+        # the Hub's convention: `extended|<id>` for data made from a Hub dataset, `original` for data new to the Hub
+        "source_datasets": [f"extended|{hub_id}" for hub_id in hub_sources] or ["original"],
         "task_categories": ["text-to-image", "image-classification"] if labelled else ["text-to-image"],
         "tags": ["synfer", "fetext", "facial-expression-recognition", "action-units"],
         "source_license": license_label(source_card),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..facs import EXPRESSIONS, AUSpace
 from ..hub_utils import inherited_license, license_label, load_card_metadata, split_hub_ids
+from .config import DEFAULT_DESCRIPTIONS, expression_probabilities
 from .labelers import Labeler
 from .model import DEFAULT_MODEL_DIR, TINY_MODEL_NAME
+from .plan import draw_target
 
 if TYPE_CHECKING:
     from .relabel import RelabelSummary
@@ -21,6 +24,9 @@ DEFAULT_CARD_DATA: dict[str, Any] = {
     "tags": ["synfer", "synthetic", "facial-expression-recognition", "action-units"],
 }
 
+
+MAX_PEOPLE_ROWS = 12
+"""Descriptions listed one per row in the card's people table; the rarer ones share a last row."""
 
 SOURCE_DATASET_FIELDS = ("au_dataset", "layout_dataset", "edit_dataset")
 """Plan fields naming datasets a set is made from (the card's `source_datasets` where they are Hub ids)."""
@@ -72,9 +78,39 @@ def card_fields(
         "label_summary": label_summary.describe() if label_summary is not None else None,
         "drop_discarded": plan["drop_discarded"],
         "edit_dataset": plan["edit_dataset"],
+        "people_table": people_table(plan),
         "noise_warning": "made with tiny random weights (no embedded default checkpoint yet): the images are noise."
         if tiny else None,
     }  # fmt: skip
+
+
+def people_table(plan: Mapping[str, Any]) -> str | None:
+    """Who the plan asks for, as a markdown table: samples per coarse description (the person a prompt describes:
+    age, gender, hair, accessories, as the descriptions word them) and target expression, redrawn from each sample's
+    seed as the plan draws them; None for an edit set, whose people are its source faces."""
+    if plan["edit_dataset"]:
+        return None
+    probabilities = expression_probabilities(plan["expression_distribution"])
+    descriptions = plan["descriptions"] or DEFAULT_DESCRIPTIONS
+    counts = Counter(
+        draw_target(plan["seed"], i, probabilities, descriptions)[2:] for i in range(plan["num_samples"])
+    )  # (expression, description) -> samples
+    totals = Counter()
+    for (_, description), count in counts.items():
+        totals[description] += count
+    ranked = [description for description, _ in totals.most_common()]
+    rows = [(d, [counts[e, d] for e in EXPRESSIONS]) for d in ranked[:MAX_PEOPLE_ROWS]]
+    rest = ranked[MAX_PEOPLE_ROWS:]
+    if rest:
+        rows.append((f"{len(rest)} other descriptions", [sum(counts[e, d] for d in rest) for e in EXPRESSIONS]))
+    lines = [
+        f"| description | {' | '.join(EXPRESSIONS)} | all |",
+        "|---|" + "---|" * (len(EXPRESSIONS) + 1),
+        *(f"| {name} | {' | '.join(map(str, row))} | {sum(row)} |" for name, row in rows),
+        f"| all | {' | '.join(str(sum(row[i] for _, row in rows)) for i in range(len(EXPRESSIONS)))} | "
+        f"{plan['num_samples']} |",
+    ]
+    return "\n".join(lines)
 
 
 def _sampling_summary(plan: Mapping[str, Any]) -> str:

@@ -467,9 +467,14 @@ class SyntheticSetConfig:
         return self.height or native_size, self.width or native_size
 
     def expression_probabilities(self) -> np.ndarray:  # (7,) in EXPRESSIONS order
-        if self.expression_distribution is None:
-            return np.full(len(EXPRESSIONS), 1.0 / len(EXPRESSIONS))
-        return np.array([self.expression_distribution.get(name, 0.0) for name in EXPRESSIONS])
+        return expression_probabilities(self.expression_distribution)
+
+
+def expression_probabilities(distribution: Mapping[str, float] | None) -> np.ndarray:  # (7,) in EXPRESSIONS order
+    """The probability of each target expression: `distribution` (`--expressions`), or uniform for None."""
+    if distribution is None:
+        return np.full(len(EXPRESSIONS), 1.0 / len(EXPRESSIONS))
+    return np.array([distribution.get(name, 0.0) for name in EXPRESSIONS])
 
 
 def _check_distribution(distribution: Mapping[str, float]) -> dict[str, float]:

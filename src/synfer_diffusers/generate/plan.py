@@ -142,6 +142,17 @@ class PlannedSample:
     source: SourceFace | None = None
 
 
+def draw_target(
+    master_seed: int, sample_id: int, probabilities: np.ndarray, descriptions: Sequence[str]
+) -> tuple[int, np.random.Generator, str, str]:
+    """The first draws of sample `sample_id`: its seed, its RNG (for the draws that follow), its target expression
+    (from `probabilities`, in [`EXPRESSIONS`] order) and its coarse description, the person its prompt asks for."""
+    seed = sample_seed(master_seed, sample_id)
+    rng = np.random.default_rng(seed)
+    expression = EXPRESSIONS[rng.choice(len(EXPRESSIONS), p=probabilities)]
+    return seed, rng, expression, descriptions[rng.integers(len(descriptions))]
+
+
 def plan_sample(
     config: SyntheticSetConfig,
     sample_id: int,
@@ -152,11 +163,9 @@ def plan_sample(
     """Sample `sample_id` of the plan, drawn from an RNG seeded by its own seed only: expression, description, AU
     vector (a row of `au_source`, or the EMFACS prototype with jitter from a generator seeded by that RNG) and prompt
     through the pipeline's own planner ([`plan_image_condition`]), and a layout image."""
-    seed = sample_seed(config.seed, sample_id)
-    rng = np.random.default_rng(seed)
-    expression = EXPRESSIONS[rng.choice(len(EXPRESSIONS), p=config.expression_probabilities())]
-    descriptions = config.descriptions or DEFAULT_DESCRIPTIONS
-    description = descriptions[rng.integers(len(descriptions))]
+    seed, rng, expression, description = draw_target(
+        config.seed, sample_id, config.expression_probabilities(), config.descriptions or DEFAULT_DESCRIPTIONS
+    )
     drawn = torch.from_numpy(au_source.draw(expression, rng)) if au_source is not None else None
     layout_image = layout_source.draw(rng) if layout_source is not None else None
     jitter = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))

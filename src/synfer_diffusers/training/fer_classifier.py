@@ -31,6 +31,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
+from ..data.loading import expression_label_ids
 from ..evaluation import (
     IMAGE_SIZE,
     downscale_upscale,
@@ -69,6 +70,11 @@ class TrainFERConfig:
                                                "`train` and `test` splits, e.g. one written by "
                                                "`python -m synfer_diffusers.data.faceworld`."})  # fmt: skip
     output_dir: str = field(metadata={"help": "Where to save the model, image processor and metrics.json."})
+    test_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A dataset whose `test` split scores the model instead of `dataset_name`'s, e.g. real "
+                          "labelled faces for a classifier trained on a synthetic set."},
+    )  # fmt: skip
     task: str = field(default="expression", metadata={"help": f"One of {TASKS}."})
     architecture: str = field(default="resnet", metadata={"help": f"One of {ARCHITECTURES}."})
     label_column: str = field(
@@ -122,11 +128,8 @@ class TrainFERConfig:
 
     @property
     def target_columns(self) -> tuple[str, ...]:
-        if self.task != "expression":
-            return ("action_units",)
-        return tuple(
-            dict.fromkeys((self.label_column, "clean_label"))
-        )  # once each, also for `--label_column clean_label`
+        """Columns a split must have besides `image` (the test split may add `clean_label`, scored when present)."""
+        return (self.label_column,) if self.task == "expression" else ("action_units",)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -214,29 +217,45 @@ def mean_baseline_mae(train_aus: np.ndarray, test_aus: np.ndarray) -> dict:
 
 
 def load_splits(config: TrainFERConfig) -> dict[str, dict[str, np.ndarray]]:
-    """Reads the train and test splits into memory; checks splits and columns before any training."""
-    if os.path.isdir(config.dataset_name) and not any(Path(config.dataset_name).iterdir()):
-        raise ValueError(f"`dataset_name` {config.dataset_name!r} is empty.")
-    dataset = datasets.load_dataset(config.dataset_name)
+    """Reads the train split of `dataset_name` and the test split of `test_dataset_name` (default: the same) into
+    memory, expression labels as ids into [`EXPRESSIONS`] matched by name; checks splits and columns before any
+    training."""
     splits = {}
-    for split, limit in (("train", config.max_train_samples), ("test", config.max_test_samples)):
-        if split not in dataset:
-            raise ValueError(f"`dataset_name` must have `train` and `test` splits, found {list(dataset)}.")
-        data = dataset[split]
-        missing = [c for c in ("image", *config.target_columns) if c not in data.column_names]
+    for split, name, limit in (
+        ("train", config.dataset_name, config.max_train_samples),
+        ("test", config.test_dataset_name or config.dataset_name, config.max_test_samples),
+    ):
+        data = _load_split(name, split, limit)
+        optional = ("clean_label",) if split == "test" and config.task == "expression" else ()
+        columns = ["image", *config.target_columns] + [c for c in optional if c in data.column_names]
+        missing = [c for c in columns if c not in data.column_names]
         if missing:
             raise ValueError(
-                f"The {split} split of `dataset_name` lacks the column(s) {missing} needed by task "
-                f"{config.task!r}; it has {data.column_names}."
+                f"The {split} split of {name!r} lacks the column(s) {missing} needed by task {config.task!r}; it has "
+                f"{data.column_names}."
             )
-        if limit is not None:
-            data = data.select(range(min(limit, len(data))))
-        columns = data.select_columns(["image", *config.target_columns]).with_format("numpy")
-        splits[split] = {name: np.asarray(columns[name]) for name in ("image", *config.target_columns)}
+        arrays = data.select_columns(columns).with_format("numpy")
+        splits[split] = {
+            column: expression_label_ids(data, column).numpy() if column in (config.label_column, "clean_label")
+            and config.task == "expression" else np.asarray(arrays[column])
+            for column in columns
+        }  # fmt: skip
     images = splits["train"]["image"]
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"`image` must hold RGB images, got an array of shape {images.shape}.")
     return splits
+
+
+def _load_split(name: str, split: str, limit: int | None) -> datasets.Dataset:
+    """The first `limit` rows of `split` of the dataset `name` (a folder or Hub id)."""
+    field = "dataset_name" if split == "train" else "test_dataset_name (or dataset_name)"
+    if os.path.isdir(name) and not any(Path(name).iterdir()):
+        raise ValueError(f"`{field}` {name!r} is empty.")
+    dataset = datasets.load_dataset(name)
+    if split not in dataset:
+        raise ValueError(f"`{field}` {name!r} must have a `{split}` split, found {list(dataset)}.")
+    data = dataset[split]
+    return data if limit is None else data.select(range(min(limit, len(data))))
 
 
 def _loss(config: TrainFERConfig, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -300,12 +319,13 @@ def evaluate(model: PreTrainedModel, config: TrainFERConfig, splits: dict[str, d
     for name, images in conditions.items():
         if config.task == "expression":
             logits = predict(model, images, config.eval_batch_size)
-            metrics[name] = {
+            clean = {  # FaceWorld's true labels, beside the annotated (noisy) `label_column`
                 "clean_labels": evaluate_expression_classifier(
                     model, images, test["clean_label"], config.eval_batch_size
-                ),
-                "noisy_labels": {"accuracy": float((logits.argmax(1).numpy() == test[config.label_column]).mean())},
-            }
+                )
+            } if "clean_label" in test else {}  # fmt: skip
+            accuracy = float((logits.argmax(1).numpy() == test[config.label_column]).mean())
+            metrics[name] = {**clean, "noisy_labels": {"accuracy": accuracy}}
         else:
             metrics[name] = evaluate_au_regressor(model, images, test["action_units"], config.eval_batch_size)
     if config.task == "action_units":

@@ -9,8 +9,10 @@ write); blocks run one after the other in one process each get fresh globals, as
 has diffusers.
 """
 
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +97,100 @@ def test_stock_diffusers_and_adapter_routes_run_as_written(tmp_path):
 def test_edit_example_runs_as_written(tmp_path):
     _run(tmp_path, readme_blocks()["edit"])
     assert PIL.Image.open(tmp_path / "edit_grid.png").size == (512, 256)
+
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SMALL = {"--resolution": "16", "--mixed_precision": "no", "--train_batch_size": "4", "--num-samples": "14"}
+"""The recipe's sizes for SD 1.5 on a GPU -> their test sizes (16 px: a tiny Stable Diffusion's images)."""
+TRAINING = ["--max_train_steps", "2", "--validation_expressions", "happy", "--num_validation_identities", "1",
+            "--validation_inference_steps", "1"]  # fmt: skip
+EXTRA = {
+    "build-fetext": ["--no-progress"],
+    "train_text_to_image.py": TRAINING,
+    "train_au_adapter.py": TRAINING,
+    "train_feranno.py": ["--max_train_steps", "2", "--train_batch_size", "4", "--max_eval_samples", "8",
+                         "--hidden_dim", "32", "--num_heads", "2"],
+    "generate": ["--num-inference-steps", "2", "--batch-size", "7", "--no-progress"],
+    "train_fer_classifier.py": ["--hidden_sizes", "8", "16", "--depths", "1", "1", "--max_train_steps", "3",
+                                "--train_batch_size", "8", "--num_threads", "1"],
+}  # fmt: skip
+"""Flags added to each command: few steps, no long validation."""
+
+
+def readme_recipe() -> list[list[str]]:
+    """The commands of the README's "Training on real data" block (continuation lines joined, `pip` left out)."""
+    section = README.read_text(encoding="utf-8").split("## Training on real data", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line and not line.startswith("pip ")]
+
+
+def at_test_size(command: list[str]) -> list[str]:
+    """A recipe command as this test runs it: `accelerate launch SCRIPT` (one process on a CPU: the script itself)
+    and `python SCRIPT` as `python SCRIPT`, `synfer` as `python -m synfer_diffusers.cli`; SD 1.5 replaced by the
+    tiny one in `sd15`, the sizes of `SMALL`, the flags of `EXTRA` added."""
+    if command[:2] == ["accelerate", "launch"] or command[0] == "python":
+        command = command[2:] if command[0] == "accelerate" else command[1:]
+        name, argv = Path(command[0]).name, [sys.executable, str(README.parent / command[0]), *command[1:]]
+    else:
+        assert command[0] == "synfer", command
+        name, argv = command[1], [sys.executable, "-m", "synfer_diffusers.cli", *command[1:]]
+    argv = ["sd15" if token == SD15 else token for token in argv]
+    argv = [SMALL.get(argv[i - 1], token) if i else token for i, token in enumerate(argv)]
+    return [*argv, *EXTRA[name]]
+
+
+def write_recipe_inputs(folder: Path) -> None:
+    """What the recipe starts from, at toy size: `your_faces` (a folder of face PNGs), `your_au_model` (an AU
+    regressor naming its AUs), `your_labelled_faces` (FaceWorld: `image`, `label`, train / test) and `sd15` (a tiny
+    Stable Diffusion folder of 16 px images)."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import ResNetConfig, ResNetForImageClassification
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    from synfer_diffusers import AUSpace
+    from synfer_diffusers.data.faceworld import build_faceworld_dataset, write_faceworld_splits
+    from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components
+
+    (folder / "your_faces").mkdir()
+    for i, image in enumerate(build_faceworld_dataset(16, seed=1)["image"]):
+        image.save(folder / "your_faces" / f"face_{i:02d}.png")
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=12, problem_type="regression")
+    config.au_names = list(AUSpace.disfa12().names)
+    ResNetForImageClassification(config).save_pretrained(folder / "your_au_model")
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder / "your_au_model")
+    write_faceworld_splits(folder / "your_labelled_faces", num_train=16, num_test=8, seed=0, show_progress=False)
+    components = make_tiny_components(seed=0)
+    StableDiffusionPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
+        unet=make_tiny_base_unet(seed=0), scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder / "sd15")  # fmt: skip
+
+
+@pytest.mark.slow  # six commands, three of them training runs, on tiny models
+def test_training_on_real_data_recipe_runs_as_written(tmp_path):
+    """The README's recipe from a folder of face images to a classifier: FEText, stage A, stage B, FERAnno, a
+    synthetic set voted by FERAnno, and a classifier trained on it and scored on the real test faces."""
+    import datasets
+
+    from synfer_diffusers import AUSpace, SynFERPipeline
+
+    write_recipe_inputs(tmp_path)
+    commands = readme_recipe()
+    assert [c[2] if c[0] == "accelerate" else c[1] for c in commands] == [
+        "build-fetext", "examples/train_text_to_image.py", "examples/train_au_adapter.py", "examples/train_feranno.py",
+        "generate", "examples/train_fer_classifier.py",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    for command in commands:
+        result = fork_server.run(at_test_size(command), cwd=tmp_path, env=env, capture_output=True, text=True,
+                                 timeout=300)  # fmt: skip
+        assert result.returncode == 0, f"{shlex.join(command)}\n{result.stderr[-3000:]}"
+
+    fetext = datasets.load_dataset(str(tmp_path / "fetext"), split="train", cache_dir=str(tmp_path / ".cache"))
+    assert len(fetext) == 16 and len(fetext[0]["action_units"]) == 12 and fetext[0]["text"]
+    assert SynFERPipeline.from_pretrained(tmp_path / "sd15_synfer").au_space == AUSpace.disfa12()
+    synthetic = datasets.load_dataset(str(tmp_path / "synthetic"), split="train", cache_dir=str(tmp_path / ".cache"))
+    assert len(synthetic) == 14 and {v["voter"] for v in synthetic[0]["votes"]} == {"target", "feranno_pass"}
+    metrics = json.loads((tmp_path / "fer_classifier" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["test"]["original"]["clean_labels"]["num_samples"] == 8

@@ -108,6 +108,31 @@ def test_trains_on_the_true_labels_with_label_column_clean_label(faceworld_dir, 
     assert saved["test"]["original"]["noisy_labels"]["accuracy"] == pytest.approx(clean)  # scored on the same column
 
 
+def test_test_dataset_name_scores_on_another_sets_test_split_matching_labels_by_name(faceworld_dir, tmp_path):
+    """`--test_dataset_name`: the train split of `dataset_name` (no test split, no `clean_label`, as a synthetic set)
+    and the test split of another dataset; a label column whose class names come in another order (an imagefolder's
+    alphabetical ones) is read as ids into EXPRESSIONS by name."""
+    import datasets
+
+    alphabetical = sorted(EXPRESSIONS)
+    faces = build_faceworld_dataset(8, seed=1)
+    names = [EXPRESSIONS[i] for i in faces["label"]]
+    relabelled = faces.select_columns(["image"]).add_column("label", [alphabetical.index(n) for n in names])
+    relabelled = relabelled.cast_column("label", datasets.ClassLabel(names=alphabetical))
+    (tmp_path / "synthetic" / "data").mkdir(parents=True)
+    relabelled.to_parquet(str(tmp_path / "synthetic" / "data" / "train-00000-of-00001.parquet"))
+    config = fer_classifier.TrainFERConfig(
+        dataset_name=str(tmp_path / "synthetic"), test_dataset_name=str(faceworld_dir), output_dir=str(tmp_path / "m")
+    )
+    splits = fer_classifier.load_splits(config)
+    assert [EXPRESSIONS[i] for i in splits["train"]["label"]] == names
+    assert set(splits["train"]) == {"image", "label"} and set(splits["test"]) == {"image", "label", "clean_label"}
+    assert len(splits["test"]["image"]) == 12  # faceworld_dir's test split
+    metrics = trainer.main(["--dataset_name", str(tmp_path / "synthetic"), "--test_dataset_name", str(faceworld_dir),
+                            "--output_dir", str(tmp_path / "m"), *TINY])  # fmt: skip
+    assert metrics["test"]["original"]["clean_labels"]["num_samples"] == 12
+
+
 def test_rejects_an_unknown_task(faceworld_dir, tmp_path):
     with pytest.raises(ValueError, match="task"):
         trainer.main(["--dataset_name", str(faceworld_dir), "--output_dir", str(tmp_path / "m"), "--task", "age"])

@@ -161,7 +161,6 @@ def test_embedded_default_card_indexes_its_faceworld_numbers_and_tells_how_to_lo
     import re
 
     from hub_card_rules import card_errors
-
     from synfer_diffusers.generate import DEFAULT_MODEL_DIR
 
     readme = (DEFAULT_MODEL_DIR / "README.md").read_text(encoding="utf-8")

@@ -143,13 +143,12 @@ def write_recipe_inputs(folder: Path) -> None:
     """What the recipe starts from, at toy size: `your_faces` (a folder of face PNGs), `your_au_model` (an AU
     regressor naming its AUs), `your_labelled_faces` (FaceWorld: `image`, `label`, train / test) and `sd15` (a tiny
     Stable Diffusion folder of 16 px images)."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
     from transformers import ResNetConfig, ResNetForImageClassification
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
     from synfer_diffusers import AUSpace
     from synfer_diffusers.data.faceworld import build_faceworld_dataset, write_faceworld_splits
-    from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components
+    from training_chain import save_tiny_stable_diffusion
 
     (folder / "your_faces").mkdir()
     for i, image in enumerate(build_faceworld_dataset(16, seed=1)["image"]):
@@ -159,12 +158,7 @@ def write_recipe_inputs(folder: Path) -> None:
     ResNetForImageClassification(config).save_pretrained(folder / "your_au_model")
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder / "your_au_model")
     write_faceworld_splits(folder / "your_labelled_faces", num_train=16, num_test=8, seed=0, show_progress=False)
-    components = make_tiny_components(seed=0)
-    StableDiffusionPipeline(
-        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
-        unet=make_tiny_base_unet(seed=0), scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    ).save_pretrained(folder / "sd15")  # fmt: skip
+    save_tiny_stable_diffusion(folder / "sd15")
 
 
 @pytest.mark.slow  # six commands, three of them training runs, on tiny models

@@ -21,6 +21,7 @@ from training_chain import (
     load_example,
     pretrained_settings,
     run,
+    save_tiny_stable_diffusion,
     scratch_settings,
 )
 
@@ -161,17 +162,11 @@ def test_lora_checkpoints_hold_only_the_lora_and_resume_without_unrestricted_unp
 
 
 def test_text_to_image_fine_tunes_a_stable_diffusion_folder(faceworld_dir, tmp_path):
-    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
 
     from synfer_diffusers import SynFERPipeline
-    from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components
 
-    components = make_tiny_components(seed=0)
-    StableDiffusionPipeline(
-        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
-        unet=make_tiny_base_unet(seed=0), scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    ).save_pretrained(tmp_path / "sd")  # fmt: skip
+    save_tiny_stable_diffusion(tmp_path / "sd")
     settings = pretrained_settings(faceworld_dir, tmp_path / "sd", max_train_steps=1, snr_gamma=5.0)
     run("train_text_to_image", tmp_path / "tuned", **settings)
     pipe = SynFERPipeline.from_pretrained(tmp_path / "tuned")

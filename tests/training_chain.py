@@ -40,6 +40,21 @@ def faceworld_dir(tmp_path_factory):
     return directory
 
 
+def save_tiny_stable_diffusion(folder) -> None:
+    """A tiny `StableDiffusionPipeline` (16 px images, PNDM as SD 1.5 ships) saved to `folder`: what the training
+    scripts fine-tune in place of `stable-diffusion-v1-5/stable-diffusion-v1-5`."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components
+
+    components = make_tiny_components(seed=0)
+    StableDiffusionPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
+        unet=make_tiny_base_unet(seed=0), scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder)  # fmt: skip
+
+
 def autoencoder_settings(faceworld_dir, **overrides):
     settings = dict(
         dataset_name=faceworld_dir, resolution=RESOLUTION, block_out_channels=[32, 32], train_batch_size=4,

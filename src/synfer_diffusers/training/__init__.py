@@ -31,9 +31,11 @@ from .config import (
     command_line_options,
     frozen_weight_dtype,
     launched_on_cpus,
+    load_pretrained,
     make_optimizer,
     parse_config,
     prepare_run,
+    run_from_command_line,
     training_card_text,
 )
 from .data import (
@@ -115,6 +117,7 @@ __all__ = [
     "is_local_path",
     "latent_cache_fingerprint",
     "launched_on_cpus",
+    "load_pretrained",
     "list_checkpoints",
     "load_config_split",
     "load_train_split",
@@ -126,6 +129,7 @@ __all__ = [
     "normalize_images",
     "num_examples",
     "parse_config",
+    "run_from_command_line",
     "prepare_run",
     "pixel_tensor",
     "push_output_to_hub",

@@ -21,7 +21,14 @@ This package imports the rest of `synfer_diffusers`, never `examples/`.
 
 from .au_consistency import AUConsistencyLoss, denoised_estimate
 from .augmentation import condition_dropout_masks, smooth_action_units
-from .checkpoints import checkpoint_step, list_checkpoints, resolve_checkpoint, save_checkpoint
+from .checkpoints import (
+    CHECKPOINT_FILES,
+    check_checkpoint,
+    checkpoint_step,
+    list_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .config import (
     DiffusionTrainingConfig,
     TrainingConfig,
@@ -85,6 +92,8 @@ from .loop import LossParts, TrainingSummary, finish_run, push_output_to_hub, ru
 from .validation import save_expression_grid, tile_images
 
 __all__ = [
+    "CHECKPOINT_FILES",
+    "check_checkpoint",
     "AUConsistencyLoss",
     "LossParts",
     "denoised_estimate",

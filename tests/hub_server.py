@@ -3,8 +3,8 @@ listed below).
 
 It carries the real clients (`huggingface_hub`, `datasets`, `diffusers`) through what this package uses:
 `whoami-v2`, `repos/create` / `repos/delete`, `preupload` (parquet/safetensors/bin/images, binary and large files
-answered as LFS, with the `oid` of a file already there), the LFS batch API and object PUTs, NDJSON `commit` (applied whole or
-not at all), repo info (`revision/{rev}`), `tree`, `paths-info`, `refs`, `commits`, `resolve` (HEAD/GET, byte
+answered as LFS, with the `oid` of a file already there), the LFS batch API and object PUTs, NDJSON `commit` (applied
+whole or not at all), repo info (`revision/{rev}`), `tree`, `paths-info`, `refs`, `commits`, `resolve` (HEAD/GET, byte
 ranges) and `validate-yaml`. Everything lives in memory (`hub_repos.py`).
 
 It is as strict as the Hub where this package could get it wrong:
@@ -134,11 +134,12 @@ class HubServer:
     ) -> Repo:
         """Creates a repo holding `files` (`{path: content}`, stored in LFS as `preupload` would answer) in one
         commit after the initial one."""
-        stored = {path: StoredFile(data, upload_mode(path, len(data), data[:512]) == "lfs") for path, data in files.items()}
+        stored = {path: StoredFile(data, upload_mode(path, len(data), data[:512]) == "lfs")
+                  for path, data in files.items()}  # fmt: skip
+        initial = _initial_commit()
+        added = Commit(_new_oid(), "add files", {**initial.files, **stored})
         with self.lock:
-            initial = _initial_commit()
-            repo = Repo(repo_type, repo_id, private, [initial, Commit(_new_oid(), "add files", {**initial.files, **stored})],
-                        gated=gated)  # fmt: skip
+            repo = Repo(repo_type, repo_id, private, [initial, added], gated=gated)
             self.repos[(repo_type, repo_id)] = repo
         return repo
 
@@ -185,7 +186,8 @@ def arm_fault(
 
 
 def _initial_commit() -> Commit:
-    return Commit(_new_oid(), "initial commit", {".gitattributes": StoredFile(b"*.parquet filter=lfs diff=lfs merge=lfs -text\n", False)})  # fmt: skip
+    attributes = StoredFile(b"*.parquet filter=lfs diff=lfs merge=lfs -text\n", False)
+    return Commit(_new_oid(), "initial commit", {".gitattributes": attributes})
 
 
 def _new_oid() -> str:
@@ -453,7 +455,8 @@ class _HubHandler(BaseHTTPRequestHandler):
         return self._json(200, {
             "_id": repo.repo_id, "id": repo.repo_id, "author": repo.namespace, "sha": commit.oid,
             "lastModified": commit.date, "createdAt": repo.commits[0].date, "private": repo.private,
-            "disabled": False, "gated": "manual" if repo.gated else False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
+            "disabled": False, "gated": "manual" if repo.gated else False, "downloads": 0, "likes": 0, "tags": [],
+            "siblings": siblings,
         })  # fmt: skip
 
     def _preupload(self, repo: Repo, revision: str) -> int:
@@ -483,8 +486,8 @@ class _HubHandler(BaseHTTPRequestHandler):
             elif key == "file":
                 content = base64.b64decode(value["content"])
                 if is_binary(content):
-                    raise _HTTPError(400, "BadRequest", "Your push was rejected because it contains binary files. "
-                                     f"Please use LFS to store binary files. Offending files: {value['path']}")  # fmt: skip
+                    raise _HTTPError(400, "BadRequest", "Your push was rejected because it contains binary "
+                                     f"files. Please use LFS to store them. Offending files: {value['path']}")  # fmt: skip
                 files[value["path"]] = StoredFile(content, False)
             elif key == "lfsFile":
                 data = repo.lfs_objects.get(value["oid"])

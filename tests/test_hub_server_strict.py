@@ -121,8 +121,9 @@ def test_binary_files_must_go_through_lfs(hub, observed):
     tells the client to send such files through LFS, which huggingface_hub does."""
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
     for path, data in (("preview.png", png), ("blob.dat", b"\0\1\2 binary")):
-        status, body = _raw_commit(hub, "dataset", "tester/cards", [
-            {"key": "file", "value": {"path": path, "content": base64.b64encode(data).decode(), "encoding": "base64"}}])  # fmt: skip
+        content = base64.b64encode(data).decode()
+        operation = {"key": "file", "value": {"path": path, "content": content, "encoding": "base64"}}
+        status, body = _raw_commit(hub, "dataset", "tester/cards", [operation])
         assert status == 400 and "contains binary files" in json.loads(body)["error"], (path, body)
     assert observed["upload_modes"] == {"preview.png": "lfs", "blob.dat": "lfs", "notes.txt": "regular"}
     files = hub.repo("model", "tester/binary").commits[-1].files

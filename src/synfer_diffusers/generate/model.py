@@ -75,7 +75,8 @@ def checkpoint_voters(model: str | None = None) -> list[ClassifierVoter]:
         try:
             folder = Path(snapshot_download(str(model), allow_patterns=[f"{VOTERS_FOLDER}/**"]))
         except (OSError, ValueError) as error:
-            raise ValueError(f"`model` {str(model)!r}: its voters could not be read: {load_error_reason(error)}") from error
+            reason = load_error_reason(error)
+            raise ValueError(f"`model` {str(model)!r}: its voters could not be read: {reason}") from error
     else:
         folder = Path(model)
     voters = []

@@ -323,8 +323,10 @@ def _checked_relabel(
     added voters; raises naming the field, and writes nothing."""
     folder = Path(output_dir)
     if not folder.is_dir():
-        hint = f": download a Hub set first (`hf download {output_dir} --repo-type dataset --local-dir DIR`)"
-        raise ValueError(f"`output_dir` {str(output_dir)!r} is not a folder{hint if is_hub_repo_id(output_dir) else '.'}")
+        hint = "."
+        if is_hub_repo_id(output_dir):
+            hint = f": download a Hub set first (`hf download {output_dir} --repo-type dataset --local-dir DIR`)"
+        raise ValueError(f"`output_dir` {str(output_dir)!r} is not a folder{hint}")
     journal = read_journal(folder)
     writer = SyntheticSetWriter.from_folder(folder) if journal is None else SyntheticSetWriter(folder, journal["from_plan"])
     voting = dict(voting or {})

@@ -33,15 +33,15 @@ GENERATE = ["generate", "--num-samples", "2", "--num-inference-steps", "2", "--h
             "--no-progress"]  # fmt: skip
 TRAIN = ["--resolution", "16", "--train_batch_size", "2", "--max_train_steps", "1"]
 CASES = {
-    **{f"generate-model-{kind}": (["synfer", *GENERATE, "--model", repo], "`model`", repo, REASONS[repo])
+    **{f"generate-model-{kind}": (["synfer", *GENERATE, "--model", repo], "`--model`", repo, REASONS[repo])
        for kind, repo in (("missing", MISSING), ("private", PRIVATE), ("gated", GATED))},
     **{f"generate-au-dataset-{kind}": (["synfer", *GENERATE, "--au-policy", "dataset", "--au-dataset", repo],
-                                       "`au_dataset`", repo, reason)  # datasets' own reasons
+                                       "`--au-dataset`", repo, reason)  # datasets' own reasons
        for kind, repo, reason in (("missing", MISSING, "doesn't exist on the Hub or cannot be accessed"),
                                   ("private", PRIVATE, "doesn't exist on the Hub or cannot be accessed"),
                                   ("gated", GATED, "is a gated dataset on the Hub"))},
-    "relabel-hub-id": (["synfer", "relabel", PRIVATE], "`output_dir`", PRIVATE, "download a Hub set first"),
-    "relabel-voter-gated": (["synfer", "relabel", "{set}", "--voter", f"classifier:{GATED}"], "`voters`", GATED,
+    "relabel-hub-id": (["synfer", "relabel", PRIVATE], "`FOLDER`", PRIVATE, "download a Hub set first"),
+    "relabel-voter-gated": (["synfer", "relabel", "{set}", "--voter", f"classifier:{GATED}"], "`--voter`", GATED,
                             REASONS[GATED]),
     **{f"{script}-{kind}": ([script, "--pretrained_model_name_or_path", repo, "--dataset_name", "{faceworld}", *TRAIN],
                             "`pretrained_model_name_or_path`", repo, REASONS[repo])

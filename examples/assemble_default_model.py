@@ -19,6 +19,12 @@ FaceWorld test faces (no other file changes):
 
     python examples/assemble_default_model.py --add_voter regnet=runs/voter_regnet
 
+`--replace_feranno PATH` replaces the checkpoint's FERAnno head by the head of a `train_feranno.py` output folder
+(trained on this checkpoint's UNet), stored in `--storage_dtype`, and its sentence in the card's Training section by
+one with the new head's steps and last measured accuracy (no other file changes):
+
+    python examples/assemble_default_model.py --replace_feranno runs/feranno_long
+
 `--card_only` rewrites only the card (`README.md`) of the checkpoint already in `--output_dir`, from the package's
 current template, keeping its Training and Evaluation sections unless `--training` / `--evaluation` are given; the
 weights are not touched:
@@ -190,6 +196,43 @@ def add_voter(folder: str, spec: str) -> None:
     rewrite_card(folder, with_voter(card_section(current, "Training") or "", name, path), None)
 
 
+FERANNO_SENTENCE = re.compile(r"FERAnno head \([^)]*\)")
+
+
+def feranno_sentence(path: str) -> str:
+    """The card's words on the FERAnno head of `path` (a `train_feranno.py` output folder): its steps and its last
+    accuracy on the evaluation split's labels, from `training_config.json` and `evaluation.json`."""
+    with open(os.path.join(path, "training_config.json")) as f:
+        recipe = json.load(f)
+    with open(os.path.join(path, "evaluation.json")) as f:
+        history = json.load(f)
+    step = max(history, key=int)
+    return (
+        f"FERAnno head ({int(step):,} steps of batch {recipe['train_batch_size']}, label smoothing "
+        f"{recipe.get('label_smoothing', 0.0):g}{', random flips' if recipe.get('random_flip') else ''}; "
+        f"{history[step]['accuracy']:.1%} on {recipe['max_eval_samples'] or 'all'} FaceWorld test labels "
+        f"(`{recipe['label_column']}`))"
+    )
+
+
+def replace_feranno(folder: str, path: str, storage_dtype: torch.dtype) -> None:
+    """Replaces the FERAnno head of the checkpoint in `folder` by the head of `path` (`--replace_feranno`): its config
+    and weights, each moved from a staging folder, and its sentence in the card."""
+    head = FERAnnoPipeline.from_pretrained(path).head.to(storage_dtype)
+    target = os.path.join(folder, "feranno_head")
+    staging = f"{target}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    head.save_pretrained(staging)
+    for name in os.listdir(staging):  # its config and weights; the folder's bundled code stays
+        os.replace(os.path.join(staging, name), os.path.join(target, name))
+    os.rmdir(staging)
+    with open(os.path.join(folder, "README.md"), encoding="utf-8") as f:
+        training = card_section(f.read(), "Training") or ""
+    if not FERANNO_SENTENCE.search(training):
+        raise ValueError("`replace_feranno`: the card's Training section does not describe a FERAnno head.")
+    rewrite_card(folder, FERANNO_SENTENCE.sub(feranno_sentence(path), training, count=1), None)
+
+
 AU_ESTIMATOR_COMPONENTS = ("au_estimator", "au_estimator_image_processor")
 
 
@@ -268,6 +311,8 @@ def main(argv: list[str] | None = None) -> str:
                         help="add --au_estimator to --output_dir's checkpoint, leaving its other components")  # fmt: skip
     parser.add_argument("--add_voter", metavar="NAME=PATH",
                         help="add an expression classifier folder as the voter NAME of --output_dir's checkpoint")  # fmt: skip
+    parser.add_argument("--replace_feranno", metavar="PATH",
+                        help="replace --output_dir's FERAnno head by the head of a train_feranno.py output folder")  # fmt: skip
     parser.add_argument("--card_only", action="store_true", help="rewrite only the card of --output_dir's checkpoint")
     parser.add_argument("--evaluation", default=None, help="JSON of benchmarks/eval_faceworld_generation.py")
     parser.add_argument("--training", default=None, help="text for the card's Training section")
@@ -279,6 +324,10 @@ def main(argv: list[str] | None = None) -> str:
     if args.card_only:
         rewrite_card(args.output_dir, args.training, evaluation_markdown(args.evaluation))
         print(f"Wrote {args.output_dir}/README.md")
+        return args.output_dir
+    if args.replace_feranno:
+        replace_feranno(args.output_dir, args.replace_feranno, getattr(torch, args.storage_dtype))
+        print(f"Replaced the FERAnno head of {args.output_dir} by {args.replace_feranno}")
         return args.output_dir
     if args.add_voter:
         add_voter(args.output_dir, args.add_voter)
@@ -292,7 +341,7 @@ def main(argv: list[str] | None = None) -> str:
         return args.output_dir
     missing = [f"--{name}" for name in ("pipeline", "guide", "feranno", "au_estimator") if getattr(args, name) is None]
     if missing:
-        parser.error(f"{', '.join(missing)} required (unless --card_only, --add_au_estimator or --add_voter)")
+        parser.error(f"{', '.join(missing)} required (unless --card_only, --add_au_estimator, --add_voter or --replace_feranno)")
 
     pipe = SynFERPipeline.from_pretrained(args.pipeline)
     head = FERAnnoPipeline.from_pretrained(args.feranno).head

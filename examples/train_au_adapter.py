@@ -86,10 +86,12 @@ from synfer_diffusers.training import (
     finish_run,
     frozen_weight_dtype,
     is_local_path,
+    load_pretrained,
     load_train_split,
     make_optimizer,
     parse_config,
     prepare_run,
+    run_from_command_line,
     run_training_loop,
     save_expression_grid,
     smooth_action_units,
@@ -188,9 +190,7 @@ class AUDenoiser(nn.Module):
 
 def load_stage_a(config: AUAdapterTrainingConfig) -> SynFERPipeline:
     """The stage-A pipeline (`--revision` / `--variant`), its scheduler predicting `--prediction_type` if given."""
-    pipe = SynFERPipeline.from_pretrained(
-        config.pretrained_model_name_or_path, revision=config.revision, variant=config.variant
-    )
+    pipe = load_pretrained(SynFERPipeline.from_pretrained, config)
     if config.prediction_type:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=config.prediction_type)
     has_adapter = isinstance(pipe.unet, AUConditionedUNet2DConditionModel)
@@ -332,4 +332,4 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
 
 
 if __name__ == "__main__":
-    main()
+    run_from_command_line(main)

@@ -91,10 +91,12 @@ from synfer_diffusers.training import (
     finish_run,
     frozen_weight_dtype,
     is_local_path,
+    load_pretrained,
     load_train_split,
     make_optimizer,
     parse_config,
     prepare_run,
+    run_from_command_line,
     run_training_loop,
     save_expression_grid,
     tokenize_captions,
@@ -218,9 +220,7 @@ def load_components(config: TextToImageTrainingConfig, dataset: AnyDataset) -> d
     """`vae`, `tokenizer`, `text_encoder`, `unet` and the training `noise_scheduler`: from the pretrained pipeline,
     or built from scratch around `--vae_path` (the tokenizer is then trained on the dataset's captions)."""
     if config.pretrained_model_name_or_path:
-        pipe = SynFERPipeline.from_pretrained(
-            config.pretrained_model_name_or_path, revision=config.revision, variant=config.variant
-        )
+        pipe = load_pretrained(SynFERPipeline.from_pretrained, config)
         components = {k: getattr(pipe, k) for k in ("vae", "tokenizer", "text_encoder", "unet")}
         return {**components, "noise_scheduler": training_noise_scheduler(pipe.scheduler.config, config.prediction_type)}
     vae = AutoencoderKL.from_pretrained(config.vae_path)
@@ -369,4 +369,4 @@ def save_outputs(config: TextToImageTrainingConfig, pipeline: SynFERPipeline, em
 
 
 if __name__ == "__main__":
-    main()
+    run_from_command_line(main)

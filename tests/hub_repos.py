@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-LFS_SUFFIXES = (".parquet", ".safetensors", ".bin", ".pt", ".arrow")
+LFS_SUFFIXES = (".parquet", ".safetensors", ".bin", ".pt", ".arrow", ".png", ".jpg", ".jpeg", ".webp", ".gif")
+"""Paths the Hub's default `.gitattributes` (a dataset repo's) stores in LFS."""
 LFS_MIN_SIZE = 10 * 1024 * 1024
 
 
@@ -44,6 +46,8 @@ class Repo:
     repo_id: str
     private: bool
     commits: list[Commit]
+    gated: bool = False
+    """Files (but the card and `.gitattributes`) only for the owner: 401 anonymous, 403 for other users."""
     lfs_objects: dict[str, bytes] = field(default_factory=dict)
     """This repo's LFS storage: `{sha256: content}`, uploaded objects whether committed or not."""
 
@@ -58,8 +62,21 @@ class Repo:
         return next((c for c in self.commits if c.oid == revision), None)
 
 
-def upload_mode(path: str, size: int) -> str:
-    return "lfs" if path.endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE else "regular"
+def is_binary(data: bytes, final: bool = True) -> bool:
+    """The Hub's test of a file's content (a NUL byte or bytes that are not UTF-8; `final=False`: `data` is a
+    file's start, which may end inside a character): binary files must be in LFS."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=final)
+    except UnicodeDecodeError:
+        return True
+    return b"\0" in data
+
+
+def upload_mode(path: str, size: int, sample: bytes) -> str:
+    """What `preupload` answers for a file: LFS for the suffixes of `LFS_SUFFIXES`, large files and binary ones
+    (judged by `sample`, its first 512 bytes), else regular."""
+    binary = is_binary(sample, final=len(sample) == size)
+    return "lfs" if path.endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE or binary else "regular"
 
 
 def tree(commit: Commit, prefix: str, recursive: bool) -> list[dict]:

@@ -2,24 +2,30 @@
 listed below).
 
 It carries the real clients (`huggingface_hub`, `datasets`, `diffusers`) through what this package uses:
-`whoami-v2`, `repos/create` / `repos/delete`, `preupload` (parquet/safetensors/bin and large files answered as
-LFS, with the `oid` of a file already there), the LFS batch API and object PUTs, NDJSON `commit` (applied whole or
-not at all), repo info (`revision/{rev}`), `tree`, `paths-info`, `refs`, `commits`, `resolve` (HEAD/GET, byte
+`whoami-v2`, `repos/create` / `repos/delete`, `preupload` (parquet/safetensors/bin/images, binary and large files
+answered as LFS, with the `oid` of a file already there), the LFS batch API and object PUTs, NDJSON `commit` (applied
+whole or not at all), repo info (`revision/{rev}`), `tree`, `paths-info`, `refs`, `commits`, `resolve` (HEAD/GET, byte
 ranges) and `validate-yaml`. Everything lives in memory (`hub_repos.py`).
 
 It is as strict as the Hub where this package could get it wrong:
 
 - **tokens**: `tokens` maps each token to its user; writes (create, preupload, LFS batch, commit, delete) without a
-  known Bearer token answer 401, writes to a repo outside the user's namespace 403; a private repo is 401
-  (anonymous) or 404 (another user) to reads;
+  known Bearer token answer 401, writes to a repo outside the user's namespace 403; a missing or private repo is
+  401 (anonymous) or 404 (another user) to reads; a gated repo ([`add_repo`]) shows its info, card and tree, but
+  its files answer `GatedRepo` 401 (anonymous) or 403 (another user); an unknown revision is 404
+  `RevisionNotFound`;
 - **card metadata**: `validate-yaml` and every commit of a `README.md` check its YAML with the Hub's rules
   (`hub_card_rules.py`: licence ids, task ids, size categories, lists of strings, `dataset_info` / `configs`
   shapes) and answer 400 with the Hub's messages;
 - **LFS storage is per repo**: an object uploaded to repo A is not available to a commit of repo B (422);
+- **binary files go through LFS**: a regular (inline) file whose content is binary, e.g. a `.png`, is refused
+  (400), as the Hub does; `preupload` answers LFS for them;
+- **deletions**: a commit deleting a file that is not there answers 404 `EntryNotFound`;
 - **parent commits**: a commit whose `parentCommit` is not the head answers 412, as the Hub does;
 - **faults**: `fail(endpoint, times, status, retry_after)` makes the next calls of an endpoint answer `status`
   (500, 429 with `Retry-After`, 403, ...); `hold(endpoint, after)` blocks one call until `release()` (a client
-  can be killed mid-upload there); the held call then fails without effect.
+  can be killed mid-upload there); the held call then fails without effect; `drop(endpoint, times)` applies the
+  next calls and closes their connection before answering (a commit the Hub applied whose response was lost).
 
 Clients need `HF_ENDPOINT=server.url`, `HF_HUB_DISABLE_XET=1` and a token of `tokens` (see [`client_env`]), set
 before they import the HF libraries.
@@ -45,7 +51,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from urllib.request import Request, urlopen
 
 from hub_card_rules import card_errors
-from hub_repos import Commit, Repo, StoredFile, tree, upload_mode
+from hub_repos import Commit, Repo, StoredFile, is_binary, tree, upload_mode
 
 REPO_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 TOKENS = {"hf_test_token": "tester", "hf_other_token": "someone-else"}
@@ -77,6 +83,7 @@ class HubServer:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.faults: dict[str, list[tuple[int, int | None]]] = {}
         self.holds: dict[str, int] = {}
+        self.drops: dict[str, int] = {}
         self.held = threading.Event()
         """Set while a call of [`hold`] waits."""
         self.released = threading.Event()
@@ -105,6 +112,12 @@ class HubServer:
             pending = self.faults.setdefault(endpoint, []) if times else self.faults.pop(endpoint, [])
             pending.extend([(status, retry_after)] * times)
 
+    def drop(self, endpoint: str, times: int = 1) -> None:
+        """The next `times` calls of `endpoint` take effect, then their connection closes without an answer (the
+        client sees a dropped connection); their recorded status is 0."""
+        with self.lock:
+            self.drops[endpoint] = self.drops.get(endpoint, 0) + times
+
     def hold(self, endpoint: str, after: int = 0) -> None:
         """The call of `endpoint` after the next `after` ones waits (setting `held`) until [`release`], then answers
         503 without effect: the moment to kill a client mid-upload."""
@@ -115,6 +128,20 @@ class HubServer:
 
     def release(self) -> None:
         self.released.set()
+
+    def add_repo(
+        self, repo_type: str, repo_id: str, files: dict[str, bytes], private: bool = False, gated: bool = False
+    ) -> Repo:
+        """Creates a repo holding `files` (`{path: content}`, stored in LFS as `preupload` would answer) in one
+        commit after the initial one."""
+        stored = {path: StoredFile(data, upload_mode(path, len(data), data[:512]) == "lfs")
+                  for path, data in files.items()}  # fmt: skip
+        initial = _initial_commit()
+        added = Commit(_new_oid(), "add files", {**initial.files, **stored})
+        with self.lock:
+            repo = Repo(repo_type, repo_id, private, [initial, added], gated=gated)
+            self.repos[(repo_type, repo_id)] = repo
+        return repo
 
     def repo(self, repo_type: str, repo_id: str) -> Repo | None:
         with self.lock:
@@ -147,12 +174,24 @@ def client_env(
     return env
 
 
-def arm_fault(endpoint: str, times: int, status: int = 500, retry_after: int | None = None) -> None:
-    """From a client: makes the next `times` calls of `endpoint` fail (see [`HubServer.fail`]); 0 disarms."""
-    payload = {"endpoint": endpoint, "times": times, "status": status, "retry_after": retry_after}
+def arm_fault(
+    endpoint: str, times: int, status: int = 500, retry_after: int | None = None, drop: bool = False
+) -> None:
+    """From a client: makes the next `times` calls of `endpoint` fail (see [`HubServer.fail`]; 0 disarms), or with
+    `drop` take effect and lose their answer ([`HubServer.drop`])."""
+    payload = {"endpoint": endpoint, "times": times, "status": status, "retry_after": retry_after, "drop": drop}
     request = Request(f"{os.environ['HF_ENDPOINT']}/_test/fail", method="POST", data=json.dumps(payload).encode(),
                       headers={"Content-Type": "application/json"})  # fmt: skip
     urlopen(request).read()
+
+
+def _initial_commit() -> Commit:
+    attributes = StoredFile(b"*.parquet filter=lfs diff=lfs merge=lfs -text\n", False)
+    return Commit(_new_oid(), "initial commit", {".gitattributes": attributes})
+
+
+def _new_oid() -> str:
+    return hashlib.sha1(uuid.uuid4().bytes).hexdigest()
 
 
 def _make_handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
@@ -193,6 +232,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
+        self.drop_answer = False
         url = urlsplit(self.path)
         self.query = parse_qs(url.query)
         length = int(self.headers.get("Content-Length") or 0)
@@ -213,6 +253,9 @@ class _HubHandler(BaseHTTPRequestHandler):
             self.hub.requests.append(Call(method, self.path, status, time.monotonic()))
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> int:
+        if self.drop_answer:  # the call took effect; its answer is lost
+            self.close_connection = True
+            return 0
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -240,6 +283,9 @@ class _HubHandler(BaseHTTPRequestHandler):
             pending = self.hub.faults.get(endpoint)
             fault = pending.pop(0) if pending else None
             after = self.hub.holds.get(endpoint)
+            if self.hub.drops.get(endpoint):
+                self.hub.drops[endpoint] -= 1
+                self.drop_answer = True
             if after is not None:
                 if after > 0:
                     self.hub.holds[endpoint] = after - 1
@@ -282,9 +328,19 @@ class _HubHandler(BaseHTTPRequestHandler):
         user = self._user()
         repo = self.hub.repos.get((repo_type, repo_id))
         if repo is None or (repo.private and user != repo.namespace):
-            status = 401 if repo is not None and user is None else 404
+            status = 401 if user is None else 404
             raise _HTTPError(status, "RepoNotFound", f"Repository {repo_id} not found")
         return repo
+
+    def _check_gate(self, repo: Repo, path: str) -> None:
+        """A gated repo's files (but its card and `.gitattributes`) are its owner's only, as on the Hub."""
+        user = self._user()
+        if repo.gated and user != repo.namespace and path not in ("README.md", ".gitattributes"):
+            if user is None:
+                raise _HTTPError(401, "GatedRepo", f"Access to {repo.repo_type} {repo.repo_id} is restricted. You must "
+                                 "have access to it and be authenticated to access it. Please log in.")  # fmt: skip
+            raise _HTTPError(403, "GatedRepo", f"Access to {repo.repo_type} {repo.repo_id} is restricted and you are "
+                             "not in the authorized list.")  # fmt: skip
 
     def _commit_of(self, repo: Repo, revision: str) -> Commit:
         commit = repo.find(revision)
@@ -297,8 +353,11 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _route(self, method: str, path: str) -> int:
         if path == "/_test/fail" and method == "POST":  # lets a client process arm a fault
             payload = self._payload()
-            self.hub.fail(payload["endpoint"], int(payload.get("times", 1)), int(payload.get("status", 500)),
-                          payload.get("retry_after"))  # fmt: skip
+            if payload.get("drop"):
+                self.hub.drop(payload["endpoint"], int(payload.get("times", 1)))
+            else:
+                self.hub.fail(payload["endpoint"], int(payload.get("times", 1)), int(payload.get("status", 500)),
+                              payload.get("retry_after"))  # fmt: skip
             return self._json(200, {})
         if path == "/api/whoami-v2":
             self._gate("whoami")
@@ -345,8 +404,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         with self.hub.lock:
             if (repo_type, repo_id) in self.hub.repos:
                 return self._json(409, {"error": "You already created this repo", "url": url})
-            initial = Commit(uuid.uuid4().hex + "00000000", "initial commit",
-                             {".gitattributes": StoredFile(b"*.parquet filter=lfs diff=lfs merge=lfs -text\n", False)})  # fmt: skip
+            initial = _initial_commit()
             private = bool(payload.get("private")) or payload.get("visibility") == "private"
             self.hub.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id, private, [initial])
         return self._json(200, {"url": url, "name": repo_id, "id": repo_id})
@@ -397,14 +455,16 @@ class _HubHandler(BaseHTTPRequestHandler):
         return self._json(200, {
             "_id": repo.repo_id, "id": repo.repo_id, "author": repo.namespace, "sha": commit.oid,
             "lastModified": commit.date, "createdAt": repo.commits[0].date, "private": repo.private,
-            "disabled": False, "gated": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
+            "disabled": False, "gated": "manual" if repo.gated else False, "downloads": 0, "likes": 0, "tags": [],
+            "siblings": siblings,
         })  # fmt: skip
 
     def _preupload(self, repo: Repo, revision: str) -> int:
         head = self._commit_of(repo, revision).files
         answers = []
         for f in self._payload()["files"]:
-            answer = {"path": f["path"], "uploadMode": upload_mode(f["path"], f["size"]), "shouldIgnore": False}
+            mode = upload_mode(f["path"], f["size"], base64.b64decode(f.get("sample", "")))
+            answer = {"path": f["path"], "uploadMode": mode, "shouldIgnore": False}
             if f["path"] in head:
                 answer["oid"] = head[f["path"]].oid
             answers.append(answer)
@@ -424,7 +484,11 @@ class _HubHandler(BaseHTTPRequestHandler):
                 if parent and not repo.commits[-1].oid.startswith(parent):
                     raise _HTTPError(412, "PreconditionFailed", "A commit has happened since. Please refresh and try again.")  # fmt: skip
             elif key == "file":
-                files[value["path"]] = StoredFile(base64.b64decode(value["content"]), False)
+                content = base64.b64decode(value["content"])
+                if is_binary(content):
+                    raise _HTTPError(400, "BadRequest", "Your push was rejected because it contains binary "
+                                     f"files. Please use LFS to store them. Offending files: {value['path']}")  # fmt: skip
+                files[value["path"]] = StoredFile(content, False)
             elif key == "lfsFile":
                 data = repo.lfs_objects.get(value["oid"])
                 if data is None:
@@ -432,7 +496,8 @@ class _HubHandler(BaseHTTPRequestHandler):
                                      f"pointed to a file that does not exist in {repo.repo_id}: {value['oid']}")  # fmt: skip
                 files[value["path"]] = StoredFile(data, True)
             elif key == "deletedFile":
-                files.pop(value["path"], None)
+                if files.pop(value["path"], None) is None:
+                    raise _HTTPError(404, "EntryNotFound", f"Cannot delete {value['path']}: it does not exist on main")
             elif key == "deletedFolder":
                 files = {p: f for p, f in files.items() if not p.startswith(value["path"].rstrip("/") + "/")}
             else:
@@ -441,7 +506,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             errors = card_errors(files["README.md"].data.decode("utf-8", "replace"), repo.repo_type)
             if errors:
                 raise _HTTPError(400, "BadRequest", "Invalid metadata in README.md.\n" + "\n".join(f"- {e}" for e in errors))  # fmt: skip
-        commit = Commit(hashlib.sha1(uuid.uuid4().bytes).hexdigest(), title, files)
+        commit = Commit(_new_oid(), title, files)
         repo.commits.append(commit)  # the whole commit, or (on any error above) nothing
         prefix = REPO_PREFIX[repo.repo_type]
         return self._json(200, {"commitUrl": f"{self.hub.url}/{prefix}{repo.repo_id}/commit/{commit.oid}",
@@ -475,6 +540,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             repo = self._repo(repo_type, repo_id)
             commit = self._commit_of(repo, revision)
             stored = commit.files.get(path)
+            self._check_gate(repo, path)
         if stored is None:
             raise _HTTPError(404, "EntryNotFound", f"{path} does not exist on {revision}")
         etag = stored.sha256 if stored.lfs else stored.git_oid

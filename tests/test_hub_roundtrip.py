@@ -41,13 +41,30 @@ def test_dataset_push_retries_and_pulls_the_same_rows(hub, client_run):
     assert client_run["pulled_equals_local"], client_run
     assert client_run["features_equal"]
     statuses = [call.status for call in hub.calls("POST", "/commit/") if DATASET_REPO in call.path]
-    assert statuses == [500, 200]  # one injected failure, then the retry
-    assert hub.num_commits("dataset", DATASET_REPO) == 2  # repo creation + one commit with everything
-    files = hub.files("dataset", DATASET_REPO)
+    assert statuses[:2] == [500, 200]  # one injected failure, then the retry
+    files = hub.repo("dataset", DATASET_REPO).commits[1].files  # repo creation, then one commit with everything
     assert {"README.md", "plan.json", "preview.png"} <= set(files)
     assert sorted(p for p in files if p.startswith("data/")) == [
         "data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"]  # fmt: skip
     assert not [p for p in files if p.startswith(".synfer")]
+
+
+def test_the_preview_image_goes_through_lfs(hub, client_run):
+    """The Hub refuses binary files committed inline (the test Hub too): the push sends `preview.png` through LFS."""
+    assert hub.repo("dataset", DATASET_REPO).commits[1].files["preview.png"].lfs
+
+
+def test_a_push_whose_commit_answer_is_lost_is_retried_idempotently(hub, client_run):
+    """The set regenerated with other shard names is pushed over the first; the Hub applies that commit (new shards
+    in, the stale ones deleted) but its answer is lost. The retry must neither fail on the deletions already done
+    nor commit again: the push succeeds and the repo holds exactly the new set."""
+    assert client_run["lost_answer_push"] == 0, client_run
+    statuses = [call.status for call in hub.calls("POST", "/commit/") if DATASET_REPO in call.path]
+    assert statuses == [500, 200, 0]  # the retry found nothing left to commit
+    assert hub.num_commits("dataset", DATASET_REPO) == 3
+    shards = sorted(p for p in hub.files("dataset", DATASET_REPO) if p.startswith("data/"))
+    assert shards == [f"data/train-0000{i}-of-00004.parquet" for i in range(4)]
+    assert client_run["pulled_equals_resharded"]
 
 
 def test_failed_push_publishes_nothing(hub, client_run):
@@ -110,6 +127,18 @@ def _client(workdir: Path) -> dict:
     observations["pulled_equals_local"] = bool(
         all(local[k] == pulled[k] for k in keys) and all(map(np.array_equal, local_images, pulled_images))
     )
+
+    resharded = workdir / "resharded"  # the same set in 4 shards: the 2 shards on the Hub become stale
+    arm_fault("commit", times=1, drop=True)
+    shard_args = [*GENERATE_ARGS[: GENERATE_ARGS.index("--shard-size")], "--shard-size", "1",
+                  *GENERATE_ARGS[GENERATE_ARGS.index("--shard-size") + 2 :]]  # fmt: skip
+    try:
+        observations["lost_answer_push"] = main(["generate", "--output-dir", str(resharded), "--push-to-hub",
+                                                 DATASET_REPO, *shard_args])  # fmt: skip
+    except SystemExit as error:
+        observations["lost_answer_push"] = error.code
+    pulled = datasets.load_dataset(DATASET_REPO, split="train", cache_dir=str(workdir / "cache_hub_resharded"))
+    observations["pulled_equals_resharded"] = pulled["seed"] == local["seed"] and pulled.num_rows == 4
 
     arm_fault("commit", times=10)
     try:

@@ -116,6 +116,34 @@ def test_lfs_storage_is_per_repo(hub, observed):
     assert status == 422 and "does not exist in tester/lfs-c" in json.loads(body)["error"]
 
 
+def test_binary_files_must_go_through_lfs(hub, observed):
+    """The Hub refuses a binary file (a `.png`, or any content that is not text) committed inline, and `preupload`
+    tells the client to send such files through LFS, which huggingface_hub does."""
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    for path, data in (("preview.png", png), ("blob.dat", b"\0\1\2 binary")):
+        content = base64.b64encode(data).decode()
+        operation = {"key": "file", "value": {"path": path, "content": content, "encoding": "base64"}}
+        status, body = _raw_commit(hub, "dataset", "tester/cards", [operation])
+        assert status == 400 and "contains binary files" in json.loads(body)["error"], (path, body)
+    assert observed["upload_modes"] == {"preview.png": "lfs", "blob.dat": "lfs", "notes.txt": "regular"}
+    files = hub.repo("model", "tester/binary").commits[-1].files
+    assert files["preview.png"].lfs and files["blob.dat"].lfs and not files["notes.txt"].lfs
+
+
+def test_deleting_a_file_that_is_not_there_answers_404(hub, observed):
+    before = hub.num_commits("dataset", "tester/cards")
+    status, body = _raw_commit(hub, "dataset", "tester/cards", [{"key": "deletedFile", "value": {"path": "gone.txt"}}])
+    assert status == 404 and "gone.txt" in json.loads(body)["error"]
+    assert hub.num_commits("dataset", "tester/cards") == before  # nothing applied
+
+
+def test_a_dropped_answer_follows_an_applied_commit(hub, observed):
+    """`drop`: the commit lands, the client sees a dropped connection (what our pushes must retry idempotently)."""
+    assert observed["dropped_commit"].startswith("RemoteProtocolError")
+    assert hub.files("model", "tester/dropped")["a.txt"] == b"a"
+    assert [c.status for c in hub.calls("POST", "tester/dropped/commit")] == [0]
+
+
 def test_parent_commit_conflict_answers_412(observed):
     assert observed["stale_parent"][0] == 412
     assert "A commit has happened since" in observed["stale_parent"][1]
@@ -211,6 +239,21 @@ def _client(workdir: Path) -> dict:
     api.create_commit("tester/parents", [CommitOperationAdd("two.txt", b"two")], commit_message="current",
                       parent_commit=current)  # fmt: skip
     seen["current_parent"] = "two.txt" in api.list_repo_files("tester/parents")
+
+    api.create_repo("tester/binary")
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    additions = [CommitOperationAdd(path, data) for path, data in
+                 (("preview.png", png), ("blob.dat", b"\0\1\2 binary"), ("notes.txt", b"plain text"))]  # fmt: skip
+    api.create_commit("tester/binary", additions, commit_message="binary files")
+    seen["upload_modes"] = {op.path_in_repo: op._upload_mode for op in additions}
+
+    api.create_repo("tester/dropped")
+    arm_fault("commit", times=1, drop=True)
+    try:
+        api.upload_file(path_or_fileobj=b"a", path_in_repo="a.txt", repo_id="tester/dropped")
+        seen["dropped_commit"] = ""
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        seen["dropped_commit"] = f"{type(error).__name__}: {error}"
 
     api.create_repo("tester/rate-limited")
     arm_fault("preupload", times=1, status=429, retry_after=1)

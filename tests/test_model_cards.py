@@ -275,6 +275,42 @@ def test_assembly_adds_a_voter_that_generate_reads(faceworld_dir, tmp_path):
     assert not (folder / "voters" / "au").exists()
 
 
+def test_assembly_replaces_the_feranno_head_and_its_card_sentence(faceworld_dir, tmp_path):
+    """`assemble_default_model.py --replace_feranno PATH`: the checkpoint's head becomes the trained one (same
+    weights, in the storage dtype), no other file but its config and the card changes (its bundled code stays), and the card's FERAnno words name the new
+    head's steps and measured accuracy instead of the old ones."""
+    from safetensors.torch import load_file
+
+    from synfer_diffusers.tiny import make_tiny_components
+
+    assemble = load_example("assemble_default_model")
+    folder = tmp_path / "default"
+    components = make_tiny_components(seed=0)
+    head = FERAnnoHead.from_unet(components["unet"], hidden_dim=32, num_heads=4, tokens_per_side=4)
+    card = assemble.default_model_card("Trained: FERAnno head (600 steps; 83.3% on noisy FaceWorld test labels).", None)
+    SynFERPipeline(**components, feranno_head=head).save_pretrained(folder, model_card=card)
+    trained = tmp_path / "feranno"
+    load_example("train_feranno").main([
+        "--pretrained_model", str(folder), "--dataset_name", str(faceworld_dir), "--output_dir", str(trained),
+        "--resolution", "16", "--train_batch_size", "4", "--max_train_steps", "2", "--validation_steps", "2",
+        "--eval_batch_size", "4", "--hidden_dim", "32", "--num_heads", "4", "--tokens_per_side", "4",
+        "--label_smoothing", "0.1",
+    ])  # fmt: skip
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assemble.main(["--replace_feranno", str(trained), "--output_dir", str(folder), "--storage_dtype", "float32"])
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    weights = Path("feranno_head") / "diffusion_pytorch_model.safetensors"
+    changed = {p for p in before if after.get(p) != before[p]}
+    assert changed <= {weights, Path("feranno_head/config.json"), Path("README.md")} and set(after) == set(before)
+    assert {weights, Path("README.md")} <= changed
+    expected = load_file(trained / "head" / "diffusion_pytorch_model.safetensors")
+    got = load_file(folder / weights)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    accuracy = json.loads((trained / "evaluation.json").read_text())["2"]["accuracy"]
+    _, text = card_parts(folder)
+    assert "600 steps" not in text and f"FERAnno head (2 steps of batch 4, label smoothing 0.1; {accuracy:.1%}" in text
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Training outputs (examples/), tiny
 # ----------------------------------------------------------------------------------------------------------

@@ -199,7 +199,7 @@ def test_revision_and_variant_reach_from_pretrained(tmp_path, monkeypatch):
     monkeypatch.setattr(module.SynFERPipeline, "from_pretrained", from_pretrained)
     options = ["--dataset_name", str(tmp_path), "--pretrained_model_name_or_path", str(tmp_path)]
     config = parse(module.TextToImageTrainingConfig, tmp_path, *options, "--revision", "v2", "--variant", "fp16")
-    with pytest.raises(RuntimeError, match="stop"):
+    with pytest.raises(ValueError, match="`pretrained_model_name_or_path` .* could not be loaded: stop"):
         module.load_components(config, dataset=None)
     assert seen == {"revision": "v2", "variant": "fp16"}
 

@@ -7,10 +7,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from synfer_diffusers import AUSpace
 from synfer_diffusers.training import (
+    CHECKPOINT_FILES,
     AugmentationDraws,
     BatchOrder,
     ExampleTransform,
@@ -103,6 +105,10 @@ def test_resolve_checkpoint(tmp_path):
     assert resolve_checkpoint(tmp_path, "latest") is None  # nothing yet: a fresh start
     for step in (10, 2, 300):
         (tmp_path / f"checkpoint-{step}").mkdir()
+        for name in CHECKPOINT_FILES:  # readable files: the folders are complete
+            path = tmp_path / f"checkpoint-{step}" / name
+            {".json": lambda: path.write_text("{}"), ".safetensors": lambda: save_file({}, path)}.get(
+                path.suffix, lambda: torch.save({}, path))()
     (tmp_path / "checkpoint-last").mkdir()
     assert [p.rsplit("-", 1)[1] for p in list_checkpoints(tmp_path)] == ["2", "10", "300"]
     assert resolve_checkpoint(tmp_path, "latest").endswith("checkpoint-300")

@@ -1,6 +1,7 @@
 """Model and dataset cards from the package's templates, with the metadata the Hub reads, and one-commit uploads.
 
-Imports only huggingface_hub (and its yaml), so models, pipelines, data writers and examples can all use it.
+Imports only huggingface_hub (and its yaml) and safetensors, so models, pipelines, data writers and examples can
+all use it.
 
 Card metadata follows two rules:
 
@@ -26,10 +27,25 @@ from typing import Any, TypeVar
 
 import yaml
 from huggingface_hub import DatasetCard, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.utils import _http, validate_repo_id
+from safetensors import SafetensorError
 
 logger = logging.getLogger(__name__)
+
+MODEL_LOAD_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError, SafetensorError,
+)  # fmt: skip
+"""What loading a broken folder or an unreadable Hub repo raises: missing or truncated files, broken JSON, configs
+of the wrong types, Hub errors (`OSError`s)."""
 
 # Timeouts and dropped connections, as huggingface_hub's own backoff retries them (its HTTP client's classes).
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = getattr(_http, "_DEFAULT_RETRY_ON_EXCEPTIONS", ())
@@ -321,6 +337,37 @@ def _retry_after(response: Any) -> float:
 def _add_to_message(error: BaseException, message: str) -> None:
     if isinstance(error, HfHubHTTPError):
         error.append_to_message("\n" + message.strip())
+
+
+def hub_read_error(error: BaseException) -> HfHubHTTPError | LocalEntryNotFoundError | None:
+    """The huggingface_hub error in `error`'s chain of causes (the HF libraries wrap it in their own), if any."""
+    seen: BaseException | None = error
+    while seen is not None and not isinstance(seen, (HfHubHTTPError, LocalEntryNotFoundError)):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
+
+def load_error_reason(error: BaseException) -> str:
+    """Why loading a model or dataset failed, in one line: for a read from the Hub ([`hub_read_error`]) no repo,
+    private, gated, no such revision or file, offline and not cached, or another HTTP status; otherwise the first
+    line of `error`."""
+    seen = hub_read_error(error)
+    if seen is None:
+        lines = str(error).strip().splitlines()
+        return lines[0] if lines else type(error).__name__
+    status = getattr(getattr(seen, "response", None), "status_code", None)
+    http = f" (HTTP {status})" if status else ""
+    if isinstance(seen, GatedRepoError):
+        return f"the repo is gated{http}: request access on its Hub page, then use a token that has it."
+    if isinstance(seen, RepositoryNotFoundError):
+        return f"no such repo on the Hub{http}, or it is private and the token may not read it."
+    if isinstance(seen, RevisionNotFoundError):
+        return f"no such revision in the repo{http}."
+    if isinstance(seen, RemoteEntryNotFoundError):
+        return f"a file it needs is not in the repo{http}."
+    if isinstance(seen, LocalEntryNotFoundError):
+        return "it is not in the local cache and the Hub cannot be reached (offline)."
+    return f"the Hub answered{http}: {str(seen).strip().splitlines()[0]}"
 
 
 def push_folder_to_hub(

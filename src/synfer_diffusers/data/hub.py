@@ -7,6 +7,8 @@ data that is not there. Every push first lists what the repo already holds: a fi
 (sha256; the shards' come from their manifests, so they are not read again) is skipped, so rerunning an interrupted
 push resumes it, and rerunning a finished one commits nothing. No upload state is kept in the folder: the Hub's tree
 is the state. Shards on the Hub that the set does not have (an earlier set under other shard names) are deleted.
+A commit is retried when its answer is lost, and the Hub may have applied it: the retry deletes only what is still
+there and skips the files already uploaded, so it is idempotent.
 
 Pulling needs no code of ours: `datasets.load_dataset("user/name")` reads the published folder with the features
 recorded in its card and shards.
@@ -110,7 +112,7 @@ def push_synthetic_dataset(
         message = commit_message if len(commits) == 1 else f"{commit_message} ({i}/{len(commits)})"
 
         def commit() -> str:
-            operations = [CommitOperationDelete(path) for path in deletions]
+            operations = [CommitOperationDelete(path) for path in _still_on_hub(api, repo_id, deletions)]
             operations += [_addition(folder, path, files[path]) for path in uploads]
             return api.create_commit(repo_id, operations, commit_message=message, repo_type="dataset").commit_url
 
@@ -159,6 +161,15 @@ def _on_hub(path: Path, sha256: str | None, remote: RepoSibling | None) -> bool:
                 sha256 = sha_fileobj(f).hex()
         return remote.lfs.sha256 == sha256
     return remote.size == path.stat().st_size and remote.blob_id == git_hash(path.read_bytes())
+
+
+def _still_on_hub(api: HfApi, repo_id: str, paths: list[str]) -> list[str]:
+    """The `paths` the dataset repo holds now: a commit retried after its answer was lost (the Hub applied it) must
+    not delete them again, which the Hub refuses."""
+    if not paths:
+        return []
+    present = {entry.path for entry in api.get_paths_info(repo_id, paths, repo_type="dataset")}
+    return [path for path in paths if path in present]
 
 
 def _addition(folder: Path, path: str, sha256: str | None) -> CommitOperationAdd:

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..facs import EXPRESSIONS, AUSpace, ExpressionVocabulary
-from ..hub_utils import is_hub_repo_id
+from ..hub_utils import is_hub_repo_id, load_error_reason
 from ..image_utils import resize_and_crop
 
 __all__ = [
@@ -81,7 +81,8 @@ def load_training_dataset(
             loaded = datasets.load_dataset(name_or_path, streaming=streaming)
         except Exception as error:  # offline, unknown repo, ...: say which option is wrong
             raise ValueError(
-                f"`dataset_name`: {name_or_path!r} is not a local folder and could not be loaded from the Hub ({error})."
+                f"`dataset_name`: {name_or_path!r} is not a local folder and could not be loaded from the Hub: "
+                f"{load_error_reason(error)}"
             ) from error
     if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split not in loaded:

@@ -11,10 +11,9 @@ from pathlib import Path
 import diffusers
 import torch
 from huggingface_hub import snapshot_download
-from safetensors import SafetensorError
 
 from ..fingerprint import update_with_component
-from ..hub_utils import is_hub_repo_id
+from ..hub_utils import MODEL_LOAD_ERRORS, is_hub_repo_id, load_error_reason
 from ..labels import ClassifierVoter
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from .config import SyntheticSetConfig, check_eta, torch_dtype
@@ -27,11 +26,6 @@ DEFAULT_MODEL_ENV = "SYNFER_DEFAULT_MODEL"
 """Environment variable naming another folder to use when no model is given."""
 TINY_MODEL_NAME = "synfer-tiny-random"
 """Name recorded for the stand-in used while no embedded default exists: tiny random weights, 64x64 noise."""
-MODEL_LOAD_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError, SafetensorError,
-)  # fmt: skip
-"""What loading a broken folder raises: missing or truncated files, broken JSON, configs of the wrong types."""
-
 
 def default_model_dir() -> Path:
     """The checkpoint used when no model is given: `$SYNFER_DEFAULT_MODEL` if set, else the embedded default."""
@@ -61,8 +55,9 @@ def resolve_pipeline(model: str | None = None, dtype: torch.dtype | None = None)
     try:
         pipe = SynFERPipeline.from_pretrained(model, dtype=dtype)
     except MODEL_LOAD_ERRORS as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"`model` {str(model)!r} could not be loaded as a SynFERPipeline: {reason}") from error
+        raise ValueError(
+            f"`model` {str(model)!r} could not be loaded as a SynFERPipeline: {load_error_reason(error)}"
+        ) from error
     return pipe, str(model)
 
 
@@ -80,7 +75,8 @@ def checkpoint_voters(model: str | None = None) -> list[ClassifierVoter]:
         try:
             folder = Path(snapshot_download(str(model), allow_patterns=[f"{VOTERS_FOLDER}/**"]))
         except (OSError, ValueError) as error:
-            raise ValueError(f"`model` {str(model)!r}: its voters could not be read: {error}") from error
+            reason = load_error_reason(error)
+            raise ValueError(f"`model` {str(model)!r}: its voters could not be read: {reason}") from error
     else:
         folder = Path(model)
     voters = []

@@ -13,6 +13,7 @@ import PIL.Image
 import torch
 
 from ..facs import EXPRESSIONS, AUSpace
+from ..hub_utils import load_error_reason
 from ..pipelines.synfer.conditions import plan_image_condition
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from .config import DEFAULT_DESCRIPTIONS, SyntheticSetConfig
@@ -45,7 +46,7 @@ class AUSource:
         try:
             dataset = datasets.load_dataset(path, split=split)
         except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
-            raise ValueError(f"`au_dataset` {path!r} could not be loaded: {error}") from error
+            raise ValueError(f"`au_dataset` {path!r} could not be loaded: {load_error_reason(error)}") from error
         missing = {"action_units", "label"} - set(dataset.column_names)
         label_feature = dataset.features.get("label")
         if missing or not isinstance(label_feature, datasets.ClassLabel):

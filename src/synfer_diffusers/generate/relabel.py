@@ -39,7 +39,7 @@ from ..data.files import atomic_write_bytes, canonical_json, sha256_file
 from ..data.hub import check_push_target, push_synthetic_dataset
 from ..data.writer import PLAN_FILE, WORK_DIR, ShardSpec, ShardVerificationError, SyntheticSetWriter, canonical_plan
 from ..facs import EXPRESSIONS
-from ..hub_utils import load_card_metadata
+from ..hub_utils import is_hub_repo_id, load_card_metadata
 from ..labels import EnsembleVoter, GivenVoter, VoteBatch, Voter, VotingConfig, VotingResult, load_voter
 from ..labels.voters import TARGET_VOTER
 from .card import card_fields
@@ -319,7 +319,10 @@ def _checked_relabel(
     added voters; raises naming the field, and writes nothing."""
     folder = Path(output_dir)
     if not folder.is_dir():
-        raise ValueError(f"`output_dir` {str(output_dir)!r} is not a folder.")
+        hint = "."
+        if is_hub_repo_id(output_dir):
+            hint = f": download a Hub set first (`hf download {output_dir} --repo-type dataset --local-dir DIR`)"
+        raise ValueError(f"`output_dir` {str(output_dir)!r} is not a folder{hint}")
     journal = read_journal(folder)
     writer = SyntheticSetWriter.from_folder(folder) if journal is None else SyntheticSetWriter(folder, journal["from_plan"])
     voting = dict(voting or {})

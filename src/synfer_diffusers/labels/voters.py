@@ -28,6 +28,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Pr
 
 from ..facs import EXPRESSIONS, classifier_expression_probabilities, map_classifier_labels
 from ..fingerprint import module_fingerprint
+from ..hub_utils import load_error_reason
 from ..pipelines.synfer.semantic_guidance import GuidePreprocessing
 from .config import TARGET_VOTER
 
@@ -312,5 +313,6 @@ def load_voter(spec: str, field: str = "voters") -> Voter:
     try:
         return VOTER_KINDS[kind](rest)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"`{field}`: {spec!r} could not be loaded as a {kind} voter: {reason}") from error
+        raise ValueError(
+            f"`{field}`: {spec!r} could not be loaded as a {kind} voter: {load_error_reason(error)}"
+        ) from error

@@ -40,7 +40,14 @@ from ..data.loading import (
 from ..image_utils import tile_images
 from .au_consistency import AUConsistencyLoss, denoised_estimate
 from .augmentation import condition_dropout_masks, smooth_action_units
-from .checkpoints import checkpoint_step, list_checkpoints, resolve_checkpoint, save_checkpoint
+from .checkpoints import (
+    CHECKPOINT_FILES,
+    check_checkpoint,
+    checkpoint_step,
+    list_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .config import (
     DiffusionTrainingConfig,
     TrainingConfig,
@@ -50,9 +57,11 @@ from .config import (
     command_line_options,
     frozen_weight_dtype,
     launched_on_cpus,
+    load_pretrained,
     make_optimizer,
     parse_config,
     prepare_run,
+    run_from_command_line,
     training_card_text,
 )
 from .data import ExampleTransform, drop_captions, normalize_images, tokenize_captions
@@ -82,6 +91,8 @@ from .loop import LossParts, TrainingSummary, finish_run, push_output_to_hub, ru
 from .validation import save_expression_grid
 
 __all__ = [
+    "CHECKPOINT_FILES",
+    "check_checkpoint",
     "AUConsistencyLoss",
     "LossParts",
     "denoised_estimate",
@@ -114,6 +125,7 @@ __all__ = [
     "is_local_path",
     "latent_cache_fingerprint",
     "launched_on_cpus",
+    "load_pretrained",
     "list_checkpoints",
     "load_config_split",
     "load_train_split",
@@ -125,6 +137,7 @@ __all__ = [
     "normalize_images",
     "num_examples",
     "parse_config",
+    "run_from_command_line",
     "prepare_run",
     "pixel_tensor",
     "push_output_to_hub",

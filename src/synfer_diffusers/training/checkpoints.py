@@ -19,16 +19,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINABLE_WEIGHTS_NAME = "trainable_model_{index}.safetensors"
+CHECKPOINT_FILES = (
+    TRAINABLE_WEIGHTS_NAME.format(index=0), "lr_scheduler.safetensors", "lr_scheduler.json", "random_states_0.pkl"
+)
+"""Files every checkpoint of the training loop holds: the first model's trainable weights, the learning-rate
+scheduler and the main process's random states."""
 _TENSOR = "__tensor__"
 
 
@@ -55,21 +62,59 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[str]:
 
 def resolve_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: str | None) -> str | None:
     """The folder `--resume_from_checkpoint` names: `latest` -> the newest of `output_dir` (`None` when there is
-    none: a fresh start), else a `checkpoint-{step}` path or a name inside `output_dir`."""
+    none: a fresh start), else a `checkpoint-{step}` path or a name inside `output_dir`. A damaged folder raises a
+    `ValueError` ([`check_checkpoint`])."""
     if resume_from_checkpoint is None:
         return None
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    path = resume_from_checkpoint
-    if not os.path.isdir(path):
-        path = os.path.join(output_dir, resume_from_checkpoint)
+        if not checkpoints:
+            return None
+        path = checkpoints[-1]
+    else:
+        path = resume_from_checkpoint
+        if not os.path.isdir(path):
+            path = os.path.join(output_dir, resume_from_checkpoint)
     if not os.path.isdir(path) or checkpoint_step(path) is None:
         raise ValueError(
             f"`resume_from_checkpoint`: {resume_from_checkpoint!r} is neither `latest` nor a `checkpoint-<step>` "
             f"folder (in {output_dir!r} or as a path)."
         )
+    check_checkpoint(path)
     return path
+
+
+def checkpoint_damage(path: str) -> str | None:
+    """What is wrong with a checkpoint folder (a save killed half-way, a damaged disk), `None` if nothing: a file
+    every checkpoint of [`run_training_loop`] holds is missing ([`CHECKPOINT_FILES`]), or a safetensors, JSON or
+    `torch.save` file cannot be read (its header, its length, its zip directory; tensor values are not read)."""
+    for name in CHECKPOINT_FILES:
+        if not os.path.isfile(os.path.join(path, name)):
+            return f"{name} is missing"
+    for name in sorted(os.listdir(path)):
+        file = os.path.join(path, name)
+        try:
+            if name.endswith(".safetensors"):
+                with safe_open(file, "pt"):
+                    pass
+            elif name.endswith(".json"):
+                with open(file) as f:
+                    json.load(f)
+            elif name.endswith((".bin", ".pkl")) and not zipfile.is_zipfile(file):
+                return f"{name} is not a complete torch.save file"
+        except (SafetensorError, ValueError, OSError) as error:
+            return f"{name} cannot be read: {str(error).splitlines()[0]}"
+    return None
+
+
+def check_checkpoint(path: str) -> None:
+    """Raises a `ValueError` naming `resume_from_checkpoint` if [`checkpoint_damage`] finds the folder damaged."""
+    damage = checkpoint_damage(path)
+    if damage is not None:
+        raise ValueError(
+            f"`resume_from_checkpoint`: {path} is damaged ({damage}); delete it to resume from an earlier "
+            "checkpoint, or name one."
+        )
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, total_limit: int | None) -> str:

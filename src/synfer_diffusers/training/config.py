@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
@@ -19,9 +19,11 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.utils import is_bitsandbytes_available, is_xformers_available
 from torch import nn
+from huggingface_hub.errors import RevisionNotFoundError
 from transformers import HfArgumentParser
 
 from ..facs import EXPRESSIONS
+from ..hub_utils import MODEL_LOAD_ERRORS, hub_read_error, load_error_reason
 from ..value_checks import check_int, check_positive, check_probability
 from .checkpoints import resolve_checkpoint
 
@@ -241,6 +243,7 @@ class DiffusionTrainingConfig(TrainingConfig):
 
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 
 class ConfigParser(HfArgumentParser):
@@ -286,6 +289,32 @@ def _renamed_options(config_class: type, args: list[str]) -> list[str]:
             arg = f"--{new}{equals}{value}"
         renamed.append(arg)
     return renamed
+
+
+def run_from_command_line(main: Callable[[], Any]) -> None:
+    """Runs a training script's `main()` as its command: a `ValueError` (the package's error for bad input, naming
+    the option) ends the program with one line `script.py: error: ...` and exit status 2, as [`parse_config`] does
+    for the options themselves, instead of a traceback."""
+    try:
+        main()
+    except ValueError as error:
+        message = " ".join(line.strip() for line in str(error).splitlines())
+        sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {message}\n")
+        sys.exit(2)
+
+
+def load_pretrained(load: Callable[..., T], config: Any) -> T:
+    """`load(config.pretrained_model_name_or_path, revision=config.revision, variant=config.variant)` (a
+    `from_pretrained`); a failure is a `ValueError` with its reason in one line, naming `revision` for a revision the
+    repo does not have and `pretrained_model_name_or_path` otherwise."""
+    name = config.pretrained_model_name_or_path
+    try:
+        return load(name, revision=config.revision, variant=config.variant)
+    except MODEL_LOAD_ERRORS as error:
+        if isinstance(hub_read_error(error), RevisionNotFoundError):
+            raise ValueError(f"`revision` {config.revision!r}: {name!r} has no such revision.") from error
+        reason = load_error_reason(error)
+        raise ValueError(f"`pretrained_model_name_or_path` {name!r} could not be loaded: {reason}") from error
 
 
 def launched_on_cpus() -> bool:

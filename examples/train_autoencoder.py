@@ -69,6 +69,7 @@ from synfer_diffusers.training import (
     parse_config,
     pixel_tensor,
     prepare_run,
+    run_from_command_line,
     run_training_loop,
     sample_posterior,
     tile_images,
@@ -385,4 +386,4 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
 
 
 if __name__ == "__main__":
-    main()
+    run_from_command_line(main)

@@ -45,7 +45,7 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 from synfer_diffusers.evaluation import IMAGE_SIZE
 from synfer_diffusers.facs import EXPRESSIONS
 from synfer_diffusers.hub_utils import write_model_card
-from synfer_diffusers.training import parse_config, push_output_to_hub
+from synfer_diffusers.training import parse_config, push_output_to_hub, run_from_command_line
 from synfer_diffusers.training.fer_classifier import AU_NAMES, TrainFERConfig, evaluate, load_splits, train
 
 
@@ -113,4 +113,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_from_command_line(main)

@@ -44,7 +44,6 @@ from synfer_diffusers.metrics import load_fer_metric
 from synfer_diffusers.models.feranno import FERAnnoHead
 from synfer_diffusers.pipelines.synfer.pipeline_feranno import FERAnnoPipeline, noise_to_timestep
 from synfer_diffusers.pipelines.synfer.pipeline_synfer import SynFERPipeline
-from synfer_diffusers.value_checks import check_number
 from synfer_diffusers.training import (
     ExampleTransform,
     ExpressionLabels,
@@ -65,11 +64,13 @@ from synfer_diffusers.training import (
     normalize_images,
     parse_config,
     prepare_run,
+    run_from_command_line,
     run_training_loop,
     training_batches,
     training_card_text,
     validate_columns,
 )
+from synfer_diffusers.value_checks import check_number
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -237,4 +238,4 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
 
 
 if __name__ == "__main__":
-    main()
+    run_from_command_line(main)

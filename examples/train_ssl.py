@@ -53,6 +53,7 @@ from synfer_diffusers.training import (
     make_optimizer,
     parse_config,
     prepare_run,
+    run_from_command_line,
     run_training_loop,
     training_batches,
     training_card_text,
@@ -209,4 +210,4 @@ def main(argv: Sequence[str] | None = None) -> TrainingSummary:
 
 
 if __name__ == "__main__":
-    main()
+    run_from_command_line(main)

@@ -75,6 +75,34 @@ def test_a_bad_value_on_the_command_line_ends_with_one_line_naming_the_flag(tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "script, required",
+    [("train_text_to_image", ["--pretrained_model_name_or_path"]),
+     ("train_au_adapter", ["--pretrained_model_name_or_path"]), ("train_feranno", ["--pretrained_model"]),
+     ("train_autoencoder", []), ("train_ssl", []), ("train_fer_classifier", [])],
+)  # fmt: skip
+def test_a_dataset_without_data_ends_each_script_with_one_line_and_exit_status_2(
+    script, required, tmp_path, monkeypatch, capsys
+):
+    """Run as commands (`__main__`), every training script turns the package's bad-input error raised after the
+    options parsed (here: a dataset folder with no data files) into one line and exit status 2, writing nothing."""
+    import runpy
+
+    from training_chain import EXAMPLES
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    path = EXAMPLES / f"{script}.py"
+    argv = [str(path), "--output_dir", str(tmp_path / "out"), "--dataset_name", str(empty)]
+    monkeypatch.setattr(sys, "argv", [*argv, *(arg for flag in required for arg in (flag, str(tmp_path)))])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(path), run_name="__main__")
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{script}.py: error: ") and "dataset_name" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_text_column_and_lora_rank_still_work_as_deprecated_names_of_caption_column_and_rank(tmp_path):
     script = load_example("train_text_to_image")
     options = ["--dataset_name", str(tmp_path), "--pretrained_model_name_or_path", str(tmp_path)]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import datasets
 import numpy as np
 import torch
+from datasets.exceptions import DatasetGenerationError
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -70,12 +71,16 @@ def load_training_dataset(
         if not os.path.isdir(path):
             raise ValueError(f"`{option}`: no dataset folder at {name_or_path!r}.")
         saved_to_disk = any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
-        if imagefolder:
-            loaded = datasets.load_dataset("imagefolder", data_dir=path, streaming=streaming)
-        elif saved_to_disk:
-            loaded = datasets.load_from_disk(path)
-        else:
-            loaded = datasets.load_dataset(path, streaming=streaming)
+        try:
+            if imagefolder:
+                loaded = datasets.load_dataset("imagefolder", data_dir=path, streaming=streaming)
+            elif saved_to_disk:
+                loaded = datasets.load_from_disk(path)
+            else:
+                loaded = datasets.load_dataset(path, streaming=streaming)
+        except (OSError, ValueError, DatasetGenerationError) as error:  # no data files, a corrupt parquet file, ...
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"`{option}`: {name_or_path!r} could not be read as a dataset: {reason}") from error
     else:
         try:
             loaded = datasets.load_dataset(name_or_path, streaming=streaming)

@@ -61,16 +61,25 @@ def downstream_targets(downstream: dict, config: SuiteConfig) -> list[tuple[str,
     return checks
 
 
+SPEED_LIMITS = {"au_overhead": 1.05, "semantic_guidance": 1.5, "feranno_in_loop": 1.10}
+"""Upper bounds of table 3's ratios; the AU branch's is tighter at the sizes issue 30 names."""
+AU_OVERHEAD_LIMITS = {"faceworld": 1.03, "sd15": 1.02}
+
+
+def _speed_limit(row: str, config: str) -> float | None:
+    if row == "au_overhead":
+        return AU_OVERHEAD_LIMITS.get(config, SPEED_LIMITS[row])
+    return SPEED_LIMITS.get(row)
+
+
 def speed_targets(speed: dict) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for table 3: the overhead ratios and the writer's throughput."""
-    limits = {"au_overhead": 1.05, "semantic_guidance": 1.5, "feranno_in_loop": 1.10}
     checks = [
-        (f"{row['row']} ({row['config']}) <= {limits[row['row']]}", f"{row['ratio']:.3f}",
-         row["ratio"] <= limits[row["row"]])
-        for row in speed["speed"]["rows"] if row["row"] in limits
+        (f"{row['row']} ({row['config']}) <= {limit}", f"{row['ratio']:.3f}", row["ratio"] <= limit)
+        for row in speed["speed"]["rows"] if (limit := _speed_limit(row["row"], row["config"])) is not None
     ]  # fmt: skip
     writer = speed["writer"]["throughput"]["ratio"]
-    checks.append(("synfer generate / bare pipeline >= 0.9", f"{writer:.3f}", writer >= 0.9))
+    checks.append(("synfer generate / bare pipeline >= 0.95", f"{writer:.3f}", writer >= 0.95))
     return checks
 
 

@@ -111,12 +111,12 @@ def added_voter_rows(path: Path, work: Path, voters: list[str], synthetic: dict,
     if not copy.exists():
         shutil.copytree(path, copy.with_suffix(".tmp"))
         os.replace(copy.with_suffix(".tmp"), copy)
-    stored = load_synthetic_set(copy)
-    if read_journal(copy) is not None or len(stored["votes"][0]) == len(load_synthetic_set(path)["votes"][0]):
+    stored, num_stored = load_synthetic_set(copy), len(synthetic["votes"][0])  # the set's own voters
+    if read_journal(copy) is not None or len(stored["votes"][0]) == num_stored:
         relabel_synthetic_dataset(copy, voters=voters)  # resumable: a rerun after a kill finishes the same rewrite
         stored = load_synthetic_set(copy)
     names = tuple(vote["voter"] for vote in stored["votes"][0])
-    added = names[len(load_synthetic_set(path)["votes"][0]) :]
+    added = names[num_stored:]
     subsets = {"all": names, "without guide": tuple(name for name in names if name != "guide")}
     labels = {"target": stored["target"], "feranno": synthetic["feranno"], "image": stored["image"]}
     for name in added:

@@ -78,14 +78,19 @@ class ForkServer:
             cls._servers[key] = cls(dict(key[1]), preload)
         return cls._servers[key]
 
-    def connect(self) -> socket.socket:
-        """A connection to the server, once it has imported its modules (it prints `ready`)."""
+    def wait_until_ready(self) -> ForkServer:
+        """Returns once the server has imported its modules and listens on its socket (it prints `ready`)."""
         with self._ready:
             if not self._started:
                 line = self.process.stdout.readline()
                 if line.strip() != b"ready":
                     raise RuntimeError(f"fork server failed to start (exit {self.process.wait()})")
                 self._started = True
+        return self
+
+    def connect(self) -> socket.socket:
+        """A connection to the server, once it is ready."""
+        self.wait_until_ready()
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         connection.connect(self.socket_path)
         return connection
@@ -96,8 +101,9 @@ class ForkServer:
 
 
 def launcher_env(env: dict[str, str], preload: tuple[str, ...] = PRELOAD) -> dict[str, str]:
-    """`env` with the socket of its server, for a launcher whose workers run `python fork_server.py --exec ARGS`."""
-    return {**env, _SOCKET_ENV: ForkServer.for_env(env, preload).socket_path}
+    """`env` with the socket of its server, for a launcher whose workers run `python fork_server.py --exec ARGS`
+    (the server is listening before this returns: the workers connect without waiting)."""
+    return {**env, _SOCKET_ENV: ForkServer.for_env(env, preload).wait_until_ready().socket_path}
 
 
 @atexit.register

@@ -7,6 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from accelerate import Accelerator
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
@@ -23,8 +24,10 @@ from synfer_diffusers.training import (
     condition_dropout_masks,
     list_checkpoints,
     resolve_checkpoint,
+    save_checkpoint,
     smooth_action_units,
 )
+from synfer_diffusers.training.checkpoints import register_checkpoint_hooks
 
 
 def test_step_random_draws_the_same_rows_for_any_process_count_or_accumulation():
@@ -116,3 +119,30 @@ def test_resolve_checkpoint(tmp_path):
     assert resolve_checkpoint(tmp_path, str(tmp_path / "checkpoint-2")).endswith("checkpoint-2")
     with pytest.raises(ValueError, match="resume_from_checkpoint"):
         resolve_checkpoint(tmp_path, "checkpoint-7")
+
+
+def test_a_checkpoint_save_killed_half_way_leaves_latest_whole_and_the_next_save_completes(tmp_path, monkeypatch):
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(2, 2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD(model.parameters()), lambda _: 1)
+    register_checkpoint_hooks(accelerator, {"lr_scheduler": scheduler})
+    for step in (100, 200):
+        save_checkpoint(accelerator, str(tmp_path), step, total_limit=2)
+    whole = {path: sorted(p.name for p in (tmp_path / path).iterdir()) for path in ("checkpoint-100", "checkpoint-200")}
+    save_state = accelerator.save_state
+
+    def killed_half_way(path):
+        save_state(path)
+        (tmp_path / "checkpoint-300.partial" / "random_states_0.pkl").unlink()  # the kill: one file never written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(accelerator, "save_state", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(accelerator, str(tmp_path), 300, total_limit=2)
+    assert resolve_checkpoint(tmp_path, "latest").endswith("checkpoint-200")  # not the half-written 300
+    assert {path: sorted(p.name for p in (tmp_path / path).iterdir()) for path in whole} == whole
+
+    monkeypatch.setattr(accelerator, "save_state", save_state)
+    save_checkpoint(accelerator, str(tmp_path), 300, total_limit=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-200", "checkpoint-300"]
+    assert resolve_checkpoint(tmp_path, "latest").endswith("checkpoint-300")  # complete: the damage check passes

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 CHECKPOINT_PREFIX = "checkpoint-"
+PARTIAL_SUFFIX = ".partial"  # a checkpoint being written; `checkpoint_step` does not read it
 TRAINABLE_WEIGHTS_NAME = "trainable_model_{index}.safetensors"
 CHECKPOINT_FILES = (
     TRAINABLE_WEIGHTS_NAME.format(index=0), "lr_scheduler.safetensors", "lr_scheduler.json", "random_states_0.pkl"
@@ -119,14 +120,24 @@ def check_checkpoint(path: str) -> None:
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, total_limit: int | None) -> str:
     """`accelerator.save_state` into `output_dir/checkpoint-{step}` (every process takes part, as DeepSpeed and
-    FSDP need), after the main process removed the oldest folders beyond `total_limit - 1`."""
-    if accelerator.is_main_process and total_limit is not None:
-        existing = [path for path in list_checkpoints(output_dir) if checkpoint_step(path) != step]
-        for stale in existing[: max(0, len(existing) - total_limit + 1)]:
+    FSDP need), written as `checkpoint-{step}.partial` and renamed once complete, so a kill at any instant leaves the
+    previous checkpoints whole and `latest` never names a half-written folder; then the main process keeps it and the
+    newest `total_limit - 1` others."""
+    path = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
+    partial = path + PARTIAL_SUFFIX
+    if accelerator.is_main_process and os.path.isdir(partial):
+        shutil.rmtree(partial)  # left by a save killed half-way
+    accelerator.wait_for_everyone()
+    accelerator.save_state(partial)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(partial, path)
+        others = [other for other in list_checkpoints(output_dir) if other != path]
+        for stale in others[: max(0, len(others) - total_limit + 1)] if total_limit is not None else ():
             shutil.rmtree(stale)
     accelerator.wait_for_everyone()
-    path = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
-    accelerator.save_state(path)
     return path
 
 

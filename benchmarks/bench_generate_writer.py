@@ -5,6 +5,13 @@
    calls on the same plan, batches and seeds (`pipeline_inputs`), with the background stage on (`queue_depth` 2)
    and off (0). Runs alternate (bare, overlapped, synchronous, ...) after a warm-up; each row is the median of the
    paired ratios, so machine noise hits all sides alike. Target: >= 0.95.
+   Like with like: the bare side is what a user's own loop over the same plan does, no less: per batch it plans the
+   samples (`plan_sample`), builds the call's arguments (`pipeline_inputs`) and makes one pipeline call of the same
+   batch and shards as `synfer generate`, with PIL images out (`output_type="pil"`, the conversion the writer does
+   too). It writes nothing. The generate side is a whole run: the checks, the model's fingerprint and `plan.json`
+   before the first call and, after the last, the wait for the stage's last batches and shard, the preview and the
+   card; these fixed costs (a few tenths of a second) weigh on a run of a few hundred images and vanish over a large
+   set. Model loading is outside both timings (the loaded pipeline is passed in).
    **Simulated accelerator** (`--accelerator-speedup S`): the same measurement with a stand-in pipeline
    ([`SimulatedAccelerator`]) whose call sleeps, releasing the GIL as a call waiting on a GPU does, for the real
    pipeline's measured time on this CPU divided by S, then returns the real pipeline's images for that batch

@@ -23,6 +23,7 @@ FERAnno head, fp32, 64x64, 25 steps, batch 35 as in the FaceWorld evaluation).
 
     python benchmarks/bench_speed.py --configs tiny sd15 faceworld --json benchmarks/results/speed.json
     python benchmarks/bench_speed.py --configs sd15 --dtype float32 --rows sg_memory_frozen  # where bf16 is emulated
+    python benchmarks/bench_speed.py --configs faceworld --rows au_overhead --batch 8 --repeats 5 --threads 1
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def median_ratio(baseline: Callable[[], object], candidate: Callable[[], object]
             synchronize()
             times.append(time.perf_counter() - start)
     base, cand = statistics.median(base_times), statistics.median(cand_times)
-    return {"unit": "s", "baseline": base, "candidate": cand, "ratio": cand / base}
+    paired = [c / b for b, c in zip(base_times, cand_times)]  # each round's ratio: the spread
+    return {"unit": "s", "baseline": base, "candidate": cand, "ratio": cand / base, "paired_ratios": paired}
 
 
 def resident_mb(field: str) -> float:
@@ -290,6 +292,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="dtype of every config instead of its own (e.g. float32 where bf16 is emulated)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats of every config instead of its own")
+    parser.add_argument("--batch", type=int, default=None, help="images per call of every config instead of its own")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
@@ -298,13 +301,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     print(f"{'config':9} {'row':22} {'dtype':9} {'unit':4} {'baseline':>10} {'candidate':>10} {'ratio':>6}")
     for name in args.configs:
-        overrides = {"dtype": DTYPES[args.dtype] if args.dtype else None, "repeats": args.repeats}
+        overrides = {"dtype": DTYPES[args.dtype] if args.dtype else None, "repeats": args.repeats, "batch": args.batch}
         config = dataclasses.replace(CONFIGS[name], **{k: v for k, v in overrides.items() if v is not None})
         for row in measure(config, tuple(args.rows)):
             rows.append(row)
             print(f"{row['config']:9} {row['row']:22} {row['dtype']:9} {row['unit']:4} {row['baseline']:10.3f} "
-                  f"{row['candidate']:10.3f} {'-' if row['ratio'] is None else format(row['ratio'], '6.3f')}",
-                  flush=True)  # fmt: skip
+                  f"{row['candidate']:10.3f} {'-' if row['ratio'] is None else format(row['ratio'], '6.3f')} "
+                  f"{' '.join(f'{r:.3f}' for r in row.get('paired_ratios', []))}", flush=True)  # fmt: skip
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

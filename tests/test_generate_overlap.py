@@ -3,6 +3,7 @@ with the next batch's denoising, and the set stays what a synchronous run writes
 
 - overlapped (`queue_depth` 1, 2) and synchronous (0) runs write byte-identical shards, with voters in the stage;
 - image voters read the pipeline's tensors, not re-encoded PIL images;
+- the next pipeline call is planned before the stage gets the last batch;
 - `queue_depth` bounds the batches generated and not yet written;
 - an error in the stage is raised in the main thread with its message, nothing half written, `--resume` completes;
 - a kill -9 inside a shard write of the stage, then `--resume`, gives the reference set.
@@ -25,6 +26,7 @@ from diffusers import EulerDiscreteScheduler
 from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
 
 from synfer_diffusers import EXPRESSIONS, FERAnnoHead, SynFERPipeline
+import synfer_diffusers.generate.run as run_module
 from synfer_diffusers.generate import BackgroundStage, SyntheticSetConfig, generate_synthetic_dataset
 from synfer_diffusers.generate.background import ShardAssembler
 from synfer_diffusers.pipelines.synfer.semantic_guidance import GuidePreprocessing
@@ -117,6 +119,22 @@ def test_queue_depth_bounds_the_batches_in_flight(tmp_path, monkeypatch):
         assert _generate(tmp_path / f"set{queue_depth}", _voting_pipeline(), queue_depth, num_samples=6).complete
         monkeypatch.undo()
         assert max(in_flight) == queue_depth, (queue_depth, in_flight)
+
+
+def test_the_next_call_is_planned_before_the_stage_gets_a_batch(tmp_path, monkeypatch):
+    """Between two pipeline calls the main thread plans the next one before it hands the last batch to the stage, so
+    that its Python work does not wait behind the stage's for the GIL: plans lead submissions by one batch."""
+    events = []
+    planned, submit = run_module._Run.planned, BackgroundStage.submit
+    monkeypatch.setattr(run_module._Run, "planned",
+                        lambda self, ids, kwargs: (events.append(("plan", ids[0])), planned(self, ids, kwargs))[1])
+    monkeypatch.setattr(BackgroundStage, "submit", lambda self, batch: (
+        events.append(("submit", batch.samples[0].sample_id)), submit(self, batch))[1])  # fmt: skip
+    assert _generate(tmp_path / "set", _voting_pipeline(), queue_depth=2, num_samples=5).complete
+    plans = [("plan", i) for i in range(5)]
+    submits = [("submit", i) for i in range(5)]
+    assert events == [plans[0], plans[1], submits[0], plans[2], submits[1], plans[3], submits[2], plans[4], submits[3],
+                      submits[4]]  # fmt: skip
 
 
 def test_a_background_stage_processes_in_order_and_blocks_at_its_depth():

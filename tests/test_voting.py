@@ -1,15 +1,18 @@
-"""EnsembleVoter and ClassifierVoter: the paper's rule, the configurable variants, tiny transformers classifiers
-built from config, and the bad-input errors."""
+"""EnsembleVoter, ClassifierVoter and FERAnnoVoter: the paper's rule, the configurable variants, tiny transformers
+classifiers built from config, FERAnno on the pipeline's tensors, and the bad-input errors."""
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from transformers import ConvNextConfig, ConvNextForImageClassification, ResNetConfig, ResNetForImageClassification
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
+import synfer_diffusers.pipelines.synfer.pipeline_feranno as pipeline_feranno
+from synfer_diffusers import FERAnnoHead, FERAnnoPipeline
 from synfer_diffusers.facs import EXPRESSIONS
-from synfer_diffusers.labels import ClassifierVoter, EnsembleVoter, VotingConfig
+from synfer_diffusers.labels import ClassifierVoter, EnsembleVoter, FERAnnoVoter, VoteBatch, VotingConfig
 
 AFFECTNET8 = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 
@@ -151,3 +154,27 @@ def test_missing_inputs_raise():
     silent = EnsembleVoter(config=VotingConfig(probability_voters=(), use_target=True))
     with pytest.raises(ValueError, match="no voter with weight"):
         silent(targets=[None])
+
+
+def test_feranno_voter_labels_the_pipelines_tensors_as_their_pil_images(tiny_components, monkeypatch):
+    """Given the pipeline's tensors at its resolution, the FERAnno voter labels them without its PIL path: the VAE
+    encodes the same pixel values, bit for bit (the tensors rounded to 8 bits as the PIL conversion rounds them), so
+    the votes agree up to float rounding (the PIL path's pixels are channels-last in memory); at another resolution
+    it reads the PIL images, which it resizes."""
+    torch.manual_seed(0)
+    head = FERAnnoHead.from_unet(tiny_components["unet"], hidden_dim=32, num_heads=4, tokens_per_side=4)
+    labeller = FERAnnoPipeline(**tiny_components, head=head)
+    labeller.set_progress_bar_config(disable=True)
+    voter, image_processor, encoded = FERAnnoVoter(labeller), VaeImageProcessor(), []
+    encode_images = labeller.encode_images
+    monkeypatch.setattr(labeller, "encode_images", lambda pixels: (encoded.append(pixels), encode_images(pixels))[1])
+    for size in (labeller.resolution, labeller.resolution + 4):
+        pixels = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(size))  # (B, 3, H, W) in [0, 1]
+        images = image_processor.numpy_to_pil(image_processor.pt_to_numpy(pixels))
+        expected = voter.vote(VoteBatch(images=images))
+        with monkeypatch.context() as patch:
+            if size == labeller.resolution:
+                patch.setattr(pipeline_feranno, "_square_rgb", lambda *args: pytest.fail("read the PIL images"))
+            votes = voter.vote(VoteBatch(images=images, pixel_values=pixels))
+        assert torch.equal(encoded[-1], encoded[-2]), size
+        assert torch.allclose(votes, expected, rtol=0, atol=1e-5), (size, (votes - expected).abs().max())

@@ -68,11 +68,18 @@ class _Run:
             return edit_inputs(self.config, samples, pipeline_kwargs)
         return pipeline_inputs(self.config, samples, pipeline_kwargs)
 
-    def generate(self, samples: Sequence[PlannedSample], pipeline_kwargs: Mapping[str, Any] | None) -> Any:
-        """The pipeline's output for `samples`: `pipe.edit` in an edit set, else `pipe(...)`, its images as tensors
-        (`output_type="pt"`: the background stage converts them, [`ShardAssembler`])."""
+    def planned(
+        self, sample_ids: range, pipeline_kwargs: Mapping[str, Any] | None
+    ) -> tuple[list[PlannedSample], dict[str, Any]]:
+        """The samples `sample_ids` of the plan and the arguments of the [`generate`] call that makes them."""
+        samples = [self.plan(i) for i in sample_ids]
+        return samples, self.inputs(samples, pipeline_kwargs)
+
+    def generate(self, inputs: Mapping[str, Any]) -> Any:
+        """The pipeline's output for `inputs` ([`planned`]): `pipe.edit` in an edit set, else `pipe(...)`, its images
+        as tensors (`output_type="pt"`: the background stage converts them, [`ShardAssembler`])."""
         call = self.pipe.edit if self.edit_source is not None else self.pipe
-        return call(**{**self.inputs(samples, pipeline_kwargs), "output_type": "pt"})
+        return call(**{**inputs, "output_type": "pt"})
 
 
 def generate_synthetic_dataset(
@@ -281,15 +288,19 @@ def _write_pending_shards(
     with tqdm(total=total, initial=done, unit="img", desc=f"synfer generate [{rank + 1}/{world}]",
               disable=not show_progress, position=rank, dynamic_ncols=True) as progress:  # fmt: skip
         assembler = ShardAssembler(writer, run.labeler, run.pipe.image_processor.numpy_to_pil, config.drop_discarded)
+        jobs = [(spec, ids, ids.stop == spec.sample_ids.stop) for spec in pending
+                for ids in _chunks(spec.sample_ids, batch_size)]  # fmt: skip
+        following = run.planned(jobs[0][1], pipeline_kwargs) if jobs else None
         with BackgroundStage(assembler, queue_depth) as stage:
-            for spec in pending:
-                batches = list(_chunks(spec.sample_ids, batch_size))
-                for number, ids in enumerate(batches, 1):
-                    samples = [run.plan(i) for i in ids]
-                    output = run.generate(samples, pipeline_kwargs)
-                    pixels = run.pipe.image_processor.pt_to_numpy(output.images)
-                    stage.submit(GeneratedBatch(spec, samples, output, pixels, last=number == len(batches)))
-                    progress.update(len(samples))
+            for number, (spec, _, last) in enumerate(jobs, 1):
+                samples, inputs = following
+                output = run.generate(inputs)
+                batch = GeneratedBatch(spec, samples, output, run.pipe.image_processor.pt_to_numpy(output.images), last)
+                # the next call is planned before the stage gets this batch: the main thread's Python work between
+                # two pipeline calls then does not wait behind the stage's for the GIL
+                following = run.planned(jobs[number][1], pipeline_kwargs) if number < len(jobs) else None
+                stage.submit(batch)
+                progress.update(len(samples))
     return pending
 
 

@@ -51,7 +51,8 @@ class VoteBatch:
     """What voters may look at for a batch of `B` images: `images` (PIL), `targets` (expression names, `None` where an
     image has none), `probabilities` that were computed elsewhere, by voter name (e.g. `{"feranno": (B, 7)}` from
     the generation loop) and, optionally, `pixel_values`: the same images as the pipeline made them, `(B, 3, H, W)`
-    in [0, 1] on its device, which voters that read tensors ([`ClassifierVoter`]) take instead of the PIL images."""
+    in [0, 1] on its device, which voters that read tensors ([`ClassifierVoter`], [`FERAnnoVoter`]) take instead of
+    the PIL images."""
 
     images: Sequence[Any] | None = None
     targets: Sequence[str | None] | None = None
@@ -165,6 +166,10 @@ class FERAnnoVoter:
     labels mapped onto `EXPRESSIONS` by name. Each image is noised with a generator seeded by `seed`, so votes do
     not depend on the batch. (FERAnno *in the generation loop* is a [`GivenVoter`] named `"feranno"`.)
 
+    Given a batch's `pixel_values` (the pipeline's tensors) at the labeller's resolution, it labels them on their
+    device, rounded to the 8-bit values their PIL images hold: the same pixels as the PIL path, bit for bit, without
+    the host round trip ([`pixels`]); at another resolution it reads the PIL images, which the labeller resizes.
+
     Args:
         pipeline ([`FERAnnoPipeline`]): the labeller.
         name (`str`, defaults to `"feranno_pass"`): the voter's name.
@@ -193,10 +198,19 @@ class FERAnnoVoter:
         components = {n: module_fingerprint(c) for n, c in sorted(self.pipeline.components.items()) if c is not None}
         return {"kind": self.kind, "name": self.name, "seed": self.seed, "fingerprints": components}
 
+    def pixels(self, batch: VoteBatch) -> torch.Tensor | list[Any]:
+        """What the labeller reads: `batch.pixel_values` `(B, 3, R, R)` at its resolution `R`, rounded to multiples of
+        1/255 as `image_processor.numpy_to_pil` rounds them (so `2 x - 1` equals the PIL path's `v / 127.5 - 1`
+        exactly), else the PIL images."""
+        pixel_values = batch.pixel_values
+        if pixel_values is not None and tuple(pixel_values.shape[-2:]) == (self.pipeline.resolution,) * 2:
+            return (pixel_values.float() * 255).round() / 255
+        return list(batch.require_images(self.name))
+
     def vote(self, batch: VoteBatch) -> torch.Tensor:  # (B, 7)
-        images = batch.require_images(self.name)
-        generators = [torch.Generator().manual_seed(self.seed) for _ in images]
-        logits = self.pipeline(list(images), batch_size=self.batch_size, generator=generators).probabilities.log()
+        images = self.pixels(batch)
+        generators = [torch.Generator().manual_seed(self.seed) for _ in range(len(images))]
+        logits = self.pipeline(images, batch_size=self.batch_size, generator=generators).probabilities.log()
         return classifier_expression_probabilities(logits, self.index_map)
 
 

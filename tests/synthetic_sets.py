@@ -89,6 +89,17 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), **extra}
 
 
+def with_unreadable_images(rows: datasets.Dataset) -> datasets.Dataset:
+    """`rows` whose `image` column holds bytes that are not an image."""
+    images = [{"bytes": b"not an image", "path": None}] * len(rows)
+    return rows.remove_columns("image").add_column("image", images).cast_column("image", datasets.Image())
+
+
+def with_action_units_as_text(rows: datasets.Dataset) -> datasets.Dataset:
+    """`rows` whose `action_units` column holds each row's list written as one string."""
+    return rows.remove_columns("action_units").add_column("action_units", [str(v) for v in rows["action_units"]])
+
+
 def folder_snapshot(folder) -> dict[str, str] | None:
     """Every file under `folder` (relative path -> sha256), `None` when it does not exist: 'unchanged' is equality."""
     folder = Path(folder)

@@ -88,7 +88,7 @@ def _expand(args: list[str], tmp_path: Path, models: Path) -> list[str]:
     return [a.format(tmp=tmp_path, models=models) for a in args]
 
 
-def _assert_refused_in_one_line(argv: list[str], message: str, capsys) -> None:
+def assert_refused_in_one_line(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as error:
         main(argv)
     err = capsys.readouterr().err
@@ -103,7 +103,7 @@ def test_cli_bad_input_leaves_nothing_behind(case, flags, message, tmp_path, bro
     _prepare_inputs(tmp_path)
     out = tmp_path / "out"
     argv = ["generate", "--output-dir", str(out), *REFERENCE_ARGS, *_expand(flags, tmp_path, broken_models)]
-    _assert_refused_in_one_line(argv, message, capsys)
+    assert_refused_in_one_line(argv, message, capsys)
     assert not out.exists()
 
 
@@ -135,7 +135,7 @@ def test_cli_refuses_a_folder_it_cannot_use_and_leaves_it_unchanged(case, refere
     out = tmp_path / "out"
     setup(reference, out)
     before = folder_snapshot(out)
-    _assert_refused_in_one_line(["generate", "--output-dir", str(out), *REFERENCE_ARGS, *flags], message, capsys)
+    assert_refused_in_one_line(["generate", "--output-dir", str(out), *REFERENCE_ARGS, *flags], message, capsys)
     assert folder_snapshot(out) == before
 
 

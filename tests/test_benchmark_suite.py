@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from synfer_diffusers import EXPRESSIONS
-from synthetic_sets import folder_snapshot
+from synthetic_sets import assert_refused_in_one_line, folder_snapshot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from suite import common, feranno, hard_regime, report, representation  # noqa: E402  (the suite package lives beside its script)
@@ -418,8 +418,5 @@ def test_bad_flags_end_the_suite_in_one_line_naming_the_flag_and_write_nothing(c
     before = folder_snapshot(tmp_path)
     flags, message = BAD_FLAGS[case]
     argv = ["--quick", "--run-dir", str(tmp_path / "run"), *(flag.format(tmp=tmp_path) for flag in flags)]
-    with pytest.raises(SystemExit) as exit_info:
-        run_benchmarks.main(argv)
-    error_lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert exit_info.value.code == 2 and len(error_lines) == 1 and message.format(tmp=tmp_path) in error_lines[0]
+    assert_refused_in_one_line(run_benchmarks.main, argv, message.format(tmp=tmp_path), capsys)
     assert calls == [] and folder_snapshot(tmp_path) == before

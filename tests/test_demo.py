@@ -13,7 +13,7 @@ from transformers import ResNetConfig, ResNetForImageClassification, ViTImagePro
 from synfer_diffusers import EXPRESSIONS, AUSpace, SynFERPipeline
 from synfer_diffusers.models.feranno import FERAnnoHead
 from synfer_diffusers.tiny import make_tiny_components
-from synthetic_sets import folder_snapshot
+from synthetic_sets import assert_refused_in_one_line, folder_snapshot
 
 gr = pytest.importorskip("gradio", reason="the demo extra (`pip install -e .[demo]`) is not installed")
 
@@ -216,10 +216,8 @@ def test_bad_flags_end_the_app_in_one_line_naming_the_flag(case, tmp_path, monke
     (tmp_path / "not_a_model" / "notes.txt").write_text("mine")
     before = folder_snapshot(tmp_path)
     flags, message = BAD_FLAGS[case]
-    with pytest.raises(SystemExit) as exit_info:
-        app.main([flag.format(tmp=tmp_path) for flag in flags])
-    error_lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert exit_info.value.code == 2 and len(error_lines) == 1 and message.format(tmp=tmp_path) in error_lines[0]
+    argv = [flag.format(tmp=tmp_path) for flag in flags]
+    assert_refused_in_one_line(app.main, argv, message.format(tmp=tmp_path), capsys)
     assert folder_snapshot(tmp_path) == before
 
 

@@ -14,6 +14,7 @@ import PIL.Image
 import pytest
 
 from synfer_diffusers import EXPRESSIONS, SynFERPipeline
+from synfer_diffusers.cli import main as cli_main
 from synfer_diffusers.data.writer import synthetic_features
 from synfer_diffusers.generate import SyntheticSetConfig, generate_synthetic_dataset
 from synfer_diffusers.pipelines.synfer.editing import DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE
@@ -23,12 +24,13 @@ from synthetic_sets import (
     SMALL,
     _assert_same_dataset,
     _load,
+    assert_refused_in_one_line,
     folder_snapshot,
     run_cli,
+    with_action_units_as_lists_of_strings,
     with_action_units_as_text,
     with_unreadable_images,
 )
-from test_generate_bad_input import assert_refused_in_one_line
 from test_editing import guided_pipeline, make_au_regressor
 
 pytestmark = pytest.mark.usefixtures("tiny_stand_in_as_default")
@@ -146,7 +148,7 @@ BAD_FACES = {
     "unreadable-image": (with_unreadable_images, "the image of row 0 cannot be read"),
     "action-units-as-text": (with_action_units_as_text, "`action_units` must hold a list of numbers per row"),
     "action-units-as-lists-of-strings": (
-        lambda rows: rows.cast_column("action_units", datasets.List(datasets.Value("string"))),
+        with_action_units_as_lists_of_strings,
         "`action_units` must hold a list of numbers per row",
     ),
 }  # fmt: skip
@@ -164,7 +166,7 @@ def test_edit_dataset_with_unreadable_images_or_wrong_feature_types_is_refused(c
     before = folder_snapshot(bad)
     argv = ["generate", "--output-dir", str(tmp_path / "set"), "--edit-dataset", str(bad), "--expressions",
             EXPRESSIONS_FLAG, *CLI_ARGS]  # fmt: skip
-    assert_refused_in_one_line(argv, f"`--edit-dataset` {str(bad)!r}: {message}", capsys)
+    assert_refused_in_one_line(cli_main, argv, f"`--edit-dataset` {str(bad)!r}: {message}", capsys)
     assert folder_snapshot(bad) == before and not (tmp_path / "set").exists()
 
 

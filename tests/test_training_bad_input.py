@@ -14,7 +14,12 @@ import sys
 import datasets
 import pytest
 
-from synthetic_sets import folder_snapshot, with_action_units_as_text, with_unreadable_images
+from synthetic_sets import (
+    folder_snapshot,
+    with_action_units_as_lists_of_strings,
+    with_action_units_as_text,
+    with_unreadable_images,
+)
 from training_chain import load_example, pretrained_settings
 
 
@@ -70,7 +75,7 @@ BAD_DATASETS = {
     "unreadable-images": (with_unreadable_images, "'image': the first image cannot be read"),
     "action-units-as-text": (with_action_units_as_text, "'action_units' must hold a list of 12 AU values (numbers)"),
     "action-units-as-lists-of-strings": (
-        lambda rows: rows.cast_column("action_units", datasets.List(datasets.Value("string"))),
+        with_action_units_as_lists_of_strings,
         "'action_units' must hold a list of 12 AU values (numbers)",
     ),
     "labels-as-floats": (lambda rows: rows.cast_column("label", datasets.Value("float32")),

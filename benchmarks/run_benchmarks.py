@@ -112,10 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--editing-only", action="store_true", help="only table 4 (after its prerequisites): "
                         "writes results/editing.json and results/editing.png, leaves RESULTS.md as it is")  # fmt: skip
     args = parser.parse_args(argv)
+    check_args(parser, args)
     config = QUICK if args.quick else FULL
     if args.num_real is not None:
-        if args.num_real < 7:
-            raise ValueError(f"`--num-real` must be >= 7 (one face per expression), got {args.num_real}.")
         config = replace(config, num_real=args.num_real)
     if args.seeds is not None:
         config = replace(config, seeds=tuple(args.seeds))
@@ -158,6 +157,17 @@ def main(argv: list[str] | None = None) -> dict:
     print_tables(checks)
     print(f"\nwrote {output_dir / 'RESULTS.md'} and {', '.join(plots)} in {results_dir}")
     return results
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Ends the program (exit 2, one line naming the flag) on values the suite cannot use, before anything runs."""
+    if args.num_real is not None and args.num_real < 7:
+        parser.error(f"argument --num-real: must be >= 7 (one face per expression), got {args.num_real}")
+    if args.seeds is not None and (min(args.seeds) < 0 or len(set(args.seeds)) < len(args.seeds)):
+        parser.error(f"argument --seeds: must be distinct ints >= 0, got {args.seeds}")
+    for flag, folder in (("--run-dir", args.run_dir), ("--output-dir", args.output_dir)):
+        if folder is not None and os.path.exists(folder) and not os.path.isdir(folder):
+            parser.error(f"argument {flag}: {folder!r} exists and is not a folder")
 
 
 def run_tables(

@@ -21,6 +21,7 @@ from pathlib import Path
 import gradio as gr
 
 from synfer_diffusers import EXPRESSIONS
+from synfer_diffusers.dataclass_cli import name_flags
 from synfer_diffusers.prompts import DEFAULT_DESCRIPTION
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python demo/app.py` from anywhere, as a Space runs it
@@ -195,7 +196,7 @@ def build_app(demo: SynFERDemo, num_inference_steps: int = 25) -> gr.Blocks:
     return app
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="SynFER demo (Gradio), offline on the embedded default by default.")
     parser.add_argument("--model", default=os.environ.get(MODEL_ENV),
                         help=f"SynFERPipeline folder or Hub repo id (default: ${MODEL_ENV}, else the embedded default)")  # fmt: skip
@@ -204,12 +205,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--steps", type=int, default=25, help="default number of denoising steps")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The flags; a port outside 1-65535 or fewer than 1 step ends the program (exit 2) naming the flag."""
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"argument --port: must be in 1-65535, got {args.port}")
+    if args.steps < 1:
+        parser.error(f"argument --steps: must be >= 1, got {args.steps}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    app = build_app(SynFERDemo.from_model(args.model), num_inference_steps=args.steps)
+    parser = build_parser()
+    args = parse_args(argv, parser)
+    try:
+        demo = SynFERDemo.from_model(args.model)
+    except (ValueError, OSError) as error:  # a folder that is no model, a Hub repo that cannot be read
+        message = name_flags(" ".join(line.strip() for line in str(error).splitlines()), {"model": "--model"})
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+    app = build_app(demo, num_inference_steps=args.steps)
     app.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, share=False, ssr_mode=False, mcp_server=False
     )

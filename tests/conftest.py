@@ -28,7 +28,10 @@ from training_chain import (  # noqa: E402, F401  (the tiny training chain, once
     vae_run,
 )
 
-# OMP_NUM_THREADS, when set, wins: two torch processes with 2 threads each on 2 cores slow each other tenfold.
+# OMP_NUM_THREADS, when set, wins: two torch processes with 2 threads each on 2 cores slow each other tenfold. Under
+# pytest-xdist (`-n 2`) each worker, and every subprocess it starts (they inherit this environment), runs 1 thread.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 

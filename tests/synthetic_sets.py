@@ -11,6 +11,7 @@ the stand-in marks itself `pytestmark = pytest.mark.usefixtures("tiny_stand_in_a
 
 import hashlib
 import os
+from collections.abc import Callable
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,34 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: this process's thread count (oneDNN may sum in another order with
     another count, and pixels then differ) and the tiny stand-in as the default model."""
     return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), **extra}
+
+
+def assert_refused_in_one_line(main: Callable[[list[str]], object], argv: list[str], message: str, capsys) -> None:
+    """`main(argv)` (a command line's `main`) exits with status 2 and one error line holding `message`, without a
+    traceback."""
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert error.value.code == 2, err[-2000:]
+    assert len(error_lines) == 1 and message in error_lines[0], err[-2000:]
+    assert "Traceback" not in err
+
+
+def with_unreadable_images(rows: datasets.Dataset) -> datasets.Dataset:
+    """`rows` whose `image` column holds bytes that are not an image."""
+    images = [{"bytes": b"not an image", "path": None}] * len(rows)
+    return rows.remove_columns("image").add_column("image", images).cast_column("image", datasets.Image())
+
+
+def with_action_units_as_text(rows: datasets.Dataset) -> datasets.Dataset:
+    """`rows` whose `action_units` column holds each row's list written as one string."""
+    return rows.remove_columns("action_units").add_column("action_units", [str(v) for v in rows["action_units"]])
+
+
+def with_action_units_as_lists_of_strings(rows: datasets.Dataset) -> datasets.Dataset:
+    """`rows` whose `action_units` lists hold strings."""
+    return rows.cast_column("action_units", datasets.List(datasets.Value("string")))
 
 
 def folder_snapshot(folder) -> dict[str, str] | None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from synfer_diffusers import EXPRESSIONS
+from synthetic_sets import assert_refused_in_one_line, folder_snapshot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from suite import common, feranno, hard_regime, report, representation  # noqa: E402  (the suite package lives beside its script)
@@ -395,3 +396,27 @@ def test_au_sweep_statistics_and_their_target():
     text = "\n".join(report.render_au_control(result))
     assert "| AU2 | 0.200 | 0.300 | 1.50x | 0.85 | 0.1 / 2.0 | 0.30 | AU1 |" in text
     assert report.au_control_targets(None) == [] and report.render_au_control(None) == []
+
+
+BAD_FLAGS = {
+    "num-real": (["--num-real", "3"], "argument --num-real: must be >= 7"),
+    "negative-seed": (["--seeds", "0", "-1"], "argument --seeds: must be distinct ints >= 0"),
+    "repeated-seed": (["--seeds", "1", "1"], "argument --seeds: must be distinct ints >= 0"),
+    "table": (["--tables", "9"], "argument --tables: invalid choice"),
+    "run-dir-is-a-file": (["--run-dir", "{tmp}/file"], "argument --run-dir: '{tmp}/file' exists and is not a folder"),
+    "output-dir-is-a-file": (["--output-dir", "{tmp}/file"], "argument --output-dir: '{tmp}/file' exists and is not"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FLAGS))
+def test_bad_flags_end_the_suite_in_one_line_naming_the_flag_and_write_nothing(case, tmp_path, monkeypatch, capsys):
+    """run_benchmarks with the tables faked (as above): exit 2, one error line naming the flag, no table run, the
+    folders as they were."""
+    (tmp_path / "run").mkdir()
+    run_benchmarks, calls = _fake_suite(tmp_path / "run", monkeypatch)
+    (tmp_path / "file").write_text("mine")
+    before = folder_snapshot(tmp_path)
+    flags, message = BAD_FLAGS[case]
+    argv = ["--quick", "--run-dir", str(tmp_path / "run"), *(flag.format(tmp=tmp_path) for flag in flags)]
+    assert_refused_in_one_line(run_benchmarks.main, argv, message.format(tmp=tmp_path), capsys)
+    assert calls == [] and folder_snapshot(tmp_path) == before

@@ -13,6 +13,7 @@ from transformers import ResNetConfig, ResNetForImageClassification, ViTImagePro
 from synfer_diffusers import EXPRESSIONS, AUSpace, SynFERPipeline
 from synfer_diffusers.models.feranno import FERAnnoHead
 from synfer_diffusers.tiny import make_tiny_components
+from synthetic_sets import assert_refused_in_one_line, folder_snapshot
 
 gr = pytest.importorskip("gradio", reason="the demo extra (`pip install -e .[demo]`) is not installed")
 
@@ -196,6 +197,28 @@ def test_model_comes_from_the_flag_or_the_environment(monkeypatch, tmp_path):
     assert app.parse_args(["--model", str(tmp_path)]).model == str(tmp_path)
     with pytest.raises(ValueError, match="model_index.json"):
         SynFERDemo.from_model(str(tmp_path))
+
+
+BAD_FLAGS = {
+    "steps": (["--steps", "0"], "argument --steps: must be >= 1"),
+    "port-range": (["--port", "70000"], "argument --port: must be in 1-65535"),
+    "port-type": (["--port", "http"], "argument --port: invalid int value"),
+    "model": (["--model", "{tmp}/not_a_model"], "`--model` '{tmp}/not_a_model' is not a SynFERPipeline folder"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FLAGS))
+def test_bad_flags_end_the_app_in_one_line_naming_the_flag(case, tmp_path, monkeypatch, capsys):
+    """`python demo/app.py` with a bad flag: exit 2, one error line naming the flag, nothing served, the model
+    folder as it was."""
+    monkeypatch.setattr(gr.Blocks, "launch", lambda *a, **k: pytest.fail("the app was served"))
+    (tmp_path / "not_a_model").mkdir()
+    (tmp_path / "not_a_model" / "notes.txt").write_text("mine")
+    before = folder_snapshot(tmp_path)
+    flags, message = BAD_FLAGS[case]
+    argv = [flag.format(tmp=tmp_path) for flag in flags]
+    assert_refused_in_one_line(app.main, argv, message.format(tmp=tmp_path), capsys)
+    assert folder_snapshot(tmp_path) == before
 
 
 def test_space_card_names_the_app_and_the_pinned_gradio():

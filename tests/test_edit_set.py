@@ -14,11 +14,23 @@ import PIL.Image
 import pytest
 
 from synfer_diffusers import EXPRESSIONS, SynFERPipeline
+from synfer_diffusers.cli import main as cli_main
 from synfer_diffusers.data.writer import synthetic_features
 from synfer_diffusers.generate import SyntheticSetConfig, generate_synthetic_dataset
 from synfer_diffusers.pipelines.synfer.editing import DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE
 from synfer_diffusers.tiny import make_tiny_components
-from synthetic_sets import CLI_ARGS, SMALL, _assert_same_dataset, _load, run_cli
+from synthetic_sets import (
+    CLI_ARGS,
+    SMALL,
+    _assert_same_dataset,
+    _load,
+    assert_refused_in_one_line,
+    folder_snapshot,
+    run_cli,
+    with_action_units_as_lists_of_strings,
+    with_action_units_as_text,
+    with_unreadable_images,
+)
 from test_editing import guided_pipeline, make_au_regressor
 
 pytestmark = pytest.mark.usefixtures("tiny_stand_in_as_default")
@@ -130,6 +142,32 @@ def test_edit_set_bad_inputs_are_refused_before_writing(tmp_path, faces, config_
                                     **SMALL, **config_kwargs)  # fmt: skip
         generate_synthetic_dataset(config, tmp_path / "set", show_progress=False)
     assert not (tmp_path / "set").exists()
+
+
+BAD_FACES = {
+    "unreadable-image": (with_unreadable_images, "the image of row 0 cannot be read"),
+    "action-units-as-text": (with_action_units_as_text, "`action_units` must hold a list of numbers per row"),
+    "action-units-as-lists-of-strings": (
+        with_action_units_as_lists_of_strings,
+        "`action_units` must hold a list of numbers per row",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FACES))
+def test_edit_dataset_with_unreadable_images_or_wrong_feature_types_is_refused(case, faces, tmp_path, capsys):
+    """`synfer generate --edit-dataset`: exit 2, one line naming the flag, nothing written, the dataset unchanged."""
+    change, message = BAD_FACES[case]
+    bad = tmp_path / "faces"
+    (bad / "data").mkdir(parents=True)
+    rows = datasets.Dataset.from_parquet(str(faces / "data" / "train-00000-of-00001.parquet"))
+    change(rows).to_parquet(str(bad / "data" / "train-00000-of-00001.parquet"))
+    capsys.readouterr()  # the progress bars of the copy
+    before = folder_snapshot(bad)
+    argv = ["generate", "--output-dir", str(tmp_path / "set"), "--edit-dataset", str(bad), "--expressions",
+            EXPRESSIONS_FLAG, *CLI_ARGS]  # fmt: skip
+    assert_refused_in_one_line(cli_main, argv, f"`--edit-dataset` {str(bad)!r}: {message}", capsys)
+    assert folder_snapshot(bad) == before and not (tmp_path / "set").exists()
 
 
 @pytest.mark.slow

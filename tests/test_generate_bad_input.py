@@ -16,7 +16,7 @@ import pytest
 from synfer_diffusers.cli import USER_ERRORS, main
 from synfer_diffusers.dataclass_cli import field_flag
 from synfer_diffusers.generate import DEFAULT_MODEL_DIR, SyntheticSetConfig, generate_synthetic_dataset
-from synthetic_sets import REFERENCE_ARGS, SMALL, folder_snapshot
+from synthetic_sets import REFERENCE_ARGS, SMALL, assert_refused_in_one_line, folder_snapshot
 
 pytestmark = pytest.mark.usefixtures("tiny_stand_in_as_default")
 
@@ -88,22 +88,12 @@ def _expand(args: list[str], tmp_path: Path, models: Path) -> list[str]:
     return [a.format(tmp=tmp_path, models=models) for a in args]
 
 
-def _assert_refused_in_one_line(argv: list[str], message: str, capsys) -> None:
-    with pytest.raises(SystemExit) as error:
-        main(argv)
-    err = capsys.readouterr().err
-    error_lines = [line for line in err.splitlines() if "error:" in line]
-    assert error.value.code == 2, err[-2000:]
-    assert len(error_lines) == 1 and message in error_lines[0], err[-2000:]
-    assert "Traceback" not in err
-
-
 @pytest.mark.parametrize("case, flags, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_cli_bad_input_leaves_nothing_behind(case, flags, message, tmp_path, broken_models, capsys):
     _prepare_inputs(tmp_path)
     out = tmp_path / "out"
     argv = ["generate", "--output-dir", str(out), *REFERENCE_ARGS, *_expand(flags, tmp_path, broken_models)]
-    _assert_refused_in_one_line(argv, message, capsys)
+    assert_refused_in_one_line(main, argv, message, capsys)
     assert not out.exists()
 
 
@@ -135,7 +125,7 @@ def test_cli_refuses_a_folder_it_cannot_use_and_leaves_it_unchanged(case, refere
     out = tmp_path / "out"
     setup(reference, out)
     before = folder_snapshot(out)
-    _assert_refused_in_one_line(["generate", "--output-dir", str(out), *REFERENCE_ARGS, *flags], message, capsys)
+    assert_refused_in_one_line(main, ["generate", "--output-dir", str(out), *REFERENCE_ARGS, *flags], message, capsys)
     assert folder_snapshot(out) == before
 
 

@@ -8,10 +8,12 @@ JSON line of observations for the assertions below. Checks that need no network 
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import fork_server
 from hub_server import arm_fault, client_env
@@ -29,7 +31,7 @@ GENERATE_ARGS = ["--num-samples", "4", "--shard-size", "2", "--batch-size", "2",
 def client_run(hub, tmp_path_factory):
     """Runs the client scenarios once against the server; returns their observations."""
     workdir = tmp_path_factory.mktemp("hub_client")
-    env = client_env(hub, str(workdir / "hf_home"), threads=2)
+    env = client_env(hub, str(workdir / "hf_home"), threads=torch.get_num_threads())
     hub.fail("commit", times=1)  # the first dataset commit fails: the push must retry
     result = fork_server.run([sys.executable, __file__, str(workdir)], env=env, capture_output=True, text=True,
                              timeout=300, preload=fork_server.BASE)  # fmt: skip
@@ -106,7 +108,6 @@ def test_bad_repo_id_and_missing_token_fail_before_any_work(tmp_path, monkeypatc
 def _client(workdir: Path) -> dict:
     import datasets
     import numpy as np
-    import torch
 
     from synfer_diffusers import SynFERPipeline
     from synfer_diffusers.cli import main
@@ -114,7 +115,7 @@ def _client(workdir: Path) -> dict:
     from synfer_diffusers.generate import resolve_pipeline
     from synfer_diffusers.tiny import make_tiny_components
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     observations = {}
     folder = workdir / "synthetic"
     assert main(["generate", "--output-dir", str(folder), "--push-to-hub", DATASET_REPO, *GENERATE_ARGS]) == 0

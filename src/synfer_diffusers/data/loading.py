@@ -27,6 +27,7 @@ __all__ = [
     "expression_label_ids",
     "first_row",
     "is_local_path",
+    "is_number_list",
     "load_action_units",
     "load_images",
     "load_training_dataset",
@@ -145,8 +146,10 @@ def validate_action_units_column(dataset: AnyDataset, column: str, au_space: AUS
     """Checks that `column` is a list of AU values whose length matches `au_space`: the declared fixed length, or
     else the first row's. Every row's values are checked when its batch is read ([`ExampleTransform`])."""
     feature = dataset.features[column] if dataset.features is not None else None
-    if feature is not None and not isinstance(feature, (datasets.List, datasets.Sequence, datasets.LargeList)):
-        raise ValueError(f"Column {column!r} must hold a list of {au_space.num_aus} AU values per row, got {feature}.")
+    if feature is not None and not is_number_list(feature):
+        raise ValueError(
+            f"Column {column!r} must hold a list of {au_space.num_aus} AU values (numbers) per row, got {feature}."
+        )
     length = getattr(feature, "length", -1)
     if length in (-1, None):
         length = len(first_row(dataset, [column])[column])
@@ -155,6 +158,15 @@ def validate_action_units_column(dataset: AnyDataset, column: str, au_space: AUS
             f"Column {column!r} holds {length} AU values per row but the AU space has {au_space.num_aus} "
             f"({', '.join(au_space.names)}); choose the matching `--au_space`."
         )
+
+
+def is_number_list(feature: datasets.features.FeatureType) -> bool:
+    """Whether `feature` is a list of numbers (ints or floats, not strings or booleans)."""
+    return (
+        isinstance(feature, (datasets.List, datasets.Sequence, datasets.LargeList))
+        and isinstance(feature.feature, datasets.Value)
+        and feature.feature.dtype.startswith(("float", "int", "uint"))
+    )
 
 
 def load_action_units(dataset: datasets.Dataset, column: str, au_space: AUSpace) -> torch.Tensor:
@@ -229,9 +241,15 @@ def load_images(
 
 
 def validate_image_column(dataset: AnyDataset, column: str) -> None:
+    """Checks that `column` is an `Image` feature whose first image decodes (each other row's is decoded when its
+    batch is read)."""
     feature = dataset.features[column] if dataset.features is not None else datasets.Image()
     if not isinstance(feature, datasets.Image):
         raise ValueError(f"Column {column!r} must be an `Image` feature, got {feature}.")
+    try:
+        first_row(dataset, [column])
+    except OSError as error:  # PIL's UnidentifiedImageError, a truncated file
+        raise ValueError(f"Column {column!r}: the first image cannot be read: {error}") from error
 
 
 def pixel_tensor(

@@ -18,6 +18,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..data.loading import is_number_list
 from ..pipelines.synfer.conditions import plan_image_condition
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from .config import SyntheticSetConfig
@@ -53,10 +54,14 @@ class EditSource:
             raise ValueError(f"`edit_dataset` {path!r} needs an `image` column with rows; has {dataset.features}.")
         stored = dataset.cast_column("image", datasets.Image(decode=False))["image"]
         files = [item["bytes"] if item["bytes"] is not None else _read(item["path"]) for item in stored]
-        height, width = size
-        images = [_resized(PIL.Image.open(io.BytesIO(data)).convert("RGB"), width, height) for data in files]
+        images = [_decoded(data, size, path, row) for row, data in enumerate(files)]
         captions = list(dataset["text"]) if "text" in dataset.column_names else [None] * len(images)
         if "action_units" in dataset.column_names:
+            if not is_number_list(dataset.features["action_units"]):
+                raise ValueError(
+                    f"`edit_dataset` {path!r}: `action_units` must hold a list of numbers per row, got "
+                    f"{dataset.features['action_units']}."
+                )
             action_units = np.asarray(dataset["action_units"], dtype=np.float32).reshape(len(images), -1)
             if action_units.shape[1] != pipe.au_space.num_aus:
                 raise ValueError(
@@ -144,7 +149,14 @@ def edit_inputs(
     return with_pipeline_kwargs(inputs, pipeline_kwargs)
 
 
-def _resized(image: PIL.Image.Image, width: int, height: int) -> PIL.Image.Image:
+def _decoded(data: bytes, size: tuple[int, int], path: str, row: int) -> PIL.Image.Image:
+    """Row `row`'s stored image as RGB at `size` (height, width); a `ValueError` naming `edit_dataset` and the row
+    if its bytes are not an image."""
+    try:
+        image = PIL.Image.open(io.BytesIO(data)).convert("RGB")
+    except OSError as error:  # PIL's UnidentifiedImageError, a truncated file
+        raise ValueError(f"`edit_dataset` {path!r}: the image of row {row} cannot be read: {error}") from error
+    height, width = size
     return image if image.size == (width, height) else image.resize((width, height), PIL.Image.BICUBIC)
 
 

@@ -30,6 +30,7 @@ target expression by the model's guide (plain, layout and edits), `--au-scales` 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -74,6 +75,8 @@ class Method:
     inversion: str = "source"  # edits: the condition the source is inverted under
     semantic_guidance_scale: float = 0.0  # toward the target expression (the pipeline's guide)
     au_scale: float = 1.0  # edits: weight of the AU cross-attention branch
+    au_guidance_scale: float | None = None  # edits: the AU condition's own guidance scale (None: with the text)
+    mutual_self_attention: tuple[float, float, int] | None = None  # edits: (window start, end, first layer)
 
 
 @dataclass
@@ -113,10 +116,13 @@ def methods(
     inversions: list[str],
     semantic_guidance_scales: list[float] = (0.0,),
     au_scales: list[float] = (1.0,),
+    au_guidance_scales: list[float | None] = (None,),
+    mutual_self_attention: list[tuple[float, float, int] | None] = (None,),
 ) -> list[Method]:
     """Plain generation and the layout baseline at each CFG x semantic-guidance scale, and edits at each strength x
-    CFG x inversion x semantic-guidance scale x AU scale; settings at their defaults (no guidance, AU scale 1, source
-    inversion) leave the row's name as it was before they existed, so cached rows stay valid."""
+    CFG x inversion x semantic-guidance scale x AU scale x AU guidance x mutual self-attention; settings at their
+    defaults (no guidance, AU scale 1, source inversion, no AU guidance or mutual self-attention) leave the row's name
+    as it was before they existed, so cached rows stay valid."""
     rows = []
     for sg in semantic_guidance_scales:
         sg_name = f", sg {sg:g}" if sg else ""
@@ -127,11 +133,27 @@ def methods(
     for inversion in inversions:
         suffix = "" if inversion == "source" else f", {inversion} inversion"
         for sg in semantic_guidance_scales:
-            for au in au_scales:
+            for au, au_g, msa in itertools.product(au_scales, au_guidance_scales, mutual_self_attention):
                 extra = (f", sg {sg:g}" if sg else "") + (f", au_scale {au:g}" if au != 1 else "")
-                rows += [Method(f"edit, strength {s:g}, cfg {g:g}{suffix}{extra}", "edit", g, s, inversion, sg, au)
-                         for s in strengths for g in guidance_scales]  # fmt: skip
+                extra += (f", au guidance {au_g:g}" if au_g is not None else "") + (
+                    f", mutual self-attention {msa[0]:g}-{msa[1]:g} from layer {msa[2]}" if msa else "")  # fmt: skip
+                rows += [Method(f"edit, strength {s:g}, cfg {g:g}{suffix}{extra}", "edit", g, s, inversion, sg, au,
+                                au_g, msa) for s in strengths for g in guidance_scales]  # fmt: skip
     return rows
+
+
+def optional_float(text: str) -> float | None:
+    """`--au-guidance-scales` values: a number, or `none` (the AU condition guided with the text)."""
+    return None if text == "none" else float(text)
+
+
+def mutual_self_attention_setting(text: str) -> tuple[float, float, int] | None:
+    """`--mutual-self-attention` values: `START:END:LAYER` (the window of shared steps and the first shared layer of
+    `SynFERPipeline.edit`'s mutual self-attention), or `off`."""
+    if text == "off":
+        return None
+    start, end, layer = text.split(":")
+    return float(start), float(end), int(layer)
 
 
 def run_method(pipe: SynFERPipeline, tasks: EditTasks, method: Method, steps: int, batch_size: int) -> torch.Tensor:
@@ -151,13 +173,22 @@ def run_method(pipe: SynFERPipeline, tasks: EditTasks, method: Method, steps: in
             out = pipe.edit(
                 [tasks.sources[f] for f in faces], target_expression=expressions, target_action_units=target_aus,
                 source_action_units=tasks.source_aus[faces], edit_strength=method.strength,
-                inversion_condition=method.inversion, au_scale=method.au_scale, **common,
+                inversion_condition=method.inversion, au_scale=method.au_scale,
+                au_guidance_scale=method.au_guidance_scale, **mutual_self_attention_kwargs(method), **common,
             )  # fmt: skip
         else:
             layout = {"layout_image": [tasks.sources[f] for f in faces]} if method.kind == "layout" else {}
             out = pipe(expression=expressions, action_units=target_aus, **layout, **common)
         outputs.append(out.images.float().clamp(0, 1))
     return torch.cat(outputs)
+
+
+def mutual_self_attention_kwargs(method: Method) -> dict:
+    """The `SynFERPipeline.edit` arguments of the method's mutual self-attention (none when it is off)."""
+    if method.mutual_self_attention is None:
+        return {}
+    start, end, layer = method.mutual_self_attention
+    return {"mutual_self_attention_window": (start, end), "mutual_self_attention_start_layer": layer}
 
 
 @dataclass
@@ -231,6 +262,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--semantic-guidance-scales", type=float, nargs="+", default=[0.0],
                         help="semantic guidance toward the target (the model's guide) of every row but the references")  # fmt: skip
     parser.add_argument("--au-scales", type=float, nargs="+", default=[1.0], help="AU-branch weights of the edits")
+    parser.add_argument("--au-guidance-scales", type=optional_float, nargs="+", default=[None],
+                        help="AU guidance scales of the edits ('none': the AU condition guided with the text)")  # fmt: skip
+    parser.add_argument("--mutual-self-attention", type=mutual_self_attention_setting, nargs="+", default=[None],
+                        help="mutual self-attention of the edits: START:END:LAYER (shared steps, first shared layer) "
+                        "or 'off'")  # fmt: skip
     parser.add_argument("--rows", nargs="+", default=["plain", "layout", "edit"], choices=["plain", "layout", "edit"],
                         help="which kinds of rows to run (the references always)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=49)
@@ -254,7 +290,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         judges.score("ground-truth render (reference)", tasks.truths, tasks, 0.0),
         judges.score("another face (reference)", sources.roll(-NUM_EXPRESSIONS, 0), tasks, 0.0),
     ]
-    grid = methods(args.strengths, args.guidance_scales, args.inversions, args.semantic_guidance_scales, args.au_scales)
+    grid = methods(args.strengths, args.guidance_scales, args.inversions, args.semantic_guidance_scales, args.au_scales,
+                   args.au_guidance_scales, args.mutual_self_attention)  # fmt: skip
     for method in (m for m in grid if m.kind in args.rows):
         cache = Path(args.cache_dir) / f"{re.sub(r'[^A-Za-z0-9.]+', '_', method.name)}.json" if args.cache_dir else None
         if cache is not None and cache.exists():

@@ -77,6 +77,14 @@ CLI_CASES = [
     ("batch-size", ["--batch-size", "0"], "`--batch-size` must be an int >= 1"),
     ("repo-id", ["--push-to-hub", "not a repo"], "`--push-to-hub`"),
     ("resume-and-overwrite", ["--resume", "--overwrite"], "`--resume` and `--overwrite` exclude each other"),
+    ("persons-zero", ["--persons", "0"], "`--persons` must be an int >= 1 or None, got 0"),
+    ("persons-not-a-number", ["--persons", "many"], "--persons"),
+    ("persons-and-edit-dataset", ["--persons", "2", "--edit-dataset", "{tmp}/faces"],
+     "`--persons` and `--edit-dataset` exclude each other"),
+    ("persons-unused-option", ["--persons", "2", "--layout-dataset", "{tmp}/faces"],
+     "`--persons`: an edit set does not use ['layout_dataset']"),
+    ("persons-too-few", ["--persons", "1", "--expressions", "happy=1"],
+     "`--num-samples` 6 exceeds the edit set's 1 faces x 1 expressions = 1"),
 ]
 
 

@@ -23,7 +23,8 @@ class SyntheticRow:
     discard rule drops the image), `votes` (each voter's `{"voter": name, "probs": 7 probabilities}`), `seed` (the
     image's seed) and `sample_id` (its index in the plan); in an edit set (a plan with `edit_source`) also
     `source_id` (the source face's row in the edit dataset) and `source_image_sha256` (the sha256 of its stored image
-    file), `None` elsewhere and not written.
+    file), in a persons set (a plan with `persons`) `person_id` and `source_image_sha256` (of the person's generated
+    neutral face, PNG), `None` elsewhere and not written.
     """
 
     image: PIL.Image.Image
@@ -38,15 +39,17 @@ class SyntheticRow:
     seed: int
     sample_id: int
     source_id: int | None = None
+    person_id: int | None = None
     source_image_sha256: str | None = None
 
     def to_example(self) -> dict[str, Any]:
         return {item.name: getattr(self, item.name) for item in fields(self)}
 
 
-def synthetic_features(num_aus: int, edit: bool = False) -> datasets.Features:
+def synthetic_features(num_aus: int, edit: bool = False, persons: bool = False) -> datasets.Features:
     """Features of a synthetic SynFER set whose AU vectors have `num_aus` entries: the columns of
-    [`SyntheticRow`], the source columns (`source_id`, `source_image_sha256`) only for an `edit` set."""
+    [`SyntheticRow`], the source columns (`source_id`, `source_image_sha256`) only for an `edit` set, or (`person_id`,
+    `source_image_sha256`) for an edit set of synthetic `persons`."""
     classes = datasets.ClassLabel(names=list(EXPRESSIONS))
     probabilities = datasets.List(datasets.Value("float32"), length=len(EXPRESSIONS))
     features = {
@@ -63,5 +66,6 @@ def synthetic_features(num_aus: int, edit: bool = False) -> datasets.Features:
         "sample_id": datasets.Value("int64"),
     }
     if edit:
-        features.update({"source_id": datasets.Value("int64"), "source_image_sha256": datasets.Value("string")})
+        source_column = "person_id" if persons else "source_id"
+        features.update({source_column: datasets.Value("int64"), "source_image_sha256": datasets.Value("string")})
     return datasets.Features(features)

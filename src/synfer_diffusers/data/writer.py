@@ -135,7 +135,8 @@ class SyntheticSetWriter:
     def __init__(self, output_dir: str | os.PathLike, plan: Mapping[str, Any]):
         self.output_dir = Path(output_dir)
         self.plan = canonical_plan(plan)
-        self.features = synthetic_features(len(self.plan["au_space"]["names"]), edit="edit_source" in self.plan)
+        self.features = synthetic_features(len(self.plan["au_space"]["names"]), edit="edit_source" in self.plan,
+                                           persons=self.plan.get("persons") is not None)  # fmt: skip
         self.fingerprint = plan_fingerprint(self.plan)
         self.shards = shard_specs(int(self.plan["num_samples"]), int(self.plan["shard_size"]))
         self.schema = self.features.arrow_schema

@@ -27,6 +27,9 @@ pipeline's inputs, the folder's state), and the folder is locked for the run ([`
 
 An **edit set** (`edit_dataset`, `edit_set`) plans sample `i` as source face `i // E` edited into expression `i % E`
 ([`plan_edit_sample`]) and makes it with `SynFERPipeline.edit`; its rows carry `source_id` and `source_image_sha256`.
+A **persons set** (`persons`, `persons`) is an edit set of K new faces: person `p`'s description, neutral AUs and
+neutral face come from its own seed ([`person_seed`]), generated on first use in each process
+([`SyntheticPersons`]); its rows carry `person_id` and `source_image_sha256`.
 
 Several processes (`accelerate launch`, `torchrun`) split the shards round-robin: process `p` of `K` writes shards
 `p, p + K, ...`; the main process writes the card once all are done. The result equals a one-process run.
@@ -50,6 +53,7 @@ _import_structure = {
         "DEFAULT_MODEL_DIR", "DEFAULT_MODEL_ENV", "TINY_MODEL_NAME", "configure_pipeline", "default_model_dir",
         "pipeline_fingerprint", "resolve_pipeline",
     ],
+    "persons": ["SyntheticPersons", "person_seed"],
     "plan": [
         "AUSource", "LayoutSource", "PlannedSample", "build_plan", "pipeline_inputs", "plan_sample", "sample_seed",
     ],

@@ -165,7 +165,8 @@ def sample_rows(
             votes=labels.votes[i],
             seed=sample.seed,
             sample_id=sample.sample_id,
-            source_id=sample.source.source_id if sample.source is not None else None,
+            source_id=sample.source.source_id if sample.source is not None and not sample.source.is_person else None,
+            person_id=sample.source.source_id if sample.source is not None and sample.source.is_person else None,
             source_image_sha256=sample.source.image_sha256 if sample.source is not None else None,
         )
         for i, sample in enumerate(samples)

@@ -59,7 +59,7 @@ def card_fields(
         "source_datasets": ["original"]
         + [f"extended|{d}" for d in split_hub_ids([plan[k] for k in SOURCE_DATASET_FIELDS if plan[k]])[0]],
         "model_license": license_label(model_card),
-        "source_note": plan["edit_dataset"] and f"the faces of an edit set are edits of `{plan['edit_dataset']}`'s images",
+        "source_note": _source_note(plan),
         "repo_id": repo_id,
         "num_samples": plan["num_samples"],
         "master_seed": plan["seed"],
@@ -78,6 +78,7 @@ def card_fields(
         "label_summary": label_summary.describe() if label_summary is not None else None,
         "drop_discarded": plan["drop_discarded"],
         "edit_dataset": plan["edit_dataset"],
+        "persons": plan.get("persons"),
         "people_table": people_table(plan),
         "noise_warning": "made with tiny random weights (no embedded default checkpoint yet): the images are noise."
         if tiny else None,
@@ -88,7 +89,7 @@ def people_table(plan: Mapping[str, Any]) -> str | None:
     """Who the plan asks for, as a markdown table: samples per coarse description (the person a prompt describes:
     age, gender, hair, accessories, as the descriptions word them) and target expression, redrawn from each sample's
     seed as the plan draws them; None for an edit set, whose people are its source faces."""
-    if plan["edit_dataset"]:
+    if plan["edit_dataset"] or plan.get("persons"):
         return None
     probabilities = expression_probabilities(plan["expression_distribution"])
     descriptions = plan["descriptions"] or DEFAULT_DESCRIPTIONS
@@ -142,6 +143,27 @@ def _sampling_summary(plan: Mapping[str, Any]) -> str:
             f"edits of the faces of `{plan['edit_dataset']}` (`SynFERPipeline.edit`, DDIM inversion under each "
             f"face's own condition, strength {plan['edit_strength']})"
         )
+    if plan.get("persons"):
+        parts.append(
+            f"edits of {plan['persons']} synthetic persons' neutral faces (`SynFERPipeline.edit`, strength "
+            f"{plan['edit_strength']})"
+        )
     if plan["drop_discarded"]:
         parts.append("rows the discard rule marks are left out")
     return ", ".join(parts)
+
+
+def _source_note(plan: Mapping[str, Any]) -> str | None:
+    """Where the faces of an edit set come from, and how a person's identity is kept across its expressions."""
+    if plan["edit_dataset"]:
+        return f"the faces of an edit set are edits of `{plan['edit_dataset']}`'s images"
+    if plan.get("persons"):
+        return (
+            f"each of the {plan['persons']} synthetic persons is a neutral face generated from its own seed and "
+            "description, then edited into each expression: the face is DDIM-inverted under its own condition (its "
+            "description and neutral AUs) and denoised under the target's, so that what the condition does not "
+            "change (the person, the background) comes back from the inverted noise; `person_id` groups a person's "
+            "rows (on FaceWorld, such edits keep about 65% of the identity attributes an identity classifier reads "
+            "off the source, `benchmarks/RESULTS.md` table 4)"
+        )
+    return None

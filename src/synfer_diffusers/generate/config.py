@@ -333,6 +333,12 @@ class SyntheticSetConfig:
         default=DEFAULT_EDIT_STRENGTH,
         metadata={"help": "Edit sets: the share of the schedule inverted and re-denoised, in (0, 1]."},
     )
+    persons: int | None = field(
+        default=None,
+        metadata={"help": "Synthetic persons: this many new identities, each a neutral face generated from its own "
+                          "seed, then edited into every expression of non-zero probability like an edit set; rows "
+                          "carry `person_id`."},
+    )  # fmt: skip
     drop_discarded: bool = field(
         default=False,
         metadata={"help": "Leave rows the discard rule marks keep=False out of the dataset (default: keep them, "
@@ -340,16 +346,16 @@ class SyntheticSetConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.num_samples is None and self.edit_dataset is None:
+        if self.num_samples is None and not self.is_edit_set:
             self.num_samples = DEFAULT_NUM_SAMPLES
         if self.guidance_scale is None:
-            self.guidance_scale = DEFAULT_GUIDANCE_SCALE if self.edit_dataset is None else DEFAULT_EDIT_GUIDANCE_SCALE
-        if self.semantic_guidance_scale is None and self.edit_dataset is None:
+            self.guidance_scale = DEFAULT_EDIT_GUIDANCE_SCALE if self.is_edit_set else DEFAULT_GUIDANCE_SCALE
+        if self.semantic_guidance_scale is None and not self.is_edit_set:
             self.semantic_guidance_scale = 0.0  # an edit set's follows the model's guide (run.py)
         for name in ("drop_discarded", "compile", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
-        check_int("num_samples", self.num_samples, 1, optional=self.edit_dataset is not None)  # None: every face
+        check_int("num_samples", self.num_samples, 1, optional=self.is_edit_set)  # None: every face
         for name, minimum in (("seed", 0), ("num_inference_steps", 1), ("shard_size", 1)):
             check_int(name, getattr(self, name), minimum)
         for name in ("height", "width"):
@@ -385,23 +391,32 @@ class SyntheticSetConfig:
         self._check_voting()
         self._check_edit()
 
+    @property
+    def is_edit_set(self) -> bool:
+        """Whether the set is made by `SynFERPipeline.edit`: of an `edit_dataset`'s faces or of synthetic `persons`."""
+        return self.edit_dataset is not None or self.persons is not None
+
     def _check_edit(self) -> None:
         check_number("edit_strength", self.edit_strength, 0, 1, open_minimum=True)
-        if self.edit_dataset is None:
+        check_int("persons", self.persons, 1, optional=True)
+        if not self.is_edit_set:
             return
-        if not isinstance(self.edit_dataset, str) or not self.edit_dataset:
+        if self.edit_dataset is not None and self.persons is not None:
+            raise ValueError("`persons` and `edit_dataset` exclude each other: persons are new faces, edited.")
+        if self.edit_dataset is not None and (not isinstance(self.edit_dataset, str) or not self.edit_dataset):
             raise ValueError(f"`edit_dataset` must be a folder or Hub id, got {self.edit_dataset!r}.")
+        field_name = "edit_dataset" if self.edit_dataset is not None else "persons"
         unused = {
             "layout_dataset": self.layout_dataset is not None, "au_policy": self.au_policy != "prototype",
             "semantic_guidance_window": tuple(self.semantic_guidance_window) != DEFAULT_SG_WINDOW,
             "semantic_guidance_interval": self.semantic_guidance_interval != DEFAULT_SG_INTERVAL,
             "semantic_guidance_normalization": self.semantic_guidance_normalization != "global",
             "negative_prompt": self.negative_prompt is not None,
-            "eta": self.eta > 0, "descriptions": self.descriptions is not None,
+            "eta": self.eta > 0, "descriptions": self.descriptions is not None and self.persons is None,
         }  # fmt: skip
         given = [name for name, is_set in unused.items() if is_set]
         if given:
-            raise ValueError(f"`edit_dataset`: an edit set does not use {given}; leave them at their defaults.")
+            raise ValueError(f"`{field_name}`: an edit set does not use {given}; leave them at their defaults.")
 
     def edit_expressions(self) -> list[str]:
         """The expressions each face of an edit set is edited into: those of non-zero probability, in EXPRESSIONS

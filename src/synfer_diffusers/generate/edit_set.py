@@ -12,7 +12,7 @@ import hashlib
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import PIL.Image
@@ -23,6 +23,9 @@ from ..pipelines.synfer.conditions import plan_image_condition
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from .config import SyntheticSetConfig
 from .plan import PlannedSample, SourceFace, sample_seed, with_pipeline_kwargs
+
+if TYPE_CHECKING:
+    from .persons import SyntheticPersons
 
 ESTIMATE_BATCH_SIZE = 64
 """Source faces per AU-estimator call."""
@@ -39,6 +42,7 @@ class EditSource:
     action_units: np.ndarray  # (num_faces, num_aus) float32
     image_sha256: list[str]
     fingerprint: str
+    is_person: ClassVar[bool] = False
 
     @classmethod
     def from_dataset(cls, path: str, size: tuple[int, int], pipe: SynFERPipeline, split: str = "train") -> EditSource:
@@ -94,7 +98,7 @@ def estimate_action_units(pipe: SynFERPipeline, images: Sequence[PIL.Image.Image
 
 
 def plan_edit_sample(
-    config: SyntheticSetConfig, sample_id: int, pipe: SynFERPipeline, source: EditSource
+    config: SyntheticSetConfig, sample_id: int, pipe: SynFERPipeline, source: EditSource | SyntheticPersons
 ) -> PlannedSample:
     """Sample `sample_id` of an edit set ([`PlannedSample`] with its `source`): face `sample_id // E` and target
     expression `sample_id % E`; the target AUs are the expression's prototype with jitter from a generator seeded by
@@ -116,7 +120,8 @@ def plan_edit_sample(
     )
     return PlannedSample(
         sample_id, seed, expression, caption or "", prompt, action_units.numpy().astype(np.float32),
-        source=SourceFace(face, source.image_sha256[face], source.images[face], source.action_units[face], source_prompt),
+        source=SourceFace(face, source.image_sha256[face], source.images[face], source.action_units[face], source_prompt,
+                          source.is_person),
     )  # fmt: skip
 
 

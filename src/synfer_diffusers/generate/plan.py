@@ -115,14 +115,16 @@ class LayoutSource:
 
 @dataclass(frozen=True)
 class SourceFace:
-    """The source of an edited sample: its row in the edit dataset, the sha256 of its stored image file, the image
-    (at the generation size), its AUs and the prompt it is inverted under."""
+    """The source of an edited sample: its row in the edit dataset (or, with `is_person`, the synthetic person's id),
+    the sha256 of its stored image file (PNG of a person's generated face), the image (at the generation size), its
+    AUs and the prompt it is inverted under."""
 
     source_id: int
     image_sha256: str
     image: PIL.Image.Image
     action_units: np.ndarray  # (num_aus,) float32
     prompt: str
+    is_person: bool = False
 
 
 @dataclass(frozen=True)

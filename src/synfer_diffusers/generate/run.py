@@ -24,6 +24,7 @@ from .edit_set import EditSource, edit_inputs, plan_edit_sample
 from .labelers import Labeler, SampleLabels, changed_voting_options, default_labeler
 from .lock import OutputLock
 from .model import checkpoint_voters, configure_pipeline, resolve_pipeline
+from .persons import SyntheticPersons
 from .plan import AUSource, LayoutSource, PlannedSample, build_plan, pipeline_inputs, plan_sample
 from .relabel import finish_rewrite, read_journal, rewrite_labels
 
@@ -52,7 +53,7 @@ class _Run:
     pipe: SynFERPipeline
     au_source: AUSource | None
     layout_source: LayoutSource | None
-    edit_source: EditSource | None
+    edit_source: EditSource | SyntheticPersons | None
     labeler: Labeler
     writer: SyntheticSetWriter
 
@@ -230,8 +231,9 @@ def _checked_run(
         au_source.check_covers(config.expression_probabilities())
     layout_source = LayoutSource.from_dataset(config.layout_dataset, size) if config.layout_dataset else None
     edit_source, edit_plan = None, None
-    if config.edit_dataset is not None:
-        edit_source = EditSource.from_dataset(config.edit_dataset, size, pipe)
+    if config.is_edit_set:
+        edit_source = (EditSource.from_dataset(config.edit_dataset, size, pipe) if config.edit_dataset is not None
+                       else SyntheticPersons(config, pipe))  # fmt: skip
         config = _edit_set_config(config, len(edit_source), pipe)
         edit_plan = {"name": edit_source.name, "fingerprint": edit_source.fingerprint, "num_faces": len(edit_source)}
     shipped = checkpoint_voters(model) if pipeline is None else []

@@ -17,6 +17,7 @@ estimator (an AU regressor, [`~synfer_diffusers.annotators.AUEstimator`]).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,6 +41,7 @@ from .conditions import (
     plan_image_condition,
 )
 from .inversion import LayoutImageInput
+from .mutual_attention import MutualSelfAttention, check_mutual_self_attention_inputs
 from .options import (
     DEFAULT_EDIT_GUIDANCE_SCALE,
     DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE,
@@ -48,6 +50,7 @@ from .options import (
     DEFAULT_SG_WINDOW,
 )
 from .pipeline_output import SynFEREditOutput
+from .prediction import inversion_levels
 
 INVERSION_CONDITIONS = ("source", "null")
 """What [`EditingMixin.edit`] inverts the source under: its own condition (caption + its AUs) or the null condition
@@ -92,7 +95,7 @@ class EditingMixin:
             a["edit_strength"], a["num_inference_steps"], a["guidance_scale"], a["au_scale"], height, width,
             a["output_type"], a["inversion_condition"], a["semantic_guidance_scale"], a["guidance_label_mapping"],
             a["label_with_feranno"], a["feranno_label_mapping"], a["callback_on_step_end_tensor_inputs"] or ["latents"],
-            a["au_guidance_scale"],
+            a["au_guidance_scale"], a["mutual_self_attention_window"], a["mutual_self_attention_start_layer"],
         )  # fmt: skip
         self.resolve_edit_batch(
             a["image"], a["target_expression"], a["target_action_units"], a["target_action_unit_delta"],
@@ -120,6 +123,8 @@ class EditingMixin:
         feranno_label_mapping: Mapping[str, str | None] | None,
         callback_on_step_end_tensor_inputs: list[str],
         au_guidance_scale: float | None = None,
+        mutual_self_attention_window: tuple[float, float] | None = None,
+        mutual_self_attention_start_layer: int = 0,
     ) -> None:
         """Raises a concise error naming the first invalid argument of [`edit`]: those of every sampling call
         ([`~checks.check_sampling_inputs`], shared with [`~SynFERPipeline.__call__`]), then editing's own (batch
@@ -151,6 +156,7 @@ class EditingMixin:
             raise ValueError(
                 f"`inversion_condition` must be one of {INVERSION_CONDITIONS}, got {inversion_condition!r}."
             )
+        check_mutual_self_attention_inputs(self.unet, mutual_self_attention_window, mutual_self_attention_start_layer)
         if source_action_units is None:
             self.source_au_estimator()  # raises when there is none
 
@@ -280,6 +286,8 @@ class EditingMixin:
         au_scale: float = 1.0,
         semantic_guidance_scale: float | None = None,
         guidance_label_mapping: Mapping[str, str | None] | None = None,
+        mutual_self_attention_window: tuple[float, float] | None = None,
+        mutual_self_attention_start_layer: int = 0,
         height: int | None = None,
         width: int | None = None,
         prototype_intensity: float | None = None,
@@ -337,6 +345,12 @@ class EditingMixin:
                 (`DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE`) where the pipeline has a guide, else 0.
             guidance_label_mapping (`dict`, *optional*): renames the guide's labels onto `EXPRESSIONS`, as in
                 [`~SynFERPipeline.__call__`].
+            mutual_self_attention_window (`tuple[float, float]`, *optional*): mutual self-attention (MasaCtrl,
+                `mutual_attention.py`) in this share of the target denoising steps (`(0, 0.5)`: the first half): the
+                edit's self-attention queries attend to the source's keys and values from its reconstruction pass
+                (one more UNet pass per shared step). `None` (default): off.
+            mutual_self_attention_start_layer (`int`, defaults to 0): the first shared self-attention layer, in forward
+                order (encoder, middle, decoder: `self_attention_layers(pipe.unet)`).
             height, width (`int`, *optional*): the image size; default from the UNet.
             prototype_intensity (`float`, *optional*), au_jitter (`float`, defaults to 0.5): the target expression's
                 prototype AUs, as in [`~SynFERPipeline.__call__`].
@@ -375,7 +389,8 @@ class EditingMixin:
             target_expression, target_action_units, target_action_unit_delta, source_action_units, edit_strength,
             num_inference_steps, guidance_scale, au_scale, height, width, output_type, inversion_condition,
             semantic_guidance_scale, guidance_label_mapping, label_with_feranno, feranno_label_mapping,
-            callback_on_step_end_tensor_inputs, au_guidance_scale,
+            callback_on_step_end_tensor_inputs, au_guidance_scale, mutual_self_attention_window,
+            mutual_self_attention_start_layer,
         )  # fmt: skip
         batch = self.resolve_edit_batch(
             image, target_expression, target_action_units, target_action_unit_delta, source_action_units,
@@ -410,9 +425,18 @@ class EditingMixin:
 
         # 6. Invert the sources under their own condition, from where the scheduler's last step ends
         end_level = float(getattr(self.scheduler, "final_alpha_cumprod", 1.0))
+        trajectory = [] if mutual_self_attention_window is not None else None
         latents = self.invert_images(
-            batch.images.to(device), timesteps, source_text, source_au, au_scale, start_alpha_cumprod=end_level
+            batch.images.to(device), timesteps, source_text, source_au, au_scale, end_level, trajectory
         )
+        mutual_self_attention = None
+        if trajectory is not None:
+            source_condition = {"encoder_hidden_states": source_text, "au_embeds": source_au, "au_scale": au_scale,
+                                "cross_attention_kwargs": self.cross_attention_kwargs}  # fmt: skip
+            mutual_self_attention = MutualSelfAttention(
+                self.unet, torch.stack(trajectory), inversion_levels(self.scheduler, timesteps)[0], source_condition,
+                mutual_self_attention_window, mutual_self_attention_start_layer, self.scheduler.order,
+            )  # fmt: skip
 
         # 7. Denoise under the target condition, with semantic guidance toward the target expressions
         guided = any(e is not None for e in batch.target_expressions)
@@ -421,11 +445,12 @@ class EditingMixin:
             self.edit_semantic_guidance_scale(semantic_guidance_scale) if guided else 0.0, DEFAULT_SG_WINDOW, "global",
             DEFAULT_SG_INTERVAL, "guide_size", latents.shape[-2:], len(timesteps), device,
         )  # fmt: skip
-        latents = self.denoise(
-            latents, timesteps, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale,
-            self.prepare_extra_step_kwargs(generator, 0.0), guidance, callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-        )  # fmt: skip
+        with mutual_self_attention.attached() if mutual_self_attention else contextlib.nullcontext():
+            latents = self.denoise(
+                latents, timesteps, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale,
+                self.prepare_extra_step_kwargs(generator, 0.0), guidance, callback_on_step_end,
+                callback_on_step_end_tensor_inputs, mutual_self_attention,
+            )  # fmt: skip
 
         # 8. FERAnno labels: one pass on the returned latents
         feranno_probabilities = None

@@ -61,13 +61,14 @@ class InversionMixin:
         au_embeds: torch.Tensor | None,  # (N, T, D) AU tokens (null or not); None for a UNet without AU adapter
         au_scale: float,
         start_alpha_cumprod: float = 1.0,
+        trajectory: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:  # (N, C, h, w): the sampler's state at `timesteps[0]`
-        """Encodes `images` ([`encode_image_latents`]), inverts them under one condition ([`ddim_invert`]) to the
-        noise level where `timesteps` start, and scales them into the sampler's space, so that any scheduler
-        continues from them as from its own state."""
+        """Encodes `images` ([`encode_image_latents`]), inverts them under one condition ([`ddim_invert`], which
+        fills `trajectory` when given) to the noise level where `timesteps` start, and scales them into the sampler's
+        space, so that any scheduler continues from them as from its own state."""
         latents = self.encode_image_latents(images)
         au_kwargs = {"au_embeds": au_embeds, "au_scale": au_scale} if au_embeds is not None else {}
-        latents = self.ddim_invert(latents, timesteps, text_embeds, au_kwargs, start_alpha_cumprod)
+        latents = self.ddim_invert(latents, timesteps, text_embeds, au_kwargs, start_alpha_cumprod, trajectory)
         levels = inversion_levels(self.scheduler, timesteps.to(latents.device))[1]
         return scheduler_sample(self.scheduler, latents, levels[0]) if len(levels) else latents  # no step: clean
 
@@ -88,13 +89,16 @@ class InversionMixin:
         text_embeds: torch.Tensor,  # (N, L, D): the condition inverted under
         au_kwargs: dict[str, torch.Tensor | float],  # `au_embeds` (N, T, D) and `au_scale`; {} without AUs
         start_alpha_cumprod: float = 1.0,
+        trajectory: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:  # (N, C, h, w): variance-preserving noisy latents where `timesteps` start
         """DDIM inversion (eta = 0) of clean latents to the noise level where `timesteps` start, under one condition,
         without CFG: `x_next = sqrt(abar_next) * (x - sqrt(1 - abar) eps) / sqrt(abar) + sqrt(1 - abar_next) * eps`
         through the levels the denoising steps start from ([`inversion_levels`]: one per step, also for second-order
         samplers), starting from the clean latent at `abar = start_alpha_cumprod` (1, or the level where the
         scheduler's last step ends, so that denoising retraces the inversion), with `eps = eps(x, t_next)` read from
-        the UNet's output for the scheduler's `prediction_type` (epsilon, v_prediction or sample) at `t_next`."""
+        the UNet's output for the scheduler's `prediction_type` (epsilon, v_prediction or sample) at `t_next`. A given
+        `trajectory` list receives the latents `(N, C, h, w)` at each step's level, in denoising order (the first is
+        the returned one)."""
         starts, levels = inversion_levels(self.scheduler, timesteps.to(latents.device))
         abar = torch.as_tensor(start_alpha_cumprod, device=latents.device, dtype=levels.dtype)
         latents = latents.to(text_embeds.dtype)
@@ -108,4 +112,6 @@ class InversionMixin:
             x0 = (latents - (1 - abar).sqrt() * eps) / abar.sqrt()
             latents = abar_next.sqrt() * x0 + (1 - abar_next).sqrt() * eps
             abar = abar_next
+            if trajectory is not None:
+                trajectory.insert(0, latents)
         return latents

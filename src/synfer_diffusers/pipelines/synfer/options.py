@@ -27,11 +27,17 @@ def check_semantic_guidance_inputs(
 ) -> None:
     """Raises a `ValueError` naming the first invalid semantic-guidance argument."""
     check_number("semantic_guidance_scale", scale, 0)
-    bounds = tuple(window) if isinstance(window, (tuple, list)) else ()
-    if len(bounds) != 2 or not all(isinstance(w, (int, float)) and 0 <= w <= 1 for w in bounds) or bounds[0] >= bounds[1]:
-        raise ValueError(f"`semantic_guidance_window` must be (start, end) with 0 <= start < end <= 1, got {window!r}.")
+    check_window("semantic_guidance_window", window)
     if normalization not in SG_NORMALIZATIONS:
         raise ValueError(f"`semantic_guidance_normalization` must be one of {SG_NORMALIZATIONS}, got {normalization!r}.")
     check_int("semantic_guidance_interval", interval, 1)
     if decode not in SG_DECODES:
         raise ValueError(f"`semantic_guidance_decode` must be one of {SG_DECODES}, got {decode!r}.")
+
+
+def check_window(name: str, window: tuple[float, float]) -> None:
+    """Raises a `ValueError` naming `name` unless `window` is a share of the denoising steps, `(start, end)` with
+    `0 <= start < end <= 1`."""
+    bounds = tuple(window) if isinstance(window, (tuple, list)) else ()
+    if len(bounds) != 2 or not all(isinstance(w, (int, float)) and 0 <= w <= 1 for w in bounds) or bounds[0] >= bounds[1]:
+        raise ValueError(f"`{name}` must be (start, end) with 0 <= start < end <= 1, got {window!r}.")

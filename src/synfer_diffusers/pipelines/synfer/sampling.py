@@ -21,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ...facs import classifier_expression_probabilities
 from ...models.feature_extraction import UNetFeatures
 from .conditions import GeneratorInput
+from .mutual_attention import MutualSelfAttention
 from .pipeline_feranno import FERAnnoPipeline
 from .prediction import combine_guidance
 from .semantic_guidance import SemanticGuidanceSchedule
@@ -221,8 +222,10 @@ class SamplingMixin:
         semantic_guidance: SemanticGuidanceSchedule | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        mutual_self_attention: MutualSelfAttention | None = None,
     ) -> torch.Tensor:  # (N, C, h, w)
-        """The denoising loop: a guided model output ([`guided_model_output`]) and a scheduler step per timestep;
+        """The denoising loop: a guided model output ([`guided_model_output`]) and a scheduler step per timestep
+        (preceded by the source pass of an attached `mutual_self_attention`, in its steps);
         after each step `callback_on_step_end(pipe, i, t, {name: tensor})` gets the tensors named in
         `callback_on_step_end_tensor_inputs` (`prompt_embeds` is the conditional text embedding) and the tensors it
         returns replace them. Steps after `interrupt` is set are skipped. Returns the final (or interrupted) latents."""
@@ -235,6 +238,8 @@ class SamplingMixin:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
+                if mutual_self_attention is not None:
+                    mutual_self_attention.before_step(i)
                 model_output, tensors["prompt_embeds"] = self.guided_model_output(
                     tensors["latents"], t, i, tensors["prompt_embeds"], tensors["negative_prompt_embeds"],
                     tensors["au_embeds"], au_scale, semantic_guidance,

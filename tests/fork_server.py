@@ -40,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 PRELOAD = ("torch", "numpy", "PIL.Image", "transformers", "diffusers", "datasets", "synfer_diffusers.cli")
 """Modules a server imports before it serves (the package and the HF stack: nearly all of a start-up)."""

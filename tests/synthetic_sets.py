@@ -11,9 +11,9 @@ the stand-in marks itself `pytestmark = pytest.mark.usefixtures("tiny_stand_in_a
 
 import hashlib
 import os
-from collections.abc import Callable
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets

@@ -25,8 +25,8 @@ import torch
 from diffusers import EulerDiscreteScheduler
 from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
 
-from synfer_diffusers import EXPRESSIONS, FERAnnoHead, SynFERPipeline
 import synfer_diffusers.generate.run as run_module
+from synfer_diffusers import EXPRESSIONS, FERAnnoHead, SynFERPipeline
 from synfer_diffusers.generate import BackgroundStage, SyntheticSetConfig, generate_synthetic_dataset
 from synfer_diffusers.generate.background import ShardAssembler
 from synfer_diffusers.pipelines.synfer.semantic_guidance import GuidePreprocessing

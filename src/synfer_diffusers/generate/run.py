@@ -21,7 +21,7 @@ from .background import BackgroundStage, GeneratedBatch, ShardAssembler
 from .card import DEFAULT_CARD_DATA, card_fields
 from .config import DEFAULT_QUEUE_DEPTH, SyntheticSetConfig, check_device, torch_dtype
 from .edit_set import EditSource, edit_inputs, plan_edit_sample
-from .labelers import Labeler, SampleLabels, changed_voting_options, default_labeler
+from .labelers import Labeler, changed_voting_options, default_labeler
 from .lock import OutputLock
 from .model import checkpoint_voters, configure_pipeline, resolve_pipeline
 from .persons import SyntheticPersons

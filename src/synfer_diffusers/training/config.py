@@ -18,8 +18,8 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.utils import is_bitsandbytes_available, is_xformers_available
-from torch import nn
 from huggingface_hub.errors import RevisionNotFoundError
+from torch import nn
 from transformers import HfArgumentParser
 
 from ..facs import EXPRESSIONS

@@ -27,8 +27,6 @@ from transformers.image_processing_utils import BaseImageProcessor
 from ...facs import EXPRESSIONS, classifier_logits_to_expressions, map_classifier_labels
 from .prediction import predicted_original_sample, variance_preserving_sample
 
-
-
 # PIL resampling filter -> `F.interpolate` mode (Lanczos: bicubic, the closest); the others: bilinear
 _INTERPOLATION_MODES = {"NEAREST": "nearest-exact", "BICUBIC": "bicubic", "LANCZOS": "bicubic"}
 # ConvNeXt image processors crop `crop_pct` of the image below this `shortest_edge` and resize to a square from it on

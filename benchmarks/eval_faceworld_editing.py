@@ -47,6 +47,7 @@ from synfer_diffusers import EXPRESSIONS, SynFERPipeline, expression_prototype
 from synfer_diffusers.data.faceworld import render_faces, sample_faceworld_attributes
 from synfer_diffusers.evaluation import evaluate_au_regressor, evaluate_expression_classifier
 from synfer_diffusers.generate import DEFAULT_MODEL_DIR
+from synfer_diffusers.pipelines.synfer.options import joint_au_guidance_scale
 
 NUM_EXPRESSIONS = len(EXPRESSIONS)
 
@@ -174,7 +175,7 @@ def run_method(pipe: SynFERPipeline, tasks: EditTasks, method: Method, steps: in
                 [tasks.sources[f] for f in faces], target_expression=expressions, target_action_units=target_aus,
                 source_action_units=tasks.source_aus[faces], edit_strength=method.strength,
                 inversion_condition=method.inversion, au_scale=method.au_scale,
-                au_guidance_scale=method.au_guidance_scale, **mutual_self_attention_kwargs(method), **common,
+                au_guidance_scale=edit_au_guidance(method), **mutual_self_attention_kwargs(method), **common,
             )  # fmt: skip
         else:
             layout = {"layout_image": [tasks.sources[f] for f in faces]} if method.kind == "layout" else {}
@@ -183,10 +184,19 @@ def run_method(pipe: SynFERPipeline, tasks: EditTasks, method: Method, steps: in
     return torch.cat(outputs)
 
 
+def edit_au_guidance(method: Method) -> float | None:
+    """The `SynFERPipeline.edit` `au_guidance_scale` of the method: its own, or the AUs guided with the text when it has
+    none (explicitly: the edit's default is AU guidance under CFG)."""
+    if method.au_guidance_scale is None:
+        return joint_au_guidance_scale(method.guidance_scale)
+    return method.au_guidance_scale
+
+
 def mutual_self_attention_kwargs(method: Method) -> dict:
-    """The `SynFERPipeline.edit` arguments of the method's mutual self-attention (none when it is off)."""
+    """The `SynFERPipeline.edit` arguments of the method's mutual self-attention (explicitly off when it has none: the
+    edit's default shares)."""
     if method.mutual_self_attention is None:
-        return {}
+        return {"mutual_self_attention_window": None}
     start, end, layer = method.mutual_self_attention
     return {"mutual_self_attention_window": (start, end), "mutual_self_attention_start_layer": layer}
 

@@ -1,6 +1,8 @@
-"""Identity-keeping levers of `SynFERPipeline.edit` (issue 31): mutual self-attention (`mutual_attention.py`, MasaCtrl)
-off reproduces the edit without it, keeps the retrace on every sampler, batches like single edits, and refuses bad
-settings by name. On the embedded default (a trained model: a random tiny UNet's attention carries no face)."""
+"""Identity-keeping levers of `SynFERPipeline.edit` (issue 31): on by default as measured (AU guidance 3 under CFG,
+mutual self-attention in every step from the decoder's first self-attention layer); off, they reproduce the edit
+without them; mutual self-attention (`mutual_attention.py`, MasaCtrl) keeps the retrace on every sampler, batches like
+single edits, and refuses bad settings by name. On the embedded default (a trained model: a random tiny UNet's
+attention carries no face)."""
 
 import diffusers
 import pytest
@@ -10,11 +12,15 @@ from diffusers import DDIMScheduler
 from synfer_diffusers import SynFERPipeline
 from synfer_diffusers.generate.config import SCHEDULERS
 from synfer_diffusers.generate.model import DEFAULT_MODEL_DIR
-from synfer_diffusers.pipelines.synfer.mutual_attention import self_attention_layers
+from synfer_diffusers.pipelines.synfer.mutual_attention import default_start_layer, self_attention_layers
+from synfer_diffusers.pipelines.synfer.options import edit_au_guidance_scale, joint_au_guidance_scale
+from synfer_diffusers.tiny import make_tiny_base_unet
 
 PROMPT = "a photo of a person"
 STEPS = 10
 SAMPLERS = (*SCHEDULERS, "HeunDiscreteScheduler")
+OFF = {"au_guidance_scale": joint_au_guidance_scale(2.0), "mutual_self_attention_window": None}
+"""The levers off at `_edit`'s CFG 2: the AUs guided with the text, no mutual self-attention (the edit before them)."""
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +40,75 @@ def _edit(pipe, faces, aus, **kwargs):
     return pipe.edit(list(faces), **{**defaults, **kwargs}).images
 
 
-def test_mutual_self_attention_off_reproduces_the_edit_exactly(default_pipe):
-    """`None` (the default) and a window that shares no step give today's edit bit for bit, and the UNet's own
-    processors are back after an edit that shared."""
+def _unet_batches(pipe, **kwargs) -> list[int]:
+    """The batch size of every UNet call of `_edit(pipe, ...)` (without the FERAnno labelling pass)."""
+    batches = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        _edit(pipe, *kwargs.pop("faces_and_aus"), label_with_feranno=False, **kwargs)
+    finally:
+        hook.remove()
+    return batches
+
+
+def test_levers_off_reproduce_the_edit_exactly(default_pipe):
+    """Off (`au_guidance_scale` at the CFG scale, `mutual_self_attention_window=None`) the edit makes the UNet calls
+    of the edit before the levers (N images per inversion step, the null and conditional branches per denoising step:
+    no AU branch, no source pass) and a window that shares no step gives it bit for bit; the UNet's own processors
+    are back after an edit that shared."""
     pipe, config, faces, aus = default_pipe
     pipe.scheduler = DDIMScheduler.from_config(config)
     processors = dict(pipe.unet.attn_processors)
     guided = {"semantic_guidance_scale": None}  # the edit's default: semantic guidance by the model's guide
-    plain = _edit(pipe, faces, aus, **guided)
-    assert torch.equal(_edit(pipe, faces, aus, mutual_self_attention_window=None, **guided), plain)
-    assert torch.equal(_edit(pipe, faces, aus, mutual_self_attention_window=(0.99, 1.0), **guided), plain)  # no step
-    shared = _edit(pipe, faces, aus, mutual_self_attention_window=(0.0, 0.8), **guided)
+    assert (
+        _unet_batches(pipe, faces_and_aus=(faces, aus), semantic_guidance_scale=0.0, **OFF)
+        == [2] * STEPS + [4] * STEPS
+    )
+    plain = _edit(pipe, faces, aus, **guided, **OFF)
+    no_step = {**OFF, "mutual_self_attention_window": (0.99, 1.0)}
+    assert torch.equal(_edit(pipe, faces, aus, **guided, **no_step), plain)
+    shared = _edit(pipe, faces, aus, **guided, **{**OFF, "mutual_self_attention_window": (0.0, 0.8)})
     assert (shared - plain).abs().max() > 1e-3
     assert dict(pipe.unet.attn_processors) == processors
-    assert torch.equal(_edit(pipe, faces, aus, **guided), plain)
+    assert torch.equal(_edit(pipe, faces, aus, **guided, **OFF), plain)
+
+
+def test_the_default_edit_is_the_measured_winner(default_pipe):
+    """By default an edit under CFG runs AU guidance 3 and mutual self-attention in every step from layer 3 (the
+    decoder's first of the default's 7): bit for bit the explicit setting, and not the edit without the levers."""
+    pipe, config, faces, aus = default_pipe
+    pipe.scheduler = DDIMScheduler.from_config(config)
+    assert default_start_layer(pipe.unet) == 3
+    default = _edit(pipe, faces, aus)
+    winner = {
+        "au_guidance_scale": 3.0,
+        "mutual_self_attention_window": (0.0, 1.0),
+        "mutual_self_attention_start_layer": 3,
+    }
+    assert torch.equal(_edit(pipe, faces, aus, **winner), default)
+    assert (_edit(pipe, faces, aus, **OFF) - default).abs().max() > 1e-3
+    # a source pass and the null, text and conditional branches per denoising step
+    assert _unet_batches(pipe, faces_and_aus=(faces, aus)) == [2] * STEPS + [2, 6] * STEPS
+
+
+def test_the_default_au_guidance_applies_under_cfg_only():
+    """`au_guidance_scale=None` is the edit's AU guidance 3 under CFG and none without it (the retrace contract);
+    explicit values stay as given at every CFG scale."""
+    assert edit_au_guidance_scale(None, 2.0) == 3.0 and edit_au_guidance_scale(None, 1.0) is None
+    assert edit_au_guidance_scale(5.0, 1.0) == 5.0 and edit_au_guidance_scale(0.0, 2.0) == 0.0
+    assert joint_au_guidance_scale(2.0) == 2.0 and joint_au_guidance_scale(1.0) is None
+
+
+def test_the_default_start_layer_is_valid_for_every_unet():
+    """The decoder's first self-attention layer where the decoder has one (the tiny test UNet's, after its encoder
+    and middle block), else the last layer."""
+    unet = make_tiny_base_unet()
+    layers = self_attention_layers(unet)
+    first = default_start_layer(unet)
+    assert layers[first].startswith("up_blocks.") and not layers[first - 1].startswith("up_blocks.")
+    no_decoder_attention = make_tiny_base_unet()
+    no_decoder_attention.up_blocks = no_decoder_attention.up_blocks[1:]  # the decoder without its attention block
+    assert default_start_layer(no_decoder_attention) == len(self_attention_layers(no_decoder_attention)) - 1 >= 0
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -59,13 +120,15 @@ def test_mutual_self_attention_keeps_the_retrace_on_every_sampler(default_pipe, 
     pipe, config, faces, aus = default_pipe
     pipe.scheduler = getattr(diffusers, sampler).from_config(config)
     source = pipe.encode_image_latents(faces[:1] * 2 - 1)
-    back = {"target_expression": None, "target_action_units": aus[:1], "prompt": PROMPT, "guidance_scale": 1.0}
+    back = {"target_expression": None, "target_action_units": aus[:1], "prompt": PROMPT, "guidance_scale": 1.0,
+            "mutual_self_attention_start_layer": 0}  # fmt: skip
     errors = {
         window: (_edit(pipe, faces[:1], aus[:1], mutual_self_attention_window=window, **back) - source).abs().mean()
         for window in (None, (0.0, 1.0))
     }
     assert errors[(0.0, 1.0)] <= 1.5 * errors[None] + 0.01, errors
-    moved = {window: (_edit(pipe, faces[:1], aus[:1], mutual_self_attention_window=window) - source).abs().mean()
+    moved = {window: (_edit(pipe, faces[:1], aus[:1], mutual_self_attention_window=window,
+                            mutual_self_attention_start_layer=0) - source).abs().mean()
              for window in (None, (0.0, 1.0))}  # fmt: skip
     assert moved[(0.0, 1.0)] < moved[None], moved
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from synfer_diffusers import SynFERPipeline
-from synfer_diffusers.generate import SyntheticSetConfig
+from synfer_diffusers import AUConditionedUNet2DConditionModel, SynFERPipeline
+from synfer_diffusers.generate import DEFAULT_MODEL_DIR, SyntheticSetConfig
 from synfer_diffusers.pipelines.synfer.editing import DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE
+from synfer_diffusers.pipelines.synfer.mutual_attention import default_start_layer
 
 from .common import (
     SuiteConfig,
@@ -33,17 +34,19 @@ def table_editing(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     faces into the other expressions vs real M + as many generated images."""
     import eval_faceworld_editing as evaluation  # the benchmark script beside the suite (on sys.path)
 
-    strength, guidance, sg, _ = default_edit_settings()
+    strength, guidance, sg, _, au_guidance, (start, end, layer) = default_edit_settings()
     common = ["--num-faces", str(config.edit_faces), "--steps", str(config.eval_steps), "--guidance-scales",
               f"{guidance:g}", "--judge", str(run_dir / "judge"), "--au-regressor", str(run_dir / "au_regressor"),
               "--identity-classifier", str(run_dir / "identity_classifier"), "--faceworld", str(run_dir / "faceworld"),
               "--identity-steps", str(config.identity_steps), "--cache-dir", str(work / "editing_eval")]  # fmt: skip
+    levers = ["--au-guidance-scales", f"{au_guidance:g}", "--mutual-self-attention", f"{start:g}:{end:g}:{layer}"]
     runs = (  # the default edit with its references (plain generation and layout baseline, with and without SG),
         # then one ablation each: null-condition inversion, a shorter edit
         ["--strengths", f"{strength:g}", "--semantic-guidance-scales", "0", f"{sg:g}", "--inversions", "source"],
         ["--strengths", f"{strength:g}", "--semantic-guidance-scales", f"{sg:g}", "--inversions", "null", "--rows", "edit"],
         ["--strengths", "0.8", "--semantic-guidance-scales", f"{sg:g}", "--inversions", "source", "--rows", "edit"],
     )  # fmt: skip
+    runs = tuple([*options, *levers] for options in runs)
 
     def compute() -> dict:
         rows = {}
@@ -110,22 +113,27 @@ def load_edit_set(path: Path) -> dict[str, np.ndarray]:
             "vote": data["label"]}  # fmt: skip
 
 
-def default_edit_settings() -> tuple[float, float, float, str]:
-    """`(strength, CFG, semantic-guidance scale, inversion)` of `SynFERPipeline.edit`'s and edit sets' defaults on the
-    embedded default checkpoint (which has a guide)."""
+def default_edit_settings() -> tuple[float, float, float, str, float, tuple[float, float, int]]:
+    """`(strength, CFG, semantic-guidance scale, inversion, AU guidance scale, mutual self-attention (window start,
+    end, first layer))` of `SynFERPipeline.edit`'s and edit sets' defaults on the embedded default checkpoint (which
+    has a guide)."""
     defaults = inspect.signature(SynFERPipeline.edit).parameters
     strength, condition = defaults["edit_strength"].default, defaults["inversion_condition"].default
-    guidance = SyntheticSetConfig(edit_dataset="x").guidance_scale
-    return strength, guidance, DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE, condition
+    config = SyntheticSetConfig(edit_dataset="x")
+    unet = AUConditionedUNet2DConditionModel.from_pretrained(DEFAULT_MODEL_DIR, subfolder="unet")
+    start, end = config.mutual_self_attention_window
+    return (strength, config.guidance_scale, DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE, condition, config.au_guidance_scale,
+            (start, end, default_start_layer(unet)))  # fmt: skip
 
 
 def editing_row_names() -> tuple[str, str, str]:
     """Table 4's names of the default edit and of plain generation and the layout baseline at its CFG and SG."""
-    strength, guidance, sg, condition = default_edit_settings()
+    strength, guidance, sg, condition, au_guidance, (start, end, layer) = default_edit_settings()
     guided = f", sg {sg:g}" if sg else ""
     inversion = "" if condition == "source" else f", {condition} inversion"
+    levers = f", au guidance {au_guidance:g}, mutual self-attention {start:g}-{end:g} from layer {layer}"
     return (
-        f"edit, strength {strength:g}, cfg {guidance:g}{inversion}{guided}",
+        f"edit, strength {strength:g}, cfg {guidance:g}{inversion}{guided}{levers}",
         f"plain generation, cfg {guidance:g}{guided}",
         f"layout init (baseline), cfg {guidance:g}{guided}",
     )

@@ -21,7 +21,9 @@ import numpy as np
 from ..facs import EXPRESSIONS
 from ..labels.config import Aggregation, DiscardRule, LabelType, VotingConfig
 from ..pipelines.synfer.options import (
+    DEFAULT_EDIT_AU_GUIDANCE_SCALE,
     DEFAULT_EDIT_GUIDANCE_SCALE,
+    DEFAULT_EDIT_MUTUAL_SELF_ATTENTION_WINDOW,
     DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE,
     DEFAULT_EDIT_STRENGTH,
     DEFAULT_SG_INTERVAL,
@@ -29,6 +31,8 @@ from ..pipelines.synfer.options import (
     SG_DECODES,
     SG_NORMALIZATIONS,
     check_semantic_guidance_inputs,
+    check_window,
+    edit_au_guidance_scale,
 )
 from ..value_checks import check_int, check_number
 
@@ -159,13 +163,18 @@ def parse_label_mapping(text: str) -> dict[str, str | None]:
     return mapping
 
 
-def parse_window(text: str) -> tuple[float, float]:
+def parse_window(text: str, flag: str = "--semantic-guidance-window") -> tuple[float, float]:
     """`"0.6,1.0"` -> `(0.6, 1.0)`; the range itself is checked by the config."""
     try:
         start, end = (float(bound) for bound in text.split(","))
     except ValueError:
-        raise ValueError(f"`--semantic-guidance-window` must be 'start,end', e.g. '0.6,1.0', got {text!r}.") from None
+        raise ValueError(f"`{flag}` must be 'start,end', e.g. '0.6,1.0', got {text!r}.") from None
     return start, end
+
+
+def parse_mutual_self_attention_window(text: str) -> tuple[float, float] | None:
+    """`"off"` -> None, else [`parse_window`]'s `(start, end)`."""
+    return None if text == "off" else parse_window(text, "--mutual-self-attention-window")
 
 
 def read_descriptions_file(path: str) -> list[str]:
@@ -243,7 +252,10 @@ class SyntheticSetConfig:
     au_guidance_scale: float | None = field(
         default=None,
         metadata={"help": "AU guidance: a classifier-free guidance scale of the AU condition's own (a third UNet branch, "
-                          "1.5x the UNet cost); None: the AUs are guided with the text by --guidance-scale."},
+                          "1.5x the UNet cost); None: the AUs are guided with the text by --guidance-scale in "
+                          f"generated sets, and in edit sets {DEFAULT_EDIT_AU_GUIDANCE_SCALE:g} (the edit's default) "
+                          "where --guidance-scale > 1, none without CFG (the value of --guidance-scale guides them "
+                          "with the text)."},
     )  # fmt: skip
     height: int | None = field(default=None, metadata={"help": "Image height in pixels; None: the model's."})
     width: int | None = field(default=None, metadata={"help": "Image width in pixels; None: the model's."})
@@ -333,6 +345,18 @@ class SyntheticSetConfig:
         default=DEFAULT_EDIT_STRENGTH,
         metadata={"help": "Edit sets: the share of the schedule inverted and re-denoised, in (0, 1]."},
     )
+    mutual_self_attention_window: tuple[float, float] | None = field(
+        default=DEFAULT_EDIT_MUTUAL_SELF_ATTENTION_WINDOW,
+        metadata={"help": "Edit sets: mutual self-attention (MasaCtrl) in this share of the denoising steps, "
+                          "'start,end' with 0 <= start < end <= 1 (the edit's self-attention reads the source's keys "
+                          "and values, one more UNet pass per step), or 'off'.",
+                  "parse": parse_mutual_self_attention_window, "metavar": "START,END"},
+    )  # fmt: skip
+    mutual_self_attention_start_layer: int | None = field(
+        default=None,
+        metadata={"help": "Edit sets: the first self-attention layer (forward order) that shares the source's keys and "
+                          "values; None: the decoder's first (3 in the embedded default)."},
+    )  # fmt: skip
     persons: int | None = field(
         default=None,
         metadata={"help": "Synthetic persons: this many new identities, each a neutral face generated from its own "
@@ -366,6 +390,8 @@ class SyntheticSetConfig:
         for name in ("au_jitter", "guidance_scale"):
             check_number(name, getattr(self, name), 0)
         check_number("au_scale", self.au_scale)
+        if self.is_edit_set:
+            self.au_guidance_scale = edit_au_guidance_scale(self.au_guidance_scale, self.guidance_scale)
         if self.guidance_label_mapping is not None:
             if not isinstance(self.guidance_label_mapping, Mapping):
                 raise ValueError(f"`guidance_label_mapping` must be a dict label -> expression or None, got "
@@ -398,6 +424,11 @@ class SyntheticSetConfig:
 
     def _check_edit(self) -> None:
         check_number("edit_strength", self.edit_strength, 0, 1, open_minimum=True)
+        if self.mutual_self_attention_window is not None:
+            check_window("mutual_self_attention_window", self.mutual_self_attention_window)
+            self.mutual_self_attention_window = tuple(float(bound) for bound in self.mutual_self_attention_window)
+        # the layer's upper bound is the model's, checked with the edit's other inputs (`SynFERPipeline.check_edit_call`)
+        check_int("mutual_self_attention_start_layer", self.mutual_self_attention_start_layer, 0, optional=True)
         check_int("persons", self.persons, 1, optional=True)
         if not self.is_edit_set:
             return

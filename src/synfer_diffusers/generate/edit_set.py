@@ -143,6 +143,8 @@ def edit_inputs(
         "num_inference_steps": config.num_inference_steps,
         "guidance_scale": config.guidance_scale,
         "au_guidance_scale": config.au_guidance_scale,
+        "mutual_self_attention_window": config.mutual_self_attention_window,
+        "mutual_self_attention_start_layer": config.mutual_self_attention_start_layer,
         "semantic_guidance_scale": config.semantic_guidance_scale,
         "guidance_label_mapping": config.guidance_label_mapping,
         "au_scale": config.au_scale,

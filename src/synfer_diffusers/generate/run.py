@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..data.hub import check_push_target, push_synthetic_dataset
 from ..data.writer import SyntheticSetWriter
 from ..labels import load_voter
+from ..pipelines.synfer.mutual_attention import default_start_layer
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from ..value_checks import check_int
 from .background import BackgroundStage, GeneratedBatch, ShardAssembler
@@ -255,10 +256,15 @@ def _checked_run(
 
 
 def _edit_set_config(config: SyntheticSetConfig, num_faces: int, pipe: SynFERPipeline) -> SyntheticSetConfig:
-    """The config with an edit set's `num_samples` (every face x expression by default, at most that) and semantic
-    guidance scale (`None`: the edit's default for `pipe`, see `SynFERPipeline.edit_semantic_guidance_scale`)."""
+    """The config with an edit set's `num_samples` (every face x expression by default, at most that), semantic
+    guidance scale (`None`: the edit's default for `pipe`, see `SynFERPipeline.edit_semantic_guidance_scale`) and first
+    mutual self-attention layer (`None`: `pipe`'s decoder's first, `default_start_layer`), as the plan records them."""
     available = num_faces * len(config.edit_expressions())
-    config = replace(config, semantic_guidance_scale=pipe.edit_semantic_guidance_scale(config.semantic_guidance_scale))
+    layer = config.mutual_self_attention_start_layer
+    config = replace(
+        config, semantic_guidance_scale=pipe.edit_semantic_guidance_scale(config.semantic_guidance_scale),
+        mutual_self_attention_start_layer=default_start_layer(pipe.unet) if layer is None else layer,
+    )  # fmt: skip
     if config.num_samples is None:
         return replace(config, num_samples=available)
     if config.num_samples > available:

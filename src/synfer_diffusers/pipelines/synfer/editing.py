@@ -8,6 +8,9 @@ background) is meant to come back from the inverted noise; `edit_strength` trade
 against how much of the source is kept. The contract: with the target condition equal to the source's and `guidance_scale <= 1`, an
 edit returns its source up to the sampler's own discretisation error, on every deterministic diffusers sampler
 (`tests/test_sampling_core.py`); an image of a batch equals the image edited alone (with per-image generators).
+The identity-keeping levers on by default (`options.DEFAULT_EDIT_AU_GUIDANCE_SCALE`,
+`DEFAULT_EDIT_MUTUAL_SELF_ATTENTION_WINDOW`) keep that contract: the default AU guidance applies only under CFG, and
+mutual self-attention reads the source's own reconstruction pass.
 
 `edit` is a composition of the pipeline's sampling core (`sampling.py`: timesteps, the denoising loop with callbacks
 and `interrupt`, guidance, FERAnno labels) and its inversion (`inversion.py`), so that generation, layout
@@ -41,13 +44,15 @@ from .conditions import (
     plan_image_condition,
 )
 from .inversion import LayoutImageInput
-from .mutual_attention import MutualSelfAttention, check_mutual_self_attention_inputs
+from .mutual_attention import MutualSelfAttention, check_mutual_self_attention_inputs, default_start_layer
 from .options import (
     DEFAULT_EDIT_GUIDANCE_SCALE,
+    DEFAULT_EDIT_MUTUAL_SELF_ATTENTION_WINDOW,
     DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE,
     DEFAULT_EDIT_STRENGTH,
     DEFAULT_SG_INTERVAL,
     DEFAULT_SG_WINDOW,
+    edit_au_guidance_scale,
 )
 from .pipeline_output import SynFEREditOutput
 from .prediction import inversion_levels
@@ -124,7 +129,7 @@ class EditingMixin:
         callback_on_step_end_tensor_inputs: list[str],
         au_guidance_scale: float | None = None,
         mutual_self_attention_window: tuple[float, float] | None = None,
-        mutual_self_attention_start_layer: int = 0,
+        mutual_self_attention_start_layer: int | None = None,
     ) -> None:
         """Raises a concise error naming the first invalid argument of [`edit`]: those of every sampling call
         ([`~checks.check_sampling_inputs`], shared with [`~SynFERPipeline.__call__`]), then editing's own (batch
@@ -286,8 +291,8 @@ class EditingMixin:
         au_scale: float = 1.0,
         semantic_guidance_scale: float | None = None,
         guidance_label_mapping: Mapping[str, str | None] | None = None,
-        mutual_self_attention_window: tuple[float, float] | None = None,
-        mutual_self_attention_start_layer: int = 0,
+        mutual_self_attention_window: tuple[float, float] | None = DEFAULT_EDIT_MUTUAL_SELF_ATTENTION_WINDOW,
+        mutual_self_attention_start_layer: int | None = None,
         height: int | None = None,
         width: int | None = None,
         prototype_intensity: float | None = None,
@@ -337,7 +342,10 @@ class EditingMixin:
                 prompt `""` + null AU); `<= 1` disables it, so that with the target equal to the source the
                 denoising retraces the inversion (but the expression rarely changes).
             au_guidance_scale (`float`, *optional*): the target AU condition's own guidance scale in the target
-                denoising, as in [`~SynFERPipeline.__call__`] (`None`: guided with the text, two branches).
+                denoising, as in [`~SynFERPipeline.__call__`]. `None` (default): 3.0
+                (`DEFAULT_EDIT_AU_GUIDANCE_SCALE`) under classifier-free guidance (`guidance_scale > 1`), none without
+                it (so that an edit without CFG toward the source's own condition retraces the inversion). To guide
+                the AUs with the text (two branches), pass `guidance_scale` itself (`joint_au_guidance_scale`).
             au_scale (`float`, defaults to 1.0): weight of the AU cross-attention branch in both passes.
             semantic_guidance_scale (`float`, *optional*): SynFER's semantic guidance toward each target expression
                 during the target denoising, as in [`~SynFERPipeline.__call__`] (its default window and interval; > 0
@@ -348,9 +356,11 @@ class EditingMixin:
             mutual_self_attention_window (`tuple[float, float]`, *optional*): mutual self-attention (MasaCtrl,
                 `mutual_attention.py`) in this share of the target denoising steps (`(0, 0.5)`: the first half): the
                 edit's self-attention queries attend to the source's keys and values from its reconstruction pass
-                (one more UNet pass per shared step). `None` (default): off.
-            mutual_self_attention_start_layer (`int`, defaults to 0): the first shared self-attention layer, in forward
-                order (encoder, middle, decoder: `self_attention_layers(pipe.unet)`).
+                (one more UNet pass per shared step). Defaults to `(0.0, 1.0)`
+                (`DEFAULT_EDIT_MUTUAL_SELF_ATTENTION_WINDOW`, every step); `None`: off.
+            mutual_self_attention_start_layer (`int`, *optional*): the first shared self-attention layer, in forward
+                order (encoder, middle, decoder: `self_attention_layers(pipe.unet)`). `None` (default): the decoder's
+                first (`default_start_layer`: 3 in the embedded default), the last layer where the decoder has none.
             height, width (`int`, *optional*): the image size; default from the UNet.
             prototype_intensity (`float`, *optional*), au_jitter (`float`, defaults to 0.5): the target expression's
                 prototype AUs, as in [`~SynFERPipeline.__call__`].
@@ -396,7 +406,7 @@ class EditingMixin:
             image, target_expression, target_action_units, target_action_unit_delta, source_action_units,
             source_prompt, prompt, height, width,
         )  # fmt: skip
-        self.start_call(guidance_scale, au_guidance_scale=au_guidance_scale)
+        self.start_call(guidance_scale, au_guidance_scale=edit_au_guidance_scale(au_guidance_scale, guidance_scale))
         device = self._execution_device
 
         # 2. Source AUs: given or estimated
@@ -435,7 +445,10 @@ class EditingMixin:
                                 "cross_attention_kwargs": self.cross_attention_kwargs}  # fmt: skip
             mutual_self_attention = MutualSelfAttention(
                 self.unet, torch.stack(trajectory), inversion_levels(self.scheduler, timesteps)[0], source_condition,
-                mutual_self_attention_window, mutual_self_attention_start_layer, self.scheduler.order,
+                mutual_self_attention_window,
+                default_start_layer(self.unet) if mutual_self_attention_start_layer is None
+                else mutual_self_attention_start_layer,
+                self.scheduler.order,
             )  # fmt: skip
 
         # 7. Denoise under the target condition, with semantic guidance toward the target expressions

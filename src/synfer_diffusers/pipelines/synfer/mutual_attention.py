@@ -39,13 +39,23 @@ def self_attention_layers(unet: torch.nn.Module) -> list[str]:
     return sorted(names, key=position)
 
 
+def default_start_layer(unet: torch.nn.Module) -> int:
+    """The edit's default first shared layer ([`~options.DEFAULT_EDIT_MUTUAL_SELF_ATTENTION_WINDOW`]): the decoder's
+    first self-attention layer (3 in the embedded default, 7 in Stable Diffusion 1.5), or the last layer of a UNet whose
+    decoder has none, so that the default is valid for every UNet."""
+    layers = self_attention_layers(unet)
+    return next((i for i, name in enumerate(layers) if name.startswith("up_blocks.")), len(layers) - 1)
+
+
 def check_mutual_self_attention_inputs(
-    unet: torch.nn.Module, window: tuple[float, float] | None, start_layer: int
+    unet: torch.nn.Module, window: tuple[float, float] | None, start_layer: int | None
 ) -> None:
-    """Raises a `ValueError` naming `mutual_self_attention_window` or `mutual_self_attention_start_layer`."""
+    """Raises a `ValueError` naming `mutual_self_attention_window` or `mutual_self_attention_start_layer` (`None`:
+    [`default_start_layer`])."""
     if window is not None:
         check_window("mutual_self_attention_window", window)
-    check_int("mutual_self_attention_start_layer", start_layer, 0, len(self_attention_layers(unet)) - 1)
+    if start_layer is not None:
+        check_int("mutual_self_attention_start_layer", start_layer, 0, len(self_attention_layers(unet)) - 1)
 
 
 @dataclass

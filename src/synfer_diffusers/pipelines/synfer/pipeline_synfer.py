@@ -514,7 +514,8 @@ class SynFERPipeline(
                 UNet branches. A number `w_au`: a third branch (prompt + null AU tokens) and `eps = eps_null +
                 guidance_scale (eps_text - eps_null) + w_au (eps_text_au - eps_text)`, so the AU condition can be
                 followed more (or less) closely than the text; the UNet batch grows from 2 N to 3 N images (1.5x the
-                UNet cost). `au_guidance_scale == guidance_scale` equals the default up to float rounding.
+                UNet cost). `au_guidance_scale == guidance_scale` under CFG is the default's guidance and runs as the
+                default does (two branches, the same images).
             negative_prompt (`str` or `list[str]`, *optional*): the unconditional prompt (default `""`).
             num_images_per_prompt (`int`, defaults to 1): images per batch entry.
             eta (`float`, defaults to 0.0): DDIM eta.

@@ -154,10 +154,12 @@ class SamplingMixin:
         return self.unet.encode_action_units(au_matrix.to(device), drop_mask=drop)
 
     def guidance_branches(self) -> tuple[str, ...]:
-        """The UNet branches a step combines: `"null"` under CFG, `"text"` with AU guidance, and `"cond"`."""
-        return (("null",) if self.do_classifier_free_guidance else ()) + (
-            ("text",) if self.au_guidance_scale is not None else ()
-        ) + ("cond",)
+        """The UNet branches a step combines: `"null"` under CFG, `"text"` with AU guidance, and `"cond"`. AU guidance
+        at the text's own scale under CFG is the joint guidance (`null + w (text - null) + w (cond - text)` is
+        `null + w (cond - null)`) and runs as such, in two branches."""
+        cfg = self.do_classifier_free_guidance
+        joint = self.au_guidance_scale is None or (cfg and self.au_guidance_scale == self.guidance_scale)
+        return (("null",) if cfg else ()) + (() if joint else ("text",)) + ("cond",)
 
     def predict_noise_branches(
         self,

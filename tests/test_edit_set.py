@@ -18,6 +18,7 @@ from synfer_diffusers.cli import main as cli_main
 from synfer_diffusers.data.writer import synthetic_features
 from synfer_diffusers.generate import SyntheticSetConfig, generate_synthetic_dataset
 from synfer_diffusers.pipelines.synfer.editing import DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE
+from synfer_diffusers.pipelines.synfer.mutual_attention import default_start_layer
 from synfer_diffusers.tiny import make_tiny_components
 from synthetic_sets import (
     CLI_ARGS,
@@ -94,6 +95,54 @@ def test_edit_sets_default_to_the_edit_calls_cfg_and_generated_sets_to_cfg_5(edi
     assert SyntheticSetConfig(edit_dataset="faces", guidance_scale=1.0).guidance_scale == 1.0
     assert SyntheticSetConfig().edit_strength == edit_defaults["edit_strength"].default
     assert json.loads((edit_reference / "plan.json").read_text())["guidance_scale"] == 2.0  # what the edits ran with
+
+
+def test_edit_sets_default_to_the_edit_calls_levers_and_the_plan_records_them(edit_reference):
+    """AU guidance 3 under CFG (none without it, generated sets none) and mutual self-attention in every step from
+    the model's first decoder self-attention layer: recorded in the plan as run (a resume must ask for the same) and
+    named on the card."""
+    assert SyntheticSetConfig(edit_dataset="faces").au_guidance_scale == 3.0
+    assert SyntheticSetConfig(persons=2).au_guidance_scale == 3.0
+    assert SyntheticSetConfig(edit_dataset="faces", guidance_scale=1.0).au_guidance_scale is None
+    assert SyntheticSetConfig(edit_dataset="faces", au_guidance_scale=0.5).au_guidance_scale == 0.5
+    assert SyntheticSetConfig().au_guidance_scale is None
+    plan = json.loads((edit_reference / "plan.json").read_text())
+    layer = default_start_layer(SynFERPipeline(**make_tiny_components(seed=0)).unet)
+    assert (plan["au_guidance_scale"], plan["mutual_self_attention_window"]) == (3.0, [0.0, 1.0])
+    assert plan["mutual_self_attention_start_layer"] == layer
+    card = (edit_reference / "README.md").read_text()
+    assert "AU guidance scale 3.0" in card
+    assert f"mutual self-attention over the steps 0%-100% from self-attention layer {layer}" in card
+
+
+def test_mutual_self_attention_flags_reach_the_plan_and_a_resume_must_repeat_them(tmp_path, faces, capsys):
+    out = tmp_path / "set"
+    argv = ["generate", "--output-dir", str(out), "--edit-dataset", str(faces), "--expressions", "happy=1", *CLI_ARGS]
+    assert cli_main([*argv, "--mutual-self-attention-window", "0,0.5", "--mutual-self-attention-start-layer", "0"]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert (plan["mutual_self_attention_window"], plan["mutual_self_attention_start_layer"]) == ([0.0, 0.5], 0)
+    before = folder_snapshot(out)
+    assert_refused_in_one_line(cli_main, [*argv, "--resume"], "holds a different plan", capsys)
+    assert folder_snapshot(out) == before
+    assert cli_main([*argv, "--output-dir", str(tmp_path / "off"), "--mutual-self-attention-window", "off"]) == 0
+    assert json.loads((tmp_path / "off" / "plan.json").read_text())["mutual_self_attention_window"] is None
+    assert "mutual self-attention over" not in (tmp_path / "off" / "README.md").read_text()
+
+
+MUTUAL_SELF_ATTENTION_CASES = [
+    (["--mutual-self-attention-window", "0.5,0.2"], "`--mutual-self-attention-window` must be (start, end) with"),
+    (["--mutual-self-attention-window", "early"], "`--mutual-self-attention-window` must be 'start,end'"),
+    (["--mutual-self-attention-start-layer", "-1"], "`--mutual-self-attention-start-layer` must be an int >= 0"),
+    (["--mutual-self-attention-start-layer", "9"], "`--mutual-self-attention-start-layer` must be an int in [0, 3]"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), MUTUAL_SELF_ATTENTION_CASES, ids=lambda v: "-".join(v)[27:] if isinstance(v, list) else "")
+def test_bad_mutual_self_attention_flags_exit_2_naming_the_flag(flags, message, tmp_path, faces, capsys):
+    argv = ["generate", "--output-dir", str(tmp_path / "set"), "--edit-dataset", str(faces), "--expressions",
+            EXPRESSIONS_FLAG, *CLI_ARGS, *flags]  # fmt: skip
+    assert_refused_in_one_line(cli_main, argv, message, capsys)
+    assert not (tmp_path / "set").exists()
 
 
 def test_generated_sets_keep_their_columns(reference):

@@ -91,9 +91,13 @@ def test_the_default_edit_is_the_measured_winner(default_pipe):
     assert _unet_batches(pipe, faces_and_aus=(faces, aus)) == [2] * STEPS + [2, 6] * STEPS
 
 
-def test_the_default_au_guidance_applies_under_cfg_only():
-    """`au_guidance_scale=None` is the edit's AU guidance 3 under CFG and none without it (the retrace contract);
-    explicit values stay as given at every CFG scale."""
+def test_the_default_au_guidance_applies_under_cfg_only(default_pipe):
+    """`au_guidance_scale=None` is the edit's AU guidance 3 under CFG and none without it (the retrace contract: at
+    CFG 1 the default edit's denoising steps run the conditional branch alone, after the source pass); explicit values
+    stay as given at every CFG scale."""
+    pipe, config, faces, aus = default_pipe
+    pipe.scheduler = DDIMScheduler.from_config(config)
+    assert _unet_batches(pipe, faces_and_aus=(faces, aus), guidance_scale=1.0) == [2] * STEPS + [2, 2] * STEPS
     assert edit_au_guidance_scale(None, 2.0) == 3.0 and edit_au_guidance_scale(None, 1.0) is None
     assert edit_au_guidance_scale(5.0, 1.0) == 5.0 and edit_au_guidance_scale(0.0, 2.0) == 0.0
     assert joint_au_guidance_scale(2.0) == 2.0 and joint_au_guidance_scale(1.0) is None

@@ -126,6 +126,9 @@ def test_mutual_self_attention_flags_reach_the_plan_and_a_resume_must_repeat_the
     assert folder_snapshot(out) == before
     assert cli_main([*argv, "--output-dir", str(tmp_path / "off"), "--mutual-self-attention-window", "off"]) == 0
     assert json.loads((tmp_path / "off" / "plan.json").read_text())["mutual_self_attention_window"] is None
+    assert cli_main([*argv, "--output-dir", str(tmp_path / "default")]) == 0
+    default = _load(tmp_path / "default")["image"]  # the edits ran what the plans say
+    assert _load(tmp_path / "off")["image"] != default and _load(out)["image"] != default
     assert "mutual self-attention over" not in (tmp_path / "off" / "README.md").read_text()
 
 

@@ -185,8 +185,8 @@ def run_method(pipe: SynFERPipeline, tasks: EditTasks, method: Method, steps: in
 
 
 def edit_au_guidance(method: Method) -> float | None:
-    """The `SynFERPipeline.edit` `au_guidance_scale` of the method: its own, or the AUs guided with the text when it has
-    none (explicitly: the edit's default is AU guidance under CFG)."""
+    """The `SynFERPipeline.edit` `au_guidance_scale` of the method: its own, or the AUs guided with the text when it
+    has none (explicitly: the edit's default is AU guidance under CFG)."""
     if method.au_guidance_scale is None:
         return joint_au_guidance_scale(method.guidance_scale)
     return method.au_guidance_scale

@@ -118,7 +118,8 @@ def test_edit_sets_default_to_the_edit_calls_levers_and_the_plan_records_them(ed
 def test_mutual_self_attention_flags_reach_the_plan_and_a_resume_must_repeat_them(tmp_path, faces, capsys):
     out = tmp_path / "set"
     argv = ["generate", "--output-dir", str(out), "--edit-dataset", str(faces), "--expressions", "happy=1", *CLI_ARGS]
-    assert cli_main([*argv, "--mutual-self-attention-window", "0,0.5", "--mutual-self-attention-start-layer", "0"]) == 0
+    shared = ["--mutual-self-attention-window", "0,0.5", "--mutual-self-attention-start-layer", "0"]
+    assert cli_main([*argv, *shared]) == 0
     plan = json.loads((out / "plan.json").read_text())
     assert (plan["mutual_self_attention_window"], plan["mutual_self_attention_start_layer"]) == ([0.0, 0.5], 0)
     before = folder_snapshot(out)
@@ -140,7 +141,9 @@ MUTUAL_SELF_ATTENTION_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("flags", "message"), MUTUAL_SELF_ATTENTION_CASES, ids=lambda v: "-".join(v)[27:] if isinstance(v, list) else "")
+@pytest.mark.parametrize(
+    ("flags", "message"), MUTUAL_SELF_ATTENTION_CASES, ids=lambda v: "-".join(v)[27:] if isinstance(v, list) else ""
+)
 def test_bad_mutual_self_attention_flags_exit_2_naming_the_flag(flags, message, tmp_path, faces, capsys):
     argv = ["generate", "--output-dir", str(tmp_path / "set"), "--edit-dataset", str(faces), "--expressions",
             EXPRESSIONS_FLAG, *CLI_ARGS, *flags]  # fmt: skip

@@ -354,8 +354,8 @@ class SyntheticSetConfig:
     )  # fmt: skip
     mutual_self_attention_start_layer: int | None = field(
         default=None,
-        metadata={"help": "Edit sets: the first self-attention layer (forward order) that shares the source's keys and "
-                          "values; None: the decoder's first (3 in the embedded default)."},
+        metadata={"help": "Edit sets: the first self-attention layer (forward order) that shares the source's keys "
+                          "and values; None: the decoder's first (3 in the embedded default)."},
     )  # fmt: skip
     persons: int | None = field(
         default=None,
@@ -427,7 +427,7 @@ class SyntheticSetConfig:
         if self.mutual_self_attention_window is not None:
             check_window("mutual_self_attention_window", self.mutual_self_attention_window)
             self.mutual_self_attention_window = tuple(float(bound) for bound in self.mutual_self_attention_window)
-        # the layer's upper bound is the model's, checked with the edit's other inputs (`SynFERPipeline.check_edit_call`)
+        # the layer's upper bound is the model's, checked with the edit's inputs (`SynFERPipeline.check_edit_call`)
         check_int("mutual_self_attention_start_layer", self.mutual_self_attention_start_layer, 0, optional=True)
         check_int("persons", self.persons, 1, optional=True)
         if not self.is_edit_set:

@@ -41,8 +41,8 @@ def self_attention_layers(unet: torch.nn.Module) -> list[str]:
 
 def default_start_layer(unet: torch.nn.Module) -> int:
     """The edit's default first shared layer ([`~options.DEFAULT_EDIT_MUTUAL_SELF_ATTENTION_WINDOW`]): the decoder's
-    first self-attention layer (3 in the embedded default, 7 in Stable Diffusion 1.5), or the last layer of a UNet whose
-    decoder has none, so that the default is valid for every UNet."""
+    first self-attention layer (3 in the embedded default, 7 in Stable Diffusion 1.5), or the last layer of a UNet
+    whose decoder has none, so that the default is valid for every UNet."""
     layers = self_attention_layers(unet)
     return next((i for i, name in enumerate(layers) if name.startswith("up_blocks.")), len(layers) - 1)
 

@@ -25,12 +25,13 @@ DEFAULT_EDIT_AU_GUIDANCE_SCALE = 3.0
 DEFAULT_EDIT_MUTUAL_SELF_ATTENTION_WINDOW = (0.0, 1.0)
 """The identity-keeping levers of [`EditingMixin.edit`] (and of edit sets) by default, measured on FaceWorld (README
 "Identity-keeping levers", `benchmarks/eval_faceworld_editing.py --strengths 1 --guidance-scales 2
---semantic-guidance-scales 12 --inversions source --rows edit --au-guidance-scales 3 --mutual-self-attention off 0:1:3`,
-10 faces x 7 expressions, 25 DDIM steps, the embedded default; `benchmarks/results/edit_lever_*.json`): AU guidance 3
-(under CFG: see [`edit_au_guidance_scale`]) and mutual self-attention in every step from the first decoder
-self-attention layer (layer 3 of the default's 7, see `mutual_attention.default_start_layer`) meet all four issue-31
-targets, expression 94.3% / identity attributes 73.0% / L1 to the ground truth 0.0451 / judge distance 1.53, where CFG 2
-without them gives 88.6% / 66.1% / 0.0497 / 1.82, at 1.6x its time (171 vs 106 s for 70 edits)."""
+--semantic-guidance-scales 12 --inversions source --rows edit --au-guidance-scales 3
+--mutual-self-attention off 0:1:3`, 10 faces x 7 expressions, 25 DDIM steps, the embedded default;
+`benchmarks/results/edit_lever_*.json`): AU guidance 3 (under CFG: see [`edit_au_guidance_scale`]) and mutual
+self-attention in every step from the first decoder self-attention layer (layer 3 of the default's 7, see
+`mutual_attention.default_start_layer`) meet all four issue-31 targets, expression 94.3% / identity attributes 73.0% /
+L1 to the ground truth 0.0451 / judge distance 1.53, where CFG 2 without them gives 88.6% / 66.1% / 0.0497 / 1.82, at
+1.6x its time (171 vs 106 s for 70 edits)."""
 
 
 def edit_au_guidance_scale(au_guidance_scale: float | None, guidance_scale: float) -> float | None:

@@ -9,13 +9,15 @@
 #   3. autoencoder 64 -> 32x32x4, gated         8. FERAnno head on the stage-B UNet
 #   4. stage A: text-to-image from scratch      9. evaluation on FaceWorld, then assembly into the package
 #   5. stage B: AU adapter on the frozen stage-A UNet   10. independent voter (RegNet) on FaceWorld seed 2
-# Longer training: raise STAGE_A_STEPS / STAGE_B_STEPS (the stages resume from their last checkpoint).
+#  5b. stage B continued at a lower learning rate (the AU-control lever that won: issue 27, README's AU ablation)
+# Longer training: raise STAGE_A_STEPS / STAGE_B_STEPS / STAGE_B_LONG_STEPS (stages resume from their last checkpoint).
 # Run one torch job at a time on a 2-core machine: two concurrent jobs slow each other several-fold.
 set -euo pipefail
 RUN=${1:-runs}
 PYTHON=${PYTHON:-python}
 STAGE_A_STEPS=${STAGE_A_STEPS:-3000}
 STAGE_B_STEPS=${STAGE_B_STEPS:-2000}
+STAGE_B_LONG_STEPS=${STAGE_B_LONG_STEPS:-8000}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 unless_exists() {  # unless_exists PATH COMMAND...: run COMMAND only if PATH does not exist yet
@@ -50,6 +52,11 @@ $PYTHON examples/train_au_adapter.py --pretrained_model_name_or_path "$RUN/stage
     --output_dir "$RUN/stage_b" --resolution 64 --train_batch_size 32 --learning_rate 5e-4 --lr_warmup_steps 50 \
     --max_train_steps "$STAGE_B_STEPS" --checkpointing_steps 250 --validation_steps 1000 --resume_from_checkpoint latest
 
+$PYTHON examples/train_au_adapter.py --pretrained_model_name_or_path "$RUN/stage_b" --continue_adapter \
+    --dataset_name "$RUN/faceworld" --output_dir "$RUN/stage_b_long" --resolution 64 --train_batch_size 32 \
+    --learning_rate 2e-4 --lr_warmup_steps 20 --max_train_steps "$STAGE_B_LONG_STEPS" --cache_latents \
+    --checkpointing_steps 250 --validation_steps 100000 --resume_from_checkpoint latest
+
 unless_exists "$RUN/guide/metrics.json" \
     $PYTHON examples/train_fer_classifier.py --dataset_name "$RUN/faceworld" --output_dir "$RUN/guide" \
     --task expression --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_train_steps 1500 --seed 2
@@ -58,15 +65,15 @@ unless_exists "$RUN/au_estimator/metrics.json" \
     --task action_units --architecture resnet --hidden_sizes 16 32 64 128 --depths 1 1 1 1 --max_train_steps 1500 \
     --train_batch_size 64 --max_test_samples 500 --seed 3
 
-$PYTHON examples/train_feranno.py --pretrained_model "$RUN/stage_b" --dataset_name "$RUN/faceworld" \
+$PYTHON examples/train_feranno.py --pretrained_model "$RUN/stage_b_long" --dataset_name "$RUN/faceworld" \
     --output_dir "$RUN/feranno" --label_column label --train_batch_size 32 --learning_rate 3e-4 \
     --max_train_steps 600 --checkpointing_steps 200 --max_eval_samples 1000 --resume_from_checkpoint latest
 
-$PYTHON benchmarks/eval_faceworld_generation.py --model "$RUN/stage_b" --text-only "$RUN/stage_a" \
+$PYTHON benchmarks/eval_faceworld_generation.py --model "$RUN/stage_b_long" --text-only "$RUN/stage_a" \
     --guide "$RUN/guide" --feranno "$RUN/feranno" --semantic-guidance-scale "${SG_SCALE:-12.0}" --judge "$RUN/judge" \
     --au-regressor "$RUN/au_regressor" --faceworld "$RUN/faceworld" --json "$RUN/eval/generation.json"
 
-$PYTHON examples/assemble_default_model.py --pipeline "$RUN/stage_b" --guide "$RUN/guide" --feranno "$RUN/feranno" \
+$PYTHON examples/assemble_default_model.py --pipeline "$RUN/stage_b_long" --guide "$RUN/guide" --feranno "$RUN/feranno" \
     --au_estimator "$RUN/au_estimator" --evaluation "$RUN/eval/generation.json" --output_dir src/synfer_diffusers/default_model
 
 # An independent voter for `synfer generate`: another model family (RegNet) than the ResNet guide and the suite's

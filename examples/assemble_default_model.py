@@ -51,6 +51,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from synfer_diffusers import EXPRESSIONS, FERAnnoPipeline, SynFERPipeline
 from synfer_diffusers.hub_utils import card_section, write_model_card
+from synfer_diffusers.pipelines.remote_code import package_config
 from synfer_diffusers.training import tile_images
 
 MAX_SIZE_MB = 20.0
@@ -285,6 +286,21 @@ def rewrite_card(folder: str, training: str | None, evaluation: str | None) -> N
     write_model_card(folder, pipe.model_card_template, {**pipe.model_card_fields(), **fields})
 
 
+def package_layout(folder: str) -> None:
+    """Names the package's modules in `folder`'s `model_index.json` (`synfer_diffusers.models.unet_au`, ...) and
+    removes the code files `save_pretrained` writes for stock diffusers: the embedded default ships inside the
+    package, whose code it runs, so bundled copies would only go stale."""
+    index_path = os.path.join(folder, "model_index.json")
+    with open(index_path, encoding="utf-8") as f:
+        index = package_config(json.load(f))
+    with open(index_path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith(".py"):
+                os.remove(os.path.join(directory, name))
+
+
 def save_grid(pipe: SynFERPipeline, path: str, steps: int = 25, guidance_scale: float = 3.0) -> None:
     """7 expressions (rows) x the identities of `GRID_DESCRIPTIONS` (columns, seed = column index)."""
     pipe.set_progress_bar_config(disable=True)
@@ -357,6 +373,7 @@ def main(argv: list[str] | None = None) -> str:
     shutil.rmtree(staging, ignore_errors=True)
     training = with_au_estimator(default_model_card(args.training, None)["training"], args.au_estimator)
     default.save_pretrained(staging, model_card=default_model_card(training, evaluation_markdown(args.evaluation)))
+    package_layout(staging)
     size = folder_size_mb(staging)
     if size > MAX_SIZE_MB:
         raise ValueError(f"The default checkpoint is {size:.1f} MB, over the {MAX_SIZE_MB} MB budget.")

@@ -54,8 +54,12 @@ def _write_all(folder, plan=PLAN, card=True):
 
 
 def test_the_row_type_and_the_features_are_one_schema():
-    assert list(synthetic_features(12, edit=True)) == [f.name for f in fields(SyntheticRow)]
-    assert list(synthetic_features(12)) == [f.name for f in fields(SyntheticRow)][:-2]  # no source columns
+    names = [f.name for f in fields(SyntheticRow)]
+    source_columns = ["source_id", "person_id", "source_image_sha256"]
+    assert names[-3:] == source_columns
+    assert list(synthetic_features(12)) == names[:-3]  # no source columns
+    assert list(synthetic_features(12, edit=True)) == names[:-3] + ["source_id", "source_image_sha256"]
+    assert list(synthetic_features(12, edit=True, persons=True)) == names[:-3] + ["person_id", "source_image_sha256"]
 
 
 def test_with_drop_discarded_a_shard_holds_the_kept_subset_or_nothing(tmp_path):

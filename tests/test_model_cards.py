@@ -199,6 +199,25 @@ def test_resaving_the_embedded_default_keeps_its_training_evaluation_and_model_i
     assert "Not recorded" not in resaved and "No evaluation recorded" not in resaved
 
 
+def test_assembly_names_the_packages_modules_and_bundles_no_code(tiny_components, tmp_path):
+    """The embedded default runs the package's code: `package_layout` turns the stock-diffusers layout that
+    `save_pretrained` writes into the package's module names, with no code files, and the folder still loads; the
+    shipped default is in that layout."""
+    from synfer_diffusers.generate import DEFAULT_MODEL_DIR
+
+    assemble = load_example("assemble_default_model")
+    folder = tmp_path / "pipe"
+    SynFERPipeline(**tiny_components).save_pretrained(folder)
+    assert list(folder.rglob("*.py"))  # the stock-diffusers layout, before
+    assemble.package_layout(str(folder))
+    for checkpoint in (folder, DEFAULT_MODEL_DIR):
+        index = json.loads((checkpoint / "model_index.json").read_text(encoding="utf-8"))
+        assert index["_class_name"] == "SynFERPipeline"
+        assert index["unet"] == ["synfer_diffusers.models.unet_au", "AUConditionedUNet2DConditionModel"]
+        assert not list(checkpoint.rglob("*.py"))
+    assert isinstance(SynFERPipeline.from_pretrained(folder), SynFERPipeline)
+
+
 def test_assembly_adds_an_au_estimator_and_leaves_the_other_components(faceworld_dir, tmp_path):
     """`assemble_default_model.py --add_au_estimator`: the estimator's folders and `model_index.json` entries are
     added, no other component file changes, the estimator maps onto the UNet's AUs, and the card states its measured

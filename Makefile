@@ -1,5 +1,5 @@
 # make generate   the main job: a small synthetic facial-expression dataset in outputs/demo (CPU, offline)
-# make test       the test suite, offline (PYTEST_WORKERS=2: on 2 pytest-xdist workers)
+# make test       the test suite, offline, on 2 pytest-xdist workers (PYTEST_WORKERS=0: in one process)
 # make install    .venv with the CPU torch of constraints.txt and this package (editable, [dev] extras)
 # make demo       the Gradio demo on http://127.0.0.1:7860, offline on the embedded default (DEMO_ARGS="--model PATH")
 # make bench      the benchmark suite: FaceWorld tables + speed ratios -> benchmarks/RESULTS.md (BENCH_ARGS=--quick: minutes)
@@ -12,7 +12,7 @@ OUTPUT_DIR ?= outputs/demo
 GENERATE_ARGS ?=
 PYTEST_ARGS ?=
 # pytest-xdist workers of `make test` (each torch at 1 thread, each test file on one worker); 0: this process alone.
-PYTEST_WORKERS ?= 0
+PYTEST_WORKERS ?= 2
 BENCH_ARGS ?=
 DEMO_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1

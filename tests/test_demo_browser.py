@@ -118,7 +118,7 @@ def _bars(driver, labeller: str) -> int:
 
 
 def _generate(driver, previous: list[str]) -> tuple[list[str], bool]:
-    """Presses generate and waits for 4 new images and both charts; returns the images' URLs and whether a step
+    """Presses generate and waits for 4 new images (none of `previous`) and both charts; returns the images' URLs and whether a step
     progress message appeared meanwhile."""
     driver.find_element(By.ID, "generate-button").click()
     saw_progress = False
@@ -126,7 +126,8 @@ def _generate(driver, previous: list[str]) -> tuple[list[str], bool]:
     while time.monotonic() < deadline:
         saw_progress |= "Generating 4 images" in driver.find_element(By.TAG_NAME, "body").text
         sources = _image_sources(driver)
-        if len(sources) == 4 and sources != previous and _bars(driver, "FERAnno") and _bars(driver, "guide"):
+        fresh = not set(sources) & set(previous)  # Gradio names files by content hash, and swaps them one by one
+        if len(sources) == 4 and fresh and _bars(driver, "FERAnno") and _bars(driver, "guide"):
             return sources, saw_progress
         time.sleep(0.05)
     pytest.fail(f"no new images within 120 s; the page says: {driver.find_element(By.TAG_NAME, 'body').text[:2000]}")

@@ -17,7 +17,7 @@ from synfer_diffusers.pipelines.synfer.options import edit_au_guidance_scale, jo
 from synfer_diffusers.tiny import make_tiny_base_unet
 
 PROMPT = "a photo of a person"
-STEPS = 10
+STEPS = 6
 SAMPLERS = (*SCHEDULERS, "HeunDiscreteScheduler")
 OFF = {"au_guidance_scale": joint_au_guidance_scale(2.0), "mutual_self_attention_window": None}
 """The levers off at `_edit`'s CFG 2: the AUs guided with the text, no mutual self-attention (the edit before them)."""

@@ -33,10 +33,11 @@ def default_pipe():
 
 
 def _retrace_error(pipe, face, aus, edit_strength):
-    """Mean absolute latent error of an edit of `face` back to its own condition at CFG 1."""
+    """Mean absolute latent error of an edit of `face` back to its own condition at CFG 1, by the sampling core alone
+    (no mutual self-attention: test_edit_levers holds that lever to the same retrace)."""
     out = pipe.edit(face, target_action_units=aus, source_action_units=aus, source_prompt=PROMPT, prompt=PROMPT,
                     edit_strength=edit_strength, guidance_scale=1.0, num_inference_steps=STEPS, output_type="latent",
-                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+                    mutual_self_attention_window=None, generator=torch.Generator().manual_seed(0))  # fmt: skip
     source = pipe.encode_image_latents(face * 2 - 1)
     return (out.images - source).abs().mean().item()
 

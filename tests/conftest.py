@@ -18,6 +18,7 @@ atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=Tru
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import stock_peer  # noqa: E402
 from synthetic_sets import reference, tiny_stand_in_as_default  # noqa: E402, F401  (fixtures of the generate tests)
 from training_chain import (  # noqa: E402, F401  (the tiny training chain, once per session)
     faceworld_dir,
@@ -61,8 +62,19 @@ def _library_loggers() -> list[tuple[str, logging.Logger]]:
 
 
 def pytest_configure(config):
-    # Also declared in setup.cfg; registered here so the marker exists whatever the rootdir.
+    # Also declared in setup.cfg; registered here so the markers exist whatever the rootdir.
     config.addinivalue_line("markers", 'slow: takes more than a few seconds on a 2-core CPU (-m "not slow")')
+    config.addinivalue_line("markers", "stock_peer: diffusers' harness on the stock pipeline (see stock_peer.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselects the stock peer of diffusers' harness while its last passing run is recorded for these versions and
+    parts (`stock_peer.py`)."""
+    if not any(item.get_closest_marker("stock_peer") for item in items) or not stock_peer.peer_may_be_skipped():
+        return
+    deselected = [item for item in items if item.get_closest_marker("stock_peer")]
+    config.hook.pytest_deselected(items=deselected)
+    items[:] = [item for item in items if not item.get_closest_marker("stock_peer")]
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@ and, as the peer, on the stock `StableDiffusionPipeline` built from the same tin
 plain UNet that SynFER's AU UNet is built around). A test that passes for the peer and fails for SynFER marks a
 departure from the diffusers text-to-image pipeline contract. Both classes also run diffusers'
 `SDFunctionTesterMixin` (VAE slicing and tiling, FreeU, fused QKV projections), as diffusers' SD 2 and SDXL fast tests
-do.
+do. The peer runs when diffusers, the harness or the tiny parts changed (`stock_peer.py`); its last passing run is
+recorded.
 
 The classes are configured as diffusers' `StableDiffusionPipelineFastTests` configures itself (`TEXT_TO_IMAGE_PARAMS`,
 `TEXT_TO_IMAGE_BATCH_PARAMS`, 2 steps, `guidance_scale=6.0`, `output_type="np"`); on a CPU the accelerator-only
@@ -14,6 +15,7 @@ import unittest
 from unittest import mock
 
 import diffusers
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
@@ -25,6 +27,7 @@ from diffusers_harness.pipeline_params import (
 from diffusers_harness.pipeline_tester import PipelineTesterMixin
 from diffusers_harness.sd_function_tester import SDFunctionTesterMixin
 from diffusers_harness.stable_diffusion_fast_tests import StableDiffusionFastTestsMixin
+from stock_peer import fingerprint, recorded
 from synfer_diffusers import SynFERPipeline
 from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components
 
@@ -42,6 +45,7 @@ def dummy_text_to_image_inputs(device: str, seed: int = 0) -> dict:
     }
 
 
+@pytest.mark.stock_peer
 class TestStableDiffusionPeer(
     StableDiffusionFastTestsMixin, SDFunctionTesterMixin, PipelineTesterMixin, unittest.TestCase
 ):
@@ -108,3 +112,11 @@ class TestSynFERPipelineConformance(
             mock.patch.object(self, "get_dummy_inputs", unenriched_inputs),
         ):
             super().test_encode_prompt_works_in_isolation()
+
+
+def test_the_stock_peer_passed_on_these_versions_and_parts():
+    """The stock peer's last passing run is recorded for the installed diffusers, transformers and torch and the
+    current harness, conformance module and tiny parts; otherwise it ran in this session (not deselected) and must be
+    recorded: `python tests/stock_peer.py`."""
+    message = "the stock peer is not recorded for these versions and parts: run `python tests/stock_peer.py`"
+    assert recorded() == fingerprint(), message + " (it runs the peer alone and records it when every test passes)"

@@ -27,6 +27,7 @@ import ast
 import dataclasses
 import importlib.metadata
 import json
+import os
 import platform
 import re
 import subprocess
@@ -146,7 +147,9 @@ def run_harness(plan: Plan, out: Path) -> list[dict]:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", f"--junitxml={report}",
                "tests/test_pipeline_conformance.py", "-k", " or ".join(names)]  # fmt: skip
     try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=plan.harness_timeout_s)
+        env = {**os.environ, "SYNFER_STOCK_PEER": "1"}  # the stock peer too, whatever its CPU record says
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=plan.harness_timeout_s)  # fmt: skip
         output, returncode = done.stdout + done.stderr, done.returncode
     except subprocess.TimeoutExpired:
         output, returncode = f"timed out after {plan.harness_timeout_s} s", None

@@ -19,7 +19,15 @@ from synfer_diffusers import EXPRESSIONS
 from synfer_diffusers.evaluation import evaluate_expression_classifier, images_to_tensor
 from synfer_diffusers.generate import SyntheticSetConfig
 
-from .common import SuiteConfig, cached, classifier_stage, downstream_table, load_real, run_classifiers, summarise_runs
+from .common import (
+    SuiteConfig,
+    cached,
+    classifier_stage,
+    downstream_table,
+    load_real,
+    run_classifiers,
+    summarise_runs,
+)
 from .downstream import generated_set, load_edit_set, load_synthetic_set, write_set
 from .hard_regime import JUDGES
 

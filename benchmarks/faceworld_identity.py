@@ -83,6 +83,27 @@ def identity_scores(model: PreTrainedModel, images: torch.Tensor, sources: torch
     }
 
 
+def identity_consistency(model: PreTrainedModel, images: torch.Tensor, person_ids: np.ndarray) -> dict:
+    """How alike the classifier reads the images of each person (`images` `(N, 3, H, W)` in [0, 1], `person_ids`
+    `(N,)` the person of each, at least two images per person): over every pair of one person's images, the share of
+    identity attributes read the same on both, the share of pairs with all of them the same, and the cosine
+    similarity of the identity features; each averaged over a person's pairs, then over persons."""
+    attributes = predict_attributes(model, images)  # (N, A)
+    features = F.normalize(judge_features(model, images), dim=1)  # (N, D)
+    scores = []  # (persons, 3)
+    for person in np.unique(person_ids):
+        index = torch.from_numpy(np.flatnonzero(person_ids == person))
+        if len(index) < 2:
+            raise ValueError(f"`person_ids`: person {person} has one image, consistency needs two or more.")
+        first, second = (index[pairs] for pairs in torch.triu_indices(len(index), len(index), offset=1))
+        same = attributes[first] == attributes[second]  # (pairs, A)
+        cosine = (features[first] * features[second]).sum(dim=1)
+        scores.append([same.float().mean(), same.all(dim=1).float().mean(), cosine.mean()])
+    attribute, all_attributes, cosine = torch.tensor(scores).mean(dim=0).tolist()
+    return {"identity_attribute_agreement": attribute, "identity_all_attributes_agreement": all_attributes,
+            "identity_cosine": cosine}  # fmt: skip
+
+
 def _split(faceworld: str, split: str) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     data = datasets.load_dataset(faceworld, split=split).select_columns(["image", *IDENTITY_ATTRIBUTES])
     columns = data.with_format("numpy")[:]

@@ -25,8 +25,12 @@ Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):
 4. **Expression editing** (issue 17): `eval_faceworld_editing.py` on FaceWorld faces against their ground-truth
    renders (expression accuracy, AU error, pixel and judge-feature distance, identity by a FaceWorld identity
    classifier trained here, `faceworld_identity.py`) for plain generation, the layout-initialisation baseline and
-   edits; and a downstream row, real M + edits of those M faces (`synfer generate --edit-dataset`) vs real M + as
-   many generated images. `--editing-only` runs this table alone into `results/editing.json`.
+   edits; a downstream row, real M + edits of those M faces (`synfer generate --edit-dataset`) vs real M + as
+   many generated images; and synthetic persons (`synfer generate --persons K`, K identities x 7 expressions):
+   identity consistency within each person (pairwise, by the identity classifier) against plain generated images
+   grouped as persons and FaceWorld's own persons, expression accuracy by both judges, and a downstream classifier
+   trained on the persons set vs as many plain generated images (every seed). `--editing-only` runs this table alone
+   into `results/editing.json`.
 5. **Label rectification in the hard regime** (issue 16): a synthetic set whose AUs come from hard-regime FaceWorld
    faces by annotated label (so targets go wrong as with a real AU-annotated dataset), its target / FERAnno / vote
    labels (and Dawid-Skene's, from the same stored votes) scored against both judges, and downstream classifiers on

@@ -157,7 +157,11 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
     edit_row = {"name": "edit 1.0, CFG 3", "num_images": 70, "expression_accuracy": 0.814, "au_mae": 0.378,
                 "error_to_ground_truth": 0.0613, "judge_distance_to_ground_truth": 3.09, "error_to_source": 0.05,
                 "identity_attribute_accuracy": 0.611, "identity_all_attributes": 0.2, "identity_cosine": 0.77}  # fmt: skip
-    editing = {"rows": [edit_row], "downstream": [{"name": "real M", **downstream["rows"][0]}],
+    persons_row = {"name": "synthetic persons (`--persons 12`)", "num_images": 84, "persons": 12,
+                   "identity_attribute_agreement": 0.9, "identity_all_attributes_agreement": 0.5,
+                   "identity_cosine": 0.95, "judge_accuracy": 0.8, "second_judge_accuracy": 0.7}  # fmt: skip
+    persons = {"rows": [persons_row], "downstream": [{**downstream["rows"][0], "name": "synthetic persons (vote)"}]}
+    editing = {"rows": [edit_row], "downstream": [{"name": "real M", **downstream["rows"][0]}], "persons": persons,
                "identity_classifier": {"steps": 800, "seed": 0, "test_attribute_accuracy": {"age": 0.9},
                                        "test_all_attributes": 0.34}}  # fmt: skip
     results = {"generation": generation, "downstream": downstream, "speed": speed, "editing": editing,
@@ -171,6 +175,8 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
     assert "--quick" in text and "FaceWorld" in text and "commit abc" in text and "- table 1: 1 s, commit abc" in text
     assert "| real N | 100 | 60.5% ± 0.7% |" in text
     assert "| edit 1.0, CFG 3 | 70 | 81.4% | 0.378 | 0.0613 | 3.09 | 0.0500 | 61.1% | 20.0% | 0.770 |" in text
+    assert "| synthetic persons (`--persons 12`) | 84 | 12 | 90.0% | 50.0% | 0.950 | 80.0% | 70.0% |" in text
+    assert "| synthetic persons (vote) | 100 | 60.5% ± 0.7% |" in text
     assert "| tiny | semantic_guidance | s | 1.000 | 1.600 | 1.600 |" in text
     assert "| real test faces | 50 | 97.0% | 99.0% | 0.200 | 0.10 |" in text  # second judge beside the judge
     assert "| target | 75.0% | 75.0% |" in text and "| hard: real N | 100 | 62.0% ± 0.0% |" in text

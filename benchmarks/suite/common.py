@@ -49,6 +49,7 @@ class SuiteConfig:
     edit_faces: int = 10  # table 4: FaceWorld source faces, each edited into the 7 expressions
     edit_num_real: int = 42  # table 4 downstream: M real faces, + their 6M edits or + 6M generated images
     identity_steps: int = 800  # table 4: training steps of the identity classifier
+    edit_persons: int = 36  # table 4 persons: K synthetic persons x 7 expressions (7K = 6 * edit_num_real images)
     hard_num_train: int = 5000  # table 5: hard-regime FaceWorld train faces (the AU source of its synthetic sets)
     hard_num_real: int = 500  # table 5: N of the hard regime's downstream rows
     feranno_num_train: int = 2000  # table 6: labelled train faces of FERAnno and the stock classifier
@@ -64,9 +65,9 @@ FULL = SuiteConfig(
 QUICK = SuiteConfig(
     mode="quick", num_train=2000, num_test=500, measurement_steps=200, per_expression=3, eval_steps=10,
     num_real=140, synthetic_factor=2, generation_steps=10, classifier_steps=60, seeds=(0,),
-    speed_configs=("tiny",), writer_memory_samples=100, edit_faces=2, edit_num_real=14, identity_steps=60,
-    hard_num_train=700, hard_num_real=70, feranno_num_train=140, feranno_steps=4, feranno_batch_size=8,
-    sweep_seeds=1, ssl_steps=10, ssl_batch_size=16, probe_num_train=140,
+    speed_configs=("tiny",), writer_memory_samples=100, edit_faces=2, edit_num_real=14, edit_persons=12,
+    identity_steps=60, hard_num_train=700, hard_num_real=70, feranno_num_train=140, feranno_steps=4,
+    feranno_batch_size=8, sweep_seeds=1, ssl_steps=10, ssl_batch_size=16, probe_num_train=140,
 )  # fmt: skip
 CLASSIFIER = {"architecture": "resnet", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "train_batch_size": 64}
 LABEL_SOURCES = ("target", "feranno", "vote", "dawid_skene")
@@ -173,6 +174,16 @@ def summarise_runs(runs: list[dict], name: str) -> dict:
         "per_class_recall": {e: float(np.mean([r["per_class_recall"][e] for r in mine])) for e in EXPRESSIONS},
         "confusion_matrix": np.sum([r["confusion_matrix"] for r in mine], axis=0).tolist(),
     }  # fmt: skip
+
+
+def downstream_table(rows: list[dict]) -> list[str]:
+    """RESULTS.md's table of summarised downstream rows: images, accuracy and macro-F1 (mean ± std over seeds)."""
+    return [
+        "| training data | images | accuracy | macro-F1 |",
+        "|---|---|---|---|",
+        *[f"| {r['name']} | {r['num_train']} | {r['accuracy_mean']:.1%} ± {r['accuracy_std']:.1%} | "
+          f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} |" for r in rows],
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------

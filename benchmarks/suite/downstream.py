@@ -105,6 +105,24 @@ def load_synthetic_set(path: Path) -> dict[str, np.ndarray]:
             "dawid_skene": voted_labels(votes, data["target_label"], "dawid_skene"), "votes": votes}  # fmt: skip
 
 
+def generated_set(config: SuiteConfig, work: Path) -> tuple[Path, dict]:
+    """Table 4's plain generated images: the first 6M samples of the suite's synthetic plan (table 2's images), as
+    many as the downstream rows' edits; the persons rows use its first 7K."""
+    return write_set(synthetic_set_config(config, 6 * config.edit_num_real, guided=True), work, "edit_fresh_set")
+
+
+def load_edit_set(path: Path, source: str = "source_id") -> dict[str, np.ndarray]:
+    """An edit set's images `(N, 64, 64, 3)` uint8 in sample order, with the `source` column (`source_id`, or a
+    persons set's `person_id`), target and voted labels."""
+    import datasets
+
+    data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache"))
+    data = data.sort("sample_id").select_columns(["image", source, "target_label", "label"]).with_format("numpy")
+    data = data[:]
+    return {"image": np.asarray(data["image"]), source: data[source], "target": data["target_label"],
+            "vote": data["label"]}  # fmt: skip
+
+
 def voted_labels(
     votes: list[list[dict]], targets: np.ndarray, aggregation: str, voters: tuple[str, ...] | None = None
 ) -> np.ndarray:

@@ -18,20 +18,23 @@ from .common import (
     SuiteConfig,
     cached,
     classifier_stage,
+    downstream_table,
     load_real,
     run_classifiers,
     stage_summary,
     summarise_runs,
 )
-from .downstream import load_synthetic_set, synthetic_set_config, write_set
+from .downstream import generated_set, load_edit_set, load_synthetic_set, write_set
+from .persons import render_persons, table_persons
 
 EDIT_ROWS = ("real M", "real M + edits (vote)", "real M + generated (vote)")
 
 
 def table_editing(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     """Edits of FaceWorld faces against their ground-truth renders (`eval_faceworld_editing.py`, with the judge,
-    the AU regressor and an identity classifier trained here), and the downstream row: real M + edits of those M
-    faces into the other expressions vs real M + as many generated images."""
+    the AU regressor and an identity classifier trained here), the downstream row: real M + edits of those M
+    faces into the other expressions vs real M + as many generated images, and the synthetic persons rows
+    (`suite.persons`)."""
     import eval_faceworld_editing as evaluation  # the benchmark script beside the suite (on sys.path)
 
     strength, guidance, sg, _, au_guidance, (start, end, layer) = default_edit_settings()
@@ -56,9 +59,10 @@ def table_editing(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
 
     evaluated = cached(work / "editing_eval.json", compute)
     downstream, stages = editing_downstream(config, run_dir, work)
+    persons, persons_stages = table_persons(config, run_dir, work)
     identity = json.loads((run_dir / "identity_classifier" / "metrics.json").read_text())
-    return {"rows": evaluated["rows"], "identity_classifier": identity, "downstream": downstream,
-            "stages": stage_summary({"edit evaluation": evaluated, **stages})}  # fmt: skip
+    return {"rows": evaluated["rows"], "identity_classifier": identity, "downstream": downstream, "persons": persons,
+            "stages": stage_summary({"edit evaluation": evaluated, **stages, **persons_stages})}  # fmt: skip
 
 
 def write_edit_sources(run_dir: Path, work: Path, count: int) -> Path:
@@ -84,7 +88,7 @@ def editing_downstream(config: SuiteConfig, run_dir: Path, work: Path) -> tuple[
     sources = write_edit_sources(run_dir, work, count)
     edit_config = SyntheticSetConfig(edit_dataset=str(sources), seed=0, num_inference_steps=config.generation_steps)
     edit_path, edit_stage = write_set(edit_config, work, "edit_set")
-    fresh_path, fresh_stage = write_set(synthetic_set_config(config, 6 * count, guided=True), work, "edit_fresh_set")
+    fresh_path, fresh_stage = generated_set(config, work)
     real = load_real(run_dir, "train", ("image", "label"), count)
     edits = load_edit_set(edit_path)
     other = edits["target"] != real["label"][edits["source_id"]]  # (7M,): the six other expressions of each face
@@ -100,17 +104,6 @@ def editing_downstream(config: SuiteConfig, run_dir: Path, work: Path) -> tuple[
     rows = [{"name": name, **summarise_runs(runs, name)} for name in EDIT_ROWS]
     stages = {"edit set": edit_stage, "generated set": fresh_stage, "edit classifiers": classifier_stage(runs)}
     return rows, stages
-
-
-def load_edit_set(path: Path) -> dict[str, np.ndarray]:
-    """An edit set's images `(7M, 64, 64, 3)` uint8 in sample order, with the source row, target and voted labels."""
-    import datasets
-
-    data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache"))
-    data = data.sort("sample_id").select_columns(["image", "source_id", "target_label", "label"]).with_format("numpy")
-    data = data[:]
-    return {"image": np.asarray(data["image"]), "source_id": data["source_id"], "target": data["target_label"],
-            "vote": data["label"]}  # fmt: skip
 
 
 def default_edit_settings() -> tuple[float, float, float, str, float, tuple[float, float, int]]:
@@ -200,11 +193,9 @@ def render_editing(editing: dict, config: SuiteConfig) -> list[str]:
         f"expressions other than its label ({6 * m} images); + generated: the first {6 * m} samples of table 2's "
         "synthetic plan (CFG 5, semantic guidance); both with the voted labels `synfer generate` writes.",
         "",
-        "| training data | images | accuracy | macro-F1 |",
-        "|---|---|---|---|",
-        *[f"| {r['name']} | {r['num_train']} | {r['accuracy_mean']:.1%} ± {r['accuracy_std']:.1%} | "
-          f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} |" for r in editing["downstream"]],
+        *downstream_table(editing["downstream"]),
         "",
+        *render_persons(editing["persons"], config),
         "![editing](results/editing.png)",
         "",
     ]  # fmt: skip

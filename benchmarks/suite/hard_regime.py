@@ -25,6 +25,7 @@ from .common import (
     SuiteConfig,
     beats_beyond_spread,
     classifier_stage,
+    downstream_table,
     load_real,
     run_classifiers,
     stage_summary,
@@ -139,9 +140,6 @@ def render_hard_regime(hard: dict, config: SuiteConfig) -> list[str]:
         f"({hard['real_label_noise']:.1%} wrong); synthetic N / {k}N = the set's first N / {k}N images; tested on "
         "the hard regime's real test faces against their true labels.",
         "",
-        "| training data | images | accuracy | macro-F1 |",
-        "|---|---|---|---|",
-        *[f"| {r['name']} | {r['num_train']} | {r['accuracy_mean']:.1%} ± {r['accuracy_std']:.1%} | "
-          f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} |" for r in hard["rows"]],
+        *downstream_table(hard["rows"]),
         "",
     ]  # fmt: skip

@@ -271,7 +271,8 @@ def test_feranno_pipelines_get_voted_labels(tmp_path):
         final.bias.fill_(-5.0)
         final.bias[head.config.label2id["happy"]] = 5.0
     pipe = SynFERPipeline(**components, feranno_head=head)
-    config = SyntheticSetConfig(num_samples=6, shard_size=6, expression_distribution={"happy": 0.5, "sad": 0.5}, **SMALL)
+    config = SyntheticSetConfig(num_samples=6, shard_size=6, expression_distribution={"happy": 0.5, "sad": 0.5},
+                                aggregation="paper", **SMALL)  # fmt: skip
     generate_synthetic_dataset(config, tmp_path / "set", pipeline=pipe, batch_size=6, show_progress=False)
     dataset = _load(tmp_path / "set")
     labeler = json.loads((tmp_path / "set" / "plan.json").read_text())["labeler"]

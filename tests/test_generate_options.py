@@ -6,6 +6,7 @@ Each option is checked to reach the pipeline call (a spy on `SynFERPipeline.__ca
 `plan.json`, and to make a resume with another value a different plan. Tiny components, 16x16 pixels, 2 steps.
 """
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -49,6 +50,7 @@ OPTIONS = {
     "voter_weights": {"feranno": 2.0},
     "label_type": "soft",
     "discard_rule": "disagreement",
+    "aggregation": "paper",
     "au_guidance_scale": 4.0,
 }
 """Every option at a value other than its default."""
@@ -204,6 +206,19 @@ def test_drop_discarded_leaves_out_exactly_the_rows_marked_not_kept(tmp_path):
     assert f"num_examples: {len(kept)}" in (dropped / "README.md").read_text()
     again = _generate_with(dropped, True, resume=True)
     assert again.complete and again.shards_written == 0  # the kept subsets verify as complete shards
+
+
+def test_drop_discarded_is_refused_before_writing_where_labels_wait_for_the_whole_set(tmp_path):
+    """`drop_discarded` with voters and the default aggregation (Dawid-Skene, which labels the whole set after the
+    last shard) is refused naming the flag, before anything is written; with the paper's rule it runs."""
+    config = SyntheticSetConfig(num_samples=2, shard_size=2, drop_discarded=True, discard_rule="disagreement", **SMALL)
+    with pytest.raises(ValueError, match=r"`drop_discarded` needs `aggregation='paper'`"):
+        generate_synthetic_dataset(config, tmp_path / "set", pipeline=_feranno_pipeline(), batch_size=2,
+                                   show_progress=False, process_index=0, num_processes=1)  # fmt: skip
+    assert not (tmp_path / "set").exists()
+    paper = dataclasses.replace(config, aggregation="paper")
+    assert generate_synthetic_dataset(paper, tmp_path / "set", pipeline=_feranno_pipeline(), batch_size=2,
+                                      show_progress=False, process_index=0, num_processes=1).complete  # fmt: skip
 
 
 def _generate_with(folder, drop_discarded, resume=False):
@@ -371,7 +386,7 @@ def test_cli_flags_parse_into_the_config(captured, tmp_path):
              "--negative-prompt", "a blurry photo", "--eta", "0.5", "--semantic-guidance-window", "0.5,1.0",
              "--semantic-guidance-interval", "1", "--semantic-guidance-normalization", "per_token",
              "--agreement-threshold", "0.5", "--voter-weights", "feranno=2", "--label-type", "soft",
-             "--discard-rule", "disagreement", "--semantic-guidance-scale", "3",
+             "--discard-rule", "disagreement", "--aggregation", "paper", "--semantic-guidance-scale", "3",
              "--prototype-intensity", "4", "--au-guidance-scale", "4"]  # fmt: skip
     assert main(["generate", "--output-dir", str(tmp_path / "out"), *flags]) == 0
     config, kwargs = captured[0]

@@ -115,8 +115,11 @@ NOT_CODE = (
     ":(top,exclude)benchmarks/results",
     ":(top,exclude)docs",
     ":(top,exclude,glob)**/*.md",
+    ":(top,exclude)tests",
+    ":(top,exclude).ci",
 )
-"""What the code commit ignores: the suite's outputs, prose and pictures."""
+"""What the code commit ignores: the suite's outputs, prose, pictures, and the tests and CI entry point (which no
+benchmark runs)."""
 
 
 def git_commit(checkout: Path = BENCHMARKS) -> str:

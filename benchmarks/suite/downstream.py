@@ -51,11 +51,11 @@ def labelled_rows(
 
 
 def downstream_rows(config: SuiteConfig) -> list[DownstreamRow]:
-    """Real N; voted labels of the SG groups (there the vote is FERAnno + target, which always keeps the target);
-    target, voted and Dawid-Skene labels of the no-SG set, where the guide votes too. FERAnno's own labels are table
-    5's and 6's subject."""
+    """Real N; the paper's vote and Dawid-Skene's labels (`synfer generate`'s default) of the SG groups, voted by
+    FERAnno, the default's RegNet voter and the target; target, voted and Dawid-Skene labels of the no-SG set, where
+    the guide votes too. FERAnno's own labels are table 5's and 6's subject."""
     k = config.synthetic_factor
-    vote = ("vote",)
+    vote = ("vote", "dawid_skene")
     return [
         DownstreamRow("real N", True, 0, None),
         *labelled_rows(((1, False, True, "synthetic N"),), vote),
@@ -93,16 +93,17 @@ def write_set(set_config: SyntheticSetConfig, work: Path, name: str) -> tuple[Pa
 
 
 def load_synthetic_set(path: Path) -> dict[str, np.ndarray]:
-    """Images `(M, 64, 64, 3)` uint8 in sample order, with the target and voted labels, the labels Dawid-Skene
-    gives from the same stored votes (`synfer relabel --aggregation dawid_skene` without rewriting the set), and the
-    stored votes themselves under `"votes"`."""
+    """Images `(M, 64, 64, 3)` uint8 in sample order, with the target labels, the labels the paper's rule
+    (`"vote"`) and Dawid-Skene give from the stored votes (as `synfer relabel --aggregation ...` would, whichever
+    rule wrote the set), and the stored votes themselves under `"votes"`."""
     import datasets
 
     data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache")).sort("sample_id")
     votes = data["votes"]
     data = data.select_columns(["image", "target_label", "label"]).with_format("numpy")[:]
-    return {"image": np.asarray(data["image"]), "target": data["target_label"], "vote": data["label"],
-            "dawid_skene": voted_labels(votes, data["target_label"], "dawid_skene"), "votes": votes}  # fmt: skip
+    targets = data["target_label"]
+    return {"image": np.asarray(data["image"]), "target": targets, "vote": voted_labels(votes, targets, "paper"),
+            "dawid_skene": voted_labels(votes, targets, "dawid_skene"), "votes": votes}  # fmt: skip
 
 
 def generated_set(config: SuiteConfig, work: Path) -> tuple[Path, dict]:
@@ -113,14 +114,15 @@ def generated_set(config: SuiteConfig, work: Path) -> tuple[Path, dict]:
 
 def load_edit_set(path: Path, source: str = "source_id") -> dict[str, np.ndarray]:
     """An edit set's images `(N, 64, 64, 3)` uint8 in sample order, with the `source` column (`source_id`, or a
-    persons set's `person_id`), target and voted labels."""
+    persons set's `person_id`), target labels and the paper's vote from the stored votes."""
     import datasets
 
-    data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache"))
-    data = data.sort("sample_id").select_columns(["image", source, "target_label", "label"]).with_format("numpy")
-    data = data[:]
-    return {"image": np.asarray(data["image"]), source: data[source], "target": data["target_label"],
-            "vote": data["label"]}  # fmt: skip
+    data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache")).sort("sample_id")
+    votes = data["votes"]
+    data = data.select_columns(["image", source, "target_label"]).with_format("numpy")[:]
+    targets = data["target_label"]
+    return {"image": np.asarray(data["image"]), source: data[source], "target": targets,
+            "vote": voted_labels(votes, targets, "paper")}  # fmt: skip
 
 
 def voted_labels(

@@ -269,11 +269,11 @@ def render_downstream(downstream: dict, config: SuiteConfig) -> list[str]:
         f"Synthetic = `generate_synthetic_dataset` with the default checkpoint ({config.num_real * k} images, seed 0, "
         f"{config.generation_steps} DDIM steps, CFG 5, lambda_g = {config.semantic_guidance_scale:g}); the N set is "
         "its first N images; `no SG` is the same plan's first N samples (same seeds, expressions and AUs) generated "
-        "without semantic guidance. Labels: the generation target or the vote written by `synfer generate` (the "
-        "paper's rule: unanimous labels kept, disputed ones replaced by the average). Its voters are in-loop FERAnno "
-        "and the target, plus the checkpoint's guide classifier on the no-SG set only: the guide does not vote on "
-        "images it steered, and FERAnno with the target alone always keeps the target, so on the SG set the vote "
-        "equals the target by construction and only its vote rows are trained. "
+        "without semantic guidance. Labels: the generation target, the paper's vote (unanimous labels kept, disputed "
+        "ones replaced by the average) or Dawid-Skene's (each voter's confusion matrix estimated from the whole set: "
+        "`synfer generate`'s default), both from the set's stored votes. Its voters are in-loop FERAnno, the "
+        "checkpoint's RegNet voter and the target, plus the checkpoint's guide classifier on the no-SG set only (the "
+        "guide does not vote on images it steered). "
         "Test: all real FaceWorld test faces against their true labels, with the package's `evaluate` metric. "
         "Mean ± sample standard deviation over seeds.",
         "",

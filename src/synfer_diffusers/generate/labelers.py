@@ -15,6 +15,7 @@ from ..labels import ClassifierVoter, EnsembleVoter, VoteBatch, Voter, VotingCon
 from ..labels.voters import TARGET_VOTER
 from ..pipelines.synfer.pipeline_output import SynFERPipelineOutput
 from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
+from .config import SyntheticSetConfig
 
 
 @dataclass
@@ -183,6 +184,7 @@ def default_labeler(
 
 
 def changed_voting_options(voting: Mapping[str, Any]) -> list[str]:
-    """Names of the [`VotingConfig`] fields in `voting` that differ from their defaults."""
-    defaults = asdict(VotingConfig())
+    """Names of the voting options in `voting` ([`SyntheticSetConfig.voting_options`]) that differ from those of a
+    default [`SyntheticSetConfig`] (whose aggregation, Dawid-Skene, is not [`VotingConfig`]'s)."""
+    defaults = SyntheticSetConfig().voting_options()
     return sorted(name for name, value in voting.items() if value != defaults[name])

@@ -243,6 +243,11 @@ def _checked_run(
         pipe, voter_models, config.voting_options(), guided=config.semantic_guidance_scale > 0,
         guide_label_mapping=config.guidance_label_mapping,
     )
+    if config.drop_discarded and labeler.needs_whole_set:
+        raise ValueError(
+            f"`drop_discarded` needs `aggregation='paper'` (`--aggregation paper`): {config.aggregation!r} labels the "
+            "whole set at the end, so rows are flagged keep=False rather than dropped (filter them when loading)."
+        )
     plan = build_plan(config, pipe, model_name, au_source, labeler, pipeline_kwargs, layout_source, edit_plan)
     run = _Run(config, pipe, au_source, layout_source, edit_source, labeler, SyntheticSetWriter(output_dir, plan))
     journal = read_journal(output_dir)

@@ -89,8 +89,9 @@ def generate(
 
 
 def agreement_with_judge(pipe, judge, images, targets, feranno, guided: bool) -> dict[str, float]:
-    """How often the generation target, FERAnno, the pipeline's guide (if any) and the voted label (the voters and
-    rule of `synfer generate`'s default labeler) equal the judge's label on the generated images `(N, 3, H, W)`."""
+    """How often the generation target, FERAnno, the pipeline's guide (if any) and the voted label (the paper's rule
+    over the pipeline's own voters: FERAnno, the guide where unguided, the target; without a checkpoint's shipped
+    voters) equal the judge's label on the generated images `(N, 3, H, W)`."""
     judged = [EXPRESSIONS[i] for i in predict(judge, images).argmax(dim=1).tolist()]
     voter = default_labeler(pipe, guided=guided).voter
     pil_images = pipe.image_processor.numpy_to_pil(pipe.image_processor.pt_to_numpy(images))

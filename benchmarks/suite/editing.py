@@ -191,7 +191,7 @@ def render_editing(editing: dict, config: SuiteConfig) -> list[str]:
         f"the first M = {m} FaceWorld train faces (annotated labels); + edits: `synfer generate --edit-dataset` of "
         f"those faces with its defaults ({config.generation_steps} steps), each face's {6} edits into the "
         f"expressions other than its label ({6 * m} images); + generated: the first {6 * m} samples of table 2's "
-        "synthetic plan (CFG 5, semantic guidance); both with the voted labels `synfer generate` writes.",
+        "synthetic plan (CFG 5, semantic guidance); both labelled by the paper's vote over their stored votes.",
         "",
         *downstream_table(editing["downstream"]),
         "",

@@ -125,7 +125,9 @@ def render_hard_regime(hard: dict, config: SuiteConfig) -> list[str]:
         f"regime). Synthetic set: the default checkpoint, {hard['num_synthetic']} images, seed 0, "
         f"{config.generation_steps} DDIM steps, CFG 5, no semantic guidance, each image's AUs drawn from a hard train "
         "face annotated with the planned expression (`au_policy='dataset'`), so the target is that face's annotated "
-        "label; voted by `synfer generate`'s default for unguided sets (FERAnno + the checkpoint's guide + target). "
+        "label; voted by `synfer generate`'s voters for unguided sets (FERAnno, the checkpoint's guide and RegNet "
+        "voter, the target); `vote` is the paper's rule and `dawid_skene` Dawid-Skene (`synfer generate`'s default "
+        "aggregation), both over the same stored votes. "
         "Judges: the suite's judge and the second judge (MobileNetV2, FaceWorld seed 1, true labels), neither used in "
         "generation or voting.",
         "",

@@ -32,7 +32,7 @@ from .downstream import generated_set, load_edit_set, load_synthetic_set, write_
 from .hard_regime import JUDGES
 
 PERSONS_ROWS = ("synthetic persons (vote)", "plain generated (vote)")
-"""The downstream rows: each set alone, with the voted labels `synfer generate` writes."""
+"""The downstream rows: each set alone, labelled by the paper's vote over its stored votes."""
 RENDER_SEED = 12345
 """FaceWorld seed of the reference renders (table 4's source faces)."""
 
@@ -135,7 +135,7 @@ def render_persons(persons: dict, config: SuiteConfig) -> list[str]:
           f"{r['second_judge_accuracy']:.1%} |" for r in persons["rows"]],
         "",
         f"Downstream (the classifier and steps of table 2, seeds {list(config.seeds)}, the same real test faces): "
-        f"each set alone, {k * e} images with the voted labels `synfer generate` writes.",
+        f"each set alone, {k * e} images labelled by the paper's vote over their stored votes.",
         "",
         *downstream_table(persons["downstream"]),
         "",

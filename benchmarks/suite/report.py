@@ -213,7 +213,8 @@ def render_generation(generation: dict, config: SuiteConfig) -> list[str]:
           f"{_percent(r.get('second_judge_accuracy'))} | {r['au_mae']:.3f} | {r['frechet_distance']:.2f} |"
           for r in generation["rows"]],
         "",
-        "Labels agreeing with the judge on the generated images: "
+        "Labels agreeing with the judge on the generated images (voted: the paper's rule over FERAnno, the guide on "
+        "unguided images and the target; tables 2 and 5 add the RegNet voter and Dawid-Skene): "
         + "; ".join(f"{name}: " + ", ".join(f"{k_} {v:.1%}" for k_, v in rates.items())
                     for name, rates in generation["label_agreement_with_judge"].items()),
         "",

@@ -70,11 +70,10 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """Deselects the stock peer of diffusers' harness while its last passing run is recorded for these versions and
     parts (`stock_peer.py`)."""
-    if not any(item.get_closest_marker("stock_peer") for item in items) or not stock_peer.peer_may_be_skipped():
-        return
-    deselected = [item for item in items if item.get_closest_marker("stock_peer")]
-    config.hook.pytest_deselected(items=deselected)
-    items[:] = [item for item in items if not item.get_closest_marker("stock_peer")]
+    peer = [item for item in items if item.get_closest_marker("stock_peer")]
+    if peer and stock_peer.peer_may_be_skipped():
+        config.hook.pytest_deselected(items=peer)
+        items[:] = [item for item in items if not item.get_closest_marker("stock_peer")]
 
 
 @pytest.fixture

@@ -92,15 +92,19 @@ def write_set(set_config: SyntheticSetConfig, work: Path, name: str) -> tuple[Pa
     return output, cached(work / f"{name}.json", compute)
 
 
+def _rows_in_sample_order(path: Path, columns: list[str]) -> tuple[dict[str, np.ndarray], list[list[dict]]]:
+    """A written set's `columns` as numpy arrays in sample order, and its stored votes in the same order."""
+    import datasets
+
+    data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache")).sort("sample_id")
+    return data.select_columns(columns).with_format("numpy")[:], data["votes"]
+
+
 def load_synthetic_set(path: Path) -> dict[str, np.ndarray]:
     """Images `(M, 64, 64, 3)` uint8 in sample order, with the target labels, the labels the paper's rule
     (`"vote"`) and Dawid-Skene give from the stored votes (as `synfer relabel --aggregation ...` would, whichever
     rule wrote the set), and the stored votes themselves under `"votes"`."""
-    import datasets
-
-    data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache")).sort("sample_id")
-    votes = data["votes"]
-    data = data.select_columns(["image", "target_label", "label"]).with_format("numpy")[:]
+    data, votes = _rows_in_sample_order(path, ["image", "target_label"])
     targets = data["target_label"]
     return {"image": np.asarray(data["image"]), "target": targets, "vote": voted_labels(votes, targets, "paper"),
             "dawid_skene": voted_labels(votes, targets, "dawid_skene"), "votes": votes}  # fmt: skip
@@ -115,11 +119,7 @@ def generated_set(config: SuiteConfig, work: Path) -> tuple[Path, dict]:
 def load_edit_set(path: Path, source: str = "source_id") -> dict[str, np.ndarray]:
     """An edit set's images `(N, 64, 64, 3)` uint8 in sample order, with the `source` column (`source_id`, or a
     persons set's `person_id`), target labels and the paper's vote from the stored votes."""
-    import datasets
-
-    data = datasets.load_dataset(str(path), split="train", cache_dir=str(path.parent / "hf_cache")).sort("sample_id")
-    votes = data["votes"]
-    data = data.select_columns(["image", source, "target_label"]).with_format("numpy")[:]
+    data, votes = _rows_in_sample_order(path, ["image", source, "target_label"])
     targets = data["target_label"]
     return {"image": np.asarray(data["image"]), source: data[source], "target": targets,
             "vote": voted_labels(votes, targets, "paper")}  # fmt: skip

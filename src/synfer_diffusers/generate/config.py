@@ -332,8 +332,8 @@ class SyntheticSetConfig:
     aggregation: Aggregation = field(
         default="dawid_skene",
         metadata={"help": voting_help("aggregation", " 'dawid_skene' is what `synfer generate` uses unless told "
-                                                     "(on FaceWorld it labels better than the paper's rule where "
-                                                     "targets go wrong and keeps them where they are right); its "
+                                                     "(on FaceWorld: more labels right than the paper's rule where "
+                                                     "targets go wrong, 0.6 points fewer where they are right); its "
                                                      "labels are rewritten once every shard is written.")},
     )  # fmt: skip
     discard_rule: DiscardRule = field(default="none", metadata={"help": voting_help("discard_rule")})

@@ -3,6 +3,8 @@
 Rows (target in brackets):
 - `au_overhead`: SynFERPipeline with AUs / diffusers' StableDiffusionPipeline with the base UNet, same
   VAE, text encoder, tokenizer, scheduler, steps, batch and seed [<= 1.05];
+- `au_guidance`: AU guidance (`au_guidance_scale=3`, the edit default, under CFG 7.5: a third UNet branch,
+  prompt + null AU tokens) / the same call without it (text and AUs guided together in two branches);
 - `semantic_guidance`: semantic guidance on (default window 0.6-1.0, a random ResNet guide) / off [<= 1.5];
 - `feranno_in_loop`: in-loop FERAnno labels / no labels [<= 1.10];
 - `feranno_separate`: no labels + a separate FERAnnoPipeline pass over the images / no labels (what in-loop saves);
@@ -79,7 +81,8 @@ CONFIGS = {
     "faceworld": BenchConfig("faceworld", steps=25, guided_steps=25, batch=35, dtype=torch.float32, repeats=3),
 }
 TIME_ROWS = (
-    "au_overhead", "semantic_guidance", "feranno_in_loop", "feranno_separate", "pipeline_vs_bare_unet", "bf16_vs_fp32"
+    "au_overhead", "au_guidance", "semantic_guidance", "feranno_in_loop", "feranno_separate", "pipeline_vs_bare_unet",
+    "bf16_vs_fp32",
 )  # fmt: skip
 MEMORY_ROWS = ("sg_memory_frozen",)
 ROWS = TIME_ROWS + MEMORY_ROWS
@@ -249,6 +252,7 @@ def make_pairs(
         "au_overhead": (
             lambda: sd(prompt=prompt, generator=torch.Generator().manual_seed(0), output_type="np", **common),
             synfer(plain)),
+        "au_guidance": (synfer(plain), synfer(plain, au_guidance_scale=3.0)),
         "semantic_guidance": (synfer(guided, steps=config.guided_steps),
                               synfer(guided, steps=config.guided_steps, semantic_guidance_scale=0.1)),
         "feranno_in_loop": (synfer(plain, output_type="pt"), synfer(labelled, output_type="pt")),

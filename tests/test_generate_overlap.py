@@ -4,7 +4,7 @@ with the next batch's denoising, and the set stays what a synchronous run writes
 - overlapped (`queue_depth` 1, 2) and synchronous (0) runs write byte-identical shards, with voters in the stage;
 - image voters read the pipeline's tensors, not re-encoded PIL images;
 - the next pipeline call is planned before the stage gets the last batch;
-- `queue_depth` bounds the batches generated and not yet written;
+- `queue_depth` bounds the batches generated and not yet written; by default the stage runs on an accelerator only;
 - an error in the stage is raised in the main thread with its message, nothing half written, `--resume` completes;
 - a kill -9 inside a shard write of the stage, then `--resume`, gives the reference set.
 """
@@ -27,7 +27,13 @@ from transformers import ResNetConfig, ResNetForImageClassification, ViTImagePro
 
 import synfer_diffusers.generate.run as run_module
 from synfer_diffusers import EXPRESSIONS, FERAnnoHead, SynFERPipeline
-from synfer_diffusers.generate import BackgroundStage, SyntheticSetConfig, generate_synthetic_dataset
+from synfer_diffusers.generate import (
+    DEFAULT_QUEUE_DEPTH,
+    BackgroundStage,
+    SyntheticSetConfig,
+    default_queue_depth,
+    generate_synthetic_dataset,
+)
 from synfer_diffusers.generate.background import ShardAssembler
 from synfer_diffusers.pipelines.synfer.semantic_guidance import GuidePreprocessing
 from synfer_diffusers.tiny import make_tiny_components
@@ -121,6 +127,19 @@ def test_queue_depth_bounds_the_batches_in_flight(tmp_path, monkeypatch):
         assert max(in_flight) == queue_depth, (queue_depth, in_flight)
 
 
+@pytest.mark.parametrize("given, expected", [(None, 0), (2, 2), (0, 0)])
+def test_the_stage_is_off_by_default_on_the_cpu_and_as_given_otherwise(tmp_path, monkeypatch, given, expected):
+    """`queue_depth=None` runs synchronously on the CPU (the stage's thread would compete with torch's for the cores)
+    and with the default depth on an accelerator; an explicit depth is used as given."""
+    depths = []
+    monkeypatch.setattr(run_module, "BackgroundStage", lambda process, depth: depths.append(depth) or
+                        BackgroundStage(process, depth))  # fmt: skip
+    assert _generate(tmp_path / "set", _voting_pipeline(), given, num_samples=2).complete
+    assert depths == [expected]
+    assert default_queue_depth(torch.device("cpu")) == 0
+    assert default_queue_depth(torch.device("cuda", 0)) == default_queue_depth(torch.device("mps")) == DEFAULT_QUEUE_DEPTH > 0
+
+
 def test_the_next_call_is_planned_before_the_stage_gets_a_batch(tmp_path, monkeypatch):
     """Between two pipeline calls the main thread plans the next one before it hands the last batch to the stage, so
     that its Python work does not wait behind the stage's for the GIL: plans lead submissions by one batch."""
@@ -199,10 +218,11 @@ def test_an_error_of_the_labeller_in_the_stage_keeps_its_type_and_message(tmp_pa
 @pytest.mark.usefixtures("tiny_stand_in_as_default")
 def test_kill_9_inside_a_background_write_then_resume_equals_the_reference(reference, tmp_path):
     """Killed (`durable_write_hook.py`) at the fsync of the second shard's temporary file, which the stage's thread
-    makes while the main thread generates on: `--resume` gives the reference set."""
+    makes while the main thread generates on (`--queue-depth 2`: on the CPU the stage is off by default): `--resume`
+    gives the reference set."""
     folder, log = tmp_path / "set", tmp_path / "kills.log"
     command = [sys.executable, str(HOOK), "kill", "fsync:/.synfer/tmp/train-00001", str(log), "--",
-               *cli_command(folder)[3:]]  # fmt: skip
+               *cli_command(folder)[3:], "--queue-depth", "2"]  # fmt: skip
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert log.read_text().split()[-1] == "synfer-generate-writer"  # the kill came inside the stage

@@ -14,7 +14,7 @@ from .editing import render_editing
 from .feranno import render_feranno
 from .hard_regime import render_hard_regime
 from .representation import render_representation
-from .speed import speed_row_unit, speed_row_value
+from .speed import speed_row_unit, speed_row_value, writer_rows
 
 
 def generation_targets(generation: dict) -> list[tuple[str, str, bool]]:
@@ -78,8 +78,9 @@ def speed_targets(speed: dict) -> list[tuple[str, str, bool]]:
         (f"{row['row']} ({row['config']}) <= {limit}", f"{row['ratio']:.3f}", row["ratio"] <= limit)
         for row in speed["speed"]["rows"] if (limit := _speed_limit(row["row"], row["config"])) is not None
     ]  # fmt: skip
-    writer = speed["writer"]["throughput"]["ratio"]
-    checks.append(("synfer generate / bare pipeline >= 0.95", f"{writer:.3f}", writer >= 0.95))
+    for label, row in writer_rows(speed).items():
+        name = "synfer generate / bare pipeline" + ("" if label == "this CPU" else f", {label}")
+        checks.append((f"{name} >= 0.95", f"{row['ratio']:.3f}", row["ratio"] >= 0.95))
     return checks
 
 
@@ -294,6 +295,14 @@ def render_downstream(downstream: dict, config: SuiteConfig) -> list[str]:
     ]  # fmt: skip
 
 
+def _writer_ratios(speed: dict) -> str:
+    def ratios(row: dict) -> str:
+        sides = [f"{side} {row[f'{side}_ratio']:.3f}" for side in ("overlap", "synchronous") if f"{side}_ratio" in row]
+        return f"{row['ratio']:.3f}" + (f" ({', '.join(sides)})" if sides else "")
+
+    return "; ".join(f"{label} {ratios(row)}" for label, row in writer_rows(speed).items())
+
+
 def render_speed(speed: dict, config: SuiteConfig) -> list[str]:
     """Table 3's section of RESULTS.md."""
     return [
@@ -309,8 +318,11 @@ def render_speed(speed: dict, config: SuiteConfig) -> list[str]:
         *[f"| {r['config']} | {r['row']} | {speed_row_unit(r)} | {speed_row_value(r, 'baseline'):.3f} | "
           f"{speed_row_value(r, 'candidate'):.3f} | {_number(r['ratio'], '.3f')} |" for r in speed["speed"]["rows"]],
         "",
-        f"`benchmarks/bench_generate_writer.py` (default checkpoint, 64 px, 4 steps): `synfer generate` / bare "
-        f"pipeline calls = {speed['writer']['throughput']['ratio']:.3f}; resident memory grew "
+        "`benchmarks/bench_generate_writer.py` (default checkpoint, 64 px, 4 steps, 256 images in shards of 64): "
+        "`synfer generate` / bare "
+        "pipeline calls, as it runs by default and with its background stage on and off (median of paired ratios; "
+        "the simulated accelerator is a stand-in pipeline that sleeps for the real call's time over the speedup, not "
+        f"a GPU measurement): {_writer_ratios(speed)}; resident memory grew "
         f"{speed['writer']['memory']['rss_growth_mb']:.0f} MB over {speed['writer']['memory']['num_samples']} images.",
         "",
         "![speed](results/speed.png)",

@@ -6,6 +6,13 @@ from pathlib import Path
 
 from .common import SuiteConfig, cached
 
+SIMULATED_SPEEDUP = 10
+"""The accelerator's assumed speedup over this CPU in the writer's simulated row (`--accelerator-speedup`)."""
+SIMULATED_ROW = f"simulated_accelerator_x{SIMULATED_SPEEDUP}"
+WRITER_SIZES = ("--num-samples", "256", "--shard-size", "64")
+"""Images per timed run and per shard: enough that a run's fixed costs (checks, plan, card: a few tenths of a second)
+do not dominate the simulated row, whose pipeline calls take about 17 ms per image."""
+
 
 def table_speed(config: SuiteConfig, work: Path) -> dict:
     import bench_generate_writer  # the benchmark scripts beside the suite (on sys.path)
@@ -18,10 +25,20 @@ def table_speed(config: SuiteConfig, work: Path) -> dict:
     writer = cached(
         work / "generate_writer.json",
         lambda: bench_generate_writer.main(
-            ["--memory-samples", str(config.writer_memory_samples)]
+            ["--memory-samples", str(config.writer_memory_samples), "--accelerator-speedup", str(SIMULATED_SPEEDUP),
+             *WRITER_SIZES]
         ),
     )
     return {"speed": speed, "writer": writer}
+
+
+def writer_rows(speed: dict) -> dict[str, dict]:
+    """The writer's throughput rows of table 3 by label: this CPU, and the simulated accelerator where measured."""
+    writer = speed["writer"]
+    rows = {"this CPU": writer["throughput"]}
+    if SIMULATED_ROW in writer:
+        rows[f"simulated accelerator ({SIMULATED_SPEEDUP}x this CPU)"] = writer[SIMULATED_ROW]
+    return rows
 
 
 def speed_row_unit(row: dict) -> str:

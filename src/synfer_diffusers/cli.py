@@ -31,7 +31,7 @@ from .dataclass_cli import (
     dataclass_values,
     name_flags,
 )
-from .generate.config import DEFAULT_QUEUE_DEPTH, VOTING_FIELDS, SyntheticSetConfig
+from .generate.config import VOTING_FIELDS, SyntheticSetConfig
 
 logger = logging.getLogger("synfer_diffusers")
 
@@ -97,11 +97,12 @@ class GenerateOptions(HubOptions, VoterOptions, FolderOptions, OutputOptions):
         metadata={"help": "SynFERPipeline folder or Hub repo id; None: the embedded default checkpoint."},
     )
     batch_size: int = field(default=8, metadata={"help": "Images per pipeline call (not part of the plan)."})
-    queue_depth: int = field(
-        default=DEFAULT_QUEUE_DEPTH,
+    queue_depth: int | None = field(
+        default=None,
         metadata={"help": "Batches the CPU work after each pipeline call (PIL conversion, votes, PNG encoding, shard "
                           "writes) may fall behind, done by a background thread while the next batch denoises; 0: "
-                          "synchronous. Not part of the plan: the set is the same.", "metavar": "K"},
+                          "synchronous. None: 2 on an accelerator, 0 on the CPU (where the thread would compete with "
+                          "torch's for the cores). Not part of the plan: the set is the same.", "metavar": "K"},
     )  # fmt: skip
 
 

@@ -19,8 +19,9 @@ This is the one package that ties the pipeline to the data writer (`data/` never
    pipeline arguments (those the config does not set) go through `pipeline_kwargs`; both are recorded in the plan.
 4. **Write** shards with [`~synfer_diffusers.data.writer.SyntheticSetWriter`] (atomic, verified on resume), then
    the card and preview, then optionally push to the Hub. Steps 3 and 4 (and the PIL conversion) run in a bounded
-   background stage (`background`: one thread, `queue_depth` batches behind) that overlaps with the next batch's
-   denoising; the set is byte-identical to a synchronous run.
+   background stage (`background`: one thread, `queue_depth` batches behind; by default on an accelerator only,
+   [`default_queue_depth`]) that overlaps with the next batch's denoising; the set is byte-identical to a
+   synchronous run.
 
 Before anything is written, everything is checked (config, model, sources, voters, a dry resolution of the
 pipeline's inputs, the folder's state), and the folder is locked for the run ([`OutputLock`]).
@@ -44,7 +45,7 @@ _import_structure = {
     "card": ["DEFAULT_CARD_DATA", "card_fields"],
     "config": [
         "AU_POLICIES", "DEFAULT_DESCRIPTIONS", "DEFAULT_QUEUE_DEPTH", "DTYPES", "MAX_IMAGE_SIZE_FACTOR", "SCHEDULERS",
-        "VOTING_FIELDS", "SyntheticSetConfig", "torch_dtype",
+        "VOTING_FIELDS", "SyntheticSetConfig", "default_queue_depth", "torch_dtype",
     ],
     "edit_set": ["EditSource", "edit_inputs", "plan_edit_sample"],
     "labelers": ["GeneratedOutput", "Labeler", "SampleLabels", "TargetLabeler", "VotingLabeler", "default_labeler"],

@@ -68,8 +68,8 @@ DEFAULT_NUM_SAMPLES = 64
 DEFAULT_GUIDANCE_SCALE = 5.0
 """`guidance_scale` of a generated set when none is given."""
 DEFAULT_QUEUE_DEPTH = 2
-"""Batches that `synfer generate` lets its background stage fall behind by default (a run option, not in the
-plan)."""
+"""Batches that `synfer generate` lets its background stage fall behind by default on an accelerator (a run option,
+not in the plan; see [`default_queue_depth`])."""
 MAX_IMAGE_SIZE_FACTOR = 4
 """`height` and `width` are at most this many times the model's native image size (2048 px for a 512 px model)."""
 
@@ -104,6 +104,14 @@ def check_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"`device` {name!r} is not available: torch reports no MPS backend on this machine.")
     return device
+
+
+def default_queue_depth(device: torch.device) -> int:
+    """`queue_depth` when none is given: [`DEFAULT_QUEUE_DEPTH`] on an accelerator, where the background stage's CPU
+    work overlaps with denoising on the device; 0 (synchronous) on the CPU, where the stage's thread would compete with
+    torch's own threads for the same cores (`synfer generate` / bare pipeline calls on a 2-core CPU: 0.731 with the
+    stage, 0.934 without; `benchmarks/RESULTS.md` table 3 at a820b36)."""
+    return 0 if device.type == "cpu" else DEFAULT_QUEUE_DEPTH
 
 
 def check_eta(eta: float, scheduler_class: type) -> None:

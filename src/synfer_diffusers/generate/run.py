@@ -20,7 +20,7 @@ from ..pipelines.synfer.pipeline_synfer import SynFERPipeline
 from ..value_checks import check_int
 from .background import BackgroundStage, GeneratedBatch, ShardAssembler
 from .card import DEFAULT_CARD_DATA, card_fields
-from .config import DEFAULT_QUEUE_DEPTH, SyntheticSetConfig, check_device, torch_dtype
+from .config import SyntheticSetConfig, check_device, default_queue_depth, torch_dtype
 from .edit_set import EditSource, edit_inputs, plan_edit_sample
 from .labelers import Labeler, changed_voting_options, default_labeler
 from .lock import OutputLock
@@ -103,7 +103,7 @@ def generate_synthetic_dataset(
     num_processes: int | None = None,
     show_progress: bool = True,
     wait: bool = False,
-    queue_depth: int = DEFAULT_QUEUE_DEPTH,
+    queue_depth: int | None = None,
 ) -> SyntheticSetResult:
     r"""
     Generates, labels and writes a synthetic facial-expression dataset folder (and optionally publishes it).
@@ -137,10 +137,11 @@ def generate_synthetic_dataset(
         show_progress (`bool`, defaults to True): a progress bar with rate and ETA.
         wait (`bool`, defaults to False): when another run holds the folder's lock, wait for it instead of raising
             [`FolderLockedError`].
-        queue_depth (`int`, defaults to 2): batches the CPU work after each pipeline call (PIL conversion, votes,
+        queue_depth (`int`, *optional*): batches the CPU work after each pipeline call (PIL conversion, votes,
             PNG encoding, shard writes) may fall behind, done meanwhile by a background thread
             ([`BackgroundStage`]) so that it overlaps with the next batch's denoising; at most this many generated
-            batches wait in memory. 0: all on the calling thread. Not part of the plan: the set is byte-identical.
+            batches wait in memory. 0: all on the calling thread. Default ([`default_queue_depth`]): 2 on an
+            accelerator, 0 on the CPU. Not part of the plan: the set is byte-identical.
 
     Everything is checked before the folder is touched (the config, the model, the sources, the voters, one dry
     resolution of the pipeline's inputs, the folder's state): bad input raises and leaves the folder as it was.
@@ -163,7 +164,8 @@ def generate_synthetic_dataset(
     if not isinstance(config, SyntheticSetConfig):
         raise TypeError(f"`config` must be a SyntheticSetConfig, got {type(config).__name__}.")
     check_int("batch_size", batch_size, 1)
-    check_int("queue_depth", queue_depth, 0)
+    if queue_depth is not None:
+        check_int("queue_depth", queue_depth, 0)
     if resume and overwrite:
         raise ValueError("`resume` and `overwrite` exclude each other: pick one.")
     if push_to_hub is not None:
@@ -174,6 +176,7 @@ def generate_synthetic_dataset(
     distributed = process_index is None and world > 1
     run = _checked_run(config, output_dir, model, pipeline, labeler, voters, pipeline_kwargs, process_device)
     config = run.config
+    queue_depth = default_queue_depth(run.pipe.device) if queue_depth is None else queue_depth
     run.writer.check(resume=resume, overwrite=overwrite, is_main_process=rank == 0)
 
     lock = None

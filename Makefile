@@ -32,7 +32,7 @@ generate: install
 	$(OFFLINE) $(BIN)/synfer generate --output-dir $(OUTPUT_DIR) $(GENERATE_ARGS)
 
 test: install
-	$(OFFLINE) $(BIN)/python -m pytest -q --durations=25 -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(OFFLINE) $(BIN)/python -m pytest -q --durations=25 -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo: install
 	$(OFFLINE) GRADIO_ANALYTICS_ENABLED=False $(BIN)/python demo/app.py $(DEMO_ARGS)

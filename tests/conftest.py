@@ -5,6 +5,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
 
 # Read by huggingface_hub / datasets / diffusers at import time: set before anything imports them. Remote-code
 # modules go to a folder of this session (not ~/.cache), shared with the CLI subprocesses, which then share one
@@ -69,11 +70,22 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """Deselects the stock peer of diffusers' harness while its last passing run is recorded for these versions and
-    parts (`stock_peer.py`)."""
+    parts (`stock_peer.py`), and puts the files with `slow` tests first ([`_slow_files_first`])."""
     peer = [item for item in items if item.get_closest_marker("stock_peer")]
     if peer and stock_peer.peer_may_be_skipped():
         config.hook.pytest_deselected(items=peer)
         items[:] = [item for item in items if not item.get_closest_marker("stock_peer")]
+    _slow_files_first(items)
+
+
+def _slow_files_first(items: list[pytest.Item]) -> None:
+    """Orders the files by their number of `slow` tests, most first, keeping the order within each file and among
+    files with as many: `make test` (`--dist loadfile --no-loadscope-reorder`) hands the files to its workers in
+    this order, so the long ones start early and the many short ones fill in at the end, where otherwise a worker
+    could finish on a long file while the other idles."""
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    position = {path: index for index, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: (-slow[item.path], position[item.path]))
 
 
 @pytest.fixture

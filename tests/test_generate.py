@@ -115,6 +115,7 @@ def test_two_processes_give_the_same_dataset(reference, tmp_path):
     assert (tmp_path / "set" / "README.md").read_text() == (reference / "README.md").read_text()
 
 
+@pytest.mark.slow  # `synfer` subprocesses
 def test_kill_9_then_resume_equals_an_uninterrupted_run(reference, tmp_path):
     folder, log = tmp_path / "set", tmp_path / "kills.log"
     args = ["generate", "--output-dir", str(folder), "--num-samples", "6", "--shard-size", "2", "--batch-size", "2",

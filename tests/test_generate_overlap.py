@@ -215,6 +215,7 @@ def test_an_error_of_the_labeller_in_the_stage_keeps_its_type_and_message(tmp_pa
     assert not list((tmp_path / "set" / "data").iterdir())
 
 
+@pytest.mark.slow  # two `synfer` subprocesses
 @pytest.mark.usefixtures("tiny_stand_in_as_default")
 def test_kill_9_inside_a_background_write_then_resume_equals_the_reference(reference, tmp_path):
     """Killed (`durable_write_hook.py`) at the fsync of the second shard's temporary file, which the stage's thread

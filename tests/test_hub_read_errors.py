@@ -88,6 +88,7 @@ def observed(hub, tmp_path_factory):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # its client subprocess imports the HF stack
 def test_the_test_hub_answers_gated_and_missing_repos_as_the_hub_does(observed):
     statuses = observed["statuses"]
     assert statuses["gated-info"] == 200 and statuses["gated-card"] == 200  # its page and card are public

@@ -39,6 +39,7 @@ def client_run(hub, tmp_path_factory):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # its client subprocess imports the HF stack
 def test_dataset_push_retries_and_pulls_the_same_rows(hub, client_run):
     assert client_run["pulled_equals_local"], client_run
     assert client_run["features_equal"]

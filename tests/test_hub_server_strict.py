@@ -70,6 +70,7 @@ def observed(hub, tmp_path_factory):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # its client subprocess imports the HF stack
 def test_tokens_are_checked(hub, observed):
     assert observed["whoami"] == ["tester", "someone-else"]
     assert observed["no_token"][0] == 401 and observed["bad_token"][0] == 401

@@ -31,7 +31,16 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from suite.common import FULL, LABEL_SOURCES, load_real, run_classifiers, summarise_runs, write_json
+from suite.common import (
+    FULL,
+    JUDGES,
+    LABEL_SOURCES,
+    agreement_with_judges,
+    load_real,
+    run_classifiers,
+    summarise_runs,
+    write_json,
+)
 from suite.downstream import (
     DownstreamRow,
     labelled_set,
@@ -41,7 +50,7 @@ from suite.downstream import (
     voted_labels,
     write_set,
 )
-from suite.hard_regime import JUDGES, agreement_with_judges, hard_set_config
+from suite.hard_regime import hard_set_config
 from suite.prerequisites import MEASUREMENT_MODELS, World, ensure_faceworld
 
 BENCHMARKS = Path(__file__).resolve().parent

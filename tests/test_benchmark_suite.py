@@ -95,6 +95,22 @@ def test_targets_are_computed_from_the_numbers():
     assert checks["AU error of + AUs images <= 1.2x the regressor's error on real faces"] is False  # 0.3 / 0.2
 
 
+def test_table_2_shows_each_label_source_agreeing_with_each_judge_on_both_sets():
+    """Issue 26's standard-regime report: every label source's agreement with the judge and the second judge, on the
+    SG set and the no-SG set, as recorded (and nothing for records made before it was measured)."""
+    config, _, downstream, _ = _results({})
+    assert not any("second judge" in line for line in report.render_downstream(downstream, config))
+    downstream["label_agreement_with_judges"] = {
+        name: {judge: {source: base + 0.001 * i + (0.01 if judge == "judge" else 0.0)
+                       for i, source in enumerate(common.LABEL_SOURCES)} for judge in common.JUDGES}
+        for name, base in (("SG", 0.9), ("no SG", 0.8))
+    }  # fmt: skip
+    text = "\n".join(report.render_downstream(downstream, config))
+    assert "| labels | SG: judge | SG: second judge | no SG: judge | no SG: second judge |" in text
+    assert "| target | 91.0% | 90.0% | 81.0% | 80.0% |" in text
+    assert "| dawid_skene | 91.3% | 90.3% | 81.3% | 80.3% |" in text
+
+
 def test_the_simulated_accelerator_writer_row_gets_its_own_target_and_sentence(tmp_path):
     """Table 3's writer: the default run on this CPU and, where measured, the simulated accelerator, each checked
     against 0.95 and rendered with its stage-on and stage-off ratios."""
@@ -117,7 +133,7 @@ def _hard_results(accuracies: dict[str, tuple[float, float]], target_agreement: 
             for row in hard_regime.hard_rows(config) for seed in (0, 1)]  # fmt: skip
     rows = [{"name": row.name, **common.summarise_runs(runs, row.name)} for row in hard_regime.hard_rows(config)]
     agreement = {judge: {"target": target_agreement, "feranno": 0.8, "vote": 0.85, "dawid_skene": 0.91}
-                 for judge in hard_regime.JUDGES}  # fmt: skip
+                 for judge in common.JUDGES}  # fmt: skip
     return {"rows": rows, "runs": runs, "label_agreement_with_judges": agreement, "votes_changed": 0.2,
             "num_synthetic": 350, "real_label_noise": 0.27}  # fmt: skip
 

@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
@@ -71,7 +71,23 @@ QUICK = SuiteConfig(
 )  # fmt: skip
 CLASSIFIER = {"architecture": "resnet", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "train_batch_size": 64}
 LABEL_SOURCES = ("target", "feranno", "vote", "dawid_skene")
+JUDGES = ("judge", "second_judge")
+"""The measurement models that read a synthetic image's expression (committed in `measurement_models/`)."""
 NOT_RECORDED = "not recorded"
+
+
+def agreement_with_judges(
+    synthetic: dict[str, np.ndarray], run_dir: Path, sources: Sequence[str] = LABEL_SOURCES
+) -> dict[str, dict[str, float]]:
+    """How often each label source equals each judge's label on the synthetic images, by judge."""
+    from transformers import AutoModelForImageClassification
+
+    agreement = {}
+    for name in JUDGES:
+        judge = AutoModelForImageClassification.from_pretrained(run_dir / name).eval()
+        judged = predict(judge, synthetic["image"]).argmax(dim=1).numpy()
+        agreement[name] = {source: float((synthetic[source] == judged).mean()) for source in sources}
+    return agreement
 
 
 def row_key(name: str) -> str:

@@ -16,6 +16,7 @@ from synfer_diffusers.labels import EnsembleVoter, VotingConfig
 from .common import (
     LABEL_SOURCES,
     SuiteConfig,
+    agreement_with_judges,
     cached,
     classifier_stage,
     load_real,
@@ -199,4 +200,6 @@ def table_downstream(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     return {
         "rows": [{**asdict(row), **summarise_runs(runs, row.name)} for row in downstream_rows(config)],
         "runs": runs, "label_agreement_with_target": agreement, "stages": stage_summary(stages),
+        "label_agreement_with_judges": {"SG": agreement_with_judges(guided, run_dir),
+                                        "no SG": agreement_with_judges(unguided, run_dir)},
     }  # fmt: skip

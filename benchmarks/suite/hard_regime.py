@@ -9,20 +9,16 @@ Semantic guidance is off: it would steer each image toward its (possibly wrong) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-from transformers import AutoModelForImageClassification
-
-from synfer_diffusers.evaluation import predict
 from synfer_diffusers.generate import SyntheticSetConfig
 
 from .common import (
     LABEL_SOURCES,
     SuiteConfig,
+    agreement_with_judges,
     beats_beyond_spread,
     classifier_stage,
     downstream_table,
@@ -32,8 +28,6 @@ from .common import (
     summarise_runs,
 )
 from .downstream import DownstreamRow, labelled_rows, labelled_set, training_data, write_set
-
-JUDGES = ("judge", "second_judge")
 
 
 def hard_rows(config: SuiteConfig) -> list[DownstreamRow]:
@@ -52,18 +46,6 @@ def hard_set_config(config: SuiteConfig, run_dir: Path) -> SyntheticSetConfig:
         num_inference_steps=config.generation_steps, semantic_guidance_scale=0.0,
         au_policy="dataset", au_dataset=str(run_dir / "faceworld_hard"),
     )  # fmt: skip
-
-
-def agreement_with_judges(
-    synthetic: dict[str, np.ndarray], run_dir: Path, sources: Sequence[str] = LABEL_SOURCES
-) -> dict[str, dict[str, float]]:
-    """How often each label source equals each judge's label on the synthetic images, by judge."""
-    agreement = {}
-    for name in JUDGES:
-        judge = AutoModelForImageClassification.from_pretrained(run_dir / name).eval()
-        judged = predict(judge, synthetic["image"]).argmax(dim=1).numpy()
-        agreement[name] = {source: float((synthetic[source] == judged).mean()) for source in sources}
-    return agreement
 
 
 def table_hard_regime(config: SuiteConfig, run_dir: Path, work: Path) -> dict:

@@ -20,6 +20,7 @@ from synfer_diffusers.evaluation import evaluate_expression_classifier, images_t
 from synfer_diffusers.generate import SyntheticSetConfig
 
 from .common import (
+    JUDGES,
     SuiteConfig,
     cached,
     classifier_stage,
@@ -29,7 +30,6 @@ from .common import (
     summarise_runs,
 )
 from .downstream import generated_set, load_edit_set, load_synthetic_set, write_set
-from .hard_regime import JUDGES
 
 PERSONS_ROWS = ("synthetic persons (vote)", "plain generated (vote)")
 """The downstream rows: each set alone, labelled by the paper's vote over its stored votes."""

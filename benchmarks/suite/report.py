@@ -258,6 +258,26 @@ def render_au_control(control: dict | None) -> list[str]:
     ]  # fmt: skip
 
 
+def _judge_agreement_table(downstream: dict) -> list[str]:
+    """Each label source's agreement with both judges on the whole SG set and the no-SG set (absent from records
+    made before it was measured)."""
+    agreement = downstream.get("label_agreement_with_judges")
+    if agreement is None:
+        return []
+    sets = list(agreement)
+    sources = list(agreement[sets[0]]["judge"])
+    return [
+        "Labels agreeing with the judges on the whole sets (the images' expression as the measurement models read it; "
+        "neither judge steers or votes):",
+        "",
+        "| labels | " + " | ".join(f"{s}: judge | {s}: second judge" for s in sets) + " |",
+        "|---|" + "---|---|" * len(sets),
+        *[f"| {source} | " + " | ".join(f"{agreement[s]['judge'][source]:.1%} | {agreement[s]['second_judge'][source]:.1%}"
+                                        for s in sets) + " |" for source in sources],
+        "",
+    ]  # fmt: skip
+
+
 def render_downstream(downstream: dict, config: SuiteConfig) -> list[str]:
     """Table 2's section of RESULTS.md."""
     k = config.synthetic_factor
@@ -288,6 +308,7 @@ def render_downstream(downstream: dict, config: SuiteConfig) -> list[str]:
         "Synthetic labels agreeing with the generation target (the SG set and the no-SG ablation): "
         + ", ".join(f"{s} {v:.1%}" for s, v in downstream["label_agreement_with_target"].items()) + ".",
         "",
+        *_judge_agreement_table(downstream),
         "![downstream](results/downstream.png)",
         "",
         "![confusion matrices](results/confusion_matrices.png)",

@@ -62,7 +62,7 @@ def table_representation(config: SuiteConfig, run_dir: Path, work: Path) -> dict
         for seed in config.seeds:
 
             def compute(folder=folder, seed=seed) -> dict:
-                output = folder / f"seed{seed}"
+                output = folder / f"seed{seed}_steps{config.ssl_steps}"
                 run_example("train_ssl", ["--dataset_name", str(folder / "images"), "--output_dir", str(output), "--seed", str(seed),
                           "--max_train_steps", str(config.ssl_steps), "--train_batch_size", str(config.ssl_batch_size),
                           "--learning_rate", "1e-3", "--checkpointing_steps", str(max(1, config.ssl_steps // 4)),
@@ -70,7 +70,8 @@ def table_representation(config: SuiteConfig, run_dir: Path, work: Path) -> dict
                           "--probe_num_train", str(config.probe_num_train)])  # fmt: skip
                 return json.loads((output / "probe.json").read_text())
 
-            runs.append({"row": row.name, "seed": seed, **cached(folder / f"probe_seed{seed}.json", compute)})
+            probe = folder / f"probe_seed{seed}_steps{config.ssl_steps}.json"  # a run of other steps is another run
+            runs.append({"row": row.name, "seed": seed, **cached(probe, compute)})
     rows = []
     for row in representation_rows(config):
         accuracy = np.array([r["accuracy"] for r in runs if r["row"] == row.name])

@@ -95,6 +95,33 @@ def test_dawid_skene_discounts_the_voter_that_errs_and_keeps_unanimous_labels():
     assert torch.allclose(reduced.probabilities, silenced.probabilities, atol=1e-4)
 
 
+def test_classifier_tempering_keeps_an_accurate_target_against_classifiers_that_err_together():
+    """Two classifiers that read the same 8% of images the same wrong way (correlated errors, which Dawid-Skene takes
+    for independent evidence) outvote a 97%-right target there; tempered to half, they no longer can."""
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, NUM_CLASSES, 3000)
+    target = np.where(rng.random(truth.size) < 0.97, truth, rng.integers(0, NUM_CLASSES, truth.size))
+    shared = rng.random(truth.size) < 0.08
+    misread = np.array([PARTNER[k] if PARTNER[k] != k else (k + 1) % NUM_CLASSES for k in truth])
+
+    def classifier() -> np.ndarray:
+        own = np.where(rng.random(truth.size) < 0.92, truth, rng.integers(0, NUM_CLASSES, truth.size))
+        return np.where(shared, misread, own)
+
+    votes = {
+        name: torch.nn.functional.one_hot(torch.tensor(v), NUM_CLASSES).float()
+        for name, v in (("target", target), ("feranno", classifier()), ("guide", classifier()))
+    }
+    accuracy = {}
+    for tempering in (1.0, 0.5):
+        config = VotingConfig(probability_voters=tuple(votes), aggregation="dawid_skene", classifier_tempering=tempering)
+        accuracy[tempering] = float((EnsembleVoter(config=config).combine(votes).label_ids.numpy() == truth).mean())
+    assert accuracy[0.5] > accuracy[1.0] + 0.05, accuracy
+    assert accuracy[0.5] >= float((target == truth).mean()) - 0.005, accuracy
+    with pytest.raises(ValueError, match="classifier_tempering"):
+        VotingConfig(classifier_tempering=0.0)
+
+
 def test_papers_rule_is_the_weighted_mean():
     probabilities = torch.softmax(torch.randn(5, 3, NUM_CLASSES, generator=torch.Generator().manual_seed(0)), -1)
     present = torch.tensor([[True, True, False]] * 5)

@@ -75,8 +75,9 @@ def copy_of(tmp_path):
     return copy
 
 
-def expected_labels(folder, voters, aggregation):
-    """What relabelling `folder` should give: its stored votes plus `voters`' votes, aggregated afresh."""
+def expected_labels(folder, voters, aggregation, tempering=SyntheticSetConfig().classifier_tempering):
+    """What relabelling `folder` should give: its stored votes plus `voters`' votes, aggregated afresh (Dawid-Skene
+    tempered as `synfer generate` does by default)."""
     stored = rows(folder)
     names = [vote["voter"] for vote in stored["votes"][0]]
     probabilities = {n: torch.tensor([[v["probs"] for v in row if v["voter"] == n][0] for row in stored["votes"]])
@@ -84,7 +85,7 @@ def expected_labels(folder, voters, aggregation):
     batch = VoteBatch(images=[None] * len(stored["votes"]))  # the test's voters only count the images
     probabilities.update({voter.name: voter.vote(batch) for voter in voters})
     ensemble = EnsembleVoter(config=VotingConfig(probability_voters=tuple(probabilities), use_target=True,
-                                                 aggregation=aggregation))  # fmt: skip
+                                                 aggregation=aggregation, classifier_tempering=tempering))  # fmt: skip
     targets = [EXPRESSIONS[i] for i in stored["target_label"]]
     return ensemble(probabilities=probabilities, targets=targets)
 
@@ -110,6 +111,10 @@ def test_relabel_recomputes_labels_from_stored_votes_with_an_added_voter(paper_s
     assert metadata.annotations_creators == ["machine-generated"] and metadata.pretty_name  # kept by the relabel
     assert metadata.license == DatasetCard.load(paper_set / "README.md").data.license
     assert not (folder / JOURNAL_FILE).exists()
+    # plain Dawid-Skene (tempering 1) is one option away, and gives other probabilities than the tempered default
+    relabel_synthetic_dataset(folder, voting={"classifier_tempering": 1.0})
+    plain = expected_labels(paper_set, [voter], "dawid_skene", tempering=1.0).probabilities.numpy()
+    assert np.allclose(rows(folder)["label_probs"], plain) and not np.allclose(plain, expected.probabilities.numpy())
     # relabelling again with the paper's rule from the new stored votes gives the paper's labels of those votes
     relabel_synthetic_dataset(folder, voting={"aggregation": "paper"})
     assert rows(folder)["label"] == expected_labels(paper_set, [voter], "paper").label_ids.tolist()

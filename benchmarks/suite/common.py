@@ -18,6 +18,7 @@ import torch
 
 from synfer_diffusers import EXPRESSIONS
 from synfer_diffusers.evaluation import predict
+from synfer_diffusers.generate import SyntheticSetConfig
 from synfer_diffusers.training.fer_classifier import TrainFERConfig, train
 
 BENCHMARKS = Path(__file__).resolve().parents[1]
@@ -70,7 +71,10 @@ QUICK = SuiteConfig(
     feranno_batch_size=8, sweep_seeds=1, ssl_steps=10, ssl_batch_size=16, probe_num_train=140,
 )  # fmt: skip
 CLASSIFIER = {"architecture": "resnet", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "train_batch_size": 64}
-LABEL_SOURCES = ("target", "feranno", "vote", "dawid_skene")
+LABEL_SOURCES = ("target", "feranno", "vote", "dawid_skene", "tempered_dawid_skene")
+DEFAULT_LABELS = "tempered_dawid_skene"
+"""The label source `synfer generate` writes by default: Dawid-Skene with its classifiers tempered."""
+DEFAULT_TEMPERING = SyntheticSetConfig().classifier_tempering
 JUDGES = ("judge", "second_judge")
 """The measurement models that read a synthetic image's expression (committed in `measurement_models/`)."""
 NOT_RECORDED = "not recorded"

@@ -14,6 +14,8 @@ from synfer_diffusers.generate import SyntheticSetConfig, VotingLabeler, default
 from synfer_diffusers.labels import EnsembleVoter, VotingConfig
 
 from .common import (
+    DEFAULT_LABELS,
+    DEFAULT_TEMPERING,
     LABEL_SOURCES,
     SuiteConfig,
     agreement_with_judges,
@@ -52,15 +54,15 @@ def labelled_rows(
 
 
 def downstream_rows(config: SuiteConfig) -> list[DownstreamRow]:
-    """Real N; the paper's vote and Dawid-Skene's labels (`synfer generate`'s default) of the SG groups, voted by
-    FERAnno, the default's RegNet voter and the target; target, voted and Dawid-Skene labels of the no-SG set, where
-    the guide votes too. FERAnno's own labels are table 5's and 6's subject."""
+    """Real N; the paper's vote, plain and tempered Dawid-Skene labels (the latter `synfer generate`'s default) of
+    the SG groups, voted by FERAnno, the default's RegNet voter and the target; the same and the target's labels of the
+    no-SG set, where the guide votes too. FERAnno's own labels are table 5's and 6's subject."""
     k = config.synthetic_factor
-    vote = ("vote", "dawid_skene")
+    vote = ("vote", "dawid_skene", DEFAULT_LABELS)
     return [
         DownstreamRow("real N", True, 0, None),
         *labelled_rows(((1, False, True, "synthetic N"),), vote),
-        *labelled_rows(((1, False, False, "synthetic N, no SG"),), ("target", "vote", "dawid_skene")),
+        *labelled_rows(((1, False, False, "synthetic N, no SG"),), ("target", *vote)),
         *labelled_rows(((k, False, True, f"synthetic {k}N"), (1, True, True, "real N + synthetic N")), vote),
     ]
 
@@ -103,12 +105,15 @@ def _rows_in_sample_order(path: Path, columns: list[str]) -> tuple[dict[str, np.
 
 def load_synthetic_set(path: Path) -> dict[str, np.ndarray]:
     """Images `(M, 64, 64, 3)` uint8 in sample order, with the target labels, the labels the paper's rule
-    (`"vote"`) and Dawid-Skene give from the stored votes (as `synfer relabel --aggregation ...` would, whichever
-    rule wrote the set), and the stored votes themselves under `"votes"`."""
+    (`"vote"`), plain Dawid-Skene and `synfer generate`'s tempered Dawid-Skene give from the stored votes (as
+    `synfer relabel --aggregation ... --classifier-tempering ...` would, whichever rule wrote the set), and the stored
+    votes themselves under `"votes"`."""
     data, votes = _rows_in_sample_order(path, ["image", "target_label"])
     targets = data["target_label"]
     return {"image": np.asarray(data["image"]), "target": targets, "vote": voted_labels(votes, targets, "paper"),
-            "dawid_skene": voted_labels(votes, targets, "dawid_skene"), "votes": votes}  # fmt: skip
+            "dawid_skene": voted_labels(votes, targets, "dawid_skene"),
+            DEFAULT_LABELS: voted_labels(votes, targets, "dawid_skene", classifier_tempering=DEFAULT_TEMPERING),
+            "votes": votes}  # fmt: skip
 
 
 def generated_set(config: SuiteConfig, work: Path) -> tuple[Path, dict]:
@@ -127,14 +132,19 @@ def load_edit_set(path: Path, source: str = "source_id") -> dict[str, np.ndarray
 
 
 def voted_labels(
-    votes: list[list[dict]], targets: np.ndarray, aggregation: str, voters: tuple[str, ...] | None = None
+    votes: list[list[dict]],
+    targets: np.ndarray,
+    aggregation: str,
+    voters: tuple[str, ...] | None = None,
+    classifier_tempering: float = 1.0,
 ) -> np.ndarray:
     """The labels `aggregation` gives from a set's stored `votes`, counting only `voters` (default: every voter of
     the set, the target included)."""
     names = voters or tuple(vote["voter"] for vote in votes[0])
     given = tuple(name for name in names if name != "target")
     ensemble = EnsembleVoter(config=VotingConfig(probability_voters=given, use_target="target" in names,
-                                                 aggregation=aggregation))  # fmt: skip
+                                                 aggregation=aggregation,
+                                                 classifier_tempering=classifier_tempering))  # fmt: skip
     kept = [[vote for vote in row if vote["voter"] in names] for row in votes]
     return VotingLabeler(ensemble).relabel(kept, [int(t) for t in targets]).label_ids.numpy()
 
@@ -193,7 +203,7 @@ def table_downstream(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     agreement = {
         f"{name} {source}": float((labels[source] == labels["target"]).mean())
         for name, labels in (("SG", guided), ("no SG", unguided))
-        for source in ("feranno", "vote", "dawid_skene")
+        for source in ("feranno", "vote", "dawid_skene", DEFAULT_LABELS)
     }
     stages = {**guided_stages, **unguided_stages}
     stages["classifiers"] = classifier_stage(runs)

@@ -9,7 +9,7 @@ import numpy as np
 
 from synfer_diffusers import EXPRESSIONS
 
-from .common import NOT_RECORDED, SuiteConfig
+from .common import DEFAULT_LABELS, DEFAULT_TEMPERING, NOT_RECORDED, SuiteConfig
 from .editing import render_editing
 from .feranno import render_feranno
 from .hard_regime import render_hard_regime
@@ -58,6 +58,14 @@ def downstream_targets(downstream: dict, config: SuiteConfig) -> list[tuple[str,
     checks.append(
         ("synthetic N, no SG: voted labels beat target labels", f"{vote:.1%} vs {target:.1%}", vote > target)
     )
+    default = acc[f"synthetic N, no SG ({DEFAULT_LABELS})"]
+    checks.append(("synthetic N, no SG: default labels >= target labels", f"{default:.1%} vs {target:.1%}",
+                   default >= target))  # fmt: skip
+    for regime, by_judge in downstream.get("label_agreement_with_judges", {}).items():
+        for judge, rates in by_judge.items():
+            ours, theirs = rates[DEFAULT_LABELS], rates["target"]
+            checks.append((f"{regime} set: default labels agree with the {judge.replace('_', ' ')} >= target labels",
+                           f"{ours:.1%} vs {theirs:.1%}", ours >= theirs))  # fmt: skip
     return checks
 
 
@@ -112,7 +120,7 @@ def plot_downstream(downstream: dict, plots: Path) -> list[str]:
     plt = _pyplot()
     rows = downstream["rows"]
     fig, ax = plt.subplots(figsize=(10, 4))
-    colors = ["#777777" if r["labels"] is None else {"target": "#4878a8", "feranno": "#d68a3a", "vote": "#5a9e5a", "dawid_skene": "#8a5aa8"}[r["labels"]] for r in rows]  # fmt: skip
+    colors = ["#777777" if r["labels"] is None else {"target": "#4878a8", "feranno": "#d68a3a", "vote": "#5a9e5a", "dawid_skene": "#8a5aa8", "tempered_dawid_skene": "#c05a8a"}[r["labels"]] for r in rows]  # fmt: skip
     ax.bar(range(len(rows)), [r["accuracy_mean"] for r in rows], yerr=[r["accuracy_std"] for r in rows],
            color=colors, capsize=3)  # fmt: skip
     ax.axhline(rows[0]["accuracy_mean"], color="#777777", linestyle="--", linewidth=1)
@@ -292,8 +300,9 @@ def render_downstream(downstream: dict, config: SuiteConfig) -> list[str]:
         f"{config.generation_steps} DDIM steps, CFG 5, lambda_g = {config.semantic_guidance_scale:g}); the N set is "
         "its first N images; `no SG` is the same plan's first N samples (same seeds, expressions and AUs) generated "
         "without semantic guidance. Labels: the generation target, the paper's vote (unanimous labels kept, disputed "
-        "ones replaced by the average) or Dawid-Skene's (each voter's confusion matrix estimated from the whole set: "
-        "`synfer generate`'s default), both from the set's stored votes. Its voters are in-loop FERAnno, the "
+        "ones replaced by the average), Dawid-Skene's (each voter's confusion matrix estimated from the whole set) or "
+        f"tempered Dawid-Skene's (the same with every classifier voter's likelihood to the power {DEFAULT_TEMPERING:g}, "
+        "the target's not: `synfer generate`'s default), all from the set's stored votes. Its voters are in-loop FERAnno, the "
         "checkpoint's RegNet voter and the target, plus the checkpoint's guide classifier on the no-SG set only (the "
         "guide does not vote on images it steered). "
         "Test: all real FaceWorld test faces against their true labels, with the package's `evaluate` metric. "

@@ -91,7 +91,10 @@ class VotingLabeler:
         self.needs_whole_set = config.aggregation != "paper"
         weights = f", weights {config.weights}" if config.weights else ""
         discard = f", `keep` False by the {config.discard_rule!r} rule" if config.discard_rule != "none" else ""
-        rule = {"paper": "the paper's weighted mean", "dawid_skene": "Dawid-Skene over the whole set"}
+        rule = {
+            "paper": "the paper's weighted mean",
+            "dawid_skene": f"Dawid-Skene over the whole set, classifiers tempered by {config.classifier_tempering:g}",
+        }
         named = [f"{v.name} ({v.family})" if hasattr(v, "family") else v.name for v in voter.voters]
         self.description = (
             f"ensemble vote of {', '.join(named)} ({config.label_type} labels, aggregated by "

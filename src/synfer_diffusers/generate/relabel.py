@@ -50,6 +50,8 @@ from .lock import OutputLock
 RELABEL_DIR = f"{WORK_DIR}/relabel"
 JOURNAL_FILE = f"{RELABEL_DIR}/journal.json"
 LABEL_COLUMNS = ("label", "label_probs", "agreement", "keep", "votes")
+PLAN_DEFAULTS = {"classifier_tempering": 1.0}
+"""The voting fields a plan may predate, with the value the sets written before them were labelled with."""
 
 
 @dataclass
@@ -336,7 +338,7 @@ def _checked_relabel(
         )
     stored = _stored_voter_names(writer)
     added = [voter if isinstance(voter, Voter) else load_voter(voter) for voter in voters]
-    options = {**{name: writer.plan[name] for name in VOTING_FIELDS}, **voting}
+    options = {**{name: writer.plan.get(name, PLAN_DEFAULTS.get(name)) for name in VOTING_FIELDS}, **voting}
     voting_config = SyntheticSetConfig(**{**_config_fields(writer.plan), **options}).voting_options()  # checked
     replaced = {voter.name for voter in added}  # an added voter named like a stored one replaces its votes
     kept = [GivenVoter(name) for name in stored if name != TARGET_VOTER and name not in replaced]

@@ -9,7 +9,7 @@ Two rules, selected by `VotingConfig.aggregation`:
   algorithm"): each voter `v` gets a confusion matrix `pi_v[k, l] = P(v votes l | true class k)` and the classes a
   prior `p_k`, both estimated from the set itself by EM, without ground truth. The posterior of image `n` is
   `T[n, k] ~ p_k * prod_v pi_v[k, y_nv] ** w_v` (votes `y_nv` are each voter's argmax; `w_v` its configured weight,
-  a tempering of its likelihood). A voter that keeps naming a confusable partner, the target included, loses weight
+  a tempering of its likelihood, times `classifier_tempering` for every voter but the target). A voter that keeps naming a confusable partner, the target included, loses weight
   exactly on that pair. It needs many images per voter (a whole set, not one batch): `synfer generate` runs it as a
   finalisation pass after the last shard, and `synfer relabel` on a finished set.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .config import AGGREGATIONS
+from .config import AGGREGATIONS, TARGET_VOTER
 
 __all__ = ["AGGREGATIONS", "AggregationResult", "aggregate", "dawid_skene", "weighted_mean"]
 
@@ -104,10 +104,13 @@ def aggregate(
     present: torch.Tensor,  # (N, V) bool
     weights: torch.Tensor,  # (V,)
     voter_names: list[str],
+    classifier_tempering: float = 1.0,
 ) -> AggregationResult:
-    """The aggregation `rule` (one of [`AGGREGATIONS`]) of the voters' probabilities."""
+    """The aggregation `rule` (one of [`AGGREGATIONS`]) of the voters' probabilities; Dawid-Skene multiplies the
+    weight of every voter but the target ([`TARGET_VOTER`]) by `classifier_tempering`."""
     if rule == "paper":
         return weighted_mean(probabilities, present, weights)
     if rule == "dawid_skene":
-        return dawid_skene(probabilities, present, weights, voter_names)
+        tempering = torch.tensor([1.0 if name == TARGET_VOTER else classifier_tempering for name in voter_names])
+        return dawid_skene(probabilities, present, weights * tempering, voter_names)
     raise ValueError(f"`aggregation` must be one of {list(AGGREGATIONS)}, got {rule!r}.")

@@ -50,6 +50,13 @@ class VotingConfig:
                           "each voter's confusion matrix estimated from the whole set by EM (Dawid & Skene 1979), "
                           "so a voter that keeps confusing two classes loses weight there."},
     )  # fmt: skip
+    classifier_tempering: float = field(
+        default=1.0,
+        metadata={"help": "With Dawid-Skene, every voter but the target counts in the likelihood with its weight "
+                          "times this (the target with its weight alone). Classifiers that read the same image make "
+                          "correlated errors, which Dawid-Skene takes for independent evidence; below 1 they must "
+                          "agree more strongly to overrule the target. 1: plain Dawid-Skene."},
+    )  # fmt: skip
     discard_rule: DiscardRule = field(
         default="none",
         metadata={"help": "Which images get keep=False: 'disagreement' where the label is not agreed, "
@@ -59,6 +66,7 @@ class VotingConfig:
     def __post_init__(self) -> None:
         self.probability_voters = tuple(self.probability_voters)
         check_number("agreement_threshold", self.agreement_threshold, 0, 1)
+        check_number("classifier_tempering", self.classifier_tempering, 0, open_minimum=True)
         for name, choices in (("label_type", LABEL_TYPES), ("aggregation", AGGREGATIONS),
                               ("discard_rule", DISCARD_RULES)):  # fmt: skip
             if getattr(self, name) not in choices:

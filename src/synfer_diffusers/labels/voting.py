@@ -201,7 +201,9 @@ class EnsembleVoter:
             raise ValueError(
                 f"Image(s) {torch.nonzero(total == 0).flatten().tolist()[:5]} have no voter with weight > 0."
             )
-        aggregated = aggregate(self.config.aggregation, stacked, present, weights, names)
+        aggregated = aggregate(
+            self.config.aggregation, stacked, present, weights, names, self.config.classifier_tempering
+        )
         ensemble = aggregated.probabilities  # (N, 7)
         label_ids = ensemble.argmax(-1)  # (N,)
         vote_ids = stacked.argmax(-1)  # (N, V)

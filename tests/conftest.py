@@ -107,11 +107,22 @@ def tiny_tokenizer_dir(tmp_path_factory):
     return directory
 
 
-@pytest.fixture(scope="module")
-def hub():
-    """A Hub-compatible server (`tests/hub_server.py`) on 127.0.0.1 for the tests of one module."""
+@pytest.fixture(scope="session")
+def _hub_server(tmp_path_factory):
+    """One Hub-compatible server (`tests/hub_server.py`) on 127.0.0.1 per test process, with one `HF_HOME` for its
+    clients: their environment ([`hub_server.client_env`]) is then the same in every module, so they share one
+    pre-imported `fork_server` instead of importing the HF stack once per module."""
     from hub_server import HubServer
 
-    server = HubServer().start()
+    server = HubServer(hf_home=str(tmp_path_factory.mktemp("hub_clients") / "hf_home")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def hub(_hub_server):
+    """The Hub server for the tests of one module, as if new: no repo, call, fault or client cache of another
+    module ([`HubServer.reset`])."""
+    _hub_server.reset()
+    yield _hub_server
+    _hub_server.release()

@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -78,8 +79,12 @@ class Call(NamedTuple):
 class HubServer:
     """In-memory Hub on `127.0.0.1`; `url` is the value for `HF_ENDPOINT`; `tokens` maps tokens to user names."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, tokens: dict[str, str] | None = None):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tokens: dict[str, str] | None = None, hf_home: str | None = None
+    ):
         self.tokens = dict(TOKENS if tokens is None else tokens)
+        self.hf_home = hf_home
+        """The clients' `HF_HOME` ([`client_env`]'s default), emptied by [`reset`]."""
         self.repos: dict[tuple[str, str], Repo] = {}
         self.faults: dict[str, list[tuple[int, int | None]]] = {}
         self.holds: dict[str, int] = {}
@@ -102,6 +107,18 @@ class HubServer:
         self.release()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def reset(self) -> None:
+        """Back to a new server's state, on the same port: no repo, recorded call, fault, hold or drop, any held
+        call released, and the clients' `HF_HOME` emptied."""
+        self.release()
+        with self.lock:
+            for state in (self.repos, self.faults, self.holds, self.drops, self.requests):
+                state.clear()
+            self.held.clear()
+            self.released.clear()
+        if self.hf_home:
+            shutil.rmtree(self.hf_home, ignore_errors=True)
 
     def fail(self, endpoint: str, times: int = 1, status: int = 500, retry_after: int | None = None) -> None:
         """The next `times` calls of `endpoint` (`whoami`, `create`, `delete`, `validate-yaml`, `info`, `preupload`,
@@ -163,13 +180,14 @@ class HubServer:
 
 
 def client_env(
-    server: HubServer, hf_home: str, threads: int = 1, token: str | None = "hf_test_token"
+    server: HubServer, hf_home: str | None = None, threads: int = 1, token: str | None = "hf_test_token"
 ) -> dict[str, str]:
     """Environment of a client subprocess of `server`: this process's, online, with the variables the clients need
-    (read by the HF libraries at import time), its own `HF_HOME` cache and `HF_TOKEN=token` (none if `None`)."""
+    (read by the HF libraries at import time), the `HF_HOME` cache `hf_home` (default: the server's) and
+    `HF_TOKEN=token` (none if `None`). Clients with the same environment share one pre-imported `fork_server`."""
     dropped = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", "HF_MODULES_CACHE")  # modules: under `hf_home`
     env = {k: v for k, v in os.environ.items() if k not in dropped}
-    env.update(HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_HOME=hf_home, HF_HUB_DISABLE_PROGRESS_BARS="1",
+    env.update(HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_HOME=hf_home or server.hf_home, HF_HUB_DISABLE_PROGRESS_BARS="1",
                OMP_NUM_THREADS=str(threads), **({"HF_TOKEN": token} if token else {}))  # fmt: skip
     return env
 

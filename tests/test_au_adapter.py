@@ -284,8 +284,8 @@ def test_model_card_metadata(trained, tmp_path):
 @pytest.fixture(scope="module")
 def client_run(hub, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("au_adapter_client")
-    result = fork_server.run([sys.executable, __file__, str(workdir)], env=client_env(hub, str(workdir / "hf_home")),
-                             capture_output=True, text=True, timeout=300, preload=fork_server.BASE)  # fmt: skip
+    result = fork_server.run([sys.executable, __file__, str(workdir)], env=client_env(hub),
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
     files = hub.files("model", ADAPTER_REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), files

@@ -80,9 +80,9 @@ def observed(hub, tmp_path_factory):
         hub.add_repo("dataset", repo_id, faceworld, private, gated)
     hub.add_repo("model", PUBLIC, pipeline)
     before = {key: len(repo.commits) for key, repo in hub.repos.items()}
-    env = {**client_env(hub, str(workdir / "hf_home")), "SYNFER_DEFAULT_MODEL": str(workdir / "no_default_model")}
+    env = {**client_env(hub), "SYNFER_DEFAULT_MODEL": str(workdir / "no_default_model")}
     result = fork_server.run([sys.executable, __file__, str(workdir)], env=env, capture_output=True, text=True,
-                             timeout=300, preload=fork_server.BASE)  # fmt: skip
+                             timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert {key: len(repo.commits) for key, repo in hub.repos.items()} == before  # the Hub as it was
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -31,10 +31,10 @@ GENERATE_ARGS = ["--num-samples", "4", "--shard-size", "2", "--batch-size", "2",
 def client_run(hub, tmp_path_factory):
     """Runs the client scenarios once against the server; returns their observations."""
     workdir = tmp_path_factory.mktemp("hub_client")
-    env = client_env(hub, str(workdir / "hf_home"), threads=torch.get_num_threads())
+    env = client_env(hub, threads=torch.get_num_threads())
     hub.fail("commit", times=1)  # the first dataset commit fails: the push must retry
     result = fork_server.run([sys.executable, __file__, str(workdir)], env=env, capture_output=True, text=True,
-                             timeout=300, preload=fork_server.BASE)  # fmt: skip
+                             timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -64,8 +64,8 @@ configs:
 @pytest.fixture(scope="module")
 def observed(hub, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("strict_client")
-    result = fork_server.run([sys.executable, __file__, str(workdir)], env=client_env(hub, str(workdir / "hf_home")),
-                             capture_output=True, text=True, timeout=120, preload=fork_server.BASE)  # fmt: skip
+    result = fork_server.run([sys.executable, __file__, str(workdir)], env=client_env(hub),
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -51,9 +51,9 @@ def _row(i: int, seed: int) -> dict:
 
 
 def run_client(hub, workdir: Path, steps: list[dict], **popen) -> fork_server.Popen:
-    env = client_env(hub, str(workdir / "hf_home"))
+    env = client_env(hub)
     return fork_server.Popen([sys.executable, __file__, json.dumps(steps)], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, preload=fork_server.BASE, **popen)  # fmt: skip
+                             stderr=subprocess.PIPE, text=True, **popen)  # fmt: skip
 
 
 def results(process: fork_server.Popen, timeout: float = 300) -> list[dict]:

@@ -116,9 +116,9 @@ def test_push_to_hub_uploads_the_model_and_its_card_without_checkpoints(hub, tmp
         "--block_out_channels", "32", "32", "--train_batch_size", "4", "--max_train_steps", "2",
         "--num_scaling_images", "4", "--num_test_images", "4", "--push_to_hub", "--hub_model_id", "tester/tiny-vae",
     ]  # fmt: skip
-    env = {**client_env(hub, str(tmp_path / "hf_home")), "OMP_NUM_THREADS": "1"}
+    env = {**client_env(hub), "OMP_NUM_THREADS": "1"}
     result = fork_server.run([sys.executable, str(ROOT / "examples" / "train_autoencoder.py"), *argv], env=env,
-                             capture_output=True, text=True, preload=fork_server.BASE)  # fmt: skip
+                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     files = hub.files("model", "tester/tiny-vae")
     assert {"README.md", "config.json", "diffusion_pytorch_model.safetensors"} <= set(files)

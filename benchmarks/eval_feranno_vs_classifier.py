@@ -70,6 +70,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "would buy the classifier",
     )  # fmt: skip
     parser.add_argument(
+        "--longer_feranno_steps", type=int, nargs="*", default=[],
+        help="Further FERAnno rows trained for these step counts (same data and batch): FERAnno at the classifier's "
+        "longer budgets",
+    )  # fmt: skip
+    parser.add_argument(
         "--feranno_args", nargs=argparse.REMAINDER, default=[],
         help="Further train_feranno.py flags (the levers: --learning_rate, --timestep, --prompt, --hidden_dim, ...)",
     )  # fmt: skip
@@ -85,12 +90,12 @@ def score(predictions: torch.Tensor, clean: Sequence[int], noisy: Sequence[int],
             "macro_f1": on_clean["macro_f1"]}  # fmt: skip
 
 
-def run_feranno(args: argparse.Namespace, test: dict) -> dict:
-    output_dir = os.path.join(args.output_dir, "feranno")
+def run_feranno(args: argparse.Namespace, test: dict, steps: int) -> dict:
+    output_dir = os.path.join(args.output_dir, "feranno" if steps == args.steps else f"feranno_{steps}")
     argv = [
         "--pretrained_model", args.model, "--dataset_name", args.faceworld, "--output_dir", output_dir,
         "--label_column", "label", "--max_train_samples", str(args.num_train), "--train_batch_size",
-        str(args.batch_size), "--max_train_steps", str(args.steps), "--checkpointing_steps", str(args.steps),
+        str(args.batch_size), "--max_train_steps", str(steps), "--checkpointing_steps", str(steps),
         "--eval_split", "", "--seed", str(args.seed), *args.feranno_args,
     ]  # fmt: skip
     start = time.perf_counter()
@@ -102,8 +107,8 @@ def run_feranno(args: argparse.Namespace, test: dict) -> dict:
     generator = torch.Generator().manual_seed(args.seed)  # the noise of `train_feranno.py --seed` at its batch 64
     predictions = pipe(images.float() / 255, batch_size=64, generator=generator).label_ids
     row = score(predictions, test["clean_label"], test["label"], pipe.head.labels)
-    return {"name": "FERAnno", **row, "images_seen": args.steps * args.batch_size, "seconds": round(seconds, 1),
-            "recipe": shlex.join(argv[:4] + argv[6:])}  # fmt: skip
+    return {"name": f"FERAnno, {steps} steps", **row, "images_seen": steps * args.batch_size,
+            "seconds": round(seconds, 1), "recipe": shlex.join(argv[:4] + argv[6:])}  # fmt: skip
 
 
 def run_classifier(args: argparse.Namespace, splits: dict, steps: int) -> dict:
@@ -134,8 +139,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
               str(args.num_train), "--max_test_samples", str(args.num_test)]
     )  # fmt: skip
     splits = load_splits(data_config)  # the same rows for both models
-    rows = [run_classifier(args, splits, args.steps), run_feranno(args, splits["test"])]
+    rows = [run_classifier(args, splits, args.steps), run_feranno(args, splits["test"], args.steps)]
     rows += [run_classifier(args, splits, steps) for steps in args.longer_classifier_steps]
+    rows += [run_feranno(args, splits["test"], steps) for steps in args.longer_feranno_steps]
     settings = {key: value for key, value in vars(args).items() if key != "feranno_args"}
     result = {"rows": rows, "settings": {**settings, "feranno_args": args.feranno_args}}
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)

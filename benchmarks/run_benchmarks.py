@@ -36,7 +36,7 @@ Tables (printed, and written to `RESULTS.md` with PNG plots and JSON beside it):
    labels (and Dawid-Skene's, from the same stored votes) scored against both judges, and downstream classifiers on
    hard real N, synthetic N and kN and both, tested on the hard regime's real test faces.
 6. **FERAnno vs a stock classifier** (issue 16): `eval_feranno_vs_classifier.py`, FERAnno and the downstream ResNet
-   trained on the same annotated faces with the same images seen, and the ResNet at table 2's budget.
+   trained on the same annotated faces with the same images seen, at a short budget and at table 2's.
 7. **Representation learning** (issue 32): SimCLR (`examples/train_ssl.py`) on real N, synthetic N and kN and real
    + synthetic images, each encoder probed linearly on the same real labelled faces.
 

@@ -223,7 +223,7 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
     assert "| real test faces | 50 | 97.0% | 99.0% | 0.200 | 0.10 |" in text  # second judge beside the judge
     assert "| target | 75.0% | 75.0% |" in text and "| hard: real N | 100 | 62.0% ± 0.0% |" in text
     assert "| semantic_guidance (tiny) <= 1.5 | 1.600 | **no** |" in text
-    assert "| FERAnno | 4800 | 53.0% | 46.6% | 0.521 | 256 |" in text
+    assert "| FERAnno, 150 steps | 4800 | 53.0% | 46.6% | 0.521 | 256 |" in text
     assert "Not measured" not in text
     assert "tables 1, 2, 3 on 2026-11-27 (test CPU); tables 4, 5, 6, 7 on 2026-11-28 (test CPU)" in text
     assert "| real N + synthetic N | 200 | 56.0% ± 1.4% |" in text
@@ -267,18 +267,25 @@ def _feranno_results() -> dict:
     return {
         "rows": [
             {**row, "name": "ResNet (stock), 150 steps", "accuracy_clean": 0.41},
-            {**row, "name": "FERAnno", "accuracy_clean": 0.53},
+            {**row, "name": "FERAnno, 150 steps", "accuracy_clean": 0.53},
             {**row, "name": "ResNet (stock), 1600 steps", "accuracy_clean": 0.9, "images_seen": 51200},
+            {**row, "name": "FERAnno, 1600 steps", "accuracy_clean": 0.86, "images_seen": 51200},
         ]
     }
 
 
 def test_feranno_targets_compare_true_label_accuracy_at_both_budgets():
-    checks = {name: met for name, _, met in feranno.feranno_targets(_feranno_results())}
+    """At the same images seen FERAnno must match the stock classifier; at table 2's budget come within 5 points of
+    it (each model at its own row of that budget, not FERAnno's short run against the classifier's long one)."""
+    results = _feranno_results()
+    checks = {name: met for name, _, met in feranno.feranno_targets(results)}
     assert checks == {
-        "FERAnno >= stock classifier, same labelled faces and images seen": True,
-        "FERAnno >= stock classifier at table 2's budget": False,
+        "FERAnno >= stock classifier, same labelled faces and 4800 images seen": True,
+        "FERAnno within 5 points of the stock classifier at table 2's budget (51200 images)": True,  # 86% vs 90%
     }
+    results["rows"][3]["accuracy_clean"] = 0.84
+    checks = {name: met for name, _, met in feranno.feranno_targets(results)}
+    assert checks["FERAnno within 5 points of the stock classifier at table 2's budget (51200 images)"] is False
 
 
 def _fake_suite(tmp_path, monkeypatch, commit="abc1234"):

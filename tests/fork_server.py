@@ -41,8 +41,12 @@ import tempfile
 import threading
 import time
 
-PRELOAD = ("torch", "numpy", "PIL.Image", "transformers", "diffusers", "datasets", "synfer_diffusers.cli")
-"""Modules a server imports before it serves (the package and the HF stack: nearly all of a start-up)."""
+PRELOAD = ("torch", "numpy", "PIL.Image", "transformers", "diffusers", "datasets", "synfer_diffusers.cli",
+           "synfer_diffusers.generate.run", "synfer_diffusers.training", "synfer_diffusers.metrics",
+           "diffusers.training_utils")  # fmt: skip
+"""Modules a server imports before it serves (the package and the HF stack: nearly all of a start-up). Beside the
+`synfer` command line, the modules that its commands and the example scripts import lazily, on first use (the
+writer, the training helpers, `evaluate`, diffusers' model classes: 0.6-1.5 s a command otherwise)."""
 BASE = ("torch", "numpy", "PIL.Image", "pyarrow", "pandas", "scipy", "safetensors.torch")
 """Modules that read no `HF_*` variable: for commands whose HF variables differ from test to test (a Hub client's
 endpoint and `HF_HOME`), which import the HF stack themselves."""

@@ -7,8 +7,8 @@ The set is table 5's (the embedded default, AUs drawn from hard-regime train fac
 guidance, voted by FERAnno in the loop + the default's guide + the target), made once; every aggregation reads the
 same stored `votes` column, so the rows differ only by how the votes are combined. The judges are the suite's
 committed measurement models (neither shaped the images or voted). `--downstream` adds table 5's classifier at 1x
-(the first N images, `--seeds`) for FERAnno, vote and Dawid-Skene labels, tested on hard real test faces' true
-labels.
+(the first N images, `--seeds`) for FERAnno, vote, plain and tempered (`synfer generate`'s default) Dawid-Skene
+labels, tested on hard real test faces' true labels.
 
 `--voter KIND:SPEC` (repeatable, as `synfer relabel --voter`) adds voters to a copy of the set with
 `relabel_synthetic_dataset` (run once on the stored images, their votes stored like the others) and reports, from the
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from suite.common import (
+    DEFAULT_LABELS,
     FULL,
     JUDGES,
     LABEL_SOURCES,
@@ -54,7 +55,7 @@ from suite.hard_regime import hard_set_config
 from suite.prerequisites import MEASUREMENT_MODELS, World, ensure_faceworld
 
 BENCHMARKS = Path(__file__).resolve().parent
-DOWNSTREAM_SOURCES = ("feranno", "vote", "dawid_skene")
+DOWNSTREAM_SOURCES = ("feranno", "vote", "dawid_skene", DEFAULT_LABELS)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -11,8 +11,8 @@ its exit status (`-N` for signal N), so a test can `kill -9` a real process at a
 
 What the modules read from the environment at import time (the HF libraries' endpoint, cache folders and offline
 switches) is fixed in a server: [`ForkServer.for_env`] keeps one server per environment (every variable but
-`SYNFER_*` and `GRADIO_*` ones, read at call time, pytest's `PYTEST_*`, `PYTHONPATH`, put on `sys.path` as the
-interpreter does, and `OMP_NUM_THREADS`), so a command sees what a fresh interpreter with its environment would.
+`SYNFER_*`, `GRADIO_*` and `_TORCHINDUCTOR_*` ones, read at call time, pytest's `PYTEST_*`, `PYTHONPATH`, put on
+`sys.path` as the interpreter does, and `OMP_NUM_THREADS`), so a command sees what a fresh interpreter with its environment would.
 A server runs no torch operation (OpenMP has started no thread when it forks) and starts without
 `OMP_NUM_THREADS`; a command's `OMP_NUM_THREADS` is set by `torch.set_num_threads`.
 
@@ -53,8 +53,9 @@ endpoint and `HF_HOME`), which import the HF stack themselves."""
 PIPE, DEVNULL, STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
 _SOCKET_ENV = "FORK_SERVER_SOCKET"
 """The socket of the server of a relay (`python fork_server.py --exec ARGS`)."""
-_CALL_TIME_ENV = ("SYNFER_", "PYTEST_", "OMP_NUM_THREADS", "GRADIO_", "PYTHONPATH", _SOCKET_ENV)
-"""Prefixes of variables read at call time, not import time: they do not select a server."""
+_CALL_TIME_ENV = ("SYNFER_", "PYTEST_", "OMP_NUM_THREADS", "GRADIO_", "PYTHONPATH", "_TORCHINDUCTOR_", _SOCKET_ENV)
+"""Prefixes of variables read at call time, not import time: they do not select a server (`torch.compile` in a
+test's own process sets `_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR`, read when compiling)."""
 _HF_ENV = ("HF_", "HUGGINGFACE_")
 """Prefixes of the HF libraries' variables: they select no [`BASE`] server."""
 

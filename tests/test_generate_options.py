@@ -31,7 +31,7 @@ from synfer_diffusers.generate import (
     plan_sample,
     sample_rows,
 )
-from synfer_diffusers.generate.config import parse_label_mapping
+from synfer_diffusers.generate.flags import parse_label_mapping
 from synfer_diffusers.pipelines.synfer.pipeline_output import SynFERPipelineOutput
 from synfer_diffusers.tiny import make_tiny_components
 

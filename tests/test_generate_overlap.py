@@ -13,7 +13,6 @@ import errno
 import functools
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ from synfer_diffusers.generate import (
 from synfer_diffusers.generate.background import ShardAssembler
 from synfer_diffusers.pipelines.synfer.semantic_guidance import GuidePreprocessing
 from synfer_diffusers.tiny import make_tiny_components
-from synthetic_sets import SMALL, _assert_same_dataset, _load, cli_command, subprocess_env
+from synthetic_sets import SMALL, _assert_same_dataset, _load, cli_command, run_cli
 
 HOOK = Path(__file__).parent / "durable_write_hook.py"
 
@@ -215,7 +214,7 @@ def test_an_error_of_the_labeller_in_the_stage_keeps_its_type_and_message(tmp_pa
     assert not list((tmp_path / "set" / "data").iterdir())
 
 
-@pytest.mark.slow  # two `synfer` subprocesses
+@pytest.mark.slow  # two `synfer` processes (forks of a `fork_server`)
 @pytest.mark.usefixtures("tiny_stand_in_as_default")
 def test_kill_9_inside_a_background_write_then_resume_equals_the_reference(reference, tmp_path):
     """Killed (`durable_write_hook.py`) at the fsync of the second shard's temporary file, which the stage's thread
@@ -224,11 +223,10 @@ def test_kill_9_inside_a_background_write_then_resume_equals_the_reference(refer
     folder, log = tmp_path / "set", tmp_path / "kills.log"
     command = [sys.executable, str(HOOK), "kill", "fsync:/.synfer/tmp/train-00001", str(log), "--",
                *cli_command(folder)[3:], "--queue-depth", "2"]  # fmt: skip
-    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    result = run_cli(command, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert log.read_text().split()[-1] == "synfer-generate-writer"  # the kill came inside the stage
     assert not (folder / "data" / "train-00001-of-00003.parquet").exists()
-    resumed = subprocess.run([*cli_command(folder), "--resume"], env=subprocess_env(), capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
+    resumed = run_cli([*cli_command(folder), "--resume"], timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same_dataset(folder, reference)

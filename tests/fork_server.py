@@ -12,7 +12,8 @@ its exit status (`-N` for signal N), so a test can `kill -9` a real process at a
 What the modules read from the environment at import time (the HF libraries' endpoint, cache folders and offline
 switches) is fixed in a server: [`ForkServer.for_env`] keeps one server per environment (every variable but
 `SYNFER_*`, `GRADIO_*` and `_TORCHINDUCTOR_*` ones, read at call time, pytest's `PYTEST_*`, `PYTHONPATH`, put on
-`sys.path` as the interpreter does, and `OMP_NUM_THREADS`), so a command sees what a fresh interpreter with its environment would.
+`sys.path` as the interpreter does, and `OMP_NUM_THREADS`), so a command sees what a fresh interpreter with its
+environment would.
 A server runs no torch operation (OpenMP has started no thread when it forks) and starts without
 `OMP_NUM_THREADS`; a command's `OMP_NUM_THREADS` is set by `torch.set_num_threads`.
 

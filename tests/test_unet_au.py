@@ -1,9 +1,11 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
 from synfer_diffusers import AUAttnProcessor2_0, AUConditionedUNet2DConditionModel, AUSpace
+from synfer_diffusers.models.unet_au import AUConditioning
 from synfer_diffusers.tiny import make_tiny_base_unet
 
 
@@ -164,3 +166,30 @@ def test_sd15_size_builds_and_runs_one_forward():
     out = level(sample, 999, text, action_units=aus).sample
     assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
     assert not torch.equal(out, level(sample, 999, text, action_units=torch.zeros_like(aus)).sample)  # AUs reach it
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("heads", [1, 3, 8])
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("slice_size", [None, 2])
+def test_au_branch_equals_the_decoupled_attention_formula(heads, dtype, atol, slice_size):
+    # The processor's block-diagonal AU branch against the formula written out head by head:
+    # to_out(Attn(Q, K_text, V_text) + s * Attn(Q, K_au, V_au)), each row with its own AU tokens.
+    torch.manual_seed(heads)
+    attn = Attention(query_dim=24, cross_attention_dim=16, heads=heads, dim_head=8).to(dtype).eval()
+    attn.to_k_au = torch.nn.Linear(16, heads * 8, bias=False).to(dtype)
+    attn.to_v_au = torch.nn.Linear(16, heads * 8, bias=False).to(dtype)
+    attn.set_processor(AUAttnProcessor2_0(slice_size=slice_size))
+    x, text, tokens = torch.randn(3, 10, 24, dtype=dtype), torch.randn(3, 7, 16, dtype=dtype), torch.randn(3, 4, 16, dtype=dtype)
+
+    def split(t):  # (B, L, H*d) -> (B, H, L, d)
+        return t.view(3, -1, heads, 8).transpose(1, 2)
+
+    q = split(attn.to_q(x))
+    text_out = F.scaled_dot_product_attention(q, split(attn.to_k(text)), split(attn.to_v(text)))
+    au_out = F.scaled_dot_product_attention(q, split(attn.to_k_au(tokens)), split(attn.to_v_au(tokens)))
+    expected = attn.to_out[0]((text_out + 0.7 * au_out).transpose(1, 2).reshape(3, 10, heads * 8))
+    actual = attn(x, AUConditioning(text, tokens, 0.7))
+    assert actual.shape == expected.shape and actual.dtype == dtype
+    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=atol)
+    assert not torch.allclose(actual.float(), attn(x, text).float(), atol=atol, rtol=atol)  # the AU branch is there

@@ -15,6 +15,12 @@ condition adds exactly nothing; it is a different condition from "all AUs at int
 The AU tokens of a sampling run do not change across denoising steps, so neither do `K_au`, `V_au`: inside
 [`AUConditionedUNet2DConditionModel.cached_au_attention`] they are computed once per distinct AU-token tensor and
 reused by every later step.
+
+The AU branch attends over only `num_au_tokens` keys per head, a shape for which a fused attention kernel spends its
+time on bookkeeping (on a CPU, the second `scaled_dot_product_attention` cost as much as a third of the text one). So
+`K_au`, `V_au` are kept block-diagonal over heads, `(B, H * T, H * d)`, and the branch is two batched matrix products
+on the unsplit query plus a softmax over each head's T scores, its output added in the same product
+(`baddbmm`): equal to the separate attention within float rounding.
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ class AUConditioning(NamedTuple):
     au_tokens: torch.Tensor  # (B, T, D) AU tokens
     au_scale: float
     au_key_values: Mapping[Attention, tuple[torch.Tensor, torch.Tensor]] | None = None
-    """Each `attn2`'s AU key and value `(B, H, T, d)` for `au_tokens`, precomputed; None: computed by the processor."""
+    """Each `attn2`'s AU key and value for `au_tokens` as [`au_key_value`] makes them, precomputed; None: computed by
+    the processor."""
 
 
 class AUEncoder(nn.Module):
@@ -92,9 +99,10 @@ class AUAttnProcessor2_0:
 
     Reads `attn.to_k_au` / `attn.to_v_au`, which belong to the UNet (so replacing processors never loses
     AU weights). With a plain tensor as `encoder_hidden_states`, or `au_scale == 0`, it computes exactly the
-    text-only attention. Supports attention slicing (`slice_size`: attention computed `slice_size` (batch x head)
-    rows at a time, as diffusers' `SlicedAttnProcessor`, which `enable_attention_slicing` installs on the UNet's other
-    layers); [`FusedAUAttnProcessor2_0`] reads fused key/value projections instead.
+    text-only attention. Supports attention slicing (`slice_size`: the text attention computed `slice_size`
+    (batch x head) rows at a time, as diffusers' `SlicedAttnProcessor`, which `enable_attention_slicing` installs on
+    the UNet's other layers; the AU branch's scores, `(B, H * T, N)`, are never larger than the query and need no
+    slicing); [`FusedAUAttnProcessor2_0`] reads fused key/value projections instead.
 
     Args:
         slice_size (`int`, *optional*): rows of the flattened (batch x heads) dimension per attention call;
@@ -146,14 +154,15 @@ class AUAttnProcessor2_0:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        hidden_states = _attention(query, key, value, attention_mask, self.slice_size)  # (B, H, N, d)
+        hidden_states = _merge_heads(_attention(query, key, value, attention_mask, self.slice_size))  # (B, N, H*d)
 
         if au_tokens is not None and au_scale != 0:
             au_key, au_value = au_key_values[attn] if au_key_values is not None else au_key_value(attn, au_tokens)
-            au_hidden_states = _attention(query, au_key, au_value, None, self.slice_size)  # (B, H, N, d)
-            hidden_states = torch.add(hidden_states, au_hidden_states, alpha=au_scale)  # one pass: no mul, then add
+            hidden_states = _add_au_attention(
+                hidden_states, _merge_heads(query), au_key, au_value, attn.heads, au_scale
+            )  # (B, N, H*d)
 
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = hidden_states.to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
@@ -174,13 +183,39 @@ def _split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     return x.view(x.shape[0], -1, heads, head_dim).transpose(1, 2)  # (B, L, H*d) -> (B, H, L, d)
 
 
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)  # (B, H, L, d) -> (B, L, H*d)
+
+
 def au_key_value(attn: Attention, au_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`K_au = W'_k c_au`, `V_au = W'_v c_au` of one `attn2` layer: AU tokens `(B, T, D)` -> `(B, H, T, d)` each."""
-    head_dim = attn.to_k_au.out_features // attn.heads
-    return (
-        _split_heads(attn.to_k_au(au_tokens), attn.heads, head_dim),
-        _split_heads(attn.to_v_au(au_tokens), attn.heads, head_dim),
-    )
+    """`K_au = W'_k c_au / sqrt(d)`, `V_au = W'_v c_au` of one `attn2` layer, from AU tokens `(B, T, D)`, each
+    block-diagonal over heads, `(B, H * T, H * d)`: row `h * T + t` holds head h's token t in columns
+    `h * d ... (h + 1) * d` and zeros elsewhere, the form [`_add_au_attention`] multiplies with."""
+    heads = attn.heads
+    head_dim = attn.to_k_au.out_features // heads
+    mask = torch.eye(heads, dtype=au_tokens.dtype, device=au_tokens.device).view(1, heads, 1, heads, 1)
+
+    def block_diagonal(x: torch.Tensor) -> torch.Tensor:
+        x = _split_heads(x, heads, head_dim)  # (B, H, T, d)
+        return (x.unsqueeze(3) * mask).flatten(1, 2).flatten(2)  # (B, H, T, H, d) -> (B, H*T, H*d)
+
+    return block_diagonal(attn.to_k_au(au_tokens) * head_dim**-0.5), block_diagonal(attn.to_v_au(au_tokens))
+
+
+def _add_au_attention(
+    hidden_states: torch.Tensor,  # (B, N, H*d) text attention output
+    query: torch.Tensor,  # (B, N, H*d)
+    key: torch.Tensor,  # (B, H*T, H*d) block-diagonal, scaled (`au_key_value`)
+    value: torch.Tensor,  # (B, H*T, H*d) block-diagonal
+    heads: int,
+    scale: float,
+) -> torch.Tensor:  # (B, N, H*d)
+    """`hidden_states + scale * Attn(Q, K_au, V_au)`, every head at once: the scores of head h's T tokens are rows
+    `h * T ... (h + 1) * T` of `K Q^T`, softmaxed over those T rows."""
+    batch, length, _ = query.shape
+    scores = torch.bmm(key, query.transpose(1, 2))  # (B, H*T, N)
+    probs = scores.view(batch, heads, -1, length).softmax(dim=2).view_as(scores)  # over each head's T tokens
+    return torch.baddbmm(hidden_states, probs.transpose(1, 2), value, alpha=scale)  # (B, N, H*d)
 
 
 class _AUKeyValueCache:

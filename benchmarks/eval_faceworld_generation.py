@@ -5,7 +5,8 @@ space against real FaceWorld test faces.
 Rows (each optional): `text only` (a stage-A pipeline, plain UNet: the expression reaches it through the enriched
 prompt; `--text-only base` takes the `--model` pipeline's own base UNet, which is the stage-A model when stage B
 froze it), `+ AUs` (the AU pipeline), `+ AUs + SG` (the same with semantic guidance by its guide), and `real`
-(real test faces: the reference numbers of the judge and the regressor).
+(real test faces: the reference numbers of the judge and the regressor). `--pipeline-kwargs` (e.g.
+'{"au_scale": 1.5}') go to every AU row's pipeline call and into its name.
 
     python benchmarks/eval_faceworld_generation.py --text-only runs/stage_a --model src/synfer_diffusers/default_model \
         --guide runs/guide --semantic-guidance-scale 1.0 --judge runs/judge --au-regressor runs/au_regressor --faceworld runs/faceworld \
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--semantic-guidance-scale", type=float, default=0.0, help="0: no SG row")
     parser.add_argument("--batch-size", type=int, default=35)
+    parser.add_argument("--pipeline-kwargs", type=json.loads, default={},
+                        help="more arguments of the AU rows' pipeline calls as JSON, e.g. '{\"au_scale\": 1.5}'")  # fmt: skip
     parser.add_argument(
         "--dtypes", nargs="+", choices=sorted(DTYPES), default=["float32"],
         help="the AU rows once per dtype (rows of other dtypes than float32 are named with it), same seeds",
@@ -169,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     variants = [("+ AUs", {})]
     if args.semantic_guidance_scale > 0:
         variants.append(("+ AUs + SG", {"semantic_guidance_scale": args.semantic_guidance_scale}))
+    if args.pipeline_kwargs:
+        suffix = " (" + ", ".join(f"{k}={v}" for k, v in args.pipeline_kwargs.items()) + ")"
+        variants = [(name + suffix, {**kwargs, **args.pipeline_kwargs}) for name, kwargs in variants]
     requested_aus, label_agreement = None, {}
     for dtype_name, (name, kwargs) in itertools.product(args.dtypes, variants):
         name = name if dtype_name == "float32" else f"{name} [{dtype_name}]"

@@ -201,6 +201,8 @@ def table_stages(tables: dict[int, dict]) -> dict[str, dict]:
     for number, table in sorted(tables.items()):
         if number == 1:
             stages["table 1 (generation)"] = table
+            if "au_levers" in table:
+                stages["table 1 (AU levers)"] = table["au_levers"]
         elif number == 3:
             stages |= {
                 "table 3 (speed ratios)": table["speed"],

@@ -454,6 +454,26 @@ def test_au_sweep_statistics_and_their_target():
     assert report.au_control_targets(None) == [] and report.render_au_control(None) == []
 
 
+def _control(ratio, mean, minimum, au, leak):
+    return {"per_au_error": {"ratio": ratio},
+            "sweeps": {"summary": {"mean_spearman": mean, "min_spearman": minimum, "min_spearman_au": au,
+                                   "mean_leak": leak}}}  # fmt: skip
+
+
+def test_au_lever_rows_sit_beside_the_default_and_leave_the_targets_to_it():
+    _, generation, _, _ = _results({})
+    generation = {**generation, "au_control": _control(1.28, 0.72, 0.44, "AU12", 0.39)}
+    lever = {"name": "+ AUs (au_scale=1.5)", "num_images": 21, "expression_accuracy": 0.99, "au_mae": 0.24,
+             "frechet_distance": 0.7, "second_judge_accuracy": 0.95}  # fmt: skip
+    levers = {"rows": [{"au_scale": 1.5, "generation": lever, "au_control": _control(1.19, 0.91, 0.7, "AU1", 0.4)}]}
+    assert report.render_au_levers(generation) == []  # no lever stage (records before it): no section
+    text = "\n".join(report.render_au_levers({**generation, "au_levers": levers}))
+    assert "| default (au_scale 1) | 80.0% | - | 1.28x | 0.72 / 0.44 (AU12) | 0.39 | 0.50 |" in text
+    assert "| au_scale 1.5 | 99.0% | 95.0% | 1.19x | 0.91 / 0.70 (AU1) | 0.40 | 0.70 |" in text
+    targets = report.generation_targets({**generation, "au_levers": levers})
+    assert [met for _, _, met in targets] == [met for _, _, met in report.generation_targets(generation)]
+
+
 BAD_FLAGS = {
     "num-real": (["--num-real", "3"], "argument --num-real: must be >= 7"),
     "negative-seed": (["--seeds", "0", "-1"], "argument --seeds: must be distinct ints >= 0"),

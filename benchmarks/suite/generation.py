@@ -1,8 +1,9 @@
 """Table 1: generation (paper Table 1), by `eval_faceworld_generation.py`, and AU controllability (per-AU error and
-AU sweeps) by `eval_au_control.py`."""
+AU sweeps) by `eval_au_control.py`, for the embedded default and for its lever rows (`au_scale` values)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from synfer_diffusers.generate import default_model_dir
@@ -35,4 +36,25 @@ def table_generation(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
             "--plot", str(BENCHMARKS / "results" / "au_sweeps.png"),
         ])  # fmt: skip
 
-    return {**generation, "au_control": cached(work / "au_control.json", compute_control)}
+    def compute_levers() -> dict:
+        rows = []
+        for scale in config.au_scale_levers:
+            kwargs = json.dumps({"au_scale": scale})
+            generation = eval_faceworld_generation.main([
+                "--model", str(default_model_dir()), "--judge", str(run_dir / "judge"),
+                "--second-judge", str(run_dir / "second_judge"), "--au-regressor", str(run_dir / "au_regressor"),
+                "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
+                "--steps", str(config.eval_steps), "--pipeline-kwargs", kwargs,
+            ])  # fmt: skip
+            control = eval_au_control.main([
+                "--model", str(default_model_dir()), "--au-regressor", str(run_dir / "au_regressor"),
+                "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
+                "--steps", str(config.eval_steps), "--sweep-seeds", *map(str, range(config.sweep_seeds)),
+                "--pipeline-kwargs", kwargs,
+            ])  # fmt: skip
+            (row,) = [r for r in generation["rows"] if r["name"].startswith("+ AUs")]
+            rows.append({"au_scale": scale, "generation": row, "au_control": control})
+        return {"rows": rows}
+
+    levers = cached(work / f"au_scale_levers_{'_'.join(map(str, config.au_scale_levers))}.json", compute_levers)
+    return {**generation, "au_control": cached(work / "au_control.json", compute_control), "au_levers": levers}

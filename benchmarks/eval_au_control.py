@@ -2,7 +2,11 @@
 
 - **Per-AU error**: the independent AU regressor's absolute error per AU on real FaceWorld test faces (against their
   true AUs) and on generated "+ AUs" images (against the requested AUs: EMFACS prototypes with seeded jitter, the
-  same seeds and expressions as table 1), and their ratio.
+  same seeds and expressions as table 1), and their ratio. Per AU also the *intensity slope*: the least-squares slope
+  of the estimate on the requested (or true) intensity over the images where that AU is active (>= 1): 1 follows
+  intensity exactly, 0 draws one intensity whatever is asked. `--real-requests` measures the same on "+ AUs" images
+  whose AUs are rows of the FaceWorld train split with the target label (`synfer generate`'s `dataset` AU policy):
+  intensities over the whole range the generator was trained on, co-activations as in its training world.
 - **Sweeps**: for each AU of the model's space, its requested intensity raised over `--levels` with every other AU at
   0, no expression word, at fixed seeds (`--sweep-seeds`). Per AU: Spearman's rank correlation between the requested
   and the regressor's estimate of that AU over all (level, seed) images, and the *leak*: the mean absolute change of
@@ -19,22 +23,24 @@ on FaceWorld (DISFA-12 intensities only), so occurrence sweeps are not measured.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from transformers import AutoModelForImageClassification
 
 from synfer_diffusers import EXPRESSIONS, SynFERPipeline
 from synfer_diffusers.evaluation import (
-    evaluate_au_regressor,
     evaluate_expression_classifier,
     images_to_tensor,
     predict,
 )
+from synfer_diffusers.generate import AUSource
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
@@ -56,6 +62,16 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def intensity_slope(requested: np.ndarray, estimated: np.ndarray, active: float = 1.0) -> float:
+    """Least-squares slope of `estimated` on `requested` over the entries with `requested >= active`; NaN with fewer
+    than 3 of them or a constant request."""
+    mask = np.asarray(requested) >= active
+    x, y = np.asarray(requested, float)[mask], np.asarray(estimated, float)[mask]
+    if len(x) < 3 or x.std() == 0:
+        return float("nan")
+    return float(((x - x.mean()) * (y - y.mean())).mean() / x.var())
 
 
 @torch.no_grad()
@@ -95,24 +111,35 @@ def sweep(pipe: SynFERPipeline, regressor, levels, seeds, steps, guidance_scale,
     return {"levels": list(levels), "seeds": list(seeds), "per_au": results, "summary": summary}, strips
 
 
-def per_au_error(
-    pipe, regressor, faceworld: str, per_expression: int, steps: int, guidance_scale: float, judges=(), **kwargs
-) -> dict:
-    """Per-AU absolute error of the regressor on real test faces and on "+ AUs" images (pipeline arguments
-    `kwargs`), their ratio, and each of `judges`' expression accuracy on those images."""
-    import datasets
+def _per_au(regressor, images, aus: np.ndarray) -> dict[str, dict]:
+    """The regressor's absolute error and intensity slope per AU on `images` against `aus` `(N, num_aus)`."""
+    estimated = predict(regressor, images).clamp(0, 5).numpy()  # (N, num_aus)
+    error = np.abs(estimated - aus).mean(axis=0)
+    names = list(regressor.config.au_names)
+    return {name: {"mae": float(error[k]), "slope": intensity_slope(aus[:, k], estimated[:, k])}
+            for k, name in enumerate(names)}  # fmt: skip
 
-    test = datasets.load_dataset(faceworld, split="test").with_format("numpy")
-    real = evaluate_au_regressor(regressor, images_to_tensor(test["image"]), np.asarray(test["action_units"]))
-    images, targets, requested, _ = generate(pipe, per_expression, steps, guidance_scale, batch_size=35, **kwargs)
-    generated = evaluate_au_regressor(regressor, images, requested.numpy())
+
+def per_au_error(
+    pipe, regressor, real: dict, per_expression: int, steps: int, guidance_scale: float, judges=(),
+    au_source: AUSource | None = None, **kwargs,
+) -> dict:
+    """Per-AU absolute error and intensity slope of the regressor on real test faces (`real`: `_per_au` of them)
+    and on "+ AUs" images (pipeline arguments `kwargs`; AUs drawn from `au_source` if given), their ratio, and each
+    of `judges`' expression accuracy on those images."""
+    images, targets, requested, _ = generate(pipe, per_expression, steps, guidance_scale, batch_size=35,
+                                             au_source=au_source, **kwargs)  # fmt: skip
+    generated = _per_au(regressor, images, requested.numpy())
     labels = [EXPRESSIONS.index(t) for t in targets]
+    real_mae = float(np.mean([r["mae"] for r in real.values()]))
+    generated_mae = float(np.mean([g["mae"] for g in generated.values()]))
     return {
         "expression_accuracy": [evaluate_expression_classifier(j, images, labels)["accuracy"] for j in judges],
-        "real_mae": real["mae"], "generated_mae": generated["mae"], "ratio": generated["mae"] / real["mae"],
-        "per_au": {name: {"real": real["mae_per_au"][name], "generated": generated["mae_per_au"][name],
-                          "ratio": generated["mae_per_au"][name] / max(real["mae_per_au"][name], 1e-6)}
-                   for name in generated["mae_per_au"]},
+        "real_mae": real_mae, "generated_mae": generated_mae, "ratio": generated_mae / real_mae,
+        "per_au": {name: {"real": real[name]["mae"], "generated": g["mae"],
+                          "ratio": g["mae"] / max(real[name]["mae"], 1e-6),
+                          "real_slope": real[name]["slope"], "generated_slope": g["slope"]}
+                   for name, g in generated.items()},
     }  # fmt: skip
 
 
@@ -148,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pipeline-kwargs", type=json.loads, default={},
                         help="more pipeline arguments as JSON, e.g. '{\"au_scale\": 1.5}'")  # fmt: skip
     parser.add_argument("--judge", nargs="*", default=[], help="expression judges scoring the + AUs images")
+    parser.add_argument("--real-requests", action="store_true",
+                        help="also measure + AUs images whose AUs are FaceWorld train rows with the target label")  # fmt: skip
     parser.add_argument("--plot", default=None, help="PNG of the sweep strips")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -155,22 +184,26 @@ def main(argv: list[str] | None = None) -> dict:
     regressor = AutoModelForImageClassification.from_pretrained(args.au_regressor).eval()
     pipe = SynFERPipeline.from_pretrained(args.model)
     judges = [AutoModelForImageClassification.from_pretrained(path).eval() for path in args.judge]
-    result = {
-        "args": vars(args),
-        "per_au_error": per_au_error(pipe, regressor, args.faceworld, args.per_expression, args.steps,
-                                     args.guidance_scale, judges, **args.pipeline_kwargs),  # fmt: skip
-    }
+    test = datasets.load_dataset(args.faceworld, split="test").with_format("numpy")
+    real = _per_au(regressor, images_to_tensor(test["image"]), np.asarray(test["action_units"]))
+    measure = functools.partial(per_au_error, pipe, regressor, real, args.per_expression, args.steps,
+                                args.guidance_scale, judges, **args.pipeline_kwargs)  # fmt: skip
+    result = {"args": vars(args), "per_au_error": measure()}
+    if args.real_requests:
+        result["per_au_error_real_requests"] = measure(au_source=AUSource.from_dataset(args.faceworld, pipe.au_space))
     result["sweeps"], strips = sweep(pipe, regressor, args.levels, args.sweep_seeds, args.steps,
                                      args.guidance_scale, **args.pipeline_kwargs)  # fmt: skip
     if args.plot:
         plot_strips(strips, args.levels, args.plot)
-    print(f"{'AU':6} {'real MAE':>9} {'gen MAE':>8} {'ratio':>6} {'spearman':>9} {'leak':>6}")
+    print(f"{'AU':6} {'real MAE':>9} {'gen MAE':>8} {'ratio':>6} {'slope':>11} {'spearman':>9} {'leak':>6}")
     for name, error in result["per_au_error"]["per_au"].items():
         s = result["sweeps"]["per_au"][name]
-        print(f"{name:6} {error['real']:9.3f} {error['generated']:8.3f} {error['ratio']:6.2f} {s['spearman']:9.3f} "
-              f"{s['leak']:6.3f}")  # fmt: skip
+        print(f"{name:6} {error['real']:9.3f} {error['generated']:8.3f} {error['ratio']:6.2f} "
+              f"{error['real_slope']:5.2f}/{error['generated_slope']:5.2f} {s['spearman']:9.3f} {s['leak']:6.3f}")  # fmt: skip
     print(json.dumps(result["sweeps"]["summary"]), f"ratio {result['per_au_error']['ratio']:.2f}",
           "expression accuracy", result["per_au_error"]["expression_accuracy"])  # fmt: skip
+    if args.real_requests:
+        print(f"real-row requests: ratio {result['per_au_error_real_requests']['ratio']:.2f}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -38,7 +38,7 @@ from synfer_diffusers.evaluation import (
     predict,
     to_pixel_values,
 )
-from synfer_diffusers.generate import DTYPES, default_labeler, torch_dtype
+from synfer_diffusers.generate import DTYPES, AUSource, default_labeler, torch_dtype
 from synfer_diffusers.metrics.frechet import frechet_distance
 
 
@@ -64,15 +64,28 @@ def judge_features(judge, images: torch.Tensor) -> torch.Tensor:  # (N, D) poole
 
 
 def generate(
-    pipe: SynFERPipeline, per_expression: int, steps: int, guidance_scale: float, batch_size: int, **kwargs
+    pipe: SynFERPipeline,
+    per_expression: int,
+    steps: int,
+    guidance_scale: float,
+    batch_size: int,
+    au_source: AUSource | None = None,
+    **kwargs,
 ) -> tuple[torch.Tensor, list[str], torch.Tensor | None, torch.Tensor | None]:
     """`per_expression` images for each expression (seeds 0..n-1 per expression); returns images `(N, 3, H, W)`
-    in [0, 1], target names, requested AUs `(N, 12)` and in-loop FERAnno probabilities `(N, 7)` (or None)."""
+    in [0, 1], target names, requested AUs `(N, 12)` and in-loop FERAnno probabilities `(N, 7)` (or None).
+
+    Each image's AUs are the pipeline's (the EMFACS prototype with jitter from the image's seed) or, with
+    `au_source`, a row of it with the target label drawn by the image's seed (`synfer generate`'s `dataset` policy).
+    """
     pipe.set_progress_bar_config(disable=True)
     images, targets, aus, feranno = [], [], [], []
     for e, expression in enumerate(EXPRESSIONS):
         for start in range(0, per_expression, batch_size):
             seeds = [1000 * e + s for s in range(start, min(start + batch_size, per_expression))]
+            if au_source is not None:
+                rows = [au_source.draw(expression, np.random.default_rng(s)) for s in seeds]
+                kwargs = {**kwargs, "action_units": torch.from_numpy(np.stack(rows))}  # (n, num_aus)
             out = pipe(
                 expression=[expression] * len(seeds), prompt=["a photo of a face"] * len(seeds),
                 generator=[torch.Generator().manual_seed(s) for s in seeds], num_inference_steps=steps,

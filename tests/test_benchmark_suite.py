@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from synfer_diffusers import EXPRESSIONS
 from synthetic_sets import assert_refused_in_one_line, folder_snapshot
@@ -445,13 +446,51 @@ def test_au_sweep_statistics_and_their_target():
     result = {"sweeps": {"levels": [0.0, 5.0], "seeds": [0], "per_au": per_au,
                          "summary": {"min_spearman": 0.85, "min_spearman_au": "AU2", "mean_spearman": 0.9,
                                      "mean_leak": 0.2}},
-              "per_au_error": {"ratio": 1.5, "per_au": {n: {"real": 0.2, "generated": 0.3, "ratio": 1.5}
-                                                        for n in per_au}}}  # fmt: skip
+              "per_au_error": {"ratio": 1.5, "per_au": {
+                  n: {"real": 0.2, "generated": 0.3, "ratio": 1.5, "real_slope": 0.9, "generated_slope": slope}
+                  for n, slope in (("AU1", 0.4), ("AU2", float("nan")))}},
+              "per_au_error_real_requests": {"ratio": 1.6, "per_au": {
+                  n: {"ratio": ratio, "generated_slope": 0.5} for n, ratio in (("AU1", 1.7), ("AU2", 1.4))}}}  # fmt: skip
     ((name, measured, met),) = report.au_control_targets(result)
     assert met is False and "min 0.85 (AU2)" in measured
     text = "\n".join(report.render_au_control(result))
-    assert "| AU2 | 0.200 | 0.300 | 1.50x | 0.85 | 0.1 / 2.0 | 0.30 | AU1 |" in text
+    assert "| AU1 | 0.200 | 0.300 | 1.50x | 0.90 / 0.40 | 1.70x / 0.50 | 0.95 | 0.1 / 4.0 | 0.10 | AU2 |" in text
+    assert "| AU2 | 0.200 | 0.300 | 1.50x | 0.90 / - | 1.40x / 0.50 | 0.85 | 0.1 / 2.0 | 0.30 | AU1 |" in text
+    assert "ratio 1.50x overall" in text and "ratio 1.60x overall" in text
     assert report.au_control_targets(None) == [] and report.render_au_control(None) == []
+
+
+def test_intensity_slope_reads_how_far_the_estimate_follows_the_active_requests():
+    import eval_au_control as control
+
+    requested = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0])
+    assert control.intensity_slope(requested, requested) == pytest.approx(1.0)
+    estimated = np.where(requested >= 1, 0.5 * requested + 1.0, 4.0)  # inactive requests drawn wrong: not read
+    assert control.intensity_slope(requested, estimated) == pytest.approx(0.5)
+    assert control.intensity_slope(requested, np.full(7, 3.0)) == pytest.approx(0.0)  # one intensity for all
+    assert np.isnan(control.intensity_slope(np.array([0.0, 1.0, 2.0]), np.zeros(3)))  # fewer than 3 active
+    assert np.isnan(control.intensity_slope(np.array([3.0, 3.0, 3.0]), np.arange(3.0)))  # one requested value
+
+
+def test_real_row_requests_are_rows_of_the_target_label_drawn_by_each_images_seed(tiny_components):
+    import eval_faceworld_generation as generation
+
+    from synfer_diffusers import SynFERPipeline
+    from synfer_diffusers.generate import AUSource
+
+    pipe = SynFERPipeline(**tiny_components)
+    rows = {name: np.stack([np.full(12, 0.5 * e, np.float32), np.full(12, 0.5 * e + 0.25, np.float32)])
+            for e, name in enumerate(EXPRESSIONS)}  # fmt: skip
+    source = AUSource(name="rows", vectors=rows, fingerprint="-")
+    run = lambda: generation.generate(pipe, 2, 2, 3.0, batch_size=2, au_source=source)  # noqa: E731
+    images, targets, requested, _ = run()
+    assert len(images) == 14 and targets == [name for name in EXPRESSIONS for _ in range(2)]
+    for name, aus in zip(targets, requested.numpy()):  # every request is a row of its own target's rows
+        assert any(np.array_equal(aus, row) for row in rows[name])
+    images_again, _, requested_again, _ = run()
+    assert torch.equal(requested, requested_again) and torch.equal(images, images_again)
+    _, _, prototypes, _ = generation.generate(pipe, 2, 2, 3.0, batch_size=2)
+    assert not torch.equal(prototypes, requested)  # without a source: the pipeline's EMFACS prototypes
 
 
 def _control(ratio, mean, minimum, au, leak):

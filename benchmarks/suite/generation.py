@@ -11,50 +11,45 @@ from synfer_diffusers.generate import default_model_dir
 from .common import BENCHMARKS, SuiteConfig, cached
 
 
+def _generation_args(config: SuiteConfig, run_dir: Path, *extra: str) -> list[str]:
+    """`eval_faceworld_generation.py`'s arguments for the embedded default, then `extra`."""
+    return [
+        "--model", str(default_model_dir()), "--judge", str(run_dir / "judge"),
+        "--second-judge", str(run_dir / "second_judge"), "--au-regressor", str(run_dir / "au_regressor"),
+        "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
+        "--steps", str(config.eval_steps), *extra,
+    ]  # fmt: skip
+
+
+def _control_args(config: SuiteConfig, run_dir: Path, *extra: str) -> list[str]:
+    """`eval_au_control.py`'s arguments for the embedded default, then `extra`."""
+    return [
+        "--model", str(default_model_dir()), "--au-regressor", str(run_dir / "au_regressor"),
+        "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
+        "--steps", str(config.eval_steps), "--sweep-seeds", *map(str, range(config.sweep_seeds)), *extra,
+    ]  # fmt: skip
+
+
 def table_generation(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     import eval_au_control  # the benchmark scripts beside the suite (on sys.path), loaded when a table needs them
     import eval_faceworld_generation
 
-    path = work / "generation_eval.json"
-
-    def compute() -> dict:
-        return eval_faceworld_generation.main([
-            "--model", str(default_model_dir()), "--text-only", "base",
-            "--semantic-guidance-scale", str(config.semantic_guidance_scale),
-            "--judge", str(run_dir / "judge"), "--second-judge", str(run_dir / "second_judge"), "--au-regressor", str(run_dir / "au_regressor"),
-            "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
-            "--steps", str(config.eval_steps),
-        ])  # fmt: skip
-
-    generation = cached(path, compute)
-
-    def compute_control() -> dict:
-        return eval_au_control.main([
-            "--model", str(default_model_dir()), "--au-regressor", str(run_dir / "au_regressor"),
-            "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
-            "--steps", str(config.eval_steps), "--sweep-seeds", *map(str, range(config.sweep_seeds)),
-            "--plot", str(BENCHMARKS / "results" / "au_sweeps.png"),
-        ])  # fmt: skip
+    generation = cached(work / "generation_eval.json", lambda: eval_faceworld_generation.main(_generation_args(
+        config, run_dir, "--text-only", "base", "--semantic-guidance-scale", str(config.semantic_guidance_scale),
+    )))  # fmt: skip
+    control = cached(work / "au_control.json", lambda: eval_au_control.main(_control_args(
+        config, run_dir, "--real-requests", "--plot", str(BENCHMARKS / "results" / "au_sweeps.png"),
+    )))  # fmt: skip
 
     def compute_levers() -> dict:
         rows = []
         for scale in config.au_scale_levers:
-            kwargs = json.dumps({"au_scale": scale})
-            generation = eval_faceworld_generation.main([
-                "--model", str(default_model_dir()), "--judge", str(run_dir / "judge"),
-                "--second-judge", str(run_dir / "second_judge"), "--au-regressor", str(run_dir / "au_regressor"),
-                "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
-                "--steps", str(config.eval_steps), "--pipeline-kwargs", kwargs,
-            ])  # fmt: skip
-            control = eval_au_control.main([
-                "--model", str(default_model_dir()), "--au-regressor", str(run_dir / "au_regressor"),
-                "--faceworld", str(run_dir / "faceworld"), "--per-expression", str(config.per_expression),
-                "--steps", str(config.eval_steps), "--sweep-seeds", *map(str, range(config.sweep_seeds)),
-                "--pipeline-kwargs", kwargs,
-            ])  # fmt: skip
+            kwargs = ("--pipeline-kwargs", json.dumps({"au_scale": scale}))
+            generation = eval_faceworld_generation.main(_generation_args(config, run_dir, *kwargs))
             (row,) = [r for r in generation["rows"] if r["name"].startswith("+ AUs")]
-            rows.append({"au_scale": scale, "generation": row, "au_control": control})
+            rows.append({"au_scale": scale, "generation": row,
+                         "au_control": eval_au_control.main(_control_args(config, run_dir, *kwargs))})  # fmt: skip
         return {"rows": rows}
 
     levers = cached(work / f"au_scale_levers_{'_'.join(map(str, config.au_scale_levers))}.json", compute_levers)
-    return {**generation, "au_control": cached(work / "au_control.json", compute_control), "au_levers": levers}
+    return {**generation, "au_control": control, "au_levers": levers}

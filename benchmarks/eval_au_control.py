@@ -4,7 +4,8 @@
   true AUs) and on generated "+ AUs" images (against the requested AUs: EMFACS prototypes with seeded jitter, the
   same seeds and expressions as table 1), and their ratio. Per AU also the *intensity slope*: the least-squares slope
   of the estimate on the requested (or true) intensity over the images where that AU is active (>= 1): 1 follows
-  intensity exactly, 0 draws one intensity whatever is asked. `--real-requests` measures the same on "+ AUs" images
+  intensity exactly, 0 draws one intensity whatever is asked; and the *scatter*, the standard deviation of the
+  estimates about that line (images asked for the same intensity showing different ones). `--real-requests` measures the same on "+ AUs" images
   whose AUs are rows of the FaceWorld train split with the target label (`synfer generate`'s `dataset` AU policy):
   intensities over the whole range the generator was trained on, co-activations as in its training world.
 - **Sweeps**: for each AU of the model's space, its requested intensity raised over `--levels` with every other AU at
@@ -64,14 +65,18 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def intensity_slope(requested: np.ndarray, estimated: np.ndarray, active: float = 1.0) -> float:
-    """Least-squares slope of `estimated` on `requested` over the entries with `requested >= active`; NaN with fewer
-    than 3 of them or a constant request."""
+def intensity_fit(requested: np.ndarray, estimated: np.ndarray, active: float = 1.0) -> tuple[float, float]:
+    """`(slope, scatter)` of the least-squares line of `estimated` on `requested` over the entries with
+    `requested >= active`: how far the estimate rises per unit requested, and the standard deviation of the estimates
+    about that line (what a calibration of intensities could not remove). NaN with fewer than 3 such entries or a
+    constant request."""
     mask = np.asarray(requested) >= active
     x, y = np.asarray(requested, float)[mask], np.asarray(estimated, float)[mask]
     if len(x) < 3 or x.std() == 0:
-        return float("nan")
-    return float(((x - x.mean()) * (y - y.mean())).mean() / x.var())
+        return float("nan"), float("nan")
+    slope = ((x - x.mean()) * (y - y.mean())).mean() / x.var()
+    residual = y - y.mean() - slope * (x - x.mean())
+    return float(slope), float(residual.std())
 
 
 @torch.no_grad()
@@ -116,7 +121,8 @@ def _per_au(regressor, images, aus: np.ndarray) -> dict[str, dict]:
     estimated = predict(regressor, images).clamp(0, 5).numpy()  # (N, num_aus)
     error = np.abs(estimated - aus).mean(axis=0)
     names = list(regressor.config.au_names)
-    return {name: {"mae": float(error[k]), "slope": intensity_slope(aus[:, k], estimated[:, k])}
+    fits = [intensity_fit(aus[:, k], estimated[:, k]) for k in range(len(names))]
+    return {name: {"mae": float(error[k]), "slope": fits[k][0], "scatter": fits[k][1]}
             for k, name in enumerate(names)}  # fmt: skip
 
 
@@ -138,7 +144,8 @@ def per_au_error(
         "real_mae": real_mae, "generated_mae": generated_mae, "ratio": generated_mae / real_mae,
         "per_au": {name: {"real": real[name]["mae"], "generated": g["mae"],
                           "ratio": g["mae"] / max(real[name]["mae"], 1e-6),
-                          "real_slope": real[name]["slope"], "generated_slope": g["slope"]}
+                          "real_slope": real[name]["slope"], "generated_slope": g["slope"],
+                          "real_scatter": real[name]["scatter"], "generated_scatter": g["scatter"]}
                    for name, g in generated.items()},
     }  # fmt: skip
 

@@ -447,29 +447,37 @@ def test_au_sweep_statistics_and_their_target():
                          "summary": {"min_spearman": 0.85, "min_spearman_au": "AU2", "mean_spearman": 0.9,
                                      "mean_leak": 0.2}},
               "per_au_error": {"ratio": 1.5, "per_au": {
-                  n: {"real": 0.2, "generated": 0.3, "ratio": 1.5, "real_slope": 0.9, "generated_slope": slope}
-                  for n, slope in (("AU1", 0.4), ("AU2", float("nan")))}},
+                  n: {"real": 0.2, "generated": 0.3, "ratio": 1.5, "real_slope": 0.9, "generated_slope": fit,
+                      "real_scatter": 0.4, "generated_scatter": 0.8 * fit / fit}
+                  for n, fit in (("AU1", 0.4), ("AU2", float("nan")))}},
               "per_au_error_real_requests": {"ratio": 1.6, "per_au": {
-                  n: {"ratio": ratio, "generated_slope": 0.5} for n, ratio in (("AU1", 1.7), ("AU2", 1.4))}}}  # fmt: skip
+                  n: {"ratio": ratio, "generated_slope": 0.5, "generated_scatter": 0.9}
+                  for n, ratio in (("AU1", 1.7), ("AU2", 1.4))}}}  # fmt: skip
     ((name, measured, met),) = report.au_control_targets(result)
     assert met is False and "min 0.85 (AU2)" in measured
     text = "\n".join(report.render_au_control(result))
-    assert "| AU1 | 0.200 | 0.300 | 1.50x | 0.90 / 0.40 | 1.70x / 0.50 | 0.95 | 0.1 / 4.0 | 0.10 | AU2 |" in text
-    assert "| AU2 | 0.200 | 0.300 | 1.50x | 0.90 / - | 1.40x / 0.50 | 0.85 | 0.1 / 2.0 | 0.30 | AU1 |" in text
+    assert "| AU2 | 0.200 | 0.300 | 1.50x | 0.85 | 0.1 / 2.0 | 0.30 | AU1 |" in text
+    assert "| AU1 | 0.90 / 0.40 | 0.40 / 0.80 | 1.70x | 0.50 / 0.90 |" in text
+    assert "| AU2 | 0.90 / 0.40 | - / - | 1.40x | 0.50 / 0.90 |" in text  # an AU never requested active: no fit
     assert "ratio 1.50x overall" in text and "ratio 1.60x overall" in text
     assert report.au_control_targets(None) == [] and report.render_au_control(None) == []
 
 
-def test_intensity_slope_reads_how_far_the_estimate_follows_the_active_requests():
+def test_intensity_fit_reads_slope_and_scatter_over_the_active_requests():
     import eval_au_control as control
 
     requested = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0])
-    assert control.intensity_slope(requested, requested) == pytest.approx(1.0)
+    assert control.intensity_fit(requested, requested) == pytest.approx((1.0, 0.0))
     estimated = np.where(requested >= 1, 0.5 * requested + 1.0, 4.0)  # inactive requests drawn wrong: not read
-    assert control.intensity_slope(requested, estimated) == pytest.approx(0.5)
-    assert control.intensity_slope(requested, np.full(7, 3.0)) == pytest.approx(0.0)  # one intensity for all
-    assert np.isnan(control.intensity_slope(np.array([0.0, 1.0, 2.0]), np.zeros(3)))  # fewer than 3 active
-    assert np.isnan(control.intensity_slope(np.array([3.0, 3.0, 3.0]), np.arange(3.0)))  # one requested value
+    assert control.intensity_fit(requested, estimated) == pytest.approx((0.5, 0.0))
+    assert control.intensity_fit(requested, np.full(7, 3.0)) == pytest.approx((0.0, 0.0))  # one intensity for all
+    noisy = requested + np.array([0, 0, 1.0, -1.0, 1.0, -1.0, 0])  # +-1 about the line, then 0 at the top
+    slope, scatter = control.intensity_fit(requested, noisy)
+    residual = noisy[2:] - noisy[2:].mean() - slope * (requested[2:] - requested[2:].mean())
+    assert slope == pytest.approx(np.polyfit(requested[2:], noisy[2:], 1)[0]) and scatter == pytest.approx(residual.std())
+    assert scatter > 0.5
+    assert np.isnan(control.intensity_fit(np.array([0.0, 1.0, 2.0]), np.zeros(3))).all()  # fewer than 3 active
+    assert np.isnan(control.intensity_fit(np.array([3.0, 3.0, 3.0]), np.arange(3.0))).all()  # one requested value
 
 
 def test_real_row_requests_are_rows_of_the_target_label_drawn_by_each_images_seed(tiny_components):

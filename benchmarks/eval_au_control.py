@@ -5,9 +5,10 @@
   same seeds and expressions as table 1), and their ratio. Per AU also the *intensity slope*: the least-squares slope
   of the estimate on the requested (or true) intensity over the images where that AU is active (>= 1): 1 follows
   intensity exactly, 0 draws one intensity whatever is asked; and the *scatter*, the standard deviation of the
-  estimates about that line (images asked for the same intensity showing different ones). `--real-requests` measures the same on "+ AUs" images
-  whose AUs are rows of the FaceWorld train split with the target label (`synfer generate`'s `dataset` AU policy):
-  intensities over the whole range the generator was trained on, co-activations as in its training world.
+  estimates about that line (images asked for the same intensity showing different ones). `--real-requests`
+  measures the same on "+ AUs" images whose AUs are rows of the FaceWorld train split with the target label
+  (`synfer generate`'s `dataset` AU policy): intensities over the whole range the generator was trained on,
+  co-activations as in its training world.
 - **Sweeps**: for each AU of the model's space, its requested intensity raised over `--levels` with every other AU at
   0, no expression word, at fixed seeds (`--sweep-seeds`). Per AU: Spearman's rank correlation between the requested
   and the regressor's estimate of that AU over all (level, seed) images, and the *leak*: the mean absolute change of
@@ -117,7 +118,8 @@ def sweep(pipe: SynFERPipeline, regressor, levels, seeds, steps, guidance_scale,
 
 
 def _per_au(regressor, images, aus: np.ndarray) -> dict[str, dict]:
-    """The regressor's absolute error and intensity slope per AU on `images` against `aus` `(N, num_aus)`."""
+    """The regressor's absolute error and intensity fit (slope, scatter) per AU on `images` against `aus`
+    `(N, num_aus)`."""
     estimated = predict(regressor, images).clamp(0, 5).numpy()  # (N, num_aus)
     error = np.abs(estimated - aus).mean(axis=0)
     names = list(regressor.config.au_names)
@@ -130,7 +132,7 @@ def per_au_error(
     pipe, regressor, real: dict, per_expression: int, steps: int, guidance_scale: float, judges=(),
     au_source: AUSource | None = None, **kwargs,
 ) -> dict:
-    """Per-AU absolute error and intensity slope of the regressor on real test faces (`real`: `_per_au` of them)
+    """Per-AU absolute error and intensity fit of the regressor on real test faces (`real`: `_per_au` of them)
     and on "+ AUs" images (pipeline arguments `kwargs`; AUs drawn from `au_source` if given), their ratio, and each
     of `judges`' expression accuracy on those images."""
     images, targets, requested, _ = generate(pipe, per_expression, steps, guidance_scale, batch_size=35,
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="more pipeline arguments as JSON, e.g. '{\"au_scale\": 1.5}'")  # fmt: skip
     parser.add_argument("--judge", nargs="*", default=[], help="expression judges scoring the + AUs images")
     parser.add_argument("--real-requests", action="store_true",
-                        help="also measure + AUs images whose AUs are FaceWorld train rows with the target label")  # fmt: skip
+                        help="also measure + AUs images whose AUs are FaceWorld train rows of the target label")
     parser.add_argument("--plot", default=None, help="PNG of the sweep strips")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -206,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, error in result["per_au_error"]["per_au"].items():
         s = result["sweeps"]["per_au"][name]
         print(f"{name:6} {error['real']:9.3f} {error['generated']:8.3f} {error['ratio']:6.2f} "
-              f"{error['real_slope']:5.2f}/{error['generated_slope']:5.2f} {s['spearman']:9.3f} {s['leak']:6.3f}")  # fmt: skip
+              f"{error['real_slope']:5.2f}/{error['generated_slope']:5.2f} {s['spearman']:9.3f} "
+              f"{s['leak']:6.3f}")  # fmt: skip
     print(json.dumps(result["sweeps"]["summary"]), f"ratio {result['per_au_error']['ratio']:.2f}",
           "expression accuracy", result["per_au_error"]["expression_accuracy"])  # fmt: skip
     if args.real_requests:

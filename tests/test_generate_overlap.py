@@ -114,8 +114,12 @@ def test_queue_depth_bounds_the_batches_in_flight(tmp_path, monkeypatch):
             handed[0] += 1
             return output
 
-        def assemble(self, batch):
-            time.sleep(0.3)  # far slower than a tiny pipeline call: the main thread waits for the stage
+        def assemble(self, batch, depth=queue_depth, in_flight=in_flight, written=written):
+            if written[0] == 0:  # hold the first batch until the main thread has run `depth` batches ahead, and a
+                deadline = time.monotonic() + 60  # while longer, so running further ahead would be seen (no race:
+                while depth not in in_flight and time.monotonic() < deadline:  # the bound holds it there)
+                    time.sleep(0.01)
+                time.sleep(0.5)
             original_assemble(self, batch)
             written[0] += 1
 

@@ -115,9 +115,11 @@ def test_queue_depth_bounds_the_batches_in_flight(tmp_path, monkeypatch):
             return output
 
         def assemble(self, batch, depth=queue_depth, in_flight=in_flight, written=written):
-            if written[0] == 0:  # hold the first batch until the main thread has run `depth` batches ahead, and a
-                deadline = time.monotonic() + 60  # while longer, so running further ahead would be seen (no race:
-                while depth not in in_flight and time.monotonic() < deadline:  # the bound holds it there)
+            # The first batch waits until the main thread has run `depth` batches ahead, then a while longer, so
+            # running further ahead would be seen; a correct bound holds the main thread there (no race).
+            if written[0] == 0:
+                deadline = time.monotonic() + 60
+                while depth not in in_flight and time.monotonic() < deadline:
                     time.sleep(0.01)
                 time.sleep(0.5)
             original_assemble(self, batch)

@@ -253,7 +253,7 @@ def add_au_estimator(folder: str, path: str, training: str | None, storage_dtype
     with open(os.path.join(folder, "README.md"), encoding="utf-8") as f:
         current = f.read()
     pipe = SynFERPipeline.from_pretrained(folder, **load_au_estimator(path))
-    pipe.source_au_estimator()  # the estimator's AU names must map onto the UNet's AU space
+    pipe.pipeline_au_estimator("`assemble_default_model`")  # the estimator's AU names must map onto the UNet's AU space
     pipe.to(storage_dtype)
     fields = default_model_card(
         with_au_estimator(training or card_section(current, "Training"), path), card_section(current, "Evaluation")
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> str:
         **pipe.base_components, guidance_classifier=guide, guidance_image_processor=processor, feranno_head=head,
         **load_au_estimator(args.au_estimator),
     )  # fmt: skip
-    default.source_au_estimator()  # the estimator's AU names must map onto the UNet's AU space
+    default.pipeline_au_estimator("`assemble_default_model`")  # the estimator's AU names must map onto the UNet's AU space
     default.to(getattr(torch, args.storage_dtype))
     staging = f"{args.output_dir}.tmp"
     shutil.rmtree(staging, ignore_errors=True)

@@ -132,7 +132,7 @@ def test_au_estimator_fills_source_action_units(tiny_components):
         ({"target_action_unit_delta": {"AU12": 9.0}}, "`target_action_unit_delta` values"),
         ({"target_expression": ["happy", "sad", "anger"]}, "Batch sizes of the inputs do not match"),
         ({"target_expression": "happy", "height": 32}, r"`image\[0\]` is \(16, 16\), expected \(32, 16\)"),
-        ({"target_expression": "happy", "source_action_units": None}, "`source_action_units` is None but the pipeline has no `au_estimator`"),
+        ({"target_expression": "happy", "source_action_units": None}, "`source_action_units=None` .* no `au_estimator` component"),
         ({"target_expression": "happy", "output_type": "jpg"}, "`output_type`"),
         ({"target_expression": "happy", "inversion_condition": "target"}, "`inversion_condition` must be one of"),
         ({"target_expression": "happy", "semantic_guidance_scale": 1.0}, "needs a `guidance_classifier`"),

@@ -87,7 +87,7 @@ def estimate_action_units(pipe: SynFERPipeline, images: Sequence[PIL.Image.Image
     """The source faces' AUs by the pipeline's AU estimator, in batches; without one, a `ValueError` naming
     `edit_dataset`."""
     try:
-        estimator = pipe.source_au_estimator()
+        estimator = pipe.pipeline_au_estimator("`edit_dataset` without an `action_units` column")
     except ValueError as error:
         raise ValueError(
             "`edit_dataset` has no `action_units` column and the model has no `au_estimator` component to estimate "

@@ -58,6 +58,7 @@ from .pipeline_output import SynFEREditOutput
 from .prediction import inversion_levels
 
 INVERSION_CONDITIONS = ("source", "null")
+SOURCE_AUS_ESTIMATED = "`source_action_units=None` (the source's AUs estimated)"
 """What [`EditingMixin.edit`] inverts the source under: its own condition (caption + its AUs) or the null condition
 (`""` + the null AU tokens)."""
 
@@ -163,7 +164,7 @@ class EditingMixin:
             )
         check_mutual_self_attention_inputs(self.unet, mutual_self_attention_window, mutual_self_attention_start_layer)
         if source_action_units is None:
-            self.source_au_estimator()  # raises when there is none
+            self.pipeline_au_estimator(SOURCE_AUS_ESTIMATED)  # raises when there is none
 
     def resolve_edit_batch(
         self,
@@ -221,20 +222,21 @@ class EditingMixin:
             return semantic_guidance_scale
         return DEFAULT_EDIT_SEMANTIC_GUIDANCE_SCALE if self.guidance_classifier is not None else 0.0
 
-    def source_au_estimator(self) -> AUEstimator:
-        """The pipeline's `au_estimator` component as an [`AUEstimator`] onto the UNet's AU space."""
+    def pipeline_au_estimator(self, field: str) -> AUEstimator:
+        """The pipeline's `au_estimator` component as an [`AUEstimator`] onto the UNet's AU space; without one, a
+        `ValueError` naming `field`, the argument that needs it."""
         if self.au_estimator is None or self.au_estimator_image_processor is None:
             missing = "au_estimator" if self.au_estimator is None else "au_estimator_image_processor"
             raise ValueError(
-                f"`source_action_units` is None but the pipeline has no `{missing}` component: pass the source's AUs, "
-                "or add an AU regressor (e.g. trained by `examples/train_fer_classifier.py --task action_units`) as "
-                "`au_estimator` and its image processor as `au_estimator_image_processor`."
+                f"{field} needs the pipeline's AU estimator but it has no `{missing}` component: add an AU regressor "
+                "(e.g. trained by `examples/train_fer_classifier.py --task action_units`) as `au_estimator` and its "
+                "image processor as `au_estimator_image_processor`."
             )
         return AUEstimator(self.au_estimator, self.au_estimator_image_processor, self.au_space, name="au_estimator")
 
     def estimate_source_action_units(self, images: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) in [-1, 1]
         """The AU estimator's AUs `(N, num_aus)` of the source images, in the UNet's AU space."""
-        return self.source_au_estimator()(self.image_processor.postprocess(images, output_type="pil"))
+        return self.pipeline_au_estimator(SOURCE_AUS_ESTIMATED)(self.image_processor.postprocess(images, output_type="pil"))
 
     def plan_edit_conditions(
         self,
@@ -420,8 +422,7 @@ class EditingMixin:
         )
 
         # 4. Prepare timesteps: the last `edit_strength` share of the schedule
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.get_timesteps(num_inference_steps, edit_strength)
+        timesteps = self.set_schedule(num_inference_steps, device, edit_strength)
 
         # 5. Encode the source and target conditions
         inverted_prompts = source_prompts if inversion_condition == "source" else [""] * batch.num_images

@@ -25,6 +25,7 @@ from ...models.feature_extraction import UNetFeatureRecorder
 from ...models.unet_au import AUConditionedUNet2DConditionModel
 from ...value_checks import check_int, check_number
 from ..hub_mixin import ModelCardPipelineMixin
+from .au_feedback import AUFeedbackMixin
 from .checks import bind_call, check_sampling_inputs
 from .conditions import AUInput, GeneratorInput, per_image, plan_conditions, resolve_batch
 from .editing import EditingMixin
@@ -67,6 +68,7 @@ class SynFERPipeline(
     AUAdapterLoaderMixin,
     SamplingMixin,
     SemanticGuidanceMixin,
+    AUFeedbackMixin,
     InversionMixin,
     EditingMixin,
 ):
@@ -394,6 +396,7 @@ class SynFERPipeline(
         callback_on_step_end_tensor_inputs: list[str],
         num_inference_steps: int,
         au_guidance_scale: float | None = None,
+        au_feedback: tuple[int, float] = (0, 1.0),
     ) -> None:
         """Raises a concise error naming the first invalid argument: those of every sampling call
         ([`~checks.check_sampling_inputs`], shared with [`edit`]), then generation's own; `semantic_guidance` is
@@ -426,6 +429,7 @@ class SynFERPipeline(
         if layout_image is not None and latents is not None:
             raise ValueError("Pass either `latents` or `layout_image`, not both.")
         check_number("layout_strength", layout_strength, 0, 1)
+        self.check_au_feedback_inputs(*au_feedback)
 
     def check_call(self, **kwargs: Any) -> None:
         """Checks the arguments of a call (`pipe.check_call(**kwargs)` for `pipe(**kwargs)`) without computing
@@ -440,6 +444,7 @@ class SynFERPipeline(
             tuple(a[f"semantic_guidance_{name}"] for name in SEMANTIC_GUIDANCE_ARGUMENTS), a["guidance_label_mapping"],
             a["label_with_feranno"], a["feranno_label_mapping"], a["output_type"],
             a["callback_on_step_end_tensor_inputs"] or ["latents"], a["num_inference_steps"], a["au_guidance_scale"],
+            (a["au_feedback_passes"], a["au_feedback_gain"]),
         )  # fmt: skip
         resolve_batch(
             self.au_space, a["prompt"], a["expression"], a["action_units"], a["negative_prompt"], a["prompt_embeds"],
@@ -461,6 +466,8 @@ class SynFERPipeline(
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
         au_guidance_scale: float | None = None,
+        au_feedback_passes: int = 0,
+        au_feedback_gain: float = 1.0,
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
@@ -516,6 +523,14 @@ class SynFERPipeline(
                 followed more (or less) closely than the text; the UNet batch grows from 2 N to 3 N images (1.5x the
                 UNet cost). `au_guidance_scale == guidance_scale` under CFG is the default's guidance and runs as the
                 default does (two branches, the same images).
+            au_feedback_passes (`int`, defaults to 0): AU feedback (beyond the paper): this many passes render the
+                images, read their AUs with the `au_estimator` component and correct each image's AU condition by
+                `gain * (requested - read)`; the last pass renders the returned images from the same noise (the
+                generator states are restored; pass generators for the same step noise with stochastic samplers). Each
+                pass costs a whole sampling loop: `P` passes make the call `(1 + P)` times as long. Needs an intensity
+                AU space and an `au_estimator`; images without an AU condition are rendered as without feedback;
+                `action_units` in the output stay the requested ones. See `au_feedback.py`.
+            au_feedback_gain (`float`, defaults to 1.0): the share of the read AU error each pass corrects.
             negative_prompt (`str` or `list[str]`, *optional*): the unconditional prompt (default `""`).
             num_images_per_prompt (`int`, defaults to 1): images per batch entry.
             eta (`float`, defaults to 0.0): DDIM eta.
@@ -601,6 +616,7 @@ class SynFERPipeline(
             prompt_embeds, negative_prompt_embeds, latents, layout_image, layout_strength, semantic_guidance,
             guidance_label_mapping, label_with_feranno, feranno_label_mapping, output_type,
             callback_on_step_end_tensor_inputs, num_inference_steps, au_guidance_scale,
+            (au_feedback_passes, au_feedback_gain),
         )  # fmt: skip
         self.start_call(guidance_scale, clip_skip, cross_attention_kwargs, au_guidance_scale)
 
@@ -611,9 +627,9 @@ class SynFERPipeline(
         num_images = batch_size * num_images_per_prompt
         device = self._execution_device
 
-        # 3. Prepare timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        # 3. Prepare timesteps (of the last `layout_strength` share with a layout image)
+        strength = layout_strength if layout_image is not None else None
+        timesteps = self.set_schedule(num_inference_steps, device, strength)
 
         # 4. Prepare latent variables: the noise is drawn first, so that it depends on the generator alone
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
@@ -654,7 +670,6 @@ class SynFERPipeline(
         # 7. Layout initialisation: start from the inversion of real faces (null condition) instead of noise
         if layout_image is not None:
             images = self.preprocess_layout_images(layout_image, batch_size, num_images_per_prompt, height, width)
-            timesteps = self.get_timesteps(num_inference_steps, layout_strength)
             latents = self.invert_layout(images.to(device), timesteps, au_scale).to(prompt_embeds.dtype)
 
         # 8. Prepare extra step kwargs, semantic guidance and the in-loop FERAnno recorder
@@ -670,7 +685,20 @@ class SynFERPipeline(
         )
         recorder = UNetFeatureRecorder(self.unet) if label_in_loop else contextlib.nullcontext()
 
-        # 9. Denoising loop
+        # 9. AU feedback: each pass renders the images, reads their AUs and corrects their AU condition
+        if au_feedback_passes and au_matrix is not None:
+            def render(tokens: torch.Tensor) -> torch.Tensor:  # one pass from the same start, without callbacks
+                return self.denoise(
+                    latents, self.set_schedule(num_inference_steps, device, strength), prompt_embeds,
+                    negative_prompt_embeds, tokens, au_scale, extra_step_kwargs, guidance,
+                )  # fmt: skip
+
+            au_embeds = self.au_feedback_condition(
+                render, au_matrix.to(device), has_au, generator, au_feedback_passes, au_feedback_gain
+            )
+            timesteps = self.set_schedule(num_inference_steps, device, strength)
+
+        # 10. Denoising loop
         with recorder:
             latents = self.denoise(
                 latents, timesteps, prompt_embeds, negative_prompt_embeds, au_embeds, au_scale, extra_step_kwargs,
@@ -678,12 +706,12 @@ class SynFERPipeline(
             )  # fmt: skip
             features = recorder.features() if label_in_loop and not self.interrupt else None
 
-        # 10. FERAnno labels of the returned latents
+        # 11. FERAnno labels of the returned latents
         feranno_probabilities = None
         if label:
             feranno_probabilities = self.feranno_probabilities(latents, generator, feranno_label_mapping, features)
 
-        # 11. Decode and report each image's condition
+        # 12. Decode and report each image's condition (the requested AUs, also after AU feedback)
         images = latents if output_type == "latent" else self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()
         au_dicts = (

@@ -86,6 +86,16 @@ class SamplingMixin:
         self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
 
+    def set_schedule(
+        self, num_inference_steps: int, device: torch.device, strength: float | None = None
+    ) -> torch.Tensor:
+        """Sets the scheduler's timesteps, which also clears the state a multistep sampler kept from an earlier loop,
+        and returns those to denoise: all of them, or with `strength` the last share ([`get_timesteps`])."""
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if strength is None:
+            return self.scheduler.timesteps
+        return self.get_timesteps(num_inference_steps, strength)
+
     # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.get_timesteps
     def get_timesteps(self, num_inference_steps: int, strength: float) -> torch.Tensor:
         """The timesteps of the last `strength` share of the schedule set on the scheduler (`set_timesteps` first):

@@ -512,11 +512,14 @@ def test_au_lever_rows_sit_beside_the_default_and_leave_the_targets_to_it():
     generation = {**generation, "au_control": _control(1.28, 0.72, 0.44, "AU12", 0.39)}
     lever = {"name": "+ AUs (au_scale=1.5)", "num_images": 21, "expression_accuracy": 0.99, "au_mae": 0.24,
              "frechet_distance": 0.7, "second_judge_accuracy": 0.95}  # fmt: skip
-    levers = {"rows": [{"au_scale": 1.5, "generation": lever, "au_control": _control(1.19, 0.91, 0.7, "AU1", 0.4)}]}
+    feedback = {**_control(1.02, 0.95, 0.8, "AU2", 0.3), "per_au_error_real_requests": {"ratio": 1.66}}
+    levers = {"rows": [{"au_scale": 1.5, "generation": lever, "au_control": _control(1.19, 0.91, 0.7, "AU1", 0.4)},
+                       {"au_feedback_passes": 2, "generation": lever, "au_control": feedback}]}  # fmt: skip
     assert report.render_au_levers(generation) == []  # no lever stage (records before it): no section
     text = "\n".join(report.render_au_levers({**generation, "au_levers": levers}))
-    assert "| default (au_scale 1) | 80.0% | - | 1.28x | 0.72 / 0.44 (AU12) | 0.39 | 0.50 |" in text
-    assert "| au_scale 1.5 | 99.0% | 95.0% | 1.19x | 0.91 / 0.70 (AU1) | 0.40 | 0.70 |" in text
+    assert "| default (au_scale 1, no feedback) | 80.0% | - | 1.28x | - | 0.72 / 0.44 (AU12) | 0.39 | 0.50 |" in text
+    assert "| au_scale 1.5 | 99.0% | 95.0% | 1.19x | - | 0.91 / 0.70 (AU1) | 0.40 | 0.70 |" in text
+    assert "| au_feedback_passes 2 | 99.0% | 95.0% | 1.02x | 1.66x | 0.95 / 0.80 (AU2) | 0.30 | 0.70 |" in text
     targets = report.generation_targets({**generation, "au_levers": levers})
     assert [met for _, _, met in targets] == [met for _, _, met in report.generation_targets(generation)]
 

@@ -105,6 +105,8 @@ def test_edit_sets_default_to_the_edit_calls_levers_and_the_plan_records_them(ed
     assert SyntheticSetConfig(persons=2).au_guidance_scale == 3.0
     assert SyntheticSetConfig(edit_dataset="faces", guidance_scale=1.0).au_guidance_scale is None
     assert SyntheticSetConfig(edit_dataset="faces", au_guidance_scale=0.5).au_guidance_scale == 0.5
+    with pytest.raises(ValueError, match="`au_feedback_passes` applies to generated sets"):
+        SyntheticSetConfig(edit_dataset="faces", au_feedback_passes=1)
     assert SyntheticSetConfig().au_guidance_scale is None
     plan = json.loads((edit_reference / "plan.json").read_text())
     layer = default_start_layer(SynFERPipeline(**make_tiny_components(seed=0)).unet)

@@ -140,6 +140,7 @@ def test_cli_refuses_a_folder_it_cannot_use_and_leaves_it_unchanged(case, refere
 API_CASES = [
     ("width-too-large", {"config": {"width": 100000}}, "`width` must be at most"),
     ("sg-without-guide", {"config": {"semantic_guidance_scale": 1.0}}, "`guidance_classifier`"),
+    ("au-feedback-without-estimator", {"config": {"au_feedback_passes": 1}}, "`au_feedback_passes` > 0 needs"),
     ("prototype-intensity", {"config": {"prototype_intensity": 9.0}}, "`prototype_intensity`"),
     ("model-truncated", {"model": "{models}/truncated"}, "`model`"),
     ("model-wrong-types", {"model": "{models}/wrong_types"}, "`model`"),

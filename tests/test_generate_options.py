@@ -34,6 +34,7 @@ from synfer_diffusers.generate import (
 from synfer_diffusers.generate.flags import parse_label_mapping
 from synfer_diffusers.pipelines.synfer.pipeline_output import SynFERPipelineOutput
 from synfer_diffusers.tiny import make_tiny_components
+from test_editing import make_au_regressor
 
 SMALL = {"num_inference_steps": 2, "height": 16, "width": 16}
 CLI_ARGS = ["--num-inference-steps", "2", "--height", "16", "--width", "16", "--no-progress"]
@@ -52,17 +53,22 @@ OPTIONS = {
     "discard_rule": "disagreement",
     "aggregation": "paper",
     "au_guidance_scale": 4.0,
+    "au_feedback_passes": 1,
+    "au_feedback_gain": 0.5,
 }
 """Every option at a value other than its default."""
 CALL_OPTIONS = ("eta", "semantic_guidance_window", "semantic_guidance_interval", "semantic_guidance_normalization",
-                "au_guidance_scale")  # fmt: skip
+                "au_guidance_scale", "au_feedback_passes", "au_feedback_gain")  # fmt: skip
 
 
 def _feranno_pipeline() -> SynFERPipeline:
-    """Tiny components with a FERAnno head (so that there is something to vote with), sampling with Euler."""
+    """Tiny components with a FERAnno head (so that there is something to vote with) and an AU estimator (for AU
+    feedback), sampling with Euler."""
     components = make_tiny_components(seed=0, sample_size=8)
     components["scheduler"] = EulerDiscreteScheduler.from_config(components["scheduler"].config)
-    return SynFERPipeline(**components, feranno_head=FERAnnoHead.from_unet(components["unet"]))
+    regressor, processor = make_au_regressor()
+    return SynFERPipeline(**components, feranno_head=FERAnnoHead.from_unet(components["unet"]), au_estimator=regressor,
+                          au_estimator_image_processor=processor)  # fmt: skip
 
 
 def _generate(output_dir, pipe, resume=False, **options):
@@ -121,7 +127,7 @@ def test_each_option_is_in_the_plan_and_the_card(configured_run):
     assert voting == {"agreement_threshold": 0.5, "label_type": "soft", "discard_rule": "disagreement"}
     assert plan["labeler"]["voting"]["weights"] == {"feranno": 2.0}
     card = (folder / "README.md").read_text()
-    assert "DDIMScheduler" in card and "bfloat16 on cpu" in card and "eta 0.5" in card and "AU guidance scale 4.0" in card and "'a blurry photo'" in card
+    assert "DDIMScheduler" in card and "bfloat16 on cpu" in card and "eta 0.5" in card and "AU guidance scale 4.0" in card and "AU feedback passes 1 at gain 0.5" in card and "'a blurry photo'" in card
     assert "soft labels, aggregated by the paper's weighted mean, agreement threshold 0.5, weights {'feranno': 2.0}" in card and "'disagreement'" in card
 
 
@@ -387,7 +393,8 @@ def test_cli_flags_parse_into_the_config(captured, tmp_path):
              "--semantic-guidance-interval", "1", "--semantic-guidance-normalization", "per_token",
              "--agreement-threshold", "0.5", "--voter-weights", "feranno=2", "--label-type", "soft",
              "--discard-rule", "disagreement", "--aggregation", "paper", "--semantic-guidance-scale", "3",
-             "--prototype-intensity", "4", "--au-guidance-scale", "4"]  # fmt: skip
+             "--prototype-intensity", "4", "--au-guidance-scale", "4", "--au-feedback-passes", "1",
+             "--au-feedback-gain", "0.5"]  # fmt: skip
     assert main(["generate", "--output-dir", str(tmp_path / "out"), *flags]) == 0
     config, kwargs = captured[0]
     for name, value in OPTIONS.items():

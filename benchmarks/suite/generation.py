@@ -1,5 +1,6 @@
 """Table 1: generation (paper Table 1), by `eval_faceworld_generation.py`, and AU controllability (per-AU error and
-AU sweeps) by `eval_au_control.py`, for the embedded default and for its lever rows (`au_scale` values)."""
+AU sweeps) by `eval_au_control.py`, for the embedded default and for its lever rows (`au_scale` values, AU feedback
+passes)."""
 
 from __future__ import annotations
 
@@ -41,15 +42,19 @@ def table_generation(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
         config, run_dir, "--real-requests", "--plot", str(BENCHMARKS / "results" / "au_sweeps.png"),
     )))  # fmt: skip
 
+    settings = [{"au_scale": scale} for scale in config.au_scale_levers]
+    settings += [{"au_feedback_passes": passes} for passes in config.au_feedback_levers]
+
     def compute_levers() -> dict:
         rows = []
-        for scale in config.au_scale_levers:
-            kwargs = ("--pipeline-kwargs", json.dumps({"au_scale": scale}))
+        for setting in settings:
+            kwargs = ("--pipeline-kwargs", json.dumps(setting))
             generation = eval_faceworld_generation.main(_generation_args(config, run_dir, *kwargs))
             (row,) = [r for r in generation["rows"] if r["name"].startswith("+ AUs")]
-            rows.append({"au_scale": scale, "generation": row,
-                         "au_control": eval_au_control.main(_control_args(config, run_dir, *kwargs))})  # fmt: skip
+            rows.append({**setting, "generation": row,
+                         "au_control": eval_au_control.main(_control_args(config, run_dir, "--real-requests", *kwargs))})  # fmt: skip
         return {"rows": rows}
 
-    levers = cached(work / f"au_scale_levers_{'_'.join(map(str, config.au_scale_levers))}.json", compute_levers)
+    name = "_".join(f"{key}_{value}" for setting in settings for key, value in setting.items())
+    levers = cached(work / f"au_levers_{name}.json", compute_levers)
     return {**generation, "au_control": control, "au_levers": levers}

@@ -286,16 +286,27 @@ def render_au_control(control: dict | None) -> list[str]:
     ]  # fmt: skip
 
 
+def _ratio(error: dict | None) -> str:
+    """An AU error ratio, or "-" where it was not measured."""
+    return "-" if error is None else f"{error['ratio']:.2f}x"
+
+
 def _lever_row(setting: str, row: dict, control: dict) -> str:
     summary = control["sweeps"]["summary"]
     return (f"| {setting} | {row['expression_accuracy']:.1%} | {_percent(row.get('second_judge_accuracy'))} | "
-            f"{control['per_au_error']['ratio']:.2f}x | {summary['mean_spearman']:.2f} / {summary['min_spearman']:.2f} "
+            f"{control['per_au_error']['ratio']:.2f}x | {_ratio(control.get('per_au_error_real_requests'))} | "
+            f"{summary['mean_spearman']:.2f} / {summary['min_spearman']:.2f} "
             f"({summary['min_spearman_au']}) | {summary['mean_leak']:.2f} | {row['frechet_distance']:.2f} |")  # fmt: skip
 
 
+def _setting(lever: dict) -> str:
+    """A lever row's pipeline arguments, e.g. "au_scale 1.5" or "au_feedback_passes 2"."""
+    return ", ".join(f"{key} {value:g}" for key, value in lever.items() if key not in ("generation", "au_control"))
+
+
 def render_au_levers(generation: dict) -> list[str]:
-    """Table 1's lever rows: the default checkpoint sampled with other `au_scale` values, measured as its + AUs row
-    and its AU control (none where not measured)."""
+    """Table 1's lever rows: the default checkpoint sampled with other `au_scale` values or with AU feedback, measured
+    as its + AUs row and its AU control (none where not measured)."""
     levers, control = generation.get("au_levers"), generation.get("au_control")
     if not levers or control is None:
         return []
@@ -304,17 +315,18 @@ def render_au_levers(generation: dict) -> list[str]:
         "### AU-control levers (not the default)",
         "",
         "The embedded default sampled with another `au_scale` (the weight of the AU cross-attention branch; 1 is the "
-        "default and what stage B trained), on the same seeds, expressions and requested AUs as the + AUs row, "
-        "measured as above: expression accuracy, AU error ratio, sweeps and Fréchet distance. The values come from "
-        "a grid read by the checkpoint's own AU estimator, not by the AU regressor that measures them here (the "
-        "grid and the choice: README, AU control).",
+        "default and what stage B trained) or with AU feedback (`au_feedback_passes` P: each pass renders the images, "
+        "reads their AUs with the checkpoint's own AU estimator and corrects each image's AU condition by the error "
+        "it read; the call takes 1 + P sampling loops), on the same seeds, expressions and requested AUs as the + AUs "
+        "row, measured as above: expression accuracy, AU error ratio (prototype and real-row requests), sweeps and "
+        "Fréchet distance. The `au_scale` values come from a grid read by the checkpoint's own AU estimator, not by "
+        "the AU regressor that measures them here (the grid and the choice: README, AU control).",
         "",
-        "| setting | expression accuracy | by the second judge | AU error / real | sweep Spearman mean / min (AU) | leak "
-        "| Fréchet distance |",
-        "|---|---|---|---|---|---|---|",
-        _lever_row("default (au_scale 1)", default, control),
-        *[_lever_row(f"au_scale {lever['au_scale']:g}", lever["generation"], lever["au_control"])
-          for lever in levers["rows"]],
+        "| setting | expression accuracy | by the second judge | AU error / real | real-row requests "
+        "| sweep Spearman mean / min (AU) | leak | Fréchet distance |",
+        "|---|---|---|---|---|---|---|---|",
+        _lever_row("default (au_scale 1, no feedback)", default, control),
+        *[_lever_row(_setting(lever), lever["generation"], lever["au_control"]) for lever in levers["rows"]],
         "",
     ]  # fmt: skip
 

@@ -121,6 +121,8 @@ def _sampling_summary(plan: Mapping[str, Any]) -> str:
         f"guidance scale {plan['guidance_scale']}",
         f"AU scale {plan['au_scale']}",
         *([f"AU guidance scale {plan['au_guidance_scale']}"] if plan.get("au_guidance_scale") is not None else []),
+        *([f"AU feedback passes {plan['au_feedback_passes']} at gain {plan['au_feedback_gain']}"]
+          if plan.get("au_feedback_passes") else []),  # fmt: skip
         f"{plan['dtype']} on {plan['device_type']}",
     ]
     if plan["negative_prompt"]:

@@ -208,6 +208,15 @@ class SyntheticSetConfig:
                           "where --guidance-scale > 1, none without CFG (the value of --guidance-scale guides them "
                           "with the text)."},
     )  # fmt: skip
+    au_feedback_passes: int = field(
+        default=0,
+        metadata={"help": "AU feedback (generated sets): passes that render each image, read its AUs with the model's "
+                          "`au_estimator` and correct its AU condition by --au-feedback-gain times the error read, "
+                          "before the final render from the same noise; each pass costs a whole sampling loop. 0: off."},
+    )  # fmt: skip
+    au_feedback_gain: float = field(
+        default=1.0, metadata={"help": "The share of the read AU error each AU-feedback pass corrects."}
+    )
     height: int | None = field(default=None, metadata={"help": "Image height in pixels; None: the model's."})
     width: int | None = field(default=None, metadata={"help": "Image width in pixels; None: the model's."})
     shard_size: int = field(default=256, metadata={"help": "Samples per parquet shard (the unit of resume)."})
@@ -348,6 +357,10 @@ class SyntheticSetConfig:
         for name in ("au_jitter", "guidance_scale"):
             check_number(name, getattr(self, name), 0)
         check_number("au_scale", self.au_scale)
+        check_int("au_feedback_passes", self.au_feedback_passes, 0)
+        check_number("au_feedback_gain", self.au_feedback_gain, 0)
+        if self.is_edit_set and self.au_feedback_passes:
+            raise ValueError("`au_feedback_passes` applies to generated sets, not to edit sets (`edit_dataset`, `persons`).")
         if self.is_edit_set:
             self.au_guidance_scale = edit_au_guidance_scale(self.au_guidance_scale, self.guidance_scale)
         if self.guidance_label_mapping is not None:

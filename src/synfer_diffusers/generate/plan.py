@@ -202,6 +202,8 @@ def pipeline_inputs(
         "num_inference_steps": config.num_inference_steps,
         "guidance_scale": config.guidance_scale,
         "au_guidance_scale": config.au_guidance_scale,
+        "au_feedback_passes": config.au_feedback_passes,
+        "au_feedback_gain": config.au_feedback_gain,
         "negative_prompt": None if all(n is None for n in negatives) else [n or "" for n in negatives],
         "eta": config.eta,
         "semantic_guidance_scale": config.semantic_guidance_scale,

@@ -1,10 +1,10 @@
 """AU feedback (beyond the paper): closed-loop AU conditioning, so that each image shows the intensities it was asked for.
 
-The same AU condition renders different intensities on different seeds (on FaceWorld the spread about the requested
-intensity is about twice the AU regressor's own on real faces, README "Why the AU error stays above 1.2x"). Feedback
-reads that error on each image and corrects its condition: a pass renders the images with condition `c_k`, the
-pipeline's `au_estimator` reads their AUs `e_k`, and the next pass re-renders the same noise (generator states
-restored) with
+The same AU condition renders different intensities on different seeds (on FaceWorld the spread of the AU regressor's
+estimates about the requested intensity is 1.7x its spread on real faces, 2x on the upper face: README "Why the AU
+error stays above 1.2x"). Feedback reads that error on each image and corrects its condition: a pass renders the
+images with condition `c_k`, the pipeline's `au_estimator` reads their AUs `e_k`, and the next pass re-renders the
+same noise (generator states restored) with
 
     c_{k+1} = clip(c_k + gain * (a - e_k), 0, max)            (a: the requested AUs, c_0 = a)
 

@@ -47,7 +47,9 @@ class SuiteConfig:
     # table 1: `au_scale` lever rows (issue 27; README): the estimator's choice; its neighbours 1.5 and 2 were measured
     # at 91e8b45, and dropping them keeps table 1 (with the feedback rows, 2-3 sampling loops each) within one session
     au_scale_levers: tuple[float, ...] = (1.75,)
-    au_feedback_levers: tuple[int, ...] = (1, 2)  # table 1: `au_feedback_passes` lever rows (issue 27; README)
+    # table 1: AU-feedback lever rows (passes, gain) (issue 27; README): one pass at gain 0.5, the best trade of the
+    # lever-size runs, and two passes at the default gain 1
+    au_feedback_levers: tuple[tuple[int, float], ...] = ((1, 0.5), (2, 1.0))
     ssl_steps: int = 1200  # table 7: SimCLR pretraining steps of each row (600 at a820b36; README, table 7)
     ssl_batch_size: int = 128  # table 7: images per SimCLR step (x 2 views)
     probe_num_train: int = 2000  # table 7: labelled real faces of every linear probe

@@ -43,7 +43,7 @@ def table_generation(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     )))  # fmt: skip
 
     settings = [{"au_scale": scale} for scale in config.au_scale_levers]
-    settings += [{"au_feedback_passes": passes} for passes in config.au_feedback_levers]
+    settings += [{"au_feedback_passes": passes, "au_feedback_gain": gain} for passes, gain in config.au_feedback_levers]
 
     def compute_levers() -> dict:
         rows = []

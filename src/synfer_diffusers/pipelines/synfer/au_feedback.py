@@ -27,16 +27,19 @@ from ...value_checks import check_int, check_number
 from .conditions import GeneratorInput
 
 
+def _generators(generator: GeneratorInput) -> list[torch.Generator]:
+    """`generator` as a list: one, a list, or None (none)."""
+    return generator if isinstance(generator, list) else [generator] if generator is not None else []
+
+
 def generator_states(generator: GeneratorInput) -> list[torch.Tensor]:
-    """The states of `generator` (one, a list, or None: none), to replay its draws with [`restore_generators`]."""
-    generators = generator if isinstance(generator, list) else [generator] if generator is not None else []
-    return [g.get_state() for g in generators]
+    """The states of `generator`, to replay its draws with [`restore_generators`]."""
+    return [g.get_state() for g in _generators(generator)]
 
 
 def restore_generators(generator: GeneratorInput, states: list[torch.Tensor]) -> None:
     """Sets `generator` back to `states` (from [`generator_states`])."""
-    generators = generator if isinstance(generator, list) else [generator] if generator is not None else []
-    for g, state in zip(generators, states):
+    for g, state in zip(_generators(generator), states):
         g.set_state(state)
 
 
@@ -83,8 +86,8 @@ class AUFeedbackMixin:
         gain: float,
     ) -> torch.Tensor:  # (N, T, D)
         """The AU tokens of the final pass after `passes` corrections: `render(au_embeds)` runs one denoising pass
-        from the call's starting latents and returns its latents; the generator states are restored before every
-        pass and after the last one, so each pass (and the final one) draws the same noise."""
+        from the call's starting latents and returns its latents; the generator states are restored after every
+        pass, so each pass and the final one draw the same noise."""
         estimator = self.pipeline_au_estimator("au_feedback_passes")
         device = au_matrix.device
         states = generator_states(generator)

@@ -15,10 +15,10 @@ from synfer_diffusers.facs import AUSpace
 from synfer_diffusers.generate import SCHEDULERS
 from synfer_diffusers.pipelines.synfer.au_feedback import corrected_condition
 from synfer_diffusers.tiny import make_tiny_base_unet, make_tiny_components
+from test_au_guidance import HAPPY, run
 from test_editing import make_au_regressor
 from test_semantic_guidance import make_guide
 
-HAPPY = {"AU6": 2.5, "AU12": 4.0}
 SAD = {"AU1": 3.0, "AU4": 2.0, "AU15": 3.5}
 
 
@@ -30,12 +30,6 @@ def pipe():
     pipe = SynFERPipeline(**make_tiny_components(seed=0), au_estimator=regressor, au_estimator_image_processor=processor)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def run(pipe, seeds=(0,), **kwargs):
-    kwargs = {"prompt": "a face", "action_units": [HAPPY] * len(seeds), "num_inference_steps": 3, "guidance_scale": 3.0,
-              "output_type": "np", **kwargs}  # fmt: skip
-    return pipe(generator=[torch.Generator().manual_seed(s) for s in seeds], **kwargs)
 
 
 def test_correction_moves_the_condition_by_the_gain_times_the_error_within_the_space():

@@ -88,7 +88,7 @@ class AUFeedbackMixin:
         """The AU tokens of the final pass after `passes` corrections: `render(au_embeds)` runs one denoising pass
         from the call's starting latents and returns its latents; the generator states are restored after every
         pass, so each pass and the final one draw the same noise."""
-        estimator = self.pipeline_au_estimator("au_feedback_passes")
+        estimator = self.pipeline_au_estimator("`au_feedback_passes` > 0")
         device = au_matrix.device
         states = generator_states(generator)
         keep = torch.tensor(has_au, device=device)

@@ -19,12 +19,12 @@ Rows (target in brackets):
 
 Timed calls alternate (baseline, candidate, ...) after a warm-up; each row reports the ratio of medians, so machine
 noise hits both sides alike (`au_overhead` over 3x its config's rounds: its target is within one round's spread). Configs: `tiny` (the test components, fp32, 16x16, batch 4), `sd15` (Stable
-Diffusion 1.5 sizes: UNet 860M + AU adapter, VAE, CLIP-L-size text encoder; bf16 on the CPU, 64x64 latents = 512
-px, batch 1; both random weights) and `faceworld` (the embedded default checkpoint with its trained guide and
+Diffusion 1.5 sizes: UNet 860M + AU adapter, VAE, CLIP-L-size text encoder; bf16 where the CPU computes it natively,
+else fp32 (`cpu_half_dtype`), 64x64 latents = 512 px, batch 1; both random weights) and `faceworld` (the embedded default checkpoint with its trained guide and
 FERAnno head, fp32, 64x64, 25 steps, batch 35 as in the FaceWorld evaluation).
 
     python benchmarks/bench_speed.py --configs tiny sd15 faceworld --json benchmarks/results/speed.json
-    python benchmarks/bench_speed.py --configs sd15 --dtype float32 --rows sg_memory_frozen  # where bf16 is emulated
+    python benchmarks/bench_speed.py --configs sd15 --dtype bfloat16 --rows sg_memory_frozen  # bf16 even where emulated
     python benchmarks/bench_speed.py --configs faceworld --rows au_overhead --batch 8 --repeats 5 --threads 1
 """
 
@@ -75,9 +75,17 @@ class BenchConfig:
     repeats: int
 
 
+def cpu_half_dtype() -> torch.dtype:
+    """bfloat16 where this CPU computes it natively (AVX512-BF16 or AMX, as oneDNN sees it), else float32: where bf16
+    is emulated it is slower than fp32 (4.4x on the `tiny` row of an AVX2 CPU), and the `sd15` rows in bf16 would take
+    hours there."""
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if native else torch.float32
+
+
 CONFIGS = {
     "tiny": BenchConfig("tiny", steps=10, guided_steps=10, batch=4, dtype=torch.float32, repeats=7),
-    "sd15": BenchConfig("sd15", steps=2, guided_steps=5, batch=1, dtype=torch.bfloat16, repeats=2),
+    "sd15": BenchConfig("sd15", steps=2, guided_steps=5, batch=1, dtype=cpu_half_dtype(), repeats=2),
     "faceworld": BenchConfig("faceworld", steps=25, guided_steps=25, batch=35, dtype=torch.float32, repeats=3),
 }
 TIME_ROWS = (

@@ -1,6 +1,7 @@
 """The benchmark suite's bookkeeping (benchmarks/run_benchmarks.py): rows, aggregation over seeds, targets,
 resumable stages and RESULTS.md. The measurements themselves run in `python benchmarks/run_benchmarks.py --quick`."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -40,12 +41,12 @@ def _results(accuracies):
         "label_agreement_with_judge": {"+ AUs": {"feranno": 0.8, "target": 0.8, "voted": 0.81}},
     }  # fmt: skip
     speed = {
-        "speed": {"rows": [{"config": "tiny", "row": "semantic_guidance", "baseline_s": 1.0, "candidate_s": 1.6,
-                            "ratio": 1.6},
-                           {"config": "faceworld", "row": "au_overhead", "baseline_s": 1.0, "candidate_s": 1.04,
-                            "ratio": 1.04},
-                           {"config": "tiny", "row": "au_overhead", "baseline_s": 1.0, "candidate_s": 1.04,
-                            "ratio": 1.04}]},
+        "speed": {"rows": [{"config": "tiny", "row": "semantic_guidance", "dtype": "float32", "baseline_s": 1.0,
+                            "candidate_s": 1.6, "ratio": 1.6},
+                           {"config": "faceworld", "row": "au_overhead", "dtype": "float32", "baseline_s": 1.0,
+                            "candidate_s": 1.04, "ratio": 1.04},
+                           {"config": "tiny", "row": "au_overhead", "dtype": "float32", "baseline_s": 1.0,
+                            "candidate_s": 1.04, "ratio": 1.04}]},
         "writer": {"throughput": {"ratio": 0.95}, "memory": {"rss_growth_mb": 3.0, "num_samples": 100}},
     }  # fmt: skip
     return config, generation, downstream, speed
@@ -190,6 +191,41 @@ def test_stage_results_are_cached_atomically(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
 
 
+def test_a_killed_speed_stage_keeps_the_configs_already_measured(tmp_path, monkeypatch):
+    """Table 3 caches each `bench_speed.py` config on its own: a kill during `sd15` keeps `tiny`'s rows, the rerun
+    measures only what is missing, and the stage's rows come out in config order."""
+    import bench_generate_writer
+    import bench_speed
+    from suite.speed import table_speed
+
+    measured = []
+
+    def fake_bench(argv):
+        name = argv[argv.index("--configs") + 1]
+        measured.append(name)
+        if name == "sd15" and measured.count("sd15") == 1:
+            raise KeyboardInterrupt  # the kill
+        return [{"config": name, "row": "au_overhead", "dtype": "float32", "ratio": 1.0}]
+
+    monkeypatch.setattr(bench_speed, "main", fake_bench)
+    monkeypatch.setattr(bench_generate_writer, "main", lambda argv: {"throughput": {"ratio": 1.0}})
+    config = dataclasses.replace(common.QUICK, speed_configs=("tiny", "sd15", "faceworld"))
+    with pytest.raises(KeyboardInterrupt):
+        table_speed(config, tmp_path)
+    table = table_speed(config, tmp_path)
+    assert measured == ["tiny", "sd15", "sd15", "faceworld"]
+    assert [row["config"] for row in table["speed"]["rows"]] == ["tiny", "sd15", "faceworld"]
+    assert table["speed"]["commit"] and table["speed"]["stage_seconds"] >= 0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bench_speed_runs_sd15_in_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native):
+    import bench_speed
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    assert bench_speed.cpu_half_dtype() == (torch.bfloat16 if native else torch.float32)
+
+
 def test_results_markdown_names_how_numbers_were_produced(tmp_path):
     config, generation, downstream, speed = _results({"real N": 0.6})
     for name, metrics in (("judge", {"test": {"original": {"clean_labels": {"accuracy": 0.97}}}}),
@@ -220,7 +256,7 @@ def test_results_markdown_names_how_numbers_were_produced(tmp_path):
     assert "| edit 1.0, CFG 3 | 70 | 81.4% | 0.378 | 0.0613 | 3.09 | 0.0500 | 61.1% | 20.0% | 0.770 |" in text
     assert "| synthetic persons (`--persons 12`) | 84 | 12 | 90.0% | 50.0% | 0.950 | 80.0% | 70.0% |" in text
     assert "| synthetic persons (vote) | 100 | 60.5% ± 0.7% |" in text
-    assert "| tiny | semantic_guidance | s | 1.000 | 1.600 | 1.600 |" in text
+    assert "| tiny | semantic_guidance | float32 | s | 1.000 | 1.600 | 1.600 |" in text
     assert "| real test faces | 50 | 97.0% | 99.0% | 0.200 | 0.10 |" in text  # second judge beside the judge
     assert "| target | 75.0% | 75.0% |" in text and "| hard: real N | 100 | 62.0% ± 0.0% |" in text
     assert "| semantic_guidance (tiny) <= 1.5 | 1.600 | **no** |" in text

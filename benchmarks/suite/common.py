@@ -164,8 +164,9 @@ def git_commit(checkout: Path = BENCHMARKS) -> str:
         return "unknown"
 
 
-def classifier_stage(runs: list[dict]) -> dict:
-    """The classifiers of a table as one stage: their summed time and the commits they were measured at."""
+def combined_stage(runs: list[dict]) -> dict:
+    """Cached runs of a table (its classifiers, its speed configs) as one stage: their summed time and the commits they
+    were measured at."""
     return {
         "stage_seconds": round(sum(r["stage_seconds"] for r in runs), 1),
         "commit": ", ".join(sorted({r.get("commit", NOT_RECORDED) for r in runs})),

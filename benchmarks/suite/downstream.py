@@ -20,7 +20,7 @@ from .common import (
     SuiteConfig,
     agreement_with_judges,
     cached,
-    classifier_stage,
+    combined_stage,
     load_real,
     row_key,
     run_classifiers,
@@ -206,7 +206,7 @@ def table_downstream(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
         for source in ("feranno", "vote", "dawid_skene", DEFAULT_LABELS)
     }
     stages = {**guided_stages, **unguided_stages}
-    stages["classifiers"] = classifier_stage(runs)
+    stages["classifiers"] = combined_stage(runs)
     return {
         "rows": [{**asdict(row), **summarise_runs(runs, row.name)} for row in downstream_rows(config)],
         "runs": runs, "label_agreement_with_target": agreement, "stages": stage_summary(stages),

@@ -17,7 +17,7 @@ from synfer_diffusers.pipelines.synfer.mutual_attention import default_start_lay
 from .common import (
     SuiteConfig,
     cached,
-    classifier_stage,
+    combined_stage,
     downstream_table,
     load_real,
     run_classifiers,
@@ -102,7 +102,7 @@ def editing_downstream(config: SuiteConfig, run_dir: Path, work: Path) -> tuple[
     sets = {name: lambda name=name: data[name] for name in EDIT_ROWS}
     runs = run_classifiers(sets, test, work / "editing_downstream", config, run_dir, suffix=f"_m{count}")
     rows = [{"name": name, **summarise_runs(runs, name)} for name in EDIT_ROWS]
-    stages = {"edit set": edit_stage, "generated set": fresh_stage, "edit classifiers": classifier_stage(runs)}
+    stages = {"edit set": edit_stage, "generated set": fresh_stage, "edit classifiers": combined_stage(runs)}
     return rows, stages
 
 

@@ -22,7 +22,7 @@ from .common import (
     SuiteConfig,
     agreement_with_judges,
     beats_beyond_spread,
-    classifier_stage,
+    combined_stage,
     downstream_table,
     load_real,
     run_classifiers,
@@ -63,7 +63,7 @@ def table_hard_regime(config: SuiteConfig, run_dir: Path, work: Path) -> dict:
     sets = {row.name: partial(training_data, row, config.hard_num_real, real, {False: synthetic}) for row in rows}
     runs = run_classifiers(sets, test, work / "hard_downstream", config, run_dir)
     stages = {"hard synthetic set": generation, "hard FERAnno labels": labelling,
-              "hard classifiers": classifier_stage(runs)}  # fmt: skip
+              "hard classifiers": combined_stage(runs)}  # fmt: skip
     return {
         "rows": [{**asdict(row), **summarise_runs(runs, row.name)} for row in rows],
         "runs": runs,

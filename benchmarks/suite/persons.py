@@ -23,7 +23,7 @@ from .common import (
     JUDGES,
     SuiteConfig,
     cached,
-    classifier_stage,
+    combined_stage,
     downstream_table,
     load_real,
     run_classifiers,
@@ -75,7 +75,7 @@ def table_persons(config: SuiteConfig, run_dir: Path, work: Path) -> tuple[dict,
     result = {"rows": measured["rows"], "downstream": [{"name": name, **summarise_runs(runs, name)}
                                                        for name in PERSONS_ROWS], "runs": runs}  # fmt: skip
     stages = {"persons set": persons_stage, "generated set": fresh_stage, "persons evaluation": measured,
-              "persons classifiers": classifier_stage(runs)}  # fmt: skip
+              "persons classifiers": combined_stage(runs)}  # fmt: skip
     return result, stages
 
 

@@ -405,12 +405,13 @@ def render_speed(speed: dict, config: SuiteConfig) -> list[str]:
         "",
         "`benchmarks/bench_speed.py`: each row times baseline and candidate alternately after a warm-up and reports "
         "the ratio of medians. `tiny`: the test components (random, fp32, 16 px, batch 4); `sd15`: Stable "
-        "Diffusion 1.5 sizes (random weights, bf16, 512 px, batch 1); `faceworld`: the embedded default checkpoint "
+        "Diffusion 1.5 sizes (random weights, bf16 where the CPU computes it natively, else fp32, 512 px, batch 1); "
+        "`faceworld`: the embedded default checkpoint "
         f"(trained, fp32, 64 px, batch 35, 25 steps). Device: {speed['speed'].get('device', 'CPU')}.",
         "",
-        "| config | row | unit | baseline | candidate | ratio |",
-        "|---|---|---|---|---|---|",
-        *[f"| {r['config']} | {r['row']} | {speed_row_unit(r)} | {speed_row_value(r, 'baseline'):.3f} | "
+        "| config | row | dtype | unit | baseline | candidate | ratio |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {r['config']} | {r['row']} | {r['dtype']} | {speed_row_unit(r)} | {speed_row_value(r, 'baseline'):.3f} | "
           f"{speed_row_value(r, 'candidate'):.3f} | {_number(r['ratio'], '.3f')} |" for r in speed["speed"]["rows"]],
         "",
         "`benchmarks/bench_generate_writer.py` (default checkpoint, 64 px, 4 steps, 256 images in shards of 64): "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import SuiteConfig, cached
+from .common import SuiteConfig, cached, combined_stage
 
 SIMULATED_SPEEDUP = 10
 """The accelerator's assumed speedup over this CPU in the writer's simulated row (`--accelerator-speedup`)."""
@@ -18,10 +18,11 @@ def table_speed(config: SuiteConfig, work: Path) -> dict:
     import bench_generate_writer  # the benchmark scripts beside the suite (on sys.path)
     import bench_speed
 
-    speed = cached(
-        work / "speed.json",
-        lambda: {"rows": bench_speed.main(["--configs", *config.speed_configs])},
-    )
+    configs = [  # one cache per config: a kill keeps the configs already measured (sd15's take most of the time)
+        cached(work / f"speed_{name}.json", lambda name=name: {"rows": bench_speed.main(["--configs", name])})
+        for name in config.speed_configs
+    ]
+    speed = {"rows": [row for measured in configs for row in measured["rows"]], **combined_stage(configs)}
     writer = cached(
         work / "generate_writer.json",
         lambda: bench_generate_writer.main(

@@ -300,6 +300,13 @@ def measure(
     return results
 
 
+def format_row(row: dict) -> str:
+    """One measured row as a line under `main`'s header."""
+    return (f"{row['config']:9} {row['row']:22} {row['dtype']:9} {row['unit']:4} {row['baseline']:10.3f} "
+            f"{row['candidate']:10.3f} {'-' if row['ratio'] is None else format(row['ratio'], '6.3f')} "
+            f"{' '.join(f'{r:.3f}' for r in row.get('paired_ratios', []))}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["tiny", "sd15"])
@@ -320,9 +327,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         config = dataclasses.replace(CONFIGS[name], **{k: v for k, v in overrides.items() if v is not None})
         for row in measure(config, tuple(args.rows)):
             rows.append(row)
-            print(f"{row['config']:9} {row['row']:22} {row['dtype']:9} {row['unit']:4} {row['baseline']:10.3f} "
-                  f"{row['candidate']:10.3f} {'-' if row['ratio'] is None else format(row['ratio'], '6.3f')} "
-                  f"{' '.join(f'{r:.3f}' for r in row.get('paired_ratios', []))}", flush=True)  # fmt: skip
+            print(format_row(row), flush=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

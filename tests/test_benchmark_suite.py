@@ -191,30 +191,38 @@ def test_stage_results_are_cached_atomically(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
 
 
-def test_a_killed_speed_stage_keeps_the_configs_already_measured(tmp_path, monkeypatch):
-    """Table 3 caches each `bench_speed.py` config on its own: a kill during `sd15` keeps `tiny`'s rows, the rerun
-    measures only what is missing, and the stage's rows come out in config order."""
+def test_a_killed_speed_stage_keeps_the_rows_already_measured(tmp_path, monkeypatch):
+    """Table 3 caches each `bench_speed.py` row of each config on its own: a kill during `sd15`'s second row keeps
+    `tiny`'s rows and `sd15`'s first, the rerun measures only what is missing (building `sd15`'s components once
+    more, `tiny`'s not at all), and the stage's rows come out in config and row order."""
     import bench_generate_writer
     import bench_speed
     from suite.speed import table_speed
 
-    measured = []
+    builds, measured = [], []
+    killed_at = ("sd15", bench_speed.ROWS[1])
 
-    def fake_bench(argv):
-        name = argv[argv.index("--configs") + 1]
-        measured.append(name)
-        if name == "sd15" and measured.count("sd15") == 1:
+    def fake_measure(bench, rows, built):
+        assert built == f"components of {bench.name}"
+        if (bench.name, *rows) == killed_at and killed_at not in measured:
+            measured.append(killed_at)
             raise KeyboardInterrupt  # the kill
-        return [{"config": name, "row": "au_overhead", "dtype": "float32", "ratio": 1.0}]
+        measured.append((bench.name, *rows))
+        return [{"config": bench.name, "row": row, "dtype": "float32", "unit": "s", "baseline": 1.0,
+                 "candidate": 1.0, "ratio": 1.0} for row in rows]  # fmt: skip
 
-    monkeypatch.setattr(bench_speed, "main", fake_bench)
+    monkeypatch.setattr(bench_speed, "build_components", lambda bench: builds.append(bench.name) or
+                        f"components of {bench.name}")  # fmt: skip
+    monkeypatch.setattr(bench_speed, "measure", fake_measure)
     monkeypatch.setattr(bench_generate_writer, "main", lambda argv: {"throughput": {"ratio": 1.0}})
     config = dataclasses.replace(common.QUICK, speed_configs=("tiny", "sd15", "faceworld"))
     with pytest.raises(KeyboardInterrupt):
         table_speed(config, tmp_path)
     table = table_speed(config, tmp_path)
-    assert measured == ["tiny", "sd15", "sd15", "faceworld"]
-    assert [row["config"] for row in table["speed"]["rows"]] == ["tiny", "sd15", "faceworld"]
+    every_row = [(name, row) for name in config.speed_configs for row in bench_speed.ROWS]
+    assert measured == every_row[: len(bench_speed.ROWS) + 2] + every_row[len(bench_speed.ROWS) + 1 :]
+    assert builds == ["tiny", "sd15", "sd15", "faceworld"]
+    assert [(row["config"], row["row"]) for row in table["speed"]["rows"]] == every_row
     assert table["speed"]["commit"] and table["speed"]["stage_seconds"] >= 0
 
 

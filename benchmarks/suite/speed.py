@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from .common import SuiteConfig, cached, combined_stage
@@ -16,13 +17,9 @@ do not dominate the simulated row, whose pipeline calls take about 17 ms per ima
 
 def table_speed(config: SuiteConfig, work: Path) -> dict:
     import bench_generate_writer  # the benchmark scripts beside the suite (on sys.path)
-    import bench_speed
 
-    configs = [  # one cache per config: a kill keeps the configs already measured (sd15's take most of the time)
-        cached(work / f"speed_{name}.json", lambda name=name: {"rows": bench_speed.main(["--configs", name])})
-        for name in config.speed_configs
-    ]
-    speed = {"rows": [row for measured in configs for row in measured["rows"]], **combined_stage(configs)}
+    measured = [stage for name in config.speed_configs for stage in speed_config_stages(name, work)]
+    speed = {"rows": [row for stage in measured for row in stage["rows"]], **combined_stage(measured)}
     writer = cached(
         work / "generate_writer.json",
         lambda: bench_generate_writer.main(
@@ -31,6 +28,22 @@ def table_speed(config: SuiteConfig, work: Path) -> dict:
         ),
     )
     return {"speed": speed, "writer": writer}
+
+
+def speed_config_stages(name: str, work: Path) -> list[dict]:
+    """The `bench_speed.py` rows of config `name`, each cached on its own so that a kill keeps the rows measured (an
+    `sd15` row takes up to half an hour on 2 CPU cores); the components are built once, for the first row not cached."""
+    import bench_speed
+
+    bench = bench_speed.CONFIGS[name]
+    built = functools.cache(lambda: bench_speed.build_components(bench))
+
+    def measure(row: str) -> dict:
+        rows = bench_speed.measure(bench, (row,), built())
+        print(*map(bench_speed.format_row, rows), sep="\n", flush=True)
+        return {"rows": rows}
+
+    return [cached(work / "speed" / f"{name}_{row}.json", lambda row=row: measure(row)) for row in bench_speed.ROWS]
 
 
 def writer_rows(speed: dict) -> dict[str, dict]:

@@ -18,10 +18,11 @@ Rows (target in brackets):
   baseline and candidate, peak reset between them (`/proc/self/clear_refs`, Linux).
 
 Timed calls alternate (baseline, candidate, ...) after a warm-up; each row reports the ratio of medians, so machine
-noise hits both sides alike (`au_overhead` over 3x its config's rounds: its target is within one round's spread). Configs: `tiny` (the test components, fp32, 16x16, batch 4), `sd15` (Stable
-Diffusion 1.5 sizes: UNet 860M + AU adapter, VAE, CLIP-L-size text encoder; bf16 where the CPU computes it natively,
-else fp32 (`cpu_half_dtype`), 64x64 latents = 512 px, batch 1; both random weights) and `faceworld` (the embedded default checkpoint with its trained guide and
-FERAnno head, fp32, 64x64, 25 steps, batch 35 as in the FaceWorld evaluation).
+noise hits both sides alike (`au_overhead` over 3x its config's rounds: its target is within one round's spread).
+Configs: `tiny` (the test components, fp32, 16x16, batch 4), `sd15` (Stable Diffusion 1.5 sizes: UNet 860M + AU
+adapter, VAE, CLIP-L-size text encoder; bf16 where the CPU computes it natively, else fp32 (`cpu_half_dtype`), 64x64
+latents = 512 px, batch 1; both random weights) and `faceworld` (the embedded default checkpoint with its trained guide
+and FERAnno head, fp32, 64x64, 25 steps, batch 35 as in the FaceWorld evaluation).
 
     python benchmarks/bench_speed.py --configs tiny sd15 faceworld --json benchmarks/results/speed.json
     python benchmarks/bench_speed.py --configs sd15 --dtype bfloat16 --rows sg_memory_frozen  # bf16 even where emulated

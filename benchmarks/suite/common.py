@@ -165,7 +165,7 @@ def git_commit(checkout: Path = BENCHMARKS) -> str:
 
 
 def combined_stage(runs: list[dict]) -> dict:
-    """Cached runs of a table (its classifiers, its speed configs) as one stage: their summed time and the commits they
+    """Cached runs of a table (its classifiers, its speed rows) as one stage: their summed time and the commits they
     were measured at."""
     return {
         "stage_seconds": round(sum(r["stage_seconds"] for r in runs), 1),

@@ -11,7 +11,8 @@ Rows (target in brackets):
 - `pipeline_vs_bare_unet`: SynFERPipeline / a bare loop (encode once, CFG UNet calls, scheduler step, decode):
   how close the pipeline is to the UNet-bound limit;
 - `bf16_vs_fp32`: the same call with every component in bfloat16 / in float32 (on a CPU without AVX512-BF16 or
-  AMX, bf16 matmuls and convolutions are emulated: expect a ratio well above 1 there);
+  AMX, bf16 matmuls and convolutions are emulated: a ratio well above 1, and measured there only at `tiny` unless
+  named with `--rows`: see `default_rows`);
 - `sg_memory_frozen` (memory, not time): peak resident memory above the loaded pipeline of a semantic-guidance call
   over 2 guided steps (window 0-1, a gradient every step) with the weights frozen, as the pipeline does / with their
   `requires_grad` left on (the graph then keeps what weight gradients would need); one call each, in that order of
@@ -76,12 +77,15 @@ class BenchConfig:
     repeats: int
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX, as oneDNN sees it); elsewhere it is emulated."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def cpu_half_dtype() -> torch.dtype:
-    """bfloat16 where this CPU computes it natively (AVX512-BF16 or AMX, as oneDNN sees it), else float32: where bf16
-    is emulated it is slower than fp32 (4.4x on the `tiny` row of an AVX2 CPU), and the `sd15` rows in bf16 would take
-    hours there."""
-    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return torch.bfloat16 if native else torch.float32
+    """bfloat16 where this CPU computes it natively, else float32: where bf16 is emulated it is slower than fp32 (4.4x
+    on the `tiny` row of an AVX2 CPU), and the `sd15` rows in bf16 would take hours there."""
+    return torch.bfloat16 if native_bf16() else torch.float32
 
 
 CONFIGS = {
@@ -99,6 +103,15 @@ one round's spread on a shared CPU (rounds 0.98-1.08 around a median of 1.03 on 
 MEMORY_ROWS = ("sg_memory_frozen",)
 ROWS = TIME_ROWS + MEMORY_ROWS
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_rows(config: BenchConfig) -> tuple[str, ...]:
+    """The rows measured of `config` unless named: [`ROWS`], less `bf16_vs_fp32` beyond `tiny` where bf16 is emulated
+    (one `sd15` call in emulated bf16 ran over 50 minutes on an AVX2 CPU without finishing, against 65 s in fp32);
+    there the `tiny` row shows what emulation costs."""
+    if native_bf16() or config.name == "tiny":
+        return ROWS
+    return tuple(row for row in ROWS if row != "bf16_vs_fp32")
 
 
 def build_components(
@@ -285,13 +298,14 @@ def make_pairs(
 
 def measure(
     config: BenchConfig,
-    rows: tuple[str, ...] = ROWS,
+    rows: tuple[str, ...] | None = None,
     built: tuple[dict, UNet2DConditionModel, torch.nn.Module, object, FERAnnoHead] | None = None,
 ) -> list[dict]:
-    """The `rows` of `config`, on components `built` by [`build_components`] (built here when None)."""
+    """The `rows` of `config` (its [`default_rows`] when None), on components `built` by [`build_components`] (built
+    here when None)."""
     pairs = make_pairs(config, built or build_components(config))
     results = []
-    for row in rows:
+    for row in rows or default_rows(config):
         if row == "sg_memory_frozen":
             measured = peak_ratio(*pairs[row])
         else:
@@ -311,7 +325,8 @@ def format_row(row: dict) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["tiny", "sd15"])
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to measure (default: all)")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=None,
+                        help="rows to measure (default: each config's `default_rows`)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="dtype of every config instead of its own (e.g. float32 where bf16 is emulated)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats of every config instead of its own (times ROUNDS_FACTOR for the rows it names)")
@@ -326,7 +341,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in args.configs:
         overrides = {"dtype": DTYPES[args.dtype] if args.dtype else None, "repeats": args.repeats, "batch": args.batch}
         config = dataclasses.replace(CONFIGS[name], **{k: v for k, v in overrides.items() if v is not None})
-        for row in measure(config, tuple(args.rows)):
+        for row in measure(config, tuple(args.rows) if args.rows else None):
             rows.append(row)
             print(format_row(row), flush=True)
     if args.json:

@@ -215,6 +215,7 @@ def test_a_killed_speed_stage_keeps_the_rows_already_measured(tmp_path, monkeypa
                         f"components of {bench.name}")  # fmt: skip
     monkeypatch.setattr(bench_speed, "measure", fake_measure)
     monkeypatch.setattr(bench_generate_writer, "main", lambda argv: {"throughput": {"ratio": 1.0}})
+    monkeypatch.setattr(bench_speed, "native_bf16", lambda: True)  # every config measures every row
     config = dataclasses.replace(common.QUICK, speed_configs=("tiny", "sd15", "faceworld"))
     with pytest.raises(KeyboardInterrupt):
         table_speed(config, tmp_path)
@@ -232,6 +233,51 @@ def test_bench_speed_runs_sd15_in_bf16_only_where_the_cpu_computes_it_natively(m
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
     assert bench_speed.cpu_half_dtype() == (torch.bfloat16 if native else torch.float32)
+
+
+def test_where_bf16_is_emulated_the_suite_times_bf16_only_at_tiny_and_says_so(tmp_path, monkeypatch):
+    """On a CPU that emulates bf16, table 3 measures every row at every config except `bf16_vs_fp32` beyond `tiny`
+    (an emulated `sd15` call runs for hours), and its section names the configs left without that row; where bf16 is
+    native, every config has it and the section says nothing of emulation."""
+    import bench_generate_writer
+    import bench_speed
+    from suite.speed import table_speed
+
+    measured = []
+
+    def fake_measure(bench, rows, built):
+        measured.extend((bench.name, row) for row in rows)
+        return [{"config": bench.name, "row": row, "dtype": "float32", "unit": "s", "baseline": 1.0,
+                 "candidate": 1.0, "ratio": 1.0} for row in rows]  # fmt: skip
+
+    monkeypatch.setattr(bench_speed, "build_components", lambda bench: None)
+    monkeypatch.setattr(bench_speed, "measure", fake_measure)
+    monkeypatch.setattr(bench_generate_writer, "main", lambda argv: {"throughput": {"ratio": 1.0},
+                                                                      "memory": {"rss_growth_mb": 1.0, "num_samples": 8}})  # fmt: skip
+    config = dataclasses.replace(common.QUICK, speed_configs=("tiny", "sd15", "faceworld"))
+    for native in (False, True):
+        monkeypatch.setattr(bench_speed, "native_bf16", lambda: native)
+        measured.clear()
+        text = "\n".join(report.render_speed(table_speed(config, tmp_path / str(native)), config))
+        timed_in_bf16 = [name for name, row in measured if row == "bf16_vs_fp32"]
+        assert timed_in_bf16 == (["tiny", "sd15", "faceworld"] if native else ["tiny"])
+        assert len(measured) == 3 * len(bench_speed.ROWS) - (0 if native else 2)
+        assert ("not at `sd15`, `faceworld`" in text) is not native
+        assert ("emulates bf16" in text) is not native
+
+
+def test_bench_speed_cli_measures_a_row_it_would_skip_when_named(monkeypatch):
+    """`--rows bf16_vs_fp32 --configs sd15` times that row even where bf16 is emulated: the skip is a default only."""
+    import bench_speed
+
+    monkeypatch.setattr(bench_speed, "native_bf16", lambda: False)
+    asked = []
+    monkeypatch.setattr(bench_speed, "measure", lambda config, rows: asked.append((config.name, rows)) or [])
+    bench_speed.main(["--configs", "sd15", "--rows", "bf16_vs_fp32"])
+    bench_speed.main(["--configs", "sd15"])
+    assert asked == [("sd15", ("bf16_vs_fp32",)), ("sd15", None)]
+    assert "bf16_vs_fp32" not in bench_speed.default_rows(bench_speed.CONFIGS["sd15"])
+    assert "bf16_vs_fp32" in bench_speed.default_rows(bench_speed.CONFIGS["tiny"])
 
 
 def test_results_markdown_names_how_numbers_were_produced(tmp_path):

@@ -398,6 +398,17 @@ def _writer_ratios(speed: dict) -> str:
     return "; ".join(f"{label} {ratios(row)}" for label, row in writer_rows(speed).items())
 
 
+def _emulated_bf16_note(speed: dict) -> str:
+    """Where this CPU emulates bf16, which configs have no `bf16_vs_fp32` row and why (empty where bf16 is native)."""
+    if speed.get("native_bf16", True):
+        return ""
+    measured_at = {row["config"] for row in speed["rows"] if row["row"] == "bf16_vs_fp32"}
+    unmeasured = [config for config in dict.fromkeys(row["config"] for row in speed["rows"]) if config not in measured_at]
+    return (f" This CPU emulates bf16 (no AVX512-BF16 or AMX): `bf16_vs_fp32` is measured at `tiny` only, not at "
+            f"{', '.join(f'`{c}`' for c in unmeasured)} (one emulated-bf16 `sd15` call ran over 50 minutes)."
+            if unmeasured else "")
+
+
 def render_speed(speed: dict, config: SuiteConfig) -> list[str]:
     """Table 3's section of RESULTS.md."""
     return [
@@ -407,7 +418,8 @@ def render_speed(speed: dict, config: SuiteConfig) -> list[str]:
         "the ratio of medians. `tiny`: the test components (random, fp32, 16 px, batch 4); `sd15`: Stable "
         "Diffusion 1.5 sizes (random weights, bf16 where the CPU computes it natively, else fp32, 512 px, batch 1); "
         "`faceworld`: the embedded default checkpoint "
-        f"(trained, fp32, 64 px, batch 35, 25 steps). Device: {speed['speed'].get('device', 'CPU')}.",
+        f"(trained, fp32, 64 px, batch 35, 25 steps). Device: {speed['speed'].get('device', 'CPU')}."
+        f"{_emulated_bf16_note(speed['speed'])}",
         "",
         "| config | row | dtype | unit | baseline | candidate | ratio |",
         "|---|---|---|---|---|---|---|",

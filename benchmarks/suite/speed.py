@@ -17,9 +17,11 @@ do not dominate the simulated row, whose pipeline calls take about 17 ms per ima
 
 def table_speed(config: SuiteConfig, work: Path) -> dict:
     import bench_generate_writer  # the benchmark scripts beside the suite (on sys.path)
+    import bench_speed
 
     measured = [stage for name in config.speed_configs for stage in speed_config_stages(name, work)]
-    speed = {"rows": [row for stage in measured for row in stage["rows"]], **combined_stage(measured)}
+    speed = {"rows": [row for stage in measured for row in stage["rows"]], "native_bf16": bench_speed.native_bf16(),
+             **combined_stage(measured)}
     writer = cached(
         work / "generate_writer.json",
         lambda: bench_generate_writer.main(
@@ -31,8 +33,9 @@ def table_speed(config: SuiteConfig, work: Path) -> dict:
 
 
 def speed_config_stages(name: str, work: Path) -> list[dict]:
-    """The `bench_speed.py` rows of config `name`, each cached on its own so that a kill keeps the rows measured (an
-    `sd15` row takes up to half an hour on 2 CPU cores); the components are built once, for the first row not cached."""
+    """The `bench_speed.py` rows of config `name` (its `default_rows`), each cached on its own so that a kill keeps the
+    rows measured (an `sd15` row takes up to half an hour on 2 CPU cores); the components are built once, for the first
+    row not cached."""
     import bench_speed
 
     bench = bench_speed.CONFIGS[name]
@@ -43,7 +46,8 @@ def speed_config_stages(name: str, work: Path) -> list[dict]:
         print(*map(bench_speed.format_row, rows), sep="\n", flush=True)
         return {"rows": rows}
 
-    return [cached(work / "speed" / f"{name}_{row}.json", lambda row=row: measure(row)) for row in bench_speed.ROWS]
+    rows = bench_speed.default_rows(bench)
+    return [cached(work / "speed" / f"{name}_{row}.json", lambda row=row: measure(row)) for row in rows]
 
 
 def writer_rows(speed: dict) -> dict[str, dict]:

@@ -191,6 +191,12 @@ def test_stage_results_are_cached_atomically(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
 
 
+def _unit_speed_rows(config: str, rows: tuple[str, ...]) -> list[dict]:
+    """`bench_speed.measure`'s rows for `config` with every ratio 1 (what the speed-stage tests' fakes return)."""
+    return [{"config": config, "row": row, "dtype": "float32", "unit": "s", "baseline": 1.0, "candidate": 1.0,
+             "ratio": 1.0} for row in rows]  # fmt: skip
+
+
 def test_a_killed_speed_stage_keeps_the_rows_already_measured(tmp_path, monkeypatch):
     """Table 3 caches each `bench_speed.py` row of each config on its own: a kill during `sd15`'s second row keeps
     `tiny`'s rows and `sd15`'s first, the rerun measures only what is missing (building `sd15`'s components once
@@ -208,8 +214,7 @@ def test_a_killed_speed_stage_keeps_the_rows_already_measured(tmp_path, monkeypa
             measured.append(killed_at)
             raise KeyboardInterrupt  # the kill
         measured.append((bench.name, *rows))
-        return [{"config": bench.name, "row": row, "dtype": "float32", "unit": "s", "baseline": 1.0,
-                 "candidate": 1.0, "ratio": 1.0} for row in rows]  # fmt: skip
+        return _unit_speed_rows(bench.name, rows)
 
     monkeypatch.setattr(bench_speed, "build_components", lambda bench: builds.append(bench.name) or
                         f"components of {bench.name}")  # fmt: skip
@@ -247,8 +252,7 @@ def test_where_bf16_is_emulated_the_suite_times_bf16_only_at_tiny_and_says_so(tm
 
     def fake_measure(bench, rows, built):
         measured.extend((bench.name, row) for row in rows)
-        return [{"config": bench.name, "row": row, "dtype": "float32", "unit": "s", "baseline": 1.0,
-                 "candidate": 1.0, "ratio": 1.0} for row in rows]  # fmt: skip
+        return _unit_speed_rows(bench.name, rows)
 
     monkeypatch.setattr(bench_speed, "build_components", lambda bench: None)
     monkeypatch.setattr(bench_speed, "measure", fake_measure)

@@ -402,11 +402,15 @@ def _emulated_bf16_note(speed: dict) -> str:
     """Where this CPU emulates bf16, which configs have no `bf16_vs_fp32` row and why (empty where bf16 is native)."""
     if speed.get("native_bf16", True):
         return ""
-    measured_at = {row["config"] for row in speed["rows"] if row["row"] == "bf16_vs_fp32"}
-    unmeasured = [config for config in dict.fromkeys(row["config"] for row in speed["rows"]) if config not in measured_at]
-    return (f" This CPU emulates bf16 (no AVX512-BF16 or AMX): `bf16_vs_fp32` is measured at `tiny` only, not at "
-            f"{', '.join(f'`{c}`' for c in unmeasured)} (one emulated-bf16 `sd15` call ran over 50 minutes)."
-            if unmeasured else "")
+    configs = dict.fromkeys(row["config"] for row in speed["rows"])
+    measured_at = dict.fromkeys(row["config"] for row in speed["rows"] if row["row"] == "bf16_vs_fp32")
+    unmeasured = [config for config in configs if config not in measured_at]
+    if not unmeasured:
+        return ""
+    measured_text = ", ".join(f"`{config}`" for config in measured_at) or "no config"
+    return (f" This CPU emulates bf16 (no AVX512-BF16 or AMX): `bf16_vs_fp32` is measured only at {measured_text}, "
+            f"not at {', '.join(f'`{config}`' for config in unmeasured)} (one emulated-bf16 `sd15` call ran over 50 "
+            "minutes).")
 
 
 def render_speed(speed: dict, config: SuiteConfig) -> list[str]:
